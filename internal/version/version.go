@@ -1,0 +1,25 @@
+// Package version reports which build of forkd is running: the release set at link time, or the
+// VCS revision Go recorded in the binary.
+package version
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/debug"
+)
+
+// Version is set at link time: -ldflags "-X github.com/forkd/forkd/internal/version.Version=1.2.3".
+var Version = "dev"
+
+// String returns "forkd VERSION (REVISION, GOVERSION)", naming the commit when Go recorded one.
+func String() string {
+	rev := "unknown revision"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				rev = s.Value[:12]
+			}
+		}
+	}
+	return fmt.Sprintf("forkd %s (%s, %s)", Version, rev, runtime.Version())
+}

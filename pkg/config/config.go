@@ -1,0 +1,144 @@
+// Package config owns forkd's configuration: the HCL file (forkd.hcl(5)), the quick-mode flags that
+// stand in for it, the defaults, and validation reported as HCL diagnostics (file:line:col and a
+// source snippet). docs/configuration.md lists every option with its default.
+//
+// A Config returned by Load, LoadFile or Parse is complete: every default is filled in and every field
+// has been validated, so the rest of forkd never re-checks it. Problems in a file come back as a
+// *DiagnosticsError; Check prints them for "forkd check" and "forkctl check".
+package config
+
+import (
+	"os"
+	"time"
+)
+
+// ExitConfig is the exit status for a configuration error (EX_CONFIG from sysexits.h). forkd's
+// systemd units list it in RestartPreventExitStatus= so a bad config is not restarted in a loop.
+const ExitConfig = 78
+
+// Readiness says when a worker counts as ready to serve.
+type Readiness string
+
+const (
+	// ReadyOnNotify waits for the worker to send READY=1 on NOTIFY_SOCKET (sd_notify(3)).
+	ReadyOnNotify Readiness = "notify"
+	// ReadyOnStart counts a worker as ready as soon as it has been exec'd, for apps that do not
+	// speak sd_notify.
+	ReadyOnStart Readiness = "started"
+)
+
+// Defaults, documented in docs/configuration.md.
+const (
+	DefaultBootTimeout     = 60 * time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultBackoffMin      = 1 * time.Second
+	DefaultBackoffMax      = 30 * time.Second
+	DefaultResetAfter      = 30 * time.Second
+	DefaultBacklog         = 1024
+	DefaultSocketMode      = os.FileMode(0o666)
+	// MaxWorkers bounds workers (and forkctl scale) so a typo cannot fork-bomb the machine.
+	MaxWorkers = 1024
+)
+
+// Config is a complete, validated forkd configuration.
+type Config struct {
+	// Name identifies this forkd instance in logs and in the default control socket path. It defaults
+	// to the config file's base name without extension ("demo" for /etc/forkd/demo.hcl), or "forkd"
+	// in quick mode.
+	Name string
+
+	// File is the path the config was loaded from, or "" in quick mode.
+	File string
+
+	// Command is the application's argv, as written; Command[0] is looked up in PATH (the PATH in Env
+	// when Env sets one), or taken relative to Directory when it contains a slash. No shell is
+	// involved unless the user writes one. Required.
+	Command []string
+
+	// Directory is the worker's working directory. If empty, workers start in forkd's own working
+	// directory. A relative path in the file is made absolute against the file's directory, but
+	// symlinks are kept: it is resolved each time a worker is spawned, so a deploy that switches a
+	// current -> releases/N symlink is picked up by new workers.
+	Directory string
+
+	// Env is added to the environment workers inherit from forkd; an entry here wins.
+	Env map[string]string
+
+	// Workers is the number of worker processes, 1..MaxWorkers. Defaults to the number of CPUs.
+	Workers int
+
+	// Readiness says when a worker counts as ready. Defaults to ReadyOnNotify.
+	Readiness Readiness
+
+	// Listeners are bound by forkd when it is not socket-activated. When systemd passes sockets
+	// (LISTEN_FDS), these are ignored and the passed sockets are used instead.
+	Listeners []Listener
+
+	Timeouts Timeouts
+	Restart  Restart
+	Control  Control
+	Log      Log
+}
+
+// Listener is one socket forkd binds when systemd did not pass any.
+type Listener struct {
+	// Name is the block label; workers see it in LISTEN_FDNAMES.
+	Name string
+	// Network is "tcp" (dual-stack when the host allows), "tcp4", "tcp6" or "unix".
+	Network string
+	// Address is host:port for tcp* (an empty host means all addresses), an absolute path (or
+	// "@name" for the abstract namespace) for unix. A relative unix path is made absolute against
+	// the config file's directory, or forkd's working directory for --listen.
+	Address string
+	// Backlog is the listen(2) backlog. Defaults to DefaultBacklog.
+	Backlog int
+	// ReusePort sets SO_REUSEPORT (tcp only). Defaults to false.
+	ReusePort bool
+	// Mode is the permission of a unix socket's file. Defaults to DefaultSocketMode; zero for tcp
+	// and abstract sockets, which have no file.
+	Mode os.FileMode
+}
+
+// URL returns the listener as written in --listen: "tcp://127.0.0.1:8080", "unix:///run/app.sock".
+func (l Listener) URL() string { return l.Network + "://" + l.Address }
+
+// Timeouts bound each stage of a worker's life.
+type Timeouts struct {
+	// Boot is how long a worker may take from spawn to ready before it is killed and replaced.
+	// Defaults to DefaultBootTimeout.
+	Boot time.Duration
+	// Worker is the heartbeat timeout: a ready worker that sends no WATCHDOG=1 for this long is
+	// killed with SIGKILL and replaced. Workers get WATCHDOG_USEC when it is set. Zero (the default)
+	// disables heartbeats.
+	Worker time.Duration
+	// Shutdown is how long a worker may take to exit after SIGTERM before it gets SIGKILL.
+	// Defaults to DefaultShutdownTimeout.
+	Shutdown time.Duration
+}
+
+// Restart is the crash-respawn policy. A slot whose worker crashes is respawned at once the first
+// time; further consecutive crashes wait BackoffMin, doubling up to BackoffMax.
+type Restart struct {
+	BackoffMin time.Duration
+	BackoffMax time.Duration
+	// ResetAfter: a worker that ran this long is healthy, and its exit does not count as a
+	// consecutive crash.
+	ResetAfter time.Duration
+}
+
+// Control configures forkd's control API (used by forkctl).
+type Control struct {
+	// Socket is the absolute path of the control API's unix socket (mode 0600). Defaults to
+	// DefaultControlSocket(Name). A relative path is made absolute against the config file's
+	// directory, or forkd's working directory for --socket.
+	Socket string
+}
+
+// Log configures forkd's own log records.
+type Log struct {
+	// Level is "debug", "info" (the default), "warn" or "error".
+	Level string
+	// Format is "auto" (the default: journald when stderr is the journal stream, text otherwise),
+	// "text", "json" or "journal".
+	Format string
+}

@@ -1,0 +1,287 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// The file structs are the HCL schema, decoded by gohcl; it rejects unknown attributes and blocks.
+// Attributes are kept as *hcl.Attribute (nil when absent) rather than decoded straight into Go
+// values, so that every value keeps its source range for validation, and a missing attribute can be
+// told from a zero value.
+
+// fileConfig is the top level of a config file.
+type fileConfig struct {
+	Name      *hcl.Attribute `hcl:"name,optional"`
+	Command   *hcl.Attribute `hcl:"command,optional"` // required, unless given after "--"
+	Directory *hcl.Attribute `hcl:"directory,optional"`
+	Env       *hcl.Attribute `hcl:"env,optional"`
+	Workers   *hcl.Attribute `hcl:"workers,optional"`
+	Readiness *hcl.Attribute `hcl:"readiness,optional"`
+
+	Listen   []*fileListen `hcl:"listen,block"`
+	Timeouts *fileTimeouts `hcl:"timeouts,block"`
+	Restart  *fileRestart  `hcl:"restart,block"`
+	Control  *fileControl  `hcl:"control,block"`
+	Log      *fileLog      `hcl:"log,block"`
+}
+
+type fileListen struct {
+	Name      string         `hcl:"name,label"`
+	NameRange hcl.Range      `hcl:"name,label_range"`
+	DefRange  hcl.Range      `hcl:",def_range"`
+	Address   *hcl.Attribute `hcl:"address,optional"` // required; gohcl treats pointers as optional
+	Backlog   *hcl.Attribute `hcl:"backlog,optional"`
+	ReusePort *hcl.Attribute `hcl:"reuseport,optional"`
+	Mode      *hcl.Attribute `hcl:"mode,optional"`
+}
+
+type fileTimeouts struct {
+	Boot     *hcl.Attribute `hcl:"boot,optional"`
+	Worker   *hcl.Attribute `hcl:"worker,optional"`
+	Shutdown *hcl.Attribute `hcl:"shutdown,optional"`
+}
+
+type fileRestart struct {
+	BackoffMin *hcl.Attribute `hcl:"backoff_min,optional"`
+	BackoffMax *hcl.Attribute `hcl:"backoff_max,optional"`
+	ResetAfter *hcl.Attribute `hcl:"reset_after,optional"`
+}
+
+type fileControl struct {
+	Socket *hcl.Attribute `hcl:"socket,optional"`
+}
+
+type fileLog struct {
+	Level  *hcl.Attribute `hcl:"level,optional"`
+	Format *hcl.Attribute `hcl:"format,optional"`
+}
+
+// decodeFile parses src and sets every value the file gives. It reports false when the file does
+// not parse at all; decoding problems are collected and decoding goes on, so one run reports as
+// many problems as it can.
+func (b *builder) decodeFile(src []byte, filename string) bool {
+	parser := hclparse.NewParser()
+	file, diags := parser.ParseHCL(src, filename)
+	b.files = parser.Files()
+	b.diags = append(b.diags, diags...)
+	if diags.HasErrors() {
+		return false
+	}
+
+	var fc fileConfig
+	b.diags = append(b.diags, gohcl.DecodeBody(file.Body, nil, &fc)...)
+
+	c, s := &b.cfg, &b.src
+	b.decodeValue(fc.Name, "name", &c.Name, &s.name)
+	b.decodeCommand(fc.Command)
+	if b.decodeValue(fc.Directory, "directory", &c.Directory, &s.directory) {
+		c.Directory = b.resolvePath(c.Directory, false)
+	}
+	b.decodeEnv(fc.Env)
+	b.decodeValue(fc.Workers, "workers", &c.Workers, &s.workers)
+	var readiness string
+	if b.decodeValue(fc.Readiness, "readiness", &readiness, &s.readiness) {
+		c.Readiness = Readiness(readiness)
+	}
+
+	for _, fl := range fc.Listen {
+		b.decodeListener(fl)
+	}
+	if t := fc.Timeouts; t != nil {
+		b.decodeDuration(t.Boot, "timeouts.boot", &c.Timeouts.Boot, &s.boot)
+		b.decodeDuration(t.Worker, "timeouts.worker", &c.Timeouts.Worker, &s.worker)
+		b.decodeDuration(t.Shutdown, "timeouts.shutdown", &c.Timeouts.Shutdown, &s.shutdown)
+	}
+	if r := fc.Restart; r != nil {
+		b.decodeDuration(r.BackoffMin, "restart.backoff_min", &c.Restart.BackoffMin, &s.backoffMin)
+		b.decodeDuration(r.BackoffMax, "restart.backoff_max", &c.Restart.BackoffMax, &s.backoffMax)
+		b.decodeDuration(r.ResetAfter, "restart.reset_after", &c.Restart.ResetAfter, &s.resetAfter)
+	}
+	if ctl := fc.Control; ctl != nil {
+		if b.decodeValue(ctl.Socket, "control.socket", &c.Control.Socket, &s.socket) {
+			c.Control.Socket = b.resolvePath(c.Control.Socket, false)
+		}
+	}
+	if l := fc.Log; l != nil {
+		b.decodeValue(l.Level, "log.level", &c.Log.Level, &s.level)
+		b.decodeValue(l.Format, "log.format", &c.Log.Format, &s.format)
+	}
+	return true
+}
+
+// attrOrigin locates the attribute a: its value is the subject of a problem, the whole attribute the
+// context shown around it.
+func attrOrigin(what string, a *hcl.Attribute) origin {
+	return origin{what: what, given: true, subject: a.Expr.Range().Ptr(), context: a.Range.Ptr()}
+}
+
+// decodeValue decodes attribute a, if present, into dst (any type gocty converts to), and records
+// its origin in o. It reports whether dst was set; null counts as absent, so the default applies.
+func (b *builder) decodeValue(a *hcl.Attribute, what string, dst any, o *origin) bool {
+	if a == nil {
+		return false
+	}
+	*o = attrOrigin(what, a)
+	val, diags := a.Expr.Value(nil)
+	if diags.HasErrors() {
+		// Variables, functions: HCL's own message says what is wrong.
+		b.diags = append(b.diags, diags...)
+		o.failed = true
+		return false
+	}
+	if val.IsNull() {
+		o.given = false
+		return false
+	}
+	if diags := gohcl.DecodeExpression(a.Expr, nil, dst); diags.HasErrors() {
+		// gohcl says "Unsuitable value type" about the first character of the value; say which
+		// type is wanted, about the whole value.
+		msg := typeWanted(dst)
+		reason := strings.TrimPrefix(diags[0].Detail, "Unsuitable value: ")
+		if strings.HasPrefix(reason, "element ") {
+			msg += ": " + reason
+		}
+		b.report(*o, "%s", msg)
+		o.failed = true
+		return false
+	}
+	return true
+}
+
+// typeWanted describes the type decodeValue decodes into, for a value that does not convert to it.
+func typeWanted(dst any) string {
+	switch dst.(type) {
+	case *string:
+		return "must be a string"
+	case *int:
+		return "must be a whole number"
+	case *bool:
+		return "must be true or false"
+	case *[]string:
+		return `must be a list of strings, like ["python3", "app.py"]`
+	case *map[string]string:
+		return `must be a map of strings, like { APP_ENV = "production" }`
+	}
+	return "has the wrong type"
+}
+
+// decodeDuration decodes a duration written as a string for time.ParseDuration ("90s", "1m30s").
+func (b *builder) decodeDuration(a *hcl.Attribute, what string, dst *time.Duration, o *origin) {
+	var s string
+	if !b.decodeValue(a, what, &s, o) {
+		return
+	}
+	d, err := parseDuration(s)
+	if err != nil {
+		b.report(*o, "%v", err)
+		o.failed = true
+		return
+	}
+	*dst = d
+}
+
+// parseDuration is time.ParseDuration with a message that shows the expected form.
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration; write a number and a unit, like \"30s\", \"2m\" or \"1m30s\"", s)
+	}
+	return d, nil
+}
+
+// decodeCommand decodes the argv list, keeping each element's range so a problem with the program
+// name points at it.
+func (b *builder) decodeCommand(a *hcl.Attribute) {
+	s := &b.src
+	if a == nil {
+		return
+	}
+	if val, diags := a.Expr.Value(nil); !diags.HasErrors() && val.Type() == cty.String {
+		// The common mistake, from shell habits and Procfiles: say what to write instead of
+		// gohcl's "list of string required".
+		s.command = attrOrigin("command", a)
+		b.report(s.command, "must be a list of strings, like [\"python3\", \"app.py\"]: no shell splits it")
+		s.command.failed = true
+		return
+	}
+	if !b.decodeValue(a, "command", &b.cfg.Command, &s.command) {
+		return
+	}
+	if elems, diags := hcl.ExprList(a.Expr); !diags.HasErrors() && len(elems) == len(b.cfg.Command) {
+		for _, e := range elems {
+			s.commandArgs = append(s.commandArgs, origin{
+				what: "command", given: true, subject: e.Range().Ptr(), context: a.Range.Ptr(),
+			})
+		}
+	}
+}
+
+// decodeEnv decodes the env map, keeping each key's range for problems with one variable.
+func (b *builder) decodeEnv(a *hcl.Attribute) {
+	s := &b.src
+	if !b.decodeValue(a, "env", &b.cfg.Env, &s.env) {
+		return
+	}
+	pairs, diags := hcl.ExprMap(a.Expr)
+	if diags.HasErrors() {
+		return // not a literal map; problems are reported against the whole attribute
+	}
+	s.envKeys = map[string]origin{}
+	for _, kv := range pairs {
+		var key string
+		if gohcl.DecodeExpression(kv.Key, nil, &key).HasErrors() {
+			continue
+		}
+		s.envKeys[key] = origin{what: "env", given: true, subject: kv.Key.Range().Ptr(), context: a.Range.Ptr()}
+	}
+}
+
+// decodeListener decodes one listen block.
+func (b *builder) decodeListener(fl *fileListen) {
+	what := func(attr string) string { return fmt.Sprintf("listen %q %s", fl.Name, attr) }
+	l := Listener{Name: fl.Name}
+	ls := listenerSources{
+		name:      origin{what: fmt.Sprintf("listen %q", fl.Name), given: true, subject: fl.NameRange.Ptr()},
+		address:   origin{what: what("address")},
+		backlog:   origin{what: what("backlog")},
+		reusePort: origin{what: what("reuseport")},
+		mode:      origin{what: what("mode")},
+	}
+	var url string
+	if fl.Address == nil {
+		b.report(origin{what: ls.name.what, subject: fl.DefRange.Ptr()},
+			`needs an address, like address = "tcp://127.0.0.1:8080"`)
+		ls.address.failed = true
+	} else if b.decodeValue(fl.Address, what("address"), &url, &ls.address) {
+		network, address, err := parseListenURL(url)
+		if err != nil {
+			b.report(ls.address, "%v", err)
+			ls.address.failed = true
+		} else {
+			if network == "unix" && !strings.HasPrefix(address, "@") {
+				address = b.resolvePath(address, false)
+			}
+			l.Network, l.Address = network, address
+		}
+	}
+	b.decodeValue(fl.Backlog, what("backlog"), &l.Backlog, &ls.backlog)
+	b.decodeValue(fl.ReusePort, what("reuseport"), &l.ReusePort, &ls.reusePort)
+	var mode string
+	if b.decodeValue(fl.Mode, what("mode"), &mode, &ls.mode) {
+		m, err := parseMode(mode)
+		if err != nil {
+			b.report(ls.mode, "%v", err)
+			ls.mode.failed = true
+		}
+		l.Mode = m
+	}
+	b.cfg.Listeners = append(b.cfg.Listeners, l)
+	b.src.listeners = append(b.src.listeners, ls)
+}

@@ -1,0 +1,196 @@
+package config
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Load builds the Config forkd runs with: the file named by f.Config (none in quick mode), then
+// every flag that was given on top of it, then defaults for whatever is still unset, then validation.
+//
+// Problems in the file are returned together as a *DiagnosticsError. Problems in flags (including the
+// command after "--") are returned as a plain error naming the flag; when there are any, problems in
+// the file are not reported until they are fixed. An unreadable file is a plain error wrapping the
+// cause, so errors.Is(err, fs.ErrNotExist) works.
+func Load(f Flags) (*Config, error) {
+	b := newBuilder(f.Config, f.Config == "")
+	if f.Config != "" {
+		src, err := os.ReadFile(f.Config)
+		if err != nil {
+			var pathErr *fs.PathError
+			if errors.As(err, &pathErr) {
+				err = pathErr.Err // the path is in our own message; "open" would only repeat it
+			}
+			return nil, fmt.Errorf("config: read %s: %w", f.Config, err)
+		}
+		if !b.decodeFile(src, f.Config) {
+			return nil, b.err()
+		}
+	}
+	b.applyFlags(f)
+	return b.finish()
+}
+
+// LoadFile loads the config file at path with no flag overrides: Load(Flags{Config: path}).
+func LoadFile(path string) (*Config, error) {
+	return Load(Flags{Config: path})
+}
+
+// Parse builds a Config from the contents of a config file, as Load does for a file named filename
+// but without reading it or applying flags. filename names the file in diagnostics, gives the
+// default Name, and is the base for relative paths in the file.
+func Parse(src []byte, filename string) (*Config, error) {
+	b := newBuilder(filename, false)
+	if !b.decodeFile(src, filename) {
+		return nil, b.err()
+	}
+	return b.finish()
+}
+
+// builder assembles a Config from a file and flags, remembering where each value came from (see
+// sources) so that a problem is reported where the user wrote it.
+type builder struct {
+	cfg Config
+	src sources
+
+	// quick is set when there is no config file: every value comes from a flag or a default, and
+	// every problem is a plain error.
+	quick bool
+	// fileDir is the absolute directory of the config file; relative paths in the file are
+	// resolved against it, so the file means the same thing whatever forkd's working directory.
+	fileDir string
+
+	files    map[string]*hcl.File
+	diags    hcl.Diagnostics
+	flagErrs []error
+}
+
+func newBuilder(file string, quick bool) *builder {
+	b := &builder{quick: quick}
+	b.cfg.File = file
+	if !quick {
+		dir, err := filepath.Abs(filepath.Dir(file))
+		if err != nil {
+			dir = filepath.Dir(file)
+		}
+		b.fileDir = dir
+	}
+	b.src = defaultSources(quick)
+	return b
+}
+
+// finish fills defaults, validates, and returns the Config or the problems found.
+func (b *builder) finish() (*Config, error) {
+	b.fillDefaults()
+	b.validate()
+	if err := b.err(); err != nil {
+		return nil, err
+	}
+	cfg := b.cfg
+	return &cfg, nil
+}
+
+// err returns the problems found so far: flag problems first (see Load), then the file's.
+func (b *builder) err() error {
+	if len(b.flagErrs) > 0 {
+		return errors.Join(b.flagErrs...)
+	}
+	if !b.diags.HasErrors() {
+		return nil
+	}
+	// HCL reports some problems in map order; sort so the output follows the file, with problems
+	// about the file as a whole last.
+	diags := slices.Clone(b.diags)
+	slices.SortStableFunc(diags, func(a, b *hcl.Diagnostic) int {
+		switch {
+		case a.Subject == nil && b.Subject == nil:
+			return 0
+		case a.Subject == nil:
+			return 1
+		case b.Subject == nil:
+			return -1
+		}
+		return cmp.Or(
+			strings.Compare(a.Subject.Filename, b.Subject.Filename),
+			cmp.Compare(a.Subject.Start.Byte, b.Subject.Start.Byte),
+		)
+	})
+	return &DiagnosticsError{File: b.cfg.File, Diagnostics: diags, Files: b.files}
+}
+
+// fillDefaults sets every value that neither the file nor a flag gave.
+func (b *builder) fillDefaults() {
+	c, s := &b.cfg, &b.src
+	if !s.name.given {
+		c.Name = "forkd"
+		if c.File != "" {
+			base := filepath.Base(c.File)
+			c.Name = strings.TrimSuffix(base, filepath.Ext(base))
+		}
+	}
+	if !s.workers.given {
+		// Capped so the default is valid on a machine with more CPUs than MaxWorkers.
+		c.Workers = min(runtime.NumCPU(), MaxWorkers)
+	}
+	if !s.readiness.given {
+		c.Readiness = ReadyOnNotify
+	}
+	for i := range c.Listeners {
+		l, ls := &c.Listeners[i], &s.listeners[i]
+		if !ls.backlog.given {
+			l.Backlog = DefaultBacklog
+		}
+		// Mode is the permission of the socket's file, so only a unix socket with a path has one.
+		if !ls.mode.given && l.Network == "unix" && !strings.HasPrefix(l.Address, "@") {
+			l.Mode = DefaultSocketMode
+		}
+	}
+	if !s.boot.given {
+		c.Timeouts.Boot = DefaultBootTimeout
+	}
+	if !s.shutdown.given {
+		c.Timeouts.Shutdown = DefaultShutdownTimeout
+	}
+	if !s.backoffMin.given {
+		c.Restart.BackoffMin = DefaultBackoffMin
+	}
+	if !s.backoffMax.given {
+		c.Restart.BackoffMax = DefaultBackoffMax
+	}
+	if !s.resetAfter.given {
+		c.Restart.ResetAfter = DefaultResetAfter
+	}
+	if !s.socket.given {
+		c.Control.Socket = DefaultControlSocket(c.Name)
+	}
+	if !s.level.given {
+		c.Log.Level = "info"
+	}
+	if !s.format.given {
+		c.Log.Format = "auto"
+	}
+}
+
+// resolvePath makes a relative path from the file absolute against the file's directory, and one
+// from a flag absolute against forkd's working directory (so a later chdir cannot change it).
+func (b *builder) resolvePath(path string, fromFlag bool) string {
+	if path == "" || filepath.IsAbs(path) {
+		return path
+	}
+	if !fromFlag && b.fileDir != "" {
+		return filepath.Join(b.fileDir, path)
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
+}

@@ -1,0 +1,204 @@
+package config
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// fullConfig sets every attribute of the schema (docs/configuration.md), none to its default.
+const fullConfig = `
+name      = "demo"
+command   = ["sh", "app.sh", "--port", "8080"]
+directory = "app"
+env       = { APP_ENV = "production", PATH = "/usr/bin:/bin" }
+workers   = 4
+readiness = "started"
+
+listen "http" {
+  address   = "tcp://127.0.0.1:8080"
+  backlog   = 512
+  reuseport = true
+}
+
+listen "admin" {
+  address = "unix://admin.sock"
+  mode    = "0660"
+}
+
+listen "abstract" {
+  address = "unix://@demo"
+}
+
+timeouts {
+  boot     = "2m"
+  worker   = "10s"
+  shutdown = "1m30s"
+}
+
+restart {
+  backoff_min = "500ms"
+  backoff_max = "1m"
+  reset_after = "5m"
+}
+
+control {
+  socket = "run/control.sock"
+}
+
+log {
+  level  = "debug"
+  format = "json"
+}
+`
+
+func TestParseFullConfig(t *testing.T) {
+	dir := sandbox(t)
+	cfg, err := Parse([]byte(fullConfig), "demo.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, &Config{
+		Name:      "demo",
+		File:      "demo.hcl",
+		Command:   []string{"sh", "app.sh", "--port", "8080"},
+		Directory: filepath.Join(dir, "app"),
+		Env:       map[string]string{"APP_ENV": "production", "PATH": "/usr/bin:/bin"},
+		Workers:   4,
+		Readiness: ReadyOnStart,
+		Listeners: []Listener{
+			{Name: "http", Network: "tcp", Address: "127.0.0.1:8080", Backlog: 512, ReusePort: true},
+			{Name: "admin", Network: "unix", Address: filepath.Join(dir, "admin.sock"), Backlog: DefaultBacklog, Mode: 0o660},
+			{Name: "abstract", Network: "unix", Address: "@demo", Backlog: DefaultBacklog},
+		},
+		Timeouts: Timeouts{Boot: 2 * time.Minute, Worker: 10 * time.Second, Shutdown: 90 * time.Second},
+		Restart:  Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
+		Control:  Control{Socket: filepath.Join(dir, "run", "control.sock")},
+		Log:      Log{Level: "debug", Format: "json"},
+	}, cfg)
+}
+
+func TestParseFillsDefaults(t *testing.T) {
+	sandbox(t)
+	cfg, err := Parse([]byte(`command = ["server"]`), "/etc/forkd/web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, &Config{
+		Name:      "web",
+		File:      "/etc/forkd/web.hcl",
+		Command:   []string{"server"},
+		Workers:   defaultWorkers(),
+		Readiness: ReadyOnNotify,
+		Timeouts:  Timeouts{Boot: DefaultBootTimeout, Worker: 0, Shutdown: DefaultShutdownTimeout},
+		Restart:   Restart{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax, ResetAfter: DefaultResetAfter},
+		Control:   Control{Socket: DefaultControlSocket("web")},
+		Log:       Log{Level: "info", Format: "auto"},
+	}, cfg)
+}
+
+func TestParseListenerDefaults(t *testing.T) {
+	dir := sandbox(t)
+	cfg, err := Parse([]byte(`
+command = ["server"]
+listen "web" { address = "tcp://:8080" }
+listen "sock" { address = "unix:///run/app.sock" }
+listen "rel" { address = "unix://sockets/app.sock" }
+listen "v6" { address = "tcp6://[::1]:0" }
+`), "demo.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, []Listener{
+		{Name: "web", Network: "tcp", Address: ":8080", Backlog: DefaultBacklog},
+		{Name: "sock", Network: "unix", Address: "/run/app.sock", Backlog: DefaultBacklog, Mode: DefaultSocketMode},
+		{Name: "rel", Network: "unix", Address: filepath.Join(dir, "sockets/app.sock"), Backlog: DefaultBacklog, Mode: DefaultSocketMode},
+		{Name: "v6", Network: "tcp6", Address: "[::1]:0", Backlog: DefaultBacklog},
+	}, cfg.Listeners)
+}
+
+// TestParseNullMeansDefault: null is how HCL says "not set", so the default applies.
+func TestParseNullMeansDefault(t *testing.T) {
+	sandbox(t)
+	cfg, err := Parse([]byte("command = [\"server\"]\nworkers = null\ntimeouts { boot = null }\n"), "demo.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, defaultWorkers(), cfg.Workers)
+	assert.Equal(t, DefaultBootTimeout, cfg.Timeouts.Boot)
+}
+
+func TestParseRelativePathsFollowTheFile(t *testing.T) {
+	dir := sandbox(t)
+	mustWrite(t, filepath.Join(dir, "etc", "app", "run"), "#!/bin/sh\n", 0o755)
+	path := writeConfig(t, filepath.Join("etc", "demo.hcl"), `
+command   = ["./run"]
+directory = "app"
+control { socket = "demo.sock" }
+listen "s" { address = "unix://s.sock" }
+`)
+	// Change somewhere else: the file must mean the same wherever forkd runs.
+	t.Chdir(filepath.Join(dir, "app"))
+	cfg, err := LoadFile(filepath.Join(dir, path))
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(dir, "etc", "app"), cfg.Directory)
+	assert.Equal(t, filepath.Join(dir, "etc", "demo.sock"), cfg.Control.Socket)
+	assert.Equal(t, filepath.Join(dir, "etc", "s.sock"), cfg.Listeners[0].Address)
+	assert.Equal(t, []string{"./run"}, cfg.Command, "the command is kept as written")
+}
+
+// TestParseDirectorySymlinkKept: a deploy switches current -> releases/N, so the configured path is
+// kept rather than the symlink's target of the day.
+func TestParseDirectorySymlinkKept(t *testing.T) {
+	dir := sandbox(t)
+	require.NoError(t, os.Symlink(filepath.Join(dir, "app"), filepath.Join(dir, "current")))
+	cfg, err := Parse([]byte(`
+command   = ["./run"]
+directory = "current"
+`), "demo.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(dir, "current"), cfg.Directory)
+}
+
+func TestParseCommandLookup(t *testing.T) {
+	tests := []struct {
+		name    string
+		src     string
+		wantErr string
+	}{
+		{"in PATH", `command = ["server"]`, ""},
+		{"absolute", `command = ["/bin/sh", "-c", "exit 0"]`, ""},
+		{"relative to working directory", `command = ["bin/server"]`, ""},
+		{"relative to directory", "directory = \"app\"\ncommand = [\"./run\"]", ""},
+		{"PATH from env wins", "env = { PATH = \"/nonexistent\" }\ncommand = [\"server\"]",
+			`command: "server" not found in PATH ("/nonexistent", set in env)`},
+		{"PATH from env finds it", "env = { PATH = \"/nonexistent:bin\" }\ncommand = [\"server\"]", ""},
+		{"not in PATH", `command = ["pythn3", "app.py"]`, `command: "pythn3" not found in PATH`},
+		{"directory is not in PATH", `command = ["app"]`, `command: "app" not found in PATH`},
+		{"missing relative to directory", "directory = \"app\"\ncommand = [\"./nope\"]", `"./nope" (`},
+		{"not executable", `command = ["bin/notexec"]`, `command: "bin/notexec" is not executable (mode 0644)`},
+		{"a directory", `command = ["./app"]`, `command: "./app" is a directory`},
+		{"missing", `command = ["./nope"]`, `command: "./nope" does not exist`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sandbox(t)
+			_, err := Parse([]byte(tt.src), "demo.hcl")
+			if tt.wantErr == "" {
+				assert.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, diagnosticsText(t, err), tt.wantErr)
+		})
+	}
+}
+
+func TestLoadReadError(t *testing.T) {
+	sandbox(t)
+	_, err := LoadFile("/nonexistent/forkd/x.hcl")
+	require.Error(t, err)
+	assert.Equal(t, "config: read /nonexistent/forkd/x.hcl: no such file or directory", err.Error())
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+
+	_, err = LoadFile(".")
+	require.Error(t, err)
+	assert.Equal(t, "config: read .: is a directory", err.Error())
+}

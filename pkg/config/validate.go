@@ -1,0 +1,388 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// maxUnixPath is the longest unix socket address the kernel takes: sun_path holds 108 bytes, and a
+// path needs one of them for its terminating NUL. (An abstract name has a leading NUL instead; "@"
+// stands for it here, so the same limit applies to "@name".)
+const maxUnixPath = 107
+
+// origin says where a value came from, so a problem with it is reported there: against the
+// attribute's source range for the file, naming the flag for the command line.
+type origin struct {
+	// what names the value as the user wrote it: "workers", "timeouts.boot", `listen "http" mode`,
+	// or a flag such as "--workers".
+	what string
+	// given is set when the file or a flag set the value; otherwise it is a default.
+	given bool
+	// flag is set for values from the command line (and defaults in quick mode): their problems are
+	// plain errors rather than diagnostics.
+	flag bool
+	// subject is the range of the value in the file and context the whole attribute, for the
+	// snippet; both are nil for flags and defaults.
+	subject, context *hcl.Range
+	// failed is set when the value could not be decoded. That problem is already reported, so
+	// validation stays quiet about the zero value left behind.
+	failed bool
+}
+
+// sources records an origin for every value of the Config being built.
+type sources struct {
+	name, command, directory, env, workers, readiness origin
+	// commandArgs and envKeys locate single elements, for a problem with one of them.
+	commandArgs []origin
+	envKeys     map[string]origin
+	listeners   []listenerSources
+
+	boot, worker, shutdown             origin
+	backoffMin, backoffMax, resetAfter origin
+	socket                             origin
+	level, format                      origin
+}
+
+// listenerSources holds the origins of one Listener's values.
+type listenerSources struct {
+	name, address, backlog, reusePort, mode origin
+}
+
+// defaultSources names every value as the file does; in quick mode those names only appear in
+// problems with defaults, which are plain errors.
+func defaultSources(quick bool) sources {
+	at := func(what string) origin { return origin{what: what, flag: quick} }
+	return sources{
+		name: at("name"), command: at("command"), directory: at("directory"), env: at("env"),
+		workers: at("workers"), readiness: at("readiness"),
+		boot: at("timeouts.boot"), worker: at("timeouts.worker"), shutdown: at("timeouts.shutdown"),
+		backoffMin: at("restart.backoff_min"), backoffMax: at("restart.backoff_max"),
+		resetAfter: at("restart.reset_after"),
+		socket:     at("control.socket"),
+		level:      at("log.level"), format: at("log.format"),
+	}
+}
+
+// report records one problem with the value from o, as one plain sentence.
+func (b *builder) report(o origin, format string, args ...any) {
+	if o.failed {
+		return
+	}
+	msg := o.what + ": " + fmt.Sprintf(format, args...)
+	if o.flag {
+		b.flagErrs = append(b.flagErrs, errors.New(msg))
+		return
+	}
+	b.diags = append(b.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  msg,
+		Subject:  o.subject,
+		Context:  o.context,
+	})
+}
+
+// validate checks every value of the Config, after defaults are filled, reporting one sentence per
+// bad value. It reads like the schema in docs/configuration.md, in the same order.
+func (b *builder) validate() {
+	c, s := &b.cfg, &b.src
+
+	b.validateName()
+
+	dirOK := true
+	if c.Directory != "" {
+		dirOK = b.validateDirectory()
+	}
+	b.validateEnv()
+	b.validateCommand(dirOK)
+
+	if c.Workers < 1 || c.Workers > MaxWorkers {
+		b.report(s.workers, "%d is out of range 1..%d", c.Workers, MaxWorkers)
+	}
+	switch c.Readiness {
+	case ReadyOnNotify, ReadyOnStart:
+	default:
+		b.report(s.readiness, "%q is not one of %q, %q", c.Readiness, ReadyOnNotify, ReadyOnStart)
+	}
+
+	b.validateListeners()
+
+	t := c.Timeouts
+	if t.Boot <= 0 {
+		b.report(s.boot, "must be greater than 0, not %s", t.Boot)
+	}
+	if t.Worker < 0 {
+		b.report(s.worker, "must not be negative (0s turns heartbeats off), not %s", t.Worker)
+	}
+	if t.Shutdown < 0 {
+		b.report(s.shutdown, "must not be negative, not %s", t.Shutdown)
+	}
+
+	r := c.Restart
+	if r.BackoffMin <= 0 {
+		b.report(s.backoffMin, "must be greater than 0, not %s", r.BackoffMin)
+	}
+	if r.BackoffMax < r.BackoffMin && !s.backoffMin.failed {
+		b.report(s.backoffMax, "%s is less than restart.backoff_min (%s)", r.BackoffMax, r.BackoffMin)
+	}
+	if r.ResetAfter <= 0 {
+		b.report(s.resetAfter, "must be greater than 0, not %s", r.ResetAfter)
+	}
+
+	if c.Control.Socket == "" {
+		b.report(s.socket, "must not be empty")
+	} else {
+		b.validateSocketPath(s.socket, c.Control.Socket)
+	}
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		b.report(s.level, "%q is not one of \"debug\", \"info\", \"warn\", \"error\"", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "auto", "text", "json", "journal":
+	default:
+		b.report(s.format, "%q is not one of \"auto\", \"text\", \"json\", \"journal\"", c.Log.Format)
+	}
+}
+
+// validateName checks Name, which becomes a path component of the default control socket
+// (/run/forkd/NAME/control.sock) and appears in logs.
+func (b *builder) validateName() {
+	name, o := b.cfg.Name, b.src.name
+	hint := ""
+	if !o.given && !o.flag {
+		hint = ` (it comes from the file name; set name = "..." in the file)`
+	}
+	switch {
+	case name == "":
+		b.report(o, "must not be empty%s", hint)
+	case name == "." || name == "..":
+		b.report(o, "%q is not allowed, since the name is used as a directory name%s", name, hint)
+	default:
+		for _, r := range name {
+			if !isNameChar(r) {
+				b.report(o, "%q may contain only letters, digits and \"_.@-\", not %q%s", name, r, hint)
+				return
+			}
+		}
+	}
+}
+
+func isNameChar(r rune) bool {
+	return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' ||
+		r == '_' || r == '.' || r == '@' || r == '-'
+}
+
+// validateDirectory checks that Directory is an existing directory, following symlinks only to
+// check: the configured path is kept, so a deploy that moves a symlink is seen by new workers.
+func (b *builder) validateDirectory() bool {
+	dir, o := b.cfg.Directory, b.src.directory
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		b.report(o, "%q does not exist", dir)
+	case err != nil:
+		b.report(o, "%v", err)
+	case !fi.IsDir():
+		b.report(o, "%q is not a directory", dir)
+	default:
+		return true
+	}
+	return false
+}
+
+// validateEnv checks the keys and values of Env, which become "KEY=value" strings in the workers'
+// environment.
+func (b *builder) validateEnv() {
+	for key, value := range b.cfg.Env {
+		o, ok := b.src.envKeys[key]
+		if !ok {
+			o = b.src.env
+		}
+		switch {
+		case key == "":
+			b.report(o, "a variable name must not be empty")
+		case strings.Contains(key, "="):
+			b.report(o, "variable name %q must not contain \"=\"", key)
+		case strings.Contains(key, "\x00"):
+			b.report(o, "variable name %q must not contain a NUL byte", key)
+		case strings.Contains(value, "\x00"):
+			b.report(o, "the value of %s must not contain a NUL byte", key)
+		}
+	}
+}
+
+// validateCommand checks that Command names a program forkd can run: a path (relative to Directory)
+// when it contains a slash, else a name found in PATH, the workers' PATH when env sets one.
+func (b *builder) validateCommand(dirOK bool) {
+	c, s := &b.cfg, &b.src
+	if len(c.Command) == 0 {
+		switch {
+		case b.quick:
+			b.report(s.command, `missing: give the program to run after "--", like forkd --listen tcp://:8080 -- python3 app.py`)
+		case !s.command.given:
+			b.report(s.command, `missing: set command = ["python3", "app.py"] in the file, or give it after "--"`)
+		default:
+			b.report(s.command, `must not be empty: give the program to run and its arguments, like ["python3", "app.py"]`)
+		}
+		return
+	}
+	argOrigin := func(i int) origin {
+		if i < len(s.commandArgs) {
+			return s.commandArgs[i]
+		}
+		return s.command
+	}
+	for i, arg := range c.Command {
+		if strings.Contains(arg, "\x00") {
+			b.report(argOrigin(i), "argument %d must not contain a NUL byte", i)
+			return
+		}
+	}
+	prog, o := c.Command[0], argOrigin(0)
+	switch {
+	case prog == "":
+		b.report(o, "the program name (the first element) must not be empty")
+	case strings.Contains(prog, "/"):
+		if !dirOK {
+			return // already reported; every relative program would be "missing" too
+		}
+		path := prog
+		if !filepath.IsAbs(path) && c.Directory != "" {
+			path = filepath.Join(c.Directory, prog)
+		}
+		if err := checkExecutable(path); err != nil {
+			where := ""
+			if path != prog {
+				where = fmt.Sprintf(" (%s)", path)
+			}
+			b.report(o, "%q%s %v", prog, where, err)
+		}
+	default:
+		pathList, fromEnv := c.Env["PATH"]
+		if !fromEnv {
+			pathList = os.Getenv("PATH")
+		}
+		if !inPath(prog, pathList) {
+			if fromEnv {
+				b.report(o, "%q not found in PATH (%q, set in env)", prog, pathList)
+			} else {
+				b.report(o, "%q not found in PATH", prog)
+			}
+		}
+	}
+}
+
+// inPath reports whether an executable named prog is in one of the directories of pathList, as
+// exec.LookPath would find it (an empty entry means the current directory).
+func inPath(prog, pathList string) bool {
+	for _, dir := range filepath.SplitList(pathList) {
+		if dir == "" {
+			dir = "."
+		}
+		if checkExecutable(filepath.Join(dir, prog)) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// checkExecutable says why path cannot be exec'd, or returns nil. Like exec.LookPath it only looks at
+// the mode bits: whether this user may run it is decided by the kernel at exec time.
+func checkExecutable(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return errors.New("does not exist")
+	case err != nil:
+		return fmt.Errorf("cannot be checked: %w", err)
+	case fi.IsDir():
+		return errors.New("is a directory")
+	case fi.Mode()&0o111 == 0:
+		return fmt.Errorf("is not executable (mode %04o)", fi.Mode().Perm())
+	}
+	return nil
+}
+
+// validateListeners checks each listener and that no two share a name (they must be told apart in
+// LISTEN_FDNAMES) or an address (the second bind would fail, or take over a unix socket).
+func (b *builder) validateListeners() {
+	byName := map[string]origin{}
+	byAddr := map[string]string{}
+	for i, l := range b.cfg.Listeners {
+		ls := b.src.listeners[i]
+
+		if first, dup := byName[l.Name]; dup {
+			where := ""
+			if first.subject != nil {
+				where = " at " + first.subject.String()
+			}
+			b.report(ls.name, "name %q is already used by another listener%s", l.Name, where)
+		} else {
+			byName[l.Name] = ls.name
+			if err := checkFDName(l.Name); err != nil {
+				b.report(ls.name, "name %q %v", l.Name, err)
+			}
+		}
+
+		if ls.address.failed || l.Network == "" {
+			continue // the address did not parse; its problem is reported
+		}
+		abstract := l.Network == "unix" && strings.HasPrefix(l.Address, "@")
+		if l.Network == "unix" {
+			b.validateSocketPath(ls.address, l.Address)
+		}
+		if key := l.URL(); !strings.HasSuffix(key, ":0") {
+			if other, dup := byAddr[key]; dup {
+				b.report(ls.address, "%q is already used by listener %q", key, other)
+			} else {
+				byAddr[key] = l.Name
+			}
+		}
+		if l.Backlog < 1 {
+			b.report(ls.backlog, "must be at least 1, not %d", l.Backlog)
+		}
+		if l.ReusePort && l.Network == "unix" {
+			b.report(ls.reusePort, "applies only to tcp listeners")
+		}
+		if ls.mode.given && !ls.mode.failed {
+			switch {
+			case l.Network != "unix":
+				b.report(ls.mode, "applies only to unix listeners")
+			case abstract:
+				b.report(ls.mode, "does not apply to an abstract unix socket, which has no file")
+			}
+		}
+	}
+}
+
+// checkFDName applies systemd's rules for a name in LISTEN_FDNAMES (fdname_is_valid): 1 to 255
+// printable ASCII characters, no ':' since it separates the names.
+func checkFDName(name string) error {
+	if name == "" || len(name) > 255 {
+		return fmt.Errorf("must be 1 to 255 characters long, not %d", len(name))
+	}
+	for _, c := range []byte(name) {
+		if c == ':' {
+			return errors.New("must not contain ':', which separates names in LISTEN_FDNAMES")
+		}
+		if c < ' ' || c > '~' {
+			return errors.New("may contain only printable ASCII characters")
+		}
+	}
+	return nil
+}
+
+// validateSocketPath checks that a unix socket address fits in sun_path.
+func (b *builder) validateSocketPath(o origin, path string) {
+	if len(path) > maxUnixPath {
+		b.report(o, "%q is %d bytes long, more than a unix socket address can hold (%d)", path, len(path), maxUnixPath)
+	}
+}

@@ -1,0 +1,176 @@
+package notify
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// Socket is the master's datagram socket that workers get as NOTIFY_SOCKET. Every datagram it
+// receives carries its sender's credentials, whether the sender attached them or not.
+//
+// Receive and Close may be called from different goroutines; concurrent Receive calls take turns.
+type Socket struct {
+	conn *net.UnixConn
+	addr string
+	// file is the socket file Close removes; "" for an abstract address.
+	file string
+
+	receiving sync.Mutex // guards buf and oob, reused by every Receive
+	buf       []byte
+	oob       []byte
+}
+
+// Datagram is one datagram received on a Socket, with its sender's credentials.
+type Datagram struct {
+	// PID, UID and GID are the sender's, as the kernel saw them when it sent (SCM_CREDENTIALS),
+	// translated into this process's namespaces: PID is 0 when the sender is in a PID namespace
+	// this process cannot see. The sender may have exited, and its PID been reused, since.
+	// When the datagram carried no credentials at all (which SO_PASSCRED rules out), PID is 0
+	// and UID and GID are -1.
+	PID, UID, GID int
+
+	// Data is the datagram's payload, for Parse. When Truncated is set it holds only the first
+	// MaxMessageSize+1 bytes, which Parse rejects as too large.
+	Data []byte
+
+	// Truncated reports a datagram larger than MaxMessageSize+1 bytes, cut short on receipt.
+	Truncated bool
+
+	// FDs is the number of file descriptors the sender passed with SCM_RIGHTS (FDSTORE=1, or the
+	// pipe of BARRIER=1). forkd keeps no file descriptor store: Release closes them all.
+	FDs int
+
+	passed []int
+}
+
+// Release closes the descriptors passed with the datagram. Call it once the sender has been dealt
+// with: a sender using sd_notify_barrier(3) waits until its descriptor is closed, so it is still
+// alive, and its PID still names it, until Release. Releasing twice is harmless.
+func (d *Datagram) Release() {
+	for _, fd := range d.passed {
+		_ = syscall.Close(fd)
+	}
+	d.passed = nil
+}
+
+// NewAbstractAddr returns a fresh address in the abstract namespace, "@forkd/<pid>/<random hex>".
+// An abstract socket leaves no file behind when forkd dies, and the random part keeps a hot
+// restart (same PID) from colliding with the socket it replaces.
+func NewAbstractAddr() string {
+	var random [8]byte
+	_, _ = rand.Read(random[:]) // never fails (crypto/rand.Read crashes the program instead)
+	return "@forkd/" + strconv.Itoa(os.Getpid()) + "/" + hex.EncodeToString(random[:])
+}
+
+// Listen creates a close-on-exec unixgram socket at addr with SO_PASSCRED set before it is bound,
+// so that no datagram ever arrives without credentials. addr is "@name" for the abstract
+// namespace, or a path, made absolute (workers run in other directories), that must not exist.
+//
+// It returns one of the following:
+//   - (socket, nil): the socket is bound; Addr is the NOTIFY_SOCKET value for workers.
+//   - (nil, err): addr is empty, or the socket cannot be created or bound (errors.Is(err,
+//     syscall.EADDRINUSE) when the address is taken or the path exists).
+func Listen(addr string) (*Socket, error) {
+	if addr == "" || addr == "@" {
+		return nil, errors.New("notify: listen: empty address")
+	}
+	file := ""
+	if !strings.HasPrefix(addr, "@") {
+		abs, err := filepath.Abs(addr)
+		if err != nil {
+			return nil, fmt.Errorf("notify: listen on %s: %w", addr, err)
+		}
+		addr, file = abs, abs
+	}
+
+	config := net.ListenConfig{
+		// Called between socket(2) and bind(2).
+		Control: func(network, address string, raw syscall.RawConn) error {
+			var err error
+			if ctrlErr := raw.Control(func(fd uintptr) { err = setPassCred(int(fd)) }); ctrlErr != nil {
+				return ctrlErr
+			}
+			return err
+		},
+	}
+	pc, err := config.ListenPacket(context.Background(), "unixgram", addr)
+	if err != nil {
+		return nil, fmt.Errorf("notify: listen on %s: %w", addr, err)
+	}
+	return &Socket{
+		conn: pc.(*net.UnixConn),
+		addr: addr,
+		file: file,
+		buf:  make([]byte, MaxMessageSize+1),
+		oob:  make([]byte, oobSize),
+	}, nil
+}
+
+// Addr returns the socket's address as NOTIFY_SOCKET spells it: an absolute path, or "@name" for
+// the abstract namespace.
+func (s *Socket) Addr() string { return s.addr }
+
+// Receive waits for the next datagram and returns it. Descriptors passed with it stay open
+// (close-on-exec) until the caller calls Release.
+//
+// It returns one of the following:
+//   - (datagram, nil): a datagram arrived. It may be empty, truncated or malformed: Parse decides.
+//   - (Datagram{}, err): the socket is closed (errors.Is(err, net.ErrClosed), also when Close is
+//     called while Receive waits), or receiving failed.
+func (s *Socket) Receive() (Datagram, error) {
+	s.receiving.Lock()
+	defer s.receiving.Unlock()
+
+	// net sets MSG_CMSG_CLOEXEC on Linux, so that passed descriptors cannot leak into a worker
+	// spawned before they are released.
+	n, oobn, flags, _, err := s.conn.ReadMsgUnix(s.buf, s.oob)
+	if err != nil {
+		return Datagram{}, fmt.Errorf("notify: receive: %w", err)
+	}
+	d := Datagram{
+		Data:      append([]byte(nil), s.buf[:n]...),
+		Truncated: flags&syscall.MSG_TRUNC != 0,
+	}
+	d.PID, d.UID, d.GID, d.passed = parseControl(s.oob[:oobn])
+	d.FDs = len(d.passed)
+	return d, nil
+}
+
+// Close closes the socket and removes its file, if it has one. A Receive waiting in another
+// goroutine returns an error matching net.ErrClosed. Closing a closed socket returns an error
+// matching net.ErrClosed too.
+func (s *Socket) Close() error {
+	if err := s.conn.Close(); err != nil {
+		return fmt.Errorf("notify: close: %w", err)
+	}
+	if s.file != "" {
+		if err := os.Remove(s.file); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("notify: close: %w", err)
+		}
+	}
+	return nil
+}
+
+// Send sends state as one datagram to addr, a path or "@name": what sd_notify(3) does with
+// NOTIFY_SOCKET, for tests and tools (forkd's workers use their language's SDK).
+func Send(addr, state string) error {
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("notify: send to %s: %w", addr, err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte(state)); err != nil {
+		return fmt.Errorf("notify: send to %s: %w", addr, err)
+	}
+	return nil
+}
