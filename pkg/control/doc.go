@@ -1,0 +1,64 @@
+// Package control owns forkd's control API: the wire types, the HTTP+JSON server the master runs on
+// its control socket, the client forkctl uses, and the socket itself (Listen).
+//
+// # The socket
+//
+// The API is plain HTTP/1.1 on a unix stream socket whose file has mode 0600. Listen binds it,
+// chmods it, and only then listens, so there is no moment in which it accepts connections with a
+// wider mode. On top of the file mode, the server reads each connection's SO_PEERCRED and answers
+// only root and forkd's own effective uid; anyone else gets 403. The socket is not meant to be
+// exposed further (no TLS, no authentication beyond the peer's uid).
+//
+// # Routes
+//
+//	GET  /v1/status   -> Status
+//	POST /v1/stop     StopRequest  -> {}
+//	POST /v1/scale    ScaleRequest -> ScaleResponse
+//
+// Bodies are JSON with snake_case names. A request body is at most 64 KiB, must be a single JSON
+// object, and may not carry unknown fields (a typo in an operator's script is an error, not a
+// silently ignored option); an empty body means the zero request. Every error is
+// {"error": "message"} with a status code that says what kind of error it is:
+//
+//	400  the body is not valid JSON or the request is invalid
+//	403  the peer's uid may not use the API
+//	404  no such route
+//	405  wrong method for the route (the Allow header names the right one)
+//	409  the request conflicts with what forkd is doing (ErrStopping, ErrBusy)
+//	413  the body is larger than 64 KiB
+//	500  the backend failed
+//	503  the backend is gone (ErrUnavailable)
+//
+// # Backend
+//
+// The server does no cluster work itself: it decodes and validates a request, calls the matching
+// method of a Backend (implemented by the master's driver), and encodes the answer. A Backend
+// reports a failure with a *Error, whose Code becomes the status code; any other error becomes 500
+// with its message.
+//
+// A request may wait for a long time (StopRequest.Wait holds the reply until the workers are
+// drained). The server sets no write timeout, and the request's context is cancelled when the
+// client goes away, so a Backend selects on ctx.Done() while it waits. Cancellation withdraws only
+// the wait, never the action: a stop that was accepted goes on without anyone listening.
+//
+// # Adding an action
+//
+// Every action that changes forkd is a POST to /v1/<action> with a <Action>Request body and a
+// <Action>Response reply, and is one small addition in four places: the two wire types (types.go),
+// one Backend method, one line in NewServer, and one Client method. For example, a phased restart:
+//
+//	type ReloadRequest struct{ Wait bool `json:"wait"` }
+//	type ReloadResponse struct{ Generation int `json:"generation"` }
+//	Reload(ctx context.Context, req ReloadRequest) (ReloadResponse, error)      // Backend
+//	s.route(http.MethodPost, "/v1/reload", command(b.Reload))                  // NewServer
+//	func (c *Client) Reload(ctx context.Context, req ReloadRequest) (ReloadResponse, error) {
+//		var resp ReloadResponse
+//		return resp, c.call(ctx, http.MethodPost, "/v1/reload", req, &resp)
+//	}
+//
+// With Wait, the reply comes when the action has finished, however long that takes; if it failed,
+// the Backend returns a *Error whose Message is the reason ("worker 0 did not become ready within
+// 1m0s; the old workers keep serving"), so `forkctl reload --wait` and with it `systemctl reload`
+// fail and print it. A request type that needs checking beyond JSON decoding gets a validate()
+// error method, which the server calls before the Backend sees the request (see ScaleRequest).
+package control

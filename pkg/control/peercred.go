@@ -1,0 +1,60 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// peerCred is who is on the other end of a connection, from SO_PEERCRED: the credentials the
+// client had when it called connect(2), which it cannot forge or change afterwards.
+type peerCred struct {
+	uid, gid, pid int
+	// err is why the credentials could not be read; the connection is then refused.
+	err error
+}
+
+type peerCredKey struct{}
+
+// withPeerCred is the server's ConnContext: it reads the peer's credentials once per connection.
+func withPeerCred(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, peerCredKey{}, readPeerCred(c))
+}
+
+func peerCredFromContext(ctx context.Context) peerCred {
+	if p, ok := ctx.Value(peerCredKey{}).(peerCred); ok {
+		return p
+	}
+	return peerCred{uid: -1, pid: -1, err: errors.New("control: no peer credentials for this connection")}
+}
+
+func readPeerCred(c net.Conn) peerCred {
+	unknown := peerCred{uid: -1, gid: -1, pid: -1}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		unknown.err = fmt.Errorf("control: a %T carries no peer credentials", c)
+		return unknown
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		unknown.err = fmt.Errorf("control: peer credentials: %w", err)
+		return unknown
+	}
+	var cred *unix.Ucred
+	var credErr error
+	err = raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if err == nil {
+		err = credErr
+	}
+	if err != nil {
+		unknown.err = fmt.Errorf("control: SO_PEERCRED: %w", err)
+		return unknown
+	}
+	return peerCred{uid: int(cred.Uid), gid: int(cred.Gid), pid: int(cred.Pid)}
+}

@@ -1,0 +1,277 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Backend is the cluster as the control API sees it; the master's driver implements it. The
+// server calls it from one goroutine per request, so calls may overlap.
+//
+// Every method honours ctx: it is cancelled when the client goes away or the server is shut down.
+// Cancellation withdraws the caller's interest in the reply, not the action (see the package doc).
+// A failure meant for the client is a *Error (ErrStopping, ErrBusy, ErrUnavailable, or one with
+// its own message); any other error is reported as 500.
+type Backend interface {
+	// Status reports the master and every worker slot.
+	Status(ctx context.Context) (Status, error)
+	// Stop begins a graceful stop (an immediate one with req.Immediate). It returns once the stop
+	// has begun or, with req.Wait, when the workers are drained, just before forkd exits.
+	Stop(ctx context.Context, req StopRequest) error
+	// Scale changes the desired number of workers. The server has checked that exactly one of
+	// req.Workers and req.Delta is set, and that Workers is positive; the Backend checks the
+	// result against its limits.
+	Scale(ctx context.Context, req ScaleRequest) (ScaleResponse, error)
+}
+
+const (
+	// maxBodyBytes bounds a request body; every request the API knows fits in a few hundred bytes.
+	maxBodyBytes = 64 << 10
+	// readHeaderTimeout drops a client that connects and then says nothing, so it cannot hold a
+	// connection (and a goroutine) forever. The rest of a request has no deadline: a reply may
+	// wait for a stop or a rollout to finish.
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
+
+// Server answers the control API on a listener, calling into a Backend. Serve and Shutdown may be
+// called from different goroutines.
+type Server struct {
+	backend Backend
+	logger  *slog.Logger
+	// euid is forkd's effective uid, which may use the API besides root.
+	euid int
+	// routes maps a path to its endpoint for each method it accepts.
+	routes map[string]map[string]endpoint
+	http   *http.Server
+}
+
+// endpoint handles one route: it returns the reply to encode, or an error to report.
+type endpoint func(w http.ResponseWriter, r *http.Request) (any, error)
+
+// NewServer returns a Server that answers with b. A nil logger discards the log.
+func NewServer(b Backend, logger *slog.Logger) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		backend: b,
+		logger:  logger,
+		euid:    os.Geteuid(),
+		routes:  make(map[string]map[string]endpoint),
+	}
+	s.route(http.MethodGet, "/v1/status", query(s.status))
+	s.route(http.MethodPost, "/v1/stop", command(func(ctx context.Context, req StopRequest) (struct{}, error) {
+		return struct{}{}, b.Stop(ctx, req)
+	}))
+	s.route(http.MethodPost, "/v1/scale", command(b.Scale))
+
+	s.http = &http.Server{
+		Handler:           http.HandlerFunc(s.serveHTTP),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxBodyBytes,
+		ConnContext:       withPeerCred,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	return s
+}
+
+// Serve answers requests on l until Shutdown, after which it returns nil. l is normally the
+// listener Listen returned; the peer check needs a unix socket.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.http.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("control: %w", err)
+}
+
+// Shutdown closes the listener (removing a socket file made by Listen) and waits for the requests
+// in flight to be answered. If ctx ends first, it closes every connection, which cancels the
+// contexts of the requests still waiting, and returns ctx's error.
+//
+// A request with Wait is answered only when its Backend call returns, so the master answers a
+// StopRequest with Wait before (or while) it calls Shutdown, not after.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if err := s.http.Shutdown(ctx); err != nil {
+		s.http.Close()
+		return fmt.Errorf("control: shutdown: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) route(method, path string, e endpoint) {
+	if s.routes[path] == nil {
+		s.routes[path] = make(map[string]endpoint)
+	}
+	s.routes[path][method] = e
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	peer := peerCredFromContext(r.Context())
+	reply, err := s.dispatch(w, r, peer)
+	code := http.StatusOK
+	if err != nil {
+		code = statusCode(err)
+		reply = errorBody{Error: err.Error()}
+	}
+	writeJSON(w, code, reply)
+	s.logRequest(r, peer, code, err)
+}
+
+// dispatch checks the peer, finds the route and runs it.
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, peer peerCred) (any, error) {
+	if err := s.authorize(peer); err != nil {
+		return nil, err
+	}
+	methods, ok := s.routes[r.URL.Path]
+	if !ok {
+		return nil, &Error{Code: http.StatusNotFound, Message: fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path)}
+	}
+	e, ok := methods[r.Method]
+	if !ok {
+		allowed := slices.Sorted(maps.Keys(methods))
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		return nil, &Error{Code: http.StatusMethodNotAllowed,
+			Message: fmt.Sprintf("%s does not accept %s (use %s)", r.URL.Path, r.Method, strings.Join(allowed, " or "))}
+	}
+	return e(w, r)
+}
+
+// authorize lets root and forkd's own user in. The socket's mode already keeps others out, but a
+// mode is easy to widen by accident (a chmod in a deploy script, a bind mount); the peer's uid
+// cannot be.
+func (s *Server) authorize(peer peerCred) error {
+	if peer.err != nil {
+		return &Error{Code: http.StatusForbidden, Message: fmt.Sprintf("cannot tell who is connecting: %v", peer.err)}
+	}
+	if peer.uid == 0 || peer.uid == s.euid {
+		return nil
+	}
+	allowed := "root"
+	if s.euid != 0 {
+		allowed = fmt.Sprintf("root and uid %d", s.euid)
+	}
+	return &Error{Code: http.StatusForbidden,
+		Message: fmt.Sprintf("uid %d may not use forkd's control API (allowed: %s)", peer.uid, allowed)}
+}
+
+func (s *Server) status(ctx context.Context) (Status, error) {
+	st, err := s.backend.Status(ctx)
+	// Lists are [] rather than null on the wire, so scripts can iterate without a check.
+	if st.Listeners == nil {
+		st.Listeners = []Listener{}
+	}
+	if st.WorkerList == nil {
+		st.WorkerList = []Worker{}
+	}
+	return st, err
+}
+
+func (s *Server) logRequest(r *http.Request, peer peerCred, code int, err error) {
+	level := slog.LevelDebug
+	switch {
+	case code >= 500:
+		level = slog.LevelWarn
+	case r.Method != http.MethodGet:
+		// Commands change forkd, so they are worth a line in the journal: who asked for what.
+		level = slog.LevelInfo
+	}
+	attrs := []slog.Attr{
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", code),
+		slog.Int("peer_uid", peer.uid),
+		slog.Int("peer_pid", peer.pid),
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	s.logger.LogAttrs(r.Context(), level, "control request", attrs...)
+}
+
+// query makes an endpoint of a Backend method that takes no request body.
+func query[Resp any](fn func(context.Context) (Resp, error)) endpoint {
+	return func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return fn(r.Context())
+	}
+}
+
+// command makes an endpoint of a Backend method that takes a Req as its JSON body. If Req has a
+// validate method, a request it rejects is a 400 and never reaches fn.
+func command[Req, Resp any](fn func(context.Context, Req) (Resp, error)) endpoint {
+	return func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req Req
+		if err := decodeBody(w, r, &req); err != nil {
+			return nil, err
+		}
+		if v, ok := any(req).(interface{ validate() error }); ok {
+			if err := v.validate(); err != nil {
+				return nil, &Error{Code: http.StatusBadRequest, Message: err.Error()}
+			}
+		}
+		return fn(r.Context(), req)
+	}
+}
+
+// decodeBody reads the whole body into v: one JSON object with no unknown fields, or nothing at
+// all for the zero request. Reading to the end also matters because net/http starts watching for
+// the client hanging up (and so cancels r.Context()) only once the body has been consumed.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return &Error{Code: http.StatusRequestEntityTooLarge,
+			Message: fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit)}
+	}
+	if err != nil {
+		return &Error{Code: http.StatusBadRequest, Message: fmt.Sprintf("cannot read request body: %v", err)}
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &Error{Code: http.StatusBadRequest, Message: fmt.Sprintf("invalid request body: %v", err)}
+	}
+	if err := dec.Decode(new(json.RawMessage)); !errors.Is(err, io.EOF) {
+		return &Error{Code: http.StatusBadRequest, Message: "invalid request body: more than one JSON value"}
+	}
+	return nil
+}
+
+// errorBody is the JSON of every error reply.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// statusCode is the HTTP status for err: the Code of the *Error in its chain, else 500.
+func statusCode(err error) int {
+	var e *Error
+	if errors.As(err, &e) && e.Code >= 400 && e.Code <= 599 {
+		return e.Code
+	}
+	return http.StatusInternalServerError
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	// An error here means the client went away; there is no one left to tell.
+	_ = json.NewEncoder(w).Encode(v)
+}
