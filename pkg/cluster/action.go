@@ -1,0 +1,66 @@
+package cluster
+
+import (
+	"log/slog"
+	"syscall"
+)
+
+// Action is an output of the machine, returned by Machine.Ready for the driver to carry out.
+type Action interface{ isAction() }
+
+// SpawnWorker asks the driver to start a worker process for a slot. The driver answers with
+// Spawned (with the PID) or SpawnFailed before it reaps anything, so an Exited event never
+// arrives for a PID the machine has not seen.
+type SpawnWorker struct {
+	Worker     WorkerID
+	Slot       int
+	Generation int
+}
+
+// SignalWorker asks the driver to send a signal to a worker. The driver signals through the
+// worker's pidfd, so a signal never reaches a recycled PID.
+type SignalWorker struct {
+	Worker WorkerID
+	PID    int
+	Signal syscall.Signal
+}
+
+// NotifySystemd asks the driver to send a state string to systemd's NOTIFY_SOCKET, e.g.
+// "READY=1\nSTATUS=4/4 workers ready, generation 1". It is a no-op when not under systemd.
+type NotifySystemd struct {
+	State string
+}
+
+// Reply answers a command. Err is nil on success; Result holds a command-specific value
+// (ScaleResult for Scale).
+type Reply struct {
+	Request RequestID
+	Err     error
+	Result  any
+}
+
+// Log is a record for forkd's log. The machine decides what is worth saying; the driver only
+// writes it.
+type Log struct {
+	Level slog.Level
+	Msg   string
+	Attrs []slog.Attr
+}
+
+// Exit tells the driver that the cluster is down and the master should exit with Code.
+// It is the last action the machine emits.
+type Exit struct {
+	Code int
+}
+
+// ScaleResult is the Result of a Reply to Scale.
+type ScaleResult struct {
+	Previous, Workers int
+}
+
+func (SpawnWorker) isAction()   {}
+func (SignalWorker) isAction()  {}
+func (NotifySystemd) isAction() {}
+func (Reply) isAction()         {}
+func (Log) isAction()           {}
+func (Exit) isAction()          {}

@@ -1,0 +1,24 @@
+// Package cluster owns the worker cluster: a deterministic state machine (Machine) that decides
+// what happens to every worker, and a driver (Driver) that carries those decisions out against
+// real processes.
+//
+// The machine does no I/O and reads no clock. Events go in with the time they happen at; actions
+// come out, in the order the caller must carry them out:
+//
+//	m, _ := cluster.NewMachine(cfg)
+//	m.Step(time.Now(), cluster.Start{})
+//	for {
+//		for _, a := range m.Ready() {
+//			// SpawnWorker: start a process, then Step(Spawned{...}) or Step(SpawnFailed{...}).
+//			// SignalWorker, NotifySystemd, Reply, Log: carry out. Exit: the master exits.
+//		}
+//		deadline, ok := m.NextDeadline() // arm one timer; Step(Tick{}) when it fires
+//		ev := <-events                   // a reaped child, a datagram, a command, a tick
+//		m.Step(time.Now(), ev)
+//	}
+//
+// Driver is that loop for real: it owns the pidfds, the signals, the notify socket and the timer,
+// and one goroutine owns the machine. Because the machine is pure, tests drive it with a simulated
+// clock and random event orders (see sim_test.go) and check its invariants after every step; they
+// are listed in docs/architecture.md.
+package cluster

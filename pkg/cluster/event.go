@@ -1,0 +1,127 @@
+package cluster
+
+import (
+	"fmt"
+	"syscall"
+
+	"github.com/forkd/forkd/pkg/notify"
+)
+
+// WorkerID names one worker process for its whole life: from the SpawnWorker action that creates
+// it to the Exited event that ends it. IDs are never reused, unlike PIDs and slot indexes.
+type WorkerID uint64
+
+// RequestID ties a command to its Reply. Zero means the caller wants no reply.
+type RequestID uint64
+
+// Event is an input to Machine.Step.
+type Event interface{ isEvent() }
+
+// Start brings the cluster up: one worker per slot. It must be the first event.
+type Start struct{}
+
+// Tick tells the machine that time has passed; it acts on every deadline at or before now.
+// The driver sends it when the timer set to NextDeadline fires.
+type Tick struct{}
+
+// Spawned reports that the process for a SpawnWorker action is running.
+type Spawned struct {
+	Worker WorkerID
+	PID    int
+}
+
+// SpawnFailed reports that a SpawnWorker action could not start a process (fork or exec failed).
+// It counts as a crash of that slot.
+type SpawnFailed struct {
+	Worker WorkerID
+	Err    string
+}
+
+// Exited reports that a child process was reaped. PIDs that are not workers (orphans re-parented
+// to the subreaper master) are accepted and only logged.
+type Exited struct {
+	PID    int
+	Status ExitStatus
+}
+
+// Notified carries an sd_notify datagram from a worker, or from one of its descendants (the driver
+// resolves which worker a sender belongs to).
+type Notified struct {
+	Worker  WorkerID
+	Message notify.Message
+}
+
+// NotifyRejected reports a datagram on the notify socket that was dropped: its sender is not a
+// worker nor a worker's descendant, or it could not be parsed.
+type NotifyRejected struct {
+	PID    int
+	Reason string
+}
+
+// Stop drains the cluster: SIGTERM to every worker (SIGKILL after the shutdown timeout), then an
+// Exit action. Immediate sends SIGKILL at once. Stop is idempotent: a second Stop only adds a
+// waiter, or escalates a graceful stop to an immediate one. The Reply comes when every worker has
+// exited, just before Exit.
+type Stop struct {
+	Request   RequestID
+	Immediate bool
+}
+
+// Scale changes the number of workers: to Workers when it is non-zero, else by Delta. The Reply
+// carries a ScaleResult.
+type Scale struct {
+	Request RequestID
+	Workers int
+	Delta   int
+}
+
+func (Start) isEvent()          {}
+func (Tick) isEvent()           {}
+func (Spawned) isEvent()        {}
+func (SpawnFailed) isEvent()    {}
+func (Exited) isEvent()         {}
+func (Notified) isEvent()       {}
+func (NotifyRejected) isEvent() {}
+func (Stop) isEvent()           {}
+func (Scale) isEvent()          {}
+
+// ExitStatus is how a process ended: an exit code, or the signal that killed it.
+type ExitStatus struct {
+	Code   int            // valid when Signal is 0
+	Signal syscall.Signal // non-zero when the process was killed by a signal
+}
+
+// ExitStatusFromWait converts a wait status.
+func ExitStatusFromWait(ws syscall.WaitStatus) ExitStatus {
+	if ws.Signaled() {
+		return ExitStatus{Signal: ws.Signal()}
+	}
+	return ExitStatus{Code: ws.ExitStatus()}
+}
+
+// Success reports whether the process exited with status 0.
+func (s ExitStatus) Success() bool { return s.Signal == 0 && s.Code == 0 }
+
+func (s ExitStatus) String() string {
+	if s.Signal != 0 {
+		return fmt.Sprintf("killed by %s", signalName(s.Signal))
+	}
+	return fmt.Sprintf("exit status %d", s.Code)
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGABRT: "SIGABRT", syscall.SIGBUS: "SIGBUS", syscall.SIGFPE: "SIGFPE",
+	syscall.SIGHUP: "SIGHUP", syscall.SIGILL: "SIGILL", syscall.SIGINT: "SIGINT",
+	syscall.SIGKILL: "SIGKILL", syscall.SIGPIPE: "SIGPIPE", syscall.SIGQUIT: "SIGQUIT",
+	syscall.SIGSEGV: "SIGSEGV", syscall.SIGTERM: "SIGTERM", syscall.SIGUSR1: "SIGUSR1",
+	syscall.SIGUSR2: "SIGUSR2", syscall.SIGSTOP: "SIGSTOP", syscall.SIGCONT: "SIGCONT",
+	syscall.SIGALRM: "SIGALRM", syscall.SIGURG: "SIGURG", syscall.SIGTTIN: "SIGTTIN",
+	syscall.SIGTTOU: "SIGTTOU", syscall.SIGXCPU: "SIGXCPU", syscall.SIGSYS: "SIGSYS",
+}
+
+func signalName(s syscall.Signal) string {
+	if n, ok := signalNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("signal %d", int(s))
+}

@@ -1,0 +1,627 @@
+package cluster
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Errors returned in Reply actions, matched with errors.Is.
+var (
+	// ErrStopping: the command cannot run because the cluster is stopping.
+	ErrStopping = errors.New("cluster: forkd is stopping")
+	// ErrScaleRange: a Scale asked for fewer than one worker or more than MaxWorkers.
+	ErrScaleRange = errors.New("cluster: worker count out of range")
+	// ErrStopped is returned by Step once the machine has emitted Exit.
+	ErrStopped = errors.New("cluster: machine has stopped")
+)
+
+// Phase is where the cluster as a whole is.
+type Phase int
+
+const (
+	// PhaseStarting: not every slot has been ready yet; systemd has not been told READY=1.
+	PhaseStarting Phase = iota
+	// PhaseRunning: the cluster has been ready once; crashed workers are replaced.
+	PhaseRunning
+	// PhaseStopping: workers drain; none is replaced.
+	PhaseStopping
+	// PhaseStopped: every worker has exited and Exit was emitted.
+	PhaseStopped
+)
+
+var phaseNames = [...]string{"starting", "running", "stopping", "stopped"}
+
+func (p Phase) String() string { return phaseNames[p] }
+
+// Config is the machine's view of forkd's configuration.
+type Config struct {
+	Workers    int
+	MaxWorkers int
+	// ReadyOnStart counts a worker as ready when it is spawned, without waiting for READY=1.
+	ReadyOnStart bool
+
+	BootTimeout time.Duration
+	// HeartbeatTimeout is the initial WATCHDOG_USEC of every worker; zero disables heartbeats.
+	HeartbeatTimeout time.Duration
+	// ShutdownTimeout is the time between SIGTERM and SIGKILL; zero sends SIGKILL at once.
+	ShutdownTimeout time.Duration
+
+	BackoffMin, BackoffMax, ResetAfter time.Duration
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.MaxWorkers < 1:
+		return errors.New("cluster: MaxWorkers must be at least 1")
+	case c.Workers < 1 || c.Workers > c.MaxWorkers:
+		return fmt.Errorf("cluster: Workers must be in 1..%d", c.MaxWorkers)
+	case c.BootTimeout <= 0:
+		return errors.New("cluster: BootTimeout must be positive")
+	case c.HeartbeatTimeout < 0 || c.ShutdownTimeout < 0:
+		return errors.New("cluster: timeouts must not be negative")
+	case c.BackoffMin <= 0 || c.BackoffMax < c.BackoffMin:
+		return errors.New("cluster: need 0 < BackoffMin <= BackoffMax")
+	case c.ResetAfter <= 0:
+		return errors.New("cluster: ResetAfter must be positive")
+	}
+	return nil
+}
+
+// Machine is the cluster's logic as a deterministic state machine. It does no I/O and reads no
+// clock: time arrives with every Step. It is not safe for concurrent use; one goroutine (the
+// driver) owns it.
+type Machine struct {
+	cfg        Config
+	now        time.Time
+	phase      Phase
+	generation int
+	desired    int
+	immediate  bool
+
+	slots   []*slot
+	workers map[WorkerID]*worker
+	byPID   map[int]*worker
+	lastID  WorkerID
+
+	stopWaiters []RequestID
+	dropped     uint64
+	lastStatus  string
+	actions     []Action
+}
+
+// NewMachine returns a machine for cfg. Nothing happens until Step(now, Start{}).
+func NewMachine(cfg Config) (*Machine, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Machine{
+		cfg:        cfg,
+		generation: 1,
+		desired:    cfg.Workers,
+		workers:    make(map[WorkerID]*worker),
+		byPID:      make(map[int]*worker),
+	}, nil
+}
+
+// Step feeds one event to the machine at time now. An error means the event made no sense (a
+// driver bug, such as Spawned for an unknown worker); the machine is unchanged by it.
+func (m *Machine) Step(now time.Time, ev Event) error {
+	if m.phase == PhaseStopped {
+		return ErrStopped
+	}
+	if now.After(m.now) {
+		m.now = now
+	}
+	var err error
+	switch e := ev.(type) {
+	case Start:
+		m.start()
+	case Tick:
+		m.tick()
+	case Spawned:
+		err = m.spawned(e)
+	case SpawnFailed:
+		err = m.spawnFailed(e)
+	case Exited:
+		m.exited(e)
+	case Notified:
+		m.notified(e)
+	case NotifyRejected:
+		m.notifyRejected(e)
+	case Stop:
+		m.stop(e)
+	case Scale:
+		m.scale(e)
+	default:
+		err = fmt.Errorf("cluster: unknown event %T", ev)
+	}
+	m.settle()
+	return err
+}
+
+// Ready returns the actions decided since the last call, in the order the driver must carry them
+// out, and forgets them.
+func (m *Machine) Ready() []Action {
+	a := m.actions
+	m.actions = nil
+	return a
+}
+
+// NextDeadline returns the earliest time at which the machine wants a Tick, and false when no
+// deadline is pending (an idle cluster without heartbeats needs no timer at all).
+func (m *Machine) NextDeadline() (time.Time, bool) {
+	var next time.Time
+	consider := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	for _, w := range m.workers {
+		consider(w.deadline)
+	}
+	for _, s := range m.slots {
+		if !s.retiring {
+			consider(s.nextSpawn)
+		}
+	}
+	return next, !next.IsZero()
+}
+
+// WorkerByPID returns the worker whose process has pid.
+func (m *Machine) WorkerByPID(pid int) (WorkerID, bool) {
+	w, ok := m.byPID[pid]
+	if !ok {
+		return 0, false
+	}
+	return w.id, true
+}
+
+// Phase returns the cluster's phase.
+func (m *Machine) Phase() Phase { return m.phase }
+
+func (m *Machine) emit(a Action) { m.actions = append(m.actions, a) }
+
+func (m *Machine) log(level slog.Level, msg string, attrs ...slog.Attr) {
+	m.emit(Log{Level: level, Msg: msg, Attrs: attrs})
+}
+
+func (m *Machine) workerAttrs(w *worker, event string) []slog.Attr {
+	return []slog.Attr{
+		slog.String("event", event),
+		slog.Int("worker", w.slot),
+		slog.Int("pid", w.pid),
+		slog.Int("generation", w.generation),
+	}
+}
+
+func (m *Machine) start() {
+	if len(m.slots) > 0 || m.phase != PhaseStarting {
+		return
+	}
+	m.log(slog.LevelInfo, "starting workers", slog.String("event", "cluster-starting"),
+		slog.Int("workers", m.desired), slog.Int("generation", m.generation))
+	for i := 0; i < m.desired; i++ {
+		s := &slot{index: i}
+		m.slots = append(m.slots, s)
+		m.spawn(s)
+	}
+}
+
+func (m *Machine) spawn(s *slot) {
+	m.lastID++
+	w := &worker{
+		id:         m.lastID,
+		slot:       s.index,
+		generation: m.generation,
+		state:      Spawning,
+		spawnedAt:  m.now,
+		heartbeat:  m.cfg.HeartbeatTimeout,
+	}
+	m.workers[w.id] = w
+	s.worker = w
+	s.nextSpawn = time.Time{}
+	m.emit(SpawnWorker{Worker: w.id, Slot: s.index, Generation: w.generation})
+}
+
+func (m *Machine) spawned(e Spawned) error {
+	w, ok := m.workers[e.Worker]
+	if !ok || w.state != Spawning {
+		return fmt.Errorf("cluster: Spawned for worker %d, which is not spawning", e.Worker)
+	}
+	if e.PID <= 0 {
+		return fmt.Errorf("cluster: Spawned with invalid pid %d", e.PID)
+	}
+	if other, dup := m.byPID[e.PID]; dup {
+		return fmt.Errorf("cluster: pid %d of worker %d already belongs to worker %d", e.PID, e.Worker, other.id)
+	}
+	w.pid = e.PID
+	m.byPID[e.PID] = w
+	w.state = Booting
+	w.deadline = m.now.Add(m.cfg.BootTimeout)
+	m.log(slog.LevelInfo, "worker spawned", m.workerAttrs(w, "worker-spawned")...)
+	switch {
+	case w.pendingStop && m.immediate:
+		m.kill(w, w.stopReason)
+	case w.pendingStop:
+		m.terminate(w, w.stopReason)
+	case m.cfg.ReadyOnStart:
+		m.becomeReady(w)
+	}
+	return nil
+}
+
+func (m *Machine) spawnFailed(e SpawnFailed) error {
+	w, ok := m.workers[e.Worker]
+	if !ok || w.state != Spawning {
+		return fmt.Errorf("cluster: SpawnFailed for worker %d, which is not spawning", e.Worker)
+	}
+	m.log(slog.LevelError, "cannot spawn worker: "+e.Err, slog.String("event", "spawn-failed"),
+		slog.Int("worker", w.slot), slog.Int("generation", w.generation))
+	m.remove(w, "spawn failed: "+e.Err)
+	return nil
+}
+
+func (m *Machine) exited(e Exited) {
+	w, ok := m.byPID[e.PID]
+	if !ok {
+		m.log(slog.LevelDebug, "reaped a child that is not a worker", slog.String("event", "orphan-reaped"),
+			slog.Int("pid", e.PID), slog.String("status", e.Status.String()))
+		return
+	}
+	how := e.Status.String()
+	if w.stopReason != "" {
+		how += " (" + w.stopReason + ")"
+	}
+	level := slog.LevelWarn
+	if w.expected {
+		level = slog.LevelInfo
+	}
+	attrs := append(m.workerAttrs(w, "worker-exited"), slog.String("status", how))
+	m.log(level, "worker exited: "+how, attrs...)
+	m.remove(w, how)
+}
+
+// remove forgets a worker whose process is gone (or never started) and decides what its slot does
+// next: nothing while stopping or retiring, respawn at once after an expected exit or a first
+// crash, respawn after a backoff delay within a crash series.
+func (m *Machine) remove(w *worker, how string) {
+	delete(m.workers, w.id)
+	if w.pid != 0 {
+		delete(m.byPID, w.pid)
+	}
+	s := m.slots[w.slot]
+	if s.worker != w {
+		return
+	}
+	s.worker = nil
+	s.lastExit = how
+	if !w.expected {
+		if m.now.Sub(w.spawnedAt) >= m.cfg.ResetAfter {
+			s.failures = 1
+		} else {
+			s.failures++
+		}
+	}
+	if m.phase == PhaseStopping || s.retiring {
+		return
+	}
+	s.restarts++
+	delay := time.Duration(0)
+	if !w.expected {
+		delay = m.backoff(s.failures)
+	}
+	if delay == 0 {
+		m.spawn(s)
+		return
+	}
+	s.nextSpawn = m.now.Add(delay)
+	m.log(slog.LevelWarn, fmt.Sprintf("worker %d is crash-looping (%d crashes in a row): next restart in %s",
+		s.index, s.failures, delay), slog.String("event", "crash-loop"), slog.Int("worker", s.index),
+		slog.Int("crashes", s.failures), slog.Duration("delay", delay))
+}
+
+// backoff is the delay before respawning a slot after its n-th consecutive crash: none for the
+// first, then BackoffMin doubling up to BackoffMax.
+func (m *Machine) backoff(failures int) time.Duration {
+	if failures <= 1 {
+		return 0
+	}
+	d := m.cfg.BackoffMin
+	for i := 2; i < failures && d < m.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, m.cfg.BackoffMax)
+}
+
+func (m *Machine) becomeReady(w *worker) {
+	w.state = Ready
+	w.readyAt = m.now
+	w.deadline = time.Time{}
+	if w.heartbeat > 0 {
+		w.deadline = m.now.Add(w.heartbeat)
+	}
+	attrs := append(m.workerAttrs(w, "worker-ready"), slog.Duration("boot", m.now.Sub(w.spawnedAt)))
+	m.log(slog.LevelInfo, "worker ready", attrs...)
+}
+
+// terminate asks a worker to drain with SIGTERM; SIGKILL follows after the shutdown timeout.
+func (m *Machine) terminate(w *worker, reason string) {
+	w.stopReason = reason
+	switch w.state {
+	case Spawning:
+		w.pendingStop = true
+		return
+	case Stopping, Killing:
+		return
+	}
+	if m.cfg.ShutdownTimeout == 0 {
+		m.kill(w, reason)
+		return
+	}
+	w.state = Stopping
+	w.stopAsked = "SIGTERM"
+	w.deadline = m.now.Add(m.cfg.ShutdownTimeout)
+	m.emit(SignalWorker{Worker: w.id, PID: w.pid, Signal: syscall.SIGTERM})
+}
+
+// kill sends SIGKILL; the worker's exit is all that is left to wait for.
+func (m *Machine) kill(w *worker, reason string) {
+	w.stopReason = reason
+	switch w.state {
+	case Spawning:
+		w.pendingStop = true
+		return
+	case Killing:
+		return
+	}
+	w.state = Killing
+	w.deadline = time.Time{}
+	m.emit(SignalWorker{Worker: w.id, PID: w.pid, Signal: syscall.SIGKILL})
+}
+
+func (m *Machine) tick() {
+	for _, w := range m.sortedWorkers() {
+		if w.deadline.IsZero() || m.now.Before(w.deadline) {
+			continue
+		}
+		switch w.state {
+		case Booting:
+			hint := ""
+			if !m.cfg.ReadyOnStart {
+				hint = `; a worker is ready when it sends READY=1 to NOTIFY_SOCKET (readiness = "notify"); ` +
+					`an app that does not speak sd_notify needs readiness = "started"`
+			}
+			m.log(slog.LevelError, fmt.Sprintf("worker did not become ready within %s%s", m.cfg.BootTimeout, hint),
+				m.workerAttrs(w, "boot-timeout")...)
+			m.kill(w, "boot timeout")
+		case Ready:
+			m.log(slog.LevelError, fmt.Sprintf("worker sent no heartbeat (WATCHDOG=1) for %s", w.heartbeat),
+				m.workerAttrs(w, "heartbeat-timeout")...)
+			m.kill(w, "heartbeat timeout")
+		case Stopping:
+			m.log(slog.LevelWarn, fmt.Sprintf("worker did not exit within %s of %s", m.cfg.ShutdownTimeout, w.stopAsked),
+				m.workerAttrs(w, "shutdown-timeout")...)
+			m.kill(w, w.stopReason+", then shutdown timeout")
+		}
+	}
+	for _, s := range m.slots {
+		if s.inBackoff() && !s.retiring && !m.now.Before(s.nextSpawn) {
+			m.spawn(s)
+		}
+	}
+}
+
+func (m *Machine) notified(e Notified) {
+	w, ok := m.workers[e.Worker]
+	if !ok {
+		return
+	}
+	msg := e.Message
+	if msg.HasStatus {
+		w.statusLine = msg.Status
+	}
+	if msg.HasRequests {
+		w.requests = msg.Requests
+	}
+	if msg.WatchdogTimeout > 0 {
+		w.heartbeat = msg.WatchdogTimeout
+	}
+	if msg.Ready && w.state == Booting {
+		m.becomeReady(w)
+	}
+	if (msg.Watchdog || msg.WatchdogTimeout > 0) && w.state == Ready && w.heartbeat > 0 {
+		w.deadline = m.now.Add(w.heartbeat)
+	}
+	if ext := msg.ExtendTimeout; ext > 0 && (w.state == Booting || w.state == Stopping) {
+		if t := m.now.Add(ext); t.After(w.deadline) {
+			w.deadline = t
+		}
+	}
+	if msg.Stopping && (w.state == Booting || w.state == Ready) {
+		m.log(slog.LevelInfo, "worker is stopping on its own (STOPPING=1)", m.workerAttrs(w, "worker-stopping")...)
+		w.state = Stopping
+		w.stopAsked = "STOPPING=1"
+		w.stopReason = "stopped on its own"
+		w.deadline = m.now.Add(m.cfg.ShutdownTimeout)
+	}
+	if msg.WatchdogTrigger && w.state != Killing {
+		m.log(slog.LevelError, "worker triggered its watchdog (WATCHDOG=trigger)", m.workerAttrs(w, "watchdog-trigger")...)
+		m.kill(w, "watchdog triggered")
+	}
+}
+
+func (m *Machine) notifyRejected(e NotifyRejected) {
+	m.dropped++
+	// Powers of two: a process flooding the socket cannot flood the log.
+	if m.dropped&(m.dropped-1) == 0 {
+		m.log(slog.LevelWarn, "dropped a notification: "+e.Reason, slog.String("event", "notify-dropped"),
+			slog.Int("pid", e.PID), slog.Uint64("dropped", m.dropped))
+	}
+}
+
+func (m *Machine) stop(e Stop) {
+	if e.Request != 0 {
+		m.stopWaiters = append(m.stopWaiters, e.Request)
+	}
+	if m.phase == PhaseStopping {
+		if e.Immediate && !m.immediate {
+			m.immediate = true
+			m.log(slog.LevelWarn, "stopping immediately: SIGKILL to every worker", slog.String("event", "stop-immediate"))
+			for _, w := range m.sortedWorkers() {
+				m.kill(w, "immediate stop")
+			}
+		}
+		return
+	}
+	m.phase = PhaseStopping
+	m.immediate = e.Immediate
+	how := "draining"
+	if e.Immediate {
+		how = "immediately"
+	}
+	m.log(slog.LevelInfo, "stopping "+how, slog.String("event", "cluster-stopping"), slog.Int("workers", len(m.workers)))
+	m.lastStatus = m.statusLine()
+	m.emit(NotifySystemd{State: "STOPPING=1\nSTATUS=" + m.lastStatus})
+	for _, s := range m.slots {
+		s.nextSpawn = time.Time{}
+	}
+	for _, w := range m.sortedWorkers() {
+		w.expected = true
+		if e.Immediate {
+			m.kill(w, "immediate stop")
+		} else {
+			m.terminate(w, "shutdown")
+		}
+	}
+}
+
+func (m *Machine) scale(e Scale) {
+	if m.phase == PhaseStopping {
+		m.emit(Reply{Request: e.Request, Err: ErrStopping})
+		return
+	}
+	n := e.Workers
+	if n == 0 {
+		n = m.desired + e.Delta
+	}
+	if n < 1 || n > m.cfg.MaxWorkers {
+		m.emit(Reply{Request: e.Request, Err: fmt.Errorf("%w: %d workers asked, the range is 1..%d", ErrScaleRange, n, m.cfg.MaxWorkers)})
+		return
+	}
+	prev := m.desired
+	m.desired = n
+	for i := prev; i < n; i++ {
+		if i < len(m.slots) {
+			// A retiring slot comes back with its crash history: a backoff still running is
+			// waited out.
+			s := m.slots[i]
+			s.retiring = false
+			if s.worker == nil && !s.nextSpawn.After(m.now) {
+				m.spawn(s)
+			}
+			continue
+		}
+		s := &slot{index: i}
+		m.slots = append(m.slots, s)
+		m.spawn(s)
+	}
+	for i := n; i < len(m.slots); i++ {
+		s := m.slots[i]
+		s.retiring = true
+		if s.worker != nil {
+			s.worker.expected = true
+			m.terminate(s.worker, "scaled down")
+		}
+	}
+	if n != prev {
+		m.log(slog.LevelInfo, fmt.Sprintf("scaling from %d to %d workers", prev, n), slog.String("event", "scale"),
+			slog.Int("workers", n), slog.Int("previous", prev))
+	}
+	m.emit(Reply{Request: e.Request, Result: ScaleResult{Previous: prev, Workers: n}})
+}
+
+// settle runs after every event: it drops drained retiring slots, moves the cluster between
+// phases and keeps systemd's STATUS= current.
+func (m *Machine) settle() {
+	for len(m.slots) > m.desired && m.slots[len(m.slots)-1].worker == nil {
+		m.slots = m.slots[:len(m.slots)-1]
+	}
+	if m.phase == PhaseStarting && len(m.slots) > 0 && m.readyCount() == m.desired {
+		m.phase = PhaseRunning
+		m.log(slog.LevelInfo, fmt.Sprintf("all %d workers ready", m.desired), slog.String("event", "cluster-ready"),
+			slog.Int("workers", m.desired), slog.Int("generation", m.generation))
+		m.lastStatus = m.statusLine()
+		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
+	}
+	if m.phase == PhaseStopping && len(m.workers) == 0 {
+		m.phase = PhaseStopped
+		m.log(slog.LevelInfo, "all workers have exited", slog.String("event", "cluster-stopped"))
+		for _, r := range m.stopWaiters {
+			m.emit(Reply{Request: r})
+		}
+		m.stopWaiters = nil
+		m.emit(Exit{Code: 0})
+		return
+	}
+	if line := m.statusLine(); line != m.lastStatus {
+		m.lastStatus = line
+		m.emit(NotifySystemd{State: "STATUS=" + line})
+	}
+}
+
+// readyCount counts the desired slots whose current worker is ready.
+func (m *Machine) readyCount() int {
+	n := 0
+	for _, s := range m.slots[:min(m.desired, len(m.slots))] {
+		if s.worker != nil && s.worker.state == Ready {
+			n++
+		}
+	}
+	return n
+}
+
+func (m *Machine) statusLine() string {
+	switch m.phase {
+	case PhaseStopping, PhaseStopped:
+		return fmt.Sprintf("stopping: %s left", plural(len(m.workers), "worker"))
+	}
+	var b strings.Builder
+	if m.phase == PhaseStarting {
+		b.WriteString("starting: ")
+	}
+	fmt.Fprintf(&b, "%d/%d workers ready, generation %d", m.readyCount(), m.desired, m.generation)
+	var looping []string
+	for _, s := range m.slots {
+		// A slot stays in the crash loop from its second crash in a row until a worker is ready
+		// again, so STATUS does not flap with every attempt.
+		if s.failures >= 2 && !s.retiring && (s.worker == nil || s.worker.state != Ready) {
+			looping = append(looping, fmt.Sprint(s.index))
+		}
+	}
+	if len(looping) > 0 {
+		fmt.Fprintf(&b, "; crash loop: worker %s", strings.Join(looping, ", "))
+	}
+	return b.String()
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+func (m *Machine) sortedWorkers() []*worker {
+	ws := make([]*worker, 0, len(m.workers))
+	for _, w := range m.workers {
+		ws = append(ws, w)
+	}
+	slices.SortFunc(ws, func(a, b *worker) int { return cmp.Compare(a.id, b.id) })
+	return ws
+}
