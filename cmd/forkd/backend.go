@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/forkd/forkd/internal/version"
+	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/cluster"
+	"github.com/forkd/forkd/pkg/config"
+	"github.com/forkd/forkd/pkg/control"
+)
+
+// backend serves the control API from the driver, adding what only the master knows.
+type backend struct {
+	driver    *cluster.Driver
+	cfg       *config.Config
+	startedAt time.Time
+	listeners []activation.Listener
+	activated bool
+}
+
+func (b *backend) Status(ctx context.Context) (control.Status, error) {
+	st, err := b.driver.Status(ctx)
+	if err != nil {
+		return control.Status{}, err
+	}
+	now := time.Now()
+	out := control.Status{
+		Name:                 b.cfg.Name,
+		Version:              version.String(),
+		MasterPID:            os.Getpid(),
+		StartedAt:            b.startedAt,
+		Uptime:               control.Duration(now.Sub(b.startedAt).Round(time.Second)),
+		Phase:                st.Phase.String(),
+		Generation:           st.Generation,
+		Workers:              st.Desired,
+		Ready:                st.Ready,
+		Mode:                 control.ModeExec,
+		SocketActivated:      b.activated,
+		DroppedNotifications: st.Dropped,
+		StatusLine:           st.StatusLine,
+	}
+	for _, l := range b.listeners {
+		out.Listeners = append(out.Listeners, control.Listener{Name: l.Name, Address: l.Network + "://" + l.Address})
+	}
+	for _, w := range st.Workers {
+		cw := control.Worker{
+			Index:       w.Index,
+			PID:         w.PID,
+			Generation:  w.Generation,
+			State:       w.State,
+			Restarts:    w.Restarts,
+			StatusLine:  w.StatusLine,
+			Requests:    w.Requests,
+			LastExit:    w.LastExit,
+			NextRestart: w.NextSpawn,
+		}
+		if w.PID != 0 {
+			cw.StartedAt = w.SpawnedAt
+			cw.Uptime = control.Duration(now.Sub(w.SpawnedAt).Round(time.Second))
+		}
+		out.WorkerList = append(out.WorkerList, cw)
+	}
+	return out, nil
+}
+
+func (b *backend) Stop(ctx context.Context, req control.StopRequest) error {
+	return controlError(b.driver.Stop(ctx, req.Immediate, req.Wait))
+}
+
+func (b *backend) Scale(ctx context.Context, req control.ScaleRequest) (control.ScaleResponse, error) {
+	r, err := b.driver.Scale(ctx, req.Workers, req.Delta)
+	if err != nil {
+		return control.ScaleResponse{}, controlError(err)
+	}
+	return control.ScaleResponse{Workers: r.Workers, Previous: r.Previous}, nil
+}
+
+// controlError gives the cluster's errors their API status codes.
+func controlError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, cluster.ErrStopping):
+		return control.ErrStopping
+	case errors.Is(err, cluster.ErrScaleRange):
+		return &control.Error{Code: http.StatusBadRequest, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
+	}
+	return err
+}

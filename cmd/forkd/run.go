@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/internal/version"
+	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/cluster"
+	"github.com/forkd/forkd/pkg/config"
+	"github.com/forkd/forkd/pkg/control"
+	"github.com/forkd/forkd/pkg/logging"
+	"github.com/forkd/forkd/pkg/notify"
+)
+
+// run is the master: it returns an *exitError for every way it ends.
+func run(flags config.Flags) error {
+	if err := disableAsyncPreemption(); err != nil {
+		return &exitError{1, err}
+	}
+	cfg, err := config.Load(flags)
+	if err != nil {
+		var diags *config.DiagnosticsError
+		if errors.As(err, &diags) {
+			diags.WriteTo(os.Stderr)
+			return &exitError{code: config.ExitConfig}
+		}
+		return &exitError{config.ExitConfig, err}
+	}
+	identifier := logging.DefaultIdentifier
+	if cfg.Name != "forkd" {
+		identifier = "forkd@" + cfg.Name
+	}
+	logger, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, Identifier: identifier}, os.Stderr)
+	if err != nil {
+		return &exitError{config.ExitConfig, err}
+	}
+	code, err := supervise(cfg, logger)
+	if err != nil {
+		logger.Error(err.Error(), "event", "master-failed")
+		return &exitError{1, err}
+	}
+	return &exitError{code: code}
+}
+
+func supervise(cfg *config.Config, logger *slog.Logger) (int, error) {
+	startedAt := time.Now()
+	listeners, activated, err := activation.Open(cfg.Listeners)
+	if err != nil {
+		return 1, err
+	}
+	defer activation.CloseAll(listeners)
+	// Whatever started forkd may have leaked descriptors without close-on-exec; none of them may
+	// reach a worker. The listeners are passed explicitly, by position.
+	closeOnExecFrom(3)
+
+	notifySock, err := notify.Listen(notify.NewAbstractAddr())
+	if err != nil {
+		return 1, err
+	}
+	defer notifySock.Close()
+
+	ctl, err := control.Listen(cfg.Control.Socket)
+	if err != nil {
+		return 1, err
+	}
+	defer os.Remove(cfg.Control.Socket)
+
+	var systemd func(string) error
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		systemd = func(state string) error {
+			_, err := daemon.SdNotify(false, state)
+			return err
+		}
+	}
+	var watchdog time.Duration
+	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
+		watchdog = interval / 2
+	}
+
+	driver, err := cluster.NewDriver(cluster.DriverConfig{
+		Machine: cluster.Config{
+			Workers:          cfg.Workers,
+			MaxWorkers:       config.MaxWorkers,
+			ReadyOnStart:     cfg.Readiness == config.ReadyOnStart,
+			BootTimeout:      cfg.Timeouts.Boot,
+			HeartbeatTimeout: cfg.Timeouts.Worker,
+			ShutdownTimeout:  cfg.Timeouts.Shutdown,
+			BackoffMin:       cfg.Restart.BackoffMin,
+			BackoffMax:       cfg.Restart.BackoffMax,
+			ResetAfter:       cfg.Restart.ResetAfter,
+		},
+		Command:   cfg.Command,
+		Directory: cfg.Directory,
+		Env:       cfg.Env,
+		Listeners: listeners,
+		Notify:    notifySock,
+		Systemd:   systemd,
+		Watchdog:  watchdog,
+		Logger:    logger,
+	})
+	if err != nil {
+		return 1, err
+	}
+
+	var addrs []string
+	for _, l := range listeners {
+		addrs = append(addrs, l.String())
+	}
+	logger.Info(fmt.Sprintf("%s starting %d workers of %q", version.String(), cfg.Workers, strings.Join(cfg.Command, " ")),
+		"event", "master-starting", "pid", os.Getpid(), "listeners", strings.Join(addrs, ", "),
+		"socket_activated", activated, "control_socket", cfg.Control.Socket)
+
+	srv := control.NewServer(&backend{
+		driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated,
+	}, logger)
+	go srv.Serve(ctl)
+
+	code, err := driver.Run(context.Background())
+	// Let replies in flight (a stop --wait) reach their clients before the master exits.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	logger.Info("forkd exiting", "event", "master-exit", "code", code)
+	return code, err
+}
+
+// closeOnExecFrom marks every descriptor from fd up close-on-exec.
+func closeOnExecFrom(fd int) {
+	if err := unix.CloseRange(uint(fd), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err == nil {
+		return
+	}
+	// Kernels before 5.11: one descriptor at a time.
+	entries, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range entries {
+		var n int
+		if _, err := fmt.Sscan(e.Name(), &n); err == nil && n >= fd {
+			unix.CloseOnExec(n)
+		}
+	}
+}
+
+// disableAsyncPreemption re-execs the master with GODEBUG=asyncpreemptoff=1 unless it already runs
+// with it. The Go runtime preempts goroutines by sending its own threads SIGURG, which os/signal
+// cannot tell from an operator's SIGURG (refork). The master's loop never runs long without
+// yielding, so it loses nothing by cooperative preemption alone.
+func disableAsyncPreemption() error {
+	godebug := os.Getenv("GODEBUG")
+	for _, kv := range strings.Split(godebug, ",") {
+		if kv == "asyncpreemptoff=1" {
+			return nil
+		}
+	}
+	if godebug != "" {
+		godebug += ","
+	}
+	env := append(os.Environ(), "GODEBUG="+godebug+"asyncpreemptoff=1")
+	// Same PID: systemd's MAINPID and LISTEN_PID stay right.
+	err := syscall.Exec("/proc/self/exe", os.Args, env)
+	return fmt.Errorf("re-exec with GODEBUG=asyncpreemptoff=1: %w", err)
+}

@@ -1,0 +1,606 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/notify"
+)
+
+// DriverConfig is what the driver needs besides the machine's own Config.
+type DriverConfig struct {
+	Machine Config
+	// Command is the application's argv; it is started through the activation shim.
+	Command []string
+	// Directory is the workers' working directory, resolved again at every spawn so a switched
+	// current -> releases/N symlink is picked up. Empty: forkd's own.
+	Directory string
+	// Env is added to the environment workers inherit from forkd; an entry here wins over forkd's.
+	Env map[string]string
+	// Listeners are handed to every worker as fds 3, 4, ...
+	Listeners []activation.Listener
+	// Notify is the master's datagram socket, given to workers as NOTIFY_SOCKET.
+	Notify *notify.Socket
+	// Systemd sends a state string to systemd's NOTIFY_SOCKET; nil when not under systemd.
+	Systemd func(state string) error
+	// Watchdog is how often the master pings systemd's watchdog (WATCHDOG=1); zero disables it.
+	Watchdog time.Duration
+	Logger   *slog.Logger
+}
+
+// Driver is the imperative shell around Machine: it owns the real processes, pidfds, signals, the
+// notify socket and the timer, and turns them into events; it carries out the machine's actions.
+// One goroutine (Run) owns the machine; other goroutines reach it through requests carrying their
+// reply channel.
+type Driver struct {
+	cfg      DriverConfig
+	m        *Machine
+	log      *slog.Logger
+	procs    map[WorkerID]*process
+	spawner  *spawner
+	devNull  *os.File
+	baseEnv  []string
+	requests chan request
+	// pending holds what to do with the Reply to each request still in the machine.
+	pending  map[RequestID]func(Reply)
+	lastReq  RequestID
+	exitCode int
+	stopSigs int
+}
+
+// process is a worker's live process, tracked by pidfd so that signals never reach a recycled PID.
+type process struct {
+	pid   int
+	pidfd int
+}
+
+// request is a call from another goroutine into the loop: an event to step, or (with ev nil) a
+// status query.
+type request struct {
+	ev     Event
+	status chan Status
+	reply  chan Reply
+}
+
+// NewDriver prepares a driver; nothing runs until Run.
+func NewDriver(cfg DriverConfig) (*Driver, error) {
+	m, err := NewMachine(cfg.Machine)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Command) == 0 {
+		return nil, errors.New("cluster: no command")
+	}
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Driver{
+		cfg:      cfg,
+		m:        m,
+		log:      cfg.Logger,
+		procs:    make(map[WorkerID]*process),
+		devNull:  devNull,
+		baseEnv:  inheritedEnv(os.Environ()),
+		requests: make(chan request),
+		pending:  make(map[RequestID]func(Reply)),
+	}, nil
+}
+
+// Run starts the workers and supervises them until the cluster has stopped (after a Stop command,
+// SIGTERM, SIGINT or SIGQUIT) or ctx is cancelled (which stops the cluster immediately). It
+// returns the exit code the master should exit with.
+func (d *Driver) Run(ctx context.Context) (int, error) {
+	// As a subreaper, the master inherits every orphan of its subtree: workers' double-forked
+	// children in fork-worker mode, daemonized helpers. It reaps them all.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return 1, fmt.Errorf("cluster: become a subreaper: %w", err)
+	}
+	d.spawner = startSpawner()
+	defer d.spawner.stop()
+
+	sigc := make(chan os.Signal, 64)
+	signal.Notify(sigc, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT,
+		syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2,
+		syscall.SIGURG, syscall.SIGPIPE)
+	defer signal.Stop(sigc)
+
+	datagrams := make(chan datagram, 256)
+	go d.receiveNotifications(datagrams)
+
+	var watchdog <-chan time.Time
+	if d.cfg.Watchdog > 0 {
+		t := time.NewTicker(d.cfg.Watchdog)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+
+	d.step(Start{})
+	done := ctx.Done()
+	for d.m.Phase() != PhaseStopped {
+		if next, ok := d.m.NextDeadline(); ok {
+			timer.Reset(time.Until(next))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case sig := <-sigc:
+			d.handleSignal(sig.(syscall.Signal))
+		case dg := <-datagrams:
+			d.handleDatagram(dg)
+		case r := <-d.requests:
+			d.handleRequest(r)
+		case <-timer.C:
+			d.step(Tick{})
+		case <-watchdog:
+			d.notifySystemd("WATCHDOG=1")
+		case <-done:
+			done = nil
+			d.log.Warn("context cancelled: stopping immediately")
+			d.step(Stop{Immediate: true})
+		}
+	}
+	return d.exitCode, nil
+}
+
+func (d *Driver) step(ev Event) {
+	if err := d.m.Step(time.Now(), ev); err != nil {
+		// A driver bug, not an input error: log it loudly and keep the cluster running.
+		d.log.Error("cluster state machine rejected an event", "error", err, "event", fmt.Sprintf("%T%+v", ev, ev))
+	}
+	for _, a := range d.m.Ready() {
+		d.apply(a)
+	}
+}
+
+func (d *Driver) apply(a Action) {
+	switch a := a.(type) {
+	case SpawnWorker:
+		d.spawn(a)
+	case SignalWorker:
+		d.signal(a)
+	case NotifySystemd:
+		d.notifySystemd(a.State)
+	case Reply:
+		if answer, ok := d.pending[a.Request]; ok {
+			delete(d.pending, a.Request)
+			answer(a)
+		}
+	case Log:
+		d.log.LogAttrs(context.Background(), a.Level, a.Msg, a.Attrs...)
+	case Exit:
+		d.exitCode = a.Code
+	}
+}
+
+func (d *Driver) spawn(a SpawnWorker) {
+	dir := d.cfg.Directory
+	if dir != "" {
+		resolved, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			d.step(SpawnFailed{Worker: a.Worker, Err: fmt.Sprintf("resolve directory: %v", err)})
+			return
+		}
+		dir = resolved
+	}
+	files := []uintptr{d.devNull.Fd(), uintptr(syscall.Stdout), uintptr(syscall.Stderr)}
+	files = append(files, activation.WorkerFiles(d.cfg.Listeners)...)
+	pidfd := -1
+	attr := &syscall.ProcAttr{
+		Dir:   dir,
+		Env:   d.workerEnv(a),
+		Files: files,
+		Sys: &syscall.SysProcAttr{
+			// Its own process group: a Ctrl-C on forkd's terminal reaches the master only, which
+			// then drains the workers instead of having them all die at once.
+			Setpgid: true,
+			// If the master dies without draining (SIGKILL, crash), workers get SIGTERM from the
+			// kernel. The spawner thread never exits, so this fires only when the master does.
+			Pdeathsig: syscall.SIGTERM,
+			PidFD:     &pidfd,
+		},
+	}
+	pid, err := d.spawner.start("/proc/self/exe", activation.ShimArgv("/proc/self/exe", d.cfg.Command), attr)
+	if err != nil {
+		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		return
+	}
+	if pidfd < 0 {
+		// Kernels before 5.3 have no CLONE_PIDFD; forkd needs pidfds to signal safely.
+		pidfd, err = unix.PidfdOpen(pid, 0)
+		if err != nil {
+			d.log.Error("cannot open a pidfd for a worker", "pid", pid, "error", err)
+		}
+	}
+	d.procs[a.Worker] = &process{pid: pid, pidfd: pidfd}
+	d.step(Spawned{Worker: a.Worker, PID: pid})
+}
+
+func (d *Driver) signal(a SignalWorker) {
+	p, ok := d.procs[a.Worker]
+	if !ok || p.pid != a.PID {
+		return
+	}
+	var err error
+	if p.pidfd >= 0 {
+		err = unix.PidfdSendSignal(p.pidfd, a.Signal, nil, 0)
+	} else {
+		err = unix.Kill(p.pid, a.Signal)
+	}
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		d.log.Error("cannot signal worker", "pid", p.pid, "signal", a.Signal.String(), "error", err)
+	}
+}
+
+// reap collects every exited child, workers and orphans alike, so forkd can be a container's PID 1.
+func (d *Driver) reap() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if pid <= 0 || err != nil {
+			return
+		}
+		if !ws.Exited() && !ws.Signaled() {
+			continue
+		}
+		if id, ok := d.m.WorkerByPID(pid); ok {
+			if p := d.procs[id]; p != nil && p.pid == pid {
+				if p.pidfd >= 0 {
+					unix.Close(p.pidfd)
+				}
+				delete(d.procs, id)
+			}
+		}
+		d.step(Exited{PID: pid, Status: ExitStatusFromWait(syscall.WaitStatus(ws))})
+	}
+}
+
+func (d *Driver) handleSignal(sig syscall.Signal) {
+	switch sig {
+	case syscall.SIGCHLD:
+		d.reap()
+	case syscall.SIGTERM, syscall.SIGINT:
+		d.stopSigs++
+		immediate := d.stopSigs > 1
+		d.log.Info(fmt.Sprintf("received %s", signalName(sig)), "event", "signal", "immediate", immediate)
+		d.step(Stop{Immediate: immediate})
+	case syscall.SIGQUIT:
+		d.log.Info("received SIGQUIT: stopping immediately", "event", "signal")
+		d.step(Stop{Immediate: true})
+	case syscall.SIGTTIN, syscall.SIGTTOU:
+		delta := 1
+		if sig == syscall.SIGTTOU {
+			delta = -1
+		}
+		id := d.expectReply(func(r Reply) {
+			if r.Err != nil {
+				d.log.Warn(fmt.Sprintf("%s ignored: %v", signalName(sig), r.Err), "event", "signal")
+			}
+		})
+		d.step(Scale{Request: id, Delta: delta})
+	case syscall.SIGPIPE:
+		// forkd's stdout or stderr went away; writes fail with EPIPE instead of killing the master.
+	default:
+		d.log.Info(fmt.Sprintf("received %s: not supported yet, ignored", signalName(sig)), "event", "signal")
+	}
+}
+
+// datagram is a notification with its sender's ancestry: the sender's PID, its parent's, and so
+// on up to (not including) the master.
+type datagram struct {
+	notify.Datagram
+	lineage []int
+}
+
+// receiveNotifications reads the notify socket. It reads each sender's ancestry at once, while
+// the sender is most likely alive: a short-lived helper that notifies for a worker and exits
+// cannot be traced back once gone. A sender using sd_notify_barrier(3) stays alive until its
+// descriptor is released, after the lineage is read, which closes the race entirely.
+func (d *Driver) receiveNotifications(out chan<- datagram) {
+	for {
+		dg, err := d.cfg.Notify.Receive()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			d.log.Warn("notify socket", "error", err)
+			continue
+		}
+		lineage := lineageOf(dg.PID)
+		dg.Release()
+		out <- datagram{dg, lineage}
+	}
+}
+
+// handleDatagram attributes a notification to a worker: its sender is the worker itself, or one of
+// its descendants (apps often notify from a helper process). Anything else is dropped.
+func (d *Driver) handleDatagram(dg datagram) {
+	reject := func(reason string) { d.step(NotifyRejected{PID: dg.PID, Reason: reason}) }
+	if dg.Truncated {
+		reject("datagram too large")
+		return
+	}
+	var id WorkerID
+	found := false
+	for _, pid := range dg.lineage {
+		if id, found = d.m.WorkerByPID(pid); found {
+			break
+		}
+	}
+	if !found {
+		reject(fmt.Sprintf("sender pid %d is not a worker nor a worker's descendant", dg.PID))
+		return
+	}
+	msg, err := notify.Parse(dg.Data)
+	if err != nil {
+		reject(err.Error())
+		return
+	}
+	d.step(Notified{Worker: id, Message: msg})
+}
+
+// lineageOf lists pid and its ancestors, walking parent links in /proc, up to the master or PID 1
+// (excluded): a worker's descendant re-parented to the master after its parent died is no longer
+// attributable to that worker.
+func lineageOf(pid int) []int {
+	self := os.Getpid()
+	var lineage []int
+	for range 64 {
+		if pid <= 1 || pid == self {
+			break
+		}
+		lineage = append(lineage, pid)
+		ppid, err := parentPID(pid)
+		if err != nil {
+			break
+		}
+		pid = ppid
+	}
+	return lineage
+}
+
+// parentPID reads the parent of pid from /proc/PID/stat. The command name in parentheses may hold
+// spaces and parentheses itself, so the fields are read after its last ')'.
+func parentPID(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("cluster: malformed /proc/%d/stat", pid)
+	}
+	fields := strings.Fields(s[i+1:])
+	if len(fields) < 2 {
+		return 0, fmt.Errorf("cluster: malformed /proc/%d/stat", pid)
+	}
+	return strconv.Atoi(fields[1])
+}
+
+func (d *Driver) handleRequest(r request) {
+	if r.ev == nil {
+		r.status <- d.m.Status()
+		return
+	}
+	ev := r.ev
+	if r.reply != nil {
+		id := d.expectReply(func(a Reply) { r.reply <- a })
+		switch e := ev.(type) {
+		case Stop:
+			e.Request = id
+			ev = e
+		case Scale:
+			e.Request = id
+			ev = e
+		}
+	}
+	d.step(ev)
+}
+
+// expectReply allocates a RequestID whose Reply goes to answer.
+func (d *Driver) expectReply(answer func(Reply)) RequestID {
+	d.lastReq++
+	d.pending[d.lastReq] = answer
+	return d.lastReq
+}
+
+func (d *Driver) notifySystemd(state string) {
+	if d.cfg.Systemd == nil {
+		return
+	}
+	if err := d.cfg.Systemd(state); err != nil {
+		d.log.Warn("cannot notify systemd", "error", err)
+	}
+}
+
+// call sends an event into the loop and waits for its Reply, or for ctx.
+func (d *Driver) call(ctx context.Context, ev Event) (Reply, error) {
+	reply := make(chan Reply, 1)
+	select {
+	case d.requests <- request{ev: ev, reply: reply}:
+	case <-ctx.Done():
+		return Reply{}, ctx.Err()
+	}
+	select {
+	case r := <-reply:
+		return r, nil
+	case <-ctx.Done():
+		return Reply{}, ctx.Err()
+	}
+}
+
+// Status returns a snapshot of the cluster. It fails only with ctx.
+func (d *Driver) Status(ctx context.Context) (Status, error) {
+	c := make(chan Status, 1)
+	select {
+	case d.requests <- request{status: c}:
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	}
+	select {
+	case st := <-c:
+		return st, nil
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	}
+}
+
+// Stop stops the cluster. With wait it returns once every worker has exited, just before Run
+// returns; otherwise once the stop has begun.
+func (d *Driver) Stop(ctx context.Context, immediate, wait bool) error {
+	if !wait {
+		select {
+		case d.requests <- request{ev: Stop{Immediate: immediate}}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	r, err := d.call(ctx, Stop{Immediate: immediate})
+	if err != nil {
+		return err
+	}
+	return r.Err
+}
+
+// Scale changes the number of workers: to workers when non-zero, else by delta.
+func (d *Driver) Scale(ctx context.Context, workers, delta int) (ScaleResult, error) {
+	r, err := d.call(ctx, Scale{Workers: workers, Delta: delta})
+	if err != nil {
+		return ScaleResult{}, err
+	}
+	if r.Err != nil {
+		return ScaleResult{}, r.Err
+	}
+	return r.Result.(ScaleResult), nil
+}
+
+// workerEnv is the environment of a new worker: forkd's own minus what belongs to forkd and
+// systemd, the config's env, then the protocol variables, which nothing overrides.
+func (d *Driver) workerEnv(a SpawnWorker) []string {
+	env := make([]string, 0, len(d.baseEnv)+len(d.cfg.Env)+8)
+	for _, kv := range d.baseEnv {
+		if k, _, _ := strings.Cut(kv, "="); d.cfg.Env != nil {
+			if _, overridden := d.cfg.Env[k]; overridden {
+				continue
+			}
+		}
+		env = append(env, kv)
+	}
+	for k, v := range d.cfg.Env {
+		if isProtocolVar(k) {
+			continue
+		}
+		env = append(env, k+"="+v)
+	}
+	env = append(env, activation.WorkerEnv(d.cfg.Listeners)...)
+	env = append(env,
+		"NOTIFY_SOCKET="+d.cfg.Notify.Addr(),
+		"FORKD_WORKER="+strconv.Itoa(a.Slot),
+		"FORKD_GENERATION="+strconv.Itoa(a.Generation),
+	)
+	if hb := d.cfg.Machine.HeartbeatTimeout; hb > 0 {
+		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(hb.Microseconds(), 10))
+	}
+	return env
+}
+
+// isProtocolVar names the variables forkd sets for each worker (sd_listen_fds(3), sd_notify(3) and
+// its own), which neither forkd's environment nor the config may pass through.
+func isProtocolVar(key string) bool {
+	switch key {
+	case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID":
+		return true
+	}
+	return strings.HasPrefix(key, "FORKD_")
+}
+
+// inheritedEnv filters forkd's environment down to what workers inherit.
+func inheritedEnv(environ []string) []string {
+	var env []string
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		if isProtocolVar(k) {
+			continue
+		}
+		if k == "GODEBUG" {
+			// The master runs with async preemption off (see cmd/forkd); workers get the
+			// GODEBUG forkd was started with.
+			v = strings.TrimSuffix(strings.TrimSuffix(v, "asyncpreemptoff=1"), ",")
+			if v == "" {
+				continue
+			}
+			kv = k + "=" + v
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// spawner starts processes from one OS thread that never exits. Pdeathsig fires when the thread
+// that forked a child exits, not the process, and the Go runtime may run a spawn on any thread; a
+// dedicated locked thread makes "the master died" the only trigger.
+type spawner struct {
+	reqs chan spawnRequest
+}
+
+type spawnRequest struct {
+	path string
+	argv []string
+	attr *syscall.ProcAttr
+	done chan spawnResult
+}
+
+type spawnResult struct {
+	pid int
+	err error
+}
+
+func startSpawner() *spawner {
+	s := &spawner{reqs: make(chan spawnRequest)}
+	go func() {
+		// Never unlocked: the thread lives as long as the process.
+		runtime.LockOSThread()
+		for r := range s.reqs {
+			pid, _, err := syscall.StartProcess(r.path, r.argv, r.attr)
+			r.done <- spawnResult{pid, err}
+		}
+		// Parked forever rather than returning: a locked goroutine that returns takes its
+		// thread with it, and with it every child's Pdeathsig.
+		select {}
+	}()
+	return s
+}
+
+func (s *spawner) start(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
+	done := make(chan spawnResult, 1)
+	s.reqs <- spawnRequest{path, argv, attr, done}
+	r := <-done
+	return r.pid, r.err
+}
+
+func (s *spawner) stop() { close(s.reqs) }
