@@ -18,13 +18,10 @@ func checkConfigFile(path string, w io.Writer) int {
 	return config.Check(path, w)
 }
 
-// socketFromConfigFile returns the control socket of the forkd configured by the file at path.
+// socketFromConfigFile returns the control socket of the forkd configured by the file at path,
+// without validating the rest of the file.
 func socketFromConfigFile(path string) (string, error) {
-	cfg, err := config.LoadFile(path)
-	if err != nil {
-		return "", err
-	}
-	return cfg.Control.Socket, nil
+	return config.ControlSocketOf(path)
 }
 
 // defaultSocket is the control socket of a forkd started without a config file, whose instance

@@ -434,7 +434,9 @@ func TestSocketFromConfig(t *testing.T) {
 }
 
 func TestInvalidConfigForSocket(t *testing.T) {
-	config := writeConfig(t, "demo.hcl", "command = [\"sh\"]\nworkers = 0\n")
+	// Only a file that does not parse stops forkctl: the rest of a config (workers = 0 here) is
+	// forkd's business, not forkctl's.
+	config := writeConfig(t, "demo.hcl", "command = [\"sh\"]\nworkers = = 0\n")
 
 	r := forkctl(t, nil, "--config", config, "status")
 	require.Equal(t, exitConfig, r.code, r.stderr)

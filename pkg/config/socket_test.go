@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -64,4 +65,34 @@ func TestDefaultControlSocketFollowsName(t *testing.T) {
 	cfg, err = LoadFile(path)
 	require.NoError(t, err)
 	assert.True(t, filepath.IsAbs(cfg.Control.Socket))
+}
+
+func TestControlSocketOfReadsOnlyWhatDecidesIt(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// The command does not exist: LoadFile would refuse the file, ControlSocketOf does not care.
+	p := write("app.hcl", "command = [\"no-such-program\"]\ncontrol {\n  socket = \"run/ctl.sock\"\n}\n")
+	got, err := ControlSocketOf(p)
+	if err != nil || got != filepath.Join(dir, "run/ctl.sock") {
+		t.Fatalf("ControlSocketOf = %q, %v", got, err)
+	}
+	p = write("web.hcl", "name = \"shop\"\ncommand = [\"x\"]\n")
+	if got, err := ControlSocketOf(p); err != nil || got != DefaultControlSocket("shop") {
+		t.Fatalf("ControlSocketOf = %q, %v; want the default for name shop", got, err)
+	}
+	p = write("api.hcl", "command = [\"x\"]\n")
+	if got, err := ControlSocketOf(p); err != nil || got != DefaultControlSocket("api") {
+		t.Fatalf("ControlSocketOf = %q, %v; want the default for the file's base name", got, err)
+	}
+	p = write("broken.hcl", "control {\n")
+	var diags *DiagnosticsError
+	if _, err := ControlSocketOf(p); !errors.As(err, &diags) {
+		t.Fatalf("a file that does not parse: got %v, want diagnostics", err)
+	}
 }
