@@ -98,6 +98,7 @@ func supervise(cfg *config.Config, logger *slog.Logger) (int, error) {
 			BackoffMin:       cfg.Restart.BackoffMin,
 			BackoffMax:       cfg.Restart.BackoffMax,
 			ResetAfter:       cfg.Restart.ResetAfter,
+			MaxSurge:         1,
 		},
 		Command:   cfg.Command,
 		Directory: cfg.Directory,

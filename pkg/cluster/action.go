@@ -8,13 +8,39 @@ import (
 // Action is an output of the machine, returned by Machine.Ready for the driver to carry out.
 type Action interface{ isAction() }
 
-// SpawnWorker asks the driver to start a worker process for a slot. The driver answers with
-// Spawned (with the PID) or SpawnFailed before it reaps anything, so an Exited event never
-// arrives for a PID the machine has not seen.
+// SpawnWorker asks the driver to start a worker process for a slot.
+//
+// With Template zero, the driver execs the worker and answers with Spawned (with the PID) or
+// SpawnFailed before it reaps anything, so an Exited event never arrives for a PID the machine has
+// not seen. Channel asks for a control channel (FORKD_CONTROL_FD), for a worker 0 that may become
+// the template.
+//
+// With Template set, the driver asks that template to fork the worker (a spawn request carrying
+// the worker's new control channel) and answers later: Spawned with the template's reply, or
+// SpawnFailed. The worker's Hello may come first.
 type SpawnWorker struct {
 	Worker     WorkerID
 	Slot       int
 	Generation int
+	Template   WorkerID
+	Channel    bool
+}
+
+// CancelSpawn tells the driver the machine gave up on a forked spawn: it closes its end of the
+// worker's channel (a worker that appears late sees end of file and exits) and kills a worker whose
+// PID arrives after all.
+type CancelSpawn struct {
+	Worker WorkerID
+}
+
+// ControlWorker asks the driver to send a message on a worker's control channel: protocol.OpWelcome
+// (with Slot and Generation), OpRefuse (with Error), OpPause or OpResume.
+type ControlWorker struct {
+	Worker     WorkerID
+	Op         string
+	Slot       int
+	Generation int
+	Error      string
 }
 
 // SignalWorker asks the driver to send a signal to a worker. The driver signals through the
@@ -59,6 +85,8 @@ type ScaleResult struct {
 }
 
 func (SpawnWorker) isAction()   {}
+func (CancelSpawn) isAction()   {}
+func (ControlWorker) isAction() {}
 func (SignalWorker) isAction()  {}
 func (NotifySystemd) isAction() {}
 func (Reply) isAction()         {}

@@ -24,14 +24,15 @@ type Start struct{}
 // The driver sends it when the timer set to NextDeadline fires.
 type Tick struct{}
 
-// Spawned reports that the process for a SpawnWorker action is running.
+// Spawned reports that the process for a SpawnWorker action is running. For a worker forked by
+// the template, it is the template's reply, which may come after the worker's own Hello.
 type Spawned struct {
 	Worker WorkerID
 	PID    int
 }
 
-// SpawnFailed reports that a SpawnWorker action could not start a process (fork or exec failed).
-// It counts as a crash of that slot.
+// SpawnFailed reports that a SpawnWorker action could not start a process: exec failed (a crash
+// of the slot), or the template could not fork (the worker is exec'd instead).
 type SpawnFailed struct {
 	Worker WorkerID
 	Err    string
@@ -75,15 +76,41 @@ type Scale struct {
 	Delta   int
 }
 
-func (Start) isEvent()          {}
-func (Tick) isEvent()           {}
-func (Spawned) isEvent()        {}
-func (SpawnFailed) isEvent()    {}
-func (Exited) isEvent()         {}
-func (Notified) isEvent()       {}
-func (NotifyRejected) isEvent() {}
-func (Stop) isEvent()           {}
-func (Scale) isEvent()          {}
+// Hello is a worker's first message on its control channel (fork-worker mode): its PID, and whether
+// it can be the template. The driver opens a pidfd for PID before stepping it.
+type Hello struct {
+	Worker  WorkerID
+	PID     int
+	Version int
+	Fork    bool
+	SDK     string
+}
+
+// TemplateReplied reports the template's answer to a pause or resume request: protocol.OpPaused or
+// protocol.OpResumed.
+type TemplateReplied struct {
+	Worker WorkerID
+	Op     string
+}
+
+// Refork re-forks workers 1..n-1 from the template (fork-worker mode), as a rolling update. The
+// Reply comes when the refork is done, or failed.
+type Refork struct {
+	Request RequestID
+}
+
+func (Start) isEvent()           {}
+func (Tick) isEvent()            {}
+func (Spawned) isEvent()         {}
+func (SpawnFailed) isEvent()     {}
+func (Exited) isEvent()          {}
+func (Notified) isEvent()        {}
+func (NotifyRejected) isEvent()  {}
+func (Stop) isEvent()            {}
+func (Scale) isEvent()           {}
+func (Hello) isEvent()           {}
+func (TemplateReplied) isEvent() {}
+func (Refork) isEvent()          {}
 
 // ExitStatus is how a process ended: an exit code, or the signal that killed it.
 type ExitStatus struct {

@@ -17,6 +17,12 @@ var (
 	ErrStopping = errors.New("cluster: forkd is stopping")
 	// ErrScaleRange: a Scale asked for fewer than one worker or more than MaxWorkers.
 	ErrScaleRange = errors.New("cluster: worker count out of range")
+	// ErrBusy: a rollout (refork, phased restart) is in progress; one at a time.
+	ErrBusy = errors.New("cluster: a rollout is in progress")
+	// ErrNotReady: the cluster has not been ready yet, or has no template to refork from.
+	ErrNotReady = errors.New("cluster: not ready")
+	// ErrRolloutFailed: a rollout stopped before replacing every worker; the message says why.
+	ErrRolloutFailed = errors.New("cluster: rollout failed")
 	// ErrStopped is returned by Step once the machine has emitted Exit.
 	ErrStopped = errors.New("cluster: machine has stopped")
 )
@@ -53,6 +59,19 @@ type Config struct {
 	ShutdownTimeout time.Duration
 
 	BackoffMin, BackoffMax, ResetAfter time.Duration
+
+	// ForkWorker turns on fork-worker mode: worker 0 is exec'd with a control channel and, if it
+	// declares it can fork, every other worker is forked from it.
+	ForkWorker bool
+	// ForkTimeout bounds a fork (from spawn request to the template's reply) and a pause.
+	ForkTimeout time.Duration
+	// ReforkAfter lists the requests worker 0 serves before each automatic refork, one entry per
+	// refork, the last repeating; empty disables automatic reforks.
+	ReforkAfter []uint64
+
+	// MaxSurge and MaxUnavailable shape rollouts: at most MaxSurge workers above the desired count,
+	// at most MaxUnavailable of the desired workers stopped before their replacement is ready.
+	MaxSurge, MaxUnavailable int
 }
 
 func (c *Config) validate() error {
@@ -69,6 +88,15 @@ func (c *Config) validate() error {
 		return errors.New("cluster: need 0 < BackoffMin <= BackoffMax")
 	case c.ResetAfter <= 0:
 		return errors.New("cluster: ResetAfter must be positive")
+	case c.ForkWorker && c.ForkTimeout <= 0:
+		return errors.New("cluster: ForkTimeout must be positive in fork-worker mode")
+	case c.MaxSurge < 0 || c.MaxUnavailable < 0 || c.MaxSurge+c.MaxUnavailable < 1:
+		return errors.New("cluster: MaxSurge and MaxUnavailable must not be negative, and not both zero")
+	}
+	for _, n := range c.ReforkAfter {
+		if n == 0 {
+			return errors.New("cluster: ReforkAfter entries must be positive")
+		}
 	}
 	return nil
 }
@@ -89,6 +117,17 @@ type Machine struct {
 	byPID   map[int]*worker
 	lastID  WorkerID
 
+	// template is worker 0 while it is ready and declared it can fork; nil otherwise.
+	template *worker
+	// execMode is set when worker 0 became ready without declaring it can fork: workers are
+	// exec'd until a worker 0 that can fork comes along.
+	execMode bool
+	// reforks counts completed reforks; reforkBase is the template's request count at the last
+	// one, for ReforkAfter.
+	reforks    int
+	reforkBase uint64
+	rollout    *rollout
+
 	stopWaiters []RequestID
 	dropped     uint64
 	lastStatus  string
@@ -100,6 +139,7 @@ func NewMachine(cfg Config) (*Machine, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	cfg.ReforkAfter = slices.Clone(cfg.ReforkAfter)
 	return &Machine{
 		cfg:        cfg,
 		generation: 1,
@@ -134,10 +174,16 @@ func (m *Machine) Step(now time.Time, ev Event) error {
 		m.notified(e)
 	case NotifyRejected:
 		m.notifyRejected(e)
+	case Hello:
+		m.hello(e)
+	case TemplateReplied:
+		m.templateReplied(e)
 	case Stop:
 		m.stop(e)
 	case Scale:
 		m.scale(e)
+	case Refork:
+		m.refork(e)
 	default:
 		err = fmt.Errorf("cluster: unknown event %T", ev)
 	}
@@ -168,7 +214,11 @@ func (m *Machine) NextDeadline() (time.Time, bool) {
 	for _, s := range m.slots {
 		if !s.retiring {
 			consider(s.nextSpawn)
+			consider(s.awaitTemplate)
 		}
+	}
+	if m.rollout != nil {
+		consider(m.rollout.deadline)
 	}
 	return next, !next.IsZero()
 }
@@ -204,16 +254,44 @@ func (m *Machine) start() {
 	if len(m.slots) > 0 || m.phase != PhaseStarting {
 		return
 	}
-	m.log(slog.LevelInfo, "starting workers", slog.String("event", "cluster-starting"),
-		slog.Int("workers", m.desired), slog.Int("generation", m.generation))
+	mode := "exec"
+	if m.cfg.ForkWorker {
+		mode = "fork-worker"
+	}
+	m.log(slog.LevelInfo, fmt.Sprintf("starting %d workers in %s mode", m.desired, mode),
+		slog.String("event", "cluster-starting"), slog.Int("workers", m.desired), slog.Int("generation", m.generation))
 	for i := 0; i < m.desired; i++ {
 		s := &slot{index: i}
 		m.slots = append(m.slots, s)
-		m.spawn(s)
+		m.place(s, false)
 	}
 }
 
-func (m *Machine) spawn(s *slot) {
+// place gives a slot a new process: its current one, or its rollout replacement. In fork-worker
+// mode a worker other than worker 0 is forked from the template, or waits for one (bounded by the
+// boot timeout, after which it is exec'd).
+func (m *Machine) place(s *slot, replacement bool) {
+	s.nextSpawn = time.Time{}
+	if m.cfg.ForkWorker && s.index > 0 && !m.execMode {
+		if t := m.template; t != nil {
+			s.awaitTemplate = time.Time{}
+			m.spawn(s, replacement, t)
+			return
+		}
+		if s.awaitTemplate.IsZero() {
+			s.awaitTemplate = m.now.Add(m.cfg.BootTimeout)
+		}
+		if m.now.Before(s.awaitTemplate) {
+			return
+		}
+		m.log(slog.LevelWarn, fmt.Sprintf("no template to fork worker %d from within %s: starting it with exec",
+			s.index, m.cfg.BootTimeout), slog.String("event", "fork-fallback"), slog.Int("worker", s.index))
+	}
+	s.awaitTemplate = time.Time{}
+	m.spawn(s, replacement, nil)
+}
+
+func (m *Machine) spawn(s *slot, replacement bool, template *worker) {
 	m.lastID++
 	w := &worker{
 		id:         m.lastID,
@@ -222,29 +300,64 @@ func (m *Machine) spawn(s *slot) {
 		state:      Spawning,
 		spawnedAt:  m.now,
 		heartbeat:  m.cfg.HeartbeatTimeout,
+		channel:    m.cfg.ForkWorker && (s.index == 0 || template != nil),
+	}
+	if template != nil {
+		w.template = template.id
+		w.deadline = m.now.Add(m.cfg.ForkTimeout)
 	}
 	m.workers[w.id] = w
-	s.worker = w
-	s.nextSpawn = time.Time{}
-	m.emit(SpawnWorker{Worker: w.id, Slot: s.index, Generation: w.generation})
+	if replacement {
+		s.next = w
+	} else {
+		s.worker = w
+	}
+	m.emit(SpawnWorker{Worker: w.id, Slot: s.index, Generation: w.generation, Template: w.template,
+		Channel: w.channel && template == nil})
+}
+
+// ownerSlot returns the slot w belongs to and whether w is its current worker or its replacement.
+// A worker that is neither drains detached from its slot, which may be gone (scaled down).
+func (m *Machine) ownerSlot(w *worker) (s *slot, current, replacement bool) {
+	if w.slot >= len(m.slots) {
+		return nil, false, false
+	}
+	s = m.slots[w.slot]
+	return s, s.worker == w, s.next == w
 }
 
 func (m *Machine) spawned(e Spawned) error {
 	w, ok := m.workers[e.Worker]
-	if !ok || w.state != Spawning {
-		return fmt.Errorf("cluster: Spawned for worker %d, which is not spawning", e.Worker)
+	if !ok {
+		return fmt.Errorf("cluster: Spawned for unknown worker %d", e.Worker)
 	}
 	if e.PID <= 0 {
 		return fmt.Errorf("cluster: Spawned with invalid pid %d", e.PID)
 	}
+	if w.state != Spawning {
+		if w.pid == e.PID {
+			return nil // the template's reply after the worker's own hello
+		}
+		return fmt.Errorf("cluster: Spawned for worker %d, which is not spawning", e.Worker)
+	}
 	if other, dup := m.byPID[e.PID]; dup {
 		return fmt.Errorf("cluster: pid %d of worker %d already belongs to worker %d", e.PID, e.Worker, other.id)
 	}
-	w.pid = e.PID
-	m.byPID[e.PID] = w
+	m.started(w, e.PID)
+	return nil
+}
+
+// started records a worker's PID: the process exists and boots.
+func (m *Machine) started(w *worker, pid int) {
+	w.pid = pid
+	m.byPID[pid] = w
 	w.state = Booting
 	w.deadline = m.now.Add(m.cfg.BootTimeout)
-	m.log(slog.LevelInfo, "worker spawned", m.workerAttrs(w, "worker-spawned")...)
+	how := "exec"
+	if w.forked() {
+		how = "forked"
+	}
+	m.log(slog.LevelInfo, "worker spawned ("+how+")", m.workerAttrs(w, "worker-spawned")...)
 	switch {
 	case w.pendingStop && m.immediate:
 		m.kill(w, w.stopReason)
@@ -253,13 +366,16 @@ func (m *Machine) spawned(e Spawned) error {
 	case m.cfg.ReadyOnStart:
 		m.becomeReady(w)
 	}
-	return nil
 }
 
 func (m *Machine) spawnFailed(e SpawnFailed) error {
 	w, ok := m.workers[e.Worker]
 	if !ok || w.state != Spawning {
 		return fmt.Errorf("cluster: SpawnFailed for worker %d, which is not spawning", e.Worker)
+	}
+	if w.forked() {
+		m.forkFailed(w, "worker 0 could not fork it: "+e.Err)
+		return nil
 	}
 	m.log(slog.LevelError, "cannot spawn worker: "+e.Err, slog.String("event", "spawn-failed"),
 		slog.Int("worker", w.slot), slog.Int("generation", w.generation))
@@ -287,21 +403,44 @@ func (m *Machine) exited(e Exited) {
 	m.remove(w, how)
 }
 
-// remove forgets a worker whose process is gone (or never started) and decides what its slot does
-// next: nothing while stopping or retiring, respawn at once after an expected exit or a first
-// crash, respawn after a backoff delay within a crash series.
-func (m *Machine) remove(w *worker, how string) {
+// forget drops a worker from the machine's tables and its slot.
+func (m *Machine) forget(w *worker) (s *slot, current, replacement bool) {
 	delete(m.workers, w.id)
 	if w.pid != 0 {
 		delete(m.byPID, w.pid)
 	}
-	s := m.slots[w.slot]
-	if s.worker != w {
+	s, current, replacement = m.ownerSlot(w)
+	if current {
+		s.worker = nil
+	}
+	if replacement {
+		s.next = nil
+	}
+	if m.template == w {
+		m.loseTemplate()
+	}
+	return s, current, replacement
+}
+
+// remove forgets a worker whose process is gone (or never started) and decides what its slot does
+// next: nothing while stopping or retiring, respawn at once after an expected exit or a first
+// crash, respawn after a backoff delay within a crash series. A rollout's replacement failing ends
+// the rollout instead.
+func (m *Machine) remove(w *worker, how string) {
+	s, current, replacement := m.forget(w)
+	if replacement {
+		if !w.expected {
+			m.rolloutFailed(fmt.Sprintf("worker %d of generation %d did not become ready: %s", w.slot, w.generation, how))
+		}
 		return
 	}
-	s.worker = nil
+	if !current {
+		return // a worker a rollout replaced, done draining
+	}
 	s.lastExit = how
-	if !w.expected {
+	s.lastExitAt = m.now
+	s.crashed = !w.expected
+	if s.crashed {
 		if m.now.Sub(w.spawnedAt) >= m.cfg.ResetAfter {
 			s.failures = 1
 		} else {
@@ -311,19 +450,29 @@ func (m *Machine) remove(w *worker, how string) {
 	if m.phase == PhaseStopping || s.retiring {
 		return
 	}
+	if m.rollout != nil && m.rollout.slotExited(s) {
+		return // its replacement is on the way
+	}
+	m.respawn(s)
+}
+
+// respawn gives a slot that lost its worker a new one: at once after an expected exit or a first
+// crash, after a backoff delay (counted from the exit) within a crash series.
+func (m *Machine) respawn(s *slot) {
 	s.restarts++
 	delay := time.Duration(0)
-	if !w.expected {
+	if s.crashed {
 		delay = m.backoff(s.failures)
 	}
-	if delay == 0 {
-		m.spawn(s)
+	at := s.lastExitAt.Add(delay)
+	if !at.After(m.now) {
+		m.place(s, false)
 		return
 	}
-	s.nextSpawn = m.now.Add(delay)
+	s.nextSpawn = at
 	m.log(slog.LevelWarn, fmt.Sprintf("worker %d is crash-looping (%d crashes in a row): next restart in %s",
-		s.index, s.failures, delay), slog.String("event", "crash-loop"), slog.Int("worker", s.index),
-		slog.Int("crashes", s.failures), slog.Duration("delay", delay))
+		s.index, s.failures, at.Sub(m.now)), slog.String("event", "crash-loop"), slog.Int("worker", s.index),
+		slog.Int("crashes", s.failures), slog.Duration("delay", at.Sub(m.now)))
 }
 
 // backoff is the delay before respawning a slot after its n-th consecutive crash: none for the
@@ -348,6 +497,12 @@ func (m *Machine) becomeReady(w *worker) {
 	}
 	attrs := append(m.workerAttrs(w, "worker-ready"), slog.Duration("boot", m.now.Sub(w.spawnedAt)))
 	m.log(slog.LevelInfo, "worker ready", attrs...)
+	s, current, replacement := m.ownerSlot(w)
+	if replacement {
+		m.promote(s) // which also makes a new worker 0 the template
+	} else if current && s.index == 0 {
+		m.workerZeroReady(w)
+	}
 }
 
 // terminate asks a worker to drain with SIGTERM; SIGKILL follows after the shutdown timeout.
@@ -367,7 +522,23 @@ func (m *Machine) terminate(w *worker, reason string) {
 	w.state = Stopping
 	w.stopAsked = "SIGTERM"
 	w.deadline = m.now.Add(m.cfg.ShutdownTimeout)
+	if m.template == w {
+		m.loseTemplate()
+	}
 	m.emit(SignalWorker{Worker: w.id, PID: w.pid, Signal: syscall.SIGTERM})
+}
+
+// dismiss stops a worker forkd no longer needs, which is not its fault: a fork still pending is
+// called off, a process is asked to drain.
+func (m *Machine) dismiss(w *worker, reason string) {
+	w.expected = true
+	if w.state == Spawning && w.forked() {
+		w.stopReason = reason
+		m.emit(CancelSpawn{Worker: w.id})
+		m.forget(w)
+		return
+	}
+	m.terminate(w, reason)
 }
 
 // kill sends SIGKILL; the worker's exit is all that is left to wait for.
@@ -382,6 +553,9 @@ func (m *Machine) kill(w *worker, reason string) {
 	}
 	w.state = Killing
 	w.deadline = time.Time{}
+	if m.template == w {
+		m.loseTemplate()
+	}
 	m.emit(SignalWorker{Worker: w.id, PID: w.pid, Signal: syscall.SIGKILL})
 }
 
@@ -391,6 +565,8 @@ func (m *Machine) tick() {
 			continue
 		}
 		switch w.state {
+		case Spawning:
+			m.forkFailed(w, fmt.Sprintf("worker 0 did not fork it within %s", m.cfg.ForkTimeout))
 		case Booting:
 			hint := ""
 			if !m.cfg.ReadyOnStart {
@@ -411,9 +587,18 @@ func (m *Machine) tick() {
 		}
 	}
 	for _, s := range m.slots {
-		if s.inBackoff() && !s.retiring && !m.now.Before(s.nextSpawn) {
-			m.spawn(s)
+		if s.retiring || m.phase == PhaseStopping {
+			continue
 		}
+		if s.inBackoff() && !m.now.Before(s.nextSpawn) {
+			m.place(s, false)
+		}
+		if s.worker == nil && !s.awaitTemplate.IsZero() && !m.now.Before(s.awaitTemplate) {
+			m.place(s, false)
+		}
+	}
+	if m.rollout != nil {
+		m.rollout.tick(m)
 	}
 }
 
@@ -445,14 +630,20 @@ func (m *Machine) notified(e Notified) {
 	}
 	if msg.Stopping && (w.state == Booting || w.state == Ready) {
 		m.log(slog.LevelInfo, "worker is stopping on its own (STOPPING=1)", m.workerAttrs(w, "worker-stopping")...)
+		if m.template == w {
+			m.loseTemplate()
+		}
 		w.state = Stopping
 		w.stopAsked = "STOPPING=1"
 		w.stopReason = "stopped on its own"
 		w.deadline = m.now.Add(m.cfg.ShutdownTimeout)
 	}
-	if msg.WatchdogTrigger && w.state != Killing {
+	if msg.WatchdogTrigger && w.state != Killing && w.state != Spawning {
 		m.log(slog.LevelError, "worker triggered its watchdog (WATCHDOG=trigger)", m.workerAttrs(w, "watchdog-trigger")...)
 		m.kill(w, "watchdog triggered")
+	}
+	if msg.HasRequests && w == m.template {
+		m.maybeAutoRefork()
 	}
 }
 
@@ -479,6 +670,9 @@ func (m *Machine) stop(e Stop) {
 		}
 		return
 	}
+	if m.rollout != nil {
+		m.rollout.abandon(m, ErrStopping)
+	}
 	m.phase = PhaseStopping
 	m.immediate = e.Immediate
 	how := "draining"
@@ -490,20 +684,25 @@ func (m *Machine) stop(e Stop) {
 	m.emit(NotifySystemd{State: "STOPPING=1\nSTATUS=" + m.lastStatus})
 	for _, s := range m.slots {
 		s.nextSpawn = time.Time{}
+		s.awaitTemplate = time.Time{}
 	}
 	for _, w := range m.sortedWorkers() {
-		w.expected = true
-		if e.Immediate {
+		if e.Immediate && !(w.state == Spawning && w.forked()) {
+			w.expected = true
 			m.kill(w, "immediate stop")
 		} else {
-			m.terminate(w, "shutdown")
+			m.dismiss(w, "shutdown")
 		}
 	}
 }
 
 func (m *Machine) scale(e Scale) {
-	if m.phase == PhaseStopping {
+	switch {
+	case m.phase == PhaseStopping:
 		m.emit(Reply{Request: e.Request, Err: ErrStopping})
+		return
+	case m.rollout != nil:
+		m.emit(Reply{Request: e.Request, Err: fmt.Errorf("%w (%s): scale after it", ErrBusy, m.rollout.kind)})
 		return
 	}
 	n := e.Workers
@@ -523,20 +722,20 @@ func (m *Machine) scale(e Scale) {
 			s := m.slots[i]
 			s.retiring = false
 			if s.worker == nil && !s.nextSpawn.After(m.now) {
-				m.spawn(s)
+				m.place(s, false)
 			}
 			continue
 		}
 		s := &slot{index: i}
 		m.slots = append(m.slots, s)
-		m.spawn(s)
+		m.place(s, false)
 	}
 	for i := n; i < len(m.slots); i++ {
 		s := m.slots[i]
 		s.retiring = true
-		if s.worker != nil {
-			s.worker.expected = true
-			m.terminate(s.worker, "scaled down")
+		s.awaitTemplate = time.Time{}
+		if w := s.worker; w != nil {
+			m.dismiss(w, "scaled down")
 		}
 	}
 	if n != prev {
@@ -546,10 +745,13 @@ func (m *Machine) scale(e Scale) {
 	m.emit(Reply{Request: e.Request, Result: ScaleResult{Previous: prev, Workers: n}})
 }
 
-// settle runs after every event: it drops drained retiring slots, moves the cluster between
-// phases and keeps systemd's STATUS= current.
+// settle runs after every event: it moves a rollout along, drops drained retiring slots, moves the
+// cluster between phases and keeps systemd's STATUS= current.
 func (m *Machine) settle() {
-	for len(m.slots) > m.desired && m.slots[len(m.slots)-1].worker == nil {
+	if m.rollout != nil {
+		m.rollout.advance(m)
+	}
+	for len(m.slots) > m.desired && m.slots[len(m.slots)-1].empty() {
 		m.slots = m.slots[:len(m.slots)-1]
 	}
 	if m.phase == PhaseStarting && len(m.slots) > 0 && m.readyCount() == m.desired {
@@ -592,10 +794,15 @@ func (m *Machine) statusLine() string {
 		return fmt.Sprintf("stopping: %s left", plural(len(m.workers), "worker"))
 	}
 	var b strings.Builder
-	if m.phase == PhaseStarting {
-		b.WriteString("starting: ")
+	switch {
+	case m.phase == PhaseStarting:
+		fmt.Fprintf(&b, "starting: %d/%d workers ready, generation %d", m.readyCount(), m.desired, m.generation)
+	case m.rollout != nil:
+		fmt.Fprintf(&b, "rolling (%s): %d/%d workers on generation %d, %d ready", m.rollout.kind,
+			m.rollout.onTarget(m), m.desired, m.rollout.to, m.readyCount())
+	default:
+		fmt.Fprintf(&b, "%d/%d workers ready, generation %d", m.readyCount(), m.desired, m.generation)
 	}
-	fmt.Fprintf(&b, "%d/%d workers ready, generation %d", m.readyCount(), m.desired, m.generation)
 	var looping []string
 	for _, s := range m.slots {
 		// A slot stays in the crash loop from its second crash in a row until a worker is ready

@@ -27,6 +27,8 @@ func testConfig() Config {
 		BackoffMin:      time.Second,
 		BackoffMax:      8 * time.Second,
 		ResetAfter:      30 * time.Second,
+		ForkTimeout:     5 * time.Second,
+		MaxSurge:        1,
 	}
 }
 
@@ -60,6 +62,18 @@ func TestScripts(t *testing.T) {
 						cfg.ShutdownTimeout = duration(t, v)
 					case "ready-on-start":
 						cfg.ReadyOnStart = v == "true"
+					case "fork":
+						cfg.ForkWorker = v == "true"
+					case "fork-timeout":
+						cfg.ForkTimeout = duration(t, v)
+					case "refork-after":
+						for _, v := range a.Vals {
+							cfg.ReforkAfter = append(cfg.ReforkAfter, uint64(atoi(t, v)))
+						}
+					case "max-surge":
+						cfg.MaxSurge = atoi(t, v)
+					case "max-unavailable":
+						cfg.MaxUnavailable = atoi(t, v)
 					default:
 						t.Fatalf("new: unknown argument %s", a.Key)
 					}
@@ -93,6 +107,18 @@ func TestScripts(t *testing.T) {
 					return "error: " + err.Error() + "\n"
 				}
 				return step(Notified{Worker: WorkerID(intArg(t, d, "id")), Message: msg})
+			case "hello":
+				v := 1
+				if d.HasArg("v") {
+					v = intArg(t, d, "v")
+				}
+				return step(Hello{Worker: WorkerID(intArg(t, d, "id")), PID: optIntArg(t, d, "pid"), Version: v, Fork: d.HasArg("fork")})
+			case "replied":
+				var op string
+				d.ScanArgs(t, "op", &op)
+				return step(TemplateReplied{Worker: WorkerID(intArg(t, d, "id")), Op: op})
+			case "refork":
+				return step(Refork{Request: RequestID(optIntArg(t, d, "req"))})
 			case "reject":
 				return step(NotifyRejected{PID: intArg(t, d, "pid"), Reason: "sender is not a worker"})
 			case "tick":
@@ -127,7 +153,25 @@ func formatActions(actions []Action) string {
 	for _, a := range actions {
 		switch a := a.(type) {
 		case SpawnWorker:
-			fmt.Fprintf(&b, "spawn id=%d slot=%d gen=%d\n", a.Worker, a.Slot, a.Generation)
+			fmt.Fprintf(&b, "spawn id=%d slot=%d gen=%d", a.Worker, a.Slot, a.Generation)
+			if a.Template != 0 {
+				fmt.Fprintf(&b, " fork-from=%d", a.Template)
+			}
+			if a.Channel {
+				b.WriteString(" channel")
+			}
+			b.WriteString("\n")
+		case CancelSpawn:
+			fmt.Fprintf(&b, "cancel-spawn id=%d\n", a.Worker)
+		case ControlWorker:
+			fmt.Fprintf(&b, "control id=%d %s", a.Worker, a.Op)
+			if a.Op == "welcome" {
+				fmt.Fprintf(&b, " worker=%d gen=%d", a.Slot, a.Generation)
+			}
+			if a.Error != "" {
+				fmt.Fprintf(&b, " error=%q", a.Error)
+			}
+			b.WriteString("\n")
 		case SignalWorker:
 			fmt.Fprintf(&b, "signal id=%d pid=%d %s\n", a.Worker, a.PID, signalName(a.Signal))
 		case NotifySystemd:
@@ -157,7 +201,14 @@ func formatActions(actions []Action) string {
 
 func formatStatus(st Status) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "phase=%s generation=%d desired=%d ready=%d dropped=%d\n", st.Phase, st.Generation, st.Desired, st.Ready, st.Dropped)
+	fmt.Fprintf(&b, "phase=%s generation=%d desired=%d ready=%d dropped=%d", st.Phase, st.Generation, st.Desired, st.Ready, st.Dropped)
+	if st.Rollout != "" {
+		fmt.Fprintf(&b, " rollout=%s", st.Rollout)
+	}
+	if st.Forking {
+		b.WriteString(" forking")
+	}
+	b.WriteString("\n")
 	fmt.Fprintf(&b, "status: %s\n", st.StatusLine)
 	for _, w := range st.Workers {
 		fmt.Fprintf(&b, "worker %d: id=%d pid=%d state=%s restarts=%d crashes=%d", w.Index, w.ID, w.PID, w.State, w.Restarts, w.Crashes)
@@ -175,6 +226,14 @@ func formatStatus(st Status) string {
 		}
 		if w.Retiring {
 			b.WriteString(" retiring")
+		}
+		for _, flag := range []struct {
+			on   bool
+			name string
+		}{{w.Template, "template"}, {w.Forked, "forked"}, {w.Replacement, "replacement"}, {w.Detached, "detached"}} {
+			if flag.on {
+				b.WriteString(" " + flag.name)
+			}
 		}
 		b.WriteString("\n")
 	}

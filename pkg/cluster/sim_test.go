@@ -4,24 +4,28 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/forkd/forkd/pkg/notify"
+	"github.com/forkd/forkd/pkg/protocol"
 )
 
 var (
 	simSeed  = flag.Uint64("sim.seed", 0, "run the simulation with this seed only")
 	simRuns  = flag.Int("sim.runs", 400, "number of seeded simulation runs")
 	simSteps = flag.Int("sim.steps", 400, "random events per simulation run")
+	simTrace = flag.Int("sim.trace", 60, "events shown for a failed run")
 )
 
 // TestSimulation drives the machine with seeded random event orders on a simulated clock, against
-// a fake world of processes that boot, serve, hang, crash and ignore SIGTERM, and checks the
-// cluster's invariants after every step. A failure names its seed; rerun it alone with
-// go test ./pkg/cluster -run TestSimulation -sim.seed=N -v.
+// a fake world of processes that boot, serve, hang, crash, ignore SIGTERM, fail to fork, and lose
+// or reorder their control-channel replies, and checks the cluster's invariants after every step.
+// Half the runs are in fork-worker mode, with reforks. A failure names its seed; rerun it alone
+// with go test ./pkg/cluster -run TestSimulation -sim.seed=N -v.
 func TestSimulation(t *testing.T) {
 	if *simSeed != 0 {
 		runSimulation(t, *simSeed)
@@ -43,12 +47,17 @@ type proc struct {
 	hung   bool // sends nothing any more (SIGSTOP, deadlock)
 	// stubborn processes ignore SIGTERM.
 	stubborn bool
+	// channel: it has a control channel; canFork: as worker 0, it would declare it can fork.
+	channel, canFork bool
+	// stray: forked for a spawn the machine gave up on; the driver kills it, the machine never
+	// hears of it but as an orphan.
+	stray bool
 }
 
-type pendingExit struct {
-	pid    int
-	at     time.Time
-	status ExitStatus
+// scheduled is something the world does at a given time: a process exits, a template answers.
+type scheduled struct {
+	at time.Time
+	do func()
 }
 
 type exitRecord struct {
@@ -63,9 +72,11 @@ type simulation struct {
 	cfg Config
 	now time.Time
 
-	procs      map[int]*proc
-	lastPID    int
-	exits      []pendingExit
+	procs   map[int]*proc
+	lastPID int
+	queue   []scheduled
+	// cancelled holds the forked spawns the machine gave up on.
+	cancelled  map[WorkerID]bool
 	lastExit   map[int]exitRecord // by slot
 	maxDesired int
 	requests   map[RequestID]bool // sent, not yet answered
@@ -86,10 +97,22 @@ func runSimulation(t *testing.T, seed uint64) {
 		ShutdownTimeout: time.Duration(rng.IntN(6)) * time.Second,
 		BackoffMin:      time.Duration(100+rng.IntN(1000)) * time.Millisecond,
 		ResetAfter:      time.Duration(5+rng.IntN(30)) * time.Second,
+		MaxSurge:        rng.IntN(3),
+		MaxUnavailable:  rng.IntN(2),
+	}
+	if cfg.MaxSurge+cfg.MaxUnavailable == 0 {
+		cfg.MaxSurge = 1
 	}
 	cfg.BackoffMax = cfg.BackoffMin * time.Duration(1+rng.IntN(40))
 	if rng.IntN(2) == 0 {
 		cfg.HeartbeatTimeout = time.Duration(1+rng.IntN(5)) * time.Second
+	}
+	if rng.IntN(2) == 0 {
+		cfg.ForkWorker = true
+		cfg.ForkTimeout = time.Duration(1+rng.IntN(5)) * time.Second
+		if rng.IntN(2) == 0 {
+			cfg.ReforkAfter = []uint64{uint64(1 + rng.IntN(50)), uint64(1 + rng.IntN(100))}
+		}
 	}
 	m, err := NewMachine(cfg)
 	if err != nil {
@@ -98,6 +121,7 @@ func runSimulation(t *testing.T, seed uint64) {
 	s := &simulation{
 		t: t, rng: rng, m: m, cfg: cfg, now: epoch,
 		procs:      make(map[int]*proc),
+		cancelled:  make(map[WorkerID]bool),
 		lastExit:   make(map[int]exitRecord),
 		maxDesired: cfg.Workers,
 		requests:   make(map[RequestID]bool),
@@ -105,7 +129,7 @@ func runSimulation(t *testing.T, seed uint64) {
 	}
 	defer func() {
 		if t.Failed() {
-			t.Logf("seed %d, config %+v; last events:\n%s", seed, cfg, strings.Join(s.trace[max(0, len(s.trace)-40):], "\n"))
+			t.Logf("seed %d, config %+v; last events:\n%s", seed, cfg, strings.Join(s.trace[max(0, len(s.trace)-*simTrace):], "\n"))
 		}
 	}()
 
@@ -120,15 +144,17 @@ func runSimulation(t *testing.T, seed uint64) {
 	limit := s.now.Add(cfg.ShutdownTimeout + time.Minute)
 	for s.exitCode == nil && !t.Failed() {
 		if s.now.After(limit) {
-			t.Fatalf("cluster did not stop by %s; status %+v", limit.Sub(epoch), m.Status())
+			t.Fatalf("cluster did not stop by +%s; status %+v", limit.Sub(epoch), m.Status())
 		}
 		s.advance(s.nextEventTime(time.Second))
 	}
 	if t.Failed() {
 		return
 	}
-	if len(s.procs) != 0 {
-		t.Fatalf("Exit emitted with %d processes alive", len(s.procs))
+	for _, p := range s.procs {
+		if !p.stray {
+			t.Fatalf("Exit emitted with worker %d (pid %d) alive", p.worker, p.pid)
+		}
 	}
 	if len(s.requests) != 0 {
 		t.Fatalf("requests never answered: %v", s.requests)
@@ -144,33 +170,53 @@ func (s *simulation) newRequest() RequestID {
 	return s.lastReq
 }
 
-func (s *simulation) randomProc() *proc {
-	if len(s.procs) == 0 {
-		return nil
-	}
-	pids := make([]int, 0, len(s.procs))
-	for pid := range s.procs {
-		pids = append(pids, pid)
-	}
-	// Map order is random; sort for reproducibility.
-	for i := 1; i < len(pids); i++ {
-		for j := i; j > 0 && pids[j] < pids[j-1]; j-- {
-			pids[j], pids[j-1] = pids[j-1], pids[j]
+func (s *simulation) after(d time.Duration, do func()) {
+	s.queue = append(s.queue, scheduled{at: s.now.Add(d), do: do})
+}
+
+func (s *simulation) randomDelay(max time.Duration) time.Duration {
+	return time.Duration(s.rng.Int64N(int64(max) + 1))
+}
+
+// liveProcs lists the processes the machine may know, sorted by PID for reproducibility.
+func (s *simulation) liveProcs() []*proc {
+	var ps []*proc
+	for _, p := range s.procs {
+		if !p.stray {
+			ps = append(ps, p)
 		}
 	}
-	return s.procs[pids[s.rng.IntN(len(pids))]]
+	slices.SortFunc(ps, func(a, b *proc) int { return a.pid - b.pid })
+	return ps
+}
+
+func (s *simulation) randomProc() *proc {
+	ps := s.liveProcs()
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps[s.rng.IntN(len(ps))]
 }
 
 func (s *simulation) randomEvent() {
 	r := s.rng.IntN(100)
 	switch {
-	case r < 35:
+	case r < 32:
 		s.advance(s.nextEventTime(time.Duration(s.rng.IntN(2000)) * time.Millisecond))
-	case r < 65:
+	case r < 60:
 		if p := s.randomProc(); p != nil && !p.hung {
 			s.step(Notified{Worker: p.worker, Message: s.randomMessage()})
 		}
-	case r < 72:
+	case r < 64:
+		if p := s.randomProc(); p != nil && p.channel && !p.hung {
+			// A hello, perhaps a duplicate, perhaps of another version.
+			v := protocol.Version
+			if s.rng.IntN(20) == 0 {
+				v = 2
+			}
+			s.step(Hello{Worker: p.worker, PID: p.pid, Version: v, Fork: p.canFork})
+		}
+	case r < 70:
 		if p := s.randomProc(); p != nil {
 			st := ExitStatus{Code: 1}
 			if s.rng.IntN(2) == 0 {
@@ -178,22 +224,27 @@ func (s *simulation) randomEvent() {
 			}
 			s.exitNow(p.pid, st)
 		}
-	case r < 76:
+	case r < 73:
 		if p := s.randomProc(); p != nil {
 			p.hung = true
 		}
-	case r < 79:
+	case r < 75:
 		if p := s.randomProc(); p != nil {
 			p.stubborn = true
 		}
-	case r < 84:
+	case r < 79:
 		s.step(NotifyRejected{PID: 99999, Reason: "sender is not a worker"})
-	case r < 87:
+	case r < 81:
 		s.step(Exited{PID: 50000 + s.rng.IntN(100), Status: ExitStatus{}})
+	case r < 84:
+		// A stale message for a worker that has gone.
+		id := WorkerID(s.rng.IntN(int(s.m.lastID) + 1))
+		if s.rng.IntN(2) == 0 {
+			s.step(Notified{Worker: id, Message: notify.Message{Ready: true}})
+		} else {
+			s.step(TemplateReplied{Worker: id, Op: protocol.OpPaused})
+		}
 	case r < 90:
-		// A stale notification for a worker that has gone.
-		s.step(Notified{Worker: WorkerID(s.rng.IntN(int(s.m.lastID) + 1)), Message: notify.Message{Ready: true}})
-	case r < 97:
 		var e Scale
 		e.Request = s.newRequest()
 		if s.rng.IntN(2) == 0 {
@@ -202,6 +253,8 @@ func (s *simulation) randomEvent() {
 			e.Delta = s.rng.IntN(5) - 2
 		}
 		s.step(e)
+	case r < 96:
+		s.step(Refork{Request: s.newRequest()})
 	case r < 98:
 		s.step(Tick{})
 	default:
@@ -216,11 +269,11 @@ func (s *simulation) randomMessage() notify.Message {
 	switch r := s.rng.IntN(100); {
 	case r < 40:
 		msg.Ready = true
-	case r < 80:
+	case r < 75:
 		msg.Watchdog = true
 	case r < 85:
 		msg.HasStatus, msg.Status = true, "busy"
-		msg.HasRequests, msg.Requests = true, uint64(s.rng.IntN(1000))
+		msg.HasRequests, msg.Requests = true, uint64(s.rng.IntN(200))
 	case r < 90:
 		msg.ExtendTimeout = time.Duration(s.rng.IntN(5000)) * time.Millisecond
 	case r < 94:
@@ -233,13 +286,14 @@ func (s *simulation) randomMessage() notify.Message {
 	return msg
 }
 
-// nextEventTime is the earliest of the machine's deadline, the next scheduled exit, and now+d.
+// nextEventTime is the earliest of the machine's deadline, the world's next scheduled event, and
+// now+d.
 func (s *simulation) nextEventTime(d time.Duration) time.Time {
 	next := s.now.Add(d)
 	if dl, ok := s.m.NextDeadline(); ok && dl.Before(next) {
 		next = dl
 	}
-	for _, e := range s.exits {
+	for _, e := range s.queue {
 		if e.at.Before(next) {
 			next = e.at
 		}
@@ -250,22 +304,22 @@ func (s *simulation) nextEventTime(d time.Duration) time.Time {
 	return next
 }
 
-// advance moves the clock to t, delivering the exits due by then in order, then a Tick.
+// advance moves the clock to t, running what the world does by then in order, then a Tick.
 func (s *simulation) advance(t time.Time) {
 	s.now = t
-	for {
+	for s.exitCode == nil {
 		i := -1
-		for j, e := range s.exits {
-			if !e.at.After(s.now) && (i < 0 || e.at.Before(s.exits[i].at)) {
+		for j, e := range s.queue {
+			if !e.at.After(s.now) && (i < 0 || e.at.Before(s.queue[i].at)) {
 				i = j
 			}
 		}
 		if i < 0 {
 			break
 		}
-		e := s.exits[i]
-		s.exits = append(s.exits[:i], s.exits[i+1:]...)
-		s.exitNow(e.pid, e.status)
+		e := s.queue[i]
+		s.queue = slices.Delete(s.queue, i, i+1)
+		e.do()
 	}
 	s.step(Tick{})
 	if dl, ok := s.m.NextDeadline(); ok && !dl.After(s.now) && s.m.Phase() != PhaseStopped {
@@ -274,15 +328,14 @@ func (s *simulation) advance(t time.Time) {
 }
 
 func (s *simulation) exitNow(pid int, st ExitStatus) {
-	if _, ok := s.procs[pid]; !ok {
+	p, ok := s.procs[pid]
+	if !ok {
 		return // already exited
 	}
 	delete(s.procs, pid)
-	for i := 0; i < len(s.exits); i++ {
-		if s.exits[i].pid == pid {
-			s.exits = append(s.exits[:i], s.exits[i+1:]...)
-			i--
-		}
+	if p.stray {
+		s.step(Exited{PID: pid, Status: st}) // an orphan, as far as the machine knows
+		return
 	}
 	s.step(Exited{PID: pid, Status: st})
 }
@@ -292,8 +345,8 @@ func (s *simulation) step(ev Event) {
 		return
 	}
 	s.trace = append(s.trace, fmt.Sprintf("+%s %T%+v", s.now.Sub(epoch), ev, ev))
-	// Remember when a slot lost its process and how many crashes in a row that made, to check the
-	// backoff of the respawn that follows.
+	// Remember when a slot lost its current process and how many crashes in a row that made, to
+	// check the backoff of the respawn that follows.
 	var ended *worker
 	switch e := ev.(type) {
 	case Exited:
@@ -302,13 +355,16 @@ func (s *simulation) step(ev Event) {
 		ended = s.m.workers[e.Worker]
 	}
 	crashesBefore := 0
+	wasCurrent := false
 	if ended != nil {
-		crashesBefore = s.m.slots[ended.slot].failures
+		if sl, current, _ := s.m.ownerSlot(ended); current {
+			crashesBefore, wasCurrent = sl.failures, true
+		}
 	}
 	if err := s.m.Step(s.now, ev); err != nil {
 		s.t.Fatalf("Step(%T%+v): %v", ev, ev, err)
 	}
-	if ended != nil && ended.slot < len(s.m.slots) {
+	if ended != nil && wasCurrent && ended.slot < len(s.m.slots) {
 		after := s.m.slots[ended.slot].failures
 		if after == crashesBefore && after > 1 {
 			after = 0 // not a crash: an exit forkd asked for
@@ -327,36 +383,91 @@ func (s *simulation) step(ev Event) {
 	}
 }
 
-// apply plays the driver: it carries out an action and answers it the way the real driver does.
+func (s *simulation) newProc(w WorkerID, slot int, channel bool) *proc {
+	s.lastPID++
+	p := &proc{pid: s.lastPID, worker: w, slot: slot, channel: channel, canFork: s.rng.IntN(5) > 0}
+	s.procs[p.pid] = p
+	s.live(p)
+	return p
+}
+
+// live gives a process the life of a healthy worker, on top of which randomEvent injects faults:
+// hello (with a channel), READY=1 within the boot timeout mostly, then heartbeats and requests.
+func (s *simulation) live(p *proc) {
+	alive := func() bool { q, ok := s.procs[p.pid]; return ok && q == p && !p.hung && !p.stray }
+	s.after(s.randomDelay(s.cfg.BootTimeout*5/4), func() {
+		if !alive() {
+			return
+		}
+		if p.channel {
+			s.step(Hello{Worker: p.worker, PID: p.pid, Version: protocol.Version, Fork: p.canFork})
+		}
+		if alive() {
+			s.step(Notified{Worker: p.worker, Message: notify.Message{Ready: true}})
+		}
+		var requests uint64
+		var beat func()
+		beat = func() {
+			if !alive() {
+				return
+			}
+			requests += uint64(s.rng.IntN(10))
+			s.step(Notified{Worker: p.worker, Message: notify.Message{Watchdog: true, HasRequests: true, Requests: requests}})
+			s.after(time.Second/2+s.randomDelay(time.Second), beat)
+		}
+		beat()
+	})
+}
+
+// apply plays the driver and the world: it carries out an action and answers it the way the real
+// driver and a real (sometimes faulty) template would.
 func (s *simulation) apply(a Action) {
 	s.trace = append(s.trace, fmt.Sprintf("    -> %T%+v", a, a))
 	switch a := a.(type) {
 	case SpawnWorker:
-		if rec, ok := s.lastExit[a.Slot]; ok {
+		_, _, replacement := s.m.ownerSlot(s.m.workers[a.Worker])
+		if rec, ok := s.lastExit[a.Slot]; ok && a.Template == 0 && !replacement {
 			if earliest := rec.at.Add(s.expectedBackoff(rec.crashes)); s.now.Before(earliest) {
 				s.t.Fatalf("slot %d respawned at +%s, %d crashes in a row allow +%s at the earliest",
 					a.Slot, s.now.Sub(epoch), rec.crashes, earliest.Sub(epoch))
 			}
 		}
+		if a.Template != 0 {
+			s.fork(a)
+			return
+		}
 		if s.rng.IntN(20) == 0 {
 			s.step(SpawnFailed{Worker: a.Worker, Err: "fork: resource temporarily unavailable"})
 			return
 		}
-		s.lastPID++
-		s.procs[s.lastPID] = &proc{pid: s.lastPID, worker: a.Worker, slot: a.Slot}
-		s.step(Spawned{Worker: a.Worker, PID: s.lastPID})
+		p := s.newProc(a.Worker, a.Slot, a.Channel)
+		s.step(Spawned{Worker: a.Worker, PID: p.pid})
+	case CancelSpawn:
+		s.cancelled[a.Worker] = true
+		for _, p := range s.procs {
+			if p.worker == a.Worker && !p.stray {
+				if _, known := s.m.byPID[p.pid]; known {
+					s.t.Fatalf("CancelSpawn for worker %d, whose pid %d the machine knows", a.Worker, p.pid)
+				}
+				// Forked, but its reply was lost: the driver closed its channel, so it exits.
+				p.stray = true
+				s.after(s.randomDelay(100*time.Millisecond), func() { s.exitNow(p.pid, ExitStatus{}) })
+			}
+		}
+	case ControlWorker:
+		s.control(a)
 	case SignalWorker:
 		p, ok := s.procs[a.PID]
-		if !ok || p.worker != a.Worker {
+		if !ok || p.worker != a.Worker || p.stray {
 			s.t.Fatalf("signal %v to pid %d of worker %d, which is not that worker's live process", a.Signal, a.PID, a.Worker)
 		}
 		switch a.Signal {
 		case syscall.SIGKILL:
-			s.exits = append(s.exits, pendingExit{pid: a.PID, at: s.now.Add(time.Duration(s.rng.IntN(100)) * time.Millisecond), status: ExitStatus{Signal: syscall.SIGKILL}})
+			s.after(s.randomDelay(100*time.Millisecond), func() { s.exitNow(a.PID, ExitStatus{Signal: syscall.SIGKILL}) })
 		case syscall.SIGTERM:
 			if !p.stubborn && !p.hung {
-				drain := time.Duration(s.rng.Int64N(int64(s.cfg.ShutdownTimeout)*3/2 + 1))
-				s.exits = append(s.exits, pendingExit{pid: a.PID, at: s.now.Add(drain), status: ExitStatus{}})
+				drain := s.randomDelay(s.cfg.ShutdownTimeout * 3 / 2)
+				s.after(drain, func() { s.exitNow(a.PID, ExitStatus{}) })
 			}
 		default:
 			s.t.Fatalf("unexpected signal %v", a.Signal)
@@ -372,6 +483,78 @@ func (s *simulation) apply(a Action) {
 	case NotifySystemd, Log:
 	default:
 		s.t.Fatalf("unknown action %T", a)
+	}
+}
+
+// fork plays a template asked to fork: it answers late, out of order with the new worker's hello,
+// with a failure, or never; it may die meanwhile.
+func (s *simulation) fork(a SpawnWorker) {
+	template := s.m.workers[a.Template]
+	if template == nil || template.pid == 0 {
+		s.t.Fatalf("fork of worker %d through template %d, which has no process", a.Worker, a.Template)
+	}
+	delay := s.randomDelay(s.cfg.ForkTimeout * 3 / 2)
+	switch r := s.rng.IntN(10); {
+	case r < 6: // forks; the reply and the new worker's hello race
+		s.after(delay, func() {
+			if _, alive := s.procs[template.pid]; !alive {
+				return // the template died before forking
+			}
+			p := s.newProc(a.Worker, a.Slot, true)
+			if s.cancelled[a.Worker] {
+				// The driver kills a worker whose spawn it gave up on.
+				p.stray = true
+				s.after(0, func() { s.exitNow(p.pid, ExitStatus{Signal: syscall.SIGKILL}) })
+				return
+			}
+			if s.rng.IntN(2) == 0 {
+				s.step(Hello{Worker: a.Worker, PID: p.pid, Version: protocol.Version})
+			}
+			if s.rng.IntN(8) > 0 && !s.cancelled[a.Worker] { // the reply may be lost
+				s.step(Spawned{Worker: a.Worker, PID: p.pid})
+			}
+		})
+	case r < 8:
+		s.after(delay, func() {
+			if !s.cancelled[a.Worker] && s.m.workers[a.Worker] != nil {
+				s.step(SpawnFailed{Worker: a.Worker, Err: "fork: out of memory"})
+			}
+		})
+	default: // never answers
+	}
+}
+
+// control plays a worker receiving a control message.
+func (s *simulation) control(a ControlWorker) {
+	w := s.m.workers[a.Worker]
+	if w == nil {
+		s.t.Fatalf("control %s to worker %d, which the machine does not know", a.Op, a.Worker)
+	}
+	var p *proc
+	for _, q := range s.procs {
+		if q.worker == a.Worker {
+			p = q
+		}
+	}
+	if p == nil {
+		s.t.Fatalf("control %s to worker %d, which has no process", a.Op, a.Worker)
+	}
+	switch a.Op {
+	case protocol.OpRefuse:
+		s.after(s.randomDelay(10*time.Millisecond), func() { s.exitNow(p.pid, ExitStatus{Code: 1}) })
+	case protocol.OpPause, protocol.OpResume:
+		reply := protocol.OpPaused
+		if a.Op == protocol.OpResume {
+			reply = protocol.OpResumed
+		}
+		if p == nil || p.hung || s.rng.IntN(10) == 0 {
+			return // a lost reply
+		}
+		s.after(s.randomDelay(s.cfg.ForkTimeout*3/2), func() {
+			if _, alive := s.procs[p.pid]; alive {
+				s.step(TemplateReplied{Worker: a.Worker, Op: reply})
+			}
+		})
 	}
 }
 
@@ -401,44 +584,70 @@ func (s *simulation) checkInvariants() {
 	// Every live process is a worker the machine knows, and every worker with a PID is alive:
 	// every exited child is accounted for.
 	for pid, p := range s.procs {
-		w, ok := m.byPID[pid]
-		if !ok || w.id != p.worker {
+		if p.stray {
+			continue
+		}
+		if w, ok := m.byPID[pid]; ok && w.id != p.worker {
+			t.Fatalf("live pid %d is worker %d, the machine says worker %d", pid, p.worker, w.id)
+		}
+		if w, known := m.workers[p.worker]; !known || (w.pid != 0 && w.pid != pid) {
 			t.Fatalf("live pid %d (worker %d) unknown to the machine", pid, p.worker)
 		}
 	}
 	for pid, w := range m.byPID {
-		if _, ok := s.procs[pid]; !ok {
+		if p, ok := s.procs[pid]; !ok || p.stray {
 			t.Fatalf("machine holds worker %d with pid %d, which has exited", w.id, pid)
 		}
 	}
-	// Never more processes than configured.
-	if len(s.procs) > s.maxDesired || len(m.workers) > len(m.slots) || len(m.slots) > m.cfg.MaxWorkers {
-		t.Fatalf("%d processes, %d workers, %d slots, at most %d workers were ever asked for",
-			len(s.procs), len(m.workers), len(m.slots), s.maxDesired)
-	}
-	perSlot := map[int]int{}
+	// Never more serving processes than configured, plus the rollout surge; draining ones are
+	// bounded by the shutdown timeout instead.
+	serving := 0
 	for _, w := range m.workers {
-		perSlot[w.slot]++
-		if m.slots[w.slot].worker != w {
-			t.Fatalf("worker %d is not its slot's current worker", w.id)
+		if !w.state.gone() {
+			serving++
 		}
-		if w.state == Spawning {
-			t.Fatalf("worker %d still spawning after the driver answered", w.id)
+	}
+	if serving > s.maxDesired+m.cfg.MaxSurge || len(m.slots) > m.cfg.MaxWorkers {
+		t.Fatalf("%d serving workers, %d slots; at most %d workers were ever asked for, surge %d",
+			serving, len(m.slots), s.maxDesired, m.cfg.MaxSurge)
+	}
+	for _, w := range m.workers {
+		if _, current, replacement := m.ownerSlot(w); !current && !replacement && !w.state.gone() {
+			t.Fatalf("worker %d (%s) belongs to no slot and is not draining", w.id, w.state)
 		}
-		needsDeadline := w.state == Booting || w.state == Stopping || (w.state == Ready && w.heartbeat > 0)
+		if w.state == Spawning && !w.forked() {
+			t.Fatalf("exec'd worker %d still spawning after the driver answered", w.id)
+		}
+		needsDeadline := w.state == Spawning || w.state == Booting || w.state == Stopping || (w.state == Ready && w.heartbeat > 0)
 		if needsDeadline == w.deadline.IsZero() {
 			t.Fatalf("worker %d in state %s has deadline %v", w.id, w.state, w.deadline)
 		}
+		if m.template == w && (w.state != Ready || w.slot != 0 || !w.canFork) {
+			t.Fatalf("template %d is %s in slot %d", w.id, w.state, w.slot)
+		}
 	}
-	// No slot stuck: a desired slot has a process or a respawn time.
+	// No slot stuck: a desired slot has a process, a respawn time, or a bounded wait for a template.
 	if m.phase == PhaseStarting || m.phase == PhaseRunning {
 		for _, sl := range m.slots[:min(m.desired, len(m.slots))] {
-			if sl.worker == nil && sl.nextSpawn.IsZero() {
-				t.Fatalf("slot %d has no worker and no respawn scheduled", sl.index)
+			if sl.worker == nil && sl.next == nil && sl.nextSpawn.IsZero() && sl.awaitTemplate.IsZero() {
+				t.Fatalf("slot %d has no worker and nothing scheduled", sl.index)
 			}
 			if sl.retiring {
 				t.Fatalf("desired slot %d is retiring", sl.index)
 			}
+		}
+	}
+	if r := m.rollout; r != nil {
+		if (r.pause == pausePending || r.pause == resumePending) && r.deadline.IsZero() {
+			t.Fatalf("rollout waits for the template (%d) without a deadline", r.pause)
+		}
+		for _, i := range r.active {
+			if m.slots[i].next == nil && r.failure == nil {
+				t.Fatalf("rollout slot %d has no replacement", i)
+			}
+		}
+		if len(r.early) > m.cfg.MaxUnavailable {
+			t.Fatalf("%d old workers stopped early, max_unavailable %d", len(r.early), m.cfg.MaxUnavailable)
 		}
 	}
 	for slot := range s.lastExit {
@@ -448,7 +657,7 @@ func (s *simulation) checkInvariants() {
 	}
 	if m.phase == PhaseStopping {
 		for _, sl := range m.slots {
-			if !sl.nextSpawn.IsZero() {
+			if !sl.nextSpawn.IsZero() || !sl.awaitTemplate.IsZero() {
 				t.Fatalf("slot %d schedules a respawn while stopping", sl.index)
 			}
 		}

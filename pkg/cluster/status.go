@@ -1,37 +1,53 @@
 package cluster
 
-import "time"
+import (
+	"cmp"
+	"slices"
+	"time"
+)
 
 // Status is a snapshot of the cluster for the control API and forkctl.
 type Status struct {
-	Phase      Phase
+	Phase Phase
+	// Rollout names the rollout in progress ("refork"), or is empty.
+	Rollout    string
 	Generation int
 	Desired    int
 	Ready      int
+	// Forking reports fork-worker mode with a template to fork from.
+	Forking bool
 	// Dropped counts datagrams on the notify socket that came from no worker or did not parse.
 	Dropped    uint64
 	StatusLine string
 	Workers    []WorkerStatus
 }
 
-// WorkerStatus describes one slot and its current process, if any.
+// WorkerStatus describes one worker process, or a slot without one. During a rollout a slot may
+// have two processes: its current worker and its replacement (Replacement).
 type WorkerStatus struct {
 	Index      int
 	ID         WorkerID // 0 when the slot has no process
 	PID        int
 	Generation int
 	// State is the worker's state ("booting", "ready", ...); for a slot without a process it is
-	// "backoff" while the slot waits to respawn after consecutive crashes, else "exited".
-	State      string
-	SpawnedAt  time.Time
-	ReadyAt    time.Time
-	Restarts   int
-	Crashes    int // consecutive
-	StatusLine string
-	Requests   uint64
-	LastExit   string
-	NextSpawn  time.Time
-	Retiring   bool
+	// "backoff" while the slot waits to respawn after consecutive crashes, "waiting" while it waits
+	// for a template to fork from, else "exited".
+	State string
+	// Template: this worker is the template the others are forked from. Forked: the template forked
+	// it (else it was exec'd).
+	Template, Forked bool
+	// Replacement: a rollout's new worker for the slot, not yet ready. Detached: an old worker
+	// draining after its slot was given to another.
+	Replacement, Detached bool
+	SpawnedAt             time.Time
+	ReadyAt               time.Time
+	Restarts              int
+	Crashes               int // consecutive
+	StatusLine            string
+	Requests              uint64
+	LastExit              string
+	NextSpawn             time.Time
+	Retiring              bool
 }
 
 // Status returns a snapshot of the cluster.
@@ -41,31 +57,60 @@ func (m *Machine) Status() Status {
 		Generation: m.generation,
 		Desired:    m.desired,
 		Ready:      m.readyCount(),
+		Forking:    m.template != nil,
 		Dropped:    m.dropped,
 		StatusLine: m.lastStatus,
 	}
+	if m.rollout != nil {
+		st.Rollout = m.rollout.kind
+	}
 	for _, s := range m.slots {
-		if s.retiring && s.worker == nil {
+		if s.retiring && s.worker == nil && s.next == nil {
 			continue // drained, waiting for the slots above it to drain too
 		}
-		ws := WorkerStatus{
+		base := WorkerStatus{
 			Index:     s.index,
 			Restarts:  s.restarts,
 			Crashes:   s.failures,
 			LastExit:  s.lastExit,
 			NextSpawn: s.nextSpawn,
 			Retiring:  s.retiring,
-			State:     "exited",
 		}
-		if s.inBackoff() {
-			ws.State = "backoff"
+		if s.worker == nil {
+			base.State = "exited"
+			switch {
+			case s.inBackoff():
+				base.State = "backoff"
+			case !s.awaitTemplate.IsZero():
+				base.State = "waiting"
+			}
+			st.Workers = append(st.Workers, base)
 		}
-		if w := s.worker; w != nil {
-			ws.ID, ws.PID, ws.Generation, ws.State = w.id, w.pid, w.generation, w.state.String()
-			ws.SpawnedAt, ws.ReadyAt = w.spawnedAt, w.readyAt
-			ws.StatusLine, ws.Requests = w.statusLine, w.requests
+		for _, w := range []*worker{s.worker, s.next} {
+			if w != nil {
+				ws := base
+				m.describe(&ws, w)
+				ws.Replacement = w == s.next
+				st.Workers = append(st.Workers, ws)
+			}
 		}
-		st.Workers = append(st.Workers, ws)
 	}
+	for _, w := range m.workers {
+		if _, current, replacement := m.ownerSlot(w); !current && !replacement {
+			ws := WorkerStatus{Index: w.slot, Detached: true}
+			m.describe(&ws, w)
+			st.Workers = append(st.Workers, ws)
+		}
+	}
+	slices.SortStableFunc(st.Workers, func(a, b WorkerStatus) int {
+		return cmp.Or(cmp.Compare(a.Index, b.Index), cmp.Compare(a.ID, b.ID))
+	})
 	return st
+}
+
+func (m *Machine) describe(ws *WorkerStatus, w *worker) {
+	ws.ID, ws.PID, ws.Generation, ws.State = w.id, w.pid, w.generation, w.state.String()
+	ws.Template, ws.Forked = w == m.template, w.forked()
+	ws.SpawnedAt, ws.ReadyAt = w.spawnedAt, w.readyAt
+	ws.StatusLine, ws.Requests = w.statusLine, w.requests
 }

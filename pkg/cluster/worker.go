@@ -6,7 +6,8 @@ import "time"
 type WorkerState int
 
 const (
-	// Spawning: a SpawnWorker action is out; the process does not exist yet.
+	// Spawning: a SpawnWorker action is out; the process does not exist yet (or its PID is not
+	// known yet, for a worker the template forks).
 	Spawning WorkerState = iota
 	// Booting: the process runs but has not said READY=1.
 	Booting
@@ -22,6 +23,9 @@ var workerStateNames = [...]string{"spawning", "booting", "ready", "stopping", "
 
 func (s WorkerState) String() string { return workerStateNames[s] }
 
+// gone reports a worker on its way out: it no longer counts as capacity.
+func (s WorkerState) gone() bool { return s == Stopping || s == Killing }
+
 // worker is one process, from its SpawnWorker action to its Exited event.
 type worker struct {
 	id         WorkerID
@@ -30,16 +34,23 @@ type worker struct {
 	pid        int // 0 while Spawning
 	state      WorkerState
 
+	// template is the template that forked this worker; 0 for an exec'd worker.
+	template WorkerID
+	// channel: the worker has a control channel; hello: it said hello on it; canFork: it declared
+	// it can be the template.
+	channel, hello, canFork bool
+
 	spawnedAt time.Time
 	readyAt   time.Time
-	// deadline is when the machine acts on this worker unless something happens first: the boot
-	// timeout while Booting, the heartbeat timeout while Ready, SIGKILL while Stopping. Zero: none.
+	// deadline is when the machine acts on this worker unless something happens first: the fork
+	// timeout while the template forks it, the boot timeout while Booting, the heartbeat timeout
+	// while Ready, SIGKILL while Stopping. Zero: none.
 	deadline time.Time
 	// heartbeat is the worker's WATCHDOG_USEC: zero disables heartbeat checks.
 	heartbeat time.Duration
 
 	// expected is set when forkd itself stopped the worker for a reason that is not its fault
-	// (shutdown, scale down); such an exit never counts as a crash.
+	// (shutdown, scale down, replaced by a rollout); such an exit never counts as a crash.
 	expected bool
 	// stopReason says why forkd stopped or killed the worker, for logs and LastExit.
 	stopReason string
@@ -52,21 +63,37 @@ type worker struct {
 	requests   uint64
 }
 
+// forked reports whether the template forked this worker.
+func (w *worker) forked() bool { return w.template != 0 }
+
 // slot is a worker's place in the cluster: index i is the worker that sees FORKD_WORKER=i. A slot
 // outlives its processes: it keeps the crash count that drives backoff.
 type slot struct {
 	index  int
 	worker *worker // the slot's current process; nil while waiting to (re)spawn
+	// next is the slot's replacement during a rollout; it becomes worker once ready.
+	next *worker
 
 	// failures counts consecutive crashes; a worker that ran for ResetAfter breaks the series.
 	failures int
 	restarts int
 	// nextSpawn is when a slot waiting in backoff spawns again; zero when not waiting.
 	nextSpawn time.Time
-	lastExit  string
+	// awaitTemplate, in fork-worker mode, is how long the slot waits for a template to fork its
+	// worker from before it execs one instead; zero when not waiting.
+	awaitTemplate time.Time
+	lastExit      string
+	// lastExitAt is when the slot's worker last exited; crashed says the exit was a crash.
+	lastExitAt time.Time
+	crashed    bool
 	// retiring slots are beyond the desired worker count: their worker drains and none replaces it.
 	retiring bool
 }
 
 // inBackoff reports whether the slot waits to respawn after consecutive crashes.
 func (s *slot) inBackoff() bool { return s.worker == nil && !s.nextSpawn.IsZero() }
+
+// empty reports whether the slot has no process and none coming.
+func (s *slot) empty() bool {
+	return s.worker == nil && s.next == nil && s.nextSpawn.IsZero() && s.awaitTemplate.IsZero()
+}

@@ -1,0 +1,155 @@
+package cluster
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/forkd/forkd/pkg/protocol"
+)
+
+// This file holds fork-worker mode: worker 0 as the template, the control-channel handshake, and
+// what happens when a fork fails or the template goes away.
+
+func (m *Machine) hello(e Hello) {
+	w, ok := m.workers[e.Worker]
+	if !ok {
+		return
+	}
+	if e.Version != protocol.Version {
+		reason := fmt.Sprintf("this forkd master speaks protocol %d, the worker speaks %d: upgrade the worker's SDK or forkd",
+			protocol.Version, e.Version)
+		m.log(slog.LevelError, "refusing worker: "+reason, m.workerAttrs(w, "worker-refused")...)
+		m.emit(ControlWorker{Worker: w.id, Op: protocol.OpRefuse, Error: reason})
+		return
+	}
+	if w.state == Spawning {
+		if !w.forked() || e.PID <= 0 {
+			return
+		}
+		if _, dup := m.byPID[e.PID]; dup {
+			m.log(slog.LevelError, fmt.Sprintf("worker says hello with pid %d, which belongs to another worker", e.PID),
+				m.workerAttrs(w, "worker-refused")...)
+			return
+		}
+		// The new worker's hello overtook the template's reply.
+		m.started(w, e.PID)
+	}
+	if w.hello {
+		return
+	}
+	w.hello = true
+	w.canFork = e.Fork && w.slot == 0 && !w.forked()
+	m.emit(ControlWorker{Worker: w.id, Op: protocol.OpWelcome, Slot: w.slot, Generation: w.generation})
+}
+
+// workerZeroReady decides, when a worker 0 becomes ready as its slot's current worker, whether the
+// cluster forks from it or runs in exec mode.
+func (m *Machine) workerZeroReady(w *worker) {
+	if !m.cfg.ForkWorker {
+		return
+	}
+	if w.canFork {
+		m.template = w
+		m.execMode = false
+		m.reforkBase = w.requests
+		m.log(slog.LevelInfo, "worker 0 is the template: other workers are forked from it", m.workerAttrs(w, "template-ready")...)
+	} else {
+		why := "it did not say hello on its control channel (FORKD_CONTROL_FD); apps without a forkd SDK, and Go apps, run in exec mode"
+		if w.hello {
+			why = "its hello did not declare it can fork"
+		}
+		if !m.execMode {
+			m.log(slog.LevelWarn, "running in exec mode: worker 0 cannot be the template: "+why, m.workerAttrs(w, "exec-mode")...)
+		}
+		m.execMode = true
+	}
+	for _, s := range m.slots {
+		if s.worker == nil && !s.awaitTemplate.IsZero() && !s.retiring {
+			m.place(s, false)
+		}
+	}
+}
+
+// loseTemplate forgets the template (it exits, or is being stopped): forks it was asked for will
+// not come, so their slots wait for the next template, and a rollout that needs it fails.
+func (m *Machine) loseTemplate() {
+	t := m.template
+	m.template = nil
+	if m.rollout != nil && m.rollout.pause != pauseNone {
+		m.rollout.pause = pauseNone
+		m.rollout.deadline = time.Time{}
+	}
+	for _, w := range m.sortedWorkers() {
+		if w.template != t.id || w.state != Spawning {
+			continue
+		}
+		m.emit(CancelSpawn{Worker: w.id})
+		s, current, _ := m.forget(w)
+		if current && m.phase != PhaseStopping && !s.retiring {
+			m.place(s, false)
+		}
+	}
+	m.rolloutFailed("worker 0, the template, went away")
+}
+
+// forkFailed gives up on a worker the template was asked to fork (it said it could not, or did
+// not answer in time) and execs the worker instead. It is not the worker's crash: the slot's
+// crash count does not move.
+func (m *Machine) forkFailed(w *worker, reason string) {
+	m.log(slog.LevelWarn, fmt.Sprintf("cannot fork worker %d: %s; starting it with exec instead", w.slot, reason),
+		slog.String("event", "fork-failed"), slog.Int("worker", w.slot), slog.Int("generation", w.generation))
+	m.emit(CancelSpawn{Worker: w.id})
+	s, current, replacement := m.forget(w)
+	if (!current && !replacement) || m.phase == PhaseStopping || s.retiring {
+		return
+	}
+	m.spawn(s, replacement, nil)
+}
+
+func (m *Machine) templateReplied(e TemplateReplied) {
+	if m.rollout != nil && m.template != nil && m.template.id == e.Worker {
+		m.rollout.replied(e.Op)
+	}
+}
+
+func (m *Machine) refork(e Refork) {
+	var err error
+	switch {
+	case m.phase == PhaseStopping:
+		err = ErrStopping
+	case m.rollout != nil:
+		err = fmt.Errorf("%w (%s)", ErrBusy, m.rollout.kind)
+	case !m.cfg.ForkWorker:
+		err = fmt.Errorf("%w: refork needs fork-worker mode (a fork_worker block in the config)", ErrNotReady)
+	case m.execMode:
+		err = fmt.Errorf("%w: worker 0 cannot fork (the cluster runs in exec mode): nothing to refork from", ErrNotReady)
+	case m.template == nil || m.phase != PhaseRunning:
+		err = fmt.Errorf("%w: worker 0 is not ready to be the template yet", ErrNotReady)
+	}
+	if err != nil {
+		m.emit(Reply{Request: e.Request, Err: err})
+		return
+	}
+	m.log(slog.LevelInfo, fmt.Sprintf("refork: re-forking workers 1..%d from worker 0 as generation %d", m.desired-1, m.generation+1),
+		slog.String("event", "refork-start"), slog.Int("generation", m.generation+1))
+	m.startRollout(kindRefork, e.Request)
+}
+
+// maybeAutoRefork starts a refork when the template has served its quota of requests since the
+// last one (ReforkAfter).
+func (m *Machine) maybeAutoRefork() {
+	t := m.template
+	if len(m.cfg.ReforkAfter) == 0 || m.rollout != nil || m.phase != PhaseRunning || t == nil || t.state != Ready {
+		return
+	}
+	if t.requests < m.reforkBase {
+		m.reforkBase = t.requests // the count restarted: a new process
+	}
+	quota := m.cfg.ReforkAfter[min(m.reforks, len(m.cfg.ReforkAfter)-1)]
+	if served := t.requests - m.reforkBase; served >= quota {
+		m.log(slog.LevelInfo, fmt.Sprintf("worker 0 served %d requests (refork_after %d): automatic refork to generation %d",
+			served, quota, m.generation+1), slog.String("event", "refork-start"), slog.Int("generation", m.generation+1))
+		m.startRollout(kindRefork, 0)
+	}
+}

@@ -1,0 +1,238 @@
+package cluster
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/forkd/forkd/pkg/protocol"
+)
+
+// This file holds rollouts: replacing workers with a new generation as a rolling update with a
+// surge, as Kubernetes does. A replacement starts, becomes ready, and only then is the old worker
+// stopped (max_surge); with max_unavailable, some old workers may stop first. The first
+// replacement is a canary: any replacement that fails stops the rollout, the old workers keep
+// serving, and the command that asked for it gets the reason.
+
+const kindRefork = "refork"
+
+type pauseState int
+
+const (
+	pauseNone     pauseState = iota
+	pauseWanted              // the rollout needs the template paused before it forks
+	pausePending             // pause sent, waiting for paused
+	pauseHeld                // the template is paused
+	resumePending            // resume sent, waiting for resumed
+)
+
+type rollout struct {
+	kind     string
+	from, to int
+	waiters  []RequestID
+	// queue lists the slots still to replace, in order; active the slots being replaced; early
+	// those of them whose old worker was stopped before its replacement was ready.
+	queue, active []int
+	early         map[int]bool
+	pause         pauseState
+	// deadline bounds a pending pause or resume.
+	deadline time.Time
+	failure  error
+	replaced int
+}
+
+func (m *Machine) startRollout(kind string, req RequestID) {
+	r := &rollout{kind: kind, from: m.generation, to: m.generation + 1, early: map[int]bool{}}
+	if req != 0 {
+		r.waiters = append(r.waiters, req)
+	}
+	if kind == kindRefork {
+		for i := 1; i < m.desired; i++ {
+			r.queue = append(r.queue, i)
+		}
+		r.pause = pauseWanted
+	}
+	m.generation = r.to
+	m.rollout = r
+}
+
+// advance moves the rollout on after every step: pause the template, start replacements within
+// max_surge + max_unavailable, resume the template and finish once every slot is done. A failed
+// rollout first stops its replacements.
+func (r *rollout) advance(m *Machine) {
+	if r.failure != nil {
+		r.cancelReplacements(m)
+	}
+	if r.pause == pauseWanted && r.failure == nil {
+		m.emit(ControlWorker{Worker: m.template.id, Op: protocol.OpPause})
+		r.pause = pausePending
+		r.deadline = m.now.Add(m.cfg.ForkTimeout)
+	}
+	if r.pause == pausePending || r.pause == resumePending {
+		return
+	}
+	for r.failure == nil && len(r.queue) > 0 {
+		i := r.queue[0]
+		s := m.slots[i]
+		if s.retiring || s.worker == nil || s.worker.state.gone() || s.worker.generation == r.to {
+			r.queue = r.queue[1:]
+			continue // respawned since the rollout began: already of the new generation
+		}
+		// A replacement is a surge while its old worker serves; past max_surge, an old worker
+		// may stop first, up to max_unavailable of them; past both, wait.
+		switch surging := len(r.active) - len(r.early); {
+		case surging < m.cfg.MaxSurge:
+		case len(r.early) < m.cfg.MaxUnavailable && s.worker.state != Spawning:
+			r.early[i] = true
+			s.worker.expected = true
+			m.terminate(s.worker, fmt.Sprintf("replaced by generation %d", r.to))
+		default:
+			return
+		}
+		r.queue = r.queue[1:]
+		r.active = append(r.active, i)
+		m.place(s, true)
+	}
+	if len(r.queue) > 0 || len(r.active) > 0 {
+		return
+	}
+	if r.pause == pauseHeld {
+		if m.template != nil {
+			m.emit(ControlWorker{Worker: m.template.id, Op: protocol.OpResume})
+			r.pause = resumePending
+			r.deadline = m.now.Add(m.cfg.ForkTimeout)
+			return
+		}
+		r.pause = pauseNone
+	}
+	r.finish(m)
+}
+
+// cancelReplacements stops the replacements of a failed rollout: the slots keep their old workers,
+// or get a new one if theirs is gone.
+func (r *rollout) cancelReplacements(m *Machine) {
+	for _, i := range r.active {
+		s := m.slots[i]
+		if w := s.next; w != nil {
+			s.next = nil // detached: it drains on its own
+			m.dismiss(w, "rollout stopped")
+		}
+		if s.worker == nil && s.nextSpawn.IsZero() && s.awaitTemplate.IsZero() && !s.retiring && m.phase != PhaseStopping {
+			m.respawn(s) // its worker exited while the replacement booted
+		}
+	}
+	r.queue, r.active = nil, nil
+	m.generation = r.from
+}
+
+func (r *rollout) finish(m *Machine) {
+	m.rollout = nil
+	if r.failure != nil {
+		m.log(slog.LevelError, r.kind+" stopped: "+r.failure.Error(), slog.String("event", r.kind+"-failed"),
+			slog.Int("generation", r.to))
+		if t := m.template; t != nil && r.kind == kindRefork {
+			m.reforkBase = t.requests // an automatic refork tries again after another quota, not at once
+		}
+	} else {
+		if r.kind == kindRefork {
+			m.reforks++
+			if t := m.template; t != nil {
+				t.generation = r.to
+				m.reforkBase = t.requests
+			}
+		}
+		m.log(slog.LevelInfo, fmt.Sprintf("%s done: %d workers on generation %d", r.kind, r.replaced, r.to),
+			slog.String("event", r.kind+"-done"), slog.Int("generation", r.to))
+	}
+	for _, req := range r.waiters {
+		m.emit(Reply{Request: req, Err: r.failure})
+	}
+}
+
+// abandon ends the rollout at once because the cluster stops: the stop deals with every process.
+func (r *rollout) abandon(m *Machine, err error) {
+	m.rollout = nil
+	m.generation = r.from
+	for _, req := range r.waiters {
+		m.emit(Reply{Request: req, Err: err})
+	}
+}
+
+// promote makes a slot's ready replacement its current worker and stops the old one, which then
+// drains detached from the slot.
+func (m *Machine) promote(s *slot) {
+	old, w := s.worker, s.next
+	s.worker, s.next = w, nil
+	if s.index == 0 {
+		m.workerZeroReady(w) // the new template first, so stopping the old one fails nothing
+	}
+	if old != nil {
+		m.dismiss(old, fmt.Sprintf("replaced by generation %d", w.generation))
+	}
+	if r := m.rollout; r != nil {
+		if k := slices.Index(r.active, s.index); k >= 0 {
+			r.active = slices.Delete(r.active, k, k+1)
+			delete(r.early, s.index)
+			r.replaced++
+		}
+	}
+}
+
+// slotExited tells the rollout a slot lost its current worker. It reports true when the slot needs
+// no respawn because its replacement is on the way; a slot still queued just leaves the queue, as
+// its respawn is of the new generation.
+func (r *rollout) slotExited(s *slot) bool {
+	if slices.Contains(r.active, s.index) && s.next != nil {
+		return true
+	}
+	if k := slices.Index(r.queue, s.index); k >= 0 {
+		r.queue = slices.Delete(r.queue, k, k+1)
+	}
+	return false
+}
+
+func (m *Machine) rolloutFailed(reason string) {
+	if r := m.rollout; r != nil && r.failure == nil {
+		r.failure = fmt.Errorf("%w: %s", ErrRolloutFailed, reason)
+		m.generation = r.from // respawns from now on are of the old generation
+	}
+}
+
+func (r *rollout) replied(op string) {
+	switch {
+	case op == protocol.OpPaused && r.pause == pausePending:
+		r.pause = pauseHeld
+		r.deadline = time.Time{}
+	case op == protocol.OpResumed && r.pause == resumePending:
+		r.pause = pauseNone
+		r.deadline = time.Time{}
+	}
+}
+
+func (r *rollout) tick(m *Machine) {
+	if r.deadline.IsZero() || m.now.Before(r.deadline) {
+		return
+	}
+	r.deadline = time.Time{}
+	switch r.pause {
+	case pausePending:
+		m.rolloutFailed(fmt.Sprintf("worker 0 did not pause within %s", m.cfg.ForkTimeout))
+		r.pause = pauseHeld // resume it anyway, in case it paused late
+	case resumePending:
+		m.log(slog.LevelWarn, fmt.Sprintf("worker 0 did not confirm it resumed within %s", m.cfg.ForkTimeout),
+			slog.String("event", "resume-timeout"))
+		r.pause = pauseNone
+	}
+}
+
+// onTarget counts the desired slots whose current worker is of the rollout's generation.
+func (r *rollout) onTarget(m *Machine) int {
+	n := 0
+	for _, s := range m.slots[:min(m.desired, len(m.slots))] {
+		if s.worker != nil && s.worker.generation == r.to {
+			n++
+		}
+	}
+	return n
+}
