@@ -35,6 +35,9 @@ const (
 	DefaultBackoffMax      = 30 * time.Second
 	DefaultResetAfter      = 30 * time.Second
 	DefaultBacklog         = 1024
+	DefaultForkTimeout     = 10 * time.Second
+	DefaultMaxSurge        = 1
+	DefaultMaxUnavailable  = 0
 	DefaultSocketMode      = os.FileMode(0o666)
 	// MaxWorkers bounds workers (and forkctl scale) so a typo cannot fork-bomb the machine.
 	MaxWorkers = 1024
@@ -76,8 +79,38 @@ type Config struct {
 
 	Timeouts Timeouts
 	Restart  Restart
-	Control  Control
-	Log      Log
+	// ForkWorker turns on fork-worker mode; nil (no fork_worker block, no --fork-worker) means
+	// exec mode.
+	ForkWorker *ForkWorker
+	Rollout    Rollout
+	Control    Control
+	Log        Log
+}
+
+// DefaultReforkAfter is refork_after when a fork_worker block does not set it: one automatic refork
+// after worker 0 has served 1000 requests, as Puma's fork_worker does.
+var DefaultReforkAfter = []uint64{1000}
+
+// ForkWorker configures fork-worker mode: worker 0 is the template, the other workers are forked
+// from it, and reforks re-fork them from a warmed-up worker 0.
+type ForkWorker struct {
+	// ReforkAfter lists how many requests worker 0 serves before each automatic refork, counted
+	// from the previous one; the last entry repeats. Empty disables automatic reforks. Defaults to
+	// DefaultReforkAfter.
+	ReforkAfter []uint64
+	// Timeout bounds a fork (the template's reply to a spawn request) and a pause. A worker whose
+	// fork times out or fails is exec'd instead. Defaults to DefaultForkTimeout.
+	Timeout time.Duration
+}
+
+// Rollout shapes reforks and phased restarts as rolling updates.
+type Rollout struct {
+	// MaxSurge is how many new workers may run above the worker count while their old ones still
+	// serve. Defaults to DefaultMaxSurge.
+	MaxSurge int
+	// MaxUnavailable is how many old workers may stop before their replacements are ready.
+	// Defaults to DefaultMaxUnavailable. MaxSurge and MaxUnavailable cannot both be 0.
+	MaxUnavailable int
 }
 
 // Listener is one socket forkd binds when systemd did not pass any.

@@ -25,11 +25,13 @@ type fileConfig struct {
 	Workers   *hcl.Attribute `hcl:"workers,optional"`
 	Readiness *hcl.Attribute `hcl:"readiness,optional"`
 
-	Listen   []*fileListen `hcl:"listen,block"`
-	Timeouts *fileTimeouts `hcl:"timeouts,block"`
-	Restart  *fileRestart  `hcl:"restart,block"`
-	Control  *fileControl  `hcl:"control,block"`
-	Log      *fileLog      `hcl:"log,block"`
+	Listen     []*fileListen   `hcl:"listen,block"`
+	Timeouts   *fileTimeouts   `hcl:"timeouts,block"`
+	Restart    *fileRestart    `hcl:"restart,block"`
+	ForkWorker *fileForkWorker `hcl:"fork_worker,block"`
+	Rollout    *fileRollout    `hcl:"rollout,block"`
+	Control    *fileControl    `hcl:"control,block"`
+	Log        *fileLog        `hcl:"log,block"`
 }
 
 type fileListen struct {
@@ -52,6 +54,17 @@ type fileRestart struct {
 	BackoffMin *hcl.Attribute `hcl:"backoff_min,optional"`
 	BackoffMax *hcl.Attribute `hcl:"backoff_max,optional"`
 	ResetAfter *hcl.Attribute `hcl:"reset_after,optional"`
+}
+
+type fileForkWorker struct {
+	DefRange    hcl.Range      `hcl:",def_range"`
+	ReforkAfter *hcl.Attribute `hcl:"refork_after,optional"`
+	Timeout     *hcl.Attribute `hcl:"timeout,optional"`
+}
+
+type fileRollout struct {
+	MaxSurge       *hcl.Attribute `hcl:"max_surge,optional"`
+	MaxUnavailable *hcl.Attribute `hcl:"max_unavailable,optional"`
 }
 
 type fileControl struct {
@@ -103,6 +116,26 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 		b.decodeDuration(r.BackoffMin, "restart.backoff_min", &c.Restart.BackoffMin, &s.backoffMin)
 		b.decodeDuration(r.BackoffMax, "restart.backoff_max", &c.Restart.BackoffMax, &s.backoffMax)
 		b.decodeDuration(r.ResetAfter, "restart.reset_after", &c.Restart.ResetAfter, &s.resetAfter)
+	}
+	if fw := fc.ForkWorker; fw != nil {
+		c.ForkWorker = &ForkWorker{}
+		s.forkWorker = origin{what: "fork_worker", given: true, subject: fw.DefRange.Ptr()}
+		var after []int
+		if b.decodeValue(fw.ReforkAfter, "fork_worker.refork_after", &after, &s.reforkAfter) {
+			c.ForkWorker.ReforkAfter = []uint64{}
+			for _, n := range after {
+				if n <= 0 {
+					b.report(s.reforkAfter, "entries must be request counts greater than 0, not %d ([] disables automatic reforks)", n)
+					break
+				}
+				c.ForkWorker.ReforkAfter = append(c.ForkWorker.ReforkAfter, uint64(n))
+			}
+		}
+		b.decodeDuration(fw.Timeout, "fork_worker.timeout", &c.ForkWorker.Timeout, &s.forkTimeout)
+	}
+	if r := fc.Rollout; r != nil {
+		b.decodeValue(r.MaxSurge, "rollout.max_surge", &c.Rollout.MaxSurge, &s.maxSurge)
+		b.decodeValue(r.MaxUnavailable, "rollout.max_unavailable", &c.Rollout.MaxUnavailable, &s.maxUnavailable)
 	}
 	if ctl := fc.Control; ctl != nil {
 		if b.decodeValue(ctl.Socket, "control.socket", &c.Control.Socket, &s.socket) {
@@ -166,6 +199,8 @@ func typeWanted(dst any) string {
 		return "must be true or false"
 	case *[]string:
 		return `must be a list of strings, like ["python3", "app.py"]`
+	case *[]int:
+		return "must be a list of whole numbers, like [1000, 5000]"
 	case *map[string]string:
 		return `must be a map of strings, like { APP_ENV = "production" }`
 	}

@@ -31,6 +31,9 @@ type Flags struct {
 	// BootTimeout, WorkerTimeout and ShutdownTimeout override the timeouts block (--boot-timeout,
 	// --worker-timeout, --shutdown-timeout); they are parsed with time.ParseDuration.
 	BootTimeout, WorkerTimeout, ShutdownTimeout string
+	// ForkWorker turns on fork-worker mode with its defaults (--fork-worker), when the file has no
+	// fork_worker block.
+	ForkWorker bool
 	// Command replaces command when given: the arguments after "--". Register does not define it;
 	// the caller sets it from its positional arguments.
 	Command []string
@@ -57,6 +60,8 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 		"how long a worker may take from spawn to ready, a `DURATION` like 90s or 2m (default 60s)")
 	fs.StringVar(&f.WorkerTimeout, "worker-timeout", "",
 		"kill a ready worker that sends no WATCHDOG=1 heartbeat for this `DURATION`; 0s disables (default 0s)")
+	fs.BoolVar(&f.ForkWorker, "fork-worker", false,
+		"fork-worker mode: fork workers 1..n-1 from a warmed-up worker 0 (the app needs a forkd SDK); refork after 1000 requests")
 	fs.StringVar(&f.ShutdownTimeout, "shutdown-timeout", "",
 		"how long a worker may take to exit after SIGTERM before it gets SIGKILL, a `DURATION` (default 30s)")
 }
@@ -104,6 +109,10 @@ func (b *builder) applyFlags(f Flags) {
 	b.flagDuration(f.BootTimeout, "--boot-timeout", &c.Timeouts.Boot, &s.boot)
 	b.flagDuration(f.WorkerTimeout, "--worker-timeout", &c.Timeouts.Worker, &s.worker)
 	b.flagDuration(f.ShutdownTimeout, "--shutdown-timeout", &c.Timeouts.Shutdown, &s.shutdown)
+	if f.ForkWorker && c.ForkWorker == nil {
+		c.ForkWorker = &ForkWorker{}
+		s.forkWorker = given("--fork-worker")
+	}
 	if len(f.Command) > 0 {
 		c.Command = f.Command
 		// Named "command", since "--" is not a flag a reader would recognize in a message.

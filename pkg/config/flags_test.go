@@ -70,6 +70,7 @@ func TestQuickMode(t *testing.T) {
 		},
 		Timeouts: Timeouts{Boot: DefaultBootTimeout, Shutdown: DefaultShutdownTimeout},
 		Restart:  Restart{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax, ResetAfter: DefaultResetAfter},
+		Rollout:  Rollout{MaxSurge: DefaultMaxSurge},
 		Control:  Control{Socket: DefaultControlSocket("forkd")},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)
@@ -216,4 +217,11 @@ func mustAbs(t *testing.T, path string) string {
 	abs, err := filepath.Abs(path)
 	require.NoError(t, err)
 	return abs
+}
+
+func TestForkWorkerFlag(t *testing.T) {
+	sandbox(t)
+	cfg, err := Load(parseFlags(t, "--fork-worker", "--", "server"))
+	require.NoError(t, err)
+	assert.Equal(t, &ForkWorker{ReforkAfter: DefaultReforkAfter, Timeout: DefaultForkTimeout}, cfg.ForkWorker)
 }

@@ -169,6 +169,20 @@ func (b *builder) fillDefaults() {
 	if !s.resetAfter.given {
 		c.Restart.ResetAfter = DefaultResetAfter
 	}
+	if fw := c.ForkWorker; fw != nil {
+		if !s.reforkAfter.given {
+			fw.ReforkAfter = slices.Clone(DefaultReforkAfter)
+		}
+		if !s.forkTimeout.given {
+			fw.Timeout = DefaultForkTimeout
+		}
+	}
+	if !s.maxSurge.given {
+		c.Rollout.MaxSurge = DefaultMaxSurge
+	}
+	if !s.maxUnavailable.given {
+		c.Rollout.MaxUnavailable = DefaultMaxUnavailable
+	}
 	if !s.socket.given {
 		c.Control.Socket = DefaultControlSocket(c.Name)
 	}

@@ -47,6 +47,16 @@ restart {
   reset_after = "5m"
 }
 
+fork_worker {
+  refork_after = [100, 2000]
+  timeout      = "5s"
+}
+
+rollout {
+  max_surge       = 2
+  max_unavailable = 1
+}
+
 control {
   socket = "run/control.sock"
 }
@@ -74,10 +84,12 @@ func TestParseFullConfig(t *testing.T) {
 			{Name: "admin", Network: "unix", Address: filepath.Join(dir, "admin.sock"), Backlog: DefaultBacklog, Mode: 0o660},
 			{Name: "abstract", Network: "unix", Address: "@demo", Backlog: DefaultBacklog},
 		},
-		Timeouts: Timeouts{Boot: 2 * time.Minute, Worker: 10 * time.Second, Shutdown: 90 * time.Second},
-		Restart:  Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
-		Control:  Control{Socket: filepath.Join(dir, "run", "control.sock")},
-		Log:      Log{Level: "debug", Format: "json"},
+		Timeouts:   Timeouts{Boot: 2 * time.Minute, Worker: 10 * time.Second, Shutdown: 90 * time.Second},
+		Restart:    Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
+		ForkWorker: &ForkWorker{ReforkAfter: []uint64{100, 2000}, Timeout: 5 * time.Second},
+		Rollout:    Rollout{MaxSurge: 2, MaxUnavailable: 1},
+		Control:    Control{Socket: filepath.Join(dir, "run", "control.sock")},
+		Log:        Log{Level: "debug", Format: "json"},
 	}, cfg)
 }
 
@@ -93,6 +105,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		Readiness: ReadyOnNotify,
 		Timeouts:  Timeouts{Boot: DefaultBootTimeout, Worker: 0, Shutdown: DefaultShutdownTimeout},
 		Restart:   Restart{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax, ResetAfter: DefaultResetAfter},
+		Rollout:   Rollout{MaxSurge: DefaultMaxSurge, MaxUnavailable: DefaultMaxUnavailable},
 		Control:   Control{Socket: DefaultControlSocket("web")},
 		Log:       Log{Level: "info", Format: "auto"},
 	}, cfg)
@@ -201,4 +214,20 @@ func TestLoadReadError(t *testing.T) {
 	_, err = LoadFile(".")
 	require.Error(t, err)
 	assert.Equal(t, "config: read .: is a directory", err.Error())
+}
+
+func TestForkWorkerDefaults(t *testing.T) {
+	sandbox(t)
+	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, &ForkWorker{ReforkAfter: DefaultReforkAfter, Timeout: DefaultForkTimeout}, cfg.ForkWorker)
+
+	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_after = []\n}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Empty(t, cfg.ForkWorker.ReforkAfter, "[] disables automatic reforks")
+	assert.NotNil(t, cfg.ForkWorker.ReforkAfter)
+
+	cfg, err = Parse([]byte("command = [\"server\"]\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Nil(t, cfg.ForkWorker, "no block: exec mode")
 }

@@ -45,6 +45,9 @@ type sources struct {
 
 	boot, worker, shutdown             origin
 	backoffMin, backoffMax, resetAfter origin
+	forkWorker, reforkAfter            origin
+	forkTimeout                        origin
+	maxSurge, maxUnavailable           origin
 	socket                             origin
 	level, format                      origin
 }
@@ -64,8 +67,11 @@ func defaultSources(quick bool) sources {
 		boot: at("timeouts.boot"), worker: at("timeouts.worker"), shutdown: at("timeouts.shutdown"),
 		backoffMin: at("restart.backoff_min"), backoffMax: at("restart.backoff_max"),
 		resetAfter: at("restart.reset_after"),
-		socket:     at("control.socket"),
-		level:      at("log.level"), format: at("log.format"),
+		forkWorker: at("fork_worker"), reforkAfter: at("fork_worker.refork_after"),
+		forkTimeout: at("fork_worker.timeout"),
+		maxSurge:    at("rollout.max_surge"), maxUnavailable: at("rollout.max_unavailable"),
+		socket: at("control.socket"),
+		level:  at("log.level"), format: at("log.format"),
 	}
 }
 
@@ -132,6 +138,24 @@ func (b *builder) validate() {
 	}
 	if r.ResetAfter <= 0 {
 		b.report(s.resetAfter, "must be greater than 0, not %s", r.ResetAfter)
+	}
+
+	if fw := c.ForkWorker; fw != nil && fw.Timeout <= 0 {
+		b.report(s.forkTimeout, "must be greater than 0, not %s", fw.Timeout)
+	}
+	ro := c.Rollout
+	if ro.MaxSurge < 0 {
+		b.report(s.maxSurge, "must not be negative, not %d", ro.MaxSurge)
+	}
+	if ro.MaxUnavailable < 0 {
+		b.report(s.maxUnavailable, "must not be negative, not %d", ro.MaxUnavailable)
+	}
+	if ro.MaxSurge == 0 && ro.MaxUnavailable == 0 {
+		o := s.maxSurge
+		if !o.given {
+			o = s.maxUnavailable
+		}
+		b.report(o, "rollout.max_surge and rollout.max_unavailable cannot both be 0: a rollout could never replace a worker")
 	}
 
 	if c.Control.Socket == "" {
