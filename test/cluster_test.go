@@ -343,7 +343,7 @@ func TestForkctlAgainstRunningForkd(t *testing.T) {
 	out, code := f.forkctl("status")
 	require.Equal(t, 0, code, out)
 	assert.Contains(t, out, "2/2")
-	assert.Regexp(t, `(?m)^\s*0\s+\d+\s+1\s+ready`, out)
+	assert.Regexp(t, `(?m)^\s*0\s+\d+\s+1\s+exec\s+ready`, out)
 
 	out, code = f.forkctl("status", "-o", "json")
 	require.Equal(t, 0, code, out)

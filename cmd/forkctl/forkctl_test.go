@@ -51,6 +51,13 @@ type result struct {
 // FORKD_SOCKET.
 func forkctl(t *testing.T, env []string, args ...string) result {
 	t.Helper()
+	return startForkctl(t, env, args...)()
+}
+
+// startForkctl starts forkctl as forkctl does, and returns a function that waits for it to end.
+// Both must be called from the test's goroutine.
+func startForkctl(t *testing.T, env []string, args ...string) func() result {
+	t.Helper()
 	cmd := exec.Command(forkctlBinary, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, socketEnv+"=") {
@@ -60,12 +67,18 @@ func forkctl(t *testing.T, env []string, args ...string) result {
 	cmd.Env = append(cmd.Env, env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var exit *exec.ExitError
-	if err != nil && !errors.As(err, &exit) {
+	if err := cmd.Start(); err != nil {
 		t.Fatalf("running forkctl %s: %v", strings.Join(args, " "), err)
 	}
-	return result{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String()}
+	return func() result {
+		t.Helper()
+		err := cmd.Wait()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("running forkctl %s: %v", strings.Join(args, " "), err)
+		}
+		return result{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String()}
+	}
 }
 
 // fakeBackend records commands and answers with its fields.
@@ -78,13 +91,25 @@ type fakeBackend struct {
 	stops        chan control.StopRequest
 	scaleErr     error
 	scales       chan control.ScaleRequest
+	// rolloutErr is the answer of Refork, Reload and Restart; without it they answer with
+	// generation 4.
+	rolloutErr error
+	// rolloutBlocks makes Refork, Reload and Restart wait until their context ends, as a rollout
+	// with Wait that takes long, or a restart whose exec cuts the connection, do.
+	rolloutBlocks bool
+	reforks       chan control.ReforkRequest
+	reloads       chan control.ReloadRequest
+	restarts      chan control.RestartRequest
 }
 
 func newFakeBackend() *fakeBackend {
 	return &fakeBackend{
-		status: sampleStatus(),
-		stops:  make(chan control.StopRequest, 10),
-		scales: make(chan control.ScaleRequest, 10),
+		status:   sampleStatus(),
+		stops:    make(chan control.StopRequest, 10),
+		scales:   make(chan control.ScaleRequest, 10),
+		reforks:  make(chan control.ReforkRequest, 10),
+		reloads:  make(chan control.ReloadRequest, 10),
+		restarts: make(chan control.RestartRequest, 10),
 	}
 }
 
@@ -111,6 +136,36 @@ func (b *fakeBackend) Scale(_ context.Context, req control.ScaleRequest) (contro
 		return control.ScaleResponse{Workers: req.Workers, Previous: current}, nil
 	}
 	return control.ScaleResponse{Workers: current + req.Delta, Previous: current}, nil
+}
+
+// rollout answers a rollout command: with rolloutErr, after ctx if rolloutBlocks, else generation 4.
+func (b *fakeBackend) rollout(ctx context.Context) (int, error) {
+	if b.rolloutBlocks {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	if b.rolloutErr != nil {
+		return 0, b.rolloutErr
+	}
+	return 4, nil
+}
+
+func (b *fakeBackend) Refork(ctx context.Context, req control.ReforkRequest) (control.ReforkResponse, error) {
+	b.reforks <- req
+	gen, err := b.rollout(ctx)
+	return control.ReforkResponse{Generation: gen}, err
+}
+
+func (b *fakeBackend) Reload(ctx context.Context, req control.ReloadRequest) (control.ReloadResponse, error) {
+	b.reloads <- req
+	gen, err := b.rollout(ctx)
+	return control.ReloadResponse{Generation: gen}, err
+}
+
+func (b *fakeBackend) Restart(ctx context.Context, req control.RestartRequest) (control.RestartResponse, error) {
+	b.restarts <- req
+	gen, err := b.rollout(ctx)
+	return control.RestartResponse{Generation: gen}, err
 }
 
 // serve runs a control server for b on a socket in a temporary directory and returns the socket.
@@ -179,7 +234,8 @@ func TestStatusTable(t *testing.T) {
 		"master pid:            4242",
 		"uptime:                2h5m",
 		"phase:                 running (generation 3)",
-		"workers:               1/2 ready (exec mode)",
+		"mode:                  exec",
+		"workers:               1/2 ready",
 		"listeners:             http tcp://0.0.0.0:8080 (socket-activated)",
 		"dropped notifications: 7",
 		"status:                1/2 workers ready",
@@ -189,11 +245,13 @@ func TestStatusTable(t *testing.T) {
 
 	rows := strings.Split(strings.TrimSuffix(table, "\n"), "\n")
 	require.Len(t, rows, 3, table)
-	require.Equal(t, []string{"INDEX", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "STATUS"}, strings.Fields(rows[0]))
-	require.Equal(t, []string{"0", "4300", "3", "ready", "2h4m", "0", "1523", "serving", "lots"}, strings.Fields(rows[1]))
+	require.Equal(t, []string{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "PSS", "SHARED", "STATUS"},
+		strings.Fields(rows[0]))
+	require.Equal(t, []string{"0", "4300", "3", "exec", "ready", "2h4m", "0", "1523", "-", "-", "-", "serving", "lots"},
+		strings.Fields(rows[1]))
 	// The status column starts where its header does.
 	require.Equal(t, strings.Index(rows[0], "STATUS"), strings.Index(rows[1], "serving"))
-	require.Regexp(t, `^1 +- +3 +backoff +- +5 +0 +last exit: exit status 1; restarting in (59m\d+s|1h)$`, rows[2])
+	require.Regexp(t, `^1 +- +3 +- +backoff +- +5 +0 +- +- +- +restarting in (59m\d+s|1h); last exit: exit st.*$`, rows[2])
 }
 
 func TestStatusJSON(t *testing.T) {
@@ -306,6 +364,10 @@ func TestNotRunning(t *testing.T) {
 			"no control socket at", "the socket path came from $FORKD_SOCKET", missing},
 		{"--socket beats $FORKD_SOCKET", []string{socketEnv + "=" + missing}, []string{"-s", stale, "status"},
 			"nothing listening on", "the socket path came from --socket", stale},
+		{"reload --wait", nil, []string{"--socket", missing, "reload", "--wait"},
+			"no control socket at", "the socket path came from --socket", missing},
+		{"restart --wait", []string{socketEnv + "=" + stale}, []string{"restart", "--wait"},
+			"nothing listening on", "the socket path came from $FORKD_SOCKET", stale},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -343,6 +405,10 @@ func TestBadArguments(t *testing.T) {
 		{"status", "-o", "yaml"},
 		{"status", "--bogus"},
 		{"stop", "--wait=maybe"},
+		{"refork", "now"},
+		{"reload", "--wait=maybe"},
+		{"phased-restart", "--immediate"},
+		{"restart", "-w"},
 		{"--timeout", "soon", "status"},
 		{"frobnicate"},
 		{"check"},
@@ -381,6 +447,20 @@ func TestCompletion(t *testing.T) {
 	r = forkctl(t, nil, "__complete", "status", "-o", "")
 	require.Equal(t, 0, r.code, r.stderr)
 	require.True(t, strings.HasPrefix(r.stdout, "table\njson\n"), r.stdout)
+
+	r = forkctl(t, nil, "__complete", "re")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Regexp(t, `^refork\tRe-fork .*\nreload\tReplace .*\nrestart\tHot-restart .*\n:4\n`, r.stdout)
+
+	// The rollout commands take no arguments, so there are no files to offer; their flag is.
+	for _, name := range []string{"refork", "reload", "phased-restart", "restart"} {
+		r = forkctl(t, nil, "__complete", name, "")
+		require.Equal(t, 0, r.code, r.stderr)
+		require.True(t, strings.HasPrefix(r.stdout, ":4\n"), "%s: %q", name, r.stdout)
+		r = forkctl(t, nil, "__complete", name, "--w")
+		require.Equal(t, 0, r.code, r.stderr)
+		require.True(t, strings.HasPrefix(r.stdout, "--wait\t"), "%s: %q", name, r.stdout)
+	}
 }
 
 // writeConfig writes a forkd config file into a new temporary directory.

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/forkd/forkd/pkg/control"
 	"github.com/stretchr/testify/require"
@@ -16,18 +19,18 @@ func TestWriteStatusTable(t *testing.T) {
 		Version:    "forkd 1.0.0",
 		MasterPID:  10,
 		Uptime:     control.Duration(3*24*time.Hour + 4*time.Hour + 59*time.Minute),
-		Phase:      control.PhaseRolling,
+		Phase:      control.PhaseRunning,
 		Generation: 2,
 		Workers:    3,
 		Ready:      2,
-		Mode:       control.ModeFork,
+		Mode:       control.ModeExec,
 		Listeners: []control.Listener{
 			{Name: "http", Address: "tcp://[::]:80"},
 			{Name: "admin", Address: "unix:///run/app.sock"},
 		},
 		WorkerList: []control.Worker{
 			{Index: 0, PID: 11, Generation: 2, State: control.WorkerReady, Uptime: control.Duration(time.Minute),
-				StatusLine: "template\x1b[2J", Requests: 9},
+				StatusLine: "serving\x1b[2J", Requests: 9},
 			{Index: 1, PID: 12, Generation: 1, State: control.WorkerStopping, Uptime: control.Duration(59 * time.Second),
 				Restarts: 1, Requests: 18446744073709551615},
 			{Index: 2, Generation: 2, State: control.WorkerBackoff, Restarts: 12,
@@ -41,16 +44,141 @@ func TestWriteStatusTable(t *testing.T) {
 version:               forkd 1.0.0
 master pid:            10
 uptime:                3d4h
-phase:                 rolling (generation 2)
-workers:               2/3 ready (fork mode)
+phase:                 running (generation 2)
+mode:                  exec
+workers:               2/3 ready
 listeners:             http tcp://[::]:80, admin unix:///run/app.sock (bound by forkd)
 dropped notifications: 0
 
-INDEX  PID  GEN  STATE     UPTIME  RESTARTS  REQUESTS              STATUS
-0      11   2    ready     1m      0         9                     template?[2J
-1      12   1    stopping  59s     1         18446744073709551615  -
-2      -    2    backoff   -       12        0                     last exit: killed by SIGKILL (heartbeat timeout); restarting now
+INDEX  PID  GEN  ROLE  STATE     UPTIME  RESTARTS  REQUESTS              RSS  PSS  SHARED  STATUS
+0      11   2    exec  ready     1m      0         9                     -    -    -       serving?[2J
+1      12   1    exec  stopping  59s     1         18446744073709551615  -    -    -       -
+2      -    2    -     backoff   -       12        0                     -    -    -       restarting now; last exit: k…
 `, out.String())
+	requireFits(t, out.String())
+}
+
+// A refork in fork-worker mode: slot 1 has its current worker and its replacement, slot 2 a
+// detached old worker beside its new one, slot 3 a worker exec'd because the template failed it.
+func TestWriteStatusTableRollout(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	mem := func(rss, pss, shared float64) *control.Memory {
+		return &control.Memory{RSS: uint64(rss * (1 << 20)), PSS: uint64(pss * (1 << 20)), Shared: uint64(shared * (1 << 20))}
+	}
+	st := control.Status{
+		Name:       "shop",
+		Version:    "forkd 1.1.0 (0123456789ab, go1.26.8)",
+		MasterPID:  900,
+		Uptime:     control.Duration(5 * time.Hour),
+		Phase:      control.PhaseRolling,
+		Rollout:    control.RolloutRefork,
+		Generation: 5,
+		Workers:    4,
+		Ready:      4,
+		Mode:       control.ModeFork,
+		Listeners:  []control.Listener{{Name: "http", Address: "tcp://0.0.0.0:8080"}},
+		StatusLine: "rolling (refork): 1/3 workers on generation 5, 4 ready",
+		WorkerList: []control.Worker{
+			{Index: 0, PID: 901, Generation: 4, State: control.WorkerReady, Template: true,
+				Uptime: control.Duration(5 * time.Hour), Requests: 120345, Memory: mem(512.3, 180, 400), StatusLine: "paused"},
+			{Index: 1, PID: 910, Generation: 4, State: control.WorkerReady, Forked: true,
+				Uptime: control.Duration(2 * time.Hour), Requests: 40000, Memory: mem(520, 64.56, 470.04)},
+			{Index: 1, PID: 925, Generation: 5, State: control.WorkerBooting, Forked: true, Replacement: true,
+				Uptime: control.Duration(3 * time.Second), Memory: mem(505, 40.1, 480)},
+			{Index: 2, PID: 911, Generation: 4, State: control.WorkerStopping, Forked: true, Detached: true,
+				Uptime: control.Duration(2 * time.Hour), Requests: 39000, StatusLine: "draining 3 requests"},
+			{Index: 2, PID: 924, Generation: 5, State: control.WorkerReady, Forked: true,
+				Uptime: control.Duration(20 * time.Second), Requests: 12, Memory: mem(0.04, 0, 0)},
+			{Index: 3, PID: 930, Generation: 4, State: control.WorkerReady,
+				Uptime: control.Duration(time.Hour), Requests: 7, Memory: mem(10240, 10240, 0),
+				StatusLine: "exec'd instead of forked: the template did not answer within 10s, then served ever since"},
+		},
+	}
+
+	var out bytes.Buffer
+	require.NoError(t, writeStatusTable(&out, st, now))
+	require.Equal(t, `name:                  shop
+version:               forkd 1.1.0 (0123456789ab, go1.26.8)
+master pid:            900
+uptime:                5h
+phase:                 rolling (generation 5)
+rollout:               refork
+mode:                  fork, template: worker 0 (pid 901)
+workers:               4/4 ready
+listeners:             http tcp://0.0.0.0:8080 (bound by forkd)
+dropped notifications: 0
+status:                rolling (refork): 1/3 workers on generation 5, 4 ready
+
+INDEX  PID  GEN  ROLE        STATE     UPTIME  RESTARTS  REQUESTS  RSS       PSS       SHARED  STATUS
+0      901  4    template    ready     5h      0         120345    512.3M    180.0M    400.0M  paused
+1      910  4    forked      ready     2h      0         40000     520.0M    64.6M     470.0M  -
+1      925  5    forked/new  booting   3s      0         0         505.0M    40.1M     480.0M  -
+2      911  4    forked/old  stopping  2h      0         39000     -         -         -       draining 3 requests
+2      924  5    forked      ready     20s     0         12        0.0M      0.0M      0.0M    -
+3      930  4    exec        ready     1h      0         7         10240.0M  10240.0M  0.0M    exec'd instead of forked…
+`, out.String())
+	requireFits(t, out.String())
+}
+
+// requireFits checks that every line of a status table fits in 120 columns.
+func requireFits(t *testing.T, table string) {
+	t.Helper()
+	for line := range strings.Lines(table) {
+		require.LessOrEqual(t, utf8.RuneCountInString(strings.TrimSuffix(line, "\n")), 120, "%q", line)
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	require.Equal(t, "short", truncate("short", 5))
+	require.Equal(t, "shor…", truncate("shorter", 5))
+	require.Equal(t, "héll…", truncate("héllo ✓", 5))
+	require.Equal(t, "héllo ✓", truncate("héllo ✓", 7))
+}
+
+func TestMebibytes(t *testing.T) {
+	require.Equal(t, "0.0M", mebibytes(0))
+	require.Equal(t, "48.2M", mebibytes(48*(1<<20)+(1<<20)/5))
+	require.Equal(t, "1.0M", mebibytes(1<<20))
+	require.Equal(t, "1024.0M", mebibytes(1<<30))
+}
+
+func TestWorkerRole(t *testing.T) {
+	tests := []struct {
+		w    control.Worker
+		want string
+	}{
+		{control.Worker{}, "-"},
+		{control.Worker{PID: 1}, "exec"},
+		{control.Worker{PID: 1, Template: true}, "template"},
+		{control.Worker{PID: 1, Forked: true}, "forked"},
+		{control.Worker{PID: 1, Forked: true, Replacement: true}, "forked/new"},
+		{control.Worker{PID: 1, Replacement: true}, "exec/new"},
+		{control.Worker{PID: 1, Detached: true}, "exec/old"},
+		{control.Worker{PID: 1, Template: true, Detached: true}, "template/old"},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, workerRole(tt.w), "%+v", tt.w)
+	}
+}
+
+// A command that waits is bounded only by an explicit --timeout.
+func TestContextTimeout(t *testing.T) {
+	c := &cli{timeout: defaultTimeout}
+	ctx, cancel := c.context(context.Background(), true)
+	_, bounded := ctx.Deadline()
+	cancel()
+	require.False(t, bounded, "--wait without --timeout waits without limit")
+
+	ctx, cancel = c.context(context.Background(), false)
+	_, bounded = ctx.Deadline()
+	cancel()
+	require.True(t, bounded)
+
+	c.timeoutSet = true
+	ctx, cancel = c.context(context.Background(), true)
+	_, bounded = ctx.Deadline()
+	cancel()
+	require.True(t, bounded, "an explicit --timeout bounds --wait too")
 }
 
 func TestHumanDuration(t *testing.T) {

@@ -1,5 +1,6 @@
 // Command forkctl controls a running forkd through its control socket (package control): it shows
-// the workers, stops and scales the cluster, checks config files, and reports versions.
+// the workers, stops and scales the cluster, rolls out new workers (refork, reload) and a new
+// master (restart), checks config files, and reports versions.
 //
 // Exit codes: 0 success, 1 failure, 2 bad command line, 3 forkd is not running, 78 (EX_CONFIG)
 // invalid config.

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/forkd/forkd/pkg/control"
 	"github.com/spf13/cobra"
@@ -59,6 +60,13 @@ func writeStatusJSON(w io.Writer, st control.Status) error {
 	return err
 }
 
+// tableWidth is the width the worker table keeps to, by truncating the STATUS column, its last;
+// statusMinWidth is as narrow as that column gets, however wide the others are.
+const (
+	tableWidth     = 120
+	statusMinWidth = 20
+)
+
 // writeStatusTable prints st for a human: the master as "key: value" lines, then a table of
 // worker slots. now is the reference for "restarting in".
 func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
@@ -70,7 +78,11 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	row("master pid:", strconv.Itoa(st.MasterPID))
 	row("uptime:", humanDuration(time.Duration(st.Uptime)))
 	row("phase:", fmt.Sprintf("%s (generation %d)", printable(st.Phase), st.Generation))
-	row("workers:", fmt.Sprintf("%d/%d ready (%s mode)", st.Ready, st.Workers, printable(st.Mode)))
+	if st.Rollout != "" {
+		row("rollout:", printable(st.Rollout))
+	}
+	row("mode:", modeSummary(st))
+	row("workers:", fmt.Sprintf("%d/%d ready", st.Ready, st.Workers))
 	row("listeners:", listenersSummary(st))
 	row("dropped notifications:", strconv.FormatUint(st.DroppedNotifications, 10))
 	if st.StatusLine != "" {
@@ -81,18 +93,102 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	}
 	fmt.Fprintln(w)
 
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	row("INDEX", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "STATUS")
+	rows := [][]string{{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "PSS", "SHARED", "STATUS"}}
 	for _, wk := range st.WorkerList {
 		pid, uptime := "-", "-"
 		if wk.PID != 0 {
 			pid = strconv.Itoa(wk.PID)
 			uptime = humanDuration(time.Duration(wk.Uptime))
 		}
-		row(strconv.Itoa(wk.Index), pid, strconv.Itoa(wk.Generation), printable(wk.State), uptime,
-			strconv.Itoa(wk.Restarts), strconv.FormatUint(wk.Requests, 10), workerStatus(wk, now))
+		rss, pss, shared := "-", "-", "-"
+		if wk.Memory != nil {
+			rss, pss, shared = mebibytes(wk.Memory.RSS), mebibytes(wk.Memory.PSS), mebibytes(wk.Memory.Shared)
+		}
+		rows = append(rows, []string{strconv.Itoa(wk.Index), pid, strconv.Itoa(wk.Generation), workerRole(wk),
+			printable(wk.State), uptime, strconv.Itoa(wk.Restarts), strconv.FormatUint(wk.Requests, 10),
+			rss, pss, shared, workerStatus(wk, now)})
 	}
-	return tw.Flush()
+	return writeTable(w, rows)
+}
+
+// writeTable prints rows as columns two spaces apart, each as wide as its widest cell but the
+// last, which is not padded and is truncated so that a row fits in tableWidth (leaving it at
+// least statusMinWidth).
+func writeTable(w io.Writer, rows [][]string) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	last := len(rows[0]) - 1
+	widths := make([]int, last)
+	for _, cells := range rows {
+		for i, cell := range cells[:last] {
+			widths[i] = max(widths[i], utf8.RuneCountInString(cell))
+		}
+	}
+	lead := 0
+	for _, wd := range widths {
+		lead += wd + 2
+	}
+	limit := max(tableWidth-lead, statusMinWidth)
+	var b strings.Builder
+	for _, cells := range rows {
+		for i, cell := range cells[:last] {
+			b.WriteString(cell)
+			b.WriteString(strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell)+2))
+		}
+		b.WriteString(truncate(cells[last], limit))
+		b.WriteByte('\n')
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// truncate shortens s to at most n runes, marking the cut with an ellipsis.
+func truncate(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}
+
+// modeSummary is the mode line: exec or fork, and in fork mode the template.
+func modeSummary(st control.Status) string {
+	mode := printable(st.Mode)
+	for _, wk := range st.WorkerList {
+		if wk.Template {
+			return fmt.Sprintf("%s, template: worker %d (pid %d)", mode, wk.Index, wk.PID)
+		}
+	}
+	return mode
+}
+
+// workerRole is a worker's ROLE column: template, forked or exec, then "/new" for a rollout's
+// replacement that is not ready yet and "/old" for a detached worker draining; "-" without a
+// process.
+func workerRole(wk control.Worker) string {
+	if wk.PID == 0 {
+		return "-"
+	}
+	role := "exec"
+	switch {
+	case wk.Template:
+		role = "template"
+	case wk.Forked:
+		role = "forked"
+	}
+	switch {
+	case wk.Replacement:
+		role += "/new"
+	case wk.Detached:
+		role += "/old"
+	}
+	return role
+}
+
+// mebibytes formats a byte count in MiB with one decimal: "48.2M".
+func mebibytes(n uint64) string {
+	return fmt.Sprintf("%.1fM", float64(n)/(1<<20))
 }
 
 func listenersSummary(st control.Status) string {
@@ -110,8 +206,8 @@ func listenersSummary(st control.Status) string {
 	return strings.Join(names, ", ") + " (" + origin + ")"
 }
 
-// workerStatus is a worker's STATUS column: its last status line, or, in backoff, why it is down
-// and when it comes back; "-" for nothing, like the other columns.
+// workerStatus is a worker's STATUS column: its last status line, or, in backoff, when it comes
+// back and why it is down; "-" for nothing, like the other columns.
 func workerStatus(wk control.Worker, now time.Time) string {
 	if wk.State != control.WorkerBackoff {
 		if wk.StatusLine == "" {
@@ -119,16 +215,17 @@ func workerStatus(wk control.Worker, now time.Time) string {
 		}
 		return printable(wk.StatusLine)
 	}
+	// When it comes back goes first: it is short, and the column may be truncated.
 	var parts []string
-	if wk.LastExit != "" {
-		parts = append(parts, "last exit: "+printable(wk.LastExit))
-	}
 	if !wk.NextRestart.IsZero() {
 		if wait := wk.NextRestart.Sub(now); wait > 0 {
 			parts = append(parts, "restarting in "+humanDuration(wait))
 		} else {
 			parts = append(parts, "restarting now")
 		}
+	}
+	if wk.LastExit != "" {
+		parts = append(parts, "last exit: "+printable(wk.LastExit))
 	}
 	return strings.Join(parts, "; ")
 }

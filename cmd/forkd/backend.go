@@ -37,6 +37,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		StartedAt:            b.startedAt,
 		Uptime:               control.Duration(now.Sub(b.startedAt).Round(time.Second)),
 		Phase:                st.Phase.String(),
+		Rollout:              st.Rollout,
 		Generation:           st.Generation,
 		Workers:              st.Desired,
 		Ready:                st.Ready,
@@ -44,6 +45,12 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		SocketActivated:      b.activated,
 		DroppedNotifications: st.Dropped,
 		StatusLine:           st.StatusLine,
+	}
+	if st.Rollout != "" && st.Phase == cluster.PhaseRunning {
+		out.Phase = control.PhaseRolling
+	}
+	if st.Forking {
+		out.Mode = control.ModeFork
 	}
 	for _, l := range b.listeners {
 		out.Listeners = append(out.Listeners, control.Listener{Name: l.Name, Address: l.Network + "://" + l.Address})
@@ -59,10 +66,17 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 			Requests:    w.Requests,
 			LastExit:    w.LastExit,
 			NextRestart: w.NextSpawn,
+			Template:    w.Template,
+			Forked:      w.Forked,
+			Replacement: w.Replacement,
+			Detached:    w.Detached,
 		}
 		if w.PID != 0 {
 			cw.StartedAt = w.SpawnedAt
 			cw.Uptime = control.Duration(now.Sub(w.SpawnedAt).Round(time.Second))
+			if m, err := cluster.ReadMemory(w.PID); err == nil {
+				cw.Memory = &control.Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared}
+			}
 		}
 		out.WorkerList = append(out.WorkerList, cw)
 	}
@@ -81,6 +95,23 @@ func (b *backend) Scale(ctx context.Context, req control.ScaleRequest) (control.
 	return control.ScaleResponse{Workers: r.Workers, Previous: r.Previous}, nil
 }
 
+func (b *backend) Refork(ctx context.Context, req control.ReforkRequest) (control.ReforkResponse, error) {
+	err := b.driver.Refork(ctx, req.Wait)
+	if err != nil {
+		return control.ReforkResponse{}, controlError(err)
+	}
+	st, err := b.driver.Status(ctx)
+	return control.ReforkResponse{Generation: st.Generation}, err
+}
+
+func (b *backend) Reload(ctx context.Context, req control.ReloadRequest) (control.ReloadResponse, error) {
+	return control.ReloadResponse{}, &control.Error{Code: http.StatusNotImplemented, Message: "phased restart is not implemented yet"}
+}
+
+func (b *backend) Restart(ctx context.Context, req control.RestartRequest) (control.RestartResponse, error) {
+	return control.RestartResponse{}, &control.Error{Code: http.StatusNotImplemented, Message: "hot restart is not implemented yet"}
+}
+
 // controlError gives the cluster's errors their API status codes.
 func controlError(err error) error {
 	switch {
@@ -90,6 +121,10 @@ func controlError(err error) error {
 		return control.ErrStopping
 	case errors.Is(err, cluster.ErrScaleRange):
 		return &control.Error{Code: http.StatusBadRequest, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
+	case errors.Is(err, cluster.ErrBusy), errors.Is(err, cluster.ErrNotReady):
+		return &control.Error{Code: http.StatusConflict, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
+	case errors.Is(err, cluster.ErrRolloutFailed):
+		return &control.Error{Code: http.StatusInternalServerError, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
 	}
 	return err
 }

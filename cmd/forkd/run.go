@@ -87,19 +87,26 @@ func supervise(cfg *config.Config, logger *slog.Logger) (int, error) {
 		watchdog = interval / 2
 	}
 
+	machine := cluster.Config{
+		Workers:          cfg.Workers,
+		MaxWorkers:       config.MaxWorkers,
+		ReadyOnStart:     cfg.Readiness == config.ReadyOnStart,
+		BootTimeout:      cfg.Timeouts.Boot,
+		HeartbeatTimeout: cfg.Timeouts.Worker,
+		ShutdownTimeout:  cfg.Timeouts.Shutdown,
+		BackoffMin:       cfg.Restart.BackoffMin,
+		BackoffMax:       cfg.Restart.BackoffMax,
+		ResetAfter:       cfg.Restart.ResetAfter,
+		MaxSurge:         cfg.Rollout.MaxSurge,
+		MaxUnavailable:   cfg.Rollout.MaxUnavailable,
+	}
+	if fw := cfg.ForkWorker; fw != nil {
+		machine.ForkWorker = true
+		machine.ForkTimeout = fw.Timeout
+		machine.ReforkAfter = fw.ReforkAfter
+	}
 	driver, err := cluster.NewDriver(cluster.DriverConfig{
-		Machine: cluster.Config{
-			Workers:          cfg.Workers,
-			MaxWorkers:       config.MaxWorkers,
-			ReadyOnStart:     cfg.Readiness == config.ReadyOnStart,
-			BootTimeout:      cfg.Timeouts.Boot,
-			HeartbeatTimeout: cfg.Timeouts.Worker,
-			ShutdownTimeout:  cfg.Timeouts.Shutdown,
-			BackoffMin:       cfg.Restart.BackoffMin,
-			BackoffMax:       cfg.Restart.BackoffMax,
-			ResetAfter:       cfg.Restart.ResetAfter,
-			MaxSurge:         1,
-		},
+		Machine:   machine,
 		Command:   cfg.Command,
 		Directory: cfg.Directory,
 		Env:       cfg.Env,

@@ -19,6 +19,7 @@ import (
 
 	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/notify"
+	"github.com/forkd/forkd/pkg/protocol"
 )
 
 // DriverConfig is what the driver needs besides the machine's own Config.
@@ -51,6 +52,7 @@ type Driver struct {
 	m        *Machine
 	log      *slog.Logger
 	procs    map[WorkerID]*process
+	channels channels
 	spawner  *spawner
 	devNull  *os.File
 	baseEnv  []string
@@ -63,9 +65,23 @@ type Driver struct {
 }
 
 // process is a worker's live process, tracked by pidfd so that signals never reach a recycled PID.
+// A worker the template forks has no PID until its hello or the template's reply.
 type process struct {
 	pid   int
 	pidfd int
+	// conn is the master's end of the worker's control channel (fork-worker mode), or nil.
+	conn *protocol.Conn
+}
+
+// close releases what the driver holds for a process that is gone.
+func (p *process) close() {
+	if p.pidfd >= 0 {
+		unix.Close(p.pidfd)
+		p.pidfd = -1
+	}
+	if p.conn != nil {
+		p.conn.Close()
+	}
 }
 
 // request is a call from another goroutine into the loop: an event to step, or (with ev nil) a
@@ -74,6 +90,9 @@ type request struct {
 	ev     Event
 	status chan Status
 	reply  chan Reply
+	// early answers as soon as the event has been stepped: with the machine's reply if it came at
+	// once (a refusal), else with success, and the rest is only logged.
+	early bool
 }
 
 // NewDriver prepares a driver; nothing runs until Run.
@@ -97,6 +116,7 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		m:        m,
 		log:      cfg.Logger,
 		procs:    make(map[WorkerID]*process),
+		channels: newChannels(),
 		devNull:  devNull,
 		baseEnv:  inheritedEnv(os.Environ()),
 		requests: make(chan request),
@@ -131,6 +151,9 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		defer t.Stop()
 		watchdog = t.C
 	}
+	controls := make(chan controlMessage, 64)
+	d.channels.out = controls
+
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -148,6 +171,8 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 			d.handleSignal(sig.(syscall.Signal))
 		case dg := <-datagrams:
 			d.handleDatagram(dg)
+		case cm := <-controls:
+			d.handleControl(cm)
 		case r := <-d.requests:
 			d.handleRequest(r)
 		case <-timer.C:
@@ -176,7 +201,15 @@ func (d *Driver) step(ev Event) {
 func (d *Driver) apply(a Action) {
 	switch a := a.(type) {
 	case SpawnWorker:
-		d.spawn(a)
+		if a.Template != 0 {
+			d.forkWorker(a)
+		} else {
+			d.spawn(a)
+		}
+	case CancelSpawn:
+		d.cancelSpawn(a.Worker)
+	case ControlWorker:
+		d.controlWorker(a)
 	case SignalWorker:
 		d.signal(a)
 	case NotifySystemd:
@@ -205,10 +238,24 @@ func (d *Driver) spawn(a SpawnWorker) {
 	}
 	files := []uintptr{d.devNull.Fd(), uintptr(syscall.Stdout), uintptr(syscall.Stderr)}
 	files = append(files, activation.WorkerFiles(d.cfg.Listeners)...)
+	env := d.workerEnv(a.Slot, a.Generation)
+	var conn *protocol.Conn
+	if a.Channel {
+		var workerEnd int
+		var err error
+		conn, workerEnd, err = protocol.Socketpair()
+		if err != nil {
+			d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+			return
+		}
+		defer unix.Close(workerEnd)
+		env = append(env, fmt.Sprintf("%s=%d", protocol.EnvControlFD, len(files)))
+		files = append(files, uintptr(workerEnd))
+	}
 	pidfd := -1
 	attr := &syscall.ProcAttr{
 		Dir:   dir,
-		Env:   d.workerEnv(a),
+		Env:   env,
 		Files: files,
 		Sys: &syscall.SysProcAttr{
 			// Its own process group: a Ctrl-C on forkd's terminal reaches the master only, which
@@ -222,6 +269,9 @@ func (d *Driver) spawn(a SpawnWorker) {
 	}
 	pid, err := d.spawner.start("/proc/self/exe", activation.ShimArgv("/proc/self/exe", d.cfg.Command), attr)
 	if err != nil {
+		if conn != nil {
+			conn.Close()
+		}
 		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
@@ -232,7 +282,10 @@ func (d *Driver) spawn(a SpawnWorker) {
 			d.log.Error("cannot open a pidfd for a worker", "pid", pid, "error", err)
 		}
 	}
-	d.procs[a.Worker] = &process{pid: pid, pidfd: pidfd}
+	d.procs[a.Worker] = &process{pid: pid, pidfd: pidfd, conn: conn}
+	if conn != nil {
+		d.channels.read(a.Worker, conn)
+	}
 	d.step(Spawned{Worker: a.Worker, PID: pid})
 }
 
@@ -268,9 +321,7 @@ func (d *Driver) reap() {
 		}
 		if id, ok := d.m.WorkerByPID(pid); ok {
 			if p := d.procs[id]; p != nil && p.pid == pid {
-				if p.pidfd >= 0 {
-					unix.Close(p.pidfd)
-				}
+				p.close()
 				delete(d.procs, id)
 			}
 		}
@@ -301,6 +352,14 @@ func (d *Driver) handleSignal(sig syscall.Signal) {
 			}
 		})
 		d.step(Scale{Request: id, Delta: delta})
+	case syscall.SIGURG:
+		d.log.Info("received SIGURG: refork", "event", "signal")
+		id := d.expectReply(func(r Reply) {
+			if r.Err != nil {
+				d.log.Warn("SIGURG: refork failed: "+r.Err.Error(), "event", "signal")
+			}
+		})
+		d.step(Refork{Request: id})
 	case syscall.SIGPIPE:
 		// forkd's stdout or stderr went away; writes fail with EPIPE instead of killing the master.
 	default:
@@ -382,33 +441,15 @@ func lineageOf(pid int) []int {
 	return lineage
 }
 
-// parentPID reads the parent of pid from /proc/PID/stat. The command name in parentheses may hold
-// spaces and parentheses itself, so the fields are read after its last ')'.
-func parentPID(pid int) (int, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("cluster: malformed /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(s[i+1:])
-	if len(fields) < 2 {
-		return 0, fmt.Errorf("cluster: malformed /proc/%d/stat", pid)
-	}
-	return strconv.Atoi(fields[1])
-}
-
 func (d *Driver) handleRequest(r request) {
 	if r.ev == nil {
 		r.status <- d.m.Status()
 		return
 	}
 	ev := r.ev
+	var id RequestID
 	if r.reply != nil {
-		id := d.expectReply(func(a Reply) { r.reply <- a })
+		id = d.expectReply(func(a Reply) { r.reply <- a })
 		switch e := ev.(type) {
 		case Stop:
 			e.Request = id
@@ -416,9 +457,16 @@ func (d *Driver) handleRequest(r request) {
 		case Scale:
 			e.Request = id
 			ev = e
+		case Refork:
+			e.Request = id
+			ev = e
 		}
 	}
 	d.step(ev)
+	if _, waiting := d.pending[id]; waiting && r.early {
+		d.pending[id] = func(Reply) {} // the machine logs the outcome
+		r.reply <- Reply{}
+	}
 }
 
 // expectReply allocates a RequestID whose Reply goes to answer.
@@ -499,9 +547,34 @@ func (d *Driver) Scale(ctx context.Context, workers, delta int) (ScaleResult, er
 	return r.Result.(ScaleResult), nil
 }
 
+// Refork re-forks workers 1..n-1 from the template. With wait it returns when the refork is done or
+// has failed (with the reason); otherwise once it has begun.
+func (d *Driver) Refork(ctx context.Context, wait bool) error {
+	if !wait {
+		// The machine refuses a refork it cannot start at once; that answer is quick.
+		c := make(chan Reply, 1)
+		select {
+		case d.requests <- request{ev: Refork{}, reply: c, early: true}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		select {
+		case r := <-c:
+			return r.Err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	r, err := d.call(ctx, Refork{})
+	if err != nil {
+		return err
+	}
+	return r.Err
+}
+
 // workerEnv is the environment of a new worker: forkd's own minus what belongs to forkd and
 // systemd, the config's env, then the protocol variables, which nothing overrides.
-func (d *Driver) workerEnv(a SpawnWorker) []string {
+func (d *Driver) workerEnv(slot, generation int) []string {
 	env := make([]string, 0, len(d.baseEnv)+len(d.cfg.Env)+8)
 	for _, kv := range d.baseEnv {
 		if k, _, _ := strings.Cut(kv, "="); d.cfg.Env != nil {
@@ -520,8 +593,9 @@ func (d *Driver) workerEnv(a SpawnWorker) []string {
 	env = append(env, activation.WorkerEnv(d.cfg.Listeners)...)
 	env = append(env,
 		"NOTIFY_SOCKET="+d.cfg.Notify.Addr(),
-		"FORKD_WORKER="+strconv.Itoa(a.Slot),
-		"FORKD_GENERATION="+strconv.Itoa(a.Generation),
+		protocol.EnvProtocol+"="+strconv.Itoa(protocol.Version),
+		protocol.EnvWorker+"="+strconv.Itoa(slot),
+		protocol.EnvGeneration+"="+strconv.Itoa(generation),
 	)
 	if hb := d.cfg.Machine.HeartbeatTimeout; hb > 0 {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(hb.Microseconds(), 10))

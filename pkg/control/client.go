@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"syscall"
+	"time"
 )
 
 // Client calls the control API of the forkd listening on a socket. It is safe for concurrent use.
@@ -62,6 +63,130 @@ func (c *Client) Scale(ctx context.Context, req ScaleRequest) (ScaleResponse, er
 	var resp ScaleResponse
 	err := c.call(ctx, http.MethodPost, "/v1/scale", req, &resp)
 	return resp, err
+}
+
+// Refork re-forks workers 1..n-1 from the template. Without req.Wait it returns once the refork
+// has begun; with req.Wait once it is done, or with the reason it failed (a *Error with Code 500).
+// A refork that cannot begin (another rollout runs, the cluster is not in fork-worker mode) is a
+// *Error with Code 409.
+func (c *Client) Refork(ctx context.Context, req ReforkRequest) (ReforkResponse, error) {
+	var resp ReforkResponse
+	err := c.call(ctx, http.MethodPost, "/v1/refork", req, &resp)
+	return resp, err
+}
+
+// Reload replaces every worker with a newly exec'd one (a phased restart). It answers as Refork
+// does.
+func (c *Client) Reload(ctx context.Context, req ReloadRequest) (ReloadResponse, error) {
+	var resp ReloadResponse
+	err := c.call(ctx, http.MethodPost, "/v1/reload", req, &resp)
+	return resp, err
+}
+
+// restartGoneLimit bounds how long Restart, waiting for the new master image, accepts that nothing
+// at all answers on the socket. A master that re-execs keeps its control socket, or binds it again
+// early in its start, so a socket that stays dead this long means forkd did not survive the
+// restart; without the limit, a caller without a deadline would wait forever.
+var restartGoneLimit = time.Minute
+
+// Intervals between the status polls of Restart, doubling from the first to the last.
+const (
+	restartPollFirst = 20 * time.Millisecond
+	restartPollMax   = 500 * time.Millisecond
+)
+
+// Restart asks the master to re-exec itself in place (a hot restart). It answers as Refork does,
+// except that the exec closes the connection, which the reply may not have left by then:
+//
+//   - Without req.Wait, a connection closed before the reply means the restart has begun; Restart
+//     returns a zero RestartResponse and no error.
+//   - With req.Wait, Restart first asks for the status to learn the master's PID. When the
+//     connection closes before the reply, it reconnects, polling the socket, until a status
+//     answers with that same master_pid and the phase "running": the new image is up. It then
+//     returns that status's generation. A different master_pid is a failure ("forkd restarted as
+//     a new process": the master died and something started forkd afresh), as is the phase
+//     "stopping". A socket on which nothing at all answers for a minute fails with an error
+//     matching ErrNotRunning; anything else is bounded only by ctx.
+//
+// A reply that does arrive is the answer: a success, or a *Error (409: the restart cannot begin;
+// 500: it failed, the old image still running).
+func (c *Client) Restart(ctx context.Context, req RestartRequest) (RestartResponse, error) {
+	var before Status
+	if req.Wait {
+		var err error
+		if before, err = c.Status(ctx); err != nil {
+			return RestartResponse{}, err
+		}
+	}
+	// Send the restart on a connection of its own, not one left idle by an earlier call, so that
+	// the cut reads as the end of this exchange (net/http reports a pooled connection that the
+	// server closed in other words).
+	c.http.CloseIdleConnections()
+	var resp RestartResponse
+	err := c.call(ctx, http.MethodPost, "/v1/restart", req, &resp)
+	switch {
+	case err == nil:
+		return resp, nil
+	case !connectionLost(err):
+		return RestartResponse{}, err
+	case !req.Wait:
+		return RestartResponse{}, nil
+	}
+	return c.awaitRestart(ctx, before.MasterPID)
+}
+
+// awaitRestart polls the status until the master with PID pid runs again after a hot restart.
+func (c *Client) awaitRestart(ctx context.Context, pid int) (RestartResponse, error) {
+	delay := restartPollFirst
+	var goneSince time.Time
+	last := "no answer yet"
+	for {
+		st, err := c.Status(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return RestartResponse{}, fmt.Errorf("waiting for forkd to come back from the restart (last: %s): %w", last, ctx.Err())
+		case err == nil && st.MasterPID != pid:
+			return RestartResponse{}, fmt.Errorf("forkd restarted as a new process (pid %d, was %d): the hot restart failed and forkd was started afresh",
+				st.MasterPID, pid)
+		case err == nil && st.Phase == PhaseRunning:
+			return RestartResponse{Generation: st.Generation}, nil
+		case err == nil && st.Phase == PhaseStopping:
+			return RestartResponse{}, errors.New("forkd is stopping: the restart did not complete")
+		case err == nil:
+			last, goneSince = "phase "+st.Phase, time.Time{}
+		case errors.Is(err, ErrNotRunning):
+			if goneSince.IsZero() {
+				goneSince = time.Now()
+			} else if time.Since(goneSince) >= restartGoneLimit {
+				return RestartResponse{}, fmt.Errorf("forkd did not come back from the restart: %w", err)
+			}
+			last = err.Error()
+		case connectionLost(err) || hasCode(err, http.StatusServiceUnavailable):
+			// The old image, on its way out, or the new one, not quite up.
+			last, goneSince = err.Error(), time.Time{}
+		default:
+			return RestartResponse{}, err
+		}
+		timer := time.NewTimer(delay)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+		}
+		delay = min(2*delay, restartPollMax)
+	}
+}
+
+// hasCode reports whether err is a *Error with the status code code.
+func hasCode(err error, code int) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// connectionLost reports whether err means the connection broke off before the reply.
+func connectionLost(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // call sends req (if not nil) as the JSON body and decodes a successful reply into reply (if not

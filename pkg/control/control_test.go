@@ -59,9 +59,12 @@ func runPeerClient(socket string) int {
 
 // fakeBackend answers with its function fields; a nil field gives a plain success.
 type fakeBackend struct {
-	status func(context.Context) (Status, error)
-	stop   func(context.Context, StopRequest) error
-	scale  func(context.Context, ScaleRequest) (ScaleResponse, error)
+	status  func(context.Context) (Status, error)
+	stop    func(context.Context, StopRequest) error
+	scale   func(context.Context, ScaleRequest) (ScaleResponse, error)
+	refork  func(context.Context, ReforkRequest) (ReforkResponse, error)
+	reload  func(context.Context, ReloadRequest) (ReloadResponse, error)
+	restart func(context.Context, RestartRequest) (RestartResponse, error)
 }
 
 func (b *fakeBackend) Status(ctx context.Context) (Status, error) {
@@ -83,6 +86,27 @@ func (b *fakeBackend) Scale(ctx context.Context, req ScaleRequest) (ScaleRespons
 		return ScaleResponse{Workers: req.Workers}, nil
 	}
 	return b.scale(ctx, req)
+}
+
+func (b *fakeBackend) Refork(ctx context.Context, req ReforkRequest) (ReforkResponse, error) {
+	if b.refork == nil {
+		return ReforkResponse{Generation: 2}, nil
+	}
+	return b.refork(ctx, req)
+}
+
+func (b *fakeBackend) Reload(ctx context.Context, req ReloadRequest) (ReloadResponse, error) {
+	if b.reload == nil {
+		return ReloadResponse{Generation: 2}, nil
+	}
+	return b.reload(ctx, req)
+}
+
+func (b *fakeBackend) Restart(ctx context.Context, req RestartRequest) (RestartResponse, error) {
+	if b.restart == nil {
+		return RestartResponse{Generation: 2}, nil
+	}
+	return b.restart(ctx, req)
 }
 
 // testServer is a Server for b on a real socket in a temporary directory.

@@ -12,8 +12,11 @@
 // # Routes
 //
 //	GET  /v1/status   -> Status
-//	POST /v1/stop     StopRequest  -> {}
-//	POST /v1/scale    ScaleRequest -> ScaleResponse
+//	POST /v1/stop     StopRequest    -> {}
+//	POST /v1/scale    ScaleRequest   -> ScaleResponse
+//	POST /v1/refork   ReforkRequest  -> ReforkResponse    re-fork workers 1..n-1 from the template
+//	POST /v1/reload   ReloadRequest  -> ReloadResponse    phased restart: exec every worker anew
+//	POST /v1/restart  RestartRequest -> RestartResponse   hot restart: the master re-execs itself
 //
 // Bodies are JSON with snake_case names. A request body is at most 64 KiB, must be a single JSON
 // object, and may not carry unknown fields (a typo in an operator's script is an error, not a
@@ -24,9 +27,11 @@
 //	403  the peer's uid may not use the API
 //	404  no such route
 //	405  wrong method for the route (the Allow header names the right one)
-//	409  the request conflicts with what forkd is doing (ErrStopping, ErrBusy)
+//	409  the action cannot begin now: it conflicts with what forkd is doing (ErrStopping, ErrBusy
+//	     while a rollout runs) or the cluster is not ready for it ("refork needs fork-worker
+//	     mode"); nothing was changed
 //	413  the body is larger than 64 KiB
-//	500  the backend failed
+//	500  the backend failed, or an action began and failed: the message is the reason
 //	503  the backend is gone (ErrUnavailable)
 //
 // # Backend
@@ -37,15 +42,31 @@
 // with its message.
 //
 // A request may wait for a long time (StopRequest.Wait holds the reply until the workers are
-// drained). The server sets no write timeout, and the request's context is cancelled when the
-// client goes away, so a Backend selects on ctx.Done() while it waits. Cancellation withdraws only
-// the wait, never the action: a stop that was accepted goes on without anyone listening.
+// drained, ReloadRequest.Wait until every worker has been replaced). The server sets no write
+// timeout, and the request's context is cancelled when the client goes away, so a Backend selects
+// on ctx.Done() while it waits. Cancellation withdraws only the wait, never the action: a stop or
+// a rollout that was accepted goes on without anyone listening.
+//
+// # Rollouts
+//
+// Refork, reload and restart are rollouts: they replace the workers (or the master) with a new
+// generation, and only one runs at a time; meanwhile the status has the phase "rolling" and names
+// the rollout. Without Wait, the reply comes once the rollout has begun, or at once with a 409 if
+// it cannot begin. With Wait, it comes when the rollout is done, or with a 500 whose message is
+// why it failed.
+//
+// A restart is special: the master re-execs itself, which closes every connection to the control
+// socket, the restart request's own included, and the reply may lose that race. Client.Restart
+// therefore takes a connection closed before the reply as the restart under way, and, with Wait,
+// polls the status until the same master PID answers with the phase "running" (see its doc for the
+// details and what it needs from the Backend).
 //
 // # Adding an action
 //
 // Every action that changes forkd is a POST to /v1/<action> with a <Action>Request body and a
 // <Action>Response reply, and is one small addition in four places: the two wire types (types.go),
-// one Backend method, one line in NewServer, and one Client method. For example, a phased restart:
+// one Backend method, one line in NewServer, and one Client method. For example, the phased
+// restart:
 //
 //	type ReloadRequest struct{ Wait bool `json:"wait"` }
 //	type ReloadResponse struct{ Generation int `json:"generation"` }

@@ -34,6 +34,25 @@ type Backend interface {
 	// req.Workers and req.Delta is set, and that Workers is positive; the Backend checks the
 	// result against its limits.
 	Scale(ctx context.Context, req ScaleRequest) (ScaleResponse, error)
+
+	// Refork, Reload and Restart begin a rollout: a refork (fork-worker mode only), a phased
+	// restart, a hot restart. Each returns the generation the rollout creates: without req.Wait
+	// once the rollout has begun, with req.Wait once it is done.
+	//
+	// A rollout that cannot begin fails at once with a 409 *Error: ErrStopping, ErrBusy while
+	// another rollout runs, or one with a precise message of its own ("refork needs fork-worker
+	// mode"). A rollout that began and failed (with Wait: its new workers did not become ready,
+	// the new master image did not start) is a 500 *Error whose Message is the reason, for
+	// instance "worker 2 did not become ready within 1m0s; the old workers keep serving".
+	Refork(ctx context.Context, req ReforkRequest) (ReforkResponse, error)
+	Reload(ctx context.Context, req ReloadRequest) (ReloadResponse, error)
+	// Restart re-execs the master in place. The exec closes every control connection, the
+	// request's own included, so the reply may never get out: Client.Restart then waits for the
+	// new image by polling Status, and needs two things of the Backend. The master keeps its
+	// PID (Status.MasterPID), and from the moment it accepts the restart until the new image
+	// runs, Status reports PhaseRolling with RolloutRestart (never PhaseRunning), so that a
+	// status from the old image is never taken for one from the new.
+	Restart(ctx context.Context, req RestartRequest) (RestartResponse, error)
 }
 
 const (
@@ -77,6 +96,9 @@ func NewServer(b Backend, logger *slog.Logger) *Server {
 		return struct{}{}, b.Stop(ctx, req)
 	}))
 	s.route(http.MethodPost, "/v1/scale", command(b.Scale))
+	s.route(http.MethodPost, "/v1/refork", command(b.Refork))
+	s.route(http.MethodPost, "/v1/reload", command(b.Reload))
+	s.route(http.MethodPost, "/v1/restart", command(b.Restart))
 
 	s.http = &http.Server{
 		Handler:           http.HandlerFunc(s.serveHTTP),

@@ -139,13 +139,15 @@ func TestScale(t *testing.T) {
 
 // Requests the server rejects before the backend sees them.
 func TestInvalidRequests(t *testing.T) {
+	invalid := errors.New("the backend must not see an invalid request")
 	s := startServer(t, &fakeBackend{
-		stop: func(context.Context, StopRequest) error {
-			return errors.New("the backend must not see an invalid request")
-		},
+		stop: func(context.Context, StopRequest) error { return invalid },
 		scale: func(context.Context, ScaleRequest) (ScaleResponse, error) {
-			return ScaleResponse{}, errors.New("the backend must not see an invalid request")
+			return ScaleResponse{}, invalid
 		},
+		refork:  func(context.Context, ReforkRequest) (ReforkResponse, error) { return ReforkResponse{}, invalid },
+		reload:  func(context.Context, ReloadRequest) (ReloadResponse, error) { return ReloadResponse{}, invalid },
+		restart: func(context.Context, RestartRequest) (RestartResponse, error) { return RestartResponse{}, invalid },
 	})
 
 	tests := []struct {
@@ -162,6 +164,12 @@ func TestInvalidRequests(t *testing.T) {
 		{"scale neither", "POST", "/v1/scale", `{}`, 400, "set workers"},
 		{"scale empty body", "POST", "/v1/scale", ``, 400, "set workers"},
 		{"scale negative", "POST", "/v1/scale", `{"workers": -2}`, 400, "must be positive"},
+		{"refork bad json", "POST", "/v1/refork", `{"wait": tru`, 400, "invalid request body"},
+		{"refork wrong type", "POST", "/v1/refork", `{"wait": "yes"}`, 400, "invalid request body"},
+		{"reload bad json", "POST", "/v1/reload", `{wait: true}`, 400, "invalid request body"},
+		{"reload unknown field", "POST", "/v1/reload", `{"wiat": true}`, 400, `unknown field "wiat"`},
+		{"restart bad json", "POST", "/v1/restart", `{"wait": true}}`, 400, "invalid request body"},
+		{"restart not an object", "POST", "/v1/restart", `true`, 400, "invalid request body"},
 		{"unknown route", "GET", "/v1/nope", ``, 404, "no such route: GET /v1/nope"},
 		{"unknown version", "GET", "/v2/status", ``, 404, "no such route"},
 		{"trailing slash", "GET", "/v1/status/", ``, 404, "no such route"},
@@ -184,6 +192,10 @@ func TestWrongMethod(t *testing.T) {
 		{"DELETE", "/v1/status", "GET"},
 		{"GET", "/v1/stop", "POST"},
 		{"PUT", "/v1/scale", "POST"},
+		{"GET", "/v1/refork", "POST"},
+		{"PUT", "/v1/reload", "POST"},
+		{"GET", "/v1/restart", "POST"},
+		{"DELETE", "/v1/restart", "POST"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
@@ -218,11 +230,17 @@ func TestBackendErrors(t *testing.T) {
 				scale: func(context.Context, ScaleRequest) (ScaleResponse, error) {
 					return ScaleResponse{}, tt.err
 				},
+				refork:  func(context.Context, ReforkRequest) (ReforkResponse, error) { return ReforkResponse{}, tt.err },
+				reload:  func(context.Context, ReloadRequest) (ReloadResponse, error) { return ReloadResponse{}, tt.err },
+				restart: func(context.Context, RestartRequest) (RestartResponse, error) { return RestartResponse{}, tt.err },
 			})
 			for _, route := range []struct{ method, path, body string }{
 				{"GET", "/v1/status", ""},
 				{"POST", "/v1/stop", `{"wait": true}`},
 				{"POST", "/v1/scale", `{"workers": 9}`},
+				{"POST", "/v1/refork", `{"wait": true}`},
+				{"POST", "/v1/reload", `{}`},
+				{"POST", "/v1/restart", `{"wait": false}`},
 			} {
 				reply := s.do(t, route.method, route.path, route.body)
 				require.Equal(t, tt.code, reply.code, "%s %s", route.method, route.path)

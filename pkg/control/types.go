@@ -15,6 +15,13 @@ const (
 	PhaseStopping = "stopping"
 )
 
+// Rollouts, in Status.Rollout while the Phase is PhaseRolling.
+const (
+	RolloutRefork  = "refork"
+	RolloutReload  = "reload"
+	RolloutRestart = "restart"
+)
+
 // Worker modes, in Status.Mode.
 const (
 	ModeExec = "exec"
@@ -40,8 +47,13 @@ type Status struct {
 	StartedAt time.Time `json:"started_at"`
 	Uptime    Duration  `json:"uptime"`
 	// Phase is one of PhaseStarting, PhaseRunning, PhaseRolling, PhaseStopping.
-	Phase      string `json:"phase"`
-	Generation int    `json:"generation"`
+	Phase string `json:"phase"`
+	// Rollout names the rollout in progress while Phase is PhaseRolling (one of the Rollout*
+	// constants); it is empty (and omitted) otherwise.
+	Rollout string `json:"rollout,omitempty"`
+	// Generation is the cluster's generation: 1, then one more per rollout. During a rollout it is
+	// the generation the rollout creates.
+	Generation int `json:"generation"`
 	// Workers is the desired number of workers; Ready how many of them are ready now.
 	Workers int `json:"workers"`
 	Ready   int `json:"ready"`
@@ -66,7 +78,9 @@ type Listener struct {
 	Address string `json:"address"`
 }
 
-// Worker is one worker slot.
+// Worker is one worker slot, or one process of a slot. A slot normally has one entry, but during a
+// rollout several entries may share an Index: the slot's current worker and its Replacement, or
+// an old worker still draining (Detached) after the slot went to a new one.
 type Worker struct {
 	Index int `json:"index"`
 	// PID is 0 while no process runs in the slot.
@@ -74,6 +88,16 @@ type Worker struct {
 	Generation int `json:"generation"`
 	// State is one of the Worker* constants.
 	State string `json:"state"`
+	// Template is true for the worker the others are forked from (fork-worker mode: worker 0).
+	Template bool `json:"template,omitempty"`
+	// Forked is true for a worker the template forked; false for one that was exec'd (every worker
+	// in exec mode, and the template itself).
+	Forked bool `json:"forked,omitempty"`
+	// Replacement is true for a rollout's new worker for this slot while it is not yet ready; the
+	// slot's current worker has an entry of its own.
+	Replacement bool `json:"replacement,omitempty"`
+	// Detached is true for an old worker draining after its slot was given to a new one.
+	Detached bool `json:"detached,omitempty"`
 	// StartedAt is zero (and omitted) while no process runs in the slot.
 	StartedAt time.Time `json:"started_at,omitzero"`
 	Uptime    Duration  `json:"uptime"`
@@ -83,11 +107,26 @@ type Worker struct {
 	StatusLine string `json:"status_line"`
 	// Requests is the worker's cumulative request count, as it reports it (X_FORKD_REQUESTS=).
 	Requests uint64 `json:"requests"`
+	// Memory is the process's memory use; nil (and omitted) when there is no process or the
+	// master could not read it.
+	Memory *Memory `json:"memory,omitempty"`
 	// LastExit says how the slot's previous process ended, e.g. "exit status 1" or
 	// "killed by SIGKILL (heartbeat timeout)"; empty if none has.
 	LastExit string `json:"last_exit,omitempty"`
 	// NextRestart is when a slot in WorkerBackoff spawns again; zero (and omitted) otherwise.
 	NextRestart time.Time `json:"next_restart,omitzero"`
+}
+
+// Memory is a worker process's memory use in bytes, from /proc/PID/smaps_rollup.
+type Memory struct {
+	// RSS is the resident set size: every page the process has in memory, shared or not.
+	RSS uint64 `json:"rss"`
+	// PSS is the proportional set size: each resident page divided by the number of processes that
+	// share it. The PSS of all workers adds up to what the cluster really uses.
+	PSS uint64 `json:"pss"`
+	// Shared is the part of RSS shared with other processes, such as the template and the workers
+	// forked from it (Shared_Clean + Shared_Dirty).
+	Shared uint64 `json:"shared"`
 }
 
 // StopRequest is the body of POST /v1/stop.
@@ -122,6 +161,47 @@ type ScaleResponse struct {
 	// Workers is the desired number of workers now; Previous what it was before.
 	Workers  int `json:"workers"`
 	Previous int `json:"previous"`
+}
+
+// ReforkRequest is the body of POST /v1/refork: re-fork workers 1..n-1 from the template (worker
+// 0), so that they start from its warmed-up memory again. It needs fork-worker mode.
+type ReforkRequest struct {
+	// Wait holds the reply until the refork is done (or has failed), not just begun.
+	Wait bool `json:"wait"`
+}
+
+// ReforkResponse is the reply to POST /v1/refork.
+type ReforkResponse struct {
+	// Generation is the generation the refork creates.
+	Generation int `json:"generation"`
+}
+
+// ReloadRequest is the body of POST /v1/reload: a phased restart, which replaces every worker, slot
+// by slot, with a newly exec'd one, each old worker stopping once its replacement is ready.
+type ReloadRequest struct {
+	// Wait holds the reply until the reload is done (or has failed), not just begun.
+	Wait bool `json:"wait"`
+}
+
+// ReloadResponse is the reply to POST /v1/reload.
+type ReloadResponse struct {
+	// Generation is the generation the reload creates.
+	Generation int `json:"generation"`
+}
+
+// RestartRequest is the body of POST /v1/restart: a hot restart, in which the master re-execs
+// itself in place (same PID, same listeners), for instance to run a new forkd binary. The exec
+// closes the connection the request came on; see Client.Restart.
+type RestartRequest struct {
+	// Wait asks for the restart to be done (the new master image running), not just begun.
+	Wait bool `json:"wait"`
+}
+
+// RestartResponse is the reply to POST /v1/restart.
+type RestartResponse struct {
+	// Generation is the generation the restart creates; 0 when Client.Restart could not learn it
+	// (the exec cut the connection before the reply to a request without Wait).
+	Generation int `json:"generation"`
 }
 
 // Duration is a time.Duration that JSON encodes as a Go duration string ("1m30s"), so the API

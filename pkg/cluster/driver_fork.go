@@ -1,0 +1,223 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/pkg/protocol"
+)
+
+// This file holds the driver's side of fork-worker mode: the control channels to the workers,
+// spawn requests to the template, and pause/resume.
+
+// channels reads every worker's control channel, each from a goroutine of its own blocked in Go's
+// poller, and hands the messages to the loop. It also numbers the requests the master sends.
+type channels struct {
+	out chan<- controlMessage
+	// spawns maps a spawn request's seq to the worker it forks; cancelled spawns stay, marked,
+	// so a late reply can be recognized and its worker killed.
+	spawns   map[uint64]*pendingSpawn
+	lastSeq  uint64
+	requests map[uint64]string // seq of a pause or resume → its op
+}
+
+type pendingSpawn struct {
+	worker    WorkerID
+	cancelled bool
+}
+
+// controlMessage is one packet from a worker's channel, or the end of the channel (eof).
+type controlMessage struct {
+	worker WorkerID
+	protocol.Received
+	eof bool
+}
+
+func newChannels() channels {
+	return channels{spawns: map[uint64]*pendingSpawn{}, requests: map[uint64]string{}}
+}
+
+func (c *channels) nextSeq() uint64 {
+	c.lastSeq++
+	return c.lastSeq
+}
+
+// read starts the goroutine that reads worker's channel until it ends.
+func (c *channels) read(worker WorkerID, conn *protocol.Conn) {
+	out := c.out
+	go func() {
+		for {
+			r, err := conn.Receive()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					out <- controlMessage{worker: worker, eof: true, Received: protocol.Received{Err: err}}
+				}
+				return
+			}
+			out <- controlMessage{worker: worker, Received: r}
+		}
+	}()
+}
+
+// forkWorker asks the template to fork a worker: a fresh channel, whose worker end travels with the
+// spawn request. The answer comes later, on the template's channel.
+func (d *Driver) forkWorker(a SpawnWorker) {
+	t := d.procs[a.Template]
+	if t == nil || t.conn == nil {
+		d.step(SpawnFailed{Worker: a.Worker, Err: "the template has no control channel"})
+		return
+	}
+	conn, workerEnd, err := protocol.Socketpair()
+	if err != nil {
+		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		return
+	}
+	defer unix.Close(workerEnd)
+	seq := d.channels.nextSeq()
+	msg := protocol.Message{Op: protocol.OpSpawn, Seq: seq, Worker: a.Slot, Generation: a.Generation}
+	if err := t.conn.Send(msg, workerEnd); err != nil {
+		conn.Close()
+		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		return
+	}
+	d.channels.spawns[seq] = &pendingSpawn{worker: a.Worker}
+	d.procs[a.Worker] = &process{pidfd: -1, conn: conn}
+	d.channels.read(a.Worker, conn)
+}
+
+// cancelSpawn closes the master's end of a forked worker's channel: a worker forked after all sees
+// end of file and exits; a reply that names it later gets it killed.
+func (d *Driver) cancelSpawn(worker WorkerID) {
+	for _, s := range d.channels.spawns {
+		if s.worker == worker {
+			s.cancelled = true
+		}
+	}
+	if p := d.procs[worker]; p != nil {
+		p.close()
+		delete(d.procs, worker)
+	}
+}
+
+func (d *Driver) controlWorker(a ControlWorker) {
+	p := d.procs[a.Worker]
+	if p == nil || p.conn == nil {
+		return
+	}
+	msg := protocol.Message{Op: a.Op, Worker: a.Slot, Generation: a.Generation, Error: a.Error}
+	if a.Op == protocol.OpPause || a.Op == protocol.OpResume {
+		msg.Seq = d.channels.nextSeq()
+		d.channels.requests[msg.Seq] = a.Op
+	}
+	if err := p.conn.Send(msg); err != nil {
+		d.log.Warn(fmt.Sprintf("cannot send %s to worker: %v", a.Op, err), "event", "control-error", "pid", p.pid)
+	}
+	if a.Op == protocol.OpRefuse {
+		p.conn.Close()
+	}
+}
+
+// handleControl turns a packet from a worker's channel into an event.
+func (d *Driver) handleControl(cm controlMessage) {
+	for _, fd := range cm.FDs {
+		unix.Close(fd) // nothing a worker sends carries descriptors
+	}
+	p := d.procs[cm.worker]
+	if p == nil {
+		return // a worker forgotten since
+	}
+	if cm.eof {
+		if cm.Err != nil && !errors.Is(cm.Err, io.EOF) {
+			d.log.Debug("control channel: "+cm.Err.Error(), "pid", p.pid)
+		}
+		return // the worker is exiting; its exit says the rest
+	}
+	msg := cm.Message
+	if cm.Err != nil && !errors.Is(cm.Err, protocol.ErrVersion) {
+		d.log.Warn("worker sent a bad control message: "+cm.Err.Error(), "event", "control-error", "pid", p.pid)
+		if msg.Seq != 0 {
+			p.conn.Send(protocol.Message{Op: protocol.OpError, Seq: msg.Seq, Error: cm.Err.Error()})
+		}
+		return
+	}
+	switch msg.Op {
+	case protocol.OpHello:
+		if p.pid == 0 {
+			// A forked worker: its hello is the first the master hears of its PID, and the
+			// pidfd must be open before the machine counts on it.
+			pidfd, err := unix.PidfdOpen(msg.PID, 0)
+			if err != nil {
+				d.log.Warn(fmt.Sprintf("worker says hello as pid %d: %v", msg.PID, err), "event", "control-error")
+				return
+			}
+			p.pid, p.pidfd = msg.PID, pidfd
+		}
+		d.step(Hello{Worker: cm.worker, PID: msg.PID, Version: msg.V, Fork: msg.Fork, SDK: msg.SDK})
+	case protocol.OpSpawned, protocol.OpSpawnFailed:
+		d.spawnReply(msg)
+	case protocol.OpPaused, protocol.OpResumed:
+		if _, ok := d.channels.requests[msg.Seq]; ok {
+			delete(d.channels.requests, msg.Seq)
+			d.step(TemplateReplied{Worker: cm.worker, Op: msg.Op})
+		}
+	case protocol.OpError:
+		d.log.Warn("worker could not handle a control message: "+msg.Error, "event", "control-error", "pid", p.pid)
+		if op, ok := d.channels.requests[msg.Seq]; ok {
+			delete(d.channels.requests, msg.Seq)
+			d.log.Warn(fmt.Sprintf("worker 0 rejected %s", op), "event", "control-error")
+		}
+	default:
+		if msg.Seq != 0 {
+			p.conn.Send(protocol.Message{Op: protocol.OpError, Seq: msg.Seq, Error: fmt.Sprintf("a worker cannot send %q", msg.Op)})
+		}
+	}
+}
+
+// spawnReply handles the template's answer to a spawn request.
+func (d *Driver) spawnReply(msg protocol.Message) {
+	s, ok := d.channels.spawns[msg.Seq]
+	if !ok {
+		d.log.Warn(fmt.Sprintf("worker 0 answered spawn request %d, which it was never sent", msg.Seq), "event", "control-error")
+		return
+	}
+	delete(d.channels.spawns, msg.Seq)
+	if msg.Op == protocol.OpSpawnFailed {
+		if !s.cancelled {
+			d.step(SpawnFailed{Worker: s.worker, Err: msg.Error})
+		}
+		return
+	}
+	pidfd, err := unix.PidfdOpen(msg.PID, 0)
+	if s.cancelled {
+		// Given up on: the worker exists after all. Its channel is closed, so it should exit on
+		// its own; make sure.
+		if err == nil {
+			unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+			unix.Close(pidfd)
+		}
+		d.log.Warn(fmt.Sprintf("worker 0 forked pid %d after forkd gave up on it: killed", msg.PID), "event", "fork-late")
+		return
+	}
+	p := d.procs[s.worker]
+	if p == nil {
+		if err == nil {
+			unix.Close(pidfd)
+		}
+		return
+	}
+	if err != nil {
+		// Gone before the master could hold it (and already reaped as an orphan).
+		d.step(SpawnFailed{Worker: s.worker, Err: fmt.Sprintf("the forked worker (pid %d) exited at once", msg.PID)})
+		return
+	}
+	if p.pid == 0 {
+		p.pid, p.pidfd = msg.PID, pidfd
+	} else {
+		unix.Close(pidfd) // its hello came first
+	}
+	d.step(Spawned{Worker: s.worker, PID: msg.PID})
+}
