@@ -105,7 +105,11 @@ func (b *backend) Refork(ctx context.Context, req control.ReforkRequest) (contro
 }
 
 func (b *backend) Reload(ctx context.Context, req control.ReloadRequest) (control.ReloadResponse, error) {
-	return control.ReloadResponse{}, &control.Error{Code: http.StatusNotImplemented, Message: "phased restart is not implemented yet"}
+	if err := b.driver.Reload(ctx, req.Wait); err != nil {
+		return control.ReloadResponse{}, controlError(err)
+	}
+	st, err := b.driver.Status(ctx)
+	return control.ReloadResponse{Generation: st.Generation}, err
 }
 
 func (b *backend) Restart(ctx context.Context, req control.RestartRequest) (control.RestartResponse, error) {
@@ -123,6 +127,8 @@ func controlError(err error) error {
 		return &control.Error{Code: http.StatusBadRequest, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
 	case errors.Is(err, cluster.ErrBusy), errors.Is(err, cluster.ErrNotReady):
 		return &control.Error{Code: http.StatusConflict, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
+	case errors.Is(err, cluster.ErrBadConfig):
+		return &control.Error{Code: http.StatusUnprocessableEntity, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
 	case errors.Is(err, cluster.ErrRolloutFailed):
 		return &control.Error{Code: http.StatusInternalServerError, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -44,7 +45,7 @@ func run(flags config.Flags) error {
 	if err != nil {
 		return &exitError{config.ExitConfig, err}
 	}
-	code, err := supervise(cfg, logger)
+	code, err := supervise(cfg, flags, logger)
 	if err != nil {
 		logger.Error(err.Error(), "event", "master-failed")
 		return &exitError{1, err}
@@ -52,7 +53,7 @@ func run(flags config.Flags) error {
 	return &exitError{code: code}
 }
 
-func supervise(cfg *config.Config, logger *slog.Logger) (int, error) {
+func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger) (int, error) {
 	startedAt := time.Now()
 	listeners, activated, err := activation.Open(cfg.Listeners)
 	if err != nil {
@@ -87,29 +88,11 @@ func supervise(cfg *config.Config, logger *slog.Logger) (int, error) {
 		watchdog = interval / 2
 	}
 
-	machine := cluster.Config{
-		Workers:          cfg.Workers,
-		MaxWorkers:       config.MaxWorkers,
-		ReadyOnStart:     cfg.Readiness == config.ReadyOnStart,
-		BootTimeout:      cfg.Timeouts.Boot,
-		HeartbeatTimeout: cfg.Timeouts.Worker,
-		ShutdownTimeout:  cfg.Timeouts.Shutdown,
-		BackoffMin:       cfg.Restart.BackoffMin,
-		BackoffMax:       cfg.Restart.BackoffMax,
-		ResetAfter:       cfg.Restart.ResetAfter,
-		MaxSurge:         cfg.Rollout.MaxSurge,
-		MaxUnavailable:   cfg.Rollout.MaxUnavailable,
-	}
-	if fw := cfg.ForkWorker; fw != nil {
-		machine.ForkWorker = true
-		machine.ForkTimeout = fw.Timeout
-		machine.ReforkAfter = fw.ReforkAfter
-	}
 	driver, err := cluster.NewDriver(cluster.DriverConfig{
-		Machine:   machine,
-		Command:   cfg.Command,
-		Directory: cfg.Directory,
-		Env:       cfg.Env,
+		Generation: generation(cfg),
+		Reconfigure: func() (cluster.Generation, error) {
+			return reconfigure(cfg, flags)
+		},
 		Listeners: listeners,
 		Notify:    notifySock,
 		Systemd:   systemd,
@@ -142,6 +125,55 @@ func supervise(cfg *config.Config, logger *slog.Logger) (int, error) {
 	return code, err
 }
 
+// generation is the part of cfg that makes a generation of workers.
+func generation(cfg *config.Config) cluster.Generation {
+	machine := cluster.Config{
+		Workers:          cfg.Workers,
+		MaxWorkers:       config.MaxWorkers,
+		ReadyOnStart:     cfg.Readiness == config.ReadyOnStart,
+		BootTimeout:      cfg.Timeouts.Boot,
+		HeartbeatTimeout: cfg.Timeouts.Worker,
+		ShutdownTimeout:  cfg.Timeouts.Shutdown,
+		BackoffMin:       cfg.Restart.BackoffMin,
+		BackoffMax:       cfg.Restart.BackoffMax,
+		ResetAfter:       cfg.Restart.ResetAfter,
+		MaxSurge:         cfg.Rollout.MaxSurge,
+		MaxUnavailable:   cfg.Rollout.MaxUnavailable,
+	}
+	if fw := cfg.ForkWorker; fw != nil {
+		machine.ForkWorker = true
+		machine.ForkTimeout = fw.Timeout
+		machine.ReforkAfter = fw.ReforkAfter
+	}
+	return cluster.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env}
+}
+
+// reconfigure loads the config again for a reload, from the same file and flags as at start. What
+// a reload cannot change (the listeners, the control socket) is reported, not applied.
+func reconfigure(running *config.Config, flags config.Flags) (cluster.Generation, error) {
+	cfg, err := config.Load(flags)
+	if err != nil {
+		var diags *config.DiagnosticsError
+		if errors.As(err, &diags) {
+			var b strings.Builder
+			diags.WriteTo(&b)
+			return cluster.Generation{}, errors.New(strings.TrimSpace(b.String()))
+		}
+		return cluster.Generation{}, err
+	}
+	g := generation(cfg)
+	if !slices.Equal(cfg.Listeners, running.Listeners) {
+		g.Warnings = append(g.Warnings, "the listen blocks changed: the sockets stay as they are until forkd is restarted (systemctl restart)")
+	}
+	if cfg.Control.Socket != running.Control.Socket {
+		g.Warnings = append(g.Warnings, "control.socket changed: it stays "+running.Control.Socket+" until forkd is restarted")
+	}
+	if cfg.Log != running.Log || cfg.Name != running.Name {
+		g.Warnings = append(g.Warnings, "name and log settings take effect when forkd is restarted")
+	}
+	return g, nil
+}
+
 // closeOnExecFrom marks every descriptor from fd up close-on-exec.
 func closeOnExecFrom(fd int) {
 	if err := unix.CloseRange(uint(fd), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err == nil {
@@ -171,8 +203,19 @@ func disableAsyncPreemption() error {
 	if godebug != "" {
 		godebug += ","
 	}
-	env := append(os.Environ(), "GODEBUG="+godebug+"asyncpreemptoff=1")
+	// Replace GODEBUG rather than add a second one: getenv reads the first.
+	env := []string{"GODEBUG=" + godebug + "asyncpreemptoff=1"}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			env = append(env, kv)
+		}
+	}
+	// The binary's own path, not /proc/self/exe, so the process keeps its name (ps, pgrep forkd).
+	self, err := os.Executable()
+	if err != nil {
+		self = "/proc/self/exe"
+	}
 	// Same PID: systemd's MAINPID and LISTEN_PID stay right.
-	err := syscall.Exec("/proc/self/exe", os.Args, env)
+	err = syscall.Exec(self, os.Args, env)
 	return fmt.Errorf("re-exec with GODEBUG=asyncpreemptoff=1: %w", err)
 }

@@ -22,16 +22,32 @@ import (
 	"github.com/forkd/forkd/pkg/protocol"
 )
 
-// DriverConfig is what the driver needs besides the machine's own Config.
-type DriverConfig struct {
+// Generation is what a generation of workers is made from: the machine's config and how to start
+// the app.
+type Generation struct {
 	Machine Config
 	// Command is the application's argv; it is started through the activation shim.
 	Command []string
-	// Directory is the workers' working directory, resolved again at every spawn so a switched
-	// current -> releases/N symlink is picked up. Empty: forkd's own.
+	// Directory is the workers' working directory. Its symlinks are resolved when the generation
+	// is made (at start, at each reload), so a deploy that switches a current -> releases/N symlink
+	// takes effect with the next reload, for every worker of that generation alike. Empty: forkd's
+	// own.
 	Directory string
 	// Env is added to the environment workers inherit from forkd; an entry here wins over forkd's.
 	Env map[string]string
+	// Warnings are changes in the config that a reload cannot apply (listeners, the control
+	// socket): they are logged.
+	Warnings []string
+}
+
+// DriverConfig is what the driver needs to run a cluster.
+type DriverConfig struct {
+	// Generation is the first generation's config.
+	Generation
+	// Reconfigure loads the config again for a reload (phased restart). An error, such as an
+	// invalid config, fails the reload and changes nothing. Nil: reloads reuse the first
+	// generation's config.
+	Reconfigure func() (Generation, error)
 	// Listeners are handed to every worker as fds 3, 4, ...
 	Listeners []activation.Listener
 	// Notify is the master's datagram socket, given to workers as NOTIFY_SOCKET.
@@ -53,6 +69,9 @@ type Driver struct {
 	log      *slog.Logger
 	procs    map[WorkerID]*process
 	channels channels
+	// specs maps a generation to what its workers are spawned from; a generation without an entry
+	// (made by a refork) uses the latest entry before it.
+	specs    map[int]*spec
 	spawner  *spawner
 	devNull  *os.File
 	baseEnv  []string
@@ -62,6 +81,38 @@ type Driver struct {
 	lastReq  RequestID
 	exitCode int
 	stopSigs int
+}
+
+// spec is how the workers of a generation are started.
+type spec struct {
+	command []string
+	dir     string
+	env     map[string]string
+	// heartbeat is the WATCHDOG_USEC workers are given.
+	heartbeat time.Duration
+}
+
+func newSpec(g Generation) (*spec, error) {
+	dir := g.Directory
+	if dir != "" {
+		resolved, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: directory: %w", err)
+		}
+		dir = resolved
+	}
+	return &spec{command: g.Command, dir: dir, env: g.Env, heartbeat: g.Machine.HeartbeatTimeout}, nil
+}
+
+// specFor returns what the workers of generation g are spawned from.
+func (d *Driver) specFor(g int) *spec {
+	best := 0
+	for k := range d.specs {
+		if k <= g && k > best {
+			best = k
+		}
+	}
+	return d.specs[best]
 }
 
 // process is a worker's live process, tracked by pidfd so that signals never reach a recycled PID.
@@ -101,8 +152,12 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(cfg.Command) == 0 {
+	if len(cfg.Generation.Command) == 0 {
 		return nil, errors.New("cluster: no command")
+	}
+	first, err := newSpec(cfg.Generation)
+	if err != nil {
+		return nil, err
 	}
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -117,6 +172,7 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		log:      cfg.Logger,
 		procs:    make(map[WorkerID]*process),
 		channels: newChannels(),
+		specs:    map[int]*spec{1: first},
 		devNull:  devNull,
 		baseEnv:  inheritedEnv(os.Environ()),
 		requests: make(chan request),
@@ -196,6 +252,15 @@ func (d *Driver) step(ev Event) {
 	for _, a := range d.m.Ready() {
 		d.apply(a)
 	}
+	if !d.m.RollingOut() {
+		// A reload that failed (or never began) leaves the spec of a generation that does not
+		// exist; a later refork must not pick it up.
+		for g := range d.specs {
+			if g > d.m.Generation() {
+				delete(d.specs, g)
+			}
+		}
+	}
 }
 
 func (d *Driver) apply(a Action) {
@@ -227,18 +292,10 @@ func (d *Driver) apply(a Action) {
 }
 
 func (d *Driver) spawn(a SpawnWorker) {
-	dir := d.cfg.Directory
-	if dir != "" {
-		resolved, err := filepath.EvalSymlinks(dir)
-		if err != nil {
-			d.step(SpawnFailed{Worker: a.Worker, Err: fmt.Sprintf("resolve directory: %v", err)})
-			return
-		}
-		dir = resolved
-	}
+	sp := d.specFor(a.Generation)
 	files := []uintptr{d.devNull.Fd(), uintptr(syscall.Stdout), uintptr(syscall.Stderr)}
 	files = append(files, activation.WorkerFiles(d.cfg.Listeners)...)
-	env := d.workerEnv(a.Slot, a.Generation)
+	env := d.workerEnv(sp, a.Slot, a.Generation)
 	var conn *protocol.Conn
 	if a.Channel {
 		var workerEnd int
@@ -254,7 +311,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 	}
 	pidfd := -1
 	attr := &syscall.ProcAttr{
-		Dir:   dir,
+		Dir:   sp.dir,
 		Env:   env,
 		Files: files,
 		Sys: &syscall.SysProcAttr{
@@ -267,7 +324,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 			PidFD:     &pidfd,
 		},
 	}
-	pid, err := d.spawner.start("/proc/self/exe", activation.ShimArgv("/proc/self/exe", d.cfg.Command), attr)
+	pid, err := d.spawner.start("/proc/self/exe", activation.ShimArgv("/proc/self/exe", sp.command), attr)
 	if err != nil {
 		if conn != nil {
 			conn.Close()
@@ -338,6 +395,13 @@ func (d *Driver) handleSignal(sig syscall.Signal) {
 		immediate := d.stopSigs > 1
 		d.log.Info(fmt.Sprintf("received %s", signalName(sig)), "event", "signal", "immediate", immediate)
 		d.step(Stop{Immediate: immediate})
+	case syscall.SIGHUP, syscall.SIGUSR1:
+		d.log.Info(fmt.Sprintf("received %s: reload (phased restart)", signalName(sig)), "event", "signal")
+		d.startReload(d.expectReply(func(r Reply) {
+			if r.Err != nil {
+				d.log.Warn(fmt.Sprintf("%s: reload failed: %v", signalName(sig), r.Err), "event", "signal")
+			}
+		}))
 	case syscall.SIGQUIT:
 		d.log.Info("received SIGQUIT: stopping immediately", "event", "signal")
 		d.step(Stop{Immediate: true})
@@ -462,7 +526,11 @@ func (d *Driver) handleRequest(r request) {
 			ev = e
 		}
 	}
-	d.step(ev)
+	if _, ok := ev.(Reload); ok {
+		d.startReload(id)
+	} else {
+		d.step(ev)
+	}
 	if _, waiting := d.pending[id]; waiting && r.early {
 		d.pending[id] = func(Reply) {} // the machine logs the outcome
 		r.reply <- Reply{}
@@ -479,6 +547,13 @@ func (d *Driver) expectReply(answer func(Reply)) RequestID {
 func (d *Driver) notifySystemd(state string) {
 	if d.cfg.Systemd == nil {
 		return
+	}
+	if strings.HasPrefix(state, "RELOADING=1") {
+		// Type=notify-reload (systemd 253+) wants the reload's start on CLOCK_MONOTONIC.
+		var ts unix.Timespec
+		if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) == nil {
+			state += fmt.Sprintf("\nMONOTONIC_USEC=%d", ts.Nano()/1000)
+		}
 	}
 	if err := d.cfg.Systemd(state); err != nil {
 		d.log.Warn("cannot notify systemd", "error", err)
@@ -550,41 +625,70 @@ func (d *Driver) Scale(ctx context.Context, workers, delta int) (ScaleResult, er
 // Refork re-forks workers 1..n-1 from the template. With wait it returns when the refork is done or
 // has failed (with the reason); otherwise once it has begun.
 func (d *Driver) Refork(ctx context.Context, wait bool) error {
-	if !wait {
-		// The machine refuses a refork it cannot start at once; that answer is quick.
-		c := make(chan Reply, 1)
-		select {
-		case d.requests <- request{ev: Refork{}, reply: c, early: true}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		select {
-		case r := <-c:
-			return r.Err
-		case <-ctx.Done():
-			return ctx.Err()
+	return d.rollout(ctx, Refork{}, wait)
+}
+
+// Reload is a phased restart from the config loaded again: every worker is replaced by one of the
+// next generation. With wait it returns when the reload is done or has failed (with the reason);
+// otherwise once it has begun. An invalid config fails it at once and changes nothing.
+func (d *Driver) Reload(ctx context.Context, wait bool) error {
+	return d.rollout(ctx, Reload{}, wait)
+}
+
+// rollout starts a rollout and waits for its end, or only for its start (the machine refuses at
+// once a rollout it cannot start).
+func (d *Driver) rollout(ctx context.Context, ev Event, wait bool) error {
+	c := make(chan Reply, 1)
+	select {
+	case d.requests <- request{ev: ev, reply: c, early: !wait}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case r := <-c:
+		return r.Err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startReload loads the config again and steps a Reload for request id, with the next
+// generation's spec in place.
+func (d *Driver) startReload(id RequestID) {
+	fail := func(err error) { d.apply(Reply{Request: id, Err: err}) }
+	g := d.cfg.Generation
+	if d.cfg.Reconfigure != nil {
+		var err error
+		if g, err = d.cfg.Reconfigure(); err != nil {
+			fail(fmt.Errorf("%w: %v", ErrBadConfig, err))
+			return
 		}
 	}
-	r, err := d.call(ctx, Refork{})
+	sp, err := newSpec(g)
 	if err != nil {
-		return err
+		fail(fmt.Errorf("%w: %v", ErrBadConfig, err))
+		return
 	}
-	return r.Err
+	for _, w := range g.Warnings {
+		d.log.Warn("reload: "+w, "event", "reload-warning")
+	}
+	d.specs[d.m.Generation()+1] = sp
+	d.step(Reload{Request: id, Config: &g.Machine})
 }
 
 // workerEnv is the environment of a new worker: forkd's own minus what belongs to forkd and
 // systemd, the config's env, then the protocol variables, which nothing overrides.
-func (d *Driver) workerEnv(slot, generation int) []string {
-	env := make([]string, 0, len(d.baseEnv)+len(d.cfg.Env)+8)
+func (d *Driver) workerEnv(sp *spec, slot, generation int) []string {
+	env := make([]string, 0, len(d.baseEnv)+len(sp.env)+8)
 	for _, kv := range d.baseEnv {
-		if k, _, _ := strings.Cut(kv, "="); d.cfg.Env != nil {
-			if _, overridden := d.cfg.Env[k]; overridden {
+		if k, _, _ := strings.Cut(kv, "="); sp.env != nil {
+			if _, overridden := sp.env[k]; overridden {
 				continue
 			}
 		}
 		env = append(env, kv)
 	}
-	for k, v := range d.cfg.Env {
+	for k, v := range sp.env {
 		if isProtocolVar(k) {
 			continue
 		}
@@ -597,7 +701,7 @@ func (d *Driver) workerEnv(slot, generation int) []string {
 		protocol.EnvWorker+"="+strconv.Itoa(slot),
 		protocol.EnvGeneration+"="+strconv.Itoa(generation),
 	)
-	if hb := d.cfg.Machine.HeartbeatTimeout; hb > 0 {
+	if hb := sp.heartbeat; hb > 0 {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(hb.Microseconds(), 10))
 	}
 	return env

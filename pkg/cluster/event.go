@@ -99,6 +99,16 @@ type Refork struct {
 	Request RequestID
 }
 
+// Reload is a phased restart: every worker is replaced, one by one as a rolling update, by a worker
+// of the next generation, which the driver spawns from the reloaded config. Config, when not nil,
+// is the machine's part of that config: it applies from now on, and is reverted if the reload fails.
+// In fork-worker mode a new worker 0 boots first and, once ready, becomes the template the others
+// are forked from. The Reply comes when the reload is done, or failed.
+type Reload struct {
+	Request RequestID
+	Config  *Config
+}
+
 func (Start) isEvent()           {}
 func (Tick) isEvent()            {}
 func (Spawned) isEvent()         {}
@@ -111,6 +121,7 @@ func (Scale) isEvent()           {}
 func (Hello) isEvent()           {}
 func (TemplateReplied) isEvent() {}
 func (Refork) isEvent()          {}
+func (Reload) isEvent()          {}
 
 // ExitStatus is how a process ended: an exit code, or the signal that killed it.
 type ExitStatus struct {

@@ -23,6 +23,8 @@ var (
 	ErrNotReady = errors.New("cluster: not ready")
 	// ErrRolloutFailed: a rollout stopped before replacing every worker; the message says why.
 	ErrRolloutFailed = errors.New("cluster: rollout failed")
+	// ErrBadConfig: a reload found the config invalid; nothing changed.
+	ErrBadConfig = errors.New("cluster: invalid config")
 	// ErrStopped is returned by Step once the machine has emitted Exit.
 	ErrStopped = errors.New("cluster: machine has stopped")
 )
@@ -184,6 +186,8 @@ func (m *Machine) Step(now time.Time, ev Event) error {
 		m.scale(e)
 	case Refork:
 		m.refork(e)
+	case Reload:
+		err = m.reload(e)
 	default:
 		err = fmt.Errorf("cluster: unknown event %T", ev)
 	}
@@ -234,6 +238,12 @@ func (m *Machine) WorkerByPID(pid int) (WorkerID, bool) {
 
 // Phase returns the cluster's phase.
 func (m *Machine) Phase() Phase { return m.phase }
+
+// Generation returns the generation new workers are made of: during a rollout, the one it rolls out.
+func (m *Machine) Generation() int { return m.generation }
+
+// RollingOut reports whether a rollout (refork, reload) is in progress.
+func (m *Machine) RollingOut() bool { return m.rollout != nil }
 
 func (m *Machine) emit(a Action) { m.actions = append(m.actions, a) }
 
@@ -713,6 +723,13 @@ func (m *Machine) scale(e Scale) {
 		m.emit(Reply{Request: e.Request, Err: fmt.Errorf("%w: %d workers asked, the range is 1..%d", ErrScaleRange, n, m.cfg.MaxWorkers)})
 		return
 	}
+	prev := m.resize(n)
+	m.emit(Reply{Request: e.Request, Result: ScaleResult{Previous: prev, Workers: n}})
+}
+
+// resize changes the desired number of workers to n, spawning new slots or retiring the highest
+// ones, and returns the previous number.
+func (m *Machine) resize(n int) int {
 	prev := m.desired
 	m.desired = n
 	for i := prev; i < n; i++ {
@@ -742,7 +759,7 @@ func (m *Machine) scale(e Scale) {
 		m.log(slog.LevelInfo, fmt.Sprintf("scaling from %d to %d workers", prev, n), slog.String("event", "scale"),
 			slog.Int("workers", n), slog.Int("previous", prev))
 	}
-	m.emit(Reply{Request: e.Request, Result: ScaleResult{Previous: prev, Workers: n}})
+	return prev
 }
 
 // settle runs after every event: it moves a rollout along, drops drained retiring slots, moves the

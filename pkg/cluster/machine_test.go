@@ -119,6 +119,14 @@ func TestScripts(t *testing.T) {
 				return step(TemplateReplied{Worker: WorkerID(intArg(t, d, "id")), Op: op})
 			case "refork":
 				return step(Refork{Request: RequestID(optIntArg(t, d, "req"))})
+			case "reload":
+				e := Reload{Request: RequestID(optIntArg(t, d, "req"))}
+				if d.HasArg("workers") {
+					cfg := m.cfg
+					cfg.Workers = intArg(t, d, "workers")
+					e.Config = &cfg
+				}
+				return step(e)
 			case "reject":
 				return step(NotifyRejected{PID: intArg(t, d, "pid"), Reason: "sender is not a worker"})
 			case "tick":

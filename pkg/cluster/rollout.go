@@ -15,7 +15,10 @@ import (
 // replacement is a canary: any replacement that fails stops the rollout, the old workers keep
 // serving, and the command that asked for it gets the reason.
 
-const kindRefork = "refork"
+const (
+	kindRefork = "refork"
+	kindReload = "reload"
+)
 
 type pauseState int
 
@@ -40,6 +43,13 @@ type rollout struct {
 	deadline time.Time
 	failure  error
 	replaced int
+	// zeroFirst: a reload in fork-worker mode replaces worker 0 alone first; the others are then
+	// forked from the new worker 0.
+	zeroFirst bool
+	// prevCfg is the config to restore if a reload fails; workers is the reload's worker count,
+	// applied once it is done.
+	prevCfg *Config
+	workers int
 }
 
 func (m *Machine) startRollout(kind string, req RequestID) {
@@ -47,14 +57,57 @@ func (m *Machine) startRollout(kind string, req RequestID) {
 	if req != 0 {
 		r.waiters = append(r.waiters, req)
 	}
-	if kind == kindRefork {
+	switch kind {
+	case kindRefork:
 		for i := 1; i < m.desired; i++ {
 			r.queue = append(r.queue, i)
 		}
 		r.pause = pauseWanted
+	case kindReload:
+		for i := 0; i < m.desired; i++ {
+			r.queue = append(r.queue, i)
+		}
+		r.zeroFirst = m.cfg.ForkWorker && !m.execMode
+		// systemd's Type=notify-reload protocol; the driver adds MONOTONIC_USEC.
+		m.emit(NotifySystemd{State: "RELOADING=1"})
 	}
 	m.generation = r.to
 	m.rollout = r
+}
+
+func (m *Machine) reload(e Reload) error {
+	if e.Config != nil {
+		if err := e.Config.validate(); err != nil {
+			return err // a driver bug: the config was validated when it was loaded
+		}
+	}
+	var err error
+	switch {
+	case m.phase == PhaseStopping:
+		err = ErrStopping
+	case m.rollout != nil:
+		err = fmt.Errorf("%w (%s)", ErrBusy, m.rollout.kind)
+	case m.phase != PhaseRunning:
+		err = fmt.Errorf("%w: the cluster has not been ready yet", ErrNotReady)
+	}
+	if err != nil {
+		m.emit(Reply{Request: e.Request, Err: err})
+		return nil
+	}
+	m.log(slog.LevelInfo, fmt.Sprintf("reload: replacing %s with generation %d", plural(m.desired, "worker"), m.generation+1),
+		slog.String("event", "reload-start"), slog.Int("generation", m.generation+1))
+	workers := m.desired
+	var prev *Config
+	if e.Config != nil {
+		old := m.cfg
+		prev = &old
+		m.cfg = *e.Config
+		m.cfg.ReforkAfter = slices.Clone(e.Config.ReforkAfter)
+		workers = e.Config.Workers
+	}
+	m.startRollout(kindReload, e.Request)
+	m.rollout.prevCfg, m.rollout.workers = prev, workers
+	return nil
 }
 
 // advance moves the rollout on after every step: pause the template, start replacements within
@@ -74,6 +127,9 @@ func (r *rollout) advance(m *Machine) {
 	}
 	for r.failure == nil && len(r.queue) > 0 {
 		i := r.queue[0]
+		if r.zeroFirst && i != 0 {
+			return // worker 0 is being replaced; the others are forked from its replacement
+		}
 		s := m.slots[i]
 		if s.retiring || s.worker == nil || s.worker.state.gone() || s.worker.generation == r.to {
 			r.queue = r.queue[1:]
@@ -134,6 +190,9 @@ func (r *rollout) finish(m *Machine) {
 		if t := m.template; t != nil && r.kind == kindRefork {
 			m.reforkBase = t.requests // an automatic refork tries again after another quota, not at once
 		}
+		if r.prevCfg != nil {
+			m.cfg = *r.prevCfg
+		}
 	} else {
 		if r.kind == kindRefork {
 			m.reforks++
@@ -144,6 +203,13 @@ func (r *rollout) finish(m *Machine) {
 		}
 		m.log(slog.LevelInfo, fmt.Sprintf("%s done: %d workers on generation %d", r.kind, r.replaced, r.to),
 			slog.String("event", r.kind+"-done"), slog.Int("generation", r.to))
+		if r.kind == kindReload && r.workers != m.desired {
+			m.resize(r.workers)
+		}
+	}
+	if r.kind == kindReload {
+		m.lastStatus = m.statusLine()
+		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
 	}
 	for _, req := range r.waiters {
 		m.emit(Reply{Request: req, Err: r.failure})
@@ -154,6 +220,9 @@ func (r *rollout) finish(m *Machine) {
 func (r *rollout) abandon(m *Machine, err error) {
 	m.rollout = nil
 	m.generation = r.from
+	if r.prevCfg != nil {
+		m.cfg = *r.prevCfg
+	}
 	for _, req := range r.waiters {
 		m.emit(Reply{Request: req, Err: err})
 	}
@@ -175,6 +244,14 @@ func (m *Machine) promote(s *slot) {
 			r.active = slices.Delete(r.active, k, k+1)
 			delete(r.early, s.index)
 			r.replaced++
+		}
+		if r.zeroFirst && s.index == 0 {
+			// The new worker 0 is the template now (if it can fork): pause it, then fork the
+			// others from it.
+			r.zeroFirst = false
+			if m.template != nil {
+				r.pause = pauseWanted
+			}
 		}
 	}
 }

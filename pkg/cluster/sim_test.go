@@ -253,8 +253,16 @@ func (s *simulation) randomEvent() {
 			e.Delta = s.rng.IntN(5) - 2
 		}
 		s.step(e)
-	case r < 96:
+	case r < 93:
 		s.step(Refork{Request: s.newRequest()})
+	case r < 96:
+		e := Reload{Request: s.newRequest()}
+		if s.rng.IntN(3) == 0 {
+			cfg := s.m.cfg
+			cfg.Workers = 1 + s.rng.IntN(cfg.MaxWorkers)
+			e.Config = &cfg
+		}
+		s.step(e)
 	case r < 98:
 		s.step(Tick{})
 	default:
@@ -425,8 +433,13 @@ func (s *simulation) apply(a Action) {
 	s.trace = append(s.trace, fmt.Sprintf("    -> %T%+v", a, a))
 	switch a := a.(type) {
 	case SpawnWorker:
-		_, _, replacement := s.m.ownerSlot(s.m.workers[a.Worker])
-		if rec, ok := s.lastExit[a.Slot]; ok && a.Template == 0 && !replacement {
+		// Only a slot's own respawn waits out its backoff; a rollout's replacement does not (and
+		// may be detached again within the same step, if the rollout failed).
+		current := false
+		if w := s.m.workers[a.Worker]; w != nil {
+			_, current, _ = s.m.ownerSlot(w)
+		}
+		if rec, ok := s.lastExit[a.Slot]; ok && a.Template == 0 && current {
 			if earliest := rec.at.Add(s.expectedBackoff(rec.crashes)); s.now.Before(earliest) {
 				s.t.Fatalf("slot %d respawned at +%s, %d crashes in a row allow +%s at the earliest",
 					a.Slot, s.now.Sub(epoch), rec.crashes, earliest.Sub(epoch))
