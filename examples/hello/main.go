@@ -101,6 +101,7 @@ func run() int {
 		Handler:           countRequests(w, newMux(w)),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
+	drainer := worker.NewHTTPDrainer(server, listeners)
 	serveErrors := make(chan error, len(listeners))
 	for _, l := range listeners {
 		go func() { serveErrors <- server.Serve(l) }()
@@ -122,7 +123,7 @@ func run() int {
 	w.Stopping()
 	drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
-	if err := server.Shutdown(drainCtx); err != nil {
+	if err := drainer.Shutdown(drainCtx); err != nil {
 		server.Close()
 		logger.Printf("stopped (%v), %d requests served; drain cut short: %v", why, w.Requests(), err)
 		return 1

@@ -11,6 +11,7 @@
 //	GET /slow?ms=N   the same after N milliseconds
 //	GET /fds     the descriptors that were open when main started, e.g. "0 1 2 3"
 //	GET /env?k=K the value of environment variable K
+//	GET /version the contents of ./VERSION when the worker started, "none" without one
 package main
 
 import (
@@ -26,6 +27,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/forkd/forkd/sdk/go/worker"
 )
 
 // openAtStart is filled before anything else runs, so this program's own descriptors do not pose
@@ -76,6 +79,7 @@ func main() {
 	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
 
 	srv := &http.Server{Handler: handler()}
+	var listeners []net.Listener
 	for i := 0; i < n; i++ {
 		f := os.NewFile(uintptr(3+i), "listener")
 		l, err := net.FileListener(f)
@@ -84,7 +88,7 @@ func main() {
 			os.Exit(3)
 		}
 		f.Close()
-		go srv.Serve(l)
+		listeners = append(listeners, l)
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -94,7 +98,16 @@ func main() {
 		signal.Notify(sigs, syscall.SIGTERM)
 	}
 
+	// net/http's Shutdown drops a request read after it began; the SDK's drainer does not (the
+	// worker protocol itself is spoken here without the SDK).
+	drainer := worker.NewHTTPDrainer(srv, listeners)
 	time.Sleep(*bootDelay)
+	if *ready != "never" {
+		// A worker that never gets ready is a hung boot: it serves nothing.
+		for _, l := range listeners {
+			go srv.Serve(l)
+		}
+	}
 	switch *ready {
 	case "self":
 		notify("READY=1\nSTATUS=serving")
@@ -125,7 +138,7 @@ func main() {
 		// Drain: finish in-flight requests, then exit.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		srv.Shutdown(ctx)
+		drainer.Shutdown(ctx)
 		os.Exit(0)
 	case <-crash:
 		os.Exit(*exitCode)
@@ -144,6 +157,11 @@ func handler() http.Handler {
 		hello(w)
 	})
 	mux.HandleFunc("/fds", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, openAtStart) })
+	release := "none"
+	if b, err := os.ReadFile("VERSION"); err == nil {
+		release = strings.TrimSpace(string(b))
+	}
+	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, release) })
 	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, os.Getenv(r.URL.Query().Get("k")))
 	})

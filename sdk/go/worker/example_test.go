@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -42,6 +41,7 @@ func ExampleWorker() {
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
+	drainer := worker.NewHTTPDrainer(server, listeners)
 	serveErrors := make(chan error, len(listeners))
 	for _, l := range listeners {
 		go func() { serveErrors <- server.Serve(l) }()
@@ -58,11 +58,11 @@ func ExampleWorker() {
 		log.Printf("stopping: %v", err)
 	}
 	w.Stopping()
-	// Shutdown stops accepting at once and waits for the requests in flight. The master's shutdown
-	// timeout bounds it too, with SIGKILL.
+	// Stop accepting, answer every connection already accepted, wait for the requests in flight.
+	// The master's shutdown timeout bounds it too, with SIGKILL.
 	drainCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := server.Shutdown(drainCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := drainer.Shutdown(drainCtx); err != nil {
 		log.Printf("drain: %v", err)
 	}
 }

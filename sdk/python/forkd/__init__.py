@@ -1,0 +1,220 @@
+"""forkd's SDK for Python workers: the worker side of docs/protocol.md (version 1).
+
+forkd is a preforking process supervisor. Its master never loads the application; it runs N
+worker processes that accept directly on listening sockets the master shares with them. A worker
+gets, as a systemd service does:
+
+- its listening sockets at fds 3, 4, ... with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its own
+  PID), as sd_listen_fds(3) describes;
+- NOTIFY_SOCKET, the master's datagram socket, for READY=1, STATUS=, WATCHDOG=1, STOPPING=1 and
+  forkd's X_FORKD_REQUESTS= (sd_notify(3));
+- WATCHDOG_USEC and WATCHDOG_PID when a worker timeout is configured;
+- FORKD_PROTOCOL, FORKD_WORKER (its index, 0..n-1), FORKD_GENERATION, and in fork-worker mode
+  FORKD_CONTROL_FD, its control channel to the master.
+
+Not running under forkd is an answer, not an error, as in go-systemd: under plain systemd socket
+activation the listeners and notifications go to systemd; with no supervisor at all there are no
+listeners, worker_index() is -1 and every notification returns False, so the same program runs from
+a shell too.
+
+Two ways to use it
+------------------
+
+1. The runtime, which makes a worker able to be forkd's *template* in fork-worker mode (worker 0
+   loads the app once; every other worker is forked from it and shares its memory copy-on-write):
+
+   - ``python3 -m forkd.wsgi [--threads N] module:app`` serves a WSGI app (see forkd.wsgi);
+   - ``forkd.serve(handle_connection, threads=N)`` serves anything else that accepts connections.
+
+   The SDK then owns accept, the threads, quiescence, forking, heartbeats and graceful stop, and
+   says ``"fork": true`` in its hello.
+
+2. The plain helpers (listeners(), ready(), status(), stopping(), add_requests() ...), for a program
+   with its own server loop. Such a worker runs forkd's exec mode: the master execs every worker
+   (fork-worker mode falls back to it, as docs/protocol.md says for apps without an SDK).
+
+Protocol version: importing forkd with FORKD_PROTOCOL set to anything but "1" prints
+``forkd-python speaks protocol 1, this forkd master speaks N: upgrade the SDK`` and exits with
+status 1.
+
+Listeners
+---------
+
+``listeners()`` -> list of socket.socket
+    The passed listening sockets, in fd order (fd 3 first: the order of forkd's listen blocks or
+    of a .socket unit's Listen= lines). The first call makes the socket objects; every call returns
+    the same ones (they are made close-on-exec, so programs the worker starts do not inherit them).
+    Outcomes:
+
+    - the passed sockets;
+    - ``[]``: nothing was passed to this process (LISTEN_FDS unset, or LISTEN_PID is another
+      process: the variables were inherited from a worker this process is a child of);
+    - raises forkd.Error: LISTEN_FDS, LISTEN_PID or LISTEN_FDNAMES is malformed, or a passed
+      descriptor is not a listening stream socket (a UDP socket or FIFO from a .socket unit).
+
+    The blocking mode is left as it is: it belongs to the open file description that the master
+    and every worker share (docs/protocol.md section 1). Poll before accept(), and expect accept()
+    to raise BlockingIOError when another worker took the connection first. (forkd.serve, unlike
+    listeners(), switches the sockets it serves to non-blocking mode: see serve.)
+
+``listeners_by_name()`` -> dict of name -> list of socket.socket
+    listeners() grouped by LISTEN_FDNAMES (forkd's listen block labels, or FileDescriptorName=);
+    sockets passed without names are named "unknown". Outcomes as listeners(), ``{}`` for none.
+
+Notifications
+-------------
+
+Each returns True when sent, False when there is nobody to notify (NOTIFY_SOCKET unset), and
+raises OSError when it could not be sent (NOTIFY_SOCKET malformed: forkd.NotifyError; the master is
+gone: ConnectionRefusedError).
+
+``ready()``
+    READY=1: the worker serves. In fork-worker mode it first does the control channel's handshake
+    (hello with ``"fork": false``, then waits for welcome; exits with status 1 when the master
+    refuses the worker), as the protocol requires before READY=1. It starts the heartbeats. Do not
+    call it when using forkd.serve, which sends READY=1 itself.
+``status(text)``
+    STATUS=text, shown by ``forkctl status``; newlines become spaces.
+``stopping()``
+    STOPPING=1: the worker is stopping on its own.
+``notify(state)``
+    Any ``KEY=VALUE`` lines, as one datagram.
+``notify_barrier(timeout=5.0)``
+    sd_notify_barrier(3): returns True once forkd has processed every earlier notification of this
+    process (for a short-lived helper that notifies and exits at once); raises TimeoutError.
+
+Heartbeats and request counts
+-----------------------------
+
+``add_requests(n=1)``
+    Adds n to the count of requests this worker has served (cumulative, 0 in a new worker). A
+    daemon thread reports the total as X_FORKD_REQUESTS= with the next heartbeat, or on its own at
+    most once a second; worker 0's count drives forkd's ``refork_after``. Cheap: call it for
+    every request.
+``requests()``
+    The total so far.
+
+Heartbeats (WATCHDOG=1) go out every WATCHDOG_USEC/2 from the same daemon thread when WATCHDOG_USEC
+is set and WATCHDOG_PID is unset or this process. The thread starts with ready() (or serve, or the
+first add_requests) and keeps beating while the worker drains, so a long drain is not taken for a
+hang. Without NOTIFY_SOCKET nothing is sent.
+
+Where the worker stands
+-----------------------
+
+``worker_index()``
+    Its index (slot) 0..n-1, or -1 when not under forkd.
+``generation()``
+    The cluster generation it belongs to, or 0 when not under forkd.
+``is_template()``
+    True in worker 0 once the master has welcomed it as the template (it runs forkd.serve or the
+    WSGI runner in fork-worker mode); False anywhere else, including every forked worker.
+``master_gone()`` -> threading.Event
+    Set once the master is gone: end of file on the control channel (fork-worker mode), or the
+    parent, forkd's master, has exited (exec mode: watched with a pidfd, else by checking getppid()
+    once a second). Never set when not under forkd. forkd.serve stops gracefully when it is set;
+    a program with its own loop should do the same.
+
+Fork hooks
+----------
+
+``before_fork(fn)``, ``after_fork_parent(fn)``, ``after_fork_child(fn)``
+    pthread_atfork(3) semantics: prepare hooks run before a fork in reverse order of registration,
+    parent and child hooks after it in registration order. They sit on top of os.register_at_fork,
+    so they also run for forks that libraries make with os.fork(). For the SDK's own double fork,
+    prepare and parent hooks run once in the template, child hooks once in the new worker (after
+    the SDK has set its environment, closed the template's channel and reseeded random), and none
+    in the short-lived intermediate child. A prepare hook that raises makes that spawn fail (the
+    master then execs the worker); a child hook that raises makes the new worker exit with status 1.
+``before_refork(fn)``, ``after_refork(fn)``
+    In the template around a refork (the master's pause ... resume): before_refork once no request
+    is in flight, before the forks (a good place for ``gc.collect(); gc.freeze()``), after_refork
+    before serving again. Errors are logged.
+``after_worker_boot(fn)``
+    In each worker once it is one: in an exec'd worker (worker 0) after the master's welcome, in a
+    forked worker after its child hooks and welcome; always before READY=1. Only under the runtime
+    (forkd.serve or the WSGI runner). A hook that raises makes the worker exit with status 1.
+
+Each returns fn, so each works as a decorator: ``@forkd.after_fork_child``.
+
+The runtime
+-----------
+
+``serve(handle_connection, threads=5, listeners=None, max_connections=100)``
+    Serves listeners (default: listeners()) until the worker stops, then returns. Must run on the
+    main thread. For every accepted connection it calls ``handle_connection(sock, addr)`` in a
+    thread of its own; the SDK closes sock when it returns. At most ``threads`` connections are busy
+    with a request at once, at most ``max_connections`` are open; the worker accepts only while
+    both have room, so that a busy worker leaves connections to the others. It:
+
+    - in fork-worker mode, sends hello (``"fork": true`` in an exec'd worker), waits for welcome,
+      runs the after_worker_boot hooks, then sends READY=1 and starts heartbeats;
+    - on the master's ``spawn`` or ``pause``: stops accepting, waits until no request is in flight,
+      closes idle connections (see wait_for_request), then forks (double fork: the new worker is
+      re-parented to the master) or replies ``paused``; a spawn that arrives while a request is in
+      flight waits for it;
+    - on SIGTERM or SIGINT, or when the master is gone: STOPPING=1, stops accepting, finishes
+      in-flight requests, closes idle connections, returns. A second signal is absorbed.
+
+    It switches the listening sockets to non-blocking mode, for every worker since they share it
+    (docs/protocol.md section 1): every worker under the runtime wants that, since a worker that
+    polls a listener and then accepts must never block when another worker took the connection.
+
+    Raises forkd.Error when there are no listeners, and RuntimeError off the main thread. In the
+    new worker of a spawn, serve goes on serving as that worker (and returns when it stops): the
+    code after serve() runs in each worker that stops.
+
+``wait_for_request(sock, timeout=None)`` -> bool
+    For handle_connection, between two requests on a keep-alive connection (and before the first):
+    returns True once the next request starts to arrive (or the peer closed: reading then returns
+    b""), False when the connection should be closed: the worker is pausing, forking or stopping,
+    or timeout seconds passed. While it waits, the connection is idle: it holds no request slot and
+    does not delay a fork. A handler that never calls it is busy until it returns. Outside serve it
+    just polls sock.
+``draining()`` -> bool
+    True while the runtime is stopping or quiescing: a handler should close its connection after the
+    current response (the WSGI runner sends ``Connection: close``).
+"""
+
+from . import worker as _worker
+
+_worker.check_protocol()
+
+from .hooks import (  # noqa: E402
+    after_fork_child,
+    after_fork_parent,
+    after_refork,
+    after_worker_boot,
+    before_fork,
+    before_refork,
+)
+from .sdnotify import NotifyError, notify_barrier  # noqa: E402
+from .server import draining, serve, wait_for_request  # noqa: E402
+from .worker import (  # noqa: E402
+    SDK,
+    Error,
+    __version__,
+    add_requests,
+    generation,
+    is_template,
+    listeners,
+    listeners_by_name,
+    master_gone,
+    notify,
+    ready,
+    requests,
+    status,
+    stopping,
+    worker_index,
+)
+
+__all__ = [
+    "Error", "NotifyError", "SDK", "__version__",
+    "listeners", "listeners_by_name",
+    "ready", "status", "stopping", "notify", "notify_barrier",
+    "add_requests", "requests",
+    "worker_index", "generation", "is_template", "master_gone",
+    "before_fork", "after_fork_parent", "after_fork_child",
+    "before_refork", "after_refork", "after_worker_boot",
+    "serve", "wait_for_request", "draining",
+]

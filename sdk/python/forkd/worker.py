@@ -1,0 +1,581 @@
+"""This process's side of the forkd worker contract (docs/protocol.md): the environment it was
+started with, its listeners, its notifications, heartbeats and request count, the control
+channel's handshake, and whether the master is still there.
+
+The public functions are re-exported by the forkd package, whose docstring documents them.
+"""
+
+import os
+import random
+import select
+import socket
+import sys
+import threading
+import time
+
+from . import sdnotify as _notify
+from . import protocol
+
+__version__ = "0.1.0"
+
+#: What this SDK calls itself in ``hello``.
+SDK = "forkd-python/" + __version__
+
+LISTEN_FDS_START = 3
+UNKNOWN_NAME = "unknown"
+
+# How often the request count is reported when no heartbeat carries it.
+REQUESTS_INTERVAL = 1.0
+# How often the fallback without pidfds checks whether the master is gone.
+MASTER_POLL_INTERVAL = 1.0
+
+
+class Error(Exception):
+    """Something forkd or systemd set for this process is unusable: a malformed LISTEN_FDS,
+    LISTEN_FDNAMES, WATCHDOG_USEC, WATCHDOG_PID, FORKD_WORKER, FORKD_GENERATION or
+    FORKD_CONTROL_FD, or a passed descriptor that is not a listening stream socket. A real
+    supervisor never does that."""
+
+
+def log(msg):
+    """Write one line to stderr, which forkd sends to its log."""
+    try:
+        sys.stderr.write("forkd: %s\n" % msg)
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def die(msg, code=1):
+    """Log msg and exit at once with code, from any thread."""
+    log(msg)
+    os._exit(code)
+
+
+# --- protocol version ---------------------------------------------------------------------------
+
+def check_protocol():
+    """Exit with status 1 when FORKD_PROTOCOL names a version this SDK does not speak."""
+    theirs = os.environ.get("FORKD_PROTOCOL", "")
+    if theirs and theirs != str(protocol.VERSION):
+        msg = ("forkd-python speaks protocol %d, this forkd master speaks %s: upgrade the SDK"
+               % (protocol.VERSION, theirs))
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+# --- the environment ----------------------------------------------------------------------------
+
+def _int_env(name, unset):
+    text = os.environ.get(name, "")
+    if text == "":
+        return unset
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise Error("%s=%r is not an integer" % (name, text)) from None
+
+
+class _State:
+    """What the supervisor passed this process, read from the environment for one PID."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        listen_pid = os.environ.get("LISTEN_PID", "")
+        # LISTEN_PID names the worker the environment was made for. A process the worker started
+        # (or forked without the SDK) inherits the variables but is not that worker: it must not
+        # take the listeners, nor the control channel whose number it may have for another file.
+        self.mine = True
+        if listen_pid:
+            try:
+                self.mine = int(listen_pid) == self.pid
+            except ValueError:
+                raise Error("LISTEN_PID=%r is not an integer" % listen_pid) from None
+        self.index = _int_env("FORKD_WORKER", -1)
+        if self.index < -1:
+            raise Error("FORKD_WORKER=%d: want an index >= 0" % self.index)
+        self.generation = _int_env("FORKD_GENERATION", 0)
+        self.watchdog = self._watchdog()
+        self.master_pid = os.getppid() if self.index >= 0 else 0
+        self.control_fd = None
+        fd = _int_env("FORKD_CONTROL_FD", None)
+        if fd is not None and self.mine:
+            if fd < 0:
+                raise Error("FORKD_CONTROL_FD=%d is not a descriptor" % fd)
+            self.control_fd = fd
+        self.channel = None
+        self.channel_error = None
+        if self.control_fd is not None:
+            try:
+                self.channel = protocol.Channel.from_fd(self.control_fd)
+            except (OSError, ValueError) as e:
+                self.channel_error = Error("FORKD_CONTROL_FD=%d: %s" % (self.control_fd, e))
+        self.hello_sent = False
+        self.welcomed = False
+        self.template = False
+        self.listeners = None  # made by listeners() on first use
+        self.names = None
+
+    def _watchdog(self):
+        # sd_watchdog_enabled(3): WATCHDOG_USEC applies when WATCHDOG_PID is unset or is us.
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        if not usec:
+            return 0.0
+        try:
+            n = int(usec, 10)
+        except ValueError:
+            raise Error("WATCHDOG_USEC=%r is not an integer" % usec) from None
+        if n <= 0:
+            raise Error("WATCHDOG_USEC must be a positive number of microseconds")
+        pid = _int_env("WATCHDOG_PID", None)
+        if pid is not None and pid != self.pid:
+            return 0.0
+        return n / 1e6
+
+
+_lock = threading.RLock()
+_state = None
+
+
+def state():
+    """The _State of this process, read once per PID (a forked child reads it anew)."""
+    global _state
+    with _lock:
+        if _state is None or _state.pid != os.getpid():
+            _state = _State()
+        return _state
+
+
+# --- listeners ----------------------------------------------------------------------------------
+
+def _take_listeners(st):
+    count_text = os.environ.get("LISTEN_FDS", "")
+    if not count_text or not os.environ.get("LISTEN_PID") or not st.mine:
+        return [], []
+    try:
+        count = int(count_text, 10)
+    except ValueError:
+        raise Error("LISTEN_FDS=%r is not an integer" % count_text) from None
+    if count < 0:
+        raise Error("LISTEN_FDS=%d: want a count >= 0" % count)
+    names_text = os.environ.get("LISTEN_FDNAMES", "")
+    if names_text:
+        names = names_text.split(":")
+        if len(names) != count:
+            raise Error("LISTEN_FDNAMES=%r names %d sockets, LISTEN_FDS=%d"
+                        % (names_text, len(names), count))
+    else:
+        names = [UNKNOWN_NAME] * count
+    socks = []
+    for i in range(count):
+        fd = LISTEN_FDS_START + i
+        try:
+            # socket(fileno=) leaves O_NONBLOCK as it is: the flag lives in the open file
+            # description that every worker shares.
+            s = socket.socket(fileno=fd)
+        except OSError as e:
+            for made in socks:
+                made.detach()
+            raise Error("passed fd %d (%s) is not a socket: %s" % (fd, names[i], e)) from None
+        socks.append(s)
+        listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if s.type != socket.SOCK_STREAM or not listening:
+            for made in socks:
+                made.detach()
+            raise Error("passed fd %d (%s) is not a listening stream socket" % (fd, names[i]))
+    for s in socks:
+        # Close-on-exec is per descriptor, not shared: programs the worker runs do not get them.
+        s.set_inheritable(False)
+    return socks, names
+
+
+def listeners():
+    """See the forkd package docstring."""
+    st = state()
+    with _lock:
+        if st.listeners is None:
+            st.listeners, st.names = _take_listeners(st)
+        return list(st.listeners)
+
+
+def listeners_by_name():
+    """See the forkd package docstring."""
+    socks = listeners()
+    st = state()
+    byname = {}
+    for s, name in zip(socks, st.names):
+        byname.setdefault(name, []).append(s)
+    return byname
+
+
+def worker_index():
+    return state().index
+
+
+def generation():
+    return state().generation
+
+
+def is_template():
+    return state().template
+
+
+# --- request count and heartbeats ---------------------------------------------------------------
+
+_requests_lock = threading.Lock()
+_requests = 0
+
+
+def add_requests(n=1):
+    global _requests
+    with _requests_lock:
+        _requests += n
+    if _requests_started is False:
+        _start_reporter_lazily()
+
+
+def requests():
+    return _requests
+
+
+class _Reporter:
+    """A daemon thread: WATCHDOG=1 every half WATCHDOG_USEC, X_FORKD_REQUESTS when it changed."""
+
+    def __init__(self):
+        self.thread = None
+        self.stop_ev = threading.Event()
+        self.reported = 0
+
+    def running(self):
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self):
+        st = state()
+        if self.running() or _notify.notify_address() is None:
+            return
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, args=(st.watchdog, self.stop_ev), name="forkd-heartbeat", daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        t, self.thread = self.thread, None
+        self.stop_ev.set()
+        if t is not None and t is not threading.current_thread():
+            t.join(5)
+
+    def _send(self, state_text):
+        total = _requests
+        if total != self.reported:
+            state_text = (state_text + "\n" if state_text else "") + "X_FORKD_REQUESTS=%d" % total
+        if not state_text:
+            return
+        try:
+            if _notify.notify(state_text):
+                self.reported = total
+        except OSError:
+            # The master judges a worker by the heartbeats that arrive; a master that is gone is
+            # master_gone()'s business.
+            pass
+
+    def _run(self, watchdog, stop_ev):
+        now = time.monotonic()
+        inf = float("inf")
+        hb_every = watchdog / 2 if watchdog else inf
+        next_hb = now + hb_every
+        count_every = REQUESTS_INTERVAL if (not watchdog or hb_every > REQUESTS_INTERVAL) else inf
+        next_count = now + count_every
+        while True:
+            wait = min(next_hb, next_count) - time.monotonic()
+            if stop_ev.wait(max(wait, 0)):
+                return
+            now = time.monotonic()
+            if now >= next_hb:
+                self._send("WATCHDOG=1")
+                next_hb = max(next_hb + hb_every, now)
+            elif now >= next_count:
+                self._send("")
+            if now >= next_count:
+                next_count = now + count_every
+
+
+reporter = _Reporter()
+_requests_started = False
+
+
+def _start_reporter_lazily():
+    global _requests_started
+    _requests_started = True
+    reporter.start()
+
+
+# --- notifications ------------------------------------------------------------------------------
+
+def notify(state_text):
+    """See the forkd package docstring."""
+    return _notify.notify(state_text)
+
+
+def ready():
+    """See the forkd package docstring."""
+    st = state()
+    if st.channel is not None or st.channel_error is not None:
+        ensure_welcome(fork=False)
+    sent = _notify.notify("READY=1")
+    _start_reporter_lazily()
+    return sent
+
+
+def status(text):
+    return _notify.notify("STATUS=" + str(text).replace("\n", " "))
+
+
+def stopping():
+    return _notify.notify("STOPPING=1")
+
+
+# --- the control channel: hello / welcome -------------------------------------------------------
+
+def _reply_error(ch, seq, reason):
+    try:
+        ch.send({"op": "error", "seq": seq, "error": reason})
+    except (OSError, ValueError):
+        pass
+
+
+def handshake(fork, interrupt_fd=None, interrupted=None):
+    """Send hello on this worker's channel and wait for welcome.
+
+    Returns True once welcomed; False when interrupt_fd became readable and interrupted() says to
+    give up (a stop signal while waiting). Exits with status 1 on refuse, or when the master closes
+    the channel first.
+    """
+    st = state()
+    if st.channel_error is not None:
+        raise st.channel_error
+    ch = st.channel
+    if ch is None or st.welcomed:
+        return True
+    with _lock:
+        if not st.hello_sent:
+            st.hello_sent = True
+            try:
+                ch.send({"op": "hello", "pid": os.getpid(), "fork": bool(fork), "sdk": SDK})
+            except OSError as e:
+                die("cannot send hello to the forkd master: %s" % e)
+    while True:
+        if interrupt_fd is not None:
+            r, _, _ = _select([ch.fileno(), interrupt_fd])
+            if interrupt_fd in r and interrupted is not None and interrupted():
+                return False
+            if ch.fileno() not in r:
+                continue
+        try:
+            msg, fds = ch.recv()
+        except OSError as e:
+            die("control channel: %s" % e)
+        for fd in fds:
+            os.close(fd)
+        if msg is None:
+            die("the forkd master closed the control channel before welcoming this worker")
+        if isinstance(msg, protocol.Invalid):
+            if msg.seq is not None:
+                _reply_error(ch, msg.seq, msg.reason)
+            continue
+        op = msg["op"]
+        if op == "welcome":
+            with _lock:
+                w, g = msg.get("worker"), msg.get("generation")
+                if isinstance(w, int) and not isinstance(w, bool) and w >= 0:
+                    st.index = w
+                if isinstance(g, int) and not isinstance(g, bool):
+                    st.generation = g
+                st.welcomed = True
+                st.template = bool(fork) and st.index == 0
+            return True
+        if op == "refuse":
+            die("the forkd master refused this worker: %s" % msg.get("error", "(no reason given)"))
+        if msg.get("seq") is not None:
+            _reply_error(ch, msg["seq"], "%s before welcome" % op)
+
+
+def _select(fds):
+    while True:
+        try:
+            return select.select(fds, [], [])
+        except InterruptedError:
+            continue
+
+
+def ensure_welcome(fork=False):
+    """The plain API's handshake (no forkd.serve): hello, welcome, then a reader thread that answers
+    requests with error and notices end of file."""
+    st = state()
+    if st.channel_error is not None:
+        raise st.channel_error
+    if st.channel is None:
+        return
+    with _lock:
+        if st.welcomed:
+            return
+        handshake(fork)
+        t = threading.Thread(target=_plain_reader, args=(st,), name="forkd-control", daemon=True)
+        t.start()
+
+
+def _plain_reader(st):
+    ch = st.channel
+    while True:
+        try:
+            msg, fds = ch.recv()
+        except OSError:
+            msg, fds = None, []
+        for fd in fds:
+            os.close(fd)
+        if msg is None:
+            _set_master_gone()
+            return
+        if isinstance(msg, protocol.Invalid):
+            if msg.seq is not None:
+                _reply_error(ch, msg.seq, msg.reason)
+            continue
+        seq = msg.get("seq")
+        if seq is None:
+            continue
+        if msg["op"] == "spawn":
+            try:
+                ch.send({"op": "spawn_failed", "seq": seq,
+                         "error": "this worker does not fork (it runs without forkd.serve)"})
+            except (OSError, ValueError):
+                pass
+        else:
+            _reply_error(ch, seq, "unexpected op %r" % msg["op"])
+
+
+# --- the master ---------------------------------------------------------------------------------
+
+_master_gone = threading.Event()
+_master_gone_callbacks = []
+_master_watch_started = False
+
+
+def _set_master_gone():
+    _master_gone.set()
+    for cb in list(_master_gone_callbacks):
+        try:
+            cb()
+        except Exception:
+            pass
+
+
+def master_gone():
+    """See the forkd package docstring."""
+    global _master_watch_started
+    st = state()
+    with _lock:
+        if not _master_watch_started and st.index >= 0 and st.channel is None:
+            _master_watch_started = True
+            threading.Thread(target=_watch_master, args=(st.master_pid,),
+                             name="forkd-master", daemon=True).start()
+    return _master_gone
+
+
+def open_master_pidfd(master_pid):
+    """A pidfd for the master, or None (no pidfd support); sets master_gone when already gone."""
+    if os.getppid() != master_pid:
+        _set_master_gone()
+        return None
+    try:
+        fd = os.pidfd_open(master_pid)
+    except (AttributeError, OSError):
+        return None
+    # The master may have exited, and its PID been reused, between getppid and pidfd_open; while
+    # it is still our parent, the pidfd is the master's.
+    if os.getppid() != master_pid:
+        os.close(fd)
+        _set_master_gone()
+        return None
+    os.set_inheritable(fd, False)
+    return fd
+
+
+def _watch_master(master_pid):
+    fd = open_master_pidfd(master_pid)
+    if _master_gone.is_set():
+        return
+    if fd is not None:
+        try:
+            _select([fd])
+        finally:
+            os.close(fd)
+        _set_master_gone()
+        return
+    while os.getppid() == master_pid:
+        time.sleep(MASTER_POLL_INTERVAL)
+    _set_master_gone()
+
+
+# --- after the SDK's fork, in the new worker ----------------------------------------------------
+
+def become_forked_worker(index, gen, channel_fd):
+    """Make this process (the SDK's grandchild) worker index of generation gen, whose channel is
+    channel_fd: the environment, this module's state, the random generator and the request count.
+    The caller has closed the template's channel."""
+    global _state, _requests, _requests_lock, _master_gone, _master_watch_started, reporter
+    global _requests_started
+    pid = str(os.getpid())
+    old = _state
+    if old is not None and old.channel is not None:
+        old.channel.close()
+    os.environ["LISTEN_PID"] = pid
+    if "WATCHDOG_PID" in os.environ:
+        os.environ["WATCHDOG_PID"] = pid
+    os.environ["FORKD_WORKER"] = str(index)
+    os.environ["FORKD_GENERATION"] = str(gen)
+    os.environ["FORKD_CONTROL_FD"] = str(channel_fd)
+    _requests_lock = threading.Lock()
+    _requests = 0
+    _requests_started = False
+    _master_gone = threading.Event()
+    _master_watch_started = False
+    reporter = _Reporter()
+    st = _State()
+    if old is not None:
+        st.master_pid = old.master_pid
+    if old is not None and old.listeners is not None:
+        # The same descriptors, now this worker's: LISTEN_PID says so.
+        st.listeners, st.names = old.listeners, old.names
+    _state = st
+    random.seed()
+
+
+def _after_fork_in_child():
+    # Any fork (the SDK's or a library's): locks another thread may have held are new, and the
+    # threads of this module are gone.
+    global _requests_lock, _lock, reporter, _requests_started
+    _requests_lock = threading.Lock()
+    _lock = threading.RLock()
+    reporter = _Reporter()
+    _requests_started = False
+    # The parent's control channel is the parent's: a copy held here would keep it open after the
+    # parent is gone. (The SDK's new worker gets its own channel with the spawn.)
+    st = _state
+    if st is not None and st.channel is not None:
+        try:
+            st.channel.close()
+        except OSError:
+            pass
+
+
+def _before_fork():
+    _requests_lock.acquire()
+
+
+def _after_fork_in_parent():
+    _requests_lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+

@@ -1,0 +1,81 @@
+"""The tests' WSGI app: records every forkd hook it sees into $HOOK_LOG, one line per event:
+"PID EVENT JSON"."""
+
+import json
+import os
+import time
+import urllib.parse
+
+import forkd
+
+LOG = os.environ.get("HOOK_LOG", os.devnull)
+
+
+def record(event, **data):
+    with open(LOG, "a") as f:
+        f.write("%d %s %s\n" % (os.getpid(), event, json.dumps(data)))
+
+
+forkd.before_fork(lambda: record("prepare1"))
+forkd.before_fork(lambda: record("prepare2"))
+
+
+@forkd.after_fork_parent
+def parent1():
+    record("parent1")
+
+
+forkd.after_fork_parent(lambda: record("parent2"))
+
+
+@forkd.after_fork_child
+def child1():
+    record("child1", listen_pid=os.environ.get("LISTEN_PID"))
+
+
+forkd.after_fork_child(lambda: record("child2"))
+
+
+@forkd.before_refork
+def before_refork():
+    record("before_refork")
+
+
+@forkd.after_refork
+def after_refork():
+    record("after_refork")
+
+
+@forkd.after_worker_boot
+def boot():
+    record("boot", env={k: os.environ.get(k) for k in (
+        "LISTEN_PID", "FORKD_WORKER", "FORKD_GENERATION", "FORKD_CONTROL_FD", "WATCHDOG_PID")},
+        template=forkd.is_template(), index=forkd.worker_index(), generation=forkd.generation(),
+        listeners=len(forkd.listeners()))
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    query = urllib.parse.parse_qs(environ["QUERY_STRING"])
+    if path == "/slow":
+        time.sleep(int(query.get("ms", ["500"])[0]) / 1000)
+    elif path == "/fork":
+        # A fork made by library code, not by the SDK.
+        pid = os.fork()
+        if pid == 0:
+            record("library-child")
+            os._exit(0)
+        os.waitpid(pid, 0)
+    elif path == "/echo":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [body]
+    elif path == "/error":
+        raise RuntimeError("the app failed on purpose")
+    elif path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (b"part%d\n" % i for i in range(3))
+    text = "pid=%d worker=%d generation=%d path=%s\n" % (
+        os.getpid(), forkd.worker_index(), forkd.generation(), path)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [text.encode()]

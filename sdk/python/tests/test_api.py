@@ -1,0 +1,117 @@
+"""The plain API in real processes: listeners, the environment, hooks around os.fork()."""
+
+import json
+import os
+import unittest
+
+from .helpers import MasterTestCase, waitpid_timeout
+
+
+class PlainAPITest(MasterTestCase):
+    def run_script(self, script, env=None, control=False):
+        m = self.master()
+        w = m.start(["-c", script], control=control, env=env)
+        status = waitpid_timeout(w.pid)
+        log = w.read_log()
+        self.assertTrue(os.WIFEXITED(status), log)
+        lines = [ln for ln in log.splitlines() if ln.startswith("{")]
+        return os.WEXITSTATUS(status), (json.loads(lines[-1]) if lines else None), log
+
+    def test_listeners_and_environment(self):
+        code, out, log = self.run_script(
+            "import fcntl, json, os, forkd\n"
+            "before = fcntl.fcntl(3, fcntl.F_GETFL) & os.O_NONBLOCK\n"
+            "ls = forkd.listeners()\n"
+            "after = fcntl.fcntl(3, fcntl.F_GETFL) & os.O_NONBLOCK\n"
+            "print(json.dumps({'n': len(ls), 'fd': ls[0].fileno(), 'same': forkd.listeners()[0] is ls[0],\n"
+            "  'names': sorted(forkd.listeners_by_name()), 'nonblock': [before, after],\n"
+            "  'inheritable': os.get_inheritable(3), 'index': forkd.worker_index(),\n"
+            "  'gen': forkd.generation(), 'template': forkd.is_template(),\n"
+            "  'gone': forkd.master_gone().is_set()}))\n",
+            env={"FORKD_WORKER": "2", "FORKD_GENERATION": "7"})
+        self.assertEqual(code, 0, log)
+        self.assertEqual(out, {"n": 1, "fd": 3, "same": True, "names": ["http"], "nonblock": [0, 0],
+                               "inheritable": False, "index": 2, "gen": 7, "template": False,
+                               "gone": False})
+
+    def test_listen_pid_of_another_process(self):
+        code, out, log = self.run_script(
+            "import json, os\n"
+            "os.environ['LISTEN_PID'] = '1'\n"
+            "import forkd\n"
+            "print(json.dumps({'n': len(forkd.listeners()), 'byname': forkd.listeners_by_name()}))\n",
+            control=True)
+        self.assertEqual(code, 0, log)
+        self.assertEqual(out, {"n": 0, "byname": {}})
+
+    def test_not_under_forkd(self):
+        code, out, log = self.run_script(
+            "import json, os\n"
+            "for k in list(os.environ):\n"
+            "    if k.startswith(('LISTEN_', 'NOTIFY_', 'FORKD_', 'WATCHDOG_')): del os.environ[k]\n"
+            "import forkd\n"
+            "print(json.dumps({'ls': len(forkd.listeners()), 'index': forkd.worker_index(),\n"
+            "  'gen': forkd.generation(), 'ready': forkd.ready(), 'status': forkd.status('x'),\n"
+            "  'stopping': forkd.stopping(), 'barrier': forkd.notify_barrier(),\n"
+            "  'gone': forkd.master_gone().is_set()}))\n")
+        self.assertEqual(code, 0, log)
+        self.assertEqual(out, {"ls": 0, "index": -1, "gen": 0, "ready": False, "status": False,
+                               "stopping": False, "barrier": False, "gone": False})
+
+    def test_malformed_environment(self):
+        for env in ({"LISTEN_FDNAMES": "a:b"}, {"LISTEN_FDS": "2"}, {"LISTEN_FDS": "x"},
+                    {"FORKD_WORKER": "-5"}, {"WATCHDOG_USEC": "0"}):
+            with self.subTest(env=env):
+                code, out, log = self.run_script(
+                    "import json, forkd\n"
+                    "try:\n"
+                    "    forkd.listeners(); forkd.worker_index()\n"
+                    "    print(json.dumps({'error': None}))\n"
+                    "except forkd.Error as e:\n"
+                    "    print(json.dumps({'error': str(e)}))\n", env=env)
+                self.assertEqual(code, 0, log)
+                self.assertTrue(out["error"], out)
+
+    def test_fork_hooks_around_os_fork(self):
+        code, out, log = self.run_script(
+            "import json, os, sys, forkd\n"
+            "from forkd import hooks\n"
+            "r, w = os.pipe()\n"
+            "def rec(s):\n"
+            "    os.write(w, ('%d:%s\\n' % (os.getpid(), s)).encode())\n"
+            "forkd.before_fork(lambda: rec('prepare-a'))\n"
+            "@forkd.before_fork\n"
+            "def b(): rec('prepare-b')\n"
+            "assert callable(b) and b.__name__ == 'b'\n"
+            "forkd.after_fork_parent(lambda: rec('parent-a'))\n"
+            "forkd.after_fork_parent(lambda: rec('parent-b'))\n"
+            "forkd.after_fork_child(lambda: rec('child-a'))\n"
+            "forkd.after_fork_child(lambda: rec('child-b'))\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "with hooks.sdk_forking():\n"
+            "    pid2 = os.fork()\n"
+            "    if pid2 == 0:\n"
+            "        os._exit(0)\n"
+            "os.waitpid(pid2, 0)\n"
+            "os.close(w)\n"
+            "data = b''\n"
+            "while True:\n"
+            "    c = os.read(r, 4096)\n"
+            "    if not c: break\n"
+            "    data += c\n"
+            "events = [l.split(':') for l in data.decode().split()]\n"
+            "print(json.dumps({'me': os.getpid(), 'child': pid, 'events': events}))\n")
+        self.assertEqual(code, 0, log)
+        me, child = str(out["me"]), str(out["child"])
+        mine = [e for p, e in out["events"] if p == me]
+        theirs = [e for p, e in out["events"] if p == child]
+        self.assertEqual(mine, ["prepare-b", "prepare-a", "parent-a", "parent-b"])
+        self.assertEqual(theirs, ["child-a", "child-b"])
+        self.assertEqual(len(out["events"]), 6)  # nothing around the SDK-flagged fork
+
+
+if __name__ == "__main__":
+    unittest.main()

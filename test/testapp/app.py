@@ -1,0 +1,58 @@
+"""The WSGI app the fork-worker integration tests run under forkd, through the Python SDK.
+
+GET /        "worker=<FORKD_WORKER> pid=<pid> generation=<FORKD_GENERATION> token=<token>"
+GET /slow?ms=N   the same after N milliseconds
+GET /token   the token made when the app was imported: forked workers share worker 0's
+
+Environment knobs:
+  TESTAPP_ALLOC_MB      allocate (and touch) this many MiB at import, to measure sharing
+  TESTAPP_HANG_FORK     seconds the template's before-fork hook sleeps, to make forks time out
+  TESTAPP_HOOK_LOG      a file each process appends its hook calls to
+"""
+import os
+import time
+import urllib.parse
+import uuid
+
+import forkd
+
+TOKEN = uuid.uuid4().hex
+BALLAST = bytearray(int(os.environ.get("TESTAPP_ALLOC_MB", "0")) * 1024 * 1024)
+for i in range(0, len(BALLAST), 4096):
+    BALLAST[i] = 1  # touch every page, so it is resident and then shared copy-on-write
+
+HANG = float(os.environ.get("TESTAPP_HANG_FORK", "0"))
+HOOK_LOG = os.environ.get("TESTAPP_HOOK_LOG")
+
+
+def record(what):
+    if HOOK_LOG:
+        with open(HOOK_LOG, "a") as f:
+            f.write(f"{os.getpid()} {what}\n")
+
+
+@forkd.before_fork
+def _before_fork():
+    record("before_fork")
+    if HANG:
+        time.sleep(HANG)
+
+
+@forkd.after_fork_child
+def _after_fork_child():
+    record("after_fork_child")
+
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    if path == "/slow":
+        time.sleep(int(query.get("ms", ["0"])[0]) / 1000)
+    if path == "/token":
+        body = TOKEN + "\n"
+    else:
+        body = "worker=%s pid=%d generation=%s token=%s\n" % (
+            os.environ.get("FORKD_WORKER"), os.getpid(), os.environ.get("FORKD_GENERATION"), TOKEN)
+    data = body.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
