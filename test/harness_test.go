@@ -102,6 +102,8 @@ type options struct {
 	// LISTEN_PID set to forkd's own PID.
 	activation bool
 	fdNames    string
+	// forkdPath runs another forkd binary than the one TestMain built.
+	forkdPath string
 }
 
 // worker returns the HCL command line running testworker with flags.
@@ -136,6 +138,9 @@ func startForkd(t *testing.T, o options) *forkd {
 	}
 	args := append([]string{"--config", path}, o.args...)
 	forkdPath := filepath.Join(bin, "forkd")
+	if o.forkdPath != "" {
+		forkdPath = o.forkdPath
+	}
 	var cmd *exec.Cmd
 	if o.activation {
 		// LISTEN_PID must be forkd's own PID, known only after fork: a shell sets it and execs

@@ -13,6 +13,7 @@ import (
 	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/config"
 	"github.com/forkd/forkd/pkg/control"
+	"github.com/forkd/forkd/pkg/restart"
 )
 
 // backend serves the control API from the driver, adding what only the master knows.
@@ -113,7 +114,11 @@ func (b *backend) Reload(ctx context.Context, req control.ReloadRequest) (contro
 }
 
 func (b *backend) Restart(ctx context.Context, req control.RestartRequest) (control.RestartResponse, error) {
-	return control.RestartResponse{}, &control.Error{Code: http.StatusNotImplemented, Message: "hot restart is not implemented yet"}
+	if err := b.driver.Restart(ctx, req.Wait); err != nil {
+		return control.RestartResponse{}, controlError(err)
+	}
+	st, err := b.driver.Status(ctx)
+	return control.RestartResponse{Generation: st.Generation}, err
 }
 
 // controlError gives the cluster's errors their API status codes.
@@ -127,6 +132,8 @@ func controlError(err error) error {
 		return &control.Error{Code: http.StatusBadRequest, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
 	case errors.Is(err, cluster.ErrBusy), errors.Is(err, cluster.ErrNotReady):
 		return &control.Error{Code: http.StatusConflict, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
+	case errors.Is(err, restart.ErrIncompatible):
+		return &control.Error{Code: http.StatusConflict, Message: strings.TrimPrefix(err.Error(), "restart: ")}
 	case errors.Is(err, cluster.ErrBadConfig):
 		return &control.Error{Code: http.StatusUnprocessableEntity, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
 	case errors.Is(err, cluster.ErrRolloutFailed):

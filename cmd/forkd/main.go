@@ -17,6 +17,7 @@ import (
 	"github.com/forkd/forkd/internal/version"
 	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/config"
+	"github.com/forkd/forkd/pkg/restart"
 )
 
 func main() {
@@ -24,6 +25,11 @@ func main() {
 	// and execs the app in place. Nothing else may run first.
 	if len(os.Args) > 1 && os.Args[1] == activation.ShimArg {
 		activation.RunShim(os.Args[2:])
+	}
+	// The master about to hot-restart into this binary asks which handover it reads.
+	if len(os.Args) > 1 && os.Args[1] == restart.HandoverVersionArg {
+		fmt.Println(restart.Version)
+		os.Exit(0)
 	}
 	os.Exit(execute(os.Args[1:]))
 }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -21,14 +23,42 @@ import (
 	"github.com/forkd/forkd/pkg/control"
 	"github.com/forkd/forkd/pkg/logging"
 	"github.com/forkd/forkd/pkg/notify"
+	"github.com/forkd/forkd/pkg/restart"
 )
+
+// handoverExtra is what the master, outside the driver, hands its new image in a hot restart.
+type handoverExtra struct {
+	// Config is the config in effect, which the new image keeps if the file no longer loads.
+	Config    *config.Config
+	ControlFD int
+	StartedAt time.Time
+	Activated bool
+}
 
 // run is the master: it returns an *exitError for every way it ends.
 func run(flags config.Flags) error {
 	if err := disableAsyncPreemption(); err != nil {
 		return &exitError{1, err}
 	}
+	// After a hot restart, the previous image of this process handed over the cluster.
+	var adopt *cluster.Handover
+	var extra handoverExtra
+	var h cluster.Handover
+	if handed, err := restart.Receive(&h); err != nil {
+		return &exitError{1, fmt.Errorf("hot restart: %w", err)}
+	} else if handed {
+		if err := json.Unmarshal(h.Extra, &extra); err != nil || extra.Config == nil {
+			return &exitError{1, fmt.Errorf("hot restart: the handover lacks the master's part: %v", err)}
+		}
+		adopt = &h
+	}
 	cfg, err := config.Load(flags)
+	if err != nil && adopt != nil {
+		// Keep serving with the config in effect; the phased restart that follows reports the
+		// problem again.
+		fmt.Fprintf(os.Stderr, "forkd: hot restart: the config no longer loads, keeping the one in effect: %v\n", err)
+		cfg, err = extra.Config, nil
+	}
 	if err != nil {
 		var diags *config.DiagnosticsError
 		if errors.As(err, &diags) {
@@ -45,7 +75,7 @@ func run(flags config.Flags) error {
 	if err != nil {
 		return &exitError{config.ExitConfig, err}
 	}
-	code, err := supervise(cfg, flags, logger)
+	code, err := supervise(cfg, flags, logger, adopt, extra)
 	if err != nil {
 		logger.Error(err.Error(), "event", "master-failed")
 		return &exitError{1, err}
@@ -53,28 +83,52 @@ func run(flags config.Flags) error {
 	return &exitError{code: code}
 }
 
-func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger) (int, error) {
-	startedAt := time.Now()
-	listeners, activated, err := activation.Open(cfg.Listeners)
-	if err != nil {
-		return 1, err
+func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, adopt *cluster.Handover, extra handoverExtra) (int, error) {
+	// Whatever started forkd may have leaked descriptors without close-on-exec; none of them may
+	// reach a worker. The listeners are passed explicitly, by position. (After a hot restart, this
+	// also closes the handed-over descriptors on the next exec again.)
+	closeOnExecFrom(3)
+	startedAt, activated := time.Now(), false
+	var listeners []activation.Listener
+	var notifySock *notify.Socket
+	var ctl net.Listener
+	var err error
+	if adopt != nil {
+		startedAt, activated, listeners = extra.StartedAt, extra.Activated, adopt.Listeners
+		if notifySock, err = notify.FromFD(adopt.NotifyFD, adopt.NotifyAddr); err != nil {
+			return 1, err
+		}
+		if ctl, err = net.FileListener(os.NewFile(uintptr(extra.ControlFD), "control")); err != nil {
+			return 1, fmt.Errorf("hot restart: control socket: %w", err)
+		}
+		unix.Close(extra.ControlFD) // FileListener made its own
+	} else {
+		if listeners, activated, err = activation.Open(cfg.Listeners); err != nil {
+			return 1, err
+		}
+		if notifySock, err = notify.Listen(notify.NewAbstractAddr()); err != nil {
+			return 1, err
+		}
+		if ctl, err = control.Listen(cfg.Control.Socket); err != nil {
+			return 1, err
+		}
 	}
 	defer activation.CloseAll(listeners)
-	// Whatever started forkd may have leaked descriptors without close-on-exec; none of them may
-	// reach a worker. The listeners are passed explicitly, by position.
-	closeOnExecFrom(3)
-
-	notifySock, err := notify.Listen(notify.NewAbstractAddr())
-	if err != nil {
-		return 1, err
-	}
 	defer notifySock.Close()
-
-	ctl, err := control.Listen(cfg.Control.Socket)
+	defer os.Remove(cfg.Control.Socket)
+	ctlFD, err := listenerFD(ctl)
 	if err != nil {
 		return 1, err
 	}
-	defer os.Remove(cfg.Control.Socket)
+	self, err := os.Executable()
+	if err != nil {
+		logger.Warn("hot restart unavailable: cannot find forkd's own binary: "+err.Error(), "event", "restart-unavailable")
+		self = ""
+	}
+	var preflight []string
+	if cfg.File != "" {
+		preflight = []string{"check", cfg.File}
+	}
 
 	var systemd func(string) error
 	if os.Getenv("NOTIFY_SOCKET") != "" {
@@ -93,11 +147,19 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger) (int
 		Reconfigure: func() (cluster.Generation, error) {
 			return reconfigure(cfg, flags)
 		},
-		Listeners: listeners,
-		Notify:    notifySock,
-		Systemd:   systemd,
-		Watchdog:  watchdog,
-		Logger:    logger,
+		Listeners:      listeners,
+		Notify:         notifySock,
+		Systemd:        systemd,
+		Watchdog:       watchdog,
+		Logger:         logger,
+		Name:           cfg.Name,
+		Self:           self,
+		Argv:           os.Args,
+		PreflightCheck: preflight,
+		HandoverExtra: func() (any, []int) {
+			return handoverExtra{Config: cfg, ControlFD: ctlFD, StartedAt: startedAt, Activated: activated}, []int{ctlFD}
+		},
+		Adopt: adopt,
 	})
 	if err != nil {
 		return 1, err
@@ -107,8 +169,11 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger) (int
 	for _, l := range listeners {
 		addrs = append(addrs, l.String())
 	}
-	logger.Info(fmt.Sprintf("%s starting %d workers of %q", version.String(), cfg.Workers, strings.Join(cfg.Command, " ")),
-		"event", "master-starting", "pid", os.Getpid(), "listeners", strings.Join(addrs, ", "),
+	what := fmt.Sprintf("%s starting %d workers of %q", version.String(), cfg.Workers, strings.Join(cfg.Command, " "))
+	if adopt != nil {
+		what = fmt.Sprintf("%s taking over %s after a hot restart", version.String(), plural(len(adopt.Procs), "worker"))
+	}
+	logger.Info(what, "event", "master-starting", "pid", os.Getpid(), "listeners", strings.Join(addrs, ", "),
 		"socket_activated", activated, "control_socket", cfg.Control.Socket)
 
 	srv := control.NewServer(&backend{
@@ -145,7 +210,10 @@ func generation(cfg *config.Config) cluster.Generation {
 		machine.ForkTimeout = fw.Timeout
 		machine.ReforkAfter = fw.ReforkAfter
 	}
-	return cluster.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env}
+	h := cfg.Hooks
+	return cluster.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env,
+		Hooks: cluster.Hooks{BeforeReload: h.BeforeReload, AfterReload: h.AfterReload, BeforeRestart: h.BeforeRestart,
+			OnWorkerCrash: h.OnWorkerCrash, Timeout: h.Timeout}}
 }
 
 // reconfigure loads the config again for a reload, from the same file and flags as at start. What
@@ -172,6 +240,30 @@ func reconfigure(running *config.Config, flags config.Flags) (cluster.Generation
 		g.Warnings = append(g.Warnings, "name and log settings take effect when forkd is restarted")
 	}
 	return g, nil
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// listenerFD returns the control listener's descriptor, without os.File.Fd.
+func listenerFD(l net.Listener) (int, error) {
+	sc, ok := l.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("control socket: %T has no descriptor", l)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 // closeOnExecFrom marks every descriptor from fd up close-on-exec.

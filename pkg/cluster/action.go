@@ -79,6 +79,21 @@ type Exit struct {
 	Code int
 }
 
+// WorkerCrashed reports a worker's crash (an exit forkd did not ask for), for the on_worker_crash
+// hook. PID is 0 when the process could not even be started.
+type WorkerCrashed struct {
+	Slot, PID, Generation int
+	Status                string
+}
+
+// RolloutEnded reports the end of a rollout ("refork", "reload", "restart"): Err is nil when it
+// replaced every worker, else why it stopped. Generation is the one it rolled out.
+type RolloutEnded struct {
+	Kind       string
+	Generation int
+	Err        error
+}
+
 // ScaleResult is the Result of a Reply to Scale.
 type ScaleResult struct {
 	Previous, Workers int
@@ -92,3 +107,5 @@ func (NotifySystemd) isAction() {}
 func (Reply) isAction()         {}
 func (Log) isAction()           {}
 func (Exit) isAction()          {}
+func (WorkerCrashed) isAction() {}
+func (RolloutEnded) isAction()  {}

@@ -35,9 +35,17 @@ type Generation struct {
 	Directory string
 	// Env is added to the environment workers inherit from forkd; an entry here wins over forkd's.
 	Env map[string]string
+	// Hooks are the master's hook commands.
+	Hooks Hooks
 	// Warnings are changes in the config that a reload cannot apply (listeners, the control
 	// socket): they are logged.
 	Warnings []string
+}
+
+// Hooks are commands the master runs at moments of the cluster's life (see config.Hooks).
+type Hooks struct {
+	BeforeReload, AfterReload, BeforeRestart, OnWorkerCrash []string
+	Timeout                                                 time.Duration
 }
 
 // DriverConfig is what the driver needs to run a cluster.
@@ -57,6 +65,22 @@ type DriverConfig struct {
 	// Watchdog is how often the master pings systemd's watchdog (WATCHDOG=1); zero disables it.
 	Watchdog time.Duration
 	Logger   *slog.Logger
+	// Name is forkd's instance name, for hooks (FORKD_NAME).
+	Name string
+
+	// Self is the path of forkd's binary, which a hot restart execs in place: a new build installed
+	// there is what takes over. Empty disables hot restart. Argv is the new image's command line.
+	Self string
+	Argv []string
+	// PreflightCheck is what the new binary runs (after Self) to check the config before a hot
+	// restart, such as "check FILE"; nil skips the check.
+	PreflightCheck []string
+	// HandoverExtra returns what the rest of the master hands its new image in a hot restart: a
+	// payload for Handover.Extra and the descriptors it needs kept open.
+	HandoverExtra func() (any, []int)
+	// Adopt is the previous image's handover after a hot restart: the driver restores the cluster
+	// from it and adopts the running workers, then replaces them by a phased restart.
+	Adopt *Handover
 }
 
 // Driver is the imperative shell around Machine: it owns the real processes, pidfds, signals, the
@@ -81,6 +105,15 @@ type Driver struct {
 	lastReq  RequestID
 	exitCode int
 	stopSigs int
+
+	helpers      map[int]*helper
+	helperEvents chan helperEvent
+	// restarting: a hot restart is checking the new binary; adopted: this image took the cluster
+	// over from the previous one; reloadHook: a before_reload hook runs.
+	restarting, adopted, reloadHook bool
+	// hooks are the hooks of the config last loaded; crashHooks counts on_worker_crash hooks running.
+	hooks      Hooks
+	crashHooks int
 }
 
 // spec is how the workers of a generation are started.
@@ -166,7 +199,7 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Driver{
+	d := &Driver{
 		cfg:      cfg,
 		m:        m,
 		log:      cfg.Logger,
@@ -177,7 +210,17 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		baseEnv:  inheritedEnv(os.Environ()),
 		requests: make(chan request),
 		pending:  make(map[RequestID]func(Reply)),
-	}, nil
+
+		helpers:      make(map[int]*helper),
+		helperEvents: make(chan helperEvent, 16),
+		hooks:        cfg.Generation.Hooks,
+	}
+	if cfg.Adopt != nil {
+		if err := d.adopt(cfg.Adopt); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
 }
 
 // Run starts the workers and supervises them until the cluster has stopped (after a Stop command,
@@ -214,7 +257,22 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 	timer.Stop()
 	defer timer.Stop()
 
-	d.step(Start{})
+	if d.adopted {
+		for id, p := range d.procs {
+			if p.conn != nil {
+				d.channels.read(id, p.conn)
+			}
+		}
+		d.reap() // children that exited during the exec
+		d.log.Info("hot restart: took over the cluster; replacing the workers by a phased restart", "event", "restart-adopted")
+		d.startReload(d.expectReply(func(r Reply) {
+			if r.Err != nil {
+				d.log.Warn("hot restart: the phased restart after it failed: "+r.Err.Error(), "event", "restart-failed")
+			}
+		}), true)
+	} else {
+		d.step(Start{})
+	}
 	done := ctx.Done()
 	for d.m.Phase() != PhaseStopped {
 		if next, ok := d.m.NextDeadline(); ok {
@@ -229,6 +287,8 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 			d.handleDatagram(dg)
 		case cm := <-controls:
 			d.handleControl(cm)
+		case e := <-d.helperEvents:
+			d.handleHelperEvent(e)
 		case r := <-d.requests:
 			d.handleRequest(r)
 		case <-timer.C:
@@ -288,6 +348,10 @@ func (d *Driver) apply(a Action) {
 		d.log.LogAttrs(context.Background(), a.Level, a.Msg, a.Attrs...)
 	case Exit:
 		d.exitCode = a.Code
+	case WorkerCrashed:
+		d.workerCrashed(a)
+	case RolloutEnded:
+		d.rolloutEnded(a)
 	}
 }
 
@@ -376,6 +440,9 @@ func (d *Driver) reap() {
 		if !ws.Exited() && !ws.Signaled() {
 			continue
 		}
+		if d.helperExited(pid, ExitStatusFromWait(syscall.WaitStatus(ws))) {
+			continue
+		}
 		if id, ok := d.m.WorkerByPID(pid); ok {
 			if p := d.procs[id]; p != nil && p.pid == pid {
 				p.close()
@@ -400,6 +467,13 @@ func (d *Driver) handleSignal(sig syscall.Signal) {
 		d.startReload(d.expectReply(func(r Reply) {
 			if r.Err != nil {
 				d.log.Warn(fmt.Sprintf("%s: reload failed: %v", signalName(sig), r.Err), "event", "signal")
+			}
+		}), false)
+	case syscall.SIGUSR2:
+		d.log.Info("received SIGUSR2: hot restart", "event", "signal")
+		d.startRestart(d.expectReply(func(r Reply) {
+			if r.Err != nil {
+				d.log.Warn("SIGUSR2: hot restart failed: "+r.Err.Error(), "event", "signal")
 			}
 		}))
 	case syscall.SIGQUIT:
@@ -507,7 +581,11 @@ func lineageOf(pid int) []int {
 
 func (d *Driver) handleRequest(r request) {
 	if r.ev == nil {
-		r.status <- d.m.Status()
+		st := d.m.Status()
+		if d.restarting && st.Rollout == "" {
+			st.Rollout = kindRestart // checking the new binary, before the exec
+		}
+		r.status <- st
 		return
 	}
 	ev := r.ev
@@ -526,9 +604,12 @@ func (d *Driver) handleRequest(r request) {
 			ev = e
 		}
 	}
-	if _, ok := ev.(Reload); ok {
-		d.startReload(id)
-	} else {
+	switch ev.(type) {
+	case Reload:
+		d.startReload(id, false)
+	case hotRestart:
+		d.startRestart(id)
+	default:
 		d.step(ev)
 	}
 	if _, waiting := d.pending[id]; waiting && r.early {
@@ -654,8 +735,12 @@ func (d *Driver) rollout(ctx context.Context, ev Event, wait bool) error {
 
 // startReload loads the config again and steps a Reload for request id, with the next
 // generation's spec in place.
-func (d *Driver) startReload(id RequestID) {
+func (d *Driver) startReload(id RequestID, asRestart bool) {
 	fail := func(err error) { d.apply(Reply{Request: id, Err: err}) }
+	if d.reloadHook {
+		fail(fmt.Errorf("%w (reload: its before_reload hook runs)", ErrBusy))
+		return
+	}
 	g := d.cfg.Generation
 	if d.cfg.Reconfigure != nil {
 		var err error
@@ -672,8 +757,26 @@ func (d *Driver) startReload(id RequestID) {
 	for _, w := range g.Warnings {
 		d.log.Warn("reload: "+w, "event", "reload-warning")
 	}
-	d.specs[d.m.Generation()+1] = sp
-	d.step(Reload{Request: id, Config: &g.Machine})
+	d.hooks = g.Hooks
+	begin := func() {
+		d.specs[d.m.Generation()+1] = sp
+		d.step(Reload{Request: id, Config: &g.Machine, Restart: asRestart})
+	}
+	if asRestart || len(g.Hooks.BeforeReload) == 0 {
+		begin()
+		return
+	}
+	d.reloadHook = true
+	d.runHook("before_reload", g.Hooks.BeforeReload, map[string]string{
+		"FORKD_GENERATION": strconv.Itoa(d.m.Generation() + 1),
+	}, func(err error) {
+		d.reloadHook = false
+		if err != nil {
+			fail(err)
+			return
+		}
+		begin()
+	})
 }
 
 // workerEnv is the environment of a new worker: forkd's own minus what belongs to forkd and
@@ -750,6 +853,8 @@ type spawnRequest struct {
 	path string
 	argv []string
 	attr *syscall.ProcAttr
+	// env, with attr nil, asks for an exec of the whole master instead.
+	env  []string
 	done chan spawnResult
 }
 
@@ -764,6 +869,10 @@ func startSpawner() *spawner {
 		// Never unlocked: the thread lives as long as the process.
 		runtime.LockOSThread()
 		for r := range s.reqs {
+			if r.attr == nil {
+				r.done <- spawnResult{-1, execMaster(r.path, r.argv, r.env)}
+				continue
+			}
 			pid, _, err := syscall.StartProcess(r.path, r.argv, r.attr)
 			r.done <- spawnResult{pid, err}
 		}
@@ -776,9 +885,35 @@ func startSpawner() *spawner {
 
 func (s *spawner) start(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
 	done := make(chan spawnResult, 1)
-	s.reqs <- spawnRequest{path, argv, attr, done}
+	s.reqs <- spawnRequest{path: path, argv: argv, attr: attr, done: done}
 	r := <-done
 	return r.pid, r.err
 }
 
 func (s *spawner) stop() { close(s.reqs) }
+
+// exec replaces the master with a new image, from the spawner's thread: that thread survives an
+// exec (it becomes the new image's main thread), so the workers' Pdeathsig does not fire. It returns
+// only if the exec failed.
+func (s *spawner) exec(path string, argv, env []string) error {
+	done := make(chan spawnResult, 1)
+	s.reqs <- spawnRequest{path: path, argv: argv, env: env, done: done}
+	return (<-done).err
+}
+
+// execMaster execs path with the stop and rollout signals blocked: the mask survives the exec, and
+// the new image unblocks them as it installs its handlers, so a SIGTERM that arrives in between
+// waits instead of killing the master with its default action.
+func execMaster(path string, argv, env []string) error {
+	var set, old unix.Sigset_t
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGURG} {
+		set.Val[(sig-1)/64] |= 1 << ((uint(sig) - 1) % 64)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &set, &old); err != nil {
+		return err
+	}
+	err := syscall.Exec(path, argv, env)
+	unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	return err
+}

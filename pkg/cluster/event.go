@@ -107,6 +107,8 @@ type Refork struct {
 type Reload struct {
 	Request RequestID
 	Config  *Config
+	// Restart labels the rollout "restart": the phased restart that completes a hot restart.
+	Restart bool
 }
 
 func (Start) isEvent()           {}

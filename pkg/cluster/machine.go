@@ -239,6 +239,13 @@ func (m *Machine) WorkerByPID(pid int) (WorkerID, bool) {
 // Phase returns the cluster's phase.
 func (m *Machine) Phase() Phase { return m.phase }
 
+// Config returns the machine's config in effect.
+func (m *Machine) Config() Config {
+	c := m.cfg
+	c.ReforkAfter = slices.Clone(c.ReforkAfter)
+	return c
+}
+
 // Generation returns the generation new workers are made of: during a rollout, the one it rolls out.
 func (m *Machine) Generation() int { return m.generation }
 
@@ -451,6 +458,7 @@ func (m *Machine) remove(w *worker, how string) {
 	s.lastExitAt = m.now
 	s.crashed = !w.expected
 	if s.crashed {
+		m.emit(WorkerCrashed{Slot: s.index, PID: w.pid, Generation: w.generation, Status: how})
 		if m.now.Sub(w.spawnedAt) >= m.cfg.ResetAfter {
 			s.failures = 1
 		} else {

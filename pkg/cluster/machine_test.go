@@ -200,6 +200,14 @@ func formatActions(actions []Action) string {
 			fmt.Fprintf(&b, "log %s: %s\n", a.Level, a.Msg)
 		case Exit:
 			fmt.Fprintf(&b, "exit code=%d\n", a.Code)
+		case RolloutEnded:
+			fmt.Fprintf(&b, "%s ended gen=%d", a.Kind, a.Generation)
+			if a.Err != nil {
+				b.WriteString(" failed")
+			}
+			b.WriteString("\n")
+		case WorkerCrashed:
+			fmt.Fprintf(&b, "crashed worker=%d pid=%d\n", a.Slot, a.PID)
 		default:
 			fmt.Fprintf(&b, "%T %+v\n", a, a)
 		}

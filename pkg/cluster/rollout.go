@@ -16,8 +16,9 @@ import (
 // serving, and the command that asked for it gets the reason.
 
 const (
-	kindRefork = "refork"
-	kindReload = "reload"
+	kindRefork  = "refork"
+	kindReload  = "reload"
+	kindRestart = "restart" // a reload completing a hot restart
 )
 
 type pauseState int
@@ -63,7 +64,7 @@ func (m *Machine) startRollout(kind string, req RequestID) {
 			r.queue = append(r.queue, i)
 		}
 		r.pause = pauseWanted
-	case kindReload:
+	case kindReload, kindRestart:
 		for i := 0; i < m.desired; i++ {
 			r.queue = append(r.queue, i)
 		}
@@ -94,8 +95,12 @@ func (m *Machine) reload(e Reload) error {
 		m.emit(Reply{Request: e.Request, Err: err})
 		return nil
 	}
-	m.log(slog.LevelInfo, fmt.Sprintf("reload: replacing %s with generation %d", plural(m.desired, "worker"), m.generation+1),
-		slog.String("event", "reload-start"), slog.Int("generation", m.generation+1))
+	kind := kindReload
+	if e.Restart {
+		kind = kindRestart
+	}
+	m.log(slog.LevelInfo, fmt.Sprintf("%s: replacing %s with generation %d", kind, plural(m.desired, "worker"), m.generation+1),
+		slog.String("event", kind+"-start"), slog.Int("generation", m.generation+1))
 	workers := m.desired
 	var prev *Config
 	if e.Config != nil {
@@ -105,7 +110,7 @@ func (m *Machine) reload(e Reload) error {
 		m.cfg.ReforkAfter = slices.Clone(e.Config.ReforkAfter)
 		workers = e.Config.Workers
 	}
-	m.startRollout(kindReload, e.Request)
+	m.startRollout(kind, e.Request)
 	m.rollout.prevCfg, m.rollout.workers = prev, workers
 	return nil
 }
@@ -203,14 +208,15 @@ func (r *rollout) finish(m *Machine) {
 		}
 		m.log(slog.LevelInfo, fmt.Sprintf("%s done: %d workers on generation %d", r.kind, r.replaced, r.to),
 			slog.String("event", r.kind+"-done"), slog.Int("generation", r.to))
-		if r.kind == kindReload && r.workers != m.desired {
+		if r.kind != kindRefork && r.workers != m.desired {
 			m.resize(r.workers)
 		}
 	}
-	if r.kind == kindReload {
+	if r.kind != kindRefork {
 		m.lastStatus = m.statusLine()
 		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
 	}
+	m.emit(RolloutEnded{Kind: r.kind, Generation: r.to, Err: r.failure})
 	for _, req := range r.waiters {
 		m.emit(Reply{Request: req, Err: r.failure})
 	}

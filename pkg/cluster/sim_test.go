@@ -263,13 +263,43 @@ func (s *simulation) randomEvent() {
 			e.Config = &cfg
 		}
 		s.step(e)
-	case r < 98:
+	case r < 97:
 		s.step(Tick{})
+	case r < 98:
+		s.hotRestart()
 	default:
 		if s.rng.IntN(4) == 0 {
 			s.step(Stop{Request: s.newRequest(), Immediate: s.rng.IntN(2) == 0})
 		}
 	}
+}
+
+// hotRestart replaces the machine by one restored from its export, as a hot restart does; the
+// world goes on as if nothing happened, and the invariants must still hold.
+func (s *simulation) hotRestart() {
+	st, err := s.m.Export(s.now)
+	if err != nil {
+		return // a rollout or a fork in progress: the restart would be refused
+	}
+	before := s.m.Status()
+	m, err := Restore(s.m.Config(), st, s.now)
+	if err != nil {
+		s.t.Fatalf("Restore(Export()) failed: %v", err)
+	}
+	s.trace = append(s.trace, fmt.Sprintf("+%s hot restart", s.now.Sub(epoch)))
+	s.m = m
+	after := s.m.Status()
+	if before.Generation != after.Generation || before.Desired != after.Desired || before.Ready != after.Ready ||
+		len(before.Workers) != len(after.Workers) || before.Forking != after.Forking {
+		s.t.Fatalf("status changed across a hot restart:\n%+v\n%+v", before, after)
+	}
+	for i := range before.Workers {
+		b, a := before.Workers[i], after.Workers[i]
+		if b.ID != a.ID || b.PID != a.PID || b.State != a.State || b.Template != a.Template || b.Crashes != a.Crashes {
+			s.t.Fatalf("worker %d changed across a hot restart: %+v -> %+v", i, b, a)
+		}
+	}
+	s.checkInvariants()
 }
 
 func (s *simulation) randomMessage() notify.Message {
@@ -493,7 +523,7 @@ func (s *simulation) apply(a Action) {
 	case Exit:
 		code := a.Code
 		s.exitCode = &code
-	case NotifySystemd, Log:
+	case NotifySystemd, Log, WorkerCrashed, RolloutEnded:
 	default:
 		s.t.Fatalf("unknown action %T", a)
 	}

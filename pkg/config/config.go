@@ -36,6 +36,7 @@ const (
 	DefaultResetAfter      = 30 * time.Second
 	DefaultBacklog         = 1024
 	DefaultForkTimeout     = 10 * time.Second
+	DefaultHookTimeout     = 30 * time.Second
 	DefaultMaxSurge        = 1
 	DefaultMaxUnavailable  = 0
 	DefaultSocketMode      = os.FileMode(0o666)
@@ -83,6 +84,7 @@ type Config struct {
 	// exec mode.
 	ForkWorker *ForkWorker
 	Rollout    Rollout
+	Hooks      Hooks
 	Control    Control
 	Log        Log
 }
@@ -100,6 +102,27 @@ type ForkWorker struct {
 	ReforkAfter []uint64
 	// Timeout bounds a fork (the template's reply to a spawn request) and a pause. A worker whose
 	// fork times out or fails is exec'd instead. Defaults to DefaultForkTimeout.
+	Timeout time.Duration
+}
+
+// Hooks are commands the master runs at moments of the cluster's life: argv lists, no shell (write
+// ["sh", "-c", "..."] for one), started in forkd's working directory with forkd's environment plus
+// FORKD_HOOK (the hook's name), FORKD_NAME and the variables each hook lists. A nil list runs
+// nothing.
+type Hooks struct {
+	// BeforeReload runs before a phased restart, with FORKD_GENERATION (the one about to be made);
+	// if it fails (non-zero exit, timeout), the reload fails and nothing changes.
+	BeforeReload []string
+	// AfterReload runs when a phased restart has ended, with FORKD_GENERATION, FORKD_RESULT ("ok"
+	// or "failed") and FORKD_ERROR.
+	AfterReload []string
+	// BeforeRestart runs before a hot restart execs the new binary; if it fails, the restart is
+	// refused.
+	BeforeRestart []string
+	// OnWorkerCrash runs when a worker crashes, with FORKD_WORKER, FORKD_PID, FORKD_GENERATION and
+	// FORKD_EXIT (how it ended). At most a few run at once; crashes beyond are only logged.
+	OnWorkerCrash []string
+	// Timeout bounds each run; the hook is killed after it. Defaults to DefaultHookTimeout.
 	Timeout time.Duration
 }
 

@@ -30,6 +30,7 @@ type fileConfig struct {
 	Restart    *fileRestart    `hcl:"restart,block"`
 	ForkWorker *fileForkWorker `hcl:"fork_worker,block"`
 	Rollout    *fileRollout    `hcl:"rollout,block"`
+	Hooks      *fileHooks      `hcl:"hooks,block"`
 	Control    *fileControl    `hcl:"control,block"`
 	Log        *fileLog        `hcl:"log,block"`
 }
@@ -65,6 +66,14 @@ type fileForkWorker struct {
 type fileRollout struct {
 	MaxSurge       *hcl.Attribute `hcl:"max_surge,optional"`
 	MaxUnavailable *hcl.Attribute `hcl:"max_unavailable,optional"`
+}
+
+type fileHooks struct {
+	BeforeReload  *hcl.Attribute `hcl:"before_reload,optional"`
+	AfterReload   *hcl.Attribute `hcl:"after_reload,optional"`
+	BeforeRestart *hcl.Attribute `hcl:"before_restart,optional"`
+	OnWorkerCrash *hcl.Attribute `hcl:"on_worker_crash,optional"`
+	Timeout       *hcl.Attribute `hcl:"timeout,optional"`
 }
 
 type fileControl struct {
@@ -136,6 +145,13 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 	if r := fc.Rollout; r != nil {
 		b.decodeValue(r.MaxSurge, "rollout.max_surge", &c.Rollout.MaxSurge, &s.maxSurge)
 		b.decodeValue(r.MaxUnavailable, "rollout.max_unavailable", &c.Rollout.MaxUnavailable, &s.maxUnavailable)
+	}
+	if h := fc.Hooks; h != nil {
+		b.decodeValue(h.BeforeReload, "hooks.before_reload", &c.Hooks.BeforeReload, &s.beforeReload)
+		b.decodeValue(h.AfterReload, "hooks.after_reload", &c.Hooks.AfterReload, &s.afterReload)
+		b.decodeValue(h.BeforeRestart, "hooks.before_restart", &c.Hooks.BeforeRestart, &s.beforeRestart)
+		b.decodeValue(h.OnWorkerCrash, "hooks.on_worker_crash", &c.Hooks.OnWorkerCrash, &s.onWorkerCrash)
+		b.decodeDuration(h.Timeout, "hooks.timeout", &c.Hooks.Timeout, &s.hookTimeout)
 	}
 	if ctl := fc.Control; ctl != nil {
 		if b.decodeValue(ctl.Socket, "control.socket", &c.Control.Socket, &s.socket) {

@@ -71,6 +71,7 @@ func TestQuickMode(t *testing.T) {
 		Timeouts: Timeouts{Boot: DefaultBootTimeout, Shutdown: DefaultShutdownTimeout},
 		Restart:  Restart{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax, ResetAfter: DefaultResetAfter},
 		Rollout:  Rollout{MaxSurge: DefaultMaxSurge},
+		Hooks:    Hooks{Timeout: DefaultHookTimeout},
 		Control:  Control{Socket: DefaultControlSocket("forkd")},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)

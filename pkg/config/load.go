@@ -177,6 +177,9 @@ func (b *builder) fillDefaults() {
 			fw.Timeout = DefaultForkTimeout
 		}
 	}
+	if !s.hookTimeout.given {
+		c.Hooks.Timeout = DefaultHookTimeout
+	}
 	if !s.maxSurge.given {
 		c.Rollout.MaxSurge = DefaultMaxSurge
 	}

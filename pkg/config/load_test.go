@@ -57,6 +57,14 @@ rollout {
   max_unavailable = 1
 }
 
+hooks {
+  before_reload   = ["/bin/sh", "-c", "exit 0"]
+  after_reload    = ["/bin/sh", "-c", "echo done"]
+  before_restart  = ["/bin/true"]
+  on_worker_crash = ["/bin/sh", "-c", "logger crash"]
+  timeout         = "5s"
+}
+
 control {
   socket = "run/control.sock"
 }
@@ -88,8 +96,15 @@ func TestParseFullConfig(t *testing.T) {
 		Restart:    Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
 		ForkWorker: &ForkWorker{ReforkAfter: []uint64{100, 2000}, Timeout: 5 * time.Second},
 		Rollout:    Rollout{MaxSurge: 2, MaxUnavailable: 1},
-		Control:    Control{Socket: filepath.Join(dir, "run", "control.sock")},
-		Log:        Log{Level: "debug", Format: "json"},
+		Hooks: Hooks{
+			BeforeReload:  []string{"/bin/sh", "-c", "exit 0"},
+			AfterReload:   []string{"/bin/sh", "-c", "echo done"},
+			BeforeRestart: []string{"/bin/true"},
+			OnWorkerCrash: []string{"/bin/sh", "-c", "logger crash"},
+			Timeout:       5 * time.Second,
+		},
+		Control: Control{Socket: filepath.Join(dir, "run", "control.sock")},
+		Log:     Log{Level: "debug", Format: "json"},
 	}, cfg)
 }
 
@@ -106,6 +121,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		Timeouts:  Timeouts{Boot: DefaultBootTimeout, Worker: 0, Shutdown: DefaultShutdownTimeout},
 		Restart:   Restart{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax, ResetAfter: DefaultResetAfter},
 		Rollout:   Rollout{MaxSurge: DefaultMaxSurge, MaxUnavailable: DefaultMaxUnavailable},
+		Hooks:     Hooks{Timeout: DefaultHookTimeout},
 		Control:   Control{Socket: DefaultControlSocket("web")},
 		Log:       Log{Level: "info", Format: "auto"},
 	}, cfg)

@@ -48,6 +48,9 @@ type sources struct {
 	forkWorker, reforkAfter            origin
 	forkTimeout                        origin
 	maxSurge, maxUnavailable           origin
+	beforeReload, afterReload          origin
+	beforeRestart, onWorkerCrash       origin
+	hookTimeout                        origin
 	socket                             origin
 	level, format                      origin
 }
@@ -70,8 +73,11 @@ func defaultSources(quick bool) sources {
 		forkWorker: at("fork_worker"), reforkAfter: at("fork_worker.refork_after"),
 		forkTimeout: at("fork_worker.timeout"),
 		maxSurge:    at("rollout.max_surge"), maxUnavailable: at("rollout.max_unavailable"),
-		socket: at("control.socket"),
-		level:  at("log.level"), format: at("log.format"),
+		beforeReload: at("hooks.before_reload"), afterReload: at("hooks.after_reload"),
+		beforeRestart: at("hooks.before_restart"), onWorkerCrash: at("hooks.on_worker_crash"),
+		hookTimeout: at("hooks.timeout"),
+		socket:      at("control.socket"),
+		level:       at("log.level"), format: at("log.format"),
 	}
 }
 
@@ -158,6 +164,17 @@ func (b *builder) validate() {
 		b.report(o, "rollout.max_surge and rollout.max_unavailable cannot both be 0: a rollout could never replace a worker")
 	}
 
+	for _, h := range []struct {
+		argv []string
+		o    origin
+	}{{c.Hooks.BeforeReload, s.beforeReload}, {c.Hooks.AfterReload, s.afterReload},
+		{c.Hooks.BeforeRestart, s.beforeRestart}, {c.Hooks.OnWorkerCrash, s.onWorkerCrash}} {
+		b.validateHook(h.argv, h.o)
+	}
+	if c.Hooks.Timeout <= 0 {
+		b.report(s.hookTimeout, "must be greater than 0, not %s", c.Hooks.Timeout)
+	}
+
 	if c.Control.Socket == "" {
 		b.report(s.socket, "must not be empty")
 	} else {
@@ -239,6 +256,28 @@ func (b *builder) validateEnv() {
 			b.report(o, "variable name %q must not contain a NUL byte", key)
 		case strings.Contains(value, "\x00"):
 			b.report(o, "the value of %s must not contain a NUL byte", key)
+		}
+	}
+}
+
+// validateHook checks a hook's argv: a program forkd can run, found as forkd itself finds it (the
+// master runs hooks in its own working directory, with its own PATH).
+func (b *builder) validateHook(argv []string, o origin) {
+	if argv == nil || !o.given {
+		return
+	}
+	switch {
+	case len(argv) == 0:
+		b.report(o, `must not be empty: give the program and its arguments, like ["/usr/local/bin/notify", "reload"]`)
+	case argv[0] == "":
+		b.report(o, "the program name (the first element) must not be empty")
+	case strings.Contains(argv[0], "/"):
+		if err := checkExecutable(argv[0]); err != nil {
+			b.report(o, "%q %v", argv[0], err)
+		}
+	default:
+		if !inPath(argv[0], os.Getenv("PATH")) {
+			b.report(o, "%q not found in PATH", argv[0])
 		}
 	}
 }

@@ -120,6 +120,53 @@ func Listen(addr string) (*Socket, error) {
 // the abstract namespace.
 func (s *Socket) Addr() string { return s.addr }
 
+// FD returns the socket's descriptor, which stays the Socket's: for handing the socket over to a
+// new image of the master across exec (after clearing close-on-exec), never to close.
+func (s *Socket) FD() (int, error) {
+	return rawFD(s.conn)
+}
+
+// FromFD takes over fd, a socket made by Listen (in a previous image of this process, handed over
+// across exec), bound at addr. SO_PASSCRED is set again, in case.
+//
+// It returns (socket, nil), or (nil, err) when fd is not a unixgram socket.
+func FromFD(fd int, addr string) (*Socket, error) {
+	if err := setPassCred(fd); err != nil {
+		return nil, fmt.Errorf("notify: socket from fd %d: %w", fd, err)
+	}
+	syscall.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), "notify")
+	defer f.Close() // FilePacketConn dups it
+	pc, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("notify: socket from fd %d: %w", fd, err)
+	}
+	uc, ok := pc.(*net.UnixConn)
+	if !ok {
+		pc.Close()
+		return nil, fmt.Errorf("notify: fd %d is a %T, not a unix socket", fd, pc)
+	}
+	file := ""
+	if !strings.HasPrefix(addr, "@") {
+		file = addr
+	}
+	return &Socket{conn: uc, addr: addr, file: file, buf: make([]byte, MaxMessageSize+1), oob: make([]byte, oobSize)}, nil
+}
+
+// rawFD returns the descriptor behind a connection without os.File.Fd, which would switch it to
+// blocking mode.
+func rawFD(c syscall.Conn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
 // Receive waits for the next datagram and returns it. Descriptors passed with it stay open
 // (close-on-exec) until the caller calls Release.
 //

@@ -122,5 +122,19 @@ func parseRights(oob []byte) []int {
 	return fds
 }
 
+// FD returns the channel's descriptor, which stays the Conn's: for handing the channel over to a
+// new image of the master across exec (after clearing close-on-exec), never to close.
+func (c *Conn) FD() (int, error) {
+	raw, err := c.c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
 // Close closes this end; the peer's next Receive returns io.EOF.
 func (c *Conn) Close() error { return c.c.Close() }

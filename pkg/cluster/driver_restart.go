@@ -1,0 +1,241 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/protocol"
+	"github.com/forkd/forkd/pkg/restart"
+)
+
+// This file holds the hot restart: the master execs a new image of itself in place (same PID, so
+// systemd's MAINPID, the subreaper flag and every worker's parent stay), handing it the cluster's
+// state and its descriptors, and the new image adopts the workers, then replaces them by a phased
+// restart.
+//
+// What happens when something fails:
+//   - the new binary cannot take over (it does not run, speaks another handover version, or finds
+//     the config invalid): the restart is refused before the exec; nothing changed;
+//   - the exec itself fails: the old image goes on as before, its descriptors as they were;
+//   - the new image cannot read the handover: it exits with status 1; the workers, whose parent
+//     died, get SIGTERM (Pdeathsig) and drain; systemd restarts the service (Restart=on-failure),
+//     and the listening sockets, if systemd owns them, never close.
+//   - the new image's phased restart fails (the new config's workers do not become ready): the
+//     adopted workers keep serving, as for any failed reload.
+
+// Handover is what the master hands its new image in a hot restart.
+type Handover struct {
+	Version    int
+	Machine    State
+	Config     Config
+	Specs      map[int]SpecRecord
+	Listeners  []activation.Listener
+	NotifyFD   int
+	NotifyAddr string
+	Procs      []ProcRecord
+	// Extra is the part of the master outside the driver (cmd/forkd's), opaque here.
+	Extra json.RawMessage
+}
+
+// SpecRecord is how a generation's workers are started, in a Handover.
+type SpecRecord struct {
+	Command   []string
+	Dir       string
+	Env       map[string]string
+	Heartbeat time.Duration
+}
+
+// ProcRecord is a worker's process in a Handover: its pidfd, and its control channel (-1: none).
+type ProcRecord struct {
+	Worker        WorkerID
+	PID           int
+	PIDFD, ConnFD int
+}
+
+// hotRestart is the driver's own event for a hot restart request; the machine never sees it.
+type hotRestart struct{ Request RequestID }
+
+func (hotRestart) isEvent() {}
+
+// Restart is a hot restart: the master execs the binary at DriverConfig.Self in place. Without wait
+// it returns once the restart has begun (or at once when it cannot); with wait, its answer comes
+// only if the restart fails before the exec: the exec cuts every connection, and the caller
+// learns the outcome from the new image's status (control.Client.Restart does).
+func (d *Driver) Restart(ctx context.Context, wait bool) error {
+	return d.rollout(ctx, hotRestart{}, wait)
+}
+
+// startRestart checks the new binary, then execs it. The checks run as the master's own helper
+// processes, without blocking the loop.
+func (d *Driver) startRestart(id RequestID) {
+	reply := func(err error) { d.apply(Reply{Request: id, Err: err}) }
+	switch {
+	case d.cfg.Self == "":
+		reply(fmt.Errorf("%w: hot restart is not available (forkd does not know its own binary)", ErrNotReady))
+		return
+	case d.restarting:
+		reply(fmt.Errorf("%w (restart)", ErrBusy))
+		return
+	}
+	if _, err := d.m.Export(time.Now()); err != nil {
+		reply(fmt.Errorf("%w: %v", ErrBusy, err))
+		return
+	}
+	d.restarting = true
+	fail := func(err error) {
+		d.restarting = false
+		d.log.Error("hot restart refused: "+err.Error(), "event", "restart-failed")
+		reply(err)
+	}
+	d.log.Info("hot restart: checking the new binary "+d.cfg.Self, "event", "restart-start")
+	env := inheritedEnv(os.Environ())
+	err := d.runHelper("the new forkd binary", []string{d.cfg.Self, restart.HandoverVersionArg}, env, 10*time.Second,
+		func(st ExitStatus, out string) {
+			if !st.Success() || strings.TrimSpace(out) != strconv.Itoa(restart.Version) {
+				fail(fmt.Errorf("%w: %s %s: %s: %s", restart.ErrIncompatible, d.cfg.Self, restart.HandoverVersionArg,
+					st, strings.TrimSpace(out)))
+				return
+			}
+			if d.cfg.PreflightCheck == nil {
+				d.beforeRestart(fail)
+				return
+			}
+			argv := append([]string{d.cfg.Self}, d.cfg.PreflightCheck...)
+			if err := d.runHelper("the config check", argv, env, 30*time.Second, func(st ExitStatus, out string) {
+				if !st.Success() {
+					fail(fmt.Errorf("%w: the new binary finds the config invalid: %s", ErrBadConfig, strings.TrimSpace(out)))
+					return
+				}
+				d.beforeRestart(fail)
+			}); err != nil {
+				fail(err)
+			}
+		})
+	if err != nil {
+		fail(err)
+	}
+}
+
+// beforeRestart runs the before_restart hook, if any, then execs.
+func (d *Driver) beforeRestart(fail func(error)) {
+	if len(d.hooks.BeforeRestart) == 0 {
+		d.execRestart(fail)
+		return
+	}
+	d.runHook("before_restart", d.hooks.BeforeRestart, nil, func(err error) {
+		if err != nil {
+			fail(err)
+			return
+		}
+		d.execRestart(fail)
+	})
+}
+
+// execRestart hands everything over and execs the new image. It returns only if the exec failed,
+// having put everything back.
+func (d *Driver) execRestart(fail func(error)) {
+	st, err := d.m.Export(time.Now())
+	if err != nil {
+		fail(fmt.Errorf("%w: %v", ErrBusy, err))
+		return
+	}
+	h := Handover{
+		Version: restart.Version, Machine: st, Config: d.m.Config(), Specs: map[int]SpecRecord{},
+		Listeners: d.cfg.Listeners, NotifyAddr: d.cfg.Notify.Addr(),
+	}
+	for g, sp := range d.specs {
+		h.Specs[g] = SpecRecord{Command: sp.command, Dir: sp.dir, Env: sp.env, Heartbeat: sp.heartbeat}
+	}
+	var fds []int
+	for _, l := range d.cfg.Listeners {
+		fds = append(fds, l.FD)
+	}
+	if h.NotifyFD, err = d.cfg.Notify.FD(); err != nil {
+		fail(fmt.Errorf("cluster: hot restart: %w", err))
+		return
+	}
+	fds = append(fds, h.NotifyFD)
+	for id, p := range d.procs {
+		r := ProcRecord{Worker: id, PID: p.pid, PIDFD: p.pidfd, ConnFD: -1}
+		if p.conn != nil {
+			if r.ConnFD, err = p.conn.FD(); err != nil {
+				fail(fmt.Errorf("cluster: hot restart: %w", err))
+				return
+			}
+		}
+		h.Procs = append(h.Procs, r)
+		fds = append(fds, r.PIDFD, r.ConnFD)
+	}
+	if d.cfg.HandoverExtra != nil {
+		extra, extraFDs := d.cfg.HandoverExtra()
+		if h.Extra, err = json.Marshal(extra); err != nil {
+			fail(fmt.Errorf("cluster: hot restart: %w", err))
+			return
+		}
+		fds = append(fds, extraFDs...)
+	}
+	memfd, env, err := restart.Send(h)
+	if err != nil {
+		fail(err)
+		return
+	}
+	restore, err := restart.Inherit(fds)
+	if err != nil {
+		unix.Close(memfd)
+		fail(err)
+		return
+	}
+	environ := []string{env}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, restart.EnvHandoverFD+"=") {
+			environ = append(environ, kv)
+		}
+	}
+	d.log.Info(fmt.Sprintf("hot restart: exec %s in place (pid %d), handing over %s", d.cfg.Self, os.Getpid(),
+		plural(len(h.Procs), "worker")), "event", "restart-exec")
+	err = d.spawner.exec(d.cfg.Self, d.cfg.Argv, environ)
+	// Still here: the exec failed, and this image goes on.
+	restore()
+	unix.Close(memfd)
+	fail(fmt.Errorf("cluster: exec %s: %w", d.cfg.Self, err))
+}
+
+// adopt restores the cluster from the previous image's handover.
+func (d *Driver) adopt(h *Handover) error {
+	if h.Version != restart.Version {
+		return fmt.Errorf("%w: handover version %d, this build reads %d", restart.ErrIncompatible, h.Version, restart.Version)
+	}
+	m, err := Restore(h.Config, h.Machine, time.Now())
+	if err != nil {
+		return err
+	}
+	d.m = m
+	d.specs = map[int]*spec{}
+	for g, r := range h.Specs {
+		d.specs[g] = &spec{command: r.Command, dir: r.Dir, env: r.Env, heartbeat: r.Heartbeat}
+	}
+	if _, ok := d.specs[1]; !ok && len(d.specs) == 0 {
+		return fmt.Errorf("cluster: the handover has no spawn spec")
+	}
+	for _, r := range h.Procs {
+		unix.CloseOnExec(r.PIDFD)
+		p := &process{pid: r.PID, pidfd: r.PIDFD}
+		if r.ConnFD >= 0 {
+			unix.CloseOnExec(r.ConnFD)
+			if p.conn, err = protocol.NewConn(r.ConnFD); err != nil {
+				return err
+			}
+		}
+		d.procs[r.Worker] = p
+	}
+	d.adopted = true
+	return nil
+}

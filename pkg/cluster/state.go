@@ -1,0 +1,195 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// State is the machine's state in a form that survives the master's hot restart: the new master
+// image restores it and adopts the running workers instead of starting new ones. Times are
+// relative to the moment of export, so the two images need not share a monotonic clock.
+type State struct {
+	Generation int
+	Desired    int
+	Running    bool // the cluster had been ready (PhaseRunning), else starting
+	Dropped    uint64
+	Reforks    int
+	ReforkBase uint64
+	ExecMode   bool
+	LastID     WorkerID
+	Slots      []SlotState
+	Workers    []WorkerRecord
+}
+
+// SlotState is one slot in a State.
+type SlotState struct {
+	Index, Failures, Restarts int
+	LastExit                  string
+	LastExitAgo               time.Duration
+	Crashed, Retiring         bool
+	// NextSpawnIn is the rest of a backoff delay; zero when not waiting.
+	NextSpawnIn time.Duration
+}
+
+// WorkerRecord is one worker process in a State.
+type WorkerRecord struct {
+	ID, Template            WorkerID
+	Slot, Generation, PID   int
+	State                   string
+	Role                    string // "current", "replacement" or "detached"
+	IsTemplate              bool
+	Channel, Hello, CanFork bool
+	Expected                bool
+	StopReason, StopAsked   string
+	StatusLine              string
+	Requests                uint64
+	Heartbeat               time.Duration
+	SpawnedAgo, ReadyAgo    time.Duration
+}
+
+// ErrNotQuiet: the machine cannot be exported now (a rollout runs, or a fork is under way).
+var ErrNotQuiet = errors.New("cluster: a rollout or a fork is in progress")
+
+// Export returns the machine's state at now. It fails while a rollout runs or a worker is being
+// forked: those are conversations with processes that the exec would cut.
+func (m *Machine) Export(now time.Time) (State, error) {
+	if m.rollout != nil {
+		return State{}, fmt.Errorf("%w (%s)", ErrNotQuiet, m.rollout.kind)
+	}
+	if m.phase != PhaseRunning && m.phase != PhaseStarting {
+		return State{}, fmt.Errorf("%w: the cluster is %s", ErrNotQuiet, m.phase)
+	}
+	ago := func(t time.Time) time.Duration {
+		if t.IsZero() {
+			return -1
+		}
+		return now.Sub(t)
+	}
+	st := State{
+		Generation: m.generation, Desired: m.desired, Running: m.phase == PhaseRunning,
+		Dropped: m.dropped, Reforks: m.reforks, ReforkBase: m.reforkBase, ExecMode: m.execMode, LastID: m.lastID,
+	}
+	for _, s := range m.slots {
+		ss := SlotState{Index: s.index, Failures: s.failures, Restarts: s.restarts, LastExit: s.lastExit,
+			LastExitAgo: ago(s.lastExitAt), Crashed: s.crashed, Retiring: s.retiring}
+		if !s.nextSpawn.IsZero() {
+			ss.NextSpawnIn = max(s.nextSpawn.Sub(now), time.Nanosecond)
+		}
+		st.Slots = append(st.Slots, ss)
+	}
+	for _, w := range m.sortedWorkers() {
+		if w.state == Spawning {
+			return State{}, fmt.Errorf("%w: worker %d is being spawned", ErrNotQuiet, w.slot)
+		}
+		_, current, replacement := m.ownerSlot(w)
+		role := "detached"
+		switch {
+		case current:
+			role = "current"
+		case replacement:
+			role = "replacement"
+		}
+		st.Workers = append(st.Workers, WorkerRecord{
+			ID: w.id, Template: w.template, Slot: w.slot, Generation: w.generation, PID: w.pid,
+			State: w.state.String(), Role: role, IsTemplate: w == m.template,
+			Channel: w.channel, Hello: w.hello, CanFork: w.canFork, Expected: w.expected,
+			StopReason: w.stopReason, StopAsked: w.stopAsked, StatusLine: w.statusLine, Requests: w.requests,
+			Heartbeat: w.heartbeat, SpawnedAgo: ago(w.spawnedAt), ReadyAgo: ago(w.readyAt),
+		})
+	}
+	return st, nil
+}
+
+// Restore makes a machine from an exported State at now, for the new master image of a hot
+// restart. Deadlines start afresh: a booting worker gets a whole boot timeout again, a ready one a
+// whole heartbeat timeout, a stopping one a whole shutdown timeout. No Start event follows: the
+// workers are already running.
+func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
+	m, err := NewMachine(cfg)
+	if err != nil {
+		return nil, err
+	}
+	at := func(ago time.Duration) time.Time {
+		if ago < 0 {
+			return time.Time{}
+		}
+		return now.Add(-ago)
+	}
+	m.now = now
+	m.generation, m.desired, m.dropped = st.Generation, st.Desired, st.Dropped
+	m.reforks, m.reforkBase, m.execMode, m.lastID = st.Reforks, st.ReforkBase, st.ExecMode, st.LastID
+	if st.Running {
+		m.phase = PhaseRunning
+	}
+	if m.desired < 1 || m.desired > cfg.MaxWorkers {
+		return nil, fmt.Errorf("cluster: restored state asks for %d workers", m.desired)
+	}
+	for i, ss := range st.Slots {
+		if ss.Index != i {
+			return nil, fmt.Errorf("cluster: restored slot %d at position %d", ss.Index, i)
+		}
+		s := &slot{index: i, failures: ss.Failures, restarts: ss.Restarts, lastExit: ss.LastExit,
+			lastExitAt: at(ss.LastExitAgo), crashed: ss.Crashed, retiring: ss.Retiring}
+		if ss.NextSpawnIn > 0 {
+			s.nextSpawn = now.Add(ss.NextSpawnIn)
+		}
+		m.slots = append(m.slots, s)
+	}
+	states := map[string]WorkerState{}
+	for s := Spawning; s <= Killing; s++ {
+		states[s.String()] = s
+	}
+	for _, r := range st.Workers {
+		state, ok := states[r.State]
+		// A detached worker may drain in a slot that scale-down removed.
+		if !ok || state == Spawning || r.PID <= 0 || r.Slot < 0 || (r.Slot >= len(m.slots) && r.Role != "detached") || r.ID > m.lastID {
+			return nil, fmt.Errorf("cluster: restored worker %d is not valid (%+v)", r.ID, r)
+		}
+		if _, dup := m.byPID[r.PID]; dup {
+			return nil, fmt.Errorf("cluster: restored pid %d twice", r.PID)
+		}
+		w := &worker{
+			id: r.ID, slot: r.Slot, generation: r.Generation, pid: r.PID, state: state, template: r.Template,
+			channel: r.Channel, hello: r.Hello, canFork: r.CanFork, expected: r.Expected,
+			stopReason: r.StopReason, stopAsked: r.StopAsked, statusLine: r.StatusLine, requests: r.Requests,
+			heartbeat: r.Heartbeat, spawnedAt: at(r.SpawnedAgo), readyAt: at(r.ReadyAgo),
+		}
+		switch state {
+		case Booting:
+			w.deadline = now.Add(cfg.BootTimeout)
+		case Ready:
+			if w.heartbeat > 0 {
+				w.deadline = now.Add(w.heartbeat)
+			}
+		case Stopping:
+			w.deadline = now.Add(cfg.ShutdownTimeout)
+		}
+		switch r.Role {
+		case "current":
+			s := m.slots[r.Slot]
+			if s.worker != nil {
+				return nil, fmt.Errorf("cluster: restored slot %d has two current workers", r.Slot)
+			}
+			s.worker = w
+		case "detached":
+			if !state.gone() {
+				return nil, fmt.Errorf("cluster: restored worker %d is detached but %s", r.ID, state)
+			}
+		default:
+			return nil, fmt.Errorf("cluster: restored worker %d has role %q", r.ID, r.Role)
+		}
+		if r.IsTemplate {
+			m.template = w
+		}
+		m.workers[w.id] = w
+		m.byPID[w.pid] = w
+	}
+	for _, s := range m.slots[:min(m.desired, len(m.slots))] {
+		if s.empty() && !s.retiring {
+			m.respawn(s)
+		}
+	}
+	m.lastStatus = m.statusLine()
+	return m, nil
+}
