@@ -439,3 +439,47 @@ func childrenOf(t *testing.T, pid int) (zombies, live int) {
 	}
 	return zombies, live
 }
+
+// TestAsPIDOne runs forkd as the init of a new PID namespace, as in a container: it serves, reaps
+// the orphans its workers leave, and stops on SIGTERM with its workers.
+func TestAsPIDOne(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("unshare(1) is not installed")
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "forkd.hcl")
+	socket := filepath.Join(dir, "control.sock")
+	require.NoError(t, os.WriteFile(cfg, []byte(worker("-spawn-orphan")+fmt.Sprintf(`
+workers = 2
+listen "http" {
+  address = "tcp://127.0.0.1:0"
+}
+control {
+  socket = %q
+}
+`, socket)), 0o644))
+	// unshare forks forkd as PID 1 of the new namespace and waits for it.
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", filepath.Join(bin, "forkd"), "--config", cfg)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	f := &forkd{t: t, dir: dir, socket: socket, cmd: cmd, output: out, done: make(chan struct{}),
+		client: control.NewClient(socket), seen: map[int]bool{}}
+	go func() { f.err = cmd.Wait(); close(f.done) }()
+	t.Cleanup(f.cleanup)
+
+	st := f.waitReady(2)
+	assert.Equal(t, 1, st.MasterPID, "forkd is PID 1 in its namespace")
+	assert.Contains(t, get(t, "http://"+f.addr()), "worker=")
+	// SIGTERM to forkd itself: its host PID is unshare's only child.
+	master := 0
+	require.Eventually(t, func() bool {
+		kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		_, err := fmt.Sscan(string(kids), &master)
+		return err == nil
+	}, deadline, 10*time.Millisecond)
+	require.NoError(t, syscall.Kill(master, syscall.SIGTERM))
+	assert.Equal(t, 0, f.waitExit())
+	assert.Contains(t, out.String(), "all workers have exited")
+}

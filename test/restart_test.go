@@ -184,3 +184,24 @@ hooks {
 	got = lines(4)
 	assert.Equal(t, "before_restart gen= result= worker= exit= name=hooked", got[3])
 }
+
+// TestNewImageThatCannotStartLeavesNoWorkerBehind: the new binary passes the checks but dies as soon
+// as it runs. As documented (docs/architecture.md, Hot restart), the master is then gone, and its
+// workers, whose parent died, get SIGTERM from the kernel and exit: nothing is left half-dead.
+func TestNewImageThatCannotStartLeavesNoWorkerBehind(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	binary := filepath.Join(dir, "forkd")
+	buildForkd(t, binary, "1.0.0")
+	f := startForkd(t, options{config: worker() + "\nworkers = 2\n", forkdPath: binary})
+	st := f.waitReady(2)
+
+	// Answers the checks, then fails at once when exec'd as the master.
+	script := "#!/bin/sh\ncase \"$1\" in __forkd-handover-version) echo 1;; check) echo ok;; *) echo 'cannot start' >&2; exit 1;; esac\n"
+	require.NoError(t, os.WriteFile(binary+".new", []byte(script), 0o755))
+	require.NoError(t, os.Rename(binary+".new", binary))
+	f.forkctl("restart")
+	assert.Equal(t, 1, f.waitExit())
+	waitGone(t, workerPIDs(st)...)
+	assert.Contains(t, f.output.String(), "cannot start")
+}

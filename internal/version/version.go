@@ -11,15 +11,15 @@ import (
 // Version is set at link time: -ldflags "-X github.com/forkd/forkd/internal/version.Version=1.2.3".
 var Version = "dev"
 
-// String returns "forkd VERSION (REVISION, GOVERSION)", naming the commit when Go recorded one.
+// String returns "forkd VERSION (REVISION, GOVERSION)", naming the commit when Go recorded one,
+// else "forkd VERSION (GOVERSION)".
 func String() string {
-	rev := "unknown revision"
 	if info, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range info.Settings {
 			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				rev = s.Value[:12]
+				return fmt.Sprintf("forkd %s (%s, %s)", Version, s.Value[:12], runtime.Version())
 			}
 		}
 	}
-	return fmt.Sprintf("forkd %s (%s, %s)", Version, rev, runtime.Version())
+	return fmt.Sprintf("forkd %s (%s)", Version, runtime.Version())
 }
