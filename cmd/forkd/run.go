@@ -71,11 +71,25 @@ func run(flags config.Flags) error {
 	if cfg.Name != "forkd" {
 		identifier = "forkd@" + cfg.Name
 	}
-	logger, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, Identifier: identifier}, os.Stderr)
+	logOptions := logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, Identifier: identifier}
+	logger, err := logging.New(logOptions, os.Stderr)
 	if err != nil {
 		return &exitError{config.ExitConfig, err}
 	}
-	code, err := supervise(cfg, flags, logger, adopt, extra)
+	// Under journald, each worker writes to a journal stream of its own, so that its output is
+	// found under its own identifier.
+	var workerOutput func(int) (*os.File, string, error)
+	if logging.ToJournal(logOptions, os.Stderr) {
+		workerOutput = func(slot int) (*os.File, string, error) {
+			f, err := logging.JournalStream(fmt.Sprintf("%s-worker-%d", cfg.Name, slot), 6)
+			if err != nil {
+				return nil, "", err
+			}
+			id, _ := logging.StreamID(f)
+			return f, id, nil
+		}
+	}
+	code, err := supervise(cfg, flags, logger, workerOutput, adopt, extra)
 	if err != nil {
 		logger.Error(err.Error(), "event", "master-failed")
 		return &exitError{1, err}
@@ -83,7 +97,8 @@ func run(flags config.Flags) error {
 	return &exitError{code: code}
 }
 
-func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, adopt *cluster.Handover, extra handoverExtra) (int, error) {
+func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, workerOutput func(int) (*os.File, string, error),
+	adopt *cluster.Handover, extra handoverExtra) (int, error) {
 	// Whatever started forkd may have leaked descriptors without close-on-exec; none of them may
 	// reach a worker. The listeners are passed explicitly, by position. (After a hot restart, this
 	// also closes the handed-over descriptors on the next exec again.)
@@ -105,6 +120,9 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, adop
 	} else {
 		if listeners, activated, err = activation.Open(cfg.Listeners); err != nil {
 			return 1, err
+		}
+		if !activated {
+			storeListeners(listeners, logger)
 		}
 		if notifySock, err = notify.Listen(notify.NewAbstractAddr()); err != nil {
 			return 1, err
@@ -153,6 +171,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, adop
 		Watchdog:       watchdog,
 		Logger:         logger,
 		Name:           cfg.Name,
+		WorkerOutput:   workerOutput,
 		Self:           self,
 		Argv:           os.Args,
 		PreflightCheck: preflight,
@@ -247,6 +266,26 @@ func plural(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// storeListeners puts the sockets forkd bound in systemd's file descriptor store, when it runs
+// under systemd: if the unit has FileDescriptorStoreMax=, systemd keeps them across a crash or a
+// restart of forkd and passes them back (LISTEN_FDS), so the listening socket never closes and
+// clients queue in its backlog meanwhile. systemd 254 and later say in $FDSTORE whether the store is
+// enabled; for earlier versions forkd tries, and systemd drops what it cannot keep.
+func storeListeners(listeners []activation.Listener, logger *slog.Logger) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" || len(listeners) == 0 || os.Getenv("FDSTORE") == "0" {
+		return
+	}
+	for _, l := range listeners {
+		if err := notify.SendFDs(addr, "FDSTORE=1\nFDNAME="+l.Name, []int{l.FD}); err != nil {
+			logger.Warn("cannot store the listening socket with systemd: "+err.Error(), "event", "fdstore", "listener", l.Name)
+			return
+		}
+	}
+	logger.Info(fmt.Sprintf("listening sockets handed to systemd's fd store: %s", plural(len(listeners), "socket")),
+		"event", "fdstore")
 }
 
 // listenerFD returns the control listener's descriptor, without os.File.Fd.

@@ -67,6 +67,9 @@ type DriverConfig struct {
 	Logger   *slog.Logger
 	// Name is forkd's instance name, for hooks (FORKD_NAME).
 	Name string
+	// WorkerOutput opens a worker's own stdout and stderr, such as a journal stream under the
+	// worker's own identifier; nil (or a failure, logged) gives workers forkd's own.
+	WorkerOutput func(slot int) (out *os.File, journalStream string, err error)
 
 	// Self is the path of forkd's binary, which a hot restart execs in place: a new build installed
 	// there is what takes over. Empty disables hot restart. Argv is the new image's command line.
@@ -155,6 +158,9 @@ type process struct {
 	pidfd int
 	// conn is the master's end of the worker's control channel (fork-worker mode), or nil.
 	conn *protocol.Conn
+	// forked: the template forked it, so it inherited worker 0's output, until stdio.
+	forked bool
+	slot   int
 }
 
 // close releases what the driver holds for a process that is gone.
@@ -360,6 +366,13 @@ func (d *Driver) spawn(a SpawnWorker) {
 	files := []uintptr{d.devNull.Fd(), uintptr(syscall.Stdout), uintptr(syscall.Stderr)}
 	files = append(files, activation.WorkerFiles(d.cfg.Listeners)...)
 	env := d.workerEnv(sp, a.Slot, a.Generation)
+	if out, stream := d.workerOutput(a.Slot); out != nil {
+		defer out.Close()
+		files[1], files[2] = out.Fd(), out.Fd()
+		if stream != "" {
+			env = append(env, "JOURNAL_STREAM="+stream)
+		}
+	}
 	var conn *protocol.Conn
 	if a.Channel {
 		var workerEnd int
@@ -810,11 +823,24 @@ func (d *Driver) workerEnv(sp *spec, slot, generation int) []string {
 	return env
 }
 
+// workerOutput opens a worker's own output, if forkd gives workers one: (nil, "") means forkd's.
+func (d *Driver) workerOutput(slot int) (*os.File, string) {
+	if d.cfg.WorkerOutput == nil {
+		return nil, ""
+	}
+	out, stream, err := d.cfg.WorkerOutput(slot)
+	if err != nil {
+		d.log.Warn(fmt.Sprintf("worker %d writes to forkd's own output: %v", slot, err), "event", "worker-output", "worker", slot)
+		return nil, ""
+	}
+	return out, stream
+}
+
 // isProtocolVar names the variables forkd sets for each worker (sd_listen_fds(3), sd_notify(3) and
 // its own), which neither forkd's environment nor the config may pass through.
 func isProtocolVar(key string) bool {
 	switch key {
-	case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID":
+	case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM":
 		return true
 	}
 	return strings.HasPrefix(key, "FORKD_")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 
 	"golang.org/x/sys/unix"
 
@@ -85,7 +86,7 @@ func (d *Driver) forkWorker(a SpawnWorker) {
 		return
 	}
 	d.channels.spawns[seq] = &pendingSpawn{worker: a.Worker}
-	d.procs[a.Worker] = &process{pidfd: -1, conn: conn}
+	d.procs[a.Worker] = &process{pidfd: -1, conn: conn, forked: true, slot: a.Slot}
 	d.channels.read(a.Worker, conn)
 }
 
@@ -119,6 +120,39 @@ func (d *Driver) controlWorker(a ControlWorker) {
 	if a.Op == protocol.OpRefuse {
 		p.conn.Close()
 	}
+	if a.Op == protocol.OpWelcome && p.forked {
+		d.sendStdio(p)
+	}
+}
+
+// sendStdio gives a forked worker its own output, which it would otherwise share with worker 0.
+// An SDK that does not know the op answers error, and keeps worker 0's.
+func (d *Driver) sendStdio(p *process) {
+	out, stream := d.workerOutput(p.slot)
+	if out == nil {
+		return
+	}
+	defer out.Close()
+	fd, err := rawFD(out)
+	if err == nil {
+		err = p.conn.Send(protocol.Message{Op: protocol.OpStdio, JournalStream: stream}, fd)
+	}
+	if err != nil {
+		d.log.Warn(fmt.Sprintf("cannot send worker %d its output: %v", p.slot, err), "event", "control-error", "pid", p.pid)
+	}
+}
+
+// rawFD returns f's descriptor without os.File.Fd's switch to blocking mode.
+func rawFD(f *os.File) (int, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 // handleControl turns a packet from a worker's channel into an event.

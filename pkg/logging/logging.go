@@ -110,6 +110,17 @@ func New(o Options, stderr io.Writer) (*slog.Logger, error) {
 	}
 }
 
+// ToJournal reports whether a logger made by New(o, stderr) writes to journald.
+func ToJournal(o Options, stderr io.Writer) bool {
+	switch o.Format {
+	case FormatJournal:
+		return true
+	case "", FormatAuto:
+		return isJournalStream(stderr, os.Getenv("JOURNAL_STREAM"))
+	}
+	return false
+}
+
 // ParseLevel returns the slog level named by s: "debug", "info", "warn" or "error", or "" for
 // info. It returns an error for anything else, so config validation can report the same sentence.
 func ParseLevel(s string) (slog.Level, error) {

@@ -221,3 +221,22 @@ func Send(addr, state string) error {
 	}
 	return nil
 }
+
+// SendFDs sends state to addr with fds attached (SCM_RIGHTS), as sd_pid_notify_with_fds(3) does:
+// "FDSTORE=1\nFDNAME=http" with a listening socket puts it in systemd's file descriptor store, from
+// which the service gets it back (LISTEN_FDS) when it starts again.
+func SendFDs(addr, state string, fds []int) error {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("notify: send to %s: %w", addr, err)
+	}
+	defer syscall.Close(fd)
+	name := addr
+	if strings.HasPrefix(name, "@") {
+		name = "\x00" + name[1:]
+	}
+	if err := syscall.Sendmsg(fd, []byte(state), syscall.UnixRights(fds...), &syscall.SockaddrUnix{Name: name}, 0); err != nil {
+		return fmt.Errorf("notify: send to %s: %w", addr, err)
+	}
+	return nil
+}

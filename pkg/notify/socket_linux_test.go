@@ -270,3 +270,19 @@ func TestCloseUnblocksReceive(t *testing.T) {
 	_, err = s.Receive()
 	assert.ErrorIs(t, err, net.ErrClosed)
 }
+
+func TestSendFDsPassesDescriptors(t *testing.T) {
+	s, err := notify.Listen(notify.NewAbstractAddr())
+	require.NoError(t, err)
+	defer s.Close()
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	defer r.Close()
+	defer w.Close()
+	require.NoError(t, notify.SendFDs(s.Addr(), "FDSTORE=1\nFDNAME=http", []int{int(w.Fd())}))
+	d, err := s.Receive()
+	require.NoError(t, err)
+	defer d.Release()
+	assert.Equal(t, "FDSTORE=1\nFDNAME=http", string(d.Data))
+	assert.Equal(t, 1, d.FDs)
+}

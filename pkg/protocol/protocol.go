@@ -44,6 +44,7 @@ const (
 	OpResume      = "resume"       // master → template
 	OpResumed     = "resumed"      // template → master
 	OpError       = "error"        // either way: the request with Seq was not understood
+	OpStdio       = "stdio"        // master → forked worker: one fd, its own stdout and stderr; JournalStream
 )
 
 // Message is one control-channel message. Which fields mean something depends on Op (see the Op
@@ -58,6 +59,9 @@ type Message struct {
 	Worker     int    `json:"worker,omitempty"`
 	Generation int    `json:"generation,omitempty"`
 	Error      string `json:"error,omitempty"`
+	// JournalStream, with OpStdio, is the new stdout's "DEV:INO" for JOURNAL_STREAM when it is a
+	// journal stream.
+	JournalStream string `json:"journal_stream,omitempty"`
 }
 
 // Errors of Decode, matched with errors.Is.
@@ -118,7 +122,7 @@ func (m Message) validate() error {
 		return errors.New("worker and generation cannot be negative")
 	}
 	switch m.Op {
-	case OpHello, OpWelcome, OpRefuse, OpSpawn, OpSpawned, OpSpawnFailed, OpPause, OpPaused, OpResume, OpResumed, OpError:
+	case OpHello, OpWelcome, OpRefuse, OpSpawn, OpSpawned, OpSpawnFailed, OpPause, OpPaused, OpResume, OpResumed, OpError, OpStdio:
 		return nil
 	}
 	return fmt.Errorf("unknown op %q", m.Op)

@@ -31,7 +31,7 @@ OPS = frozenset({
     "hello", "welcome", "refuse",
     "spawn", "spawned", "spawn_failed",
     "pause", "paused", "resume", "resumed",
-    "error",
+    "error", "stdio",
 })
 
 # At most this many descriptors are accepted with one packet; more are a protocol error (and are

@@ -18,6 +18,7 @@ import select
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -471,6 +472,20 @@ class _Runtime:
         if op == "spawn":
             self._spawn(msg, fds)
             return
+        if op == "stdio" and len(fds) == 1:
+            # This forked worker's own output (a journal stream under its own identifier), instead
+            # of the one it inherited from worker 0.
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os.dup2(fds[0], 1)
+            os.dup2(fds[0], 2)
+            if msg.get("journal_stream"):
+                os.environ["JOURNAL_STREAM"] = msg["journal_stream"]
+            else:
+                os.environ.pop("JOURNAL_STREAM", None)
         for fd in fds:
             _close_quietly(fd)
         if op == "pause":
