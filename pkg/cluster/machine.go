@@ -693,11 +693,11 @@ func (m *Machine) stop(e Stop) {
 	}
 	m.phase = PhaseStopping
 	m.immediate = e.Immediate
-	how := "draining"
+	how := "stopping: draining the workers"
 	if e.Immediate {
-		how = "immediately"
+		how = "stopping immediately: SIGKILL to every worker"
 	}
-	m.log(slog.LevelInfo, "stopping "+how, slog.String("event", "cluster-stopping"), slog.Int("workers", len(m.workers)))
+	m.log(slog.LevelInfo, how, slog.String("event", "cluster-stopping"), slog.Int("workers", len(m.workers)))
 	m.lastStatus = m.statusLine()
 	m.emit(NotifySystemd{State: "STOPPING=1\nSTATUS=" + m.lastStatus})
 	for _, s := range m.slots {

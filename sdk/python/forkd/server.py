@@ -293,6 +293,8 @@ class _Runtime:
     def _notify(self, text):
         try:
             worker.notify(text)
+        except ConnectionRefusedError:
+            pass  # the master is gone: nobody to tell, and the worker is on its way out
         except OSError as e:
             worker.log("cannot notify %s: %s" % (text.split("=")[0], e))
 
