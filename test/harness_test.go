@@ -157,6 +157,9 @@ func startForkd(t *testing.T, o options) *forkd {
 	cmd.Env = append(cmd.Env, o.env...)
 	cmd.ExtraFiles = o.extraFiles
 	cmd.Stdout, cmd.Stderr = f.output, f.output
+	// Workers share forkd's output pipe: one that outlives forkd (stopped with SIGSTOP, say) must
+	// not keep Wait from returning.
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +178,6 @@ func (f *forkd) cleanup() {
 	case <-f.done:
 	default:
 		f.cmd.Process.Signal(syscall.SIGKILL)
-		<-f.done
 	}
 	for pid := range f.seen {
 		// Only processes this test started, by PID, and only if they are still ours: a
@@ -184,6 +186,7 @@ func (f *forkd) cleanup() {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+	<-f.done
 	if f.t.Failed() {
 		f.t.Logf("forkd output:\n%s", f.output.String())
 	}

@@ -1,0 +1,54 @@
+# frozen_string_literal: true
+
+# The tests' Rack app: records every forkd hook it sees into $HOOK_LOG, one line per event:
+# "PID EVENT JSON".
+
+require "json"
+require "forkd"
+
+LOG = ENV.fetch("HOOK_LOG", File::NULL)
+
+def record(event, **data)
+  File.open(LOG, "a") { |f| f.syswrite("#{Process.pid} #{event} #{JSON.generate(data)}\n") }
+end
+
+Forkd.before_fork { record("prepare1") }
+Forkd.before_fork { record("prepare2") }
+Forkd.after_fork_parent { record("parent1") }
+Forkd.after_fork_parent(-> { record("parent2") })
+Forkd.after_fork_child { record("child1", listen_pid: ENV.fetch("LISTEN_PID", nil)) }
+Forkd.after_fork_child { record("child2") }
+Forkd.before_refork { record("before_refork") }
+Forkd.after_refork { record("after_refork") }
+Forkd.after_worker_boot do
+  env = %w[LISTEN_PID FORKD_WORKER FORKD_GENERATION FORKD_CONTROL_FD WATCHDOG_PID].to_h { |k| [k, ENV.fetch(k, nil)] }
+  record("boot", env: env, template: Forkd.template?, index: Forkd.worker_index,
+                 generation: Forkd.generation, listeners: Forkd.listeners.size)
+end
+
+if ENV["HOOKAPP_FAIL_PREPARE"]
+  Forkd.before_fork { raise "prepare failed on purpose" }
+end
+
+run(lambda do |env|
+  path = env["PATH_INFO"]
+  query = env["QUERY_STRING"].to_s
+  case path
+  when "/slow"
+    sleep(Integer(query[/ms=(\d+)/, 1] || "500", 10) / 1000.0)
+  when "/fork"
+    # A fork made by library code, not by the SDK.
+    pid = fork do
+      record("library-child")
+      exit!(0)
+    end
+    Process.wait(pid)
+  when "/echo"
+    body = env["rack.input"].read
+    return [200, { "Content-Type" => "application/octet-stream" }, [body]]
+  when "/error"
+    raise "the app failed on purpose"
+  end
+  text = "pid=#{Process.pid} worker=#{Forkd.worker_index} generation=#{Forkd.generation} path=#{path}\n"
+  [200, { "Content-Type" => "text/plain" }, [text]]
+end)

@@ -1,0 +1,480 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/forkd/forkd/pkg/control"
+)
+
+// The Ruby SDK (sdk/ruby) and its Rack runner, forkd-rack (Puma::Server), under a real forkd:
+// the example app examples/rack, whose hooks close and reopen a database-like connection and
+// restart a background thread around every fork.
+
+var (
+	rubyOnce   sync.Once
+	rubyReason string
+)
+
+// requireRuby skips the test when ruby, puma or rack is missing.
+func requireRuby(t *testing.T) {
+	t.Helper()
+	rubyOnce.Do(func() {
+		if _, err := exec.LookPath("ruby"); err != nil {
+			rubyReason = "ruby is not installed"
+			return
+		}
+		out, err := exec.Command("ruby", "-e", `require "puma"; require "rack"; abort "Ruby 3.1+ needed" if RUBY_VERSION < "3.1"`).CombinedOutput()
+		if err != nil {
+			rubyReason = fmt.Sprintf("ruby cannot load puma and rack (%v: %s)", err, strings.TrimSpace(string(out)))
+		}
+	})
+	if rubyReason != "" {
+		t.Skipf("%s: apt-get install -y ruby puma ruby-rack", rubyReason)
+	}
+}
+
+func rubySDK(t *testing.T) (lib, forkdRack string) {
+	t.Helper()
+	sdk, err := filepath.Abs("../sdk/ruby")
+	require.NoError(t, err)
+	return filepath.Join(sdk, "lib"), filepath.Join(sdk, "bin", "forkd-rack")
+}
+
+// rackExample is the config body running examples/rack under forkd-rack. extra is more HCL (a
+// fork_worker block, timeouts); env adds to the app's environment.
+func rackExample(t *testing.T, workers int, env map[string]string, extra string) string {
+	t.Helper()
+	lib, forkdRack := rubySDK(t)
+	dir, err := filepath.Abs("../examples/rack")
+	require.NoError(t, err)
+	vars := []string{`RACK_ENV = "production"`}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		vars = append(vars, fmt.Sprintf("%s = %q", k, env[k]))
+	}
+	return fmt.Sprintf(`
+command   = [%s]
+directory = %q
+env       = { %s }
+workers   = %d
+%s
+`, quoteAll([]string{"ruby", "-I", lib, forkdRack, "--threads", "4", "config.ru"}), dir, strings.Join(vars, ", "), workers, extra)
+}
+
+// startRuby starts forkd and makes sure no Ruby worker outlives the test: the harness's cleanup
+// kills leftover workers only when they run a test binary.
+func startRuby(t *testing.T, o options) *forkd {
+	t.Helper()
+	f := startForkd(t, o)
+	t.Cleanup(func() {
+		select {
+		case <-f.done:
+		default:
+			f.cmd.Process.Signal(syscall.SIGKILL)
+			<-f.done
+		}
+		for pid := range f.seen {
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), "forkd-rack") {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	return f
+}
+
+// rackInfo is what the example app's /info says about the worker that answered.
+type rackInfo struct {
+	Worker     int  `json:"worker"`
+	PID        int  `json:"pid"`
+	Generation int  `json:"generation"`
+	Template   bool `json:"template"`
+	DB         struct {
+		Answer string `json:"answer"`
+		PID    int    `json:"pid"`
+		Inode  uint64 `json:"inode"`
+	} `json:"db"`
+	Ticker struct {
+		Alive bool `json:"alive"`
+		PID   int  `json:"pid"`
+		Ticks int  `json:"ticks"`
+	} `json:"ticker"`
+}
+
+// infoFromEveryWorker asks /info until each of pids has answered (requests land on any worker).
+func infoFromEveryWorker(t *testing.T, url string, pids []int) map[int]rackInfo {
+	t.Helper()
+	want := map[int]bool{}
+	for _, pid := range pids {
+		want[pid] = true
+	}
+	got := map[int]rackInfo{}
+	end := time.Now().Add(deadline)
+	for len(got) < len(want) {
+		require.True(t, time.Now().Before(end), "only %d of workers %v answered /info", len(got), pids)
+		var info rackInfo
+		require.NoError(t, json.Unmarshal([]byte(get(t, url+"/info")), &info))
+		if want[info.PID] {
+			got[info.PID] = info
+		}
+	}
+	return got
+}
+
+// assertOwnConnectionsAndTickers checks that each worker opened its own connection (not one
+// inherited across a fork) and runs its own background thread.
+func assertOwnConnectionsAndTickers(t *testing.T, infos map[int]rackInfo) {
+	t.Helper()
+	inodes := map[uint64]int{}
+	for pid, info := range infos {
+		assert.Equal(t, pid, info.DB.PID, "worker %d (pid %d) uses a connection opened by pid %d", info.Worker, pid, info.DB.PID)
+		assert.Equal(t, "ok select 1", info.DB.Answer)
+		if other, dup := inodes[info.DB.Inode]; dup {
+			t.Errorf("workers %d and %d share connection socket inode %d", other, pid, info.DB.Inode)
+		}
+		inodes[info.DB.Inode] = pid
+		assert.True(t, info.Ticker.Alive, "worker %d's background thread runs", info.Worker)
+		assert.Equal(t, pid, info.Ticker.PID, "worker %d's background thread was started in it", info.Worker)
+	}
+}
+
+// hookEvent is one line of the example's DEMO_HOOK_LOG.
+type hookEvent struct {
+	PID   int
+	Event string
+	Data  map[string]any
+}
+
+func readHookLog(t *testing.T, path string) []hookEvent {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var events []hookEvent
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, " ", 3)
+		require.Len(t, parts, 3, "hook log line %q", line)
+		pid, err := strconv.Atoi(parts[0])
+		require.NoError(t, err)
+		e := hookEvent{PID: pid, Event: parts[1]}
+		require.NoError(t, json.Unmarshal([]byte(parts[2]), &e.Data), "hook log line %q", line)
+		events = append(events, e)
+	}
+	return events
+}
+
+func eventsOf(events []hookEvent, pid int) []string {
+	var names []string
+	for _, e := range events {
+		if e.PID == pid {
+			names = append(names, e.Event)
+		}
+	}
+	return names
+}
+
+func repeat(n int, names ...string) []string {
+	var out []string
+	for range n {
+		out = append(out, names...)
+	}
+	return out
+}
+
+func TestRubyForkWorkerExample(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	hookLog := filepath.Join(t.TempDir(), "hooks.log")
+	f := startRuby(t, options{config: rackExample(t, 4, map[string]string{"DEMO_HOOK_LOG": hookLog, "DEMO_ALLOC_MB": "10"},
+		forkWorkerBlock+"\ntimeouts {\n  worker = \"5s\"\n}\n")})
+	st := f.waitReady(4)
+	assertForkTree(t, f, st)
+	assert.Equal(t, "4/4 workers ready, generation 1", st.StatusLine)
+
+	infos := infoFromEveryWorker(t, "http://"+f.addr(), workerPIDs(st))
+	assertOwnConnectionsAndTickers(t, infos)
+	for _, w := range st.WorkerList {
+		assert.Equal(t, w.Index, infos[w.PID].Worker)
+		assert.Equal(t, w.Index == 0, infos[w.PID].Template)
+	}
+
+	// Hooks ran in the right process, in the right order: worker 0 booted, then forked three
+	// workers (prepare, then parent, each time); each forked worker ran its child hook, then
+	// booted; nothing ran in the short-lived intermediate children of the double forks.
+	events := readHookLog(t, hookLog)
+	template := st.WorkerList[0].PID
+	assert.Equal(t, append([]string{"after_worker_boot"}, repeat(3, "before_fork", "after_fork_parent")...), eventsOf(events, template))
+	pids := map[int]bool{template: true}
+	for _, w := range st.WorkerList[1:] {
+		pids[w.PID] = true
+		assert.Equal(t, []string{"after_fork_child", "after_worker_boot"}, eventsOf(events, w.PID), "worker %d", w.Index)
+	}
+	for _, e := range events {
+		assert.True(t, pids[e.PID], "hook %s ran in pid %d, which is no worker", e.Event, e.PID)
+		if e.Event == "after_fork_child" {
+			assert.Equal(t, strconv.Itoa(e.PID), e.Data["listen_pid"], "LISTEN_PID is set before the child hooks run")
+		}
+	}
+	// The first fork found the connection worker 0 opened at boot (and closed it); the others
+	// found none, since it reopens only on its next use.
+	require.Greater(t, len(events), 1)
+	assert.Equal(t, true, events[1].Data["db"], "before_fork saw worker 0's connection")
+}
+
+func TestRubyReforkUnderLoad(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	hookLog := filepath.Join(t.TempDir(), "hooks.log")
+	f := startRuby(t, options{config: rackExample(t, 4, map[string]string{"DEMO_HOOK_LOG": hookLog, "DEMO_ALLOC_MB": "10"}, forkWorkerBlock)})
+	before := f.waitReady(4)
+	url := "http://" + f.addr()
+	// Worker 0 opens its connection lazily: make sure it has one before the reforks, so that the
+	// forks have an open connection to keep from the children.
+	infoFromEveryWorker(t, url, workerPIDs(before)[:1])
+
+	l := startLoad(t, url, 4, 2)
+	const reforks = 5
+	for i := range reforks {
+		out, code := f.forkctl("refork", "--wait")
+		require.Equal(t, 0, code, "refork %d: %s", i+1, out)
+	}
+	after := f.waitFor("every old worker gone", func(st control.Status) bool { return len(st.WorkerList) == 4 && st.Ready == 4 })
+	ok, failed := l.stop()
+	assert.Equal(t, 1+reforks, after.Generation)
+	assert.Zero(t, failed, "failed requests during %d reforks (%d ok): %v", reforks, ok, l.errs())
+	assert.Greater(t, ok, int64(100), "the load generator ran")
+	t.Logf("%d reforks under load: %d requests, %d failed", reforks, ok, failed)
+	assertReforked(t, before, after, 1+reforks)
+	assertForkTree(t, f, after)
+
+	// After the reforks, every worker still has a connection and a thread of its own.
+	assertOwnConnectionsAndTickers(t, infoFromEveryWorker(t, url, workerPIDs(after)))
+
+	// The template ran the refork hooks around each refork's forks.
+	events := readHookLog(t, hookLog)
+	// After its boot and the first three forks, each refork.
+	templateEvents := eventsOf(events, after.WorkerList[0].PID)
+	require.GreaterOrEqual(t, len(templateEvents), 1+2*3, "template hooks: %v", templateEvents)
+	refork := templateEvents[1+2*3:]
+	assert.Equal(t, repeat(reforks, append(append([]string{"before_refork"}, repeat(3, "before_fork", "after_fork_parent")...), "after_refork")...), refork)
+	for _, w := range after.WorkerList[1:] {
+		assert.Equal(t, []string{"after_fork_child", "after_worker_boot"}, eventsOf(events, w.PID), "worker %d", w.Index)
+	}
+	// Worker 0 reports its request count (X_FORKD_REQUESTS), which drives refork_after.
+	st := f.waitFor("worker 0's request count", func(st control.Status) bool { return st.WorkerList[0].Requests > 0 })
+	t.Logf("worker 0 served %d requests", st.WorkerList[0].Requests)
+}
+
+func TestRubyAutomaticRefork(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	f := startRuby(t, options{config: rackExample(t, 2, map[string]string{"DEMO_ALLOC_MB": "1"}, `
+fork_worker {
+  refork_after = [20]
+}
+`)})
+	f.waitReady(2)
+	url := "http://" + f.addr()
+	end := time.Now().Add(deadline)
+	for {
+		st := f.status()
+		if st.Generation >= 2 {
+			break
+		}
+		require.True(t, time.Now().Before(end), "no automatic refork; worker 0 served %d", st.WorkerList[0].Requests)
+		for range 10 {
+			get(t, url)
+		}
+	}
+	assert.Contains(t, f.output.String(), "automatic refork to generation 2")
+}
+
+func TestRubyForkWorkerSharesMemory(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	total := func(extra string) uint64 {
+		f := startRuby(t, options{config: rackExample(t, 4, map[string]string{"DEMO_ALLOC_MB": "100"}, extra)})
+		st := f.waitReady(4)
+		var pss uint64
+		for _, w := range st.WorkerList {
+			require.NotNil(t, w.Memory)
+			pss += w.Memory.PSS
+		}
+		f.signal(syscall.SIGTERM)
+		assert.Equal(t, 0, f.waitExit())
+		return pss
+	}
+	execPSS, forkPSS := total(""), total(forkWorkerBlock)
+	t.Logf("total PSS of 4 Ruby workers with 100 MiB each: exec %d MiB, fork %d MiB", execPSS>>20, forkPSS>>20)
+	assert.Less(t, forkPSS, execPSS/2, "fork-worker mode uses under half the memory of exec mode")
+}
+
+func TestRubyWorkersExitWhenMasterIsKilled(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	for _, mode := range []struct{ name, extra string }{{"fork", forkWorkerBlock}, {"exec", ""}} {
+		t.Run(mode.name, func(t *testing.T) {
+			f := startRuby(t, options{config: rackExample(t, 3, map[string]string{"DEMO_ALLOC_MB": "1"}, mode.extra)})
+			st := f.waitReady(3)
+			f.signal(syscall.SIGKILL)
+			f.waitExit()
+			// Forked workers see end of file on their control channel; exec'd ones (worker 0, and
+			// every worker in exec mode) their parent's pidfd, and forkd's parent-death signal.
+			start := time.Now()
+			waitGone(t, workerPIDs(st)...)
+			t.Logf("%s mode: the workers exited %s after the master", mode.name, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// notImplemented reports whether err is the control API's 501: the feature has not landed.
+func notImplemented(err error) bool {
+	var ce *control.Error
+	return errors.As(err, &ce) && ce.Code == http.StatusNotImplemented
+}
+
+func TestRubyPhasedRestart(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	hookLog := filepath.Join(t.TempDir(), "hooks.log")
+	f := startRuby(t, options{config: rackExample(t, 4, map[string]string{"DEMO_HOOK_LOG": hookLog, "DEMO_ALLOC_MB": "10"}, forkWorkerBlock)})
+	before := f.waitReady(4)
+	url := "http://" + f.addr()
+	l := startLoad(t, url, 4, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	_, err := f.client.Reload(ctx, control.ReloadRequest{Wait: true})
+	if notImplemented(err) {
+		l.stop()
+		t.Skip("needs phased restart: forkctl reload answers 501 (not implemented yet)")
+	}
+	require.NoError(t, err)
+	after := f.waitFor("every old worker gone", func(st control.Status) bool { return len(st.WorkerList) == 4 && st.Ready == 4 })
+	ok, failed := l.stop()
+	assert.Zero(t, failed, "failed requests during the phased restart (%d ok): %v", ok, l.errs())
+	assert.Equal(t, before.Generation+1, after.Generation)
+	// Every worker is new, worker 0 included (it loads the new code); the rest are forked from it.
+	for i, w := range after.WorkerList {
+		assert.NotEqual(t, before.WorkerList[i].PID, w.PID, "worker %d was replaced", w.Index)
+	}
+	assertForkTree(t, f, after)
+	assertOwnConnectionsAndTickers(t, infoFromEveryWorker(t, url, workerPIDs(after)))
+	newTemplate := eventsOf(readHookLog(t, hookLog), after.WorkerList[0].PID)
+	require.NotEmpty(t, newTemplate, "the new worker 0 ran no hook")
+	assert.Equal(t, "after_worker_boot", newTemplate[0], "the new worker 0 booted")
+}
+
+func TestRubyHotRestart(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	f := startRuby(t, options{config: rackExample(t, 4, map[string]string{"DEMO_ALLOC_MB": "10"}, forkWorkerBlock)})
+	before := f.waitReady(4)
+	url := "http://" + f.addr()
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	// Probe with a reload first: hot restart lands with (or after) phased restart.
+	if _, err := f.client.Reload(ctx, control.ReloadRequest{Wait: true}); notImplemented(err) {
+		t.Skip("needs phased restart: forkctl reload answers 501 (not implemented yet)")
+	}
+	before = f.waitFor("the reload settled", func(st control.Status) bool { return len(st.WorkerList) == 4 && st.Ready == 4 })
+	l := startLoad(t, url, 4, 2)
+	_, err := f.client.Restart(ctx, control.RestartRequest{Wait: true})
+	if notImplemented(err) {
+		l.stop()
+		t.Skip("needs hot restart: forkctl restart answers 501 (not implemented yet)")
+	}
+	require.NoError(t, err)
+	after := f.waitFor("the restarted master ready", func(st control.Status) bool {
+		return st.Phase == control.PhaseRunning && len(st.WorkerList) == 4 && st.Ready == 4
+	})
+	ok, failed := l.stop()
+	assert.Zero(t, failed, "failed requests during the hot restart (%d ok): %v", ok, l.errs())
+	assert.Equal(t, before.MasterPID, after.MasterPID, "a hot restart keeps the master's PID")
+	adopted := 0
+	for i, w := range after.WorkerList {
+		if w.PID == before.WorkerList[i].PID {
+			adopted++
+		}
+	}
+	t.Logf("hot restart: %d of 4 workers adopted by the new master image", adopted)
+	// The control channels survived: the template still forks on request.
+	out, code := f.forkctl("refork", "--wait")
+	require.Equal(t, 0, code, out)
+	settled := f.waitFor("the refork settled", func(st control.Status) bool { return len(st.WorkerList) == 4 && st.Ready == 4 })
+	assertForkTree(t, f, settled)
+	assertOwnConnectionsAndTickers(t, infoFromEveryWorker(t, url, workerPIDs(settled)))
+}
+
+func TestRubyBundleExecUnderForkd(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	if _, err := exec.LookPath("bundle"); err != nil {
+		t.Skip("bundler is not installed: apt-get install -y bundler")
+	}
+	sdk, err := filepath.Abs("../sdk/ruby")
+	require.NoError(t, err)
+	app := t.TempDir()
+	for _, name := range []string{"app.rb", "config.ru", "Gemfile"} {
+		b, err := os.ReadFile(filepath.Join("../examples/rack", name))
+		require.NoError(t, err)
+		if name == "Gemfile" {
+			b = []byte(strings.Replace(string(b), `path: "../../sdk/ruby"`, fmt.Sprintf("path: %q", sdk), 1))
+		}
+		require.NoError(t, os.WriteFile(filepath.Join(app, name), b, 0o644))
+	}
+	env := []string{"BUNDLE_APP_CONFIG=" + filepath.Join(app, ".bundle"), "BUNDLE_GEMFILE=" + filepath.Join(app, "Gemfile")}
+	install := exec.Command("bundle", "install", "--local")
+	install.Dir, install.Env = app, append(os.Environ(), env...)
+	out, err := install.CombinedOutput()
+	require.NoError(t, err, "bundle install --local:\n%s", out)
+
+	f := startRuby(t, options{config: fmt.Sprintf(`
+command   = ["bundle", "exec", "forkd-rack", "--threads", "2", "config.ru"]
+directory = %q
+env       = { BUNDLE_APP_CONFIG = %q, BUNDLE_GEMFILE = %q, DEMO_ALLOC_MB = "1" }
+workers   = 2
+%s
+`, app, filepath.Join(app, ".bundle"), filepath.Join(app, "Gemfile"), forkWorkerBlock)})
+	st := f.waitReady(2)
+	assertForkTree(t, f, st)
+	assertOwnConnectionsAndTickers(t, infoFromEveryWorker(t, "http://"+f.addr(), workerPIDs(st)))
+}
+
+// TestRubySDKUnitTests runs sdk/ruby's own suite (protocol, notify, hooks, runtime against a fake
+// master, forkd-rack, gem build), so that CI runs it with everything else.
+func TestRubySDKUnitTests(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ruby", "-I../sdk/ruby/lib", "-I../sdk/ruby/test", "../sdk/ruby/test/run.rb")
+	cmd.Env = append(os.Environ(), "FORKD_TEST_DEADLINE=150")
+	var buf lockedBuffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	start := time.Now()
+	err := cmd.Run()
+	out := buf.String()
+	require.NoError(t, err, "ruby sdk tests:\n%s", out)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	t.Logf("ruby sdk tests in %s: %s", time.Since(start).Round(time.Millisecond), lines[len(lines)-1])
+	assert.Regexp(t, `\d+ runs, \d+ assertions, 0 failures, 0 errors`, out)
+}
