@@ -35,7 +35,10 @@
 // It is written for, and tested on, hosts whose PID 1 is not systemd (CI machines, Debian 12 with
 // the cgroup hybrid layout); a pure cgroup v2 host is handled (cgroupDirs) but untested.
 //
-// The demo apps: examples/python/app.py on the Python SDK in fork-worker mode (forkd@demo), and
-// examples/hello built statically in exec mode (forkd@hello, forkd@plain on the template socket's
-// default unix socket, and the single-app forkd.service).
+// The demo apps: examples/python/app.py on the Python SDK in fork-worker mode (forkd@demo), with a
+// GET /print route added (printRoute: a line on stdout and one on stderr, for the worker-output
+// scenario), and examples/hello built statically in exec mode (forkd@hello, forkd@plain on the
+// template socket's default unix socket, the single-app forkd.service, and forkd-fdstore.service:
+// the packaged forkd.service without forkd.socket, where forkd binds the socket itself and hands it
+// to systemd's fd store, for the fd-store scenario).
 package systemd

@@ -27,6 +27,7 @@ type env struct {
 	demoAddr   string // forkd@demo.socket, from the host: the Python demo in fork-worker mode
 	helloAddr  string // forkd@hello.socket: the Go demo in exec mode
 	singleAddr string // forkd.socket, the single-app units (moved off their 127.0.0.1:8080)
+	bindAddr   string // forkd-fdstore.service: forkd binds it itself (no socket unit), fd store
 	systemd    int    // the container's systemd version
 	timings    []string
 }
@@ -188,7 +189,11 @@ func (e *env) prepare(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := copyFile(filepath.Join(e.repo, "examples/python/app.py"), filepath.Join(demo, "releases/1/app.py")); err != nil {
+	app, err := os.ReadFile(filepath.Join(e.repo, "examples/python/app.py"))
+	if err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(demo, "releases/1/app.py"), string(app)+printRoute); err != nil {
 		return err
 	}
 	// A release that cannot boot: its import fails, as a bad deploy's would.
@@ -215,6 +220,31 @@ func (e *env) prepare(ctx context.Context) error {
 	return nil
 }
 
+// printRoute is added to the Python demo app: GET /print?msg=M&ms=N writes one line with M to
+// stdout and one to stderr, saying which worker wrote them and its JOURNAL_STREAM, then answers as
+// GET / does after N milliseconds (so that concurrent requests reach different workers). The
+// worker-output scenario looks for the lines in the journal.
+const printRoute = `
+
+# Added by test/systemd (e2e_test.go): GET /print for the worker-output scenario.
+import sys as _e2e_sys
+
+_e2e_app = app
+
+
+def app(environ, start_response):
+    if environ.get("PATH_INFO") != "/print":
+        return _e2e_app(environ, start_response)
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    where = "worker %d (pid %d) JOURNAL_STREAM=%s" % (
+        forkd.worker_index(), os.getpid(), os.environ.get("JOURNAL_STREAM", ""))
+    msg = query.get("msg", [""])[0]
+    print("e2e stdout %s from %s" % (msg, where), flush=True)
+    print("e2e stderr %s from %s" % (msg, where), file=_e2e_sys.stderr, flush=True)
+    time.sleep(int(query.get("ms", ["0"])[0]) / 1000)
+    return respond(start_response, "200 OK", hello())
+`
+
 // Ports from the host's free ones: the container shares the host's network namespace.
 func freePort() (string, error) {
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -235,6 +265,9 @@ func (e *env) configure() error {
 		return err
 	}
 	if e.singleAddr, err = freePort(); err != nil {
+		return err
+	}
+	if e.bindAddr, err = freePort(); err != nil {
 		return err
 	}
 	files := map[string]string{
@@ -271,6 +304,21 @@ timeouts {
 		// The single-app units, forkd.service and forkd.socket.
 		"etc/forkd/forkd.hcl":                           "command = [\"/opt/forkd-demo/hello\"]\nworkers = 2\n",
 		"etc/systemd/system/forkd.socket.d/10-e2e.conf": "[Socket]\nListenStream=\nListenStream=" + e.singleAddr + "\n",
+		// forkd-fdstore.service (the fd-store scenario makes the unit): forkd binds the socket.
+		"etc/forkd/fdstore.hcl": `# forkd-fdstore.service: forkd binds its own socket, no socket unit (test/systemd)
+command = ["/opt/forkd-demo/hello"]
+workers = 2
+
+listen "http" {
+  address = "tcp://` + e.bindAddr + `"
+}
+
+timeouts {
+  boot     = "30s"
+  worker   = "10s"
+  shutdown = "15s"
+}
+`,
 		// A config forkd refuses: the unit must fail with 78 and not be restarted.
 		"etc/forkd/broken.hcl": "command = [\"python3\"]\nworkers = 0\n",
 
@@ -448,6 +496,13 @@ func (e *env) ensureRunning(t *testing.T, ctx context.Context, instance, addr st
 			t.Fatalf("first request to %s: %d %q %v\n%s", addr, code, body, err, e.journalText(t, ctx, unit, ""))
 		}
 	}
+	return e.waitReady(t, ctx, unit, instance)
+}
+
+// waitReady waits until unit is active and its forkd (control socket /run/forkd/instance/) has
+// every worker ready.
+func (e *env) waitReady(t *testing.T, ctx context.Context, unit, instance string) control.Status {
+	t.Helper()
 	var st control.Status
 	waitFor(t, ctx, unit+" active with every worker ready", 100*time.Millisecond, func() (bool, string) {
 		state := e.prop(t, ctx, unit, "ActiveState")
@@ -510,7 +565,8 @@ func checkLoad(t *testing.T, l *load, what string) {
 	ok, failed, errs := l.counts()
 	t.Logf("load during %s: %d requests, %d failed", what, ok, failed)
 	if failed > 0 {
-		t.Errorf("%d of %d requests failed during %s; first failures:\n%s", failed, ok+failed, what, strings.Join(errs, "\n"))
+		t.Errorf("%d of %d requests failed (%d of them refused) during %s; first failures:\n%s", failed, ok+failed,
+			l.refusedCount(), what, strings.Join(errs, "\n"))
 	}
 	if ok == 0 {
 		t.Errorf("no request succeeded during %s", what)

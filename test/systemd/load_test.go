@@ -2,6 +2,7 @@ package systemd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -57,12 +59,13 @@ type load struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	ok     int
-	failed int
-	errs   []string // the first few failures
-	seen   map[reply]int
-	last   map[int]reply // the latest reply of each worker index
+	mu      sync.Mutex
+	ok      int
+	failed  int
+	refused int      // failures that were ECONNREFUSED: nothing listened on the address
+	errs    []string // the first few failures
+	seen    map[reply]int
+	last    map[int]reply // the latest reply of each worker index
 }
 
 const (
@@ -120,6 +123,9 @@ func (l *load) one(client *http.Client, addr string) {
 	// Requests are not cancelled by stop: one in flight then completes, and a failure counts.
 	l.mu.Lock()
 	l.failed++
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		l.refused++
+	}
 	if len(l.errs) < 10 {
 		l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" "+err.Error())
 	}
@@ -136,6 +142,29 @@ func (l *load) counts() (ok, failed int, errs []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.ok, l.failed, append([]string(nil), l.errs...)
+}
+
+// refusedCount is how many requests found no socket listening (connection refused).
+func (l *load) refusedCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.refused
+}
+
+// waitServed waits until the load has made n more successful requests, whatever fails meanwhile.
+func (l *load) waitServed(ctx context.Context, n int) error {
+	start, _, _ := l.counts()
+	for {
+		ok, _, _ := l.counts()
+		if ok >= start+n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the load made %d successful requests, not %d: %w", ok-start, n, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // waitRequests waits until the load has made n more successful requests, to be sure it runs.

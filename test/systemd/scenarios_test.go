@@ -20,6 +20,7 @@ func scenarios() []scenario {
 		{"install-with-systemd", 2 * time.Minute, (*env).installWithSystemd},
 		{"socket-activation", 2 * time.Minute, (*env).socketActivation},
 		{"journal-fields", time.Minute, (*env).journalFields},
+		{"worker-output", time.Minute, (*env).workerOutput},
 		{"hardening", time.Minute, (*env).hardening},
 		{"refork-under-load", 2 * time.Minute, (*env).reforkUnderLoad},
 		{"reload-under-load", 3 * time.Minute, (*env).reloadUnderLoad},
@@ -31,6 +32,7 @@ func scenarios() []scenario {
 		{"stop-drains", 2 * time.Minute, (*env).stopDrains},
 		{"bad-config", time.Minute, (*env).badConfig},
 		{"watchdog", 2 * time.Minute, (*env).watchdog},
+		{"fd-store", 4 * time.Minute, (*env).fdStore},
 		{"remove", 2 * time.Minute, (*env).remove},
 	}
 }
