@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/forkd/forkd/pkg/control"
+	"github.com/forkd/forkd/pkg/notify"
 )
 
 // bin holds the binaries built once by TestMain: forkd, forkctl, testworker, hello.
@@ -104,6 +105,10 @@ type options struct {
 	fdNames    string
 	// forkdPath runs another forkd binary than the one TestMain built.
 	forkdPath string
+	// systemd plays systemd's side of sd_notify(3): forkd gets NOTIFY_SOCKET pointing at it, and,
+	// with watchdog set, WATCHDOG_USEC and WATCHDOG_PID (its own PID).
+	systemd  *notify.Socket
+	watchdog time.Duration
 }
 
 // worker returns the HCL command line running testworker with flags.
@@ -142,7 +147,8 @@ func startForkd(t *testing.T, o options) *forkd {
 		forkdPath = o.forkdPath
 	}
 	var cmd *exec.Cmd
-	if o.activation {
+	switch {
+	case o.activation:
 		// LISTEN_PID must be forkd's own PID, known only after fork: a shell sets it and execs
 		// forkd in place, as systemd does between fork and exec.
 		cmd = exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, forkdPath}, args...)...)
@@ -150,9 +156,15 @@ func startForkd(t *testing.T, o options) *forkd {
 		if o.fdNames != "" {
 			cmd.Env = append(cmd.Env, "LISTEN_FDNAMES="+o.fdNames)
 		}
-	} else {
+	case o.watchdog > 0:
+		cmd = exec.Command("/bin/sh", append([]string{"-c", `WATCHDOG_PID=$$ exec "$0" "$@"`, forkdPath}, args...)...)
+		cmd.Env = append(os.Environ(), fmt.Sprintf("WATCHDOG_USEC=%d", o.watchdog.Microseconds()))
+	default:
 		cmd = exec.Command(forkdPath, args...)
 		cmd.Env = os.Environ()
+	}
+	if o.systemd != nil {
+		cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+o.systemd.Addr())
 	}
 	cmd.Env = append(cmd.Env, o.env...)
 	cmd.ExtraFiles = o.extraFiles

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -113,16 +114,23 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 		if notifySock, err = notify.FromFD(adopt.NotifyFD, adopt.NotifyAddr); err != nil {
 			return 1, err
 		}
-		if ctl, err = net.FileListener(os.NewFile(uintptr(extra.ControlFD), "control")); err != nil {
+		// FileListener dups the descriptor; closing the *os.File, not the number, closes the
+		// original exactly once (a bare close would leave the File's finalizer to close the
+		// number again later, by then another descriptor: a worker's pidfd, say).
+		f := os.NewFile(uintptr(extra.ControlFD), "control")
+		ctl, err = net.FileListener(f)
+		f.Close()
+		if err != nil {
 			return 1, fmt.Errorf("hot restart: control socket: %w", err)
 		}
-		unix.Close(extra.ControlFD) // FileListener made its own
 	} else {
 		if listeners, activated, err = activation.Open(cfg.Listeners); err != nil {
 			return 1, err
 		}
-		if !activated {
-			storeListeners(listeners, logger)
+		if activated {
+			checkActivated(cfg.Listeners, listeners, logger)
+		} else {
+			storeListeners(cfg.Systemd.FDStore, listeners, logger)
 		}
 		if notifySock, err = notify.Listen(notify.NewAbstractAddr()); err != nil {
 			return 1, err
@@ -165,16 +173,17 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 		Reconfigure: func() (cluster.Generation, error) {
 			return reconfigure(cfg, flags)
 		},
-		Listeners:      listeners,
-		Notify:         notifySock,
-		Systemd:        systemd,
-		Watchdog:       watchdog,
-		Logger:         logger,
-		Name:           cfg.Name,
-		WorkerOutput:   workerOutput,
-		Self:           self,
-		Argv:           os.Args,
-		PreflightCheck: preflight,
+		Listeners:        listeners,
+		Notify:           notifySock,
+		Systemd:          systemd,
+		Watchdog:         watchdog,
+		WatchdogMinReady: cfg.Systemd.WatchdogMinReady,
+		Logger:           logger,
+		Name:             cfg.Name,
+		WorkerOutput:     workerOutput,
+		Self:             self,
+		Argv:             os.Args,
+		PreflightCheck:   preflight,
 		HandoverExtra: func() (any, []int) {
 			return handoverExtra{Config: cfg, ControlFD: ctlFD, StartedAt: startedAt, Activated: activated}, []int{ctlFD}
 		},
@@ -268,14 +277,15 @@ func plural(n int, noun string) string {
 	return fmt.Sprintf("%d %ss", n, noun)
 }
 
-// storeListeners puts the sockets forkd bound in systemd's file descriptor store, when it runs
-// under systemd: if the unit has FileDescriptorStoreMax=, systemd keeps them across a crash or a
-// restart of forkd and passes them back (LISTEN_FDS), so the listening socket never closes and
-// clients queue in its backlog meanwhile. systemd 254 and later say in $FDSTORE whether the store is
-// enabled; for earlier versions forkd tries, and systemd drops what it cannot keep.
-func storeListeners(listeners []activation.Listener, logger *slog.Logger) {
+// storeListeners offers the sockets forkd bound to systemd's file descriptor store: if the unit has
+// FileDescriptorStoreMax=, systemd keeps them across a crash or a restart of forkd and passes them
+// back (LISTEN_FDS), so the listening socket never closes and clients queue in its backlog
+// meanwhile. systemd 254 and later set $FDSTORE when the store is enabled; earlier versions say
+// nothing, so there fd_store = "yes" is needed (an offer to a disabled store makes systemd warn).
+func storeListeners(mode string, listeners []activation.Listener, logger *slog.Logger) {
 	addr := os.Getenv("NOTIFY_SOCKET")
-	if addr == "" || len(listeners) == 0 || os.Getenv("FDSTORE") == "0" {
+	max, _ := strconv.Atoi(os.Getenv("FDSTORE"))
+	if addr == "" || len(listeners) == 0 || mode == config.FDStoreNo || (mode == config.FDStoreAuto && max <= 0) {
 		return
 	}
 	for _, l := range listeners {
@@ -284,8 +294,49 @@ func storeListeners(listeners []activation.Listener, logger *slog.Logger) {
 			return
 		}
 	}
-	logger.Info(fmt.Sprintf("listening sockets handed to systemd's fd store: %s", plural(len(listeners), "socket")),
-		"event", "fdstore")
+	logger.Info(fmt.Sprintf("offered %s to systemd's fd store (kept if the unit has FileDescriptorStoreMax=)",
+		plural(len(listeners), "listening socket")), "event", "fdstore")
+}
+
+// checkActivated warns when the sockets systemd passed (from a socket unit, or back from the fd
+// store) are not what the listen blocks say: they win, and a changed address in the config would
+// otherwise be ignored silently.
+func checkActivated(want []config.Listener, got []activation.Listener, logger *slog.Logger) {
+	if len(want) == 0 {
+		return
+	}
+	byName := map[string]activation.Listener{}
+	for _, l := range got {
+		byName[l.Name] = l
+	}
+	for _, w := range want {
+		l, ok := byName[w.Name]
+		switch {
+		case !ok:
+			logger.Warn(fmt.Sprintf("listen %q is in the config, but systemd passed no socket of that name: forkd serves on systemd's sockets only (a socket unit, or the fd store: systemctl stop, then start, rebinds)", w.Name),
+				"event", "listeners-mismatch")
+		case !sameAddress(w, l):
+			logger.Warn(fmt.Sprintf("listen %q is %s in the config, but systemd passed %s://%s: forkd serves on systemd's socket (a socket unit, or the fd store: systemctl stop, then start, rebinds)",
+				w.Name, w.URL(), l.Network, l.Address), "event", "listeners-mismatch")
+		}
+	}
+}
+
+// sameAddress compares a configured listener with a bound one, for what the config pins down (a
+// port 0 or an empty host matches any).
+func sameAddress(w config.Listener, l activation.Listener) bool {
+	if w.Network == "unix" || l.Network == "unix" {
+		return w.Network == l.Network && w.Address == l.Address
+	}
+	wHost, wPort, err1 := net.SplitHostPort(w.Address)
+	lHost, lPort, err2 := net.SplitHostPort(l.Address)
+	if err1 != nil || err2 != nil {
+		return w.Address == l.Address
+	}
+	if wPort != "0" && wPort != lPort {
+		return false
+	}
+	return wHost == "" || wHost == lHost || net.ParseIP(wHost).Equal(net.ParseIP(lHost))
 }
 
 // listenerFD returns the control listener's descriptor, without os.File.Fd.

@@ -64,7 +64,10 @@ type DriverConfig struct {
 	Systemd func(state string) error
 	// Watchdog is how often the master pings systemd's watchdog (WATCHDOG=1); zero disables it.
 	Watchdog time.Duration
-	Logger   *slog.Logger
+	// WatchdogMinReady, above 0, pings only while at least that many workers are ready, so that
+	// systemd restarts a cluster that stays down.
+	WatchdogMinReady int
+	Logger           *slog.Logger
 	// Name is forkd's instance name, for hooks (FORKD_NAME).
 	Name string
 	// WorkerOutput opens a worker's own stdout and stderr, such as a journal stream under the
@@ -114,6 +117,8 @@ type Driver struct {
 	// restarting: a hot restart is checking the new binary; adopted: this image took the cluster
 	// over from the previous one; reloadHook: a before_reload hook runs.
 	restarting, adopted, reloadHook bool
+	// watchdogHeld: the watchdog pings are withheld for want of ready workers.
+	watchdogHeld bool
 	// hooks are the hooks of the config last loaded; crashHooks counts on_worker_crash hooks running.
 	hooks      Hooks
 	crashHooks int
@@ -300,7 +305,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		case <-timer.C:
 			d.step(Tick{})
 		case <-watchdog:
-			d.notifySystemd("WATCHDOG=1")
+			d.pingWatchdog()
 		case <-done:
 			done = nil
 			d.log.Warn("context cancelled: stopping immediately")
@@ -638,6 +643,26 @@ func (d *Driver) expectReply(answer func(Reply)) RequestID {
 	return d.lastReq
 }
 
+// pingWatchdog tells systemd the master is alive, unless too few workers are ready.
+func (d *Driver) pingWatchdog() {
+	if min := d.cfg.WatchdogMinReady; min > 0 {
+		ready := d.m.ReadyCount()
+		if ready < min {
+			if !d.watchdogHeld {
+				d.log.Error(fmt.Sprintf("%d of %d workers ready, fewer than systemd.watchdog_min_ready: no more WATCHDOG=1, so systemd restarts forkd if it stays so",
+					ready, d.m.Status().Desired), "event", "watchdog-withheld")
+				d.watchdogHeld = true
+			}
+			return
+		}
+		if d.watchdogHeld {
+			d.log.Info("enough workers ready again: pinging systemd's watchdog", "event", "watchdog-resumed")
+			d.watchdogHeld = false
+		}
+	}
+	d.notifySystemd("WATCHDOG=1")
+}
+
 func (d *Driver) notifySystemd(state string) {
 	if d.cfg.Systemd == nil {
 		return
@@ -837,10 +862,12 @@ func (d *Driver) workerOutput(slot int) (*os.File, string) {
 }
 
 // isProtocolVar names the variables forkd sets for each worker (sd_listen_fds(3), sd_notify(3) and
-// its own), which neither forkd's environment nor the config may pass through.
+// its own), and those systemd sets for forkd itself that do not describe a worker (FDSTORE), which
+// neither forkd's environment nor the config may pass through.
 func isProtocolVar(key string) bool {
 	switch key {
-	case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM":
+	case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
+		"FDSTORE":
 		return true
 	}
 	return strings.HasPrefix(key, "FORKD_")

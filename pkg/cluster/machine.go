@@ -249,6 +249,9 @@ func (m *Machine) Config() Config {
 // Generation returns the generation new workers are made of: during a rollout, the one it rolls out.
 func (m *Machine) Generation() int { return m.generation }
 
+// ReadyCount returns how many of the desired workers are ready.
+func (m *Machine) ReadyCount() int { return m.readyCount() }
+
 // RollingOut reports whether a rollout (refork, reload) is in progress.
 func (m *Machine) RollingOut() bool { return m.rollout != nil }
 

@@ -27,6 +27,13 @@ const (
 	ReadyOnStart Readiness = "started"
 )
 
+// Values of Config.FDStore.
+const (
+	FDStoreAuto = "auto"
+	FDStoreYes  = "yes"
+	FDStoreNo   = "no"
+)
+
 // Defaults, documented in docs/configuration.md.
 const (
 	DefaultBootTimeout     = 60 * time.Second
@@ -85,6 +92,7 @@ type Config struct {
 	ForkWorker *ForkWorker
 	Rollout    Rollout
 	Hooks      Hooks
+	Systemd    Systemd
 	Control    Control
 	Log        Log
 }
@@ -124,6 +132,19 @@ type Hooks struct {
 	OnWorkerCrash []string
 	// Timeout bounds each run; the hook is killed after it. Defaults to DefaultHookTimeout.
 	Timeout time.Duration
+}
+
+// Systemd tunes forkd's use of systemd's service features.
+type Systemd struct {
+	// FDStore says whether forkd hands the sockets it binds to systemd's file descriptor store:
+	// FDStoreAuto (the default) when systemd says the store is enabled ($FDSTORE, systemd 254+),
+	// FDStoreYes always under systemd (for earlier versions, with FileDescriptorStoreMax= set),
+	// FDStoreNo never.
+	FDStore string
+	// WatchdogMinReady, when above 0, makes the master ping systemd's watchdog (WatchdogSec=) only
+	// while at least this many workers are ready, so that systemd restarts a cluster that stays
+	// down; 0 (the default) pings while the master's loop runs, whatever the workers do.
+	WatchdogMinReady int
 }
 
 // Rollout shapes reforks and phased restarts as rolling updates.

@@ -31,6 +31,7 @@ type fileConfig struct {
 	ForkWorker *fileForkWorker `hcl:"fork_worker,block"`
 	Rollout    *fileRollout    `hcl:"rollout,block"`
 	Hooks      *fileHooks      `hcl:"hooks,block"`
+	Systemd    *fileSystemd    `hcl:"systemd,block"`
 	Control    *fileControl    `hcl:"control,block"`
 	Log        *fileLog        `hcl:"log,block"`
 }
@@ -74,6 +75,11 @@ type fileHooks struct {
 	BeforeRestart *hcl.Attribute `hcl:"before_restart,optional"`
 	OnWorkerCrash *hcl.Attribute `hcl:"on_worker_crash,optional"`
 	Timeout       *hcl.Attribute `hcl:"timeout,optional"`
+}
+
+type fileSystemd struct {
+	FDStore          *hcl.Attribute `hcl:"fd_store,optional"`
+	WatchdogMinReady *hcl.Attribute `hcl:"watchdog_min_ready,optional"`
 }
 
 type fileControl struct {
@@ -152,6 +158,10 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 		b.decodeValue(h.BeforeRestart, "hooks.before_restart", &c.Hooks.BeforeRestart, &s.beforeRestart)
 		b.decodeValue(h.OnWorkerCrash, "hooks.on_worker_crash", &c.Hooks.OnWorkerCrash, &s.onWorkerCrash)
 		b.decodeDuration(h.Timeout, "hooks.timeout", &c.Hooks.Timeout, &s.hookTimeout)
+	}
+	if sd := fc.Systemd; sd != nil {
+		b.decodeValue(sd.FDStore, "systemd.fd_store", &c.Systemd.FDStore, &s.fdStore)
+		b.decodeValue(sd.WatchdogMinReady, "systemd.watchdog_min_ready", &c.Systemd.WatchdogMinReady, &s.watchdogMinReady)
 	}
 	if ctl := fc.Control; ctl != nil {
 		if b.decodeValue(ctl.Socket, "control.socket", &c.Control.Socket, &s.socket) {

@@ -72,6 +72,7 @@ func TestQuickMode(t *testing.T) {
 		Restart:  Restart{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax, ResetAfter: DefaultResetAfter},
 		Rollout:  Rollout{MaxSurge: DefaultMaxSurge},
 		Hooks:    Hooks{Timeout: DefaultHookTimeout},
+		Systemd:  Systemd{FDStore: FDStoreAuto},
 		Control:  Control{Socket: DefaultControlSocket("forkd")},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)

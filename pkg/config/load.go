@@ -144,6 +144,9 @@ func (b *builder) fillDefaults() {
 	if !s.readiness.given {
 		c.Readiness = ReadyOnNotify
 	}
+	if !s.fdStore.given {
+		c.Systemd.FDStore = FDStoreAuto
+	}
 	for i := range c.Listeners {
 		l, ls := &c.Listeners[i], &s.listeners[i]
 		if !ls.backlog.given {

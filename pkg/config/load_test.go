@@ -57,6 +57,11 @@ rollout {
   max_unavailable = 1
 }
 
+systemd {
+  fd_store           = "no"
+  watchdog_min_ready = 2
+}
+
 hooks {
   before_reload   = ["/bin/sh", "-c", "exit 0"]
   after_reload    = ["/bin/sh", "-c", "echo done"]
@@ -103,6 +108,7 @@ func TestParseFullConfig(t *testing.T) {
 			OnWorkerCrash: []string{"/bin/sh", "-c", "logger crash"},
 			Timeout:       5 * time.Second,
 		},
+		Systemd: Systemd{FDStore: FDStoreNo, WatchdogMinReady: 2},
 		Control: Control{Socket: filepath.Join(dir, "run", "control.sock")},
 		Log:     Log{Level: "debug", Format: "json"},
 	}, cfg)
@@ -122,6 +128,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		Restart:   Restart{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax, ResetAfter: DefaultResetAfter},
 		Rollout:   Rollout{MaxSurge: DefaultMaxSurge, MaxUnavailable: DefaultMaxUnavailable},
 		Hooks:     Hooks{Timeout: DefaultHookTimeout},
+		Systemd:   Systemd{FDStore: FDStoreAuto},
 		Control:   Control{Socket: DefaultControlSocket("web")},
 		Log:       Log{Level: "info", Format: "auto"},
 	}, cfg)

@@ -38,6 +38,7 @@ type origin struct {
 // sources records an origin for every value of the Config being built.
 type sources struct {
 	name, command, directory, env, workers, readiness origin
+	fdStore, watchdogMinReady                         origin
 	// commandArgs and envKeys locate single elements, for a problem with one of them.
 	commandArgs []origin
 	envKeys     map[string]origin
@@ -67,6 +68,7 @@ func defaultSources(quick bool) sources {
 	return sources{
 		name: at("name"), command: at("command"), directory: at("directory"), env: at("env"),
 		workers: at("workers"), readiness: at("readiness"),
+		fdStore: at("systemd.fd_store"), watchdogMinReady: at("systemd.watchdog_min_ready"),
 		boot: at("timeouts.boot"), worker: at("timeouts.worker"), shutdown: at("timeouts.shutdown"),
 		backoffMin: at("restart.backoff_min"), backoffMax: at("restart.backoff_max"),
 		resetAfter: at("restart.reset_after"),
@@ -123,6 +125,14 @@ func (b *builder) validate() {
 	}
 
 	b.validateListeners()
+	switch c.Systemd.FDStore {
+	case FDStoreAuto, FDStoreYes, FDStoreNo:
+	default:
+		b.report(s.fdStore, "%q is not one of %q, %q, %q", c.Systemd.FDStore, FDStoreAuto, FDStoreYes, FDStoreNo)
+	}
+	if n := c.Systemd.WatchdogMinReady; n < 0 || n > c.Workers && c.Workers >= 1 && c.Workers <= MaxWorkers {
+		b.report(s.watchdogMinReady, "%d is out of range 0..workers (%d)", n, c.Workers)
+	}
 
 	t := c.Timeouts
 	if t.Boot <= 0 {

@@ -185,6 +185,10 @@ var parseProblemTests = []struct {
 	// schema: gohcl's own diagnostics
 	{"unknown attribute", "command = [\"server\"]\nworker = 4",
 		"demo.hcl:2,1-7", `Unsupported argument`},
+	{"fd_store", "command = [\"server\"]\nsystemd {\n  fd_store = \"maybe\"\n}",
+		"demo.hcl:3,14-21", `systemd.fd_store: "maybe" is not one of "auto", "yes", "no"`},
+	{"watchdog_min_ready", "command = [\"server\"]\nworkers = 2\nsystemd {\n  watchdog_min_ready = 3\n}",
+		"demo.hcl:4,24-25", `systemd.watchdog_min_ready: 3 is out of range 0..workers (2)`},
 	{"unknown block", "command = [\"server\"]\nplugins {}",
 		"demo.hcl:2,1-8", `Unsupported block type`},
 	{"hook not found", "command = [\"server\"]\nhooks {\n  before_reload = [\"no-such-hook\"]\n}",

@@ -194,6 +194,19 @@ func (e *env) fdStore(t *testing.T, ctx context.Context) {
 		e.c.exec(ctx, 30*time.Second, "systemctl", "daemon-reload")
 	}()
 	addr := e.bindAddr
+	// systemd 254+ tells forkd the store is enabled ($FDSTORE), and fd_store = "auto" (the default)
+	// offers the sockets then; earlier versions say nothing, so the config must say "yes".
+	forced := e.systemd < 254
+	if forced {
+		cfgPath := filepath.Join(e.c.root, "etc/forkd/fdstore.hcl")
+		b, err := os.ReadFile(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cfgPath, append([]byte("fd_store = \"yes\"\n"), b...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// 1. Start: forkd binds the socket and stores it.
 	e.run(t, ctx, "systemctl", "start", fdstoreUnit)
@@ -221,9 +234,8 @@ func (e *env) fdStore(t *testing.T, ctx context.Context) {
 		}
 		w := e.masterEnv(t, ctx, fmt.Sprint(workerPIDs(first.status)[0]))
 		if slices.ContainsFunc(w, func(s string) bool { return strings.HasPrefix(s, "FDSTORE=") }) {
-			// Known: forkd passes FDSTORE on to its workers (not a protocol variable for it), though
-			// their NOTIFY_SOCKET is forkd's, which keeps no fd store.
-			t.Logf("forkd issue: worker 0's environment has %v", w)
+			// A worker's NOTIFY_SOCKET is forkd's, which keeps no fd store.
+			t.Errorf("worker 0's environment has systemd's FDSTORE: %v", w)
 		}
 	}
 
@@ -379,11 +391,12 @@ func (e *env) fdStore(t *testing.T, ctx context.Context) {
 	warning := firstMatch(journal, "FileDescriptorStoreMax")
 	t.Logf("without FileDescriptorStoreMax=: NFileDescriptorStore=%s, master's environment %v, forkd stored %d times; systemd says: %q",
 		plain.nStore, e.masterEnv(t, ctx, plain.mainPID), e.storeEvents(t, ctx, plain.invocation), strings.TrimSpace(warning))
-	if warning != "" {
-		// Known forkd issue (reported): with no FDSTORE in its environment it offers the sockets
-		// anyway, and systemd warns on every start of such a unit. Not failed, so that the suite
-		// stays green until forkd decides; change to t.Errorf once it does.
-		t.Logf("forkd issue: systemd %d warns on every start of a unit without FileDescriptorStoreMax=: %s", e.systemd, strings.TrimSpace(warning))
+	switch {
+	case forced && warning == "":
+		t.Errorf("systemd %d: fd_store = \"yes\" without FileDescriptorStoreMax=: no warning from systemd; did forkd offer the socket?", e.systemd)
+	case !forced && warning != "":
+		// fd_store = "auto": forkd offers nothing when systemd does not say the store is enabled.
+		t.Errorf("systemd %d warns, though forkd should not offer its sockets to a disabled store: %s", e.systemd, strings.TrimSpace(warning))
 	}
 }
 
