@@ -1,5 +1,7 @@
 // Package bench measures forkd's master with real processes: its memory and its idle cost with 4
-// and 64 workers, and how long a worker takes from spawn to READY=1 in exec mode.
+// and 64 workers, and how long a worker takes from spawn to READY=1 in exec mode; in fork-worker
+// mode (fork_test.go), a forked worker's spawn to READY=1, reforks and the memory they share; and
+// rollouts (rollout_test.go): phased restarts and request latency during phased and hot restarts.
 //
 //	make bench    # go test -run='^$' -bench=. -benchtime=1x -count=1 ./test/bench/...
 //
@@ -26,7 +28,7 @@ import (
 	"time"
 )
 
-// bin holds forkd and testworker, built once by TestMain.
+// bin holds forkd, forkctl and testworker, built once by TestMain.
 var bin string
 
 // idleWindow is how long BenchmarkMasterIdle watches an idle master (FORKD_BENCH_IDLE).
@@ -57,7 +59,7 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		// Without -race, unlike test/harness_test.go: the race detector multiplies memory and CPU,
 		// and memory and CPU are what is measured here.
-		for name, pkg := range map[string]string{"forkd": "../../cmd/forkd", "testworker": "../testworker"} {
+		for name, pkg := range map[string]string{"forkd": "../../cmd/forkd", "forkctl": "../../cmd/forkctl", "testworker": "../testworker"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 			if err := cmd.Run(); err != nil {
@@ -67,6 +69,8 @@ func TestMain(m *testing.M) {
 		}
 		code := m.Run()
 		printSummary(os.Stdout)
+		printForkSummary(os.Stdout)
+		printRolloutSummary(os.Stdout)
 		return code
 	}()
 	os.Exit(code)

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,11 @@ type masterConfig struct {
 	command []string
 	// heartbeat is timeouts.worker: zero leaves it off, so the master has no timer at all.
 	heartbeat time.Duration
+	// directory and env are the config's attributes of the same names (unset when empty).
+	directory string
+	env       map[string]string
+	// extra is more HCL for the config: fork_worker, restart, rollout blocks.
+	extra string
 }
 
 // master is one forkd under measurement.
@@ -64,6 +70,18 @@ func startMaster(tb testing.TB, c masterConfig) *master {
 	socket := filepath.Join(dir, "control.sock")
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "command = [%s]\nworkers = %d\n", quoteAll(c.command), c.workers)
+	if c.directory != "" {
+		fmt.Fprintf(&cfg, "directory = %q\n", c.directory)
+	}
+	if len(c.env) > 0 {
+		var vars []string
+		for k, v := range c.env {
+			vars = append(vars, fmt.Sprintf("%s = %q", k, v))
+		}
+		sort.Strings(vars)
+		fmt.Fprintf(&cfg, "env = { %s }\n", strings.Join(vars, ", "))
+	}
+	cfg.WriteString(c.extra + "\n")
 	cfg.WriteString("listen \"http\" {\n  address = \"tcp://127.0.0.1:0\"\n}\n")
 	cfg.WriteString("timeouts {\n  shutdown = \"5s\"\n")
 	if c.heartbeat > 0 {
@@ -210,6 +228,103 @@ func (m *master) next(kind string, pid int) logEvent {
 	}
 }
 
+// await returns the first record of kind that arrived at or after t and satisfies match (any,
+// when nil), waiting for it up to waitDeadline.
+func (m *master) await(kind string, t time.Time, match func(logEvent) bool) logEvent {
+	m.tb.Helper()
+	timeout := time.NewTimer(waitDeadline)
+	defer timeout.Stop()
+	for {
+		m.out.mu.Lock()
+		changed := m.out.changed
+		m.out.mu.Unlock()
+		for _, ev := range m.out.since(kind, t) {
+			if match == nil || match(ev) {
+				return ev
+			}
+		}
+		select {
+		case <-changed:
+		case <-m.done:
+			m.tb.Fatalf("forkd exited (%v) while waiting for %s\noutput:\n%s", m.waitErr, kind, m.out.String())
+		case <-timeout.C:
+			m.tb.Fatalf("no %s within %s\noutput:\n%s", kind, waitDeadline, m.out.String())
+		}
+	}
+}
+
+// forkctl runs the forkctl binary against this forkd, and returns its output, its exit code and
+// how long it ran (start to exit: the end-to-end time an operator sees).
+func (m *master) forkctl(args ...string) (string, int, time.Duration) {
+	m.tb.Helper()
+	r, err := runForkctl(m.socket, args...)
+	if err != nil {
+		m.tb.Fatalf("%v\n%s", err, r.out)
+	}
+	return r.out, r.code, r.took
+}
+
+// waitFor polls the status API until cond holds.
+func (m *master) waitFor(what string, cond func(control.Status) bool) control.Status {
+	m.tb.Helper()
+	st, err := m.tryWaitFor(what, cond, waitDeadline)
+	if err != nil {
+		m.tb.Fatalf("%v\noutput:\n%s", err, m.out.String())
+	}
+	return st
+}
+
+// tryWaitFor polls the status API until cond holds, for up to deadline, and says why not.
+func (m *master) tryWaitFor(what string, cond func(control.Status) bool, deadline time.Duration) (control.Status, error) {
+	m.tb.Helper()
+	end := time.Now().Add(deadline)
+	var last control.Status
+	var lastErr error
+	for time.Now().Before(end) {
+		m.checkAlive("waiting for " + what)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := m.getStatus(ctx)
+		cancel()
+		if err == nil {
+			last = st
+			if cond(st) {
+				return st, nil
+			}
+		}
+		lastErr = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	var procs []string
+	for _, w := range last.WorkerList {
+		procs = append(procs, fmt.Sprintf("worker %d pid %d generation %d %s", w.Index, w.PID, w.Generation, w.State))
+	}
+	return last, fmt.Errorf("timed out after %s waiting for %s: last status %d/%d ready, phase %q, %d processes (%s), error %v",
+		deadline, what, last.Ready, last.Workers, last.Phase, len(last.WorkerList), strings.Join(procs, "; "), lastErr)
+}
+
+// settled waits until n workers are ready and no other process is left: no rollout, no old worker
+// still draining.
+func (m *master) settled(n int) control.Status {
+	m.tb.Helper()
+	return m.waitFor(fmt.Sprintf("%d ready workers and no other", n), settledCond(n))
+}
+
+func settledCond(n int) func(control.Status) bool {
+	return func(st control.Status) bool {
+		return st.Phase == control.PhaseRunning && st.Ready == n && st.Workers == n && len(st.WorkerList) == n
+	}
+}
+
+// addr is the address of the master's (one) listener, host:port.
+func (m *master) addr() string {
+	m.tb.Helper()
+	st := m.status()
+	if len(st.Listeners) == 0 {
+		m.tb.Fatal("forkd has no listener")
+	}
+	return strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(st.Listeners[0].Address, "tcp://"), "tcp4://"), "tcp6://")
+}
+
 // stop ends forkd (SIGTERM, SIGKILL after stopDeadline) and checks that every worker it ever
 // spawned is gone, killing by PID any that is still ours. It runs once: explicitly, and again
 // as a cleanup in case the benchmark failed half-way.
@@ -270,12 +385,20 @@ func processGone(pid int) bool {
 	return i >= 0 && len(s) > i+2 && s[i+2] == 'Z'
 }
 
-// logEvent is one of forkd's worker records: event=worker-spawned, worker-ready (with its boot
-// duration) or worker-exited.
+// logEvent is one of forkd's records that has an event= field. Worker records (event=
+// worker-spawned, worker-ready with its boot duration, worker-exited) also go to the events
+// channel; every record is kept in the history, with the time it arrived here.
 type logEvent struct {
 	kind string
 	pid  int
 	boot time.Duration
+	// worker is the slot (worker=), -1 when the record has none.
+	worker int
+	// forked: the worker was spawned by the template's fork ("worker spawned (forked)").
+	forked bool
+	// at is when the record arrived on forkd's stderr: a finer clock than its time=, which has
+	// milliseconds.
+	at time.Time
 }
 
 // logLines collects forkd's text log, turning worker records into events as they arrive.
@@ -285,21 +408,37 @@ type logLines struct {
 	part   []byte // an incomplete last line
 	pids   []int  // every worker spawned, for the cleanup
 	events chan logEvent
+	// history is every record with an event= field; changed is closed (and replaced) whenever one
+	// is added.
+	history []logEvent
+	changed chan struct{}
+	forked  map[int]bool
+	// lines is every line with the time it arrived, to show what forkd said around a failure.
+	lines []timedLine
+}
+
+type timedLine struct {
+	at   time.Time
+	line string
 }
 
 // eventBuffer holds every worker record of a benchmark run (a few hundred) even when nobody reads:
 // a full channel drops records rather than block forkd's stderr.
 const eventBuffer = 4096
 
-func newLogLines() *logLines { return &logLines{events: make(chan logEvent, eventBuffer)} }
+func newLogLines() *logLines {
+	return &logLines{events: make(chan logEvent, eventBuffer), changed: make(chan struct{}), forked: map[int]bool{}}
+}
 
 var (
-	eventRE = regexp.MustCompile(`\bevent=(worker-spawned|worker-ready|worker-exited)\b`)
-	pidRE   = regexp.MustCompile(`\bpid=(\d+)\b`)
-	bootRE  = regexp.MustCompile(`\bboot=(\S+)`)
+	eventRE  = regexp.MustCompile(`\bevent=([a-z-]+)`)
+	pidRE    = regexp.MustCompile(`\bpid=(\d+)\b`)
+	workerRE = regexp.MustCompile(`\bworker=(\d+)\b`)
+	bootRE   = regexp.MustCompile(`\bboot=(\S+)`)
 )
 
 func (l *logLines) Write(p []byte) (int, error) {
+	at := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.all.Write(p)
@@ -309,30 +448,71 @@ func (l *logLines) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		l.parse(string(l.part[:i]))
+		line := string(l.part[:i])
+		l.lines = append(l.lines, timedLine{at, line})
+		l.parse(line, at)
 		l.part = l.part[i+1:]
 	}
 	return len(p), nil
 }
 
-func (l *logLines) parse(line string) {
+func (l *logLines) parse(line string, at time.Time) {
 	kind := eventRE.FindStringSubmatch(line)
-	pid := pidRE.FindStringSubmatch(line)
-	if kind == nil || pid == nil {
+	if kind == nil {
 		return
 	}
-	ev := logEvent{kind: kind[1]}
-	ev.pid, _ = strconv.Atoi(pid[1])
-	if ev.kind == "worker-spawned" {
-		l.pids = append(l.pids, ev.pid)
+	ev := logEvent{kind: kind[1], worker: -1, at: at}
+	if pid := pidRE.FindStringSubmatch(line); pid != nil {
+		ev.pid, _ = strconv.Atoi(pid[1])
+	}
+	if w := workerRE.FindStringSubmatch(line); w != nil {
+		ev.worker, _ = strconv.Atoi(w[1])
 	}
 	if boot := bootRE.FindStringSubmatch(line); boot != nil {
 		ev.boot, _ = time.ParseDuration(boot[1])
+	}
+	isWorker := ev.kind == "worker-spawned" || ev.kind == "worker-ready" || ev.kind == "worker-exited"
+	if ev.kind == "worker-spawned" && ev.pid > 0 {
+		l.pids = append(l.pids, ev.pid)
+		l.forked[ev.pid] = strings.Contains(line, "worker spawned (forked)")
+	}
+	ev.forked = l.forked[ev.pid]
+	l.history = append(l.history, ev)
+	close(l.changed)
+	l.changed = make(chan struct{})
+	if !isWorker || ev.pid == 0 {
+		return
 	}
 	select {
 	case l.events <- ev:
 	default:
 	}
+}
+
+// between returns the lines that arrived from a to b, at most limit of them (the last ones).
+func (l *logLines) between(a, b time.Time, limit int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, tl := range l.lines {
+		if !tl.at.Before(a) && !tl.at.After(b) {
+			out = append(out, fmt.Sprintf("%+.1fms %s", ms(tl.at.Sub(a)), tl.line))
+		}
+	}
+	return out[len(out)-min(limit, len(out)):]
+}
+
+// since returns the records of kind (every kind when empty) that arrived at or after t, in order.
+func (l *logLines) since(kind string, t time.Time) []logEvent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var evs []logEvent
+	for _, ev := range l.history {
+		if !ev.at.Before(t) && (kind == "" || ev.kind == kind) {
+			evs = append(evs, ev)
+		}
+	}
+	return evs
 }
 
 func (l *logLines) spawned() []int {
