@@ -194,8 +194,8 @@ func (e *env) fdStore(t *testing.T, ctx context.Context) {
 		e.c.exec(ctx, 30*time.Second, "systemctl", "daemon-reload")
 	}()
 	addr := e.bindAddr
-	// systemd 254+ tells forkd the store is enabled ($FDSTORE), and fd_store = "auto" (the default)
-	// offers the sockets then; earlier versions say nothing, so the config must say "yes".
+	// systemd 254+ tells forkd the store is enabled ($FDSTORE), and systemd.fd_store = "auto" (the
+	// default) offers the sockets then; earlier versions say nothing, so the config must say "yes".
 	forced := e.systemd < 254
 	if forced {
 		cfgPath := filepath.Join(e.c.root, "etc/forkd/fdstore.hcl")
@@ -203,7 +203,7 @@ func (e *env) fdStore(t *testing.T, ctx context.Context) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(cfgPath, append([]byte("fd_store = \"yes\"\n"), b...), 0o644); err != nil {
+		if err := os.WriteFile(cfgPath, append(b, []byte("\nsystemd {\n  fd_store = \"yes\"\n}\n")...), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -388,7 +388,7 @@ func (e *env) fdStore(t *testing.T, ctx context.Context) {
 		t.Errorf("without FileDescriptorStoreMax=: GET /: %d %q %v", code, body, err)
 	}
 	journal, _ := e.waitJournal(t, ctx, fdstoreUnit, cursor, "all 2 workers ready")
-	warning := firstMatch(journal, "FileDescriptorStoreMax")
+	warning := firstMatch(journal, "Cannot store more fds")
 	t.Logf("without FileDescriptorStoreMax=: NFileDescriptorStore=%s, master's environment %v, forkd stored %d times; systemd says: %q",
 		plain.nStore, e.masterEnv(t, ctx, plain.mainPID), e.storeEvents(t, ctx, plain.invocation), strings.TrimSpace(warning))
 	switch {
