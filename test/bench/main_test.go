@@ -1,7 +1,9 @@
 // Package bench measures forkd's master with real processes: its memory and its idle cost with 4
 // and 64 workers, and how long a worker takes from spawn to READY=1 in exec mode; in fork-worker
 // mode (fork_test.go), a forked worker's spawn to READY=1, reforks and the memory they share; and
-// rollouts (rollout_test.go): phased restarts and request latency during phased and hot restarts.
+// rollouts (rollout_test.go): phased restarts and request latency during phased and hot restarts;
+// and a Rack app (rack_test.go) under forkd-rack next to the same app under `puma --fork-worker`:
+// memory, refork and phased restart durations, and latency during each.
 //
 //	make bench    # go test -run='^$' -bench=. -benchtime=1x -count=1 ./test/bench/...
 //
@@ -71,6 +73,7 @@ func TestMain(m *testing.M) {
 		printSummary(os.Stdout)
 		printForkSummary(os.Stdout)
 		printRolloutSummary(os.Stdout)
+		printRackSummary(os.Stdout)
 		return code
 	}()
 	os.Exit(code)
