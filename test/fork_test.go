@@ -270,13 +270,19 @@ type load struct {
 	errors    []string
 }
 
+// startLoad sends requests that take 5 ms to serve.
 func startLoad(t *testing.T, url string, keepAlive, fresh int) *load {
+	return startLoadOf(t, url, 5, keepAlive, fresh)
+}
+
+// startLoadOf sends requests that take serveMS to serve (the test apps' /slow?ms=).
+func startLoadOf(t *testing.T, url string, serveMS, keepAlive, fresh int) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{cancel: cancel}
 	run := func(c *http.Client) {
 		defer l.wg.Done()
 		for ctx.Err() == nil {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/slow?ms=5", nil)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/slow?ms=%d", url, serveMS), nil)
 			resp, err := c.Do(req)
 			if err == nil {
 				_, err = io.Copy(io.Discard, resp.Body)

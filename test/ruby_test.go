@@ -383,6 +383,36 @@ func TestRubyPhasedRestart(t *testing.T) {
 	assert.Equal(t, "after_worker_boot", newTemplate[0], "the new worker 0 booted")
 }
 
+// A phased restart under a load that keeps every Puma thread busy (more keep-alive clients, each
+// sending its next request at once, than threads, and new connections waiting to be accepted):
+// Puma::Server's accept loop waits for a free thread before it reads its stop command, so without
+// forkd-rack's wake-up (sdk/ruby test_stop_while_every_thread_is_busy pins it down) the new worker
+// 0 often could not pause to fork within fork_worker's 10 s timeout, and old workers lingered
+// until a lull in the load or the shutdown timeout (10 minutes here, past the test's deadline).
+func TestRubyPhasedRestartWhenEveryThreadIsBusy(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	f := startRuby(t, options{config: rackExample(t, 2, nil, forkWorkerBlock+`
+timeouts {
+  shutdown = "10m"
+}
+`)})
+	before := f.waitReady(2)
+	url := "http://" + f.addr()
+	l := startLoadOf(t, url, 50, 64, 8) // 2 workers of 4 threads
+	f.waitFor("the load under way", func(control.Status) bool { return l.ok.Load() > 200 })
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	_, err := f.client.Reload(ctx, control.ReloadRequest{Wait: true})
+	require.NoError(t, err, "the new worker 0 pauses to fork its siblings, under this load too")
+	f.waitFor("2 new workers ready", func(st control.Status) bool {
+		return len(st.WorkerList) == 2 && st.Ready == 2
+	})
+	waitGone(t, workerPIDs(before)...)
+	ok, failed := l.stop()
+	assert.Zero(t, failed, "failed requests (%d ok): %v", ok, l.errs())
+}
+
 func TestRubyHotRestart(t *testing.T) {
 	t.Parallel()
 	requireRuby(t)

@@ -69,8 +69,8 @@ import (
 //     loop waits in ThreadPool#wait_until_not_full before it reads the stop command, and the
 //     pool's threads keep serving their keep-alive connections (each new request arrives within
 //     the 0.2 s fast-track wait). It lasts until those clients go quiet or the shutdown timeout
-//     sends SIGKILL. forkd-rack runs the same Puma::Server, so forkd's old workers can linger
-//     too, but after the rollout is done; Puma waits for each before it forks the next.
+//     sends SIGKILL. forkd-rack runs the same Puma::Server, but wakes that wait when it stops
+//     (sdk/ruby/lib/forkd/rack.rb, AcceptWaitEndsAtStop).
 
 const (
 	rackWorkers = 4

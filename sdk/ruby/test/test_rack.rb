@@ -87,6 +87,51 @@ class RackTest < ForkdTest::MasterTest
     m.notify.wait_for(pid, "X_FORKD_REQUESTS=1", timeout: 3)
   end
 
+  # A stop reaches Puma's accept loop even when it waits for a free thread (every thread busy, a
+  # connection waiting to be accepted): the stop command is read at once, and the requests in
+  # hand are served before stop returns.
+  def test_stop_while_every_thread_is_busy
+    require_puma
+    require "forkd/rack"
+    entered = Queue.new
+    release = Queue.new
+    app = lambda do |env|
+      if env["PATH_INFO"] == "/hold"
+        entered << true
+        release.pop
+      end
+      [200, { "content-type" => "text/plain" }, [env["PATH_INFO"]]]
+    end
+    listener = TCPServer.new("127.0.0.1", 0)
+    port = listener.addr[1]
+    server = Forkd::Rack::PumaServer.new(app, threads: 1, environment: "test")
+    server.start([listener])
+    puma = server.instance_variable_get(:@server)
+    busy = TCPSocket.new("127.0.0.1", port)
+    busy.write("GET /hold HTTP/1.1\r\nHost: test\r\n\r\n")
+    entered.pop
+    waiting = TCPSocket.new("127.0.0.1", port)
+    waiting.write("GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+    wait_until("the accept loop waiting for a free thread") do
+      (puma.thread.backtrace || []).any? { |line| line.include?("wait_until_not_full") }
+    end
+    stopper = Thread.new { server.stop }
+    wait_until("the stop command read while the thread is busy", timeout: 10) { puma.shutting_down? }
+    release << true
+    assert stopper.join(10), "stop returned once the held request was served"
+    [[busy, "/hold"], [waiting, "/next"]].each do |socket, path|
+      response = socket.read
+      assert_match %r{\AHTTP/1.1 200}, response
+      assert_match(/^connection: close\r$/i, response)
+      assert response.end_with?(path), response
+      socket.close
+    end
+    refute listener.closed?, "the listener outlives the server"
+  ensure
+    release&.push(true)
+    listener&.close
+  end
+
   # forkd-rack ARGS..., not under forkd: [status, nil, output].
   def run_cli(*args)
     out_r, out_w = IO.pipe

@@ -16,11 +16,12 @@ module Forkd
     # The Forkd.serve server for Puma (5.6; 6.x is handled where its API differs).
     #
     # start makes a new Puma::Server on the inherited listeners and runs it in its own threads;
-    # stop is Puma's own graceful restart, begin_restart(true): the accept loop ends, keep-alive
-    # connections that are idle are closed, requests in flight finish (their responses say
-    # "Connection: close"), every Puma thread is joined, and the listeners stay open. A stopped
-    # server is dropped, and start makes the next one: in the template after a pause or a fork,
-    # and in each forked worker, whose Puma threads never existed in the template.
+    # stop is Puma's own graceful restart, begin_restart(true), made to end under any load
+    # (AcceptWaitEndsAtStop): the accept loop ends, keep-alive connections that are idle are
+    # closed, requests in flight finish (their responses say "Connection: close"), every Puma
+    # thread is joined, and the listeners stay open. A stopped server is dropped, and start makes
+    # the next one: in the template after a pause or a fork, and in each forked worker, whose Puma
+    # threads never existed in the template.
     class PumaServer
       attr_reader :app, :options
 
@@ -76,8 +77,50 @@ module Forkd
         end
       end
 
+      # Puma::Server's accept loop, when a listener is readable, waits for a free pool thread
+      # (ThreadPool#wait_until_not_full) before it looks at its stop command again. Under steady
+      # keep-alive load no thread ever frees up: each serves its connection's next request, and
+      # the reactor refills the queue with the others. So a stop could wait for as long as the
+      # load lasts (a worker 0 that never pauses for a fork, an old worker killed at the shutdown
+      # timeout). A stopping server marks its pool, and the wait ends: the loop accepts the
+      # connection at hand (which is served, with "Connection: close"), reads the stop command
+      # and ends. Puma::ThreadPool is patched for the whole process, since Server#run makes its
+      # pool itself; a pool that is not stopping waits as Puma's does.
+      module AcceptWaitEndsAtStop
+        def stop_accepting
+          with_mutex do
+            @forkd_stop_accepting = true
+            @not_full.broadcast
+          end
+        end
+
+        def wait_until_not_full
+          return super unless instance_variable_defined?(:@not_full) && instance_variable_defined?(:@max)
+
+          with_mutex do
+            @not_full.wait(@mutex) until @shutdown || @forkd_stop_accepting || busy_threads < @max
+          end
+        end
+      end
+
+      # The stop command first, then the wake-up, so that the loop, once awake, reads it.
+      module StopWakesAcceptLoop
+        def begin_restart(sync = false)
+          super(false)
+          pool = @thread_pool
+          pool.stop_accepting if pool.respond_to?(:stop_accepting)
+          @thread.join if @thread && sync
+        end
+      end
+
       def self.server_class
-        @server_class ||= Class.new(::Puma::Server) { include FirstRequestGrace }
+        @server_class ||= begin
+          ::Puma::ThreadPool.prepend(AcceptWaitEndsAtStop) unless ::Puma::ThreadPool <= AcceptWaitEndsAtStop
+          Class.new(::Puma::Server) do
+            include FirstRequestGrace
+            include StopWakesAcceptLoop
+          end
+        end
       end
 
       def running?
