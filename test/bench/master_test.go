@@ -347,20 +347,26 @@ func (m *master) stop() {
 			}
 		}
 		// The workers exit on the master's SIGTERM (or on Pdeathsig when it was killed).
-		end := time.Now().Add(killDeadline)
-		for _, pid := range m.out.spawned() {
-			// PIDs are recycled fast on a busy machine: a PID that now runs something else is
-			// gone as far as this forkd is concerned.
-			alive := func() bool { return !processGone(pid) && m.ours(pid) }
-			for alive() && time.Now().Before(end) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if alive() {
-				m.tb.Errorf("worker %d outlived forkd: SIGKILL", pid)
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
+		killSurvivors(m.tb, m.out.spawned(), m.ours, "forkd")
 	})
+}
+
+// killSurvivors gives pids, the workers of a master that has exited, until killDeadline to exit
+// too, and SIGKILLs (as a test error) each one still running what ours recognizes: PIDs are
+// recycled fast on a busy machine, and a PID that now runs something else is gone as far as that
+// master is concerned.
+func killSurvivors(tb testing.TB, pids []int, ours func(pid int) bool, master string) {
+	end := time.Now().Add(killDeadline)
+	for _, pid := range pids {
+		alive := func() bool { return !processGone(pid) && ours(pid) }
+		for alive() && time.Now().Before(end) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if alive() {
+			tb.Errorf("worker %d outlived %s: SIGKILL", pid, master)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
 
 // ours reports whether pid runs this master's worker command: as the app, or still as the shim

@@ -742,17 +742,7 @@ func (p *pumaCluster) stop() {
 				<-p.done
 			}
 		}
-		end := time.Now().Add(killDeadline)
-		for _, pid := range p.out.workerPIDs() {
-			alive := func() bool { return !processGone(pid) && p.ours(pid) }
-			for alive() && time.Now().Before(end) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if alive() {
-				p.tb.Errorf("puma worker %d outlived its master: SIGKILL", pid)
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
+		killSurvivors(p.tb, p.out.workerPIDs(), p.ours, "puma")
 	})
 }
 
