@@ -112,19 +112,26 @@ fork_worker {
 }
 `)})
 	g.waitReady(2)
-	url := "http://" + g.addr()
-	deadlineAt := time.Now().Add(deadline)
+	requestUntilAutomaticRefork(t, g)
+}
+
+// requestUntilAutomaticRefork sends requests until f's worker 0 has served refork_after's first
+// count and reported it (requests land on any worker), and checks that forkd says why it reforked.
+func requestUntilAutomaticRefork(t *testing.T, f *forkd) {
+	t.Helper()
+	url := "http://" + f.addr()
+	end := time.Now().Add(deadline)
 	for {
-		st := g.status()
+		st := f.status()
 		if st.Generation >= 2 {
 			break
 		}
-		require.True(t, time.Now().Before(deadlineAt), "no automatic refork; worker 0 served %d", st.WorkerList[0].Requests)
+		require.True(t, time.Now().Before(end), "no automatic refork; worker 0 served %d", st.WorkerList[0].Requests)
 		for range 10 {
 			get(t, url)
 		}
 	}
-	assert.Contains(t, g.output.String(), "automatic refork to generation 2")
+	assert.Contains(t, f.output.String(), "automatic refork to generation 2")
 }
 
 // assertReforked checks a refork: worker 0 kept, every other worker replaced and of the new

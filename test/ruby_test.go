@@ -293,19 +293,7 @@ fork_worker {
 }
 `)})
 	f.waitReady(2)
-	url := "http://" + f.addr()
-	end := time.Now().Add(deadline)
-	for {
-		st := f.status()
-		if st.Generation >= 2 {
-			break
-		}
-		require.True(t, time.Now().Before(end), "no automatic refork; worker 0 served %d", st.WorkerList[0].Requests)
-		for range 10 {
-			get(t, url)
-		}
-	}
-	assert.Contains(t, f.output.String(), "automatic refork to generation 2")
+	requestUntilAutomaticRefork(t, f)
 }
 
 func TestRubyForkWorkerSharesMemory(t *testing.T) {
