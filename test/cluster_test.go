@@ -221,7 +221,7 @@ func TestGracefulStopDrainsInFlightRequests(t *testing.T) {
 	t.Parallel()
 	f := startForkd(t, options{config: worker() + "\nworkers = 2\n"})
 	st := f.waitReady(2)
-	url := "http://" + f.addr() + "/slow?ms=1500"
+	url := "http://" + f.addr() + "/slow?ms=1500&announce=drain"
 	result := make(chan error, 1)
 	go func() {
 		resp, err := httpClient.Get(url)
@@ -233,8 +233,9 @@ func TestGracefulStopDrainsInFlightRequests(t *testing.T) {
 		}
 		result <- err
 	}()
-	// Let the request reach a worker before the stop.
-	time.Sleep(300 * time.Millisecond)
+	f.waitFor("the request in a worker's hands", func(control.Status) bool {
+		return strings.Contains(f.output.String(), "slow request drain received")
+	})
 	f.signal(syscall.SIGTERM)
 	require.NoError(t, <-result, "the in-flight request completes")
 	assert.Equal(t, 0, f.waitExit())

@@ -8,7 +8,8 @@
 // It serves HTTP on every inherited listener:
 //
 //	GET /        "worker=<FORKD_WORKER> pid=<pid> generation=<FORKD_GENERATION>"
-//	GET /slow?ms=N   the same after N milliseconds
+//	GET /slow?ms=N   the same after N milliseconds; with &announce=ID, it prints "slow request
+//	                 ID received" on stdout first
 //	GET /fds     the descriptors that were open when main started, e.g. "0 1 2 3"
 //	GET /env?k=K the value of environment variable K
 //	GET /version the contents of ./VERSION when the worker started, "none" without one
@@ -153,6 +154,9 @@ func handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { hello(w) })
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		if r.URL.Query().Has("announce") {
+			fmt.Printf("slow request %s received\n", r.URL.Query().Get("announce"))
+		}
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		hello(w)
 	})
