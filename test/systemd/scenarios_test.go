@@ -648,16 +648,21 @@ func (e *env) stopDrains(t *testing.T, ctx context.Context) {
 		err  error
 	}
 	res := make(chan result, 1)
+	cursor := e.cursor(t, ctx)
+	nonce := fmt.Sprintf("stop%x", time.Now().UnixNano())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		code, body, err := get(ctx, e.demoAddr, fmt.Sprintf("/slow?ms=%d", slow.Milliseconds()), 30*time.Second)
+		code, body, err := get(ctx, e.demoAddr, fmt.Sprintf("/print?ms=%d&msg=%s", slow.Milliseconds(), nonce), 30*time.Second)
 		res <- result{code, body, err}
 	}()
 	defer wg.Wait()
-	time.Sleep(time.Second) // the slow request is in a worker now
-	cursor := e.cursor(t, ctx)
+	// The worker prints the nonce when the request reaches it; on stdout and on stderr, and either
+	// line will do: once (seen once in CI) only the stderr one was returned after the cursor.
+	if journal, ok := e.waitJournal(t, ctx, "forkd@demo.service", cursor, nonce); !ok {
+		t.Fatalf("the slow request did not reach a worker within 10s:\n%s", journal)
+	}
 	t0 := time.Now()
 	e.run(t, ctx, "systemctl", "stop", "forkd@demo.service")
 	took := time.Since(t0)
