@@ -206,12 +206,13 @@ class _Runtime:
             hooks.run_after_boot(strict=True)
         except Exception:
             worker.die("after_worker_boot hook failed:\n%s" % traceback.format_exc().rstrip())
-        worker.reporter.start()
         worker._requests_started = True
         self._step()
         if self.done:
             return False
         self._notify("READY=1")
+        # After READY, which it would only delay: its first heartbeat is half WATCHDOG_USEC away.
+        worker.reporter.start()
         return True
 
     def _drain_wake_and_check_stop(self):
@@ -607,6 +608,8 @@ class _Runtime:
     def reborn(self, rb):
         """In the SDK's new worker: drop the template's state, become worker rb.msg["worker"]."""
         # Signals must not be written into a descriptor number the template's pipe had.
+        # Hello first: the master's answer travels while this process sheds the template's state.
+        hello_sent = worker.send_forked_hello(rb.fd)
         signal.set_wakeup_fd(-1)
         # The template's descriptors: its loop, pipes, pidfd, channel, queued spawns' channels.
         self.sel.close()
@@ -619,7 +622,7 @@ class _Runtime:
                 for fd in op.get("_fds", []):
                     _close_quietly(fd)
         self.ops.clear()
-        worker.become_forked_worker(rb.msg.get("worker", 0), rb.msg["generation"], rb.fd)
+        worker.become_forked_worker(rb.msg.get("worker", 0), rb.msg["generation"], rb.fd, hello_sent)
         try:
             hooks.run_child(strict=True)
         except Exception:

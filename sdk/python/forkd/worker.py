@@ -518,10 +518,24 @@ def _watch_master(master_pid):
 
 # --- after the SDK's fork, in the new worker ----------------------------------------------------
 
-def become_forked_worker(index, gen, channel_fd):
+def send_forked_hello(channel_fd):
+    """Say hello on a new worker's channel as soon as it is forked, before the process is made
+    that worker: the handshake then only waits for what is left of the master's answer. Returns
+    False when it could not be sent (the handshake tries again, and says why if it fails)."""
+    sock = socket.socket(fileno=channel_fd)
+    try:
+        protocol.Channel(sock).send({"op": "hello", "pid": os.getpid(), "fork": False, "sdk": SDK})
+        return True
+    except (OSError, ValueError):
+        return False
+    finally:
+        sock.detach()
+
+
+def become_forked_worker(index, gen, channel_fd, hello_sent=False):
     """Make this process (the SDK's grandchild) worker index of generation gen, whose channel is
     channel_fd: the environment, this module's state, the random generator and the request count.
-    The caller has closed the template's channel."""
+    The caller has closed the template's channel; hello_sent says send_forked_hello did its part."""
     global _state, _requests, _requests_lock, _master_gone, _master_watch_started, reporter
     global _requests_started
     pid = str(os.getpid())
@@ -541,6 +555,7 @@ def become_forked_worker(index, gen, channel_fd):
     _master_watch_started = False
     reporter = _Reporter()
     st = _State()
+    st.hello_sent = hello_sent and st.channel is not None
     if old is not None:
         st.master_pid = old.master_pid
     if old is not None and old.listeners is not None:
