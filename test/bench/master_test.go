@@ -149,30 +149,36 @@ func (m *master) status() control.Status {
 // does this.
 func (m *master) getStatus(ctx context.Context) (control.Status, error) {
 	var st control.Status
+	return st, getJSONOverUnix(ctx, m.socket, "http://forkd/v1/status", 16<<20, &st)
+}
+
+// getJSONOverUnix GETs url from the HTTP server on the unix socket at path, on a connection of its
+// own, into out; a status other than 200 is an error with the body.
+func getJSONOverUnix(ctx context.Context, path, url string, limit int64, out any) error {
 	hc := &http.Client{Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", m.socket)
+			return d.DialContext(ctx, "unix", path)
 		},
 	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://forkd/v1/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return st, err
+		return err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return st, err
+		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
-		return st, err
+		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET /v1/status: %s: %s", resp.Status, body)
+		return fmt.Errorf("GET %s: %s: %s", req.URL.Path, resp.Status, body)
 	}
-	return st, json.Unmarshal(body, &st)
+	return json.Unmarshal(body, out)
 }
 
 // waitReady polls the status API until n workers are ready.

@@ -3,11 +3,8 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -567,30 +564,7 @@ type pumaStats struct {
 // stats asks Puma's control app (what `pumactl stats` does) on a connection of its own.
 func (p *pumaCluster) stats(ctx context.Context) (pumaStats, error) {
 	var st pumaStats
-	hc := &http.Client{Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", p.ctl)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://puma/stats?token="+pumaToken, nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return st, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET /stats: %s: %s", resp.Status, body)
-	}
-	return st, json.Unmarshal(body, &st)
+	return st, getJSONOverUnix(ctx, p.ctl, "http://puma/stats?token="+pumaToken, 1<<20, &st)
 }
 
 // settled polls /stats until n workers are booted, all in the current phase, and no old one is
