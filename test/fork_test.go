@@ -240,20 +240,25 @@ func TestNoFailedRequestsDuringTenReforks(t *testing.T) {
 func TestForkWorkerSharesMemory(t *testing.T) {
 	t.Parallel()
 	total := func(extra string) uint64 {
-		f := startForkd(t, options{config: pythonApp(t, 4, map[string]string{"TESTAPP_ALLOC_MB": "100"}, extra)})
-		st := f.waitReady(4)
-		var pss uint64
-		for _, w := range st.WorkerList {
-			require.NotNil(t, w.Memory)
-			pss += w.Memory.PSS
-		}
-		f.signal(syscall.SIGTERM)
-		f.waitExit()
-		return pss
+		return totalPSSThenStop(t, startForkd(t, options{config: pythonApp(t, 4, map[string]string{"TESTAPP_ALLOC_MB": "100"}, extra)}), 4)
 	}
 	exec, fork := total(""), total(forkWorkerBlock)
 	t.Logf("total PSS of 4 workers with 100 MiB each: exec %d MiB, fork %d MiB", exec>>20, fork>>20)
 	assert.Less(t, fork, exec/2, "fork-worker mode uses under half the memory of exec mode")
+}
+
+// totalPSSThenStop waits for n workers ready, sums their PSS as forkd reports it, and stops forkd.
+func totalPSSThenStop(t *testing.T, f *forkd, n int) uint64 {
+	t.Helper()
+	st := f.waitReady(n)
+	var pss uint64
+	for _, w := range st.WorkerList {
+		require.NotNil(t, w.Memory)
+		pss += w.Memory.PSS
+	}
+	f.signal(syscall.SIGTERM)
+	assert.Equal(t, 0, f.waitExit())
+	return pss
 }
 
 func TestForkWorkerWithoutSDKRunsInExecMode(t *testing.T) {

@@ -300,16 +300,7 @@ func TestRubyForkWorkerSharesMemory(t *testing.T) {
 	t.Parallel()
 	requireRuby(t)
 	total := func(extra string) uint64 {
-		f := startRuby(t, options{config: rackExample(t, 4, map[string]string{"DEMO_ALLOC_MB": "100"}, extra)})
-		st := f.waitReady(4)
-		var pss uint64
-		for _, w := range st.WorkerList {
-			require.NotNil(t, w.Memory)
-			pss += w.Memory.PSS
-		}
-		f.signal(syscall.SIGTERM)
-		assert.Equal(t, 0, f.waitExit())
-		return pss
+		return totalPSSThenStop(t, startRuby(t, options{config: rackExample(t, 4, map[string]string{"DEMO_ALLOC_MB": "100"}, extra)}), 4)
 	}
 	execPSS, forkPSS := total(""), total(forkWorkerBlock)
 	t.Logf("total PSS of 4 Ruby workers with 100 MiB each: exec %d MiB, fork %d MiB", execPSS>>20, forkPSS>>20)
