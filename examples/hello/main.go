@@ -104,7 +104,7 @@ func run() int {
 	drainer := worker.NewHTTPDrainer(server, listeners)
 	serveErrors := make(chan error, len(listeners))
 	for _, l := range listeners {
-		go func() { serveErrors <- server.Serve(l) }()
+		go func() { serveErrors <- drainer.Serve(l) }()
 	}
 	if err := w.Ready(); err != nil {
 		logger.Printf("cannot say READY=1: %v", err)

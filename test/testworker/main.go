@@ -106,7 +106,7 @@ func main() {
 	if *ready != "never" {
 		// A worker that never gets ready is a hung boot: it serves nothing.
 		for _, l := range listeners {
-			go srv.Serve(l)
+			go drainer.Serve(l)
 		}
 	}
 	switch *ready {

@@ -44,7 +44,7 @@ func ExampleWorker() {
 	drainer := worker.NewHTTPDrainer(server, listeners)
 	serveErrors := make(chan error, len(listeners))
 	for _, l := range listeners {
-		go func() { serveErrors <- server.Serve(l) }()
+		go func() { serveErrors <- drainer.Serve(l) }()
 	}
 	// Every listener is served: connections queued in the kernel meanwhile are accepted now.
 	if err := w.Ready(); err != nil {
