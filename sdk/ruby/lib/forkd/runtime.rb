@@ -103,13 +103,15 @@ module Forkd
 
       # In the SDK's new worker: drop the template's state, become worker rb.msg["worker"].
       def reborn(rebirth)
+        # Hello first: the master's answer travels while this process sheds the template's state.
+        hello_sent = Worker.send_forked_hello(rebirth.io)
         # A signal the template got was the template's.
         Runtime.stop_signal = nil
         [@wake_r, @wake_w, @pidfd].each { |io| close_quietly(io) }
         @ops.each { |_, ios| Protocol.close_all(ios) }
         @ops.clear
         remove_master_cb
-        Worker.become_forked_worker(rebirth.msg["worker"], rebirth.msg["generation"], rebirth.io)
+        Worker.become_forked_worker(rebirth.msg["worker"], rebirth.msg["generation"], rebirth.io, hello_sent: hello_sent)
         begin
           Hooks.run_child(strict: true)
         rescue Exception => e # rubocop:disable Lint/RescueException
@@ -157,12 +159,13 @@ module Forkd
           Worker.die("after_worker_boot hook failed: #{e.class}: #{e.message}\n" \
                      "#{(e.backtrace || []).first(20).join("\n")}")
         end
-        Worker.reporter.start
         Worker.requests_started = true
         step
         return false if @done
 
         notify("READY=1")
+        # After READY, which it would only delay: its first heartbeat is half WATCHDOG_USEC away.
+        Worker.reporter.start
         true
       end
 

@@ -626,10 +626,21 @@ module Forkd
 
     # --- forks ----------------------------------------------------------------------------------
 
+    # Say hello on a new worker's channel as soon as it is forked, before the process is made that
+    # worker: the handshake then only waits for what is left of the master's answer. Returns false
+    # when it could not be sent (the handshake tries again, and says why if it fails).
+    def send_forked_hello(channel)
+      Protocol::Channel.new(channel).send_message({ "op" => "hello", "pid" => Process.pid, "fork" => false, "sdk" => SDK })
+      true
+    rescue SystemCallError, IOError, ArgumentError
+      false
+    end
+
     # Make this process (the SDK's grandchild) worker index of generation gen, whose channel is
     # channel (a Socket): the environment, this module's state, the random generator and the
-    # request count. The template's channel was closed by after_any_fork_in_child.
-    def become_forked_worker(index, gen, channel)
+    # request count. The template's channel was closed by after_any_fork_in_child; hello_sent says
+    # send_forked_hello did its part.
+    def become_forked_worker(index, gen, channel, hello_sent: false)
       pid = Process.pid.to_s
       old = @state
       ENV["LISTEN_PID"] = pid
@@ -645,6 +656,7 @@ module Forkd
       @master_watch_started = false
       @reporter = Reporter.new
       st = State.new(channel: Protocol::Channel.new(channel))
+      st.hello_sent = hello_sent
       st.master_pid = old.master_pid if old
       if old&.listeners
         # The same descriptors, now this worker's: LISTEN_PID says so.
