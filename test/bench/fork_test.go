@@ -147,22 +147,13 @@ func benchRefork(b *testing.B, workers int) {
 	var e2e, logged, boots []time.Duration
 	var timelines []string
 	for i := range reforkReps {
-		t0 := time.Now()
-		out, code, took := m.forkctl("refork", "--wait")
-		if code != 0 {
-			b.Fatalf("refork %d: forkctl exit %d: %s\noutput:\n%s", i+1, code, out, m.out.String())
-		}
-		start := m.await("refork-start", t0, nil)
-		done := m.await("refork-done", t0, nil)
-		for _, ev := range m.out.since("worker-ready", start.at) {
-			if ev.at.After(done.at) {
-				break
-			}
+		r := m.timeRollout("refork", i+1)
+		for _, ev := range r.ready {
 			boots = append(boots, ev.boot)
 		}
-		e2e = append(e2e, took)
-		logged = append(logged, done.at.Sub(start.at))
-		timelines = append(timelines, rolloutTimeline(m.out.since("", start.at), start.at, done.at))
+		e2e = append(e2e, r.took)
+		logged = append(logged, r.logged)
+		timelines = append(timelines, rolloutTimeline(m.out.since("", r.start.at), r.start.at, r.done.at))
 		m.settled(workers)
 	}
 	m.stop()

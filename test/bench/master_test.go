@@ -259,6 +259,33 @@ func (m *master) await(kind string, t time.Time, match func(logEvent) bool) logE
 	}
 }
 
+// rolloutRun is one `forkctl CMD --wait` as forkctl and forkd's log saw it.
+type rolloutRun struct {
+	took, logged time.Duration // forkctl's wall time; the log's start record to done record
+	start, done  logEvent
+	ready        []logEvent // the worker-ready records between start and done
+}
+
+// timeRollout runs `forkctl cmd --wait` (cmd is refork or reload) for the rep-th time and reads
+// the rollout's start and done records and the workers that got ready in between.
+func (m *master) timeRollout(cmd string, rep int) rolloutRun {
+	m.tb.Helper()
+	t0 := time.Now()
+	out, code, took := m.forkctl(cmd, "--wait")
+	if code != 0 {
+		m.tb.Fatalf("%s %d: forkctl exit %d: %s\noutput:\n%s", cmd, rep, code, out, m.out.String())
+	}
+	r := rolloutRun{took: took, start: m.await(cmd+"-start", t0, nil), done: m.await(cmd+"-done", t0, nil)}
+	r.logged = r.done.at.Sub(r.start.at)
+	for _, ev := range m.out.since("worker-ready", r.start.at) {
+		if ev.at.After(r.done.at) {
+			break
+		}
+		r.ready = append(r.ready, ev)
+	}
+	return r
+}
+
 // forkctl runs the forkctl binary against this forkd, and returns its output, its exit code and
 // how long it ran (start to exit: the end-to-end time an operator sees).
 func (m *master) forkctl(args ...string) (string, int, time.Duration) {

@@ -49,25 +49,16 @@ func benchReload(b *testing.B, cfg masterConfig, workers int) {
 	st := m.settled(workers)
 	var e2e, logged, execBoots, forkBoots []time.Duration
 	for i := range reloadReps {
-		t0 := time.Now()
-		out, code, took := m.forkctl("reload", "--wait")
-		if code != 0 {
-			b.Fatalf("reload %d: forkctl exit %d: %s\noutput:\n%s", i+1, code, out, m.out.String())
-		}
-		start := m.await("reload-start", t0, nil)
-		done := m.await("reload-done", t0, nil)
-		for _, ev := range m.out.since("worker-ready", start.at) {
-			if ev.at.After(done.at) {
-				break
-			}
+		r := m.timeRollout("reload", i+1)
+		for _, ev := range r.ready {
 			if ev.forked {
 				forkBoots = append(forkBoots, ev.boot)
 			} else {
 				execBoots = append(execBoots, ev.boot)
 			}
 		}
-		e2e = append(e2e, took)
-		logged = append(logged, done.at.Sub(start.at))
+		e2e = append(e2e, r.took)
+		logged = append(logged, r.logged)
 		m.settled(workers)
 	}
 	m.stop()
