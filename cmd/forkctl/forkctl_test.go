@@ -339,6 +339,25 @@ func TestTimeout(t *testing.T) {
 	require.Contains(t, r.stderr, "forkctl: no answer from forkd within 200ms (see --timeout)")
 }
 
+// --timeout 0 waits without limit, as a zero timeout does for kubectl and timeout(1); a negative
+// one is refused before anything is sent.
+func TestTimeoutZeroAndNegative(t *testing.T) {
+	b := newFakeBackend()
+	socket := serve(t, b)
+
+	r := forkctl(t, nil, "--socket", socket, "--timeout", "0", "status")
+	require.Equal(t, 0, r.code, r.stderr)
+
+	r = forkctl(t, nil, "--socket", socket, "--timeout", "-1s", "scale", "+1")
+	require.Equal(t, exitUsage, r.code, r.stderr)
+	require.Contains(t, r.stderr, "forkctl: --timeout -1s is negative: give how long to wait, like 30s or 2m, or 0 for no limit\n")
+	select {
+	case req := <-b.scales:
+		t.Fatalf("a command with a negative --timeout reached forkd: %+v", req)
+	default:
+	}
+}
+
 func TestNotRunning(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.sock")
@@ -410,6 +429,8 @@ func TestBadArguments(t *testing.T) {
 		{"phased-restart", "--immediate"},
 		{"restart", "-w"},
 		{"--timeout", "soon", "status"},
+		{"--timeout", "-1s", "status"},
+		{"--timeout=-5m", "reload", "--wait"},
 		{"frobnicate"},
 		{"check"},
 	}

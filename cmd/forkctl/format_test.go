@@ -179,6 +179,12 @@ func TestContextTimeout(t *testing.T) {
 	_, bounded = ctx.Deadline()
 	cancel()
 	require.True(t, bounded, "an explicit --timeout bounds --wait too")
+
+	c.timeout = 0
+	ctx, cancel = c.context(context.Background(), false)
+	_, bounded = ctx.Deadline()
+	cancel()
+	require.False(t, bounded, "--timeout 0 means no limit")
 }
 
 func TestHumanDuration(t *testing.T) {

@@ -52,15 +52,19 @@ The socket is, in order: --socket, $FORKD_SOCKET, the control socket of --config
 or the default socket of the instance named "forkd".`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			c.timeoutSet = cmd.Flags().Changed("timeout")
+			if c.timeout < 0 {
+				return c.exitErrorFor(usagef("--timeout %s is negative: give how long to wait, like 30s or 2m, or 0 for no limit", c.timeout))
+			}
+			return nil
 		},
 	}
 	flags := root.PersistentFlags()
 	flags.StringVarP(&c.socketFlag, "socket", "s", "", "path of forkd's control socket")
 	flags.StringVarP(&c.configFlag, "config", "c", "", "take the control socket from this forkd config file")
 	flags.DurationVar(&c.timeout, "timeout", defaultTimeout,
-		"give up after this long; with --wait, the default is to wait without limit")
+		"give up after this long; 0 waits without limit; with --wait, the default is to wait without limit")
 	_ = root.MarkPersistentFlagFilename("config", "hcl")
 
 	root.AddCommand(
@@ -142,9 +146,11 @@ func (c *cli) client() (*control.Client, error) {
 }
 
 // context bounds one command: by --timeout, except that a command that waits for an action to
-// finish waits as long as it takes unless --timeout was given explicitly.
+// finish waits as long as it takes unless --timeout was given explicitly. --timeout 0 means no
+// limit, as a zero does for kubectl's --request-timeout and timeout(1); a negative one is refused
+// before any command runs.
 func (c *cli) context(parent context.Context, waits bool) (context.Context, context.CancelFunc) {
-	if (waits && !c.timeoutSet) || c.timeout <= 0 {
+	if (waits && !c.timeoutSet) || c.timeout == 0 {
 		return context.WithCancel(parent)
 	}
 	return context.WithTimeout(parent, c.timeout)
