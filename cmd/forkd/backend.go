@@ -84,6 +84,12 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 	return out, nil
 }
 
+// IsWorker tells the control server whether a connecting process runs the app's code.
+func (b *backend) IsWorker(ctx context.Context, pid int) (bool, string, error) {
+	k, err := b.driver.Kinship(ctx, pid)
+	return k.Worker, k.Reason, err
+}
+
 func (b *backend) Stop(ctx context.Context, req control.StopRequest) error {
 	return controlError(b.driver.Stop(ctx, req.Immediate, req.Wait))
 }

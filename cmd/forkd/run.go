@@ -204,9 +204,8 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 	logger.Info(what, "event", "master-starting", "pid", os.Getpid(), "listeners", strings.Join(addrs, ", "),
 		"socket_activated", activated, "control_socket", cfg.Control.Socket)
 
-	srv := control.NewServer(&backend{
-		driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated,
-	}, logger)
+	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated}
+	srv := control.NewServer(b, logger, control.WithWorkers(b, control.WorkerAccess(cfg.Control.WorkerAccess)))
 	go srv.Serve(ctl)
 
 	code, err := driver.Run(context.Background())
@@ -263,6 +262,10 @@ func reconfigure(running *config.Config, flags config.Flags) (cluster.Generation
 	}
 	if cfg.Control.Socket != running.Control.Socket {
 		g.Warnings = append(g.Warnings, "control.socket changed: it stays "+running.Control.Socket+" until forkd is restarted")
+	}
+	if cfg.Control.WorkerAccess != running.Control.WorkerAccess {
+		g.Warnings = append(g.Warnings, fmt.Sprintf("control.worker_access changed: it stays %q until forkd is restarted (forkctl restart)",
+			running.Control.WorkerAccess))
 	}
 	if cfg.Log != running.Log || cfg.Name != running.Name {
 		g.Warnings = append(g.Warnings, "name and log settings take effect when forkd is restarted")

@@ -180,11 +180,12 @@ func (p *process) close() {
 }
 
 // request is a call from another goroutine into the loop: an event to step, or (with ev nil) a
-// status query.
+// status query or a kinship query (driver_peers.go).
 type request struct {
-	ev     Event
-	status chan Status
-	reply  chan Reply
+	ev      Event
+	status  chan Status
+	kinship *kinshipQuery
+	reply   chan Reply
 	// early answers as soon as the event has been stepped: with the machine's reply if it came at
 	// once (a refusal), else with success, and the rest is only logged.
 	early bool
@@ -598,6 +599,10 @@ func lineageOf(pid int) []int {
 }
 
 func (d *Driver) handleRequest(r request) {
+	if r.kinship != nil {
+		d.answerKinship(r.kinship)
+		return
+	}
 	if r.ev == nil {
 		st := d.m.Status()
 		if d.restarting && st.Rollout == "" {

@@ -27,6 +27,13 @@ const (
 	ReadyOnStart Readiness = "started"
 )
 
+// Values of Control.WorkerAccess.
+const (
+	WorkerAccessNone   = "none"
+	WorkerAccessStatus = "status"
+	WorkerAccessFull   = "full"
+)
+
 // Values of Config.FDStore.
 const (
 	FDStoreAuto = "auto"
@@ -209,6 +216,11 @@ type Control struct {
 	// DefaultControlSocket(Name). A relative path is made absolute against the config file's
 	// directory, or forkd's working directory for --socket.
 	Socket string
+	// WorkerAccess is what forkd's workers, and every process descended from them, may do with the
+	// API: WorkerAccessNone (the default) refuses them, WorkerAccessStatus lets them read the
+	// status, WorkerAccessFull lets them do anything the operator can. They run as forkd's user,
+	// which the socket's mode and the uid check let in.
+	WorkerAccess string
 }
 
 // Log configures forkd's own log records.

@@ -83,7 +83,8 @@ type fileSystemd struct {
 }
 
 type fileControl struct {
-	Socket *hcl.Attribute `hcl:"socket,optional"`
+	Socket       *hcl.Attribute `hcl:"socket,optional"`
+	WorkerAccess *hcl.Attribute `hcl:"worker_access,optional"`
 }
 
 type fileLog struct {
@@ -167,6 +168,7 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 		if b.decodeValue(ctl.Socket, "control.socket", &c.Control.Socket, &s.socket) {
 			c.Control.Socket = b.resolvePath(c.Control.Socket, false)
 		}
+		b.decodeValue(ctl.WorkerAccess, "control.worker_access", &c.Control.WorkerAccess, &s.workerAccess)
 	}
 	if l := fc.Log; l != nil {
 		b.decodeValue(l.Level, "log.level", &c.Log.Level, &s.level)

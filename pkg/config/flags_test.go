@@ -73,7 +73,7 @@ func TestQuickMode(t *testing.T) {
 		Rollout:  Rollout{MaxSurge: DefaultMaxSurge},
 		Hooks:    Hooks{Timeout: DefaultHookTimeout},
 		Systemd:  Systemd{FDStore: FDStoreAuto},
-		Control:  Control{Socket: DefaultControlSocket("forkd")},
+		Control:  Control{Socket: DefaultControlSocket("forkd"), WorkerAccess: WorkerAccessNone},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)
 }

@@ -192,6 +192,9 @@ func (b *builder) fillDefaults() {
 	if !s.socket.given {
 		c.Control.Socket = DefaultControlSocket(c.Name)
 	}
+	if !s.workerAccess.given {
+		c.Control.WorkerAccess = WorkerAccessNone
+	}
 	if !s.level.given {
 		c.Log.Level = "info"
 	}

@@ -71,7 +71,8 @@ hooks {
 }
 
 control {
-  socket = "run/control.sock"
+  socket        = "run/control.sock"
+  worker_access = "status"
 }
 
 log {
@@ -109,7 +110,7 @@ func TestParseFullConfig(t *testing.T) {
 			Timeout:       5 * time.Second,
 		},
 		Systemd: Systemd{FDStore: FDStoreNo, WatchdogMinReady: 2},
-		Control: Control{Socket: filepath.Join(dir, "run", "control.sock")},
+		Control: Control{Socket: filepath.Join(dir, "run", "control.sock"), WorkerAccess: WorkerAccessStatus},
 		Log:     Log{Level: "debug", Format: "json"},
 	}, cfg)
 }
@@ -129,7 +130,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		Rollout:   Rollout{MaxSurge: DefaultMaxSurge, MaxUnavailable: DefaultMaxUnavailable},
 		Hooks:     Hooks{Timeout: DefaultHookTimeout},
 		Systemd:   Systemd{FDStore: FDStoreAuto},
-		Control:   Control{Socket: DefaultControlSocket("web")},
+		Control:   Control{Socket: DefaultControlSocket("web"), WorkerAccess: WorkerAccessNone},
 		Log:       Log{Level: "info", Format: "auto"},
 	}, cfg)
 }

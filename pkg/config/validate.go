@@ -52,7 +52,7 @@ type sources struct {
 	beforeReload, afterReload          origin
 	beforeRestart, onWorkerCrash       origin
 	hookTimeout                        origin
-	socket                             origin
+	socket, workerAccess               origin
 	level, format                      origin
 }
 
@@ -78,8 +78,8 @@ func defaultSources(quick bool) sources {
 		beforeReload: at("hooks.before_reload"), afterReload: at("hooks.after_reload"),
 		beforeRestart: at("hooks.before_restart"), onWorkerCrash: at("hooks.on_worker_crash"),
 		hookTimeout: at("hooks.timeout"),
-		socket:      at("control.socket"),
-		level:       at("log.level"), format: at("log.format"),
+		socket:      at("control.socket"), workerAccess: at("control.worker_access"),
+		level: at("log.level"), format: at("log.format"),
 	}
 }
 
@@ -189,6 +189,11 @@ func (b *builder) validate() {
 		b.report(s.socket, "must not be empty")
 	} else {
 		b.validateSocketPath(s.socket, c.Control.Socket)
+	}
+	switch c.Control.WorkerAccess {
+	case WorkerAccessNone, WorkerAccessStatus, WorkerAccessFull:
+	default:
+		b.report(s.workerAccess, "%q is not one of %q, %q, %q", c.Control.WorkerAccess, WorkerAccessNone, WorkerAccessStatus, WorkerAccessFull)
 	}
 
 	switch c.Log.Level {

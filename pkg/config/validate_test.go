@@ -176,6 +176,9 @@ var parseProblemTests = []struct {
 	{"control socket empty", "command = [\"server\"]\ncontrol {\n  socket = \"\"\n}",
 		"demo.hcl:3,12-14", `control.socket: must not be empty`},
 
+	{"worker access unknown", "command = [\"server\"]\ncontrol {\n  worker_access = \"read-only\"\n}",
+		"demo.hcl:3,19-30", `control.worker_access: "read-only" is not one of "none", "status", "full"`},
+
 	// log
 	{"log level unknown", "command = [\"server\"]\nlog {\n  level = \"verbose\"\n}",
 		"demo.hcl:3,11-20", `log.level: "verbose" is not one of "debug", "info", "warn", "error"`},

@@ -116,17 +116,17 @@ type testServer struct {
 	client *Client
 }
 
-func startServer(t *testing.T, b Backend) *testServer {
+func startServer(t *testing.T, b Backend, opts ...Option) *testServer {
 	t.Helper()
-	return startServerAt(t, b, filepath.Join(t.TempDir(), "control.sock"))
+	return startServerAt(t, b, filepath.Join(t.TempDir(), "control.sock"), opts...)
 }
 
-func startServerAt(t *testing.T, b Backend, socket string) *testServer {
+func startServerAt(t *testing.T, b Backend, socket string, opts ...Option) *testServer {
 	t.Helper()
 	l, err := Listen(socket)
 	require.NoError(t, err)
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv := NewServer(b, logger)
+	srv := NewServer(b, logger, opts...)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	t.Cleanup(func() {
@@ -143,6 +143,8 @@ type rawReply struct {
 	code   int
 	header http.Header
 	body   string
+	// close: the server said it closes the connection after this reply.
+	close bool
 }
 
 // errorMessage decodes the reply's {"error": ...}, failing the test if it is not one.
@@ -178,7 +180,7 @@ func (s *testServer) do(t *testing.T, method, path, body string) rawReply {
 	data, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
-	return rawReply{code: resp.StatusCode, header: resp.Header, body: string(data)}
+	return rawReply{code: resp.StatusCode, header: resp.Header, body: string(data), close: resp.Close}
 }
 
 // receive waits for a value from ch. The long limit only turns a hang into a readable failure; it

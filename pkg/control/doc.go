@@ -9,6 +9,13 @@
 // only root and forkd's own effective uid; anyone else gets 403. The socket is not meant to be
 // exposed further (no TLS, no authentication beyond the peer's uid).
 //
+// forkd's workers run as forkd's uid, so the uid check lets the application's own code in. With
+// WithWorkers, the server asks, once per connection and before it reads a body, whether the peer
+// (the PID of SO_PEERCRED, pinned with SO_PEERPIDFD where the kernel has it) is a worker or
+// descends from one, and lets it do only what its WorkerAccess allows: by default nothing (403,
+// naming control.worker_access), with WorkerAccessStatus only GET /v1/status. A refused
+// connection is closed after the reply.
+//
 // # Routes
 //
 //	GET  /v1/status   -> Status
@@ -24,7 +31,7 @@
 // {"error": "message"} with a status code that says what kind of error it is:
 //
 //	400  the body is not valid JSON or the request is invalid
-//	403  the peer's uid may not use the API
+//	403  the peer's uid may not use the API, or the peer is one of forkd's workers (WithWorkers)
 //	404  no such route
 //	405  wrong method for the route (the Allow header names the right one)
 //	409  the action cannot begin now: it conflicts with what forkd is doing (ErrStopping, ErrBusy

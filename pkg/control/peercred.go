@@ -1,8 +1,6 @@
 package control
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"syscall"
@@ -16,20 +14,6 @@ type peerCred struct {
 	uid, gid, pid int
 	// err is why the credentials could not be read; the connection is then refused.
 	err error
-}
-
-type peerCredKey struct{}
-
-// withPeerCred is the server's ConnContext: it reads the peer's credentials once per connection.
-func withPeerCred(ctx context.Context, c net.Conn) context.Context {
-	return context.WithValue(ctx, peerCredKey{}, readPeerCred(c))
-}
-
-func peerCredFromContext(ctx context.Context) peerCred {
-	if p, ok := ctx.Value(peerCredKey{}).(peerCred); ok {
-		return p
-	}
-	return peerCred{uid: -1, pid: -1, err: errors.New("control: no peer credentials for this connection")}
 }
 
 func readPeerCred(c net.Conn) peerCred {

@@ -75,13 +75,17 @@ type Server struct {
 	// routes maps a path to its endpoint for each method it accepts.
 	routes map[string]map[string]endpoint
 	http   *http.Server
+	// workers, when set, tells which peers are forkd's workers, whom workerAccess limits.
+	workers      Workers
+	workerAccess WorkerAccess
 }
 
 // endpoint handles one route: it returns the reply to encode, or an error to report.
 type endpoint func(w http.ResponseWriter, r *http.Request) (any, error)
 
-// NewServer returns a Server that answers with b. A nil logger discards the log.
-func NewServer(b Backend, logger *slog.Logger) *Server {
+// NewServer returns a Server that answers with b, configured by opts. A nil logger discards the
+// log.
+func NewServer(b Backend, logger *slog.Logger, opts ...Option) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -90,6 +94,9 @@ func NewServer(b Backend, logger *slog.Logger) *Server {
 		logger:  logger,
 		euid:    os.Geteuid(),
 		routes:  make(map[string]map[string]endpoint),
+	}
+	for _, opt := range opts {
+		opt(s)
 	}
 	s.route(http.MethodGet, "/v1/status", query(s.status))
 	s.route(http.MethodPost, "/v1/stop", command(func(ctx context.Context, req StopRequest) (struct{}, error) {
@@ -105,7 +112,7 @@ func NewServer(b Backend, logger *slog.Logger) *Server {
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxBodyBytes,
-		ConnContext:       withPeerCred,
+		ConnContext:       withConn,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	return s
@@ -143,20 +150,25 @@ func (s *Server) route(method, path string, e endpoint) {
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	peer := peerCredFromContext(r.Context())
-	reply, err := s.dispatch(w, r, peer)
+	c := connFromContext(r.Context())
+	reply, err := s.dispatch(w, r, c)
 	code := http.StatusOK
 	if err != nil {
 		code = statusCode(err)
 		reply = errorBody{Error: err.Error()}
 	}
+	if code == http.StatusForbidden {
+		// The peer may not use the API: no reason to keep its connection, or to read what
+		// remains of its request.
+		w.Header().Set("Connection", "close")
+	}
 	writeJSON(w, code, reply)
-	s.logRequest(r, peer, code, err)
+	s.logRequest(r, c.cred, code, err)
 }
 
 // dispatch checks the peer, finds the route and runs it.
-func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, peer peerCred) (any, error) {
-	if err := s.authorize(peer); err != nil {
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, c *conn) (any, error) {
+	if err := s.authorize(c.cred); err != nil {
 		return nil, err
 	}
 	methods, ok := s.routes[r.URL.Path]
@@ -169,6 +181,10 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, peer peerCred)
 		w.Header().Set("Allow", strings.Join(allowed, ", "))
 		return nil, &Error{Code: http.StatusMethodNotAllowed,
 			Message: fmt.Sprintf("%s does not accept %s (use %s)", r.URL.Path, r.Method, strings.Join(allowed, " or "))}
+	}
+	// Checked before the endpoint reads the body: a worker's request is refused unread.
+	if err := s.authorizeWorker(r.Context(), c, r.Method == http.MethodGet); err != nil {
+		return nil, err
 	}
 	return e(w, r)
 }
