@@ -11,14 +11,19 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 
 	"github.com/spf13/cobra"
 
 	"github.com/forkd/forkd/internal/version"
 	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/config"
 	"github.com/forkd/forkd/pkg/restart"
 )
+
+// The main goroutine keeps the main thread: the master's spawner runs on it (see main).
+func init() { runtime.LockOSThread() }
 
 func main() {
 	// A worker's first moments: the master spawned this binary as the shim that sets LISTEN_PID
@@ -31,7 +36,11 @@ func main() {
 		fmt.Println(restart.Version)
 		os.Exit(0)
 	}
-	os.Exit(execute(os.Args[1:]))
+	go func() { os.Exit(execute(os.Args[1:])) }()
+	// Every child of the master is forked, and a hot restart execs, from the main thread: the one
+	// thread whose children keep their parent through any number of hot restarts, so that their
+	// Pdeathsig fires only when the master dies.
+	cluster.ServeSpawns()
 }
 
 // exitError carries an exit code out of a command; err, when set, is printed as "forkd: err".

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -244,7 +243,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return 1, fmt.Errorf("cluster: become a subreaper: %w", err)
 	}
-	d.spawner = startSpawner()
+	d.spawner = spawnerFor()
 	defer d.spawner.stop()
 
 	sigc := make(chan os.Signal, 64)
@@ -402,7 +401,8 @@ func (d *Driver) spawn(a SpawnWorker) {
 			// then drains the workers instead of having them all die at once.
 			Setpgid: true,
 			// If the master dies without draining (SIGKILL, crash), workers get SIGTERM from the
-			// kernel. The spawner thread never exits, so this fires only when the master does.
+			// kernel. The spawner's thread outlives even a hot restart's exec (spawner.go), so
+			// this fires only when the master dies.
 			Pdeathsig: syscall.SIGTERM,
 			PidFD:     &pidfd,
 		},
@@ -898,80 +898,4 @@ func inheritedEnv(environ []string) []string {
 		env = append(env, kv)
 	}
 	return env
-}
-
-// spawner starts processes from one OS thread that never exits. Pdeathsig fires when the thread
-// that forked a child exits, not the process, and the Go runtime may run a spawn on any thread; a
-// dedicated locked thread makes "the master died" the only trigger.
-type spawner struct {
-	reqs chan spawnRequest
-}
-
-type spawnRequest struct {
-	path string
-	argv []string
-	attr *syscall.ProcAttr
-	// env, with attr nil, asks for an exec of the whole master instead.
-	env  []string
-	done chan spawnResult
-}
-
-type spawnResult struct {
-	pid int
-	err error
-}
-
-func startSpawner() *spawner {
-	s := &spawner{reqs: make(chan spawnRequest)}
-	go func() {
-		// Never unlocked: the thread lives as long as the process.
-		runtime.LockOSThread()
-		for r := range s.reqs {
-			if r.attr == nil {
-				r.done <- spawnResult{-1, execMaster(r.path, r.argv, r.env)}
-				continue
-			}
-			pid, _, err := syscall.StartProcess(r.path, r.argv, r.attr)
-			r.done <- spawnResult{pid, err}
-		}
-		// Parked forever rather than returning: a locked goroutine that returns takes its
-		// thread with it, and with it every child's Pdeathsig.
-		select {}
-	}()
-	return s
-}
-
-func (s *spawner) start(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
-	done := make(chan spawnResult, 1)
-	s.reqs <- spawnRequest{path: path, argv: argv, attr: attr, done: done}
-	r := <-done
-	return r.pid, r.err
-}
-
-func (s *spawner) stop() { close(s.reqs) }
-
-// exec replaces the master with a new image, from the spawner's thread: that thread survives an
-// exec (it becomes the new image's main thread), so the workers' Pdeathsig does not fire. It returns
-// only if the exec failed.
-func (s *spawner) exec(path string, argv, env []string) error {
-	done := make(chan spawnResult, 1)
-	s.reqs <- spawnRequest{path: path, argv: argv, env: env, done: done}
-	return (<-done).err
-}
-
-// execMaster execs path with the stop and rollout signals blocked: the mask survives the exec, and
-// the new image unblocks them as it installs its handlers, so a SIGTERM that arrives in between
-// waits instead of killing the master with its default action.
-func execMaster(path string, argv, env []string) error {
-	var set, old unix.Sigset_t
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGURG} {
-		set.Val[(sig-1)/64] |= 1 << ((uint(sig) - 1) % 64)
-	}
-	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &set, &old); err != nil {
-		return err
-	}
-	err := syscall.Exec(path, argv, env)
-	unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
-	return err
 }
