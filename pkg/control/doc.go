@@ -16,6 +16,25 @@
 // naming control.worker_access), with WorkerAccessStatus only GET /v1/status. A refused
 // connection is closed after the reply.
 //
+// # Limits
+//
+// A client that connects and stalls holds at most one connection for a bounded time:
+//
+//   - the header must arrive within 10 s of the request's first byte, and the body (at most 64
+//     KiB) within the same 10 s; a header is at most 8 KiB;
+//   - writing the reply may take 10 s; the wait for it is not bounded (a request with Wait takes
+//     as long as its action), but ends when the client hangs up;
+//   - a connection that sends no new request for 30 s is closed.
+//
+// At most MaxConnections (64) are open at once. At the limit, a new connection takes the place of
+// the oldest one that is not being answered (still sending its request, or idle), so stalled
+// clients cannot lock the operator out; if every one is being answered, the new one is closed.
+// And a connection that would take one of the last FDReserve (64) descriptors below the
+// master's RLIMIT_NOFILE is closed at once, so that stalled clients can never take what a
+// worker's respawn needs. (Go raises the master's soft RLIMIT_NOFILE to its hard limit at start,
+// and gives the workers the original soft limit back.) Connections closed for these limits are
+// logged, at most once a minute.
+//
 // # Routes
 //
 //	GET  /v1/status   -> Status
@@ -49,8 +68,8 @@
 // with its message.
 //
 // A request may wait for a long time (StopRequest.Wait holds the reply until the workers are
-// drained, ReloadRequest.Wait until every worker has been replaced). The server sets no write
-// timeout, and the request's context is cancelled when the client goes away, so a Backend selects
+// drained, ReloadRequest.Wait until every worker has been replaced). Nothing bounds that wait (see
+// Limits), and the request's context is cancelled when the client goes away, so a Backend selects
 // on ctx.Done() while it waits. Cancellation withdraws only the wait, never the action: a stop or
 // a rollout that was accepted goes on without anyone listening.
 //

@@ -55,14 +55,21 @@ type Backend interface {
 	Restart(ctx context.Context, req RestartRequest) (RestartResponse, error)
 }
 
+// Every phase of a request is bounded, so that a client that connects and stalls cannot hold a
+// connection (a descriptor, a goroutine, buffers) for long; MaxConnections bounds how many it can
+// hold at once.
 const (
-	// maxBodyBytes bounds a request body; every request the API knows fits in a few hundred bytes.
-	maxBodyBytes = 64 << 10
-	// readHeaderTimeout drops a client that connects and then says nothing, so it cannot hold a
-	// connection (and a goroutine) forever. The rest of a request has no deadline: a reply may
-	// wait for a stop or a rollout to finish.
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 2 * time.Minute
+	// maxHeaderBytes and maxBodyBytes bound a request's header and body; every request the API
+	// knows fits in a few hundred bytes.
+	maxHeaderBytes = 8 << 10
+	maxBodyBytes   = 64 << 10
+	// readTimeout bounds reading a whole request, header and body, from its first byte.
+	readTimeout = 10 * time.Second
+	// Once a request is read, the wait for its answer is not bounded (a stop or a rollout with
+	// Wait takes as long as it takes; the client's hang-up ends it), but writing the answer is.
+	writeTimeout = 10 * time.Second
+	// idleTimeout closes a connection that sends no new request.
+	idleTimeout = 30 * time.Second
 )
 
 // Server answers the control API on a listener, calling into a Backend. Serve and Shutdown may be
@@ -78,10 +85,18 @@ type Server struct {
 	// workers, when set, tells which peers are forkd's workers, whom workerAccess limits.
 	workers      Workers
 	workerAccess WorkerAccess
+	limits       limits
 }
 
-// endpoint handles one route: it returns the reply to encode, or an error to report.
-type endpoint func(w http.ResponseWriter, r *http.Request) (any, error)
+// limits are the bounds on connections and requests; tests shorten them.
+type limits struct {
+	readTimeout, writeTimeout, idleTimeout time.Duration
+	maxConnections, fdReserve              int
+}
+
+// endpoint handles one route, given the request's whole body: it returns the reply to encode, or
+// an error to report.
+type endpoint func(ctx context.Context, body []byte) (any, error)
 
 // NewServer returns a Server that answers with b, configured by opts. A nil logger discards the
 // log.
@@ -94,6 +109,8 @@ func NewServer(b Backend, logger *slog.Logger, opts ...Option) *Server {
 		logger:  logger,
 		euid:    os.Geteuid(),
 		routes:  make(map[string]map[string]endpoint),
+		limits: limits{readTimeout: readTimeout, writeTimeout: writeTimeout, idleTimeout: idleTimeout,
+			maxConnections: MaxConnections, fdReserve: FDReserve},
 	}
 	for _, opt := range opts {
 		opt(s)
@@ -108,10 +125,13 @@ func NewServer(b Backend, logger *slog.Logger, opts ...Option) *Server {
 	s.route(http.MethodPost, "/v1/restart", command(b.Restart))
 
 	s.http = &http.Server{
-		Handler:           http.HandlerFunc(s.serveHTTP),
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxBodyBytes,
+		Handler: http.HandlerFunc(s.serveHTTP),
+		// ReadTimeout bounds the header and the body; net/http lifts it once the body has been
+		// read to its end, so it does not cut the wait for an answer.
+		ReadHeaderTimeout: s.limits.readTimeout,
+		ReadTimeout:       s.limits.readTimeout,
+		IdleTimeout:       s.limits.idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ConnContext:       withConn,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -119,9 +139,10 @@ func NewServer(b Backend, logger *slog.Logger, opts ...Option) *Server {
 }
 
 // Serve answers requests on l until Shutdown, after which it returns nil. l is normally the
-// listener Listen returned; the peer check needs a unix socket.
+// listener Listen returned; the peer check needs a unix socket. At most MaxConnections
+// connections are open at once, and none takes one of the last FDReserve descriptors.
 func (s *Server) Serve(l net.Listener) error {
-	err := s.http.Serve(l)
+	err := s.http.Serve(&limitListener{Listener: l, logger: s.logger, max: s.limits.maxConnections, reserve: s.limits.fdReserve})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -158,15 +179,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		reply = errorBody{Error: err.Error()}
 	}
 	if code == http.StatusForbidden {
-		// The peer may not use the API: no reason to keep its connection, or to read what
-		// remains of its request.
+		// The peer may not use the API: no reason to keep its connection.
 		w.Header().Set("Connection", "close")
 	}
+	// An error here means there is no connection to set a deadline on; the write fails too.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.limits.writeTimeout))
 	writeJSON(w, code, reply)
 	s.logRequest(r, c.cred, code, err)
 }
 
-// dispatch checks the peer, finds the route and runs it.
+// dispatch checks the peer, finds the route, reads the body and runs the route.
 func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, c *conn) (any, error) {
 	if err := s.authorize(c.cred); err != nil {
 		return nil, err
@@ -182,11 +204,21 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, c *conn) (any,
 		return nil, &Error{Code: http.StatusMethodNotAllowed,
 			Message: fmt.Sprintf("%s does not accept %s (use %s)", r.URL.Path, r.Method, strings.Join(allowed, " or "))}
 	}
-	// Checked before the endpoint reads the body: a worker's request is refused unread.
+	// Checked before the body is read: a worker's request is refused unread.
 	if err := s.authorizeWorker(r.Context(), c, r.Method == http.MethodGet); err != nil {
 		return nil, err
 	}
-	return e(w, r)
+	body, err := readBody(w, r)
+	if err != nil {
+		return nil, err
+	}
+	// The request is in: from here only the client's hang-up ends the wait for its answer (net/http,
+	// which watches for it once the body is consumed, lifts the read deadline as it does).
+	if lc, ok := c.Conn.(*limitedConn); ok {
+		lc.setAnswering(true)
+		defer lc.setAnswering(false)
+	}
+	return e(r.Context(), body)
 }
 
 // authorize lets root and forkd's own user in. The socket's mode already keeps others out, but a
@@ -241,19 +273,19 @@ func (s *Server) logRequest(r *http.Request, peer peerCred, code int, err error)
 	s.logger.LogAttrs(r.Context(), level, "control request", attrs...)
 }
 
-// query makes an endpoint of a Backend method that takes no request body.
+// query makes an endpoint of a Backend method that takes no request body (any body is ignored).
 func query[Resp any](fn func(context.Context) (Resp, error)) endpoint {
-	return func(_ http.ResponseWriter, r *http.Request) (any, error) {
-		return fn(r.Context())
+	return func(ctx context.Context, _ []byte) (any, error) {
+		return fn(ctx)
 	}
 }
 
 // command makes an endpoint of a Backend method that takes a Req as its JSON body. If Req has a
 // validate method, a request it rejects is a 400 and never reaches fn.
 func command[Req, Resp any](fn func(context.Context, Req) (Resp, error)) endpoint {
-	return func(w http.ResponseWriter, r *http.Request) (any, error) {
+	return func(ctx context.Context, body []byte) (any, error) {
 		var req Req
-		if err := decodeBody(w, r, &req); err != nil {
+		if err := decodeBody(body, &req); err != nil {
 			return nil, err
 		}
 		if v, ok := any(req).(interface{ validate() error }); ok {
@@ -261,23 +293,29 @@ func command[Req, Resp any](fn func(context.Context, Req) (Resp, error)) endpoin
 				return nil, &Error{Code: http.StatusBadRequest, Message: err.Error()}
 			}
 		}
-		return fn(r.Context(), req)
+		return fn(ctx, req)
 	}
 }
 
-// decodeBody reads the whole body into v: one JSON object with no unknown fields, or nothing at
-// all for the zero request. Reading to the end also matters because net/http starts watching for
-// the client hanging up (and so cancels r.Context()) only once the body has been consumed.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+// readBody reads the whole body, at most maxBodyBytes, within the read deadline. Reading to the end
+// also matters because net/http starts watching for the client hanging up (and so cancels
+// r.Context()) only once the body has been consumed.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
-		return &Error{Code: http.StatusRequestEntityTooLarge,
+		return nil, &Error{Code: http.StatusRequestEntityTooLarge,
 			Message: fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit)}
 	}
 	if err != nil {
-		return &Error{Code: http.StatusBadRequest, Message: fmt.Sprintf("cannot read request body: %v", err)}
+		return nil, &Error{Code: http.StatusBadRequest, Message: fmt.Sprintf("cannot read request body: %v", err)}
 	}
+	return body, nil
+}
+
+// decodeBody decodes body into v: one JSON object with no unknown fields, or nothing at all for the
+// zero request.
+func decodeBody(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
