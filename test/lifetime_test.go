@@ -1,10 +1,14 @@
 package test
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -80,4 +84,176 @@ func TestThreeHotRestartsKeepAdoptedWorkersInForkWorkerMode(t *testing.T) {
 		return strings.Replace(cfg, `"app:app"`, `"app:no_such_app"`, 1)
 	})
 	assertForkTree(t, f, f.status())
+}
+
+// serveScript is the tree tests' server, test/treeapp/serve.py: http.server on the first listener.
+func serveScript(t *testing.T) string {
+	t.Helper()
+	path, err := filepath.Abs("treeapp/serve.py")
+	require.NoError(t, err)
+	return path
+}
+
+// descendants lists pid's descendants, read from /proc.
+func descendants(pid int) []int {
+	var out []int
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		for _, f := range strings.Fields(string(b)) {
+			if child, err := strconv.Atoi(f); err == nil {
+				out = append(out, child)
+				out = append(out, descendants(child)...)
+			}
+		}
+	}
+	return out
+}
+
+// killOnCleanup SIGKILLs, when the test ends, those of pids that still run serve.py: a failed test
+// must not leave servers behind.
+func killOnCleanup(t *testing.T, pids ...int) {
+	script := serveScript(t)
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), script) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+}
+
+// waitTrees waits until every worker of st has a serve.py child, and returns every process of the
+// workers' trees.
+func waitTrees(t *testing.T, f *forkd, st control.Status) []int {
+	t.Helper()
+	var tree []int
+	f.waitFor("each worker's server child", func(control.Status) bool {
+		tree = tree[:0]
+		for _, w := range st.WorkerList {
+			children := descendants(w.PID)
+			if len(children) == 0 {
+				return false
+			}
+			tree = append(append(tree, w.PID), children...)
+		}
+		return true
+	})
+	killOnCleanup(t, tree...)
+	return slices.Clone(tree)
+}
+
+// assertGone checks, without waiting, that none of pids runs any more.
+func assertGone(t *testing.T, what string, pids ...int) {
+	t.Helper()
+	for _, pid := range pids {
+		if !processGone(pid) {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			t.Errorf("%s: pid %d still runs: %q", what, pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+}
+
+// TestShellWorkerTreeStopsOnReloadAndStop: each worker is a shell script whose child serves. A
+// reload stops the whole old tree (no request reaches the old code), and after a stop no process
+// of it remains and the port is free once forkd has exited.
+func TestShellWorkerTreeStopsOnReloadAndStop(t *testing.T) {
+	t.Parallel()
+	script := fmt.Sprintf("/usr/bin/python3 %s; echo 'serve.py exited' >&2", serveScript(t))
+	f := startForkd(t, options{config: fmt.Sprintf(`
+command   = ["/bin/sh", "-c", %q]
+workers   = 2
+readiness = "started"
+`, script)})
+	old := waitTrees(t, f, f.waitReady(2))
+	addr := f.addr()
+	url := "http://" + addr
+	for range 10 {
+		body := get(t, url)
+		assert.Contains(t, body, "generation=1", "the shell script's child serves")
+	}
+
+	out, code := f.forkctl("reload", "--wait")
+	require.Equal(t, 0, code, out)
+	st := f.waitFor("generation 2 alone", func(st control.Status) bool {
+		return st.Generation == 2 && len(st.WorkerList) == 2 && st.Ready == 2
+	})
+	waitGone(t, old...)
+	for range 40 {
+		assert.Contains(t, get(t, url), "generation=2", "after the reload, only the new code serves")
+	}
+
+	current := waitTrees(t, f, st)
+	out, code = f.forkctl("stop", "--wait")
+	require.Equal(t, 0, code, out)
+	require.Equal(t, 0, f.waitExit())
+	// forkd has exited: nothing it started may be left, and nothing may hold its port.
+	assertGone(t, "after stop", current...)
+	l, err := net.Listen("tcp", addr)
+	require.NoError(t, err, "the port is free once forkd has exited")
+	l.Close()
+}
+
+// TestOrphansLeftServingAreStopped: a worker leaves two servers behind, detached from it (their
+// parent, a subshell, exits at once), so the master inherits them as a subreaper. Both serve on
+// the worker's socket; the master stops them while the worker serves on, the one that ignores
+// SIGTERM with SIGKILL after the shutdown timeout.
+func TestOrphansLeftServingAreStopped(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	serve := serveScript(t)
+	script := fmt.Sprintf(`(/usr/bin/python3 %[1]s --pidfile %[2]s/plain &); (/usr/bin/python3 %[1]s --ignore-term --pidfile %[2]s/stubborn &); exec %[3]s`,
+		serve, dir, filepath.Join(bin, "testworker"))
+	f := startForkd(t, options{config: fmt.Sprintf(`
+command = ["/bin/sh", "-c", %q]
+workers = 1
+timeouts {
+  shutdown = "2s"
+}
+`, script)})
+	st := f.waitReady(1)
+	var orphans []int
+	for _, name := range []string{"plain", "stubborn"} {
+		var pid int
+		f.waitFor("the "+name+" orphan's pid file", func(control.Status) bool {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+			return err == nil && pid > 0
+		})
+		orphans = append(orphans, pid)
+	}
+	killOnCleanup(t, orphans...)
+	waitGone(t, orphans...)
+	out := f.output.String()
+	for _, pid := range orphans {
+		assert.Contains(t, out, fmt.Sprintf("pid %d, a child forkd inherited", pid))
+	}
+	assert.Contains(t, out, fmt.Sprintf("stray orphan pid %d did not exit within 2s of SIGTERM: SIGKILL", orphans[1]))
+	after := f.status()
+	assert.Equal(t, workerPIDs(st), workerPIDs(after), "the worker serves on")
+	assert.Equal(t, "ready", after.WorkerList[0].State)
+	for range 10 {
+		assert.Contains(t, get(t, "http://"+f.addr()), "worker=0", "only the worker serves")
+	}
+}
+
+// TestForkedWorkersLeadTheirOwnProcessGroups: in fork-worker mode a forked worker gets a process
+// group of its own from the SDK, so that signalling a worker's group never reaches the template or
+// a sibling; a refork, which stops every forked worker's group, leaves the template serving.
+func TestForkedWorkersLeadTheirOwnProcessGroups(t *testing.T) {
+	t.Parallel()
+	f := startForkd(t, options{config: pythonApp(t, 3, nil, forkWorkerBlock)})
+	st := f.waitReady(3)
+	for _, w := range st.WorkerList {
+		pgid, err := syscall.Getpgid(w.PID)
+		require.NoError(t, err)
+		assert.Equal(t, w.PID, pgid, "worker %d leads its own process group", w.Index)
+	}
+	out, code := f.forkctl("refork", "--wait")
+	require.Equal(t, 0, code, out)
+	after := f.waitFor("the refork settled", func(st control.Status) bool {
+		return st.Generation == 2 && len(st.WorkerList) == 3 && st.Ready == 3
+	})
+	assert.Equal(t, st.WorkerList[0].PID, after.WorkerList[0].PID, "the template serves on")
+	assert.NotContains(t, f.output.String(), "worker exited: killed", "no worker was killed")
 }

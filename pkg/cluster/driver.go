@@ -88,6 +88,9 @@ type DriverConfig struct {
 	Adopt *Handover
 }
 
+// housekeepingInterval is how often the loop looks for orphans and emptied stray groups.
+const housekeepingInterval = time.Second
+
 // Driver is the imperative shell around Machine: it owns the real processes, pidfds, signals, the
 // notify socket and the timer, and turns them into events; it carries out the machine's actions.
 // One goroutine (Run) owns the machine; other goroutines reach it through requests carrying their
@@ -110,6 +113,11 @@ type Driver struct {
 	lastReq  RequestID
 	exitCode int
 	stopSigs int
+	// strays holds a pidfd for each stray reported to the machine (driver_tree.go): the orphan's,
+	// or for a group the pidfd of its exited leader, which names the group.
+	strays map[strayKey]int
+	// childrenUnreadable: listing the master's children failed, and the log said so once.
+	childrenUnreadable bool
 
 	helpers      map[int]*helper
 	helperEvents chan helperEvent
@@ -164,7 +172,9 @@ type process struct {
 	conn *protocol.Conn
 	// forked: the template forked it, so it inherited worker 0's output, until stdio.
 	forked bool
-	slot   int
+	// ownGroup: a forked worker seen leading a process group of its own (its SDK's setpgid).
+	ownGroup bool
+	slot     int
 }
 
 // close releases what the driver holds for a process that is gone.
@@ -221,6 +231,7 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		baseEnv:  inheritedEnv(os.Environ()),
 		requests: make(chan request),
 		pending:  make(map[RequestID]func(Reply)),
+		strays:   make(map[strayKey]int),
 
 		helpers:      make(map[int]*helper),
 		helperEvents: make(chan helperEvent, 16),
@@ -267,6 +278,10 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	// Orphans come to the master without a signal (a worker's child exits, leaving its own
+	// children), and a stray group empties without one: the driver looks for both every second.
+	housekeeping := time.NewTicker(housekeepingInterval)
+	defer housekeeping.Stop()
 
 	if d.adopted {
 		for id, p := range d.procs {
@@ -306,6 +321,9 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 			d.step(Tick{})
 		case <-watchdog:
 			d.pingWatchdog()
+		case <-housekeeping.C:
+			d.checkStrayGroups()
+			d.findOrphans()
 		case <-done:
 			done = nil
 			d.log.Warn("context cancelled: stopping immediately")
@@ -348,6 +366,8 @@ func (d *Driver) apply(a Action) {
 		d.controlWorker(a)
 	case SignalWorker:
 		d.signal(a)
+	case SignalStray:
+		d.signalStray(a)
 	case NotifySystemd:
 		d.notifySystemd(a.State)
 	case Reply:
@@ -429,24 +449,23 @@ func (d *Driver) spawn(a SpawnWorker) {
 	d.step(Spawned{Worker: a.Worker, PID: pid})
 }
 
+// signal signals a worker's tree: its process group (driver_tree.go).
 func (d *Driver) signal(a SignalWorker) {
 	p, ok := d.procs[a.Worker]
 	if !ok || p.pid != a.PID {
 		return
 	}
-	var err error
-	if p.pidfd >= 0 {
-		err = unix.PidfdSendSignal(p.pidfd, a.Signal, nil, 0)
-	} else {
-		err = unix.Kill(p.pid, a.Signal)
-	}
-	if err != nil && !errors.Is(err, unix.ESRCH) {
+	if err := d.signalTree(p.pid, p.pidfd, a.Signal); err != nil && !errors.Is(err, unix.ESRCH) {
 		d.log.Error("cannot signal worker", "pid", p.pid, "signal", a.Signal.String(), "error", err)
 	}
 }
 
 // reap collects every exited child, workers and orphans alike, so forkd can be a container's PID 1.
+// What an exited process leaves behind (the rest of its process group, its children, now the
+// master's) is reported as strays before its exit, so the machine never counts a cluster as stopped
+// while part of a worker's tree runs.
 func (d *Driver) reap() {
+	var exits []Exited
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -454,21 +473,35 @@ func (d *Driver) reap() {
 			continue
 		}
 		if pid <= 0 || err != nil {
-			return
+			break
 		}
 		if !ws.Exited() && !ws.Signaled() {
 			continue
 		}
-		if d.helperExited(pid, ExitStatusFromWait(syscall.WaitStatus(ws))) {
+		st := ExitStatusFromWait(syscall.WaitStatus(ws))
+		if d.helperExited(pid, st) {
 			continue
 		}
 		if id, ok := d.m.WorkerByPID(pid); ok {
 			if p := d.procs[id]; p != nil && p.pid == pid {
+				if d.groupOutlives(pid, p.pidfd) {
+					p.pidfd = -1 // it names the stray group now
+				}
 				p.close()
 				delete(d.procs, id)
 			}
+		} else if pidfd, ok := d.strays[strayKey{pid: pid}]; ok {
+			delete(d.strays, strayKey{pid: pid})
+			if !d.groupOutlives(pid, pidfd) {
+				unix.Close(pidfd)
+			}
 		}
-		d.step(Exited{PID: pid, Status: ExitStatusFromWait(syscall.WaitStatus(ws))})
+		exits = append(exits, Exited{PID: pid, Status: st})
+	}
+	d.checkStrayGroups()
+	d.findOrphans()
+	for _, e := range exits {
+		d.step(e)
 	}
 }
 

@@ -41,6 +41,8 @@ type Handover struct {
 	NotifyFD   int
 	NotifyAddr string
 	Procs      []ProcRecord
+	// Strays are the strays being stopped (their state is in Machine), with their pidfds.
+	Strays []StrayProcRecord
 	// Extra is the part of the master outside the driver (cmd/forkd's), opaque here.
 	Extra json.RawMessage
 }
@@ -58,6 +60,13 @@ type ProcRecord struct {
 	Worker        WorkerID
 	PID           int
 	PIDFD, ConnFD int
+}
+
+// StrayProcRecord is a stray's pidfd in a Handover: the orphan's, or a group's exited leader's.
+type StrayProcRecord struct {
+	PID   int
+	Group bool
+	PIDFD int
 }
 
 // hotRestart is the driver's own event for a hot restart request; the machine never sees it.
@@ -174,6 +183,10 @@ func (d *Driver) execRestart(fail func(error)) {
 		h.Procs = append(h.Procs, r)
 		fds = append(fds, r.PIDFD, r.ConnFD)
 	}
+	for k, pidfd := range d.strays {
+		h.Strays = append(h.Strays, StrayProcRecord{PID: k.pid, Group: k.group, PIDFD: pidfd})
+		fds = append(fds, pidfd)
+	}
 	if d.cfg.HandoverExtra != nil {
 		extra, extraFDs := d.cfg.HandoverExtra()
 		if h.Extra, err = json.Marshal(extra); err != nil {
@@ -235,6 +248,10 @@ func (d *Driver) adopt(h *Handover) error {
 			}
 		}
 		d.procs[r.Worker] = p
+	}
+	for _, r := range h.Strays {
+		unix.CloseOnExec(r.PIDFD)
+		d.strays[strayKey{pid: r.PID, group: r.Group}] = r.PIDFD
 	}
 	d.adopted = true
 	return nil

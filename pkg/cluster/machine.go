@@ -130,6 +130,9 @@ type Machine struct {
 	reforkBase uint64
 	rollout    *rollout
 
+	// strays are the processes forkd started and no longer tracks that it is stopping (stray.go).
+	strays map[strayKey]*stray
+
 	stopWaiters []RequestID
 	dropped     uint64
 	lastStatus  string
@@ -148,6 +151,7 @@ func NewMachine(cfg Config) (*Machine, error) {
 		desired:    cfg.Workers,
 		workers:    make(map[WorkerID]*worker),
 		byPID:      make(map[int]*worker),
+		strays:     make(map[strayKey]*stray),
 	}, nil
 }
 
@@ -188,6 +192,10 @@ func (m *Machine) Step(now time.Time, ev Event) error {
 		m.refork(e)
 	case Reload:
 		err = m.reload(e)
+	case StrayFound:
+		m.strayFound(e)
+	case GroupEmptied:
+		m.strayGone(strayKey{pid: e.PGID, group: true}, "no process left in it")
 	default:
 		err = fmt.Errorf("cluster: unknown event %T", ev)
 	}
@@ -223,6 +231,9 @@ func (m *Machine) NextDeadline() (time.Time, bool) {
 	}
 	if m.rollout != nil {
 		consider(m.rollout.deadline)
+	}
+	for _, s := range m.strays {
+		consider(s.deadline)
 	}
 	return next, !next.IsZero()
 }
@@ -406,6 +417,9 @@ func (m *Machine) spawnFailed(e SpawnFailed) error {
 func (m *Machine) exited(e Exited) {
 	w, ok := m.byPID[e.PID]
 	if !ok {
+		if m.strayGone(strayKey{pid: e.PID}, e.Status.String()) {
+			return
+		}
 		m.log(slog.LevelDebug, "reaped a child that is not a worker", slog.String("event", "orphan-reaped"),
 			slog.Int("pid", e.PID), slog.String("status", e.Status.String()))
 		return
@@ -621,6 +635,7 @@ func (m *Machine) tick() {
 	if m.rollout != nil {
 		m.rollout.tick(m)
 	}
+	m.tickStrays()
 }
 
 func (m *Machine) notified(e Notified) {
@@ -688,6 +703,7 @@ func (m *Machine) stop(e Stop) {
 			for _, w := range m.sortedWorkers() {
 				m.kill(w, "immediate stop")
 			}
+			m.killAllStrays()
 		}
 		return
 	}
@@ -714,6 +730,9 @@ func (m *Machine) stop(e Stop) {
 		} else {
 			m.dismiss(w, "shutdown")
 		}
+	}
+	if e.Immediate {
+		m.killAllStrays()
 	}
 }
 
@@ -789,7 +808,8 @@ func (m *Machine) settle() {
 		m.lastStatus = m.statusLine()
 		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
 	}
-	if m.phase == PhaseStopping && len(m.workers) == 0 {
+	// forkd never exits while a process it started still runs.
+	if m.phase == PhaseStopping && len(m.workers) == 0 && len(m.strays) == 0 {
 		m.phase = PhaseStopped
 		m.log(slog.LevelInfo, "all workers have exited", slog.String("event", "cluster-stopped"))
 		for _, r := range m.stopWaiters {
@@ -819,6 +839,11 @@ func (m *Machine) readyCount() int {
 func (m *Machine) statusLine() string {
 	switch m.phase {
 	case PhaseStopping, PhaseStopped:
+		if len(m.workers) == 0 && len(m.strays) == 1 {
+			return "stopping: 1 stray process left"
+		} else if len(m.workers) == 0 && len(m.strays) > 1 {
+			return fmt.Sprintf("stopping: %d stray processes left", len(m.strays))
+		}
 		return fmt.Sprintf("stopping: %s left", plural(len(m.workers), "worker"))
 	}
 	var b strings.Builder

@@ -127,6 +127,10 @@ func TestScripts(t *testing.T) {
 					e.Config = &cfg
 				}
 				return step(e)
+			case "stray":
+				return step(StrayFound{PID: intArg(t, d, "pid"), Group: d.HasArg("group")})
+			case "group-empty":
+				return step(GroupEmptied{PGID: intArg(t, d, "pgid")})
 			case "reject":
 				return step(NotifyRejected{PID: intArg(t, d, "pid"), Reason: "sender is not a worker"})
 			case "tick":
@@ -182,6 +186,12 @@ func formatActions(actions []Action) string {
 			b.WriteString("\n")
 		case SignalWorker:
 			fmt.Fprintf(&b, "signal id=%d pid=%d %s\n", a.Worker, a.PID, signalName(a.Signal))
+		case SignalStray:
+			what := "pid"
+			if a.Group {
+				what = "pgid"
+			}
+			fmt.Fprintf(&b, "signal stray %s=%d %s\n", what, a.PID, signalName(a.Signal))
 		case NotifySystemd:
 			fmt.Fprintf(&b, "systemd %q\n", a.State)
 		case Reply:
@@ -223,6 +233,9 @@ func formatStatus(st Status) string {
 	}
 	if st.Forking {
 		b.WriteString(" forking")
+	}
+	if st.Strays > 0 {
+		fmt.Fprintf(&b, " strays=%d", st.Strays)
 	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "status: %s\n", st.StatusLine)

@@ -3,13 +3,16 @@ package cluster
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
 )
 
-// This file reads what the driver needs from /proc: a process's parent, and its memory.
+// This file reads what the driver needs from /proc: a process's parent, the master's children,
+// and a process's memory.
 
 // parentPID reads the parent of pid from /proc/PID/stat. The command name in parentheses may hold
 // spaces and parentheses itself, so the fields are read after its last ')'.
@@ -74,4 +77,64 @@ func ReadMemory(pid int) (Memory, error) {
 		return m, fmt.Errorf("cluster: no memory figures in /proc/%d/smaps_rollup", pid)
 	}
 	return m, nil
+}
+
+// childrenOfSelf lists the master's children. Each thread has its own list (a child belongs to the
+// thread that forked it, or that it was re-parented to), so it reads every thread's; without
+// /proc/PID/task/TID/children (a kernel without CONFIG_PROC_CHILDREN), it reads every process's
+// parent instead.
+func childrenOfSelf() ([]int, error) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	var children []int
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if errors.Is(err, fs.ErrNotExist) {
+			if _, statErr := os.Stat("/proc/self/task/" + t.Name()); statErr == nil {
+				return childrenByParent(os.Getpid())
+			}
+			continue // the thread has exited
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				children = append(children, pid)
+			}
+		}
+	}
+	return children, nil
+}
+
+// childrenByParent lists the processes whose parent is ppid, reading every /proc/PID/stat.
+func childrenByParent(ppid int) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var children []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if parent, err := parentPID(pid); err == nil && parent == ppid {
+			children = append(children, pid)
+		}
+	}
+	return children, nil
+}
+
+// exited reports whether pid is a zombie or gone.
+func exited(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || len(s) < i+3 || s[i+2] == 'Z' || s[i+2] == 'X'
 }

@@ -52,6 +52,14 @@ type proc struct {
 	// stray: forked for a spawn the machine gave up on; the driver kills it, the machine never
 	// hears of it but as an orphan.
 	stray bool
+	// signalled is the last signal its process group got, which what is left of the group got too.
+	signalled syscall.Signal
+}
+
+// leftover is a stray in the world: an orphan or what is left of a process group after its
+// leader exited, which the driver reports as StrayFound.
+type leftover struct {
+	stubborn bool // ignores SIGTERM
 }
 
 // scheduled is something the world does at a given time: a process exits, a template answers.
@@ -77,6 +85,7 @@ type simulation struct {
 	queue   []scheduled
 	// cancelled holds the forked spawns the machine gave up on.
 	cancelled  map[WorkerID]bool
+	leftovers  map[strayKey]*leftover
 	lastExit   map[int]exitRecord // by slot
 	maxDesired int
 	requests   map[RequestID]bool // sent, not yet answered
@@ -122,6 +131,7 @@ func runSimulation(t *testing.T, seed uint64) {
 		t: t, rng: rng, m: m, cfg: cfg, now: epoch,
 		procs:      make(map[int]*proc),
 		cancelled:  make(map[WorkerID]bool),
+		leftovers:  make(map[strayKey]*leftover),
 		lastExit:   make(map[int]exitRecord),
 		maxDesired: cfg.Workers,
 		requests:   make(map[RequestID]bool),
@@ -155,6 +165,9 @@ func runSimulation(t *testing.T, seed uint64) {
 		if !p.stray {
 			t.Fatalf("Exit emitted with worker %d (pid %d) alive", p.worker, p.pid)
 		}
+	}
+	for k := range s.leftovers {
+		t.Fatalf("Exit emitted with stray %s alive", k)
 	}
 	if len(s.requests) != 0 {
 		t.Fatalf("requests never answered: %v", s.requests)
@@ -234,8 +247,15 @@ func (s *simulation) randomEvent() {
 		}
 	case r < 79:
 		s.step(NotifyRejected{PID: 99999, Reason: "sender is not a worker"})
-	case r < 81:
+	case r < 80:
 		s.step(Exited{PID: 50000 + s.rng.IntN(100), Status: ExitStatus{}})
+	case r < 81:
+		// A worker's grandchild, daemonized, is re-parented to the master; or a stray ends on its own.
+		if s.rng.IntN(2) == 0 {
+			s.newLeftover(false)
+		} else if ks := s.leftoverKeys(); len(ks) > 0 {
+			s.leftoverGone(ks[s.rng.IntN(len(ks))])
+		}
 	case r < 84:
 		// A stale message for a worker that has gone.
 		id := WorkerID(s.rng.IntN(int(s.m.lastID) + 1))
@@ -290,7 +310,7 @@ func (s *simulation) hotRestart() {
 	s.m = m
 	after := s.m.Status()
 	if before.Generation != after.Generation || before.Desired != after.Desired || before.Ready != after.Ready ||
-		len(before.Workers) != len(after.Workers) || before.Forking != after.Forking {
+		len(before.Workers) != len(after.Workers) || before.Forking != after.Forking || before.Strays != after.Strays {
 		s.t.Fatalf("status changed across a hot restart:\n%+v\n%+v", before, after)
 	}
 	for i := range before.Workers {
@@ -370,12 +390,72 @@ func (s *simulation) exitNow(pid int, st ExitStatus) {
 	if !ok {
 		return // already exited
 	}
-	delete(s.procs, pid)
 	if p.stray {
+		delete(s.procs, pid)
 		s.step(Exited{PID: pid, Status: st}) // an orphan, as far as the machine knows
 		return
 	}
+	// What the process leaves behind is found before its exit is stepped: its process group's
+	// other members, its children, re-parented to the master.
+	if s.exitCode == nil && s.rng.IntN(4) == 0 {
+		k := strayKey{pid: pid, group: true}
+		s.addLeftover(k)
+		switch l := s.leftovers[k]; {
+		case l == nil:
+		case p.signalled == syscall.SIGKILL:
+			s.after(s.randomDelay(100*time.Millisecond), func() { s.leftoverGone(k) })
+		case p.signalled == syscall.SIGTERM && !l.stubborn:
+			s.after(s.randomDelay(s.cfg.ShutdownTimeout*3/2), func() { s.leftoverGone(k) })
+		}
+	}
+	if s.exitCode == nil && s.rng.IntN(6) == 0 {
+		s.newLeftover(false)
+	}
+	delete(s.procs, pid)
 	s.step(Exited{PID: pid, Status: st})
+}
+
+// newLeftover makes an orphan, with a PID of its own.
+func (s *simulation) newLeftover(group bool) {
+	if s.exitCode != nil {
+		return
+	}
+	s.lastPID++
+	s.addLeftover(strayKey{pid: s.lastPID, group: group})
+}
+
+func (s *simulation) addLeftover(k strayKey) {
+	s.leftovers[k] = &leftover{stubborn: s.rng.IntN(3) == 0}
+	s.step(StrayFound{PID: k.pid, Group: k.group})
+}
+
+// leftoverGone ends a stray, as the driver reports it: an orphan's exit, a group found empty.
+func (s *simulation) leftoverGone(k strayKey) {
+	if _, ok := s.leftovers[k]; !ok {
+		return
+	}
+	delete(s.leftovers, k)
+	if k.group {
+		s.step(GroupEmptied{PGID: k.pid})
+	} else {
+		s.step(Exited{PID: k.pid, Status: ExitStatus{Signal: syscall.SIGTERM}})
+	}
+}
+
+func (s *simulation) leftoverKeys() []strayKey {
+	var ks []strayKey
+	for k := range s.leftovers {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, func(a, b strayKey) int { return a.pid*2 + btoi(a.group) - b.pid*2 - btoi(b.group) })
+	return ks
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (s *simulation) step(ev Event) {
@@ -504,6 +584,7 @@ func (s *simulation) apply(a Action) {
 		if !ok || p.worker != a.Worker || p.stray {
 			s.t.Fatalf("signal %v to pid %d of worker %d, which is not that worker's live process", a.Signal, a.PID, a.Worker)
 		}
+		p.signalled = a.Signal
 		switch a.Signal {
 		case syscall.SIGKILL:
 			s.after(s.randomDelay(100*time.Millisecond), func() { s.exitNow(a.PID, ExitStatus{Signal: syscall.SIGKILL}) })
@@ -514,6 +595,20 @@ func (s *simulation) apply(a Action) {
 			}
 		default:
 			s.t.Fatalf("unexpected signal %v", a.Signal)
+		}
+	case SignalStray:
+		k := strayKey{pid: a.PID, group: a.Group}
+		l, ok := s.leftovers[k]
+		if !ok {
+			s.t.Fatalf("signal %v to stray %s, which is not alive", a.Signal, k)
+		}
+		switch {
+		case a.Signal == syscall.SIGKILL:
+			s.after(s.randomDelay(100*time.Millisecond), func() { s.leftoverGone(k) })
+		case a.Signal == syscall.SIGTERM && !l.stubborn:
+			s.after(s.randomDelay(s.cfg.ShutdownTimeout*3/2), func() { s.leftoverGone(k) })
+		case a.Signal != syscall.SIGTERM:
+			s.t.Fatalf("unexpected signal %v to stray %s", a.Signal, k)
 		}
 	case Reply:
 		if !s.requests[a.Request] {
@@ -703,6 +798,20 @@ func (s *simulation) checkInvariants() {
 			if !sl.nextSpawn.IsZero() || !sl.awaitTemplate.IsZero() {
 				t.Fatalf("slot %d schedules a respawn while stopping", sl.index)
 			}
+		}
+	}
+	// Every stray the machine stops is alive, and on its way out: SIGKILL sent, or due.
+	for k, sr := range m.strays {
+		if _, ok := s.leftovers[k]; !ok {
+			t.Fatalf("machine stops stray %s, which is gone", k)
+		}
+		if sr.sigkilled == !sr.deadline.IsZero() {
+			t.Fatalf("stray %s: SIGKILLed %v, deadline %v", k, sr.sigkilled, sr.deadline)
+		}
+	}
+	for k := range s.leftovers {
+		if _, ok := m.strays[k]; !ok && m.phase != PhaseStopped {
+			t.Fatalf("stray %s alive, unknown to the machine", k)
 		}
 	}
 	if st := m.Status(); st.Ready > st.Desired {

@@ -20,6 +20,16 @@ type State struct {
 	LastID     WorkerID
 	Slots      []SlotState
 	Workers    []WorkerRecord
+	Strays     []StrayRecord
+}
+
+// StrayRecord is a stray being stopped, in a State.
+type StrayRecord struct {
+	PID       int
+	Group     bool
+	SIGKILLed bool
+	// KillIn is the time left before SIGKILL, when not SIGKILLed yet.
+	KillIn time.Duration
 }
 
 // SlotState is one slot in a State.
@@ -77,6 +87,14 @@ func (m *Machine) Export(now time.Time) (State, error) {
 			ss.NextSpawnIn = max(s.nextSpawn.Sub(now), time.Nanosecond)
 		}
 		st.Slots = append(st.Slots, ss)
+	}
+	for _, k := range m.sortedStrays() {
+		sr := m.strays[k]
+		r := StrayRecord{PID: k.pid, Group: k.group, SIGKILLed: sr.sigkilled}
+		if !sr.sigkilled {
+			r.KillIn = max(sr.deadline.Sub(now), 0)
+		}
+		st.Strays = append(st.Strays, r)
 	}
 	for _, w := range m.sortedWorkers() {
 		if w.state == Spawning {
@@ -184,6 +202,17 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 		}
 		m.workers[w.id] = w
 		m.byPID[w.pid] = w
+	}
+	for _, r := range st.Strays {
+		k := strayKey{pid: r.PID, group: r.Group}
+		if _, dup := m.strays[k]; dup || r.PID <= 0 {
+			return nil, fmt.Errorf("cluster: restored stray %+v is not valid", r)
+		}
+		sr := &stray{sigkilled: r.SIGKILLed}
+		if !r.SIGKILLed {
+			sr.deadline = now.Add(r.KillIn)
+		}
+		m.strays[k] = sr
 	}
 	for _, s := range m.slots[:min(m.desired, len(m.slots))] {
 		if s.empty() && !s.retiring {

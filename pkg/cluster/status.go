@@ -17,7 +17,10 @@ type Status struct {
 	// Forking reports fork-worker mode with a template to fork from.
 	Forking bool
 	// Dropped counts datagrams on the notify socket that came from no worker or did not parse.
-	Dropped    uint64
+	Dropped uint64
+	// Strays counts the processes forkd started and no longer tracks (orphans, what is left of a
+	// worker's process group) that it is stopping.
+	Strays     int
 	StatusLine string
 	Workers    []WorkerStatus
 }
@@ -59,6 +62,7 @@ func (m *Machine) Status() Status {
 		Ready:      m.readyCount(),
 		Forking:    m.template != nil,
 		Dropped:    m.dropped,
+		Strays:     len(m.strays),
 		StatusLine: m.lastStatus,
 	}
 	if m.rollout != nil {

@@ -84,6 +84,17 @@ def _on_signal(signum, frame):
         _stop_signal = signum
 
 
+def _own_process_group(pid):
+    """Make the new worker (pid, or 0 for this process) lead a process group of its own, as an
+    exec'd worker does: forkd signals a worker's whole group, which must not be the template's.
+    The intermediate child and the worker both call it, so the group exists before either goes
+    on; a failure leaves the worker in the template's group, which forkd then signals alone."""
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass
+
+
 def _close_quietly(fd):
     try:
         os.close(fd)
@@ -595,11 +606,13 @@ class _Runtime:
         except BaseException:
             os._exit(1)
         if pid != 0:
+            _own_process_group(pid)
             try:
                 os.write(w, b"%d" % pid)
             except BaseException:
                 os._exit(1)
             os._exit(0)
+        _own_process_group(0)
         _close_quietly(w)
         raise _Reborn(msg, chfd)
 

@@ -415,6 +415,7 @@ module Forkd
           exit!(1)
         end
         if pid
+          own_process_group(pid)
           begin
             w.write("#{pid}\n")
           rescue Exception # rubocop:disable Lint/RescueException
@@ -422,8 +423,20 @@ module Forkd
           end
           exit!(0)
         end
+        own_process_group(0)
         close_quietly(w)
         Reborn.new(msg, channel_io)
+      end
+
+      # Make the new worker (pid, or 0 for this process) lead a process group of its own, as an
+      # exec'd worker does: forkd signals a worker's whole group, which must not be the
+      # template's. The intermediate child and the worker both call it, so the group exists
+      # before either goes on; a failure leaves the worker in the template's group, which forkd
+      # then signals alone.
+      def own_process_group(pid)
+        Process.setpgid(pid, pid)
+      rescue SystemCallError
+        nil
       end
     end
 
