@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/forkd/forkd/internal/version.Version=$(VERSION)
 FUZZTIME ?=
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: all build run run-go test unit fuzz lint bench clean
+.PHONY: all build run run-go test unit fuzz lint bench chaos clean
 
 all: build
 
@@ -47,6 +47,16 @@ lint:
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -count=1 -timeout 30m ./test/bench/...
+
+# The fault suite (test/chaos, see its package doc): every fault on every runner, ROUNDS times,
+# under load from a client that never retries, then the table of what broke. SEED=N replays the
+# faults of a run (the seed is printed first). A heavy run: flock /tmp/forkd-heavy.lock make chaos
+SEED          ?= 0
+ROUNDS        ?= 2
+CHAOS_TIMEOUT ?= 120m
+chaos:
+	$(GO) test -count=1 -v -timeout $(CHAOS_TIMEOUT) -run '^TestChaos$$' ./test/chaos \
+	  -args -chaos.full -chaos.seed=$(SEED) -chaos.rounds=$(ROUNDS)
 
 clean:
 	rm -rf $(BIN)
