@@ -9,16 +9,13 @@ var knownFailing = []knownFailure{
 	// request now and then, on every runner (sdk/go's HTTPDrainer, forkd.wsgi, forkd-rack).
 	{fault: "refork-kill-template", waitsFor: drainRace + "; and " + rollbackLeftovers},
 	{fault: "reload-kill-new", waitsFor: drainRace + "; and " + rollbackLeftovers},
-	{fault: "restart-stall-master", waitsFor: drainRace + "; and 12.1 when it is not the master's first hot restart"},
+	{fault: "restart-stall-master", waitsFor: drainRace},
 	{fault: "restart-kill-master", waitsFor: drainRace + " (the killed master's workers drain on SIGTERM)"},
 	{fault: "restart-long-stall-master", waitsFor: "12.2: on SIGCONT the master SIGKILLs every worker for \"no heartbeat\", " +
 		"and old workers for their shutdown timeout, with the requests in flight on them"},
-	{fault: "restart-broken-release", waitsFor: "11.3: forkctl restart --wait exits 0 when the new image's phased restart fails; " +
-		"and 12.1: the next hot restart SIGTERMs the workers the previous one adopted (in fork mode the good release's restart " +
-		"then aborts, and forkctl says \"restart done\" again)"},
+	{fault: "restart-broken-release", waitsFor: "11.3: forkctl restart --wait exits 0 when the new image's phased restart " +
+		"fails (broken release: generation unchanged, forkctl says \"restart done\"); and " + drainRace},
 	{fault: "flood-notify", waitsFor: "12.5: the master spends 45-100% of a CPU walking /proc for each datagram of a flood from another uid"},
-	{fault: "stalled-control", waitsFor: "12.4: a control connection with a partial body is never closed; with 1100 of them the master " +
-		"reaches RLIMIT_NOFILE and cannot respawn a worker (\"spawn failed: too many open files\")"},
 }
 
 // Causes shared by several entries.
