@@ -60,8 +60,8 @@ type cluster struct {
 	done   chan struct{} // closed when the current master has exited
 	// masters counts the masters started (the first, and one after each that a fault killed).
 	masters int
-	// baseline is the current master's descriptor count and RSS after its first settled round:
-	// what later rounds are compared with.
+	// baseline is the current master's descriptor count and RSS when it first settled: what the
+	// rounds are compared with.
 	baseline *usage
 }
 
@@ -257,6 +257,7 @@ func (c *cluster) waitSettled(within time.Duration) (control.Status, bool, error
 		if err == nil {
 			last, lastErr = st, nil
 			if settled(st) {
+				c.takeBaseline(st.MasterPID)
 				return st, true, nil
 			}
 		} else {
@@ -266,6 +267,18 @@ func (c *cluster) waitSettled(within time.Duration) (control.Status, bool, error
 			return last, false, lastErr
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// takeBaseline records the master's usage the first time it is seen settled, before any fault.
+func (c *cluster) takeBaseline(pid int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.baseline != nil || pid != c.master.Process.Pid {
+		return
+	}
+	if u, err := masterUsage(pid); err == nil {
+		c.baseline = &u
 	}
 }
 

@@ -64,7 +64,7 @@
 //	          so everything forkd started stays in its tree; each such process must be a worker
 //	          `forkctl status -o json` lists or a descendant of one, and so must every holder of
 //	          the listening socket
-//	fds, rss  the master's descriptors (within 4) and RSS (within 20 MiB) as after its first round
+//	fds, rss  the master's descriptors (within 4) and RSS (within 20 MiB) as when it first settled
 //	honest    `forkctl refork|reload|restart --wait` exits 0 exactly when the rollout happened
 //	          (the generation moved by one; a restart kept the master's PID), and returns at all
 //	deaths    no worker ended unexpectedly (forkd logs it as a warning) unless the fault killed it

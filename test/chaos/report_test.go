@@ -3,6 +3,7 @@ package chaos
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -178,6 +179,24 @@ func (r *report) table() string {
 			fmt.Fprintf(&b, "- %d x %s\n", causeCount[c], c)
 		}
 	}
+	b.WriteString("\nThe masters after each round (baseline: when each master first settled):\n")
+	for _, runner := range runnersIn(r.results) {
+		var maxFDs, baseFDs int
+		var maxRSS, baseRSS uint64
+		for _, res := range r.results {
+			if res.runner != runner {
+				continue
+			}
+			if res.usage.fds-res.baseline.fds > maxFDs-baseFDs || baseFDs == 0 {
+				maxFDs, baseFDs = res.usage.fds, res.baseline.fds
+			}
+			if res.usage.rss > maxRSS {
+				maxRSS, baseRSS = res.usage.rss, res.baseline.rss
+			}
+		}
+		fmt.Fprintf(&b, "- %s: at most %d descriptors (baseline %d), RSS at most %.1f MiB (baseline %.1f MiB)\n",
+			runner, maxFDs, baseFDs, mib(maxRSS), mib(baseRSS))
+	}
 	if len(knownFailing) > 0 {
 		b.WriteString("\nKnown failing (knownFailing in known_test.go):\n")
 		for _, k := range knownFailing {
@@ -196,6 +215,16 @@ func (r *report) table() string {
 		fmt.Fprintf(&b, "\nNot run on this machine:\n- %s\n", strings.Join(r.skipped, "\n- "))
 	}
 	return b.String()
+}
+
+func runnersIn(results []roundResult) []string {
+	var names []string
+	for _, res := range results {
+		if !slices.Contains(names, res.runner) {
+			names = append(names, res.runner)
+		}
+	}
+	return names
 }
 
 // knownState says whether a known-failing fault still fails in this run.

@@ -54,6 +54,8 @@ type roundResult struct {
 	violations []violation
 	notes      []string
 	duration   time.Duration
+	// usage is the master's after the round, baseline what it is compared with.
+	usage, baseline usage
 }
 
 // explained is a failed request and what caused it; expected says the cause is a fault that
@@ -355,21 +357,29 @@ func (rd *roundRun) checkStrays() {
 
 func (rd *roundRun) checkUsage() {
 	pid := rd.c.masterPID()
-	u, err := masterUsage(pid)
-	if err != nil {
-		rd.note("cannot read the master's usage: %v", err)
-		return
-	}
 	rd.c.mu.Lock()
 	base := rd.c.baseline
-	if base == nil {
-		rd.c.baseline = &u
-	}
 	rd.c.mu.Unlock()
+	// The master closes what a fault left (a flood's connections, say) a moment after the fault
+	// ends: give it until goneBound to come back to its baseline.
+	end := time.Now().Add(goneBound)
+	var u usage
+	for {
+		var err error
+		if u, err = masterUsage(pid); err != nil {
+			rd.note("cannot read the master's usage: %v", err)
+			return
+		}
+		if base == nil || u.fds <= base.fds+fdSlack || time.Now().After(end) {
+			break
+		}
+		sleep(200)
+	}
 	if base == nil {
-		rd.note("master %d: baseline %d fds, RSS %.1f MiB", pid, u.fds, mib(u.rss))
+		rd.note("master %d: no baseline to compare with", pid)
 		return
 	}
+	rd.res.usage, rd.res.baseline = u, *base
 	// A step up is reported once: the new level is what later rounds are compared with.
 	if u.fds > base.fds+fdSlack {
 		rd.violate(invFDs, "master %d holds %d descriptors, %d before", pid, u.fds, base.fds)
