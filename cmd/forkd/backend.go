@@ -136,7 +136,10 @@ func controlError(err error) error {
 		return control.ErrStopping
 	case errors.Is(err, cluster.ErrScaleRange):
 		return &control.Error{Code: http.StatusBadRequest, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
-	case errors.Is(err, cluster.ErrBusy), errors.Is(err, cluster.ErrNotReady):
+	case errors.Is(err, cluster.ErrNotReady):
+		// "not ready" says nothing the rest of the message does not say better.
+		return &control.Error{Code: http.StatusConflict, Message: strings.TrimPrefix(err.Error(), cluster.ErrNotReady.Error()+": ")}
+	case errors.Is(err, cluster.ErrBusy):
 		return &control.Error{Code: http.StatusConflict, Message: strings.TrimPrefix(err.Error(), "cluster: ")}
 	case errors.Is(err, restart.ErrIncompatible):
 		return &control.Error{Code: http.StatusConflict, Message: strings.TrimPrefix(err.Error(), "restart: ")}

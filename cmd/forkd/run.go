@@ -232,6 +232,11 @@ func generation(cfg *config.Config) cluster.Generation {
 		MaxSurge:         cfg.Rollout.MaxSurge,
 		MaxUnavailable:   cfg.Rollout.MaxUnavailable,
 	}
+	if cfg.File == "" {
+		// Quick mode: the operator wrote flags, so advice names flags.
+		machine.Settings = cluster.SettingNames{ReadyOnNotify: "--readiness notify", ReadyOnStart: "--readiness started",
+			ForkWorker: "--fork-worker"}
+	}
 	if fw := cfg.ForkWorker; fw != nil {
 		machine.ForkWorker = true
 		machine.ForkTimeout = fw.Timeout

@@ -121,9 +121,11 @@ func (m *Machine) refork(e Refork) {
 	case m.rollout != nil:
 		err = fmt.Errorf("%w (%s)", ErrBusy, m.rollout.kind)
 	case !m.cfg.ForkWorker:
-		err = fmt.Errorf("%w: refork needs fork-worker mode (a fork_worker block in the config)", ErrNotReady)
+		err = fmt.Errorf("%w: forkd runs in exec mode, and a refork needs fork-worker mode (%s, and an app "+
+			"on a forkd SDK); to replace every worker, use forkctl reload", ErrNotReady, m.cfg.Settings.withDefaults().ForkWorker)
 	case m.execMode:
-		err = fmt.Errorf("%w: worker 0 cannot fork (the cluster runs in exec mode): nothing to refork from", ErrNotReady)
+		err = fmt.Errorf("%w: forkd runs in exec mode, because worker 0 did not say it can fork (the app does "+
+			"not run on a forkd SDK), so there is no template to refork from; to replace every worker, use forkctl reload", ErrNotReady)
 	case m.template == nil || m.phase != PhaseRunning:
 		err = fmt.Errorf("%w: worker 0 is not ready to be the template yet", ErrNotReady)
 	}

@@ -74,6 +74,33 @@ type Config struct {
 	// MaxSurge and MaxUnavailable shape rollouts: at most MaxSurge workers above the desired count,
 	// at most MaxUnavailable of the desired workers stopped before their replacement is ready.
 	MaxSurge, MaxUnavailable int
+
+	// Settings names the settings the machine's messages point to, as the operator writes them.
+	// Zero values name the config file's.
+	Settings SettingNames
+}
+
+// SettingNames names the settings behind the machine's advice: a config file's attributes, or the
+// flags of quick mode (forkd --readiness started -- app).
+type SettingNames struct {
+	// ReadyOnNotify and ReadyOnStart set readiness: `readiness = "notify"`, `readiness = "started"`.
+	ReadyOnNotify, ReadyOnStart string
+	// ForkWorker turns fork-worker mode on: "a fork_worker block in the config".
+	ForkWorker string
+}
+
+// withDefaults fills in the config file's names for the settings left unnamed.
+func (s SettingNames) withDefaults() SettingNames {
+	if s.ReadyOnNotify == "" {
+		s.ReadyOnNotify = `readiness = "notify"`
+	}
+	if s.ReadyOnStart == "" {
+		s.ReadyOnStart = `readiness = "started"`
+	}
+	if s.ForkWorker == "" {
+		s.ForkWorker = "a fork_worker block in the config"
+	}
+	return s
 }
 
 func (c *Config) validate() error {
@@ -605,8 +632,9 @@ func (m *Machine) tick() {
 		case Booting:
 			hint := ""
 			if !m.cfg.ReadyOnStart {
-				hint = `; a worker is ready when it sends READY=1 to NOTIFY_SOCKET (readiness = "notify"); ` +
-					`an app that does not speak sd_notify needs readiness = "started"`
+				names := m.cfg.Settings.withDefaults()
+				hint = fmt.Sprintf("; a worker is ready when it sends READY=1 to NOTIFY_SOCKET (%s); "+
+					"an app that does not speak sd_notify needs %s", names.ReadyOnNotify, names.ReadyOnStart)
 			}
 			m.log(slog.LevelError, fmt.Sprintf("worker did not become ready within %s%s", m.cfg.BootTimeout, hint),
 				m.workerAttrs(w, "boot-timeout")...)

@@ -85,7 +85,8 @@ type Config struct {
 	// Workers is the number of worker processes, 1..MaxWorkers. Defaults to the number of CPUs.
 	Workers int
 
-	// Readiness says when a worker counts as ready. Defaults to ReadyOnNotify.
+	// Readiness says when a worker counts as ready. Defaults to ReadyOnNotify with a config file
+	// or in fork-worker mode, to ReadyOnStart in quick mode.
 	Readiness Readiness
 
 	// Listeners are bound by forkd when it is not socket-activated. When systemd passes sockets

@@ -53,7 +53,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.Listen, "listen", nil,
 		"bind `URL`: tcp://HOST:PORT, tcp4://, tcp6://, unix:///PATH or unix://@NAME; repeat for more sockets; replaces the file's listen blocks")
 	fs.StringVar(&f.Readiness, "readiness", "",
-		"when a worker counts as ready: `MODE` is notify (when it sends READY=1, the default) or started (as soon as it runs)")
+		"when a worker counts as ready: `MODE` is notify (when it sends READY=1) or started (as soon as it runs); default: started in quick mode, notify with --config or --fork-worker")
 	fs.StringVar(&f.Socket, "socket", "",
 		"control socket `PATH` for forkctl (default: /run/forkd/NAME/control.sock as root, $XDG_RUNTIME_DIR/forkd/NAME/control.sock otherwise)")
 	fs.StringVar(&f.BootTimeout, "boot-timeout", "",

@@ -63,7 +63,7 @@ func TestQuickMode(t *testing.T) {
 		Name:      "forkd",
 		Command:   []string{"server", "app.py"},
 		Workers:   4,
-		Readiness: ReadyOnNotify,
+		Readiness: ReadyOnStart,
 		Listeners: []Listener{
 			{Name: "listen0", Network: "tcp", Address: "127.0.0.1:8080", Backlog: DefaultBacklog},
 			{Name: "listen1", Network: "unix", Address: filepath.Join(dir, "app.sock"), Backlog: DefaultBacklog, Mode: DefaultSocketMode},
@@ -76,6 +76,28 @@ func TestQuickMode(t *testing.T) {
 		Control:  Control{Socket: DefaultControlSocket("forkd"), WorkerAccess: WorkerAccessNone},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)
+}
+
+// TestQuickModeReadiness: quick mode runs an app as it is, so its workers are ready once started,
+// unless --readiness says otherwise or --fork-worker asks for an SDK, which says READY=1; a config
+// file's app is expected to say READY=1.
+func TestQuickModeReadiness(t *testing.T) {
+	sandbox(t)
+	tests := []struct {
+		args []string
+		want Readiness
+	}{
+		{[]string{"--", "server"}, ReadyOnStart},
+		{[]string{"--readiness", "notify", "--", "server"}, ReadyOnNotify},
+		{[]string{"--fork-worker", "--", "server"}, ReadyOnNotify},
+		{[]string{"--fork-worker", "--readiness", "started", "--", "server"}, ReadyOnStart},
+		{[]string{"--config", writeConfig(t, "app.hcl", "command = [\"server\"]\n")}, ReadyOnNotify},
+	}
+	for _, tt := range tests {
+		cfg, err := Load(parseFlags(t, tt.args...))
+		require.NoError(t, err, "%v", tt.args)
+		assert.Equal(t, tt.want, cfg.Readiness, "%v", tt.args)
+	}
 }
 
 // TestFlagProblems: in quick mode and for flags over a file, problems are plain errors naming the

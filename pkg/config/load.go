@@ -142,7 +142,7 @@ func (b *builder) fillDefaults() {
 		c.Workers = min(runtime.NumCPU(), MaxWorkers)
 	}
 	if !s.readiness.given {
-		c.Readiness = ReadyOnNotify
+		c.Readiness = defaultReadiness(b.quick, c.ForkWorker != nil)
 	}
 	if !s.fdStore.given {
 		c.Systemd.FDStore = FDStoreAuto
@@ -201,6 +201,19 @@ func (b *builder) fillDefaults() {
 	if !s.format.given {
 		c.Log.Format = "auto"
 	}
+}
+
+// defaultReadiness is readiness when neither the file nor --readiness sets it. A config file is
+// written for forkd, so its app is expected to say READY=1, as under systemd's Type=notify. Quick
+// mode runs an app as it is, as the README's first example does, and most apps do not speak
+// sd_notify: their workers count as ready once started, which loses nothing, since connections
+// wait in the listen socket's backlog until the app accepts. Fork-worker mode needs the SDKs, which
+// say READY=1, and a template that is ready before it says it can fork would never be one.
+func defaultReadiness(quick, forkWorker bool) Readiness {
+	if quick && !forkWorker {
+		return ReadyOnStart
+	}
+	return ReadyOnNotify
 }
 
 // resolvePath makes a relative path from the file absolute against the file's directory, and one
