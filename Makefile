@@ -23,7 +23,8 @@ build:
 run: build
 	$(BIN)/forkd --config examples/python/forkd.hcl
 
-# The same with the Go demo (exec mode: Go cannot fork).
+# The Go demo on 127.0.0.1:8081 (exec mode: Go cannot fork), so it can run beside make run. Try:
+#   curl 127.0.0.1:8081; bin/forkctl --config examples/hello/forkd.hcl status
 run-go: build
 	$(BIN)/forkd --config examples/hello/forkd.hcl
 

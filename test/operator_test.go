@@ -107,3 +107,62 @@ func TestReforkInExecMode(t *testing.T) {
 	assert.Contains(t, out, "forkd runs in exec mode, because worker 0 did not say it can fork")
 	assert.NotContains(t, out, "not ready")
 }
+
+// TestSecondQuickModeInstance: two quick-mode forkds would share the default control socket of
+// their name; the second says so, and how to name it apart. forkctl --name reaches each.
+func TestSecondQuickModeInstance(t *testing.T) {
+	t.Parallel()
+	name := fmt.Sprintf("forkd-test-%d", os.Getpid())
+	socket := filepath.Join("/run/forkd", name, "control.sock")
+	if os.Geteuid() != 0 {
+		t.Skip("the default control socket of a non-root forkd depends on XDG_RUNTIME_DIR; this test runs as root")
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(socket)) })
+	dir := t.TempDir()
+	app := filepath.Join(bin, "testworker")
+	first := startQuickMode(t, dir, socket, "--name", name, "--workers", "1", "--listen", "tcp://127.0.0.1:0", "--", app)
+	first.waitReady(1)
+
+	cmd := exec.Command(filepath.Join(bin, "forkd"), "--name", name, "--workers", "1", "--listen", "tcp://127.0.0.1:0", "--", app)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	assert.Equal(t, 1, ee.ExitCode())
+	assert.Contains(t, string(out), "another forkd already runs as instance")
+	assert.Contains(t, string(out), fmt.Sprintf("(control socket %s): give this one a name of its own with --name NAME, "+
+		"and reach it with forkctl --name NAME", socket))
+
+	status, code := runForkctl(t, "--name", name, "status")
+	require.Equal(t, 0, code, status)
+	assert.Contains(t, status, "1/1 ready")
+}
+
+// TestPortInUseIsReportedOnce: a port already in use was printed twice, with the internal prefix
+// "activation:".
+func TestPortInUseIsReportedOnce(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	dir := t.TempDir()
+	cmd := exec.Command(filepath.Join(bin, "forkd"), "--workers", "1", "--listen", "tcp://"+l.Addr().String(),
+		"--socket", filepath.Join(dir, "control.sock"), "--", filepath.Join(bin, "testworker"))
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	assert.Equal(t, 1, ee.ExitCode())
+	assert.Equal(t, 1, strings.Count(string(out), "address already in use"), "%s", out)
+	assert.Contains(t, string(out), fmt.Sprintf(`listener \"listen0\" (tcp://%s): bind: address already in use`, l.Addr()))
+	assert.NotContains(t, string(out), "activation:")
+}
+
+// TestForkdCheckWithoutArgument: `forkd check` alone printed cobra's bare "accepts 1 arg(s),
+// received 0".
+func TestForkdCheckWithoutArgument(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command(filepath.Join(bin, "forkd"), "check").CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	assert.Equal(t, 2, ee.ExitCode())
+	assert.Equal(t, "forkd: check takes one argument, the config file, like forkd check /etc/forkd/app.hcl; got 0\n", string(out))
+}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -190,6 +191,23 @@ func TestReloadWithInvalidConfigChangesNothing(t *testing.T) {
 	out, code := f.forkctl("reload", "--wait")
 	assert.Equal(t, 1, code, out)
 	assert.Contains(t, out, "forkd.hcl:")
+
+	// The log says it in one readable line, with every problem and where: not the diagnostics'
+	// source snippets as \n escapes.
+	f.signal(syscall.SIGHUP)
+	var logged string
+	waitUntil(t, "the SIGHUP's reload to fail", func() bool {
+		for _, line := range strings.Split(f.output.String(), "\n") {
+			if strings.Contains(line, "SIGHUP: reload failed") {
+				logged = line
+				return true
+			}
+		}
+		return false
+	})
+	assert.Regexp(t, `forkd\.hcl:\d+,\d+-\d+: Attribute redefined: The argument \\"workers\\" was already set`, logged)
+	assert.NotContains(t, logged, `\n`)
+
 	after := f.status()
 	assert.Equal(t, st.WorkerList[0].PID, after.WorkerList[0].PID)
 	assert.Equal(t, 1, after.Generation)

@@ -140,9 +140,12 @@ func (c *cli) versionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print forkctl's version, and the running forkd's",
-		Args:  noArgs,
+		Long: `Print forkctl's version ("client:") and the version of the forkd that answers on the control
+socket ("server:"), with its PID and socket, or why none answers. A forkd that is not running is an
+answer, not a failure: forkctl exits 0.`,
+		Args: noArgs,
 		RunE: c.action(func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintln(c.stdout, version.String())
+			fmt.Fprintf(c.stdout, "client: %s\n", version.Of("forkctl"))
 			client, err := c.client()
 			if err != nil {
 				return err
@@ -151,13 +154,13 @@ func (c *cli) versionCommand() *cobra.Command {
 			defer cancel()
 			st, err := client.Status(ctx)
 			if errors.Is(err, control.ErrNotRunning) {
-				// No forkd to ask is an answer, not a failure: the client's version stands alone.
+				fmt.Fprintf(c.stdout, "server: %s\n", strings.TrimPrefix(err.Error(), "forkd is "))
 				return nil
 			}
 			if err != nil {
 				return fmt.Errorf("cannot ask forkd for its version: %w", err)
 			}
-			fmt.Fprintf(c.stdout, "server: %s\n", st.Version)
+			fmt.Fprintf(c.stdout, "server: %s, pid %d, at %s\n", printable(st.Version), st.MasterPID, c.socket.path)
 			return nil
 		}),
 	}

@@ -1,7 +1,7 @@
 package main
 
 // This file is forkctl's only use of pkg/config: checking a file, reading the control socket from
-// one, and the default socket.
+// one, the default socket, and instance names.
 
 import (
 	"io"
@@ -24,8 +24,13 @@ func socketFromConfigFile(path string) (string, error) {
 	return config.ControlSocketOf(path)
 }
 
-// defaultSocket is the control socket of a forkd started without a config file, whose instance
-// name is "forkd".
-func defaultSocket() string {
-	return config.DefaultControlSocket("forkd")
+// defaultSocket is the control socket of forkd instance name when its config does not set one:
+// "forkd" for a forkd started without a config file or --name.
+func defaultSocket(name string) string {
+	return config.DefaultControlSocket(name)
+}
+
+// checkInstanceName says what is wrong with an instance name given to --name, as forkd would.
+func checkInstanceName(name string) error {
+	return config.CheckName(name)
 }

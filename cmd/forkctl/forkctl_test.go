@@ -400,12 +400,12 @@ func TestNotRunning(t *testing.T) {
 }
 
 func TestNotRunningAtDefaultSocket(t *testing.T) {
-	if _, err := os.Stat(defaultSocket()); err == nil {
-		t.Skipf("something is at the default socket %s", defaultSocket())
+	if _, err := os.Stat(defaultSocket("forkd")); err == nil {
+		t.Skipf("something is at the default socket %s", defaultSocket("forkd"))
 	}
 	r := forkctl(t, nil, "status")
 	require.Equal(t, exitNotRunning, r.code, r.stderr)
-	require.Contains(t, r.stderr, "(no control socket at "+defaultSocket()+")")
+	require.Contains(t, r.stderr, "(no control socket at "+defaultSocket("forkd")+")")
 	require.Contains(t, r.stderr, "hint: the socket path is the default one")
 }
 
@@ -450,13 +450,14 @@ func TestVersion(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
 	require.Len(t, lines, 2, r.stdout)
-	require.Regexp(t, `^forkd \S+ \((.+, )?go.+\)$`, lines[0])
-	require.Equal(t, "server: forkd 9.9.9 (abcdef123456, go1.26.8)", lines[1])
+	require.Regexp(t, `^client: forkctl \S+ \((.+, )?go.+\)$`, lines[0])
+	require.Equal(t, "server: forkd 9.9.9 (abcdef123456, go1.26.8), pid 4242, at "+socket, lines[1])
 
-	// Without a forkd, the client's version stands alone.
-	r = forkctl(t, nil, "--socket", filepath.Join(t.TempDir(), "none.sock"), "version")
+	// Without a forkd, the server line says so; that is an answer, not a failure.
+	none := filepath.Join(t.TempDir(), "none.sock")
+	r = forkctl(t, nil, "--socket", none, "version")
 	require.Equal(t, 0, r.code, r.stderr)
-	require.Equal(t, lines[0]+"\n", r.stdout)
+	require.Equal(t, lines[0]+"\nserver: not running (no control socket at "+none+")\n", r.stdout)
 	require.Empty(t, r.stderr)
 }
 
@@ -532,6 +533,33 @@ func TestSocketFromConfig(t *testing.T) {
 	r = forkctl(t, []string{socketEnv + "=" + elsewhere}, "--config", config, "status")
 	require.Equal(t, exitNotRunning, r.code, r.stderr)
 	require.Contains(t, r.stderr, elsewhere)
+}
+
+// --name NAME reaches the forkd instance NAME at its default socket, as forkd --name NAME (or
+// forkd@NAME under systemd) puts it.
+func TestSocketFromName(t *testing.T) {
+	name := fmt.Sprintf("forkctl-test-%d", os.Getpid())
+	socket := defaultSocket(name)
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(socket)) })
+
+	r := forkctl(t, nil, "--name", name, "status")
+	require.Equal(t, exitNotRunning, r.code, r.stderr)
+	require.Contains(t, r.stderr, "(no control socket at "+socket+")")
+	require.Contains(t, r.stderr, fmt.Sprintf("hint: the socket path is the default one of instance %q (--name)", name))
+
+	b := newFakeBackend()
+	serveAt(t, b, socket)
+	r = forkctl(t, nil, "--name", name, "scale", "+1")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, control.ScaleRequest{Delta: 1}, <-b.scales)
+
+	r = forkctl(t, nil, "--name", "../etc", "status")
+	require.Equal(t, exitUsage, r.code, r.stderr)
+	require.Contains(t, r.stderr, `forkctl: --name: "../etc" may contain only letters, digits and "_.@-", not '/'`)
+
+	r = forkctl(t, nil, "--name", name, "--socket", socket, "status")
+	require.Equal(t, exitUsage, r.code, r.stderr)
+	require.Contains(t, r.stderr, "none of the others can be")
 }
 
 func TestInvalidConfigForSocket(t *testing.T) {

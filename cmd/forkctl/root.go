@@ -26,6 +26,7 @@ type cli struct {
 
 	socketFlag string
 	configFlag string
+	nameFlag   string
 	timeout    time.Duration
 	// timeoutSet records an explicit --timeout, which also bounds commands that --wait.
 	timeoutSet bool
@@ -48,8 +49,9 @@ func (c *cli) rootCommand() *cobra.Command {
 		Short: "Control a running forkd",
 		Long: `forkctl talks to a running forkd over its control socket.
 
-The socket is, in order: --socket, $FORKD_SOCKET, the control socket of --config FILE,
-or the default socket of the instance named "forkd".`,
+The socket is, in order: --socket, $FORKD_SOCKET, the control socket of --config FILE, the
+default socket of the instance named --name NAME (forkd --name NAME, or forkd@NAME under
+systemd), or the default socket of the instance named "forkd".`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -63,6 +65,8 @@ or the default socket of the instance named "forkd".`,
 	flags := root.PersistentFlags()
 	flags.StringVarP(&c.socketFlag, "socket", "s", "", "path of forkd's control socket")
 	flags.StringVarP(&c.configFlag, "config", "c", "", "take the control socket from this forkd config file")
+	flags.StringVar(&c.nameFlag, "name", "", "the default control socket of the forkd instance `NAME` (forkd --name NAME, forkd@NAME)")
+	root.MarkFlagsMutuallyExclusive("socket", "config", "name")
 	flags.DurationVar(&c.timeout, "timeout", defaultTimeout,
 		"give up after this long; 0 waits without limit; with --wait, the default is to wait without limit")
 	_ = root.MarkPersistentFlagFilename("config", "hcl")
@@ -129,9 +133,15 @@ func (c *cli) resolveSocket() (socketChoice, error) {
 				hint: "forkctl check " + c.configFlag + " lists every problem"}
 		}
 		choice = socketChoice{path: path, hint: "the socket path is the control socket of " + c.configFlag + " (--config)"}
+	case c.nameFlag != "":
+		if err := checkInstanceName(c.nameFlag); err != nil {
+			return socketChoice{}, usagef("--name: %v", err)
+		}
+		choice = socketChoice{path: defaultSocket(c.nameFlag),
+			hint: fmt.Sprintf("the socket path is the default one of instance %q (--name); a forkd with a config file that sets control.socket is reached with --config FILE", c.nameFlag)}
 	default:
-		choice = socketChoice{path: defaultSocket(),
-			hint: "the socket path is the default one; name another forkd with --config FILE or --socket PATH"}
+		choice = socketChoice{path: defaultSocket("forkd"),
+			hint: "the socket path is the default one; name another forkd with --name NAME, --config FILE or --socket PATH"}
 	}
 	c.socket = &choice
 	return choice, nil

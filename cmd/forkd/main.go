@@ -87,9 +87,14 @@ sd_notify, crash respawn with backoff, graceful drain, control through forkctl.`
 	flags.Register(root.Flags())
 
 	root.AddCommand(&cobra.Command{
-		Use:           "check CONFIG",
-		Short:         "Validate a config file and exit 0, or print its errors and exit 78",
-		Args:          cobra.ExactArgs(1),
+		Use:   "check CONFIG",
+		Short: "Validate a config file and exit 0, or print its errors and exit 78",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return &exitError{2, fmt.Errorf("check takes one argument, the config file, like forkd check /etc/forkd/app.hcl; got %d", len(args))}
+			}
+			return nil
+		},
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, args []string) error {

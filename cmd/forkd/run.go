@@ -92,8 +92,10 @@ func run(flags config.Flags) error {
 	}
 	code, err := supervise(cfg, flags, logger, workerOutput, adopt, extra)
 	if err != nil {
-		logger.Error(err.Error(), "event", "master-failed")
-		return &exitError{1, err}
+		// Once, through the log (which is stderr, or the journal that stderr goes to), without
+		// the prefix of the package that failed: it is the operator's sentence.
+		logger.Error(startupMessage(err), "event", "master-failed")
+		return &exitError{code: 1}
 	}
 	return &exitError{code: code}
 }
@@ -136,7 +138,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 			return 1, err
 		}
 		if ctl, err = control.Listen(cfg.Control.Socket); err != nil {
-			return 1, err
+			return 1, controlSocketError(cfg, err)
 		}
 	}
 	defer activation.CloseAll(listeners)
@@ -217,6 +219,33 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 	return code, err
 }
 
+// startupMessage is err as the operator reads it: without the failing package's prefix, and with
+// what to do about a port in use.
+func startupMessage(err error) string {
+	msg := err.Error()
+	for _, prefix := range []string{"activation: ", "control: ", "notify: ", "cluster: "} {
+		msg = strings.TrimPrefix(msg, prefix)
+	}
+	if errors.Is(err, syscall.EADDRINUSE) && strings.Contains(msg, "tcp") {
+		msg += " (another process listens there: ss -ltnp shows which)"
+	}
+	return msg
+}
+
+// controlSocketError says what to do when another forkd answers on the control socket: name this
+// one apart.
+func controlSocketError(cfg *config.Config, err error) error {
+	if !errors.Is(err, control.ErrAlreadyRunning) || cfg.Control.Socket != config.DefaultControlSocket(cfg.Name) {
+		return err
+	}
+	if cfg.File == "" {
+		return fmt.Errorf("another forkd already runs as instance %q (control socket %s): give this one a name of its own with --name NAME, and reach it with forkctl --name NAME",
+			cfg.Name, cfg.Control.Socket)
+	}
+	return fmt.Errorf("another forkd already runs as instance %q (control socket %s): is this config already running? If not, set name (or control.socket) in %s",
+		cfg.Name, cfg.Control.Socket, cfg.File)
+}
+
 // generation is the part of cfg that makes a generation of workers.
 func generation(cfg *config.Config) cluster.Generation {
 	machine := cluster.Config{
@@ -255,9 +284,10 @@ func reconfigure(running *config.Config, flags config.Flags) (cluster.Generation
 	if err != nil {
 		var diags *config.DiagnosticsError
 		if errors.As(err, &diags) {
-			var b strings.Builder
-			diags.WriteTo(&b)
-			return cluster.Generation{}, errors.New(strings.TrimSpace(b.String()))
+			// One line, with every problem, for the log and for forkctl alike; the check shows
+			// their source lines.
+			return cluster.Generation{}, fmt.Errorf("%s (forkctl check %s shows each with its source line)",
+				strings.Join(diags.Problems(), "; "), diags.File)
 		}
 		return cluster.Generation{}, err
 	}

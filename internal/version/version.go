@@ -13,13 +13,16 @@ var Version = "dev"
 
 // String returns "forkd VERSION (REVISION, GOVERSION)", naming the commit when Go recorded one,
 // else "forkd VERSION (GOVERSION)".
-func String() string {
+func String() string { return Of("forkd") }
+
+// Of returns String's line for another program of the project: Of("forkctl").
+func Of(program string) string {
 	if info, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range info.Settings {
 			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				return fmt.Sprintf("forkd %s (%s, %s)", Version, s.Value[:12], runtime.Version())
+				return fmt.Sprintf("%s %s (%s, %s)", program, Version, s.Value[:12], runtime.Version())
 			}
 		}
 	}
-	return fmt.Sprintf("forkd %s (%s)", Version, runtime.Version())
+	return fmt.Sprintf("%s %s (%s)", program, Version, runtime.Version())
 }

@@ -23,17 +23,12 @@ type DiagnosticsError struct {
 
 // Error returns a one-line summary: the first problem, its location, and how many more there are.
 func (e *DiagnosticsError) Error() string {
-	errs := e.errorDiags()
-	if len(errs) == 0 {
+	problems := e.Problems()
+	if len(problems) == 0 {
 		return "config: " + e.File + ": invalid configuration"
 	}
-	msg := "config: " + e.location(errs[0]) + ": " + errs[0].Summary
-	if errs[0].Detail != "" {
-		// Diagnostics from HCL itself put the useful part in Detail ("An argument named "x" is
-		// not expected here.").
-		msg += ": " + strings.Join(strings.Fields(errs[0].Detail), " ")
-	}
-	switch n := len(errs) - 1; n {
+	msg := "config: " + problems[0]
+	switch n := len(problems) - 1; n {
 	case 0:
 	case 1:
 		msg += " (and 1 more error)"
@@ -41,6 +36,22 @@ func (e *DiagnosticsError) Error() string {
 		msg += fmt.Sprintf(" (and %d more errors)", n)
 	}
 	return msg
+}
+
+// Problems returns one line per error, without the source snippet: "demo.hcl:6,11-12: workers: 0
+// is out of range 1..1024", for a log or a one-line reply.
+func (e *DiagnosticsError) Problems() []string {
+	var lines []string
+	for _, d := range e.errorDiags() {
+		line := e.location(d) + ": " + d.Summary
+		if d.Detail != "" {
+			// Diagnostics from HCL itself put the useful part in Detail ("An argument named "x"
+			// is not expected here.").
+			line += ": " + strings.Join(strings.Fields(d.Detail), " ")
+		}
+		lines = append(lines, line)
+	}
+	return lines
 }
 
 // WriteTo prints every diagnostic for a person to read: the location (file:line,column-column), the

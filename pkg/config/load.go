@@ -72,6 +72,9 @@ type builder struct {
 	files    map[string]*hcl.File
 	diags    hcl.Diagnostics
 	flagErrs []error
+
+	// programAsWritten is the file's relative program path, when fillDefaults made it absolute.
+	programAsWritten string
 }
 
 func newBuilder(file string, quick bool) *builder {
@@ -136,6 +139,14 @@ func (b *builder) fillDefaults() {
 			base := filepath.Base(c.File)
 			c.Name = strings.TrimSuffix(base, filepath.Ext(base))
 		}
+	}
+	if p := c.Command; len(p) > 0 && s.command.given && !s.command.flag && c.Directory == "" && b.fileDir != "" &&
+		strings.Contains(p[0], "/") && !filepath.IsAbs(p[0]) {
+		// A program path in the file means the same wherever forkd runs, as every path in it does.
+		// (With a directory, it stays relative to the workers' working directory.)
+		c.Command = slices.Clone(p)
+		c.Command[0] = filepath.Join(b.fileDir, p[0])
+		b.programAsWritten = p[0]
 	}
 	if !s.workers.given {
 		// Capped so the default is valid on a machine with more CPUs than MaxWorkers.

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -194,6 +195,31 @@ directory = "current"
 	assert.Equal(t, filepath.Join(dir, "current"), cfg.Directory)
 }
 
+// TestRelativeCommandFollowsTheFile: a relative program path in the file, like every other path
+// in it, is relative to the file's directory (without a directory), not to forkd's; the error
+// says what it is relative to.
+func TestRelativeCommandFollowsTheFile(t *testing.T) {
+	dir := sandbox(t)
+	mustWrite(t, filepath.Join(dir, "etc", "bin", "server"), "#!/bin/sh\n", 0o755)
+	path := filepath.Join(dir, writeConfig(t, filepath.Join("etc", "demo.hcl"), `command = ["./bin/server", "--flag"]`))
+	bad := filepath.Join(dir, writeConfig(t, filepath.Join("etc", "bad.hcl"), `command = ["bin/nope"]`))
+	t.Chdir(filepath.Join(dir, "app"))
+	cfg, err := LoadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, []string{filepath.Join(dir, "etc", "bin", "server"), "--flag"}, cfg.Command)
+
+	_, err = LoadFile(bad)
+	require.Error(t, err)
+	assert.Contains(t, diagnosticsText(t, err),
+		fmt.Sprintf(`command: "bin/nope" (%s, relative to the config file's directory) does not exist`, filepath.Join(dir, "etc", "bin", "nope")))
+
+	// After "--", the command is the operator's, relative to forkd's working directory.
+	_, err = Load(parseFlags(t, "--", "bin/nope"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(),
+		fmt.Sprintf(`command: "bin/nope" (%s, relative to forkd's working directory) does not exist`, filepath.Join(dir, "app", "bin", "nope")))
+}
+
 func TestParseCommandLookup(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -202,17 +228,17 @@ func TestParseCommandLookup(t *testing.T) {
 	}{
 		{"in PATH", `command = ["server"]`, ""},
 		{"absolute", `command = ["/bin/sh", "-c", "exit 0"]`, ""},
-		{"relative to working directory", `command = ["bin/server"]`, ""},
+		{"relative to the file's directory", `command = ["bin/server"]`, ""},
 		{"relative to directory", "directory = \"app\"\ncommand = [\"./run\"]", ""},
 		{"PATH from env wins", "env = { PATH = \"/nonexistent\" }\ncommand = [\"server\"]",
 			`command: "server" not found in PATH ("/nonexistent", set in env)`},
 		{"PATH from env finds it", "env = { PATH = \"/nonexistent:bin\" }\ncommand = [\"server\"]", ""},
 		{"not in PATH", `command = ["pythn3", "app.py"]`, `command: "pythn3" not found in PATH`},
 		{"directory is not in PATH", `command = ["app"]`, `command: "app" not found in PATH`},
-		{"missing relative to directory", "directory = \"app\"\ncommand = [\"./nope\"]", `"./nope" (`},
-		{"not executable", `command = ["bin/notexec"]`, `command: "bin/notexec" is not executable (mode 0644)`},
-		{"a directory", `command = ["./app"]`, `command: "./app" is a directory`},
-		{"missing", `command = ["./nope"]`, `command: "./nope" does not exist`},
+		{"missing relative to directory", "directory = \"app\"\ncommand = [\"./nope\"]", `/app/nope, relative to directory) does not exist`},
+		{"not executable", `command = ["bin/notexec"]`, `/bin/notexec, relative to the config file's directory) is not executable (mode 0644)`},
+		{"a directory", `command = ["./app"]`, `command: "./app" (`},
+		{"missing", `command = ["./nope"]`, `/nope, relative to the config file's directory) does not exist`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -216,19 +216,26 @@ func (b *builder) validateName() {
 	if !o.given && !o.flag {
 		hint = ` (it comes from the file name; set name = "..." in the file)`
 	}
+	if err := CheckName(name); err != nil {
+		b.report(o, "%v%s", err, hint)
+	}
+}
+
+// CheckName says what is wrong with an instance name, or returns nil. The name is a path
+// component of the default control socket (/run/forkd/NAME/control.sock) and appears in logs.
+func CheckName(name string) error {
 	switch {
 	case name == "":
-		b.report(o, "must not be empty%s", hint)
+		return errors.New("must not be empty")
 	case name == "." || name == "..":
-		b.report(o, "%q is not allowed, since the name is used as a directory name%s", name, hint)
-	default:
-		for _, r := range name {
-			if !isNameChar(r) {
-				b.report(o, "%q may contain only letters, digits and \"_.@-\", not %q%s", name, r, hint)
-				return
-			}
+		return fmt.Errorf("%q is not allowed, since the name is used as a directory name", name)
+	}
+	for _, r := range name {
+		if !isNameChar(r) {
+			return fmt.Errorf("%q may contain only letters, digits and \"_.@-\", not %q", name, r)
 		}
 	}
+	return nil
 }
 
 func isNameChar(r rune) bool {
@@ -332,16 +339,25 @@ func (b *builder) validateCommand(dirOK bool) {
 		if !dirOK {
 			return // already reported; every relative program would be "missing" too
 		}
-		path := prog
-		if !filepath.IsAbs(path) && c.Directory != "" {
-			path = filepath.Join(c.Directory, prog)
+		path, written, base := prog, prog, ""
+		switch {
+		case b.programAsWritten != "":
+			written, base = b.programAsWritten, "the config file's directory"
+		case filepath.IsAbs(prog):
+		case c.Directory != "":
+			path, base = filepath.Join(c.Directory, prog), "directory"
+		default:
+			base = "forkd's working directory"
+			if abs, err := filepath.Abs(prog); err == nil {
+				path = abs
+			}
 		}
 		if err := checkExecutable(path); err != nil {
 			where := ""
-			if path != prog {
-				where = fmt.Sprintf(" (%s)", path)
+			if base != "" {
+				where = fmt.Sprintf(" (%s, relative to %s)", path, base)
 			}
-			b.report(o, "%q%s %v", prog, where, err)
+			b.report(o, "%q%s %v", written, where, err)
 		}
 	default:
 		pathList, fromEnv := c.Env["PATH"]
