@@ -26,7 +26,10 @@
 //	w.Stopping()
 //	// stop accepting, finish in-flight requests, return from main.
 //
-// ExampleWorker shows the whole loop for net/http.
+// ExampleWorker shows the whole loop for net/http. HTTPDrainer drains an http.Server on SIGTERM
+// without failing a request, even for clients that do not retry: it answers the next request on
+// every keep-alive connection with "Connection: close" rather than closing idle connections under
+// the client's feet.
 //
 // Nothing here requires forkd. Under plain systemd socket activation the listeners and
 // notifications go to systemd, and with no activation at all there are no listeners, Index is -1

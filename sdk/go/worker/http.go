@@ -7,43 +7,54 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// FirstRequestWait bounds how long Shutdown waits for the connections accepted just before the
-// drain to send their first request.
-const FirstRequestWait = 2 * time.Second
+// DrainWait bounds how long Shutdown waits, once it has stopped accepting, for each connection
+// still open to bring its next request, which is answered with "Connection: close". A connection
+// whose client sends nothing for that long is closed unanswered, as an idle keep-alive connection
+// may be at any time.
+const DrainWait = 2 * time.Second
 
-// HTTPDrainer shuts an http.Server down without dropping requests. net/http's Server.Shutdown
-// drops a request it reads after the shutdown began: a client whose new connection was accepted
-// just before, and whose request arrives just after, sees the connection closed unanswered and
-// cannot know whether to retry. In a preforking cluster, where workers drain on every rollout,
-// that happens under load. HTTPDrainer instead stops accepting, waits until every connection
-// accepted so far has had its first request reach the handler (or has closed), and only then calls
-// Shutdown.
+// HTTPDrainer shuts an http.Server down without failing a request. net/http's Server.Shutdown
+// closes idle keep-alive connections at once, and drops a request it reads after it began: a
+// client that sends its next request on an idle connection just as the server closes it, or whose
+// new connection was accepted just before and whose request arrives just after, sees the
+// connection closed unanswered and cannot know whether to retry. In a preforking cluster, where
+// workers drain on every rollout, that happens under load to every client that does not retry
+// (wrk, Node's http agent, most non-Go clients).
 //
-// Make one with NewHTTPDrainer before serving, which wraps srv.Handler, srv.ConnState and
-// srv.ConnContext, and serve with its Serve method rather than srv.Serve.
+// HTTPDrainer instead stops accepting (other workers accept from the shared sockets meanwhile) and
+// answers the next request on every open connection with "Connection: close", then closes it, so
+// that the client reconnects to another worker; connections that bring no request within DrainWait
+// are closed then. Only after that does it call Shutdown, which waits for requests still in
+// flight.
+//
+// Make one with NewHTTPDrainer before serving, which wraps srv.Handler and srv.ConnState, and
+// serve with its Serve method rather than srv.Serve. It drains HTTP/1.x
+// connections; srv must not have keep-alives disabled for its clients to benefit.
 type HTTPDrainer struct {
 	srv *http.Server
+	// draining is set once Shutdown has begun: every response from then on closes its connection.
+	draining atomic.Bool
+	// drainWait is DrainWait, unless a test shortens it.
+	drainWait time.Duration
 
 	mu        sync.Mutex
 	listeners []net.Listener
-	draining  bool
-	// fresh holds the connections accepted whose first request has not reached the handler yet.
-	fresh map[net.Conn]bool
-	empty chan struct{} // closed when fresh empties, while Shutdown waits
+	// open holds the connections accepted and not yet closed.
+	open  map[net.Conn]bool
+	empty chan struct{} // closed when open empties, while Shutdown waits
 	// serving counts the Serve calls still running: a connection that accept has returned is only
-	// in fresh once net/http has recorded it, which it does before it accepts again.
+	// in open once net/http has recorded it, which it does before it accepts again.
 	serving sync.WaitGroup
 }
 
-type connKey struct{}
-
-// NewHTTPDrainer prepares srv, which will serve listeners, for a drain without dropped requests.
+// NewHTTPDrainer prepares srv, which will serve listeners, for a drain without failed requests.
 func NewHTTPDrainer(srv *http.Server, listeners []net.Listener) *HTTPDrainer {
-	d := &HTTPDrainer{srv: srv, listeners: slices.Clone(listeners), fresh: map[net.Conn]bool{}}
-	prevState, prevContext, handler := srv.ConnState, srv.ConnContext, srv.Handler
+	d := &HTTPDrainer{srv: srv, listeners: slices.Clone(listeners), open: map[net.Conn]bool{}, drainWait: DrainWait}
+	prevState, handler := srv.ConnState, srv.Handler
 	if handler == nil {
 		handler = http.DefaultServeMux
 	}
@@ -51,39 +62,34 @@ func NewHTTPDrainer(srv *http.Server, listeners []net.Listener) *HTTPDrainer {
 		switch state {
 		case http.StateNew:
 			d.mu.Lock()
-			d.fresh[c] = true
+			d.open[c] = true
 			d.mu.Unlock()
 		case http.StateClosed, http.StateHijacked:
-			d.settled(c)
+			d.closed(c)
 		}
 		if prevState != nil {
 			prevState(c, state)
 		}
 	}
-	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		if prevContext != nil {
-			ctx = prevContext(ctx, c)
-		}
-		return context.WithValue(ctx, connKey{}, c)
-	}
-	// A request in the handler is past net/http's shutdown check: Shutdown now waits for it.
+	// A request in the handler is past net/http's shutdown check: Shutdown waits for it. Once the
+	// drain has begun, its response is the connection's last.
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
-			d.settled(c)
+		if d.draining.Load() {
+			w.Header().Set("Connection", "close")
 		}
 		handler.ServeHTTP(w, r)
 	})
 	return d
 }
 
-func (d *HTTPDrainer) settled(c net.Conn) {
+func (d *HTTPDrainer) closed(c net.Conn) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.fresh[c] {
+	if !d.open[c] {
 		return
 	}
-	delete(d.fresh, c)
-	if len(d.fresh) == 0 && d.empty != nil {
+	delete(d.open, c)
+	if len(d.open) == 0 && d.empty != nil {
 		close(d.empty)
 		d.empty = nil
 	}
@@ -94,7 +100,7 @@ func (d *HTTPDrainer) settled(c net.Conn) {
 // drain has begun, it returns http.ErrServerClosed, as srv.Serve does after Shutdown.
 func (d *HTTPDrainer) Serve(l net.Listener) error {
 	d.mu.Lock()
-	if d.draining {
+	if d.draining.Load() {
 		d.mu.Unlock()
 		return http.ErrServerClosed
 	}
@@ -105,30 +111,27 @@ func (d *HTTPDrainer) Serve(l net.Listener) error {
 	d.mu.Unlock()
 	defer d.serving.Done()
 	err := d.srv.Serve(l)
-	d.mu.Lock()
-	draining := d.draining
-	d.mu.Unlock()
-	if draining && errors.Is(err, net.ErrClosed) {
+	if d.draining.Load() && errors.Is(err, net.ErrClosed) {
 		return http.ErrServerClosed
 	}
 	return err
 }
 
-// Shutdown drains the server: it closes the listeners (other workers accept from the shared
-// sockets meanwhile) and waits for Serve to stop accepting, waits up to FirstRequestWait for the
-// connections already accepted to bring their first request, then shuts srv down, which waits for
-// requests in flight and closes idle keep-alive connections. ctx bounds the whole drain. It returns
+// Shutdown drains the server: it closes the listeners and waits for Serve to stop accepting, then
+// answers the next request of every open connection with "Connection: close" and waits, up to
+// DrainWait, for the connections to close; last it shuts srv down, which closes the connections
+// left idle and waits for the requests in flight. ctx bounds the whole drain. It returns
 // Shutdown's error, or ctx's.
 func (d *HTTPDrainer) Shutdown(ctx context.Context) error {
 	d.mu.Lock()
-	d.draining = true
+	d.draining.Store(true)
 	listeners := d.listeners
 	d.mu.Unlock()
 	for _, l := range listeners {
 		l.Close()
 	}
-	// A connection accept returned just before the close is not in fresh yet; it is once the
-	// accept loop that got it has ended.
+	// A connection accept returned just before the close is not in open yet; it is once the accept
+	// loop that got it has ended.
 	accepting := make(chan struct{})
 	go func() {
 		d.serving.Wait()
@@ -141,13 +144,13 @@ func (d *HTTPDrainer) Shutdown(ctx context.Context) error {
 	}
 	d.mu.Lock()
 	var empty chan struct{}
-	if len(d.fresh) > 0 {
+	if len(d.open) > 0 {
 		empty = make(chan struct{})
 		d.empty = empty
 	}
 	d.mu.Unlock()
 	if empty != nil {
-		wait := time.NewTimer(FirstRequestWait)
+		wait := time.NewTimer(d.drainWait)
 		defer wait.Stop()
 		select {
 		case <-empty:

@@ -3,17 +3,19 @@ package worker
 import (
 	"bufio"
 	"context"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
 
-// TestHTTPDrainerAnswersConnectionsAcceptedBeforeTheDrain: a client connects, the drain begins,
-// and only then does its request arrive. net/http's Shutdown alone closes such a connection
-// unanswered; the drainer answers it.
-func TestHTTPDrainerAnswersConnectionsAcceptedBeforeTheDrain(t *testing.T) {
+// okServer is a server that answers "ok", with its drainer on a new loopback listener.
+func okServer(t *testing.T) (*HTTPDrainer, net.Listener) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -21,13 +23,57 @@ func TestHTTPDrainerAnswersConnectionsAcceptedBeforeTheDrain(t *testing.T) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok"))
 	})}
-	d := NewHTTPDrainer(srv, []net.Listener{l})
+	return NewHTTPDrainer(srv, []net.Listener{l}), l
+}
+
+// waitDrainBegun waits until the drain has closed the listener at addr: a new connection is
+// refused.
+func waitDrainBegun(t *testing.T, addr string) {
+	t.Helper()
+	end := time.Now().Add(time.Minute)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return
+		}
+		if err == nil {
+			c.Close()
+		}
+		if time.Now().After(end) {
+			t.Fatal("the drain did not close the listener")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// request sends a GET on conn and reads the response.
+func request(t *testing.T, conn net.Conn, r *bufio.Reader) (*http.Response, error) {
+	t.Helper()
+	if _, err := conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		return nil, err
+	}
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		return nil, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp, nil
+}
+
+// TestHTTPDrainerAnswersConnectionsAcceptedBeforeTheDrain: a client connects, the drain begins,
+// and only then does its request arrive. net/http's Shutdown alone closes such a connection
+// unanswered; the drainer answers it, and closes it after.
+func TestHTTPDrainerAnswersConnectionsAcceptedBeforeTheDrain(t *testing.T) {
+	d, l := okServer(t)
 	accepted := make(chan struct{})
-	hook := srv.ConnState
-	srv.ConnState = func(c net.Conn, s http.ConnState) {
+	var once sync.Once
+	hook := d.srv.ConnState
+	d.srv.ConnState = func(c net.Conn, s http.ConnState) {
 		hook(c, s)
 		if s == http.StateNew {
-			close(accepted)
+			once.Do(func() { close(accepted) })
 		}
 	}
 	go d.Serve(l)
@@ -40,31 +86,96 @@ func TestHTTPDrainerAnswersConnectionsAcceptedBeforeTheDrain(t *testing.T) {
 	<-accepted
 	drained := make(chan error, 1)
 	go func() { drained <- d.Shutdown(context.Background()) }()
-	// Let the drain start before the request is sent.
-	time.Sleep(50 * time.Millisecond)
-	if _, err := conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	waitDrainBegun(t, l.Addr().String())
+
+	resp, err := request(t, conn, bufio.NewReader(conn))
 	if err != nil {
 		t.Fatalf("the request sent during the drain got no answer: %v", err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("status %s", resp.Status)
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("status %s, close %v; want 200 and Connection: close", resp.Status, resp.Close)
 	}
 	if err := <-drained; err != nil {
 		t.Fatal(err)
 	}
 }
 
-// heldAcceptListener holds each connection it has accepted until release is closed, as a
+// TestHTTPDrainerAnswersTheNextRequestOnIdleConnections: a keep-alive client sends its next request
+// on its idle connection after the drain has begun. net/http's Shutdown closes idle connections at
+// once, and a client that does not retry got EOF; the drainer answers with Connection: close, and
+// the client reconnects elsewhere.
+func TestHTTPDrainerAnswersTheNextRequestOnIdleConnections(t *testing.T) {
+	d, l := okServer(t)
+	go d.Serve(l)
+	var conns []net.Conn
+	var readers []*bufio.Reader
+	for range 4 {
+		conn, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		r := bufio.NewReader(conn)
+		resp, err := request(t, conn, r)
+		if err != nil || resp.Close {
+			t.Fatalf("first request: %v, close %v", err, resp != nil && resp.Close)
+		}
+		conns, readers = append(conns, conn), append(readers, r)
+	}
+
+	drained := make(chan error, 1)
+	go func() { drained <- d.Shutdown(context.Background()) }()
+	waitDrainBegun(t, l.Addr().String())
+	for i, conn := range conns {
+		resp, err := request(t, conn, readers[i])
+		if err != nil {
+			t.Fatalf("connection %d: the next request on an idle keep-alive connection failed: %v", i, err)
+		}
+		if resp.StatusCode != 200 || !resp.Close {
+			t.Fatalf("connection %d: status %s, close %v; want 200 and Connection: close", i, resp.Status, resp.Close)
+		}
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := readers[i].ReadByte(); err != io.EOF {
+			t.Fatalf("connection %d: after Connection: close, read %v, want EOF", i, err)
+		}
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHTTPDrainerBoundsTheWait: a connection that brings no request is closed after the drain
+// wait, and Shutdown returns.
+func TestHTTPDrainerBoundsTheWait(t *testing.T) {
+	d, l := okServer(t)
+	d.drainWait = 100 * time.Millisecond
+	go d.Serve(l)
+	conn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	if _, err := request(t, conn, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := r.ReadByte(); err == nil {
+		t.Fatal("the idle connection is still open after Shutdown")
+	}
+}
+
+// heldAcceptListener holds each connection it has accepted until the listener is closed, as a
 // descheduled goroutine would between accept and net/http's bookkeeping of the connection.
 type heldAcceptListener struct {
 	net.Listener
 	accepted chan struct{} // closed once a connection is held
-	release  chan struct{}
+	release  chan struct{} // closed by Close
 	once     sync.Once
+	closing  sync.Once
 }
 
 func (l *heldAcceptListener) Accept() (net.Conn, error) {
@@ -77,9 +188,15 @@ func (l *heldAcceptListener) Accept() (net.Conn, error) {
 	return c, nil
 }
 
+func (l *heldAcceptListener) Close() error {
+	err := l.Listener.Close()
+	l.closing.Do(func() { close(l.release) })
+	return err
+}
+
 // TestHTTPDrainerAnswersAConnectionStillInAccept: the drain begins while a connection accept has
 // returned has not reached net/http yet; its request, sent before, is answered all the same.
-// (Without waiting for Serve to stop accepting, the drainer saw no fresh connection, net/http's
+// (Without waiting for Serve to stop accepting, the drainer saw no open connection, net/http's
 // Shutdown began, and then read the request and closed the connection unanswered.)
 func TestHTTPDrainerAnswersAConnectionStillInAccept(t *testing.T) {
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
@@ -90,11 +207,6 @@ func TestHTTPDrainerAnswersAConnectionStillInAccept(t *testing.T) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok"))
 	})}
-	var releaseOnce sync.Once
-	release := func() { releaseOnce.Do(func() { close(l.release) }) }
-	// The held connection goes on once net/http's Shutdown has begun (where the race was lost),
-	// or after a while if the drainer waits for the accept loop instead, as it should.
-	srv.RegisterOnShutdown(release)
 	d := NewHTTPDrainer(srv, []net.Listener{l})
 	served := make(chan error, 1)
 	go func() { served <- d.Serve(l) }()
@@ -110,7 +222,6 @@ func TestHTTPDrainerAnswersAConnectionStillInAccept(t *testing.T) {
 	<-l.accepted
 	drained := make(chan error, 1)
 	go func() { drained <- d.Shutdown(context.Background()) }()
-	time.AfterFunc(200*time.Millisecond, release)
 
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
