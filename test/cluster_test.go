@@ -322,15 +322,8 @@ func TestQuickMode(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "control.sock")
-	cmd := exec.Command(filepath.Join(bin, "forkd"), "--workers", "2", "--listen", "tcp://127.0.0.1:0",
+	f := startQuickMode(t, dir, socket, "--workers", "2", "--listen", "tcp://127.0.0.1:0",
 		"--socket", socket, "--", filepath.Join(bin, "testworker"))
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	require.NoError(t, cmd.Start())
-	f := &forkd{t: t, dir: dir, socket: socket, cmd: cmd, output: out, done: make(chan struct{}),
-		client: control.NewClient(socket), seen: map[int]bool{}}
-	go func() { f.err = cmd.Wait(); close(f.done) }()
-	t.Cleanup(f.cleanup)
 	st := f.waitReady(2)
 	assert.Equal(t, "listen0", st.Listeners[0].Name)
 	assert.Contains(t, get(t, "http://"+f.addr()), "worker=")
@@ -462,13 +455,7 @@ control {
 `, socket)), 0o644))
 	// unshare forks forkd as PID 1 of the new namespace and waits for it.
 	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", filepath.Join(bin, "forkd"), "--config", cfg)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	require.NoError(t, cmd.Start())
-	f := &forkd{t: t, dir: dir, socket: socket, cmd: cmd, output: out, done: make(chan struct{}),
-		client: control.NewClient(socket), seen: map[int]bool{}}
-	go func() { f.err = cmd.Wait(); close(f.done) }()
-	t.Cleanup(f.cleanup)
+	f := startCommand(t, cmd, dir, socket)
 
 	st := f.waitReady(2)
 	assert.Equal(t, 1, st.MasterPID, "forkd is PID 1 in its namespace")
@@ -482,5 +469,5 @@ control {
 	}, deadline, 10*time.Millisecond)
 	require.NoError(t, syscall.Kill(master, syscall.SIGTERM))
 	assert.Equal(t, 0, f.waitExit())
-	assert.Contains(t, out.String(), "all workers have exited")
+	assert.Contains(t, f.output.String(), "all workers have exited")
 }

@@ -185,6 +185,31 @@ func startForkd(t *testing.T, o options) *forkd {
 	return f
 }
 
+// startQuickMode runs forkd in quick mode with args (its flags, "--" and the app) in dir, and
+// returns it; socket is its control socket.
+func startQuickMode(t *testing.T, dir, socket string, args ...string) *forkd {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(bin, "forkd"), args...)
+	cmd.Dir = dir
+	return startCommand(t, cmd, dir, socket)
+}
+
+// startCommand starts cmd, a forkd (or a command that runs one, such as unshare), and returns it;
+// socket is its control socket.
+func startCommand(t *testing.T, cmd *exec.Cmd, dir, socket string) *forkd {
+	t.Helper()
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f := &forkd{t: t, dir: dir, socket: socket, cmd: cmd, output: out, done: make(chan struct{}),
+		client: control.NewClient(socket), seen: map[int]bool{}}
+	go func() { f.err = cmd.Wait(); close(f.done) }()
+	t.Cleanup(f.cleanup)
+	return f
+}
+
 func (f *forkd) cleanup() {
 	select {
 	case <-f.done:

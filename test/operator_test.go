@@ -11,28 +11,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/forkd/forkd/pkg/control"
 )
 
 // What an operator meets first: quick mode as the README shows it, and the messages of commands
 // that cannot do what they were asked.
-
-// startQuickMode runs forkd in quick mode with args (its flags, "--" and the app) in dir, and
-// returns it; socket is its control socket.
-func startQuickMode(t *testing.T, dir, socket string, args ...string) *forkd {
-	t.Helper()
-	cmd := exec.Command(filepath.Join(bin, "forkd"), args...)
-	cmd.Dir = dir
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	require.NoError(t, cmd.Start())
-	f := &forkd{t: t, dir: dir, socket: socket, cmd: cmd, output: out, done: make(chan struct{}),
-		client: control.NewClient(socket), seen: map[int]bool{}}
-	go func() { f.err = cmd.Wait(); close(f.done) }()
-	t.Cleanup(f.cleanup)
-	return f
-}
 
 // freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
 func freePort(t *testing.T) int {
