@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -256,4 +257,28 @@ func TestForkedWorkersLeadTheirOwnProcessGroups(t *testing.T) {
 	})
 	assert.Equal(t, st.WorkerList[0].PID, after.WorkerList[0].PID, "the template serves on")
 	assert.NotContains(t, f.output.String(), "worker exited: killed", "no worker was killed")
+}
+
+// TestMasterStallKillsNoHealthyWorker: the master is stopped (SIGSTOP) for longer than the
+// heartbeat timeout while its workers keep sending heartbeats, which wait in the notify socket. On
+// SIGCONT no worker is killed: the master reads what arrived before it judges a deadline, and
+// extends by the stall the deadlines that wait for workers.
+func TestMasterStallKillsNoHealthyWorker(t *testing.T) {
+	t.Parallel()
+	const heartbeat = 4 * time.Second
+	f := startForkd(t, options{config: worker() + fmt.Sprintf("\nworkers = 3\ntimeouts {\n  worker = %q\n}\n", heartbeat)})
+	before := workerPIDs(f.waitReady(3))
+	f.signal(syscall.SIGSTOP)
+	time.Sleep(2*heartbeat + heartbeat/2) // the fault: a stall well past the heartbeat timeout
+	f.signal(syscall.SIGCONT)
+	// Watch for twice the heartbeat timeout: a worker the stall made look dead would be killed at
+	// once, and one that really stopped sending would be by then.
+	for end := time.Now().Add(2 * heartbeat); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		st := f.status()
+		require.Equal(t, before, workerPIDs(st), "a worker was replaced after the stall")
+		require.Equal(t, 3, st.Ready)
+	}
+	out := f.output.String()
+	assert.NotContains(t, out, "heartbeat-timeout")
+	assert.Contains(t, out, "forkd itself did not run for")
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -118,6 +119,10 @@ type Driver struct {
 	strays map[strayKey]int
 	// childrenUnreadable: listing the master's children failed, and the log said so once.
 	childrenUnreadable bool
+	// lastRan is when the loop last ran, to notice a stall of forkd itself.
+	lastRan time.Time
+	// notificationsInFlight counts datagrams read from the notify socket not yet handed to the loop.
+	notificationsInFlight atomic.Int32
 
 	helpers      map[int]*helper
 	helperEvents chan helperEvent
@@ -306,31 +311,109 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		} else {
 			timer.Stop()
 		}
+		var handle func()
+		select {
+		case sig := <-sigc:
+			handle = func() { d.handleSignal(sig.(syscall.Signal)) }
+		case dg := <-datagrams:
+			handle = func() { d.handleDatagram(dg) }
+		case cm := <-controls:
+			handle = func() { d.handleControl(cm) }
+		case e := <-d.helperEvents:
+			handle = func() { d.handleHelperEvent(e) }
+		case r := <-d.requests:
+			handle = func() { d.handleRequest(r) }
+		case <-timer.C:
+			handle = func() {
+				d.drainInputs(sigc, datagrams, controls)
+				d.step(Tick{})
+			}
+		case <-watchdog:
+			handle = d.pingWatchdog
+		case <-housekeeping.C:
+			handle = func() {
+				d.checkStrayGroups()
+				d.findOrphans()
+			}
+		case <-done:
+			done = nil
+			handle = func() {
+				d.log.Warn("context cancelled: stopping immediately")
+				d.step(Stop{Immediate: true})
+			}
+		}
+		// A stall of forkd is told to the machine before anything learned on waking is.
+		d.noticeStall()
+		handle()
+		d.noticeStall()
+	}
+	return d.exitCode, nil
+}
+
+// stallThreshold: the loop runs at least once per housekeepingInterval, so a longer gap between
+// two moments it ran means forkd itself did not run (SIGSTOP, a frozen VM, CPU starvation).
+const stallThreshold = 2 * housekeepingInterval
+
+// noticeStall steps Stalled when the loop has not run for longer than stallThreshold. The whole
+// gap counts, including the part the loop may have spent waiting: it errs in the workers' favour,
+// by at most a housekeeping interval.
+func (d *Driver) noticeStall() {
+	now := time.Now()
+	if gap := now.Sub(d.lastRan); !d.lastRan.IsZero() && gap > stallThreshold {
+		d.step(Stalled{For: gap})
+	}
+	d.lastRan = now
+}
+
+// Bounds of drainInputs: a flood must not hold a Tick back for long.
+const (
+	maxDrain      = 1024
+	drainDuration = 100 * time.Millisecond
+)
+
+// drainInputs handles what has arrived before a Tick judges the deadlines: a heartbeat waiting in
+// the notify socket (or in the goroutine that reads it), a SIGCHLD, a template's reply, so that a
+// deadline is never judged on a message that came in time but was not read yet.
+func (d *Driver) drainInputs(sigc <-chan os.Signal, datagrams <-chan datagram, controls <-chan controlMessage) {
+	end := time.Now().Add(drainDuration)
+	for range maxDrain {
 		select {
 		case sig := <-sigc:
 			d.handleSignal(sig.(syscall.Signal))
+			continue
 		case dg := <-datagrams:
 			d.handleDatagram(dg)
+			continue
 		case cm := <-controls:
 			d.handleControl(cm)
-		case e := <-d.helperEvents:
-			d.handleHelperEvent(e)
-		case r := <-d.requests:
-			d.handleRequest(r)
-		case <-timer.C:
-			d.step(Tick{})
-		case <-watchdog:
-			d.pingWatchdog()
-		case <-housekeeping.C:
-			d.checkStrayGroups()
-			d.findOrphans()
-		case <-done:
-			done = nil
-			d.log.Warn("context cancelled: stopping immediately")
-			d.step(Stop{Immediate: true})
+			continue
+		default:
+		}
+		if !d.notificationPending() {
+			return
+		}
+		// The reading goroutine has it, or is about to.
+		wait := time.NewTimer(time.Until(end))
+		select {
+		case dg := <-datagrams:
+			wait.Stop()
+			d.handleDatagram(dg)
+		case <-wait.C:
+			return
 		}
 	}
-	return d.exitCode, nil
+}
+
+// notificationPending reports a datagram in the notify socket, or read from it and not yet handed
+// to the loop.
+func (d *Driver) notificationPending() bool {
+	// The socket first: a datagram the reader takes from it meanwhile is counted in flight by then.
+	if fd, err := d.cfg.Notify.FD(); err == nil {
+		if n, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil && n > 0 {
+			return true
+		}
+	}
+	return d.notificationsInFlight.Load() > 0
 }
 
 func (d *Driver) step(ev Event) {
@@ -578,9 +661,11 @@ func (d *Driver) receiveNotifications(out chan<- datagram) {
 			d.log.Warn("notify socket", "error", err)
 			continue
 		}
+		d.notificationsInFlight.Add(1)
 		lineage := lineageOf(dg.PID)
 		dg.Release()
 		out <- datagram{dg, lineage}
+		d.notificationsInFlight.Add(-1)
 	}
 }
 

@@ -223,6 +223,8 @@ func (m *Machine) Step(now time.Time, ev Event) error {
 		m.strayFound(e)
 	case GroupEmptied:
 		m.strayGone(strayKey{pid: e.PGID, group: true}, "no process left in it")
+	case Stalled:
+		m.stalled(e)
 	default:
 		err = fmt.Errorf("cluster: unknown event %T", ev)
 	}

@@ -129,6 +129,11 @@ func TestScripts(t *testing.T) {
 				return step(e)
 			case "stray":
 				return step(StrayFound{PID: intArg(t, d, "pid"), Group: d.HasArg("group")})
+			case "stall":
+				// forkd did not run for the duration: the clock moves on, then the driver says so.
+				d := duration(t, d.CmdArgs[0].Key)
+				now = now.Add(d)
+				return step(Stalled{For: d})
 			case "group-empty":
 				return step(GroupEmptied{PGID: intArg(t, d, "pgid")})
 			case "reject":

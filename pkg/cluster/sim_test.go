@@ -94,6 +94,10 @@ type simulation struct {
 	phase      Phase
 	depth      int
 	trace      []string
+	// stalled: forkd does not run, so what the world tells it waits in backlog; replaying: the
+	// backlog is being stepped, and the world and the machine agree only once it is done.
+	stalled, replaying bool
+	backlog            []Event
 }
 
 func runSimulation(t *testing.T, seed uint64) {
@@ -284,7 +288,11 @@ func (s *simulation) randomEvent() {
 		}
 		s.step(e)
 	case r < 97:
-		s.step(Tick{})
+		if s.rng.IntN(2) == 0 {
+			s.step(Tick{})
+		} else {
+			s.stall()
+		}
 	case r < 98:
 		s.hotRestart()
 	default:
@@ -364,6 +372,47 @@ func (s *simulation) nextEventTime(d time.Duration) time.Time {
 
 // advance moves the clock to t, running what the world does by then in order, then a Tick.
 func (s *simulation) advance(t time.Time) {
+	s.runWorld(t)
+	s.step(Tick{})
+	if dl, ok := s.m.NextDeadline(); ok && !dl.After(s.now) && s.m.Phase() != PhaseStopped {
+		s.t.Fatalf("after Tick at +%s a deadline is still due: +%s", s.now.Sub(epoch), dl.Sub(epoch))
+	}
+}
+
+// stall plays forkd not running for a while (SIGSTOP): the world goes on, and what it tells forkd
+// waits (in the notify socket, the control channels, as pending SIGCHLDs) until forkd runs again.
+// Then the driver steps Stalled, reads what has arrived, and steps a Tick.
+func (s *simulation) stall() {
+	d := time.Duration(1+s.rng.IntN(20)) * time.Second
+	s.trace = append(s.trace, fmt.Sprintf("+%s forkd stalls for %s", s.now.Sub(epoch), d))
+	s.stalled = true
+	s.runWorld(s.now.Add(d))
+	s.stalled = false
+	s.replaying = true
+	s.step(Stalled{For: d})
+	// The rule: right after a stall, nothing that waits for a message from a worker is due.
+	for _, w := range s.m.workers {
+		if (w.state == Spawning || w.state == Booting || w.state == Ready) && !w.deadline.IsZero() && !w.deadline.After(s.now) {
+			s.t.Fatalf("after a stall of %s, worker %d (%s) is due at +%s", d, w.id, w.state, w.deadline.Sub(epoch))
+		}
+	}
+	for _, sl := range s.m.slots {
+		if !sl.awaitTemplate.IsZero() && !sl.awaitTemplate.After(s.now) {
+			s.t.Fatalf("after a stall of %s, slot %d's wait for a template is due", d, sl.index)
+		}
+	}
+	backlog := s.backlog
+	s.backlog = nil
+	for _, ev := range backlog {
+		s.step(ev)
+	}
+	s.replaying = false
+	s.checkInvariants()
+	s.step(Tick{})
+}
+
+// runWorld moves the clock to t, running what the world does by then in order.
+func (s *simulation) runWorld(t time.Time) {
 	s.now = t
 	for s.exitCode == nil {
 		i := -1
@@ -378,10 +427,6 @@ func (s *simulation) advance(t time.Time) {
 		e := s.queue[i]
 		s.queue = slices.Delete(s.queue, i, i+1)
 		e.do()
-	}
-	s.step(Tick{})
-	if dl, ok := s.m.NextDeadline(); ok && !dl.After(s.now) && s.m.Phase() != PhaseStopped {
-		s.t.Fatalf("after Tick at +%s a deadline is still due: +%s", s.now.Sub(epoch), dl.Sub(epoch))
 	}
 }
 
@@ -462,6 +507,11 @@ func (s *simulation) step(ev Event) {
 	if s.exitCode != nil {
 		return
 	}
+	if s.stalled {
+		s.trace = append(s.trace, fmt.Sprintf("+%s (waits) %T%+v", s.now.Sub(epoch), ev, ev))
+		s.backlog = append(s.backlog, ev)
+		return
+	}
 	s.trace = append(s.trace, fmt.Sprintf("+%s %T%+v", s.now.Sub(epoch), ev, ev))
 	// Remember when a slot lost its current process and how many crashes in a row that made, to
 	// check the backoff of the respawn that follows.
@@ -496,7 +546,7 @@ func (s *simulation) step(ev Event) {
 	s.depth--
 	// Answering an action steps the machine again (Spawned for SpawnWorker); the invariants hold
 	// once every action of the outermost step has been carried out.
-	if s.depth == 0 {
+	if s.depth == 0 && !s.replaying {
 		s.checkInvariants()
 	}
 }
@@ -581,6 +631,9 @@ func (s *simulation) apply(a Action) {
 		s.control(a)
 	case SignalWorker:
 		p, ok := s.procs[a.PID]
+		if !ok && s.replaying {
+			return // its exit is still in the backlog: the driver's signal finds it gone
+		}
 		if !ok || p.worker != a.Worker || p.stray {
 			s.t.Fatalf("signal %v to pid %d of worker %d, which is not that worker's live process", a.Signal, a.PID, a.Worker)
 		}
@@ -599,6 +652,9 @@ func (s *simulation) apply(a Action) {
 	case SignalStray:
 		k := strayKey{pid: a.PID, group: a.Group}
 		l, ok := s.leftovers[k]
+		if !ok && s.replaying {
+			return
+		}
 		if !ok {
 			s.t.Fatalf("signal %v to stray %s, which is not alive", a.Signal, k)
 		}
@@ -673,6 +729,9 @@ func (s *simulation) control(a ControlWorker) {
 		if q.worker == a.Worker {
 			p = q
 		}
+	}
+	if p == nil && s.replaying {
+		return // its exit is still in the backlog: the driver's send fails, as for any dead channel
 	}
 	if p == nil {
 		s.t.Fatalf("control %s to worker %d, which has no process", a.Op, a.Worker)
