@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -281,4 +282,93 @@ func TestMasterStallKillsNoHealthyWorker(t *testing.T) {
 	out := f.output.String()
 	assert.NotContains(t, out, "heartbeat-timeout")
 	assert.Contains(t, out, "forkd itself did not run for")
+}
+
+// asUserWithProcessLimit prepares forkd to run as uid (a user of its own, so that no other process
+// counts against its limit) under RLIMIT_NPROC nproc: a directory the user can use, with copies
+// of forkd and testworker and a config running workers of testworker. It returns the command and
+// the control socket's path.
+func asUserWithProcessLimit(t *testing.T, uid, nproc, workers int) (*exec.Cmd, string) {
+	t.Helper()
+	// t.TempDir is private to root; the user needs to read, run and create its socket there.
+	dir, err := os.MkdirTemp("", "forkd-nproc-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o777))
+	for _, name := range []string{"forkd", "testworker"} {
+		b, err := os.ReadFile(filepath.Join(bin, name))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), b, 0o755))
+	}
+	socket := filepath.Join(dir, "control.sock")
+	cfg := fmt.Sprintf("command = [%q]\nworkers = %d\nlisten \"http\" {\n  address = \"tcp://127.0.0.1:0\"\n}\ncontrol {\n  socket = %q\n}\n",
+		filepath.Join(dir, "testworker"), workers, socket)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "forkd.hcl"), []byte(cfg), 0o644))
+	cmd := exec.Command("prlimit", fmt.Sprintf("--nproc=%d", nproc), "setpriv", fmt.Sprintf("--reuid=%d", uid),
+		fmt.Sprintf("--regid=%d", uid), "--clear-groups", filepath.Join(dir, "forkd"), "--config", filepath.Join(dir, "forkd.hcl"))
+	// Its own process group, so that cleanup can end what it started, by that group's ID.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+	})
+	return cmd, socket
+}
+
+// TestProcessLimitTooLowIsOneClearLine: under an RLIMIT_NPROC that leaves the master no room for
+// its own threads, forkd says so in one line and exits 1, instead of a Go runtime dump.
+func TestProcessLimitTooLowIsOneClearLine(t *testing.T) {
+	t.Parallel()
+	requireProgram(t, "prlimit", "setpriv")
+	cmd, _ := asUserWithProcessLimit(t, 64101, 6, 2)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	assert.Equal(t, 1, ee.ExitCode(), "%s", out)
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	require.Len(t, lines, 1, "one line, not a runtime dump:\n%s", out)
+	assert.Regexp(t, `^forkd: the process limit of forkd's user \(uid 64101\) is 6 \(RLIMIT_NPROC\) .*raise it \(LimitNPROC= in the unit, ulimit -u in a shell\)$`, lines[0])
+}
+
+// TestMasterSurvivesWorkersReachingTheProcessLimit: the limit leaves room for the master's own
+// threads and hardly more, not for its workers (each a Go program with threads of its own). Spawns
+// fail, or workers die for want of a thread; the master says why, backs off, answers, and stops
+// cleanly.
+func TestMasterSurvivesWorkersReachingTheProcessLimit(t *testing.T) {
+	t.Parallel()
+	requireProgram(t, "prlimit", "setpriv")
+	cmd, socket := asUserWithProcessLimit(t, 64102, 17, 4)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	f := &forkd{t: t, socket: socket, cmd: cmd, output: out, done: make(chan struct{}), client: control.NewClient(socket),
+		seen: map[int]bool{}}
+	go func() { f.err = <-exited; close(f.done) }()
+	f.waitFor("a worker crash-looping", func(st control.Status) bool {
+		for _, w := range st.WorkerList {
+			if w.Restarts >= 3 {
+				return true
+			}
+		}
+		return false
+	})
+	assert.Contains(t, out.String(), "forkd's user has reached its process limit (RLIMIT_NPROC 17")
+	st := f.status()
+	assert.Equal(t, control.PhaseStarting, st.Phase, "the master runs on with the workers it could start")
+	stop, code := f.forkctl("stop", "--wait")
+	require.Equal(t, 0, code, stop)
+	assert.Equal(t, 0, f.waitExit(), "%s", out.String())
+}
+
+// requireProgram skips the test without the given programs.
+func requireProgram(t *testing.T, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		if _, err := exec.LookPath(name); err != nil {
+			t.Skipf("%s is not installed (util-linux)", name)
+		}
+	}
 }

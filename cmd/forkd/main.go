@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -35,6 +36,16 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == restart.HandoverVersionArg {
 		fmt.Println(restart.Version)
 		os.Exit(0)
+	}
+	// The master (not a subcommand such as check) checks RLIMIT_NPROC before its runtime needs
+	// another thread, which it could not survive (limits.go). After a hot restart the workers run
+	// and count against the limit: the check would only stop them all.
+	master := len(os.Args) == 1 || strings.HasPrefix(os.Args[1], "-")
+	if master && os.Getenv(restart.EnvHandoverFD) == "" {
+		if err := checkProcessLimit(); err != nil {
+			fmt.Fprintln(os.Stderr, "forkd:", err)
+			os.Exit(1)
+		}
 	}
 	go func() { os.Exit(execute(os.Args[1:])) }()
 	// Every child of the master is forked, and a hot restart execs, from the main thread: the one

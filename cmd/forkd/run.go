@@ -53,6 +53,7 @@ func run(flags config.Flags) error {
 		}
 		adopt = &h
 	}
+	reserveThreads()
 	cfg, err := config.Load(flags)
 	if err != nil && adopt != nil {
 		// Keep serving with the config in effect; the phased restart that follows reports the

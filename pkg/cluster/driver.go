@@ -515,7 +515,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 		if conn != nil {
 			conn.Close()
 		}
-		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		d.step(SpawnFailed{Worker: a.Worker, Err: describeSpawnError(err)})
 		return
 	}
 	if pidfd < 0 {

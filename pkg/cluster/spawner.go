@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"errors"
+	"fmt"
 	"runtime"
 	"sync/atomic"
 	"syscall"
@@ -129,4 +131,18 @@ func execMaster(path string, argv, env []string) error {
 	err := syscall.Exec(path, argv, env)
 	unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
 	return err
+}
+
+// describeSpawnError says what a failed fork means: EAGAIN is a limit on tasks, most often the
+// user's RLIMIT_NPROC, which the workers' own threads count against too.
+func describeSpawnError(err error) string {
+	if !errors.Is(err, syscall.EAGAIN) {
+		return err.Error()
+	}
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NPROC, &rl) == nil && rl.Cur != unix.RLIM_INFINITY {
+		return fmt.Sprintf("fork: %v: forkd's user has reached its process limit (RLIMIT_NPROC %d, counting threads; LimitNPROC= in the unit, ulimit -u), or the cgroup's pids.max is reached",
+			err, rl.Cur)
+	}
+	return fmt.Sprintf("fork: %v: the cgroup's pids.max or the kernel's pid_max is reached", err)
 }
