@@ -14,21 +14,31 @@ import (
 // This file reads what the driver needs from /proc: a process's parent, the master's children,
 // and a process's memory.
 
-// parentPID reads the parent of pid from /proc/PID/stat. The command name in parentheses may hold
-// spaces and parentheses itself, so the fields are read after its last ')'.
-func parentPID(pid int) (int, error) {
+// statFields reads /proc/PID/stat from its third field on: the state, the parent, ... The command
+// name in parentheses before them may hold spaces and parentheses itself, so the fields are read
+// after its last ')'.
+func statFields(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("cluster: malformed /proc/%d/stat", pid)
+		return nil, fmt.Errorf("cluster: malformed /proc/%d/stat", pid)
 	}
 	fields := strings.Fields(s[i+1:])
 	if len(fields) < 2 {
-		return 0, fmt.Errorf("cluster: malformed /proc/%d/stat", pid)
+		return nil, fmt.Errorf("cluster: malformed /proc/%d/stat", pid)
+	}
+	return fields, nil
+}
+
+// parentPID reads the parent of pid.
+func parentPID(pid int) (int, error) {
+	fields, err := statFields(pid)
+	if err != nil {
+		return 0, err
 	}
 	return strconv.Atoi(fields[1])
 }
@@ -130,11 +140,6 @@ func childrenByParent(ppid int) ([]int, error) {
 
 // exited reports whether pid is a zombie or gone.
 func exited(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || len(s) < i+3 || s[i+2] == 'Z' || s[i+2] == 'X'
+	fields, err := statFields(pid)
+	return err != nil || fields[0] == "Z" || fields[0] == "X"
 }
