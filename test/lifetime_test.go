@@ -266,7 +266,7 @@ func TestForkedWorkersLeadTheirOwnProcessGroups(t *testing.T) {
 // extends by the stall the deadlines that wait for workers.
 func TestMasterStallKillsNoHealthyWorker(t *testing.T) {
 	t.Parallel()
-	const heartbeat = 4 * time.Second
+	const heartbeat = 2 * time.Second
 	f := startForkd(t, options{config: worker() + fmt.Sprintf("\nworkers = 3\ntimeouts {\n  worker = %q\n}\n", heartbeat)})
 	before := workerPIDs(f.waitReady(3))
 	f.signal(syscall.SIGSTOP)
