@@ -74,6 +74,8 @@
 //	          new connection at the moment of such a kill. Any other failure (a draining worker
 //	          closing an idle keep-alive connection as the next request arrives, a worker forkd
 //	          killed itself) is a violation; the report says which it was
+//	dropped   outside a flood of the notify socket, no notification is counted as dropped (not
+//	          from a worker): a worker's own, even one sent just before it exits, is its own
 //	fault     what the fault itself tests: a flood by another user costs the master at most 25%
 //	          of a CPU; with the connections stalled, a killed worker comes back, the master stays
 //	          below its descriptor limit, and forkd closes a stalled request within 30s

@@ -368,6 +368,7 @@ func (f flood) String() string {
 func (f flood) inject(rd *roundRun) {
 	target := rd.c.socket
 	if f.socket == "notify" {
+		rd.floodsNotify = true
 		var err error
 		if target, err = notifySocket(rd.before.WorkerList[0].PID); err != nil {
 			rd.note("cannot learn the notify socket: %v", err)

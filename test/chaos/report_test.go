@@ -240,7 +240,7 @@ func knownState(rows map[[2]string]*row, k knownFailure) string {
 	case ran == 0:
 		return "not run"
 	case failed == 0:
-		return fmt.Sprintf("PASSED in %d rounds: take it off the list", ran)
+		return fmt.Sprintf("PASSED in %d rounds: once it has passed for good, take it off the list", ran)
 	default:
 		return fmt.Sprintf("still fails (%d violations in %d rounds)", failed, ran)
 	}

@@ -33,6 +33,7 @@ const (
 	invHonest   = "honest"   // a command's exit status says what happened
 	invDeaths   = "deaths"   // no worker died that the fault did not kill
 	invRequests = "requests" // every failed request explained by a fault that killed its server
+	invDropped  = "dropped"  // no worker's notification counted as hostile
 	invFault    = "fault"    // the fault's own promise (the flood's cost, a stalled connection's bound...)
 )
 
@@ -66,7 +67,7 @@ type explained struct {
 	expected bool
 }
 
-// kill is a signal the round sent to a process of the cluster.
+// kill is a SIGKILL the round sent to a process of the cluster.
 type kill struct {
 	at     time.Time
 	pid    int
@@ -86,6 +87,8 @@ type roundRun struct {
 	kills []kill
 	// unsettled: the cluster did not settle after a step of the round.
 	unsettled bool
+	// floodsNotify: the round floods the notify socket, so forkd drops datagrams.
+	floodsNotify bool
 	// orphaned are the workers of a master the fault killed.
 	orphaned map[int]bool
 	// expectedDeaths are workers whose end is the fault's doing though nobody signalled them
@@ -320,7 +323,8 @@ func (rd *roundRun) trackedByForkctl() (master int, pids []int, err error) {
 
 // check verifies the invariants at the end of the round.
 func (rd *roundRun) check() {
-	if _, ok := rd.settle("the fault"); !ok {
+	after, ok := rd.settle("the fault")
+	if !ok {
 		// The other checks would only repeat it.
 		rd.checkRequests()
 		return
@@ -328,7 +332,29 @@ func (rd *roundRun) check() {
 	rd.checkStrays()
 	rd.checkUsage()
 	rd.checkDeaths()
+	rd.checkDropped(after)
 	rd.checkRequests()
+}
+
+// checkDropped: forkd counts the notifications it drops as hostile (an operator alerts on the
+// counter); outside a flood of the notify socket, the workers' own must never count.
+func (rd *roundRun) checkDropped(after control.Status) {
+	if rd.floodsNotify || after.MasterPID != rd.before.MasterPID {
+		return
+	}
+	if n := after.DroppedNotifications - rd.before.DroppedNotifications; n > 0 {
+		var senders []string
+		for _, ev := range rd.c.log.since(rd.mark) {
+			if ev.Event == "notify-dropped" && len(senders) < 5 {
+				senders = append(senders, fmt.Sprintf("pid %d: %s", ev.PID, ev.Msg))
+			}
+		}
+		detail := fmt.Sprintf("%d notifications dropped as not from a worker, with no flood", n)
+		if len(senders) > 0 {
+			detail += ": " + strings.Join(senders, "; ")
+		}
+		rd.violate(invDropped, "%s", detail)
+	}
 }
 
 func (rd *roundRun) checkStrays() {
