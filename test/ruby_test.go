@@ -487,3 +487,34 @@ func TestRubySDKUnitTests(t *testing.T) {
 	t.Logf("ruby sdk tests in %s: %s", time.Since(start).Round(time.Millisecond), lines[len(lines)-1])
 	assert.Regexp(t, `\d+ runs, \d+ assertions, 0 failures, 0 errors`, out)
 }
+
+// Worker 0 forks over and over (reforks and spawns back to back, for three heartbeat timeouts)
+// under a 4 s heartbeat timeout, and it is never killed: a template that is forking, or has just
+// forked, is alive. An SDK that restarts its heartbeat thread around each fork and waits half a
+// period before the first beat (the flaw issue 10 found in the Python SDK) never beats while the
+// forks come faster than that, and worker 0 is SIGKILLed "for no heartbeat" within the first
+// timeout.
+func TestRubyTemplateHeartbeatsAcrossForks(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	const timeout = 4 * time.Second
+	f := startRuby(t, options{config: rackExample(t, 2, map[string]string{"DEMO_ALLOC_MB": "1"},
+		forkWorkerBlock+fmt.Sprintf("\ntimeouts {\n  worker = %q\n}\n", timeout))})
+	template := f.waitReady(2).WorkerList[0].PID
+	forks := 0
+	for end := time.Now().Add(3 * timeout); time.Now().Before(end); {
+		out, code := f.forkctl("refork", "--wait")
+		require.Equal(t, 0, code, "refork %d: %s", forks, out)
+		out, code = f.forkctl("scale", "+1")
+		require.Equal(t, 0, code, out)
+		f.waitReady(3)
+		out, code = f.forkctl("scale", "-1")
+		require.Equal(t, 0, code, out)
+		forks += 2
+	}
+	st := f.waitReady(2)
+	assert.Equal(t, template, st.WorkerList[0].PID, "worker 0 is the template it was")
+	assert.Zero(t, st.WorkerList[0].Restarts)
+	assert.NotContains(t, f.output.String(), "no heartbeat")
+	t.Logf("%d forks from worker 0 in %s", forks, 3*timeout)
+}
