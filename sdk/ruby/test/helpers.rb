@@ -273,8 +273,10 @@ module ForkdTest
     end
 
     # forkd-rack serving test/apps/hookapp.ru.
+    # forkd-rack with hookapp.ru; a silent keep-alive connection holds a stop for half a second
+    # (its drain timeout), not two.
     def start_rack(extra_args = [], **kw)
-      start([FORKD_RACK, "--threads", "4", *extra_args, File.join(APPS, "hookapp.ru")], **kw)
+      start([FORKD_RACK, "--threads", "4", "--drain-timeout", "0.5", *extra_args, File.join(APPS, "hookapp.ru")], **kw)
     end
 
     # Remember a process the test did not start (a forked worker) for cleanup.

@@ -6,6 +6,11 @@ require_relative "helpers"
 class RackTest < ForkdTest::MasterTest
   include ForkdTest
 
+  def teardown
+    (@cleanups || []).each(&:call)
+    super
+  end
+
   def free_port
     s = TCPServer.new("127.0.0.1", 0)
     port = s.addr[1]
@@ -130,6 +135,86 @@ class RackTest < ForkdTest::MasterTest
   ensure
     release&.push(true)
     listener&.close
+  end
+
+  # A stopping server answers the next request on every connection whose client may still send
+  # one (a keep-alive connection that is idle, one accepted whose first request has not come),
+  # with "Connection: close", instead of closing it under the client. Puma closes them when it
+  # shuts its reactor down; a client cannot tell before it writes, and one that does not retry
+  # (wrk, Node's http) fails that request. The raw sockets here are such clients: each writes its
+  # request after the point where Puma would have closed its connection.
+  def test_stop_answers_the_next_request_on_every_open_connection
+    server, puma, port = start_puma_server(drain_timeout: 60)
+    idle = TCPSocket.new("127.0.0.1", port)
+    idle.write(http_get("/first"))
+    head, body = read_response(idle)
+    assert_match %r{\AHTTP/1.1 200}, head
+    refute_match(/^connection: close/i, head, "a keep-alive connection")
+    assert_equal "/first", body
+    fresh = TCPSocket.new("127.0.0.1", port)
+    reactor = puma.instance_variable_get(:@reactor)
+    wait_until("both connections waiting in Puma's reactor") { reactor.instance_variable_get(:@timeouts).size == 2 }
+    stopper = Thread.new { server.stop }
+    reactor_thread = reactor.instance_variable_get(:@thread)
+    wait_until("Puma's reactor shut down") { !reactor_thread.alive? }
+    [[idle, "/second"], [fresh, "/first-on-fresh"]].each do |socket, path|
+      socket.write(http_get(path))
+      head, body = read_response(socket)
+      assert_match %r{\AHTTP/1.1 200}, head, "#{path}: a response, not end of file"
+      assert_match(/^connection: close\r$/i, head)
+      assert_equal path, body
+      assert_nil socket.wait_readable(TIMEOUT) && socket.read_nonblock(1, exception: false), "then end of file"
+      socket.close
+    end
+    assert stopper.join(TIMEOUT), "stop returned once every connection was answered, long before the drain timeout"
+  end
+
+  # A connection that stays silent is closed at the drain timeout; one its client closes ends the
+  # wait for it at once.
+  def test_stop_closes_silent_connections_at_the_drain_timeout
+    server, _, port = start_puma_server(drain_timeout: 0.5)
+    silent, gone = Array.new(2) do
+      s = TCPSocket.new("127.0.0.1", port)
+      s.write(http_get("/"))
+      assert_match %r{\AHTTP/1.1 200}, read_response(s)[0]
+      s
+    end
+    gone.close
+    assert Thread.new { server.stop }.join(TIMEOUT), "stop returned"
+    assert silent.wait_readable(TIMEOUT), "the silent connection was closed"
+    assert_nil silent.read_nonblock(1, exception: false)
+    silent.close
+  end
+
+  # A PumaServer serving PATH_INFO on a listener of its own, stopped in cleanup: [server, its
+  # Puma::Server, port].
+  def start_puma_server(**options)
+    require_puma
+    require "forkd/rack"
+    app = ->(env) { [200, { "content-type" => "text/plain", "content-length" => env["PATH_INFO"].bytesize.to_s }, [env["PATH_INFO"]]] }
+    listener = TCPServer.new("127.0.0.1", 0)
+    server = Forkd::Rack::PumaServer.new(app, threads: 2, environment: "test", **options)
+    server.start([listener])
+    (@cleanups ||= []) << lambda do
+      server.stop if server.running?
+      listener.close
+    end
+    [server, server.instance_variable_get(:@server), listener.addr[1]]
+  end
+
+  def http_get(path)
+    "GET #{path} HTTP/1.1\r\nHost: test\r\n\r\n"
+  end
+
+  # One response from socket: [head, body] (body by Content-Length); [""] at end of file.
+  def read_response(socket)
+    head = +""
+    while (line = socket.gets)
+      head << line
+      break if line == "\r\n"
+    end
+    length = head[/^content-length: *(\d+)/i, 1]
+    [head, length ? socket.read(Integer(length, 10)) : nil]
   end
 
   # forkd-rack ARGS..., not under forkd: [status, nil, output].

@@ -192,7 +192,7 @@ class RuntimeTest < ForkdTest::MasterTest
     assert_equal 200, code
     assert_equal "close", res["connection"], "a response finished while quiescing closes its connection"
     assert_operator paused_at - slow.started_at, :>=, 0.7
-    # The idle keep-alive connection was closed by the server.
+    # The idle keep-alive connection, silent for the drain timeout, was closed by the server.
     assert IO.select([idle.socket], nil, nil, 2), "the idle connection was not closed"
     assert_nil idle.socket.read_nonblock(1, exception: false)
     assert_equal %w[boot before_refork], m.events(t.pid)

@@ -25,13 +25,16 @@ module Forkd
     class PumaServer
       attr_reader :app, :options
 
-      # app: the Rack app. threads: requests served at once (Puma's max_threads). options: more
-      # Puma::Server options (persistent_timeout, first_data_timeout, ...).
-      def initialize(app, threads: DEFAULT_THREADS, **options)
+      # app: the Rack app. threads: requests served at once (Puma's max_threads). drain_timeout:
+      # how long a stop waits for the next request of an open connection (DRAIN_TIMEOUT).
+      # options: more Puma::Server options (persistent_timeout, first_data_timeout, ...).
+      def initialize(app, threads: DEFAULT_THREADS, drain_timeout: DRAIN_TIMEOUT, **options)
         raise ArgumentError, "threads must be at least 1" unless threads.is_a?(Integer) && threads >= 1
+        raise ArgumentError, "drain_timeout must be a number >= 0" unless drain_timeout.is_a?(Numeric) && drain_timeout >= 0
 
         PumaServer.require_puma
         @app = app
+        @drain_timeout = drain_timeout
         @options = { min_threads: 0, max_threads: threads }.merge(options)
         @options[:environment] ||= ENV["RACK_ENV"] || ENV["APP_ENV"] || "development"
         @server = nil
@@ -46,34 +49,182 @@ module Forkd
                          "with Bundler: gem \"puma\" in the Gemfile): #{e.message}"
       end
 
-      # How long a stopping server waits for the first request of a connection it has accepted
-      # but not read from yet.
-      FIRST_REQUEST_GRACE = 1.0
+      # How long a stopping server keeps waiting for the next request on a connection whose
+      # client may still send one (see KeepAliveDrain). A client that sends a request at least
+      # this often is never cut off; one idle for longer is closed at this deadline, and only a
+      # request written in that very instant could still meet the close.
+      DRAIN_TIMEOUT = 2.0
 
-      # Puma::Server with one change to its graceful stop (Puma 5.6; 6.x has the same logic): when
-      # it shuts its reactor down, Puma closes every connection that has no complete request
-      # buffered. For an idle keep-alive connection that is right (HTTP clients retry an
-      # idempotent request on a reused connection the server closed). But a connection accepted
-      # a moment earlier, whose first request is still on its way, would be closed too, and a
-      # client sees end of file on a fresh connection, which it never retries: a failed request,
-      # at every pause, spawn and stop under load. So a connection that has served nothing yet gets until a shared
-      # deadline (FIRST_REQUEST_GRACE after the shutdown began) for its request to arrive; then
-      # Puma serves it, with "Connection: close", or closes it if nothing came.
-      module FirstRequestGrace
-        def reactor_wakeup(client)
-          if !@queue_requests && client.can_close? && fresh?(client)
-            @forkd_grace_until ||= Process.clock_gettime(Process::CLOCK_MONOTONIC) + FIRST_REQUEST_GRACE
-            left = @forkd_grace_until - Process.clock_gettime(Process::CLOCK_MONOTONIC)
-            client.to_io.wait_readable(left) if left.positive?
+      # The connections a stopping server holds open for their next request, and the wait for
+      # them, bounded by the drain timeout (counted from the start of the stop).
+      class Drain
+        def initialize(timeout)
+          @timeout = timeout
+          @mutex = Mutex.new
+          @held = []
+          @deadline = nil
+          @over = false
+          @wake_r, @wake_w = IO.pipe
+        end
+
+        def begin
+          @mutex.synchronize { @deadline ||= Process.clock_gettime(Process::CLOCK_MONOTONIC) + @timeout }
+        end
+
+        def active?
+          !@deadline.nil?
+        end
+
+        # Take client instead of closing it, if its client may still send a request on it. Returns
+        # whether it was taken.
+        def hold(client)
+          return false unless active? && owed?(client)
+
+          taken = @mutex.synchronize { @over ? false : (@held << client) && true }
+          wake if taken
+          taken
+        end
+
+        def wake
+          @wake_w.write_nonblock(".", exception: false)
+        rescue IOError
+          nil
+        end
+
+        # Until every held connection has been handed to pool (readable: its next request came)
+        # or closed (its client closed it), and no thread of pool is busy (one may hold more), or
+        # until the deadline; then close what is left. Runs in the server's thread, before Puma
+        # shuts its thread pool down.
+        def run(pool)
+          loop do
+            held = @mutex.synchronize { @held.dup }
+            break if held.empty? && pool.busy_threads.zero?
+
+            left = @deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+            break if left <= 0
+
+            # A thread that ends a request without holding its connection says nothing: look again
+            # now and then.
+            readable, = IO.select([@wake_r] + held.map(&:to_io), nil, nil, [left, 0.05].min)
+            (readable || []).each do |io|
+              if io.equal?(@wake_r)
+                @wake_r.read_nonblock(4096, exception: false)
+              else
+                hand_back(held.find { |c| c.to_io.equal?(io) }, pool)
+              end
+            end
           end
-          super
+          left = @mutex.synchronize do
+            @over = true
+            @held.slice!(0..)
+          end
+          left.each(&:close)
+          [@wake_r, @wake_w].each(&:close)
         end
 
         private
 
-        def fresh?(client)
-          served = client.instance_variable_get(:@requests_served)
-          served.nil? || served.zero?
+        # A held connection is readable: its next request came (the thread pool serves it), or its
+        # client closed it.
+        def hand_back(client, pool)
+          peek = begin
+            client.to_io.recv_nonblock(1, Socket::MSG_PEEK, exception: false)
+          rescue SystemCallError, IOError
+            ""
+          end
+          return if peek == :wait_readable
+
+          @mutex.synchronize { @held.delete(client) }
+          client.forkd_handed = true
+          return client.close if peek == ""
+
+          begin
+            pool << client
+          rescue RuntimeError # a pool that is shutting down (not before run returns)
+            client.close
+          end
+        end
+
+        # Its client may send on it: nothing has been answered on it yet, or the last response
+        # kept it alive; no request is half read; it was not handed back once already (every
+        # response of a stopping server closes its connection).
+        def owed?(client)
+          client.forkd_reusable != false && !client.forkd_handed && client.can_close? &&
+            client.io_ok? && !client.instance_variable_get(:@hijacked)
+        rescue IOError
+          false
+        end
+      end
+
+      # What a Puma connection carries for its Drain: prepended to Puma::Client, whose close is
+      # where Puma gives a connection up, wherever that happens (the reactor shutting down, a
+      # thread after a keep-alive response that finds the reactor gone, a timeout).
+      module DrainedClient
+        # The Drain of its server (nil: not served by a forkd-rack server).
+        attr_accessor :forkd_drain
+        # Whether its last response kept it alive; nil before the first.
+        attr_accessor :forkd_reusable
+        # Whether the drain handed it back to the thread pool already.
+        attr_accessor :forkd_handed
+
+        def close
+          drain = @forkd_drain
+          return if drain&.hold(self)
+
+          super
+        end
+      end
+
+      # Puma::Server's graceful stop, without the failed request it causes for a keep-alive
+      # client. Puma (5.6, and 6 to 8 alike) stops accepting, then closes every connection that
+      # has no complete request buffered: an idle keep-alive connection whose client is writing
+      # its next request at that moment (or about to: a busy client has not read the close yet)
+      # gets end of file, and so does a connection accepted a moment earlier whose first request
+      # is on its way. Clients that retry hide it (Go's, hey); wrk and Node's http client count a
+      # failed request, and no client retries on a fresh connection. So from the moment the stop
+      # begins, every response says "Connection: close", and a connection Puma would close while
+      # its client may still send on it is held instead: its next request, once it comes, is
+      # served (with "Connection: close") by the thread pool, which Puma shuts down only once the
+      # drain is over: every held connection answered or closed by its client, or the drain
+      # timeout passed.
+      module KeepAliveDrain
+        attr_writer :forkd_drain_timeout
+
+        def forkd_drain
+          @forkd_drain ||= Drain.new(@forkd_drain_timeout || DRAIN_TIMEOUT)
+        end
+
+        def begin_restart(sync = false)
+          forkd_drain.begin
+          super
+        end
+
+        # (The connection is found among the arguments: Puma 8 passes another object first.)
+        def process_client(*args)
+          client = args.find { |a| a.is_a?(::Puma::Client) }
+          client&.forkd_drain = forkd_drain
+          super
+        ensure
+          forkd_drain.wake if forkd_drain.active?
+        end
+
+        def handle_request(*args)
+          client = args.find { |a| a.is_a?(::Puma::Client) }
+          client&.forkd_reusable = false # an error closes it
+          result = super
+          client&.forkd_reusable = result == true
+          result
+        end
+
+        # Puma decides keep-alive from the request's Connection header (and its own state).
+        def str_headers(env, *rest)
+          env[::Puma::Const::HTTP_CONNECTION] = "close" if forkd_drain.active?
+          super
+        end
+
+        def graceful_shutdown
+          forkd_drain.run(@thread_pool) if @thread_pool
+          super
         end
       end
 
@@ -116,8 +267,9 @@ module Forkd
       def self.server_class
         @server_class ||= begin
           ::Puma::ThreadPool.prepend(AcceptWaitEndsAtStop) unless ::Puma::ThreadPool <= AcceptWaitEndsAtStop
+          ::Puma::Client.prepend(DrainedClient) unless ::Puma::Client <= DrainedClient
           Class.new(::Puma::Server) do
-            include FirstRequestGrace
+            include KeepAliveDrain
             include StopWakesAcceptLoop
           end
         end
@@ -138,6 +290,7 @@ module Forkd
           events = ::Puma::Events.stdio
         end
         server = PumaServer.server_class.new(@app, events, options)
+        server.forkd_drain_timeout = @drain_timeout
         binder = server.binder
         listeners.each do |io|
           binder.ios << io
@@ -206,6 +359,10 @@ module Forkd
                                   "(default #{opts[:bind]})") { |v| opts[:bind] = v }
         o.on("--keepalive SECONDS", Float, "how long an idle keep-alive connection stays open " \
                                            "(Puma's persistent_timeout, default 20)") { |v| opts[:keepalive] = v }
+        o.on("--drain-timeout SECONDS", Float, "how long a stopping worker waits for the next request on each " \
+                                               "open connection (default #{PumaServer::DRAIN_TIMEOUT})") do |v|
+          opts[:drain_timeout] = v
+        end
         o.on("-v", "--version", "print the version") do
           puts "forkd-rack #{Forkd::VERSION} (protocol #{Forkd::Protocol::VERSION})"
           return 0
@@ -222,8 +379,8 @@ module Forkd
         warn parser.banner
         return 2
       end
-      if rest.size > 1 || opts[:threads] < 1
-        warn "forkd-rack: want at most one config.ru and --threads >= 1"
+      if rest.size > 1 || opts[:threads] < 1 || opts.fetch(:drain_timeout, 0).negative?
+        warn "forkd-rack: want at most one config.ru, --threads >= 1 and --drain-timeout >= 0"
         return 2
       end
       rackup = rest.first || "config.ru"
@@ -254,6 +411,7 @@ module Forkd
       end
       puma_options = {}
       puma_options[:persistent_timeout] = opts[:keepalive] if opts[:keepalive]
+      puma_options[:drain_timeout] = opts[:drain_timeout] if opts[:drain_timeout]
       server = PumaServer.new(counting(app), threads: opts[:threads], **puma_options)
       Forkd.serve(server, listeners: socks)
       0
