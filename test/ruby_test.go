@@ -518,3 +518,94 @@ func TestRubyTemplateHeartbeatsAcrossForks(t *testing.T) {
 	assert.NotContains(t, f.output.String(), "no heartbeat")
 	t.Logf("%d forks from worker 0 in %s", forks, 3*timeout)
 }
+
+// A Puma user's puma.rb under forkd (forkd-rack -C puma.rb, Puma 5.6's and 7's spellings): the
+// threads and environment apply, the bind names forkd's listener, and Puma's worker hooks run
+// where Puma runs them: on_worker_boot and on_worker_shutdown in each worker with its index,
+// before_fork before each fork and on_refork/after_refork around a refork in worker 0. A puma.rb
+// with Puma's master settings stops the worker before it loads the app, each setting named with
+// the forkd one to use.
+func TestRubyPumaConfigUnderForkd(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	lib, forkdRack := rubySDK(t)
+	dir := t.TempDir()
+	hookLog := filepath.Join(dir, "hooks.log")
+	port := freePort(t)
+	pumaRB := filepath.Join(dir, "puma.rb")
+	require.NoError(t, os.WriteFile(pumaRB, []byte(fmt.Sprintf(`
+def record(event) = File.write(%q, "#{Process.pid} #{event}\n", mode: "a")
+threads 2, 2
+environment "production"
+bind "tcp://127.0.0.1:%d"
+preload_app!
+plugin :tmp_restart
+before_fork { record "before_fork" }
+on_worker_boot { |index| record "boot #{index} #{ENV["RACK_ENV"]}" }
+before_refork { record "before_refork" }
+after_refork { record "after_refork" }
+before_worker_shutdown { |index| record "shutdown #{index}" }
+`, hookLog, port)), 0o644))
+	example, err := filepath.Abs("../examples/rack")
+	require.NoError(t, err)
+	config := func(puma string) string {
+		return fmt.Sprintf(`
+command   = [%s]
+directory = %q
+env       = { DEMO_ALLOC_MB = "1" }
+workers   = 2
+listen "http" {
+  address = "tcp://127.0.0.1:%d"
+}
+%s
+`, quoteAll([]string{"ruby", "-I", lib, forkdRack, "-C", puma, "config.ru"}), example, port, forkWorkerBlock)
+	}
+	f := startRuby(t, options{config: config(pumaRB)})
+	before := f.waitReady(2)
+	assertOwnConnectionsAndTickers(t, infoFromEveryWorker(t, "http://"+f.addr(), workerPIDs(before)))
+	out, code := f.forkctl("refork", "--wait")
+	require.Equal(t, 0, code, out)
+	after := f.waitFor("the old worker 1 gone", func(st control.Status) bool { return len(st.WorkerList) == 2 && st.Ready == 2 })
+	waitGone(t, before.WorkerList[1].PID)
+	f.signal(syscall.SIGTERM)
+	require.Equal(t, 0, f.waitExit())
+	assert.Contains(t, f.output.String(), "plugin :tmp_restart ignored")
+
+	lines, err := os.ReadFile(hookLog)
+	require.NoError(t, err)
+	byPID := map[int][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(lines)), "\n") {
+		pid, event, _ := strings.Cut(line, " ")
+		n, err := strconv.Atoi(pid)
+		require.NoError(t, err, line)
+		byPID[n] = append(byPID[n], event)
+	}
+	template := before.WorkerList[0].PID
+	assert.Equal(t, []string{"boot 0 production", "before_fork", "before_refork", "before_fork", "after_refork", "shutdown 0"}, byPID[template])
+	for _, pid := range []int{before.WorkerList[1].PID, after.WorkerList[1].PID} {
+		assert.Equal(t, []string{"boot 1 production", "shutdown 1"}, byPID[pid], "worker 1 (pid %d)", pid)
+	}
+
+	// Puma's master settings: refused, and the worker exits before it loads the app.
+	refused := filepath.Join(dir, "refused.rb")
+	require.NoError(t, os.WriteFile(refused, []byte("workers 4\nport 9\nworker_timeout 60\n"), 0o644))
+	g := startRuby(t, options{config: config(refused)})
+	for _, want := range []string{
+		refused + ":1: workers 4: forkd runs the workers: `workers = N` in forkd's config",
+		refused + ":2: bind tcp://0.0.0.0:9: under forkd the listening sockets come from forkd's `listen` blocks",
+		fmt.Sprintf("forkd passed tcp://127.0.0.1:%d", port),
+		refused + ":3: worker_timeout 60: forkd kills a worker that sends no heartbeat for `timeouts { worker = \"60s\" }`",
+		"exit status 2",
+	} {
+		waitOutput(t, g, want)
+	}
+}
+
+// waitOutput waits until forkd's output (its log and its workers') contains text.
+func waitOutput(t *testing.T, f *forkd, text string) {
+	t.Helper()
+	for end := time.Now().Add(deadline); !strings.Contains(f.output.String(), text); {
+		require.True(t, time.Now().Before(end), "no %q in forkd's output:\n%s", text, f.output.String())
+		time.Sleep(50 * time.Millisecond)
+	}
+}

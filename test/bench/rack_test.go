@@ -342,7 +342,7 @@ func startForkdRack(b *testing.B, ruby string) *master {
 	sdk := absPath(b, rubySDKDir)
 	m := startMaster(b, masterConfig{
 		workers:   rackWorkers,
-		command:   []string{ruby, "-I", filepath.Join(sdk, "lib"), filepath.Join(sdk, "bin", "forkd-rack"), "--threads", strconv.Itoa(rackThreads), "config.ru"},
+		command:   []string{ruby, "-I", filepath.Join(sdk, "lib"), filepath.Join(sdk, "bin", "forkd-rack"), "--threads", fmt.Sprintf("0:%d", rackThreads), "config.ru"},
 		directory: absPath(b, rackDir),
 		env:       map[string]string{"RACK_ENV": "production", "BENCHRACK_ALLOC_MB": strconv.Itoa(rackAllocMB)},
 		extra:     forkWorkerBlock,

@@ -51,16 +51,91 @@ class RackTest < ForkdTest::MasterTest
   end
 
   def test_command_line
-    status, _, log = run_cli("--version")
-    assert status.success?, log
-    assert_match(/\Aforkd-rack \d+\.\d+\.\d+ \(protocol 1\)/, log)
+    %w[--version -V].each do |flag|
+      status, _, log = run_cli(flag)
+      assert status.success?, log
+      assert_match(/\Aforkd-rack \d+\.\d+\.\d+ \(protocol 1\)/, log)
+    end
     status, _, log = run_cli("--help")
     assert status.success?, log
-    assert_includes log, "--threads N"
-    status, _, log = run_cli("--threads", "zero")
+    assert_includes log, "--threads MIN:MAX"
+    [%w[--threads zero], %w[-t 5:3], %w[-t 0:0], %w[--drain-timeout -1], %w[a.ru b.ru]].each do |args|
+      status, _, log = run_cli(*args)
+      assert_equal 2, status.exitstatus, "#{args}: #{log}"
+      assert_match(/\Aforkd-rack: /, log)
+    end
+  end
+
+  # Puma's flags and a puma.rb, as a Puma user writes them, serving without forkd: threads,
+  # environment, binds (Puma's URLs), the worker hooks with the worker's index (-1: not under
+  # forkd), request logging; the command line wins over the file.
+  def test_pumas_command_line_and_puma_rb
+    require_puma
+    port = free_port
+    dir = Dir.mktmpdir("forkd-rack-puma-")
+    log = File.join(dir, "hooks.log")
+    File.write(File.join(dir, "app.ru"), <<~RUBY)
+      run(lambda do |env|
+        puma = Puma::Server.current
+        [200, {}, ["\#{ENV["RACK_ENV"]} \#{puma.min_threads}:\#{puma.max_threads}"]]
+      end)
+    RUBY
+    File.write(File.join(dir, "puma.rb"), <<~RUBY)
+      threads 1, 1
+      environment "staging"
+      port 1 # the command line's -b wins
+      rackup "app.ru"
+      on_worker_boot { |i| File.write(#{log.inspect}, "boot \#{i}\n", mode: "a") }
+      on_worker_shutdown { |i| File.write(#{log.inspect}, "shutdown \#{i}\n", mode: "a") }
+      pidfile "tmp/pids/server.pid"
+    RUBY
+    out_r, out_w = IO.pipe
+    pid = Process.spawn({ "RUBYLIB" => LIB, "LISTEN_FDS" => nil, "NOTIFY_SOCKET" => nil, "FORKD_WORKER" => nil, "RACK_ENV" => nil },
+                        RUBY, FORKD_RACK, "-t", "2:3", "-e", "production", "-b", "tcp://127.0.0.1:#{port}", "-C", "puma.rb",
+                        "-v", chdir: dir, in: File::NULL, out: out_w, err: out_w)
+    out_w.close
+    output = Thread.new { out_r.read }
+    begin
+      code, body = wait_until("forkd-rack on port #{port}") do
+        get(port, "/")
+      rescue SystemCallError
+        nil
+      end
+      assert_equal [200, "production 2:3"], [code, body]
+    ensure
+      Process.kill(:TERM, pid)
+      status = waitpid_timeout(pid)
+    end
+    assert_equal 0, status.exitstatus
+    assert_equal "boot -1\nshutdown -1\n", File.read(log)
+    text = output.value
+    assert_includes text, "pidfile \"tmp/pids/server.pid\" ignored"
+    assert_match(%r{"GET / HTTP/1.1" 200}, text, "-v logs the requests")
+  ensure
+    FileUtils.rm_rf(dir) if dir
+  end
+
+  # Puma's master settings, on the command line or in the file, stop forkd-rack before it loads
+  # the app, each with the forkd setting to use; the file is found where Puma finds it.
+  def test_pumas_master_settings_are_refused
+    dir = Dir.mktmpdir("forkd-rack-puma-")
+    FileUtils.mkdir_p(File.join(dir, "config"))
+    File.write(File.join(dir, "config", "puma.rb"), "workers 2\nfork_worker\n")
+    status, _, log = run_cli("-w", "3", "--pidfile", "x.pid", "missing.ru", chdir: dir)
     assert_equal 2, status.exitstatus, log
-    status, _, log = run_cli("a.ru", "b.ru")
+    assert_includes log, "forkd-rack: command line: -w 3: forkd runs the workers"
+    assert_match(%r{config/puma\.rb:1: workers 2: forkd runs the workers}, log)
+    assert_match(%r{config/puma\.rb:2: fork_worker: forkd's `fork_worker}, log)
+    assert_includes log, "--pidfile x.pid ignored"
+    refute_includes log, "cannot load", "refused before the app loads"
+    status, _, log = run_cli("--no-config", "-b", "ssl://127.0.0.1:1", "missing.ru", chdir: dir)
     assert_equal 2, status.exitstatus, log
+    assert_includes log, "forkd-rack: command line: bind ssl://127.0.0.1:1: TLS"
+    status, _, log = run_cli("--no-config", "missing.ru", chdir: dir)
+    assert_equal 1, status.exitstatus, log
+    assert_includes log, "cannot load missing.ru"
+  ensure
+    FileUtils.rm_rf(dir) if dir
   end
 
   def test_missing_config_ru
@@ -218,9 +293,10 @@ class RackTest < ForkdTest::MasterTest
   end
 
   # forkd-rack ARGS..., not under forkd: [status, nil, output].
-  def run_cli(*args)
+  def run_cli(*args, chdir: Dir.pwd)
     out_r, out_w = IO.pipe
-    pid = Process.spawn({ "RUBYLIB" => LIB }, RUBY, FORKD_RACK, *args, in: File::NULL, out: out_w, err: out_w)
+    pid = Process.spawn({ "RUBYLIB" => LIB, "LISTEN_FDS" => nil, "NOTIFY_SOCKET" => nil }, RUBY, FORKD_RACK, *args,
+                        chdir: chdir, in: File::NULL, out: out_w, err: out_w)
     out_w.close
     reader = Thread.new { out_r.read }
     status = waitpid_timeout(pid)

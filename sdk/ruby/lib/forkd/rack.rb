@@ -4,6 +4,7 @@ require "optparse"
 require "socket"
 
 require_relative "../forkd"
+require_relative "puma_config"
 
 module Forkd
   # forkd-rack: serve a Rack app (config.ru) as a forkd worker, with Puma::Server.
@@ -332,58 +333,144 @@ module Forkd
       end
     end
 
-    def bind(spec)
-      if spec.start_with?("unix:")
-        path = spec.delete_prefix("unix:")
-        File.unlink(path) if !path.start_with?("\0") && File.socket?(path)
-        UNIXServer.new(path)
-      else
-        host, sep, port = spec.rpartition(":")
-        raise ArgumentError, "--bind wants HOST:PORT or unix:/path, not #{spec.inspect}" if sep.empty?
-
-        host = host.delete_prefix("[").delete_suffix("]")
-        host = "0.0.0.0" if host.empty?
-        server = TCPServer.new(host, Integer(port, 10))
-        server.listen(1024)
-        server
+    # Listen on a bind URL (PumaConfig.parse_bind's forms), for forkd-rack without forkd.
+    def bind(url)
+      kind, where, port = PumaConfig.parse_bind(url)
+      if kind == :unix
+        File.unlink(where) if !where.start_with?("\0") && File.socket?(where)
+        return UNIXServer.new(where)
       end
+      server = TCPServer.new(PumaConfig::WILDCARDS.include?(where) ? "0.0.0.0" : where, port)
+      server.listen(1024)
+      server
     end
 
-    def main(argv = ARGV)
-      opts = { threads: DEFAULT_THREADS, bind: "127.0.0.1:9292", keepalive: nil }
+    DEFAULT_BIND = "tcp://127.0.0.1:9292"
+
+    # The command-line flags, read into a PumaConfig (Puma's flags, forkd-rack's own, and Puma's
+    # that forkd-rack refuses or ignores, saying why). Returns [config, files, no_config, rest].
+    def parse_command_line(argv, out)
+      cli = PumaConfig.new
+      files = []
+      no_config = false
+      here = "command line"
+      master = PumaConfig::DSL::MASTER
+      ignored = PumaConfig::DSL::IGNORED
       parser = OptionParser.new do |o|
         o.banner = "Usage: forkd-rack [options] [config.ru]\n\n" \
-                   "Serve a Rack app as a forkd worker (Puma::Server, fork-worker capable).\n\n"
-        o.on("-t", "--threads N", Integer, "requests served at once (default #{DEFAULT_THREADS})") { |v| opts[:threads] = v }
-        o.on("-b", "--bind ADDR", "HOST:PORT or unix:/path to listen on without LISTEN_FDS " \
-                                  "(default #{opts[:bind]})") { |v| opts[:bind] = v }
-        o.on("--keepalive SECONDS", Float, "how long an idle keep-alive connection stays open " \
-                                           "(Puma's persistent_timeout, default 20)") { |v| opts[:keepalive] = v }
-        o.on("--drain-timeout SECONDS", Float, "how long a stopping worker waits for the next request on each " \
-                                               "open connection (default #{PumaServer::DRAIN_TIMEOUT})") do |v|
-          opts[:drain_timeout] = v
+                   "Serve a Rack app as a forkd worker (Puma::Server, fork-worker capable). Puma's flags\n" \
+                   "and puma.rb work where they mean something in a worker; the rest are refused with\n" \
+                   "the forkd setting to use (docs/migrating-from-puma.md).\n\n"
+        o.on("-t", "--threads MIN:MAX", "threads per worker, as Puma: MIN:MAX, or N for N:N " \
+                                        "(default 0:#{DEFAULT_THREADS})") do |v|
+          min, max = v.split(":", 2)
+          begin
+            cli[:min_threads] = Integer(min, 10)
+            cli[:max_threads] = Integer(max || min, 10)
+          rescue ArgumentError, TypeError
+            raise OptionParser::InvalidArgument, "#{v} (want MIN:MAX or N)"
+          end
+          unless cli[:max_threads] >= 1 && cli[:min_threads].between?(0, cli[:max_threads])
+            raise OptionParser::InvalidArgument, "#{v} (want 0 <= MIN <= MAX, MAX >= 1)"
+          end
         end
-        o.on("-v", "--version", "print the version") do
-          puts "forkd-rack #{Forkd::VERSION} (protocol #{Forkd::Protocol::VERSION})"
-          return 0
+        o.on("-e", "--environment ENV", "RACK_ENV (default: $APP_ENV, $RACK_ENV, $RAILS_ENV or development)") do |v|
+          cli[:environment] = v
+        end
+        o.on("-b", "--bind URI", "tcp://HOST:PORT or unix:///path, repeatable; under forkd, one of the",
+             "sockets of forkd's `listen` blocks (default without forkd: #{DEFAULT_BIND})") { |v| cli.add_bind(v, here) }
+        o.on("-p", "--port PORT", Integer, "the same as -b tcp://0.0.0.0:PORT") { |v| cli.add_bind("tcp://0.0.0.0:#{v}", here) }
+        o.on("-C", "--config PATH", "a puma.rb (default: config/puma/ENV.rb or config/puma.rb, if there)") do |v|
+          files << v
+        end
+        o.on("--no-config", "read no puma.rb") { no_config = true }
+        o.on("-I", "--include PATH", "add PATH (a:b:...) to $LOAD_PATH") { |v| $LOAD_PATH.unshift(*v.split(":")) }
+        o.on("-v", "--log-requests", "log every request to stdout") { cli[:log_requests] = true }
+        o.on("-q", "--quiet", "do not log requests (the default)") { cli[:log_requests] = false }
+        o.on("-s", "--silent", "the same as --quiet") { cli[:log_requests] = false }
+        o.on("--early-hints", "enable 103 Early Hints") { cli[:early_hints] = true }
+        o.on("--preload", "accepted: in fork-worker mode worker 0 loads the app once") {}
+        o.on("--bind-to-activated-sockets [only]", "accepted: forkd-rack serves on the sockets forkd passes") {}
+        o.on("--keepalive SECONDS", Float, "idle keep-alive timeout (Puma's persistent_timeout, default 20)") do |v|
+          cli[:persistent_timeout] = v
+        end
+        o.on("--drain-timeout SECONDS", Float, "how long a stopping worker waits for the next request on",
+             "each open connection (default #{PumaServer::DRAIN_TIMEOUT})") do |v|
+          raise OptionParser::InvalidArgument, "#{v} (want 0 or more)" if v.negative?
+
+          cli[:drain_timeout] = v
+        end
+        o.on("-V", "--version", "print the version") do
+          out.puts "forkd-rack #{Forkd::VERSION} (protocol #{Forkd::Protocol::VERSION})"
+          return nil
         end
         o.on("-h", "--help", "this help") do
-          puts o
-          return 0
+          out.puts o
+          return nil
+        end
+        o.separator ""
+        o.separator "Puma's flags for its master, refused with the forkd setting to use:"
+        { ["-w", "--workers COUNT", "forkd's `workers`"] => :workers,
+          ["-f", "--fork-worker [REQUESTS]", "forkd's `fork_worker` block"] => :fork_worker,
+          ["-S", "--state PATH", "forkctl"] => :state_path,
+          ["--control-url URL", "forkctl"] => :activate_control_app,
+          ["--control-token TOKEN", "forkctl"] => :activate_control_app,
+          ["-R", "--restart-cmd CMD", "forkctl restart"] => :restart_command,
+          ["--redirect-stdout FILE", "forkd's output (the journal)"] => :stdout_redirect,
+          ["--redirect-stderr FILE", "forkd's output (the journal)"] => :stdout_redirect,
+          ["--[no-]redirect-append", "forkd's output (the journal)"] => :stdout_redirect,
+          ["--prune-bundler", "a reload starts a fresh worker 0"] => :prune_bundler,
+          ["--extra-runtime-dependencies GEMS", "a reload starts a fresh worker 0"] => :extra_runtime_dependencies,
+          ["--debug", "not supported"] => :debug }.each do |flags, name|
+          o.on(*flags) do |v|
+            cli.refuse(here, [flags.first.split.first, v].reject { |x| x.nil? || x == true }.join(" "), master.fetch(name))
+          end
+        end
+        o.on("--dir DIR", "forkd's `directory`") do |v|
+          next if File.expand_path(v) == Dir.pwd
+
+          cli.refuse(here, "--dir #{v}", "forkd starts every worker in its `directory` (now #{Dir.pwd}): set it there")
+        end
+        o.separator "Ignored, with a warning:"
+        { ["--pidfile PATH", "forkd's PID is systemd's MainPID"] => :pidfile,
+          ["--tag NAME", "forkctl status names the workers"] => :tag }.each do |flags, name|
+          o.on(*flags) { |v| cli.warn_ignored(here, "#{flags.first.split.first} #{v}", ignored.fetch(name)) }
         end
       end
+      rest = parser.parse(argv)
+      raise OptionParser::InvalidArgument, "want at most one config.ru, not #{rest.join(" ")}" if rest.size > 1
+
+      [cli, files, no_config, rest]
+    end
+
+    # Puma's hooks from the config, as forkd's: each kind runs its blocks in the order Puma does
+    # (the order they were given), the worker hooks with the worker's index.
+    def register_hooks(config)
+      hooks = config.hooks
+      Forkd.before_fork { hooks[:before_fork].each(&:call) } unless hooks[:before_fork].empty?
+      Forkd.after_worker_boot { hooks[:worker_boot].each { |h| h.call(Forkd.worker_index) } } unless hooks[:worker_boot].empty?
+      Forkd.before_refork { hooks[:before_refork].each(&:call) } unless hooks[:before_refork].empty?
+      Forkd.after_refork { hooks[:after_refork].each(&:call) } unless hooks[:after_refork].empty?
+    end
+
+    def main(argv = ARGV, out: $stdout)
       begin
-        rest = parser.parse(argv)
+        parsed = parse_command_line(argv, out)
       rescue OptionParser::ParseError => e
-        warn "forkd-rack: #{e.message}"
-        warn parser.banner
+        warn "forkd-rack: #{e.message} (forkd-rack --help)"
         return 2
       end
-      if rest.size > 1 || opts[:threads] < 1 || opts.fetch(:drain_timeout, 0).negative?
-        warn "forkd-rack: want at most one config.ru, --threads >= 1 and --drain-timeout >= 0"
-        return 2
+      return 0 if parsed.nil?
+
+      cli, files, no_config, rest = parsed
+      # Puma's layers: the command line over the file, which is found for the environment.
+      if files.empty? && !no_config
+        default = PumaConfig.default_file(cli[:environment] || PumaConfig.default_environment)
+        files << default if default
       end
-      rackup = rest.first || "config.ru"
+      file = PumaConfig.new
+      files.each { |f| file.load_file(f) }
+      config = file.merge(cli)
 
       begin
         socks = Forkd.listeners
@@ -391,9 +478,24 @@ module Forkd
         Worker.log(e.message)
         return 1
       end
+      config.check_binds(socks)
+      config.warnings.each { |w| warn "forkd-rack: #{w}" }
+      unless config.refusals.empty?
+        config.refusals.each { |r| warn "forkd-rack: #{r}" }
+        return 2
+      end
+
+      # As Puma does, before the app loads.
+      environment = config[:environment] || PumaConfig.default_environment
+      ENV["RACK_ENV"] = environment
+      rackup = rest.first || config[:rackup] || "config.ru"
       begin
         PumaServer.require_puma
-        app = load_app(rackup)
+        app = config[:app] || load_app(rackup)
+        if config[:log_requests]
+          require "rack/common_logger"
+          app = ::Rack::CommonLogger.new(app, $stdout)
+        end
       rescue Exception => e # rubocop:disable Lint/RescueException
         raise if e.is_a?(SystemExit)
 
@@ -401,19 +503,22 @@ module Forkd
         return 1
       end
       if socks.empty?
+        urls = config.binds.nil? || config.binds.empty? ? [DEFAULT_BIND] : config.binds.map(&:first)
         begin
-          socks = [bind(opts[:bind])]
+          socks = urls.map { |url| bind(url) }
         rescue SystemCallError, ArgumentError, SocketError => e
-          Worker.log("cannot listen on #{opts[:bind]}: #{e.message}")
+          Worker.log("cannot listen on #{urls.join(", ")}: #{e.message}")
           return 1
         end
-        Worker.log("not under forkd: serving #{rackup} on #{opts[:bind]}")
+        Worker.log("not under forkd: serving #{rackup} on #{urls.join(", ")}")
       end
-      puma_options = {}
-      puma_options[:persistent_timeout] = opts[:keepalive] if opts[:keepalive]
-      puma_options[:drain_timeout] = opts[:drain_timeout] if opts[:drain_timeout]
-      server = PumaServer.new(counting(app), threads: opts[:threads], **puma_options)
+      register_hooks(config)
+      server = PumaServer.new(counting(app), threads: config[:max_threads] || DEFAULT_THREADS,
+                                             drain_timeout: config[:drain_timeout] || PumaServer::DRAIN_TIMEOUT,
+                                             min_threads: config[:min_threads] || 0, environment: environment,
+                                             **config.server_options)
       Forkd.serve(server, listeners: socks)
+      config.hooks[:worker_shutdown].each { |h| h.call(Forkd.worker_index) }
       0
     end
   end
