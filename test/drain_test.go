@@ -29,15 +29,16 @@ var (
 
 // startWrk runs wrk against url with keep-alive connections until the returned function stops it
 // (SIGINT, after which wrk prints its summary). wrk never retries: a connection closed before its
-// response is a read error.
-func startWrk(t *testing.T, url string, connections int) func() wrkResult {
+// response is a read error. flags are more of wrk's (--timeout 30s: a request unanswered for its
+// default 2 s, on a busy machine, is slow, not lost).
+func startWrk(t *testing.T, url string, connections int, flags ...string) func() wrkResult {
 	t.Helper()
 	path, err := exec.LookPath("wrk")
 	if err != nil {
 		t.Skip("wrk is not installed (apt-get install wrk; .ci/run installs it)")
 	}
 	out := &lockedBuffer{}
-	cmd := exec.Command(path, "-t2", "-c"+strconv.Itoa(connections), "-d10m", url)
+	cmd := exec.Command(path, append(append([]string{"-t2", "-c" + strconv.Itoa(connections), "-d10m"}, flags...), url)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
 	done := make(chan struct{})
