@@ -1,0 +1,151 @@
+package metrics
+
+import (
+	"strconv"
+
+	"github.com/forkd/forkd/pkg/control"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// workerStates are the states forkd_workers always reports, at zero when no worker is in one.
+var workerStates = []string{control.WorkerSpawning, control.WorkerBooting, control.WorkerReady, control.WorkerStopping, control.WorkerBackoff}
+
+// workerLabels name one worker process: its slot, its generation, its role.
+var workerLabels = []string{"index", "generation", "role"}
+
+// clusterCollector turns a Snapshot into the cluster's families at each scrape (a collector of
+// constant metrics, as exporters of another system's state are written), so that nothing is
+// kept between scrapes and a worker that is gone is gone from the next one.
+type clusterCollector struct {
+	source Source
+
+	info, generation, desired, workers, rolloutInProgress, cgroups, sampledAt *prometheus.Desc
+
+	requests, startTime, restarts, busy               *prometheus.Desc
+	rss, pss, shared, private                         *prometheus.Desc
+	cgroupCurrent, cgroupStat                         *prometheus.Desc
+	listenerInfo, listenerBacklog, listenerBacklogMax *prometheus.Desc
+}
+
+func newClusterCollector(source Source) *clusterCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	w := func(name, help string) *prometheus.Desc { return d(name, help, workerLabels...) }
+	return &clusterCollector{
+		source:             source,
+		info:               d("forkd_info", "forkd's version and worker mode (exec or fork); always 1.", "version", "mode"),
+		generation:         d("forkd_generation", "The cluster's generation: 1, then one more per rollout."),
+		desired:            d("forkd_workers_desired", "The number of workers asked for."),
+		workers:            d("forkd_workers", "Worker processes by state (backoff: slots waiting to respawn after crashes); a mold, which serves nothing, is not counted.", "state"),
+		rolloutInProgress:  d("forkd_rollout_in_progress", "1 while a rollout of this kind runs.", "kind"),
+		cgroups:            d("forkd_cgroups_enabled", "1 when every worker has a cgroup of its own."),
+		sampledAt:          d("forkd_memory_sample_timestamp_seconds", "When the workers' memory figures were last read (Unix time)."),
+		requests:           w("forkd_worker_requests_total", "Requests the worker has served, as it reports them (X_FORKD_REQUESTS)."),
+		startTime:          w("forkd_worker_start_time_seconds", "When the worker process was spawned (Unix time)."),
+		restarts:           d("forkd_worker_restarts_total", "Respawns of the slot after a crash.", "index"),
+		busy:               w("forkd_worker_busy_threads", "The worker's threads serving a request, where its runner reports them (X_FORKD_BUSY)."),
+		rss:                w("forkd_worker_rss_bytes", "The worker's resident memory (smaps_rollup Rss)."),
+		pss:                w("forkd_worker_pss_bytes", "The worker's proportional share of memory (smaps_rollup Pss): the workers' sum is what the cluster uses."),
+		shared:             w("forkd_worker_shared_bytes", "The worker's resident memory shared with other processes (Shared_Clean + Shared_Dirty)."),
+		private:            w("forkd_worker_private_bytes", "The worker's resident memory no other process shares (Rss - Shared)."),
+		cgroupCurrent:      w("forkd_worker_cgroup_memory_bytes", "Memory charged to the worker's cgroup (memory.current)."),
+		cgroupStat:         d("forkd_worker_cgroup_memory_stat_bytes", "Parts of the worker cgroup's memory (memory.stat): anon, file, shmem, kernel.", append(workerLabels, "type")...),
+		listenerInfo:       d("forkd_listener_info", "A socket the workers accept on; always 1.", "listener", "address"),
+		listenerBacklog:    d("forkd_listener_backlog", "Connections in the listener's accept queue that no worker has accepted yet.", "listener"),
+		listenerBacklogMax: d("forkd_listener_backlog_limit", "How many connections the listener's accept queue holds before the kernel drops or refuses more.", "listener"),
+	}
+}
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		c.info, c.generation, c.desired, c.workers, c.rolloutInProgress, c.cgroups, c.sampledAt,
+		c.requests, c.startTime, c.restarts, c.busy, c.rss, c.pss, c.shared, c.private,
+		c.cgroupCurrent, c.cgroupStat, c.listenerInfo, c.listenerBacklog, c.listenerBacklogMax,
+	} {
+		ch <- d
+	}
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.source.Snapshot()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+
+	gauge(c.info, 1, s.Version, s.Mode)
+	gauge(c.generation, float64(s.Generation))
+	gauge(c.desired, float64(s.Desired))
+	gauge(c.cgroups, boolValue(s.Cgroups))
+	for _, k := range rolloutKinds {
+		gauge(c.rolloutInProgress, boolValue(s.Rollout == k), k)
+	}
+	if !s.MemorySampledAt.IsZero() {
+		gauge(c.sampledAt, float64(s.MemorySampledAt.UnixNano())/1e9)
+	}
+
+	byState := make(map[string]int, len(workerStates))
+	for _, st := range workerStates {
+		byState[st] = 0
+	}
+	restarts := make(map[int]int)
+	seen := make(map[[3]string]bool, len(s.Workers))
+	for _, w := range s.Workers {
+		if w.Role != RoleMold {
+			byState[w.State]++
+		}
+		restarts[w.Index] = max(restarts[w.Index], w.Restarts)
+		if w.StartedAt.IsZero() {
+			continue // a slot without a process
+		}
+		labels := [3]string{strconv.Itoa(w.Index), strconv.Itoa(w.Generation), w.Role}
+		if seen[labels] {
+			continue // two processes that look alike: the first one speaks for both
+		}
+		seen[labels] = true
+		l := labels[:]
+		counter(c.requests, float64(w.Requests), l...)
+		gauge(c.startTime, float64(w.StartedAt.UnixNano())/1e9, l...)
+		if w.BusyThreads != nil {
+			gauge(c.busy, float64(*w.BusyThreads), l...)
+		}
+		if m := w.Memory; m != nil {
+			gauge(c.rss, float64(m.RSS), l...)
+			gauge(c.pss, float64(m.PSS), l...)
+			gauge(c.shared, float64(m.Shared), l...)
+			gauge(c.private, float64(m.Private), l...)
+		}
+		if m := w.Cgroup; m != nil {
+			gauge(c.cgroupCurrent, float64(m.Current), l...)
+			for _, part := range []struct {
+				name  string
+				bytes uint64
+			}{{"anon", m.Anon}, {"file", m.File}, {"shmem", m.Shmem}, {"kernel", m.Kernel}} {
+				gauge(c.cgroupStat, float64(part.bytes), append(l, part.name)...)
+			}
+		}
+	}
+	for st, n := range byState {
+		gauge(c.workers, float64(n), st)
+	}
+	for index, n := range restarts {
+		counter(c.restarts, float64(n), strconv.Itoa(index))
+	}
+	for _, l := range s.Listeners {
+		gauge(c.listenerInfo, 1, l.Name, l.Address)
+		if b := l.Backlog; b != nil {
+			gauge(c.listenerBacklog, float64(b.Queued), l.Name)
+			gauge(c.listenerBacklogMax, float64(b.Limit), l.Name)
+		}
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
