@@ -93,6 +93,22 @@ func TestOpenRefuses(t *testing.T) {
 		assert.Equal(t, unit, res.Dir)
 	})
 
+	t.Run("a read-only cgroupfs", func(t *testing.T) {
+		unit := filepath.Join(root, "ro.service")
+		require.NoError(t, os.Mkdir(unit, 0o755))
+		require.NoError(t, unix.Setxattr(unit, "trusted.delegate", []byte("1"), 0))
+		fd, err := unix.Open(unit, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		require.NoError(t, err)
+		defer unix.Close(fd)
+		attr := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd, Unshareflags: syscall.CLONE_NEWNS}
+		var res openResult
+		startHelperWith(t, "open-readonly", attr, &res)
+		assert.True(t, res.Unavailable, "%+v", res)
+		assert.Equal(t, "cgroups off: "+unit+" is on a read-only mount (under systemd: ProtectControlGroups=no and Delegate=yes in the unit; "+
+			"in a container: a read-write /sys/fs/cgroup)", res.Err)
+		assert.NoDirExists(t, filepath.Join(unit, MasterLeaf))
+	})
+
 	t.Run("a cgroup forkd's user cannot write", func(t *testing.T) {
 		dir := filepath.Join(root, "app")
 		require.NoError(t, os.Mkdir(dir, 0o755))

@@ -44,6 +44,22 @@ var helpers = map[string]func() any{
 		}
 		return openResult{Dir: first.Dir(), Controllers: first.Controllers(), String: first.String(), Again: again.String()}
 	},
+	// open-readonly: Open with the cgroup2 mount read-only, as ProtectControlGroups=yes leaves
+	// it. The helper runs in a mount namespace of its own (CLONE_NEWNS, whose mounts Go makes
+	// private), so that the remount stays there.
+	"open-readonly": func() any {
+		mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, m := range cgroup2Mounts(string(mountinfo)) {
+			if err := unix.Mount("", m.point, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+				return openResult{Err: "remount read-only: " + err.Error()}
+			}
+		}
+		_, err := Open(Options{})
+		if err == nil {
+			return openResult{}
+		}
+		return openResult{Err: err.Error(), Unavailable: errors.As(err, new(*Unavailable))}
+	},
 	// allocate: a worker that allocates and touches FORKD_CGROUP_BYTES of anonymous memory.
 	"allocate": func() any {
 		n, _ := strconv.Atoi(os.Getenv("FORKD_CGROUP_BYTES"))

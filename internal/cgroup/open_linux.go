@@ -121,7 +121,11 @@ func inInitialCgroupNamespace() bool {
 }
 
 func notWritable(dir string, err error) string {
-	if errors.Is(err, fs.ErrPermission) || errors.Is(err, unix.EROFS) {
+	if errors.Is(err, unix.EROFS) {
+		return dir + " is on a read-only mount (under systemd: ProtectControlGroups=no and Delegate=yes in the unit; " +
+			"in a container: a read-write /sys/fs/cgroup)"
+	}
+	if errors.Is(err, fs.ErrPermission) {
 		return dir + " is not writable by uid " + strconv.Itoa(os.Geteuid()) +
 			" (under systemd: Delegate=yes in the unit; in a container: a cgroup namespace and a read-write /sys/fs/cgroup)"
 	}

@@ -204,6 +204,11 @@ func (e *env) prepare(ctx context.Context) error {
 	if err := os.Symlink("releases/1", filepath.Join(demo, "current")); err != nil {
 		return err
 	}
+	return buildStatic(ctx, e.repo, "./examples/hello", filepath.Join(demo, "hello"))
+}
+
+// buildStatic builds the repository's package pkg as a static binary at out, for the container.
+func buildStatic(ctx context.Context, repo, pkg, out string) error {
 	// go test puts the go command's GOROOT/bin first in PATH; /usr/local/go is the README's.
 	gobin, err := exec.LookPath("go")
 	if err != nil {
@@ -211,11 +216,11 @@ func (e *env) prepare(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-o", filepath.Join(demo, "hello"), "./examples/hello")
-	cmd.Dir = e.repo
+	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-o", out, pkg)
+	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build examples/hello: %v\n%s", err, out)
+	if output, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %v\n%s", pkg, err, output)
 	}
 	return nil
 }

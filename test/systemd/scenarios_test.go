@@ -33,6 +33,7 @@ func scenarios() []scenario {
 		{"bad-config", time.Minute, (*env).badConfig},
 		{"watchdog", 2 * time.Minute, (*env).watchdog},
 		{"fd-store", 4 * time.Minute, (*env).fdStore},
+		{"cgroup-delegation", 2 * time.Minute, (*env).cgroupDelegation},
 		{"remove", 2 * time.Minute, (*env).remove},
 	}
 }
