@@ -13,6 +13,12 @@ func setPassCred(fd int) error {
 	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
 }
 
+// restrictMode gives a socket not yet bound the mode 0600, which bind(2) then gives its file
+// (masked by the umask, which cannot widen it).
+func restrictMode(fd int) error {
+	return unix.Fchmod(fd, 0o600)
+}
+
 // parseControl returns the sender's credentials from a datagram's control data (0, -1, -1 when it
 // has none), and closes every descriptor passed with it.
 //

@@ -13,3 +13,7 @@ func setPassCred(fd int) error {
 }
 
 func parseControl(oob []byte) (pid, uid, gid int, fds []int) { return 0, -1, -1, nil }
+
+func restrictMode(fd int) error {
+	return errors.New("notify: socket modes are only supported on Linux")
+}

@@ -85,9 +85,15 @@ const (
 	ForkdPrefix = "X_FORKD_"
 
 	// KeyRequests is the cumulative number of requests the worker has served since it started
-	// (a forkd extension, for refork after N requests).
+	// (a forkd extension, for refork after N requests), at most MaxRequests.
 	KeyRequests = ForkdPrefix + "REQUESTS"
 )
+
+// MaxRequests is the largest X_FORKD_REQUESTS= Parse accepts: 2^53-1, the largest count a JSON
+// reader that uses doubles (JavaScript, jq) still shows exactly. A worker serving a million
+// requests a second reaches it after 285 years, so a larger value is a bug or a lie, and showing
+// it as is would only mislead (forkctl status, refork_after).
+const MaxRequests = 1<<53 - 1
 
 // MaxMessageSize is the largest datagram Parse accepts, in bytes. systemd itself takes no more
 // than 4096 (NOTIFY_BUFFER_MAX is PIPE_BUF), so whatever works under systemd works under forkd;
@@ -144,8 +150,8 @@ type Field struct {
 // line. The values of the keys above are checked: READY, RELOADING and STOPPING must be "1";
 // WATCHDOG "1" or "trigger"; STATUS valid UTF-8; WATCHDOG_USEC and EXTEND_TIMEOUT_USEC positive
 // decimal microseconds that fit a uint64 (values beyond time.Duration's range, such as systemd's
-// infinity 18446744073709551615, become the longest Duration); MONOTONIC_USEC and X_FORKD_REQUESTS decimal
-// uint64s; ERRNO a non-negative decimal int. When a valued key repeats, the first assignment wins,
+// infinity 18446744073709551615, become the longest Duration); MONOTONIC_USEC a decimal uint64;
+// X_FORKD_REQUESTS a decimal integer up to MaxRequests; ERRNO a non-negative decimal int. When a valued key repeats, the first assignment wins,
 // as in systemd; every one must be valid.
 //
 // It returns one of the following:
@@ -193,11 +199,12 @@ type seenKeys struct {
 }
 
 var (
-	errNotOne        = errors.New("the only valid value is 1")
-	errNotPositive   = errors.New("must be a positive number of microseconds (0 is not a timeout)")
-	errNotUint       = errors.New("must be a non-negative decimal integer")
-	errNotUTF8       = errors.New("not valid UTF-8")
-	errWatchdogValue = errors.New(`the valid values are "1" and "trigger"`)
+	errNotOne          = errors.New("the only valid value is 1")
+	errNotPositive     = errors.New("must be a positive number of microseconds (0 is not a timeout)")
+	errNotUint         = errors.New("must be a non-negative decimal integer")
+	errNotUTF8         = errors.New("not valid UTF-8")
+	errWatchdogValue   = errors.New(`the valid values are "1" and "trigger"`)
+	errTooManyRequests = fmt.Errorf("more requests than a worker can have served (at most %d)", MaxRequests)
 )
 
 // apply interprets one assignment of a known key and checks its value; other keys pass.
@@ -262,6 +269,9 @@ func (m *Message) apply(key, value string, seen *seenKeys) error {
 		n, err := parseUint(value)
 		if err != nil {
 			return err
+		}
+		if n > MaxRequests {
+			return fmt.Errorf("%s: %w", quote(value), errTooManyRequests)
 		}
 		if !m.HasRequests {
 			m.Requests, m.HasRequests = n, true

@@ -71,6 +71,9 @@ func TestParse(t *testing.T) {
 		{"request count", "X_FORKD_REQUESTS=1234", notify.Message{
 			Requests: 1234, HasRequests: true, Fields: fields("X_FORKD_REQUESTS=1234"),
 		}},
+		{"request count at the bound", "X_FORKD_REQUESTS=9007199254740991", notify.Message{
+			Requests: notify.MaxRequests, HasRequests: true, Fields: fields("X_FORKD_REQUESTS=9007199254740991"),
+		}},
 		{"request count zero", "X_FORKD_REQUESTS=0", notify.Message{
 			HasRequests: true, Fields: fields("X_FORKD_REQUESTS=0"),
 		}},
@@ -122,6 +125,8 @@ func TestParseErrors(t *testing.T) {
 		{"ERRNO too large", "ERRNO=4294967296", "line 1: ERRNO:"},
 		{"X_FORKD_REQUESTS negative", "X_FORKD_REQUESTS=-1", "line 1: X_FORKD_REQUESTS:"},
 		{"X_FORKD_REQUESTS not a number", "X_FORKD_REQUESTS=many", "line 1: X_FORKD_REQUESTS:"},
+		{"X_FORKD_REQUESTS 2^64-1", "X_FORKD_REQUESTS=18446744073709551615", "more requests than a worker can have served (at most 9007199254740991)"},
+		{"X_FORKD_REQUESTS 2^53", "X_FORKD_REQUESTS=9007199254740992", "line 1: X_FORKD_REQUESTS:"},
 		{"second of several lines", "READY=1\nSTATUS=ok\nbogus\n", `line 3: "bogus" is not`},
 		{"later duplicate still checked", "READY=1\nREADY=2", "line 2: READY:"},
 		{"NUL", "READY=1\x00", "NUL byte at offset 7"},

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Socket is the master's datagram socket that workers get as NOTIFY_SOCKET. Every datagram it
@@ -76,6 +77,11 @@ func NewAbstractAddr() string {
 // so that no datagram ever arrives without credentials. addr is "@name" for the abstract
 // namespace, or a path, made absolute (workers run in other directories), that must not exist.
 //
+// A path socket's file has mode 0600 from the moment it exists (the mode is set on the socket
+// before bind(2), so the umask never widens it): only its owner's uid and root may send to it. An
+// abstract address has no permissions at all; any local process can send to it, and only the
+// sender's UID in each Datagram tells them apart.
+//
 // It returns one of the following:
 //   - (socket, nil): the socket is bound; Addr is the NOTIFY_SOCKET value for workers.
 //   - (nil, err): addr is empty, or the socket cannot be created or bound (errors.Is(err,
@@ -97,7 +103,12 @@ func Listen(addr string) (*Socket, error) {
 		// Called between socket(2) and bind(2).
 		Control: func(network, address string, raw syscall.RawConn) error {
 			var err error
-			if ctrlErr := raw.Control(func(fd uintptr) { err = setPassCred(int(fd)) }); ctrlErr != nil {
+			ctrlErr := raw.Control(func(fd uintptr) {
+				if err = setPassCred(int(fd)); err == nil && file != "" {
+					err = restrictMode(int(fd))
+				}
+			})
+			if ctrlErr != nil {
 				return ctrlErr
 			}
 			return err
@@ -191,6 +202,14 @@ func (s *Socket) Receive() (Datagram, error) {
 	d.PID, d.UID, d.GID, d.passed = parseControl(s.oob[:oobn])
 	d.FDs = len(d.passed)
 	return d, nil
+}
+
+// SetReadDeadline bounds Receive: until t it returns datagrams as usual, from t on (once waiting
+// ones have been woken) it fails with an error matching os.ErrDeadlineExceeded, even if
+// datagrams are queued; a zero t clears it. A caller that wants what is still queued before it
+// closes the socket sets t a short grace ahead and reads until the error.
+func (s *Socket) SetReadDeadline(t time.Time) error {
+	return s.conn.SetReadDeadline(t)
 }
 
 // Close closes the socket and removes its file, if it has one. A Receive waiting in another

@@ -127,6 +127,56 @@ func TestAbstractAddress(t *testing.T) {
 	assert.ErrorIs(t, err, syscall.EADDRINUSE)
 }
 
+// TestPathSocketOnlyForItsOwner: a path socket's file is 0600 whatever the umask, so another user
+// cannot send to it, here with systemd-notify(1) run as nobody; its owner (and root) can.
+func TestPathSocketOnlyForItsOwner(t *testing.T) {
+	dir, err := os.MkdirTemp("", "forkd-notify-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755)) // nothing but the socket's own mode stands in the way
+	old := unix.Umask(0)
+	path := filepath.Join(dir, "notify.sock")
+	s, err := notify.Listen(path)
+	unix.Umask(old)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	info, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+
+	if os.Geteuid() != 0 {
+		t.Skip("sending as another user needs root")
+	}
+	notifyTool, err := exec.LookPath("systemd-notify")
+	if err != nil {
+		t.Skip("systemd-notify is not installed (Debian: systemd)")
+	}
+	cmd := exec.Command(notifyTool, "--no-block", "STATUS=from nobody")
+	cmd.Env = []string{"NOTIFY_SOCKET=" + path}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	assert.Error(t, err, "nobody could send to a 0600 socket: %s", out)
+	assert.Contains(t, string(out), "Permission denied")
+
+	require.NoError(t, notify.Send(path, "STATUS=from its owner"))
+	d := receive(t, s)
+	assert.Equal(t, "STATUS=from its owner", string(d.Data), "nothing from nobody came before it")
+}
+
+// TestSetReadDeadlineDrains: before the deadline, what is queued is still read; after it, Receive
+// fails, so a reader can empty a socket before closing it.
+func TestSetReadDeadlineDrains(t *testing.T) {
+	s := listen(t, notify.NewAbstractAddr())
+	require.NoError(t, notify.Send(s.Addr(), "STOPPING=1"))
+	require.NoError(t, notify.Send(s.Addr(), "STATUS=late"))
+	require.NoError(t, s.SetReadDeadline(time.Now().Add(hangTimeout)))
+	assert.Equal(t, "STOPPING=1", string(receive(t, s).Data))
+	assert.Equal(t, "STATUS=late", string(receive(t, s).Data))
+	require.NoError(t, s.SetReadDeadline(time.Now()))
+	_, err := s.Receive()
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+}
+
 func TestListenMakesPathAbsolute(t *testing.T) {
 	dir := t.TempDir()
 	t.Chdir(dir)
