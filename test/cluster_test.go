@@ -286,9 +286,12 @@ func TestNotificationFromStrangerIsDropped(t *testing.T) {
 	f := startForkd(t, options{config: worker() + "\nworkers = 1\n"})
 	f.waitReady(1)
 	addr := strings.TrimSpace(get(t, "http://"+f.addr()+"/env?k=NOTIFY_SOCKET"))
-	require.True(t, strings.HasPrefix(addr, "@"), "NOTIFY_SOCKET=%q", addr)
-	// This test process is not a worker nor a worker's descendant.
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: "\x00" + addr[1:], Net: "unixgram"})
+	require.True(t, strings.HasPrefix(addr, f.dir+"/notify-"), "NOTIFY_SOCKET=%q: a file in forkd's runtime directory", addr)
+	info, err := os.Stat(addr)
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeSocket|0o600, info.Mode(), "only forkd's user (and root) may send")
+	// This test process is not a worker nor a worker's descendant (but root, so it may send).
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
 	require.NoError(t, err)
 	defer c.Close()
 	_, err = c.Write([]byte("STOPPING=1\nSTATUS=hijacked"))

@@ -109,7 +109,13 @@ type options struct {
 	// with watchdog set, WATCHDOG_USEC and WATCHDOG_PID (its own PID).
 	systemd  *notify.Socket
 	watchdog time.Duration
+	// asNobody runs forkd (and so its workers) as the unprivileged user nobody (65534): the
+	// test's directory is handed to it.
+	asNobody bool
 }
+
+// nobody is the unprivileged user of asNobody, and of senders that are not forkd's.
+const nobody = 65534
 
 // worker returns the HCL command line running testworker with flags.
 func worker(flags ...string) string {
@@ -128,11 +134,40 @@ func quoteAll(ss []string) string {
 func startForkd(t *testing.T, o options) *forkd {
 	t.Helper()
 	dir := t.TempDir()
+	if o.asNobody {
+		if os.Geteuid() != 0 {
+			t.Skip("running forkd as nobody needs root")
+		}
+		// The test's directory and the binaries must be reachable by nobody.
+		for _, d := range []string{filepath.Dir(dir), bin} {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Chown(dir, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+	}
 	f := &forkd{t: t, dir: dir, socket: filepath.Join(dir, "control.sock"), output: &lockedBuffer{},
 		done: make(chan struct{}), seen: map[int]bool{}}
 	cfg := o.config
 	if !strings.Contains(cfg, "control {") {
 		cfg += fmt.Sprintf("\ncontrol {\n  socket = %q\n}\n", f.socket)
+	}
+	if !strings.Contains(cfg, "notify {") && len(dir) > 70 {
+		// The workers' notify sockets go beside the control socket, unless the test's name makes
+		// that directory too long for socket paths.
+		short, err := os.MkdirTemp("", "forkd-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(short) })
+		if o.asNobody {
+			if err := os.Chown(short, nobody, nobody); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg += fmt.Sprintf("\nnotify {\n  directory = %q\n}\n", short)
 	}
 	if !strings.Contains(cfg, "listen ") && !o.activation {
 		cfg += "\nlisten \"http\" {\n  address = \"tcp://127.0.0.1:0\"\n}\n"
@@ -167,6 +202,9 @@ func startForkd(t *testing.T, o options) *forkd {
 		cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+o.systemd.Addr())
 	}
 	cmd.Env = append(cmd.Env, o.env...)
+	if o.asNobody {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	}
 	cmd.ExtraFiles = o.extraFiles
 	cmd.Stdout, cmd.Stderr = f.output, f.output
 	// Workers share forkd's output pipe: one that outlives forkd (stopped with SIGSTOP, say) must

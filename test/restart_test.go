@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/forkd/forkd/pkg/control"
+	"github.com/forkd/forkd/pkg/restart"
 )
 
 // hotRestartFiveTimes runs 5 hot restarts under load: the master keeps its PID, every worker is
@@ -197,7 +198,8 @@ func TestNewImageThatCannotStartLeavesNoWorkerBehind(t *testing.T) {
 	st := f.waitReady(2)
 
 	// Answers the checks, then fails at once when exec'd as the master.
-	script := "#!/bin/sh\ncase \"$1\" in __forkd-handover-version) echo 1;; check) echo ok;; *) echo 'cannot start' >&2; exit 1;; esac\n"
+	script := fmt.Sprintf("#!/bin/sh\ncase \"$1\" in __forkd-handover-version) echo %d;; check) echo ok;; *) echo 'cannot start' >&2; exit 1;; esac\n",
+		restart.Version)
 	require.NoError(t, os.WriteFile(binary+".new", []byte(script), 0o755))
 	require.NoError(t, os.Rename(binary+".new", binary))
 	f.forkctl("restart")

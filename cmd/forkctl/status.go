@@ -85,6 +85,9 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	row("workers:", fmt.Sprintf("%d/%d ready", st.Ready, st.Workers))
 	row("listeners:", listenersSummary(st))
 	row("dropped notifications:", strconv.FormatUint(st.DroppedNotifications, 10))
+	if st.LateNotifications > 0 {
+		row("late notifications:", strconv.FormatUint(st.LateNotifications, 10)+" (from workers that had exited)")
+	}
 	if st.StatusLine != "" {
 		row("status:", printable(st.StatusLine))
 	}

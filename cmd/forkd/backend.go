@@ -45,6 +45,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		Mode:                 control.ModeExec,
 		SocketActivated:      b.activated,
 		DroppedNotifications: st.Dropped,
+		LateNotifications:    st.Late,
 		StatusLine:           st.StatusLine,
 	}
 	if st.Rollout != "" && st.Phase == cluster.PhaseRunning {

@@ -109,14 +109,10 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 	closeOnExecFrom(3)
 	startedAt, activated := time.Now(), false
 	var listeners []activation.Listener
-	var notifySock *notify.Socket
 	var ctl net.Listener
 	var err error
 	if adopt != nil {
 		startedAt, activated, listeners = extra.StartedAt, extra.Activated, adopt.Listeners
-		if notifySock, err = notify.FromFD(adopt.NotifyFD, adopt.NotifyAddr); err != nil {
-			return 1, err
-		}
 		// FileListener dups the descriptor; closing the *os.File, not the number, closes the
 		// original exactly once (a bare close would leave the File's finalizer to close the
 		// number again later, by then another descriptor: a worker's pidfd, say).
@@ -135,15 +131,11 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 		} else {
 			storeListeners(cfg.Systemd.FDStore, listeners, logger)
 		}
-		if notifySock, err = notify.Listen(notify.NewAbstractAddr()); err != nil {
-			return 1, err
-		}
 		if ctl, err = control.Listen(cfg.Control.Socket); err != nil {
 			return 1, controlSocketError(cfg, err)
 		}
 	}
 	defer activation.CloseAll(listeners)
-	defer notifySock.Close()
 	defer os.Remove(cfg.Control.Socket)
 	ctlFD, err := listenerFD(ctl)
 	if err != nil {
@@ -177,7 +169,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 			return reconfigure(cfg, flags)
 		},
 		Listeners:        listeners,
-		Notify:           notifySock,
+		Notify:           cluster.NotifyConfig{Dir: cfg.Notify.Directory, Abstract: cfg.Notify.Abstract},
 		Systemd:          systemd,
 		Watchdog:         watchdog,
 		WatchdogMinReady: cfg.Systemd.WatchdogMinReady,
@@ -295,6 +287,9 @@ func reconfigure(running *config.Config, flags config.Flags) (cluster.Generation
 	g := generation(cfg)
 	if !slices.Equal(cfg.Listeners, running.Listeners) {
 		g.Warnings = append(g.Warnings, "the listen blocks changed: the sockets stay as they are until forkd is restarted (systemctl restart)")
+	}
+	if cfg.Notify != running.Notify {
+		g.Warnings = append(g.Warnings, "the notify block changed: the workers' notify sockets stay as they are until forkd is restarted")
 	}
 	if cfg.Control.Socket != running.Control.Socket {
 		g.Warnings = append(g.Warnings, "control.socket changed: it stays "+running.Control.Socket+" until forkd is restarted")

@@ -5,20 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/forkd/forkd/pkg/activation"
-	"github.com/forkd/forkd/pkg/notify"
 	"github.com/forkd/forkd/pkg/protocol"
 )
 
@@ -58,8 +55,8 @@ type DriverConfig struct {
 	Reconfigure func() (Generation, error)
 	// Listeners are handed to every worker as fds 3, 4, ...
 	Listeners []activation.Listener
-	// Notify is the master's datagram socket, given to workers as NOTIFY_SOCKET.
-	Notify *notify.Socket
+	// Notify says where the workers' notify sockets (NOTIFY_SOCKET) go.
+	Notify NotifyConfig
 	// Systemd sends a state string to systemd's NOTIFY_SOCKET; nil when not under systemd.
 	Systemd func(state string) error
 	// Watchdog is how often the master pings systemd's watchdog (WATCHDOG=1); zero disables it.
@@ -102,6 +99,7 @@ type Driver struct {
 	log      *slog.Logger
 	procs    map[WorkerID]*process
 	channels channels
+	notify   notifyState
 	// specs maps a generation to what its workers are spawned from; a generation without an entry
 	// (made by a refork) uses the latest entry before it.
 	specs    map[int]*spec
@@ -121,8 +119,6 @@ type Driver struct {
 	childrenUnreadable bool
 	// lastRan is when the loop last ran, to notice a stall of forkd itself.
 	lastRan time.Time
-	// notificationsInFlight counts datagrams read from the notify socket not yet handed to the loop.
-	notificationsInFlight atomic.Int32
 
 	helpers      map[int]*helper
 	helperEvents chan helperEvent
@@ -180,6 +176,8 @@ type process struct {
 	// ownGroup: a forked worker seen leading a process group of its own (its SDK's setpgid).
 	ownGroup bool
 	slot     int
+	// notify is its NOTIFY_SOCKET: its own, or the template's that forked it.
+	notify *notifySocket
 }
 
 // close releases what the driver holds for a process that is gone.
@@ -191,6 +189,8 @@ func (p *process) close() {
 	if p.conn != nil {
 		p.conn.Close()
 	}
+	p.notify.release()
+	p.notify = nil
 }
 
 // request is a call from another goroutine into the loop: an event to step, or (with ev nil) a
@@ -231,6 +231,7 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		log:      cfg.Logger,
 		procs:    make(map[WorkerID]*process),
 		channels: newChannels(),
+		notify:   newNotifyState(cfg.Logger),
 		specs:    map[int]*spec{1: first},
 		devNull:  devNull,
 		baseEnv:  inheritedEnv(os.Environ()),
@@ -246,6 +247,8 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		if err := d.adopt(cfg.Adopt); err != nil {
 			return nil, err
 		}
+	} else if err := d.notify.prepare(cfg.Notify); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -268,8 +271,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		syscall.SIGURG, syscall.SIGPIPE)
 	defer signal.Stop(sigc)
 
-	datagrams := make(chan datagram, 256)
-	go d.receiveNotifications(datagrams)
+	defer d.notify.cleanup()
 
 	var watchdog <-chan time.Time
 	if d.cfg.Watchdog > 0 {
@@ -315,8 +317,14 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		select {
 		case sig := <-sigc:
 			handle = func() { d.handleSignal(sig.(syscall.Signal)) }
-		case dg := <-datagrams:
+		case dg := <-d.notify.datagrams:
 			handle = func() { d.handleDatagram(dg) }
+		case <-d.notify.wake:
+			handle = func() {
+				if e := d.notify.takeDrops(); e.Count > 0 {
+					d.step(e)
+				}
+			}
 		case cm := <-controls:
 			handle = func() { d.handleControl(cm) }
 		case e := <-d.helperEvents:
@@ -325,7 +333,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 			handle = func() { d.handleRequest(r) }
 		case <-timer.C:
 			handle = func() {
-				d.drainInputs(sigc, datagrams, controls)
+				d.drainInputs(sigc, controls)
 				d.step(Tick{})
 			}
 		case <-watchdog:
@@ -374,14 +382,14 @@ const (
 // drainInputs handles what has arrived before a Tick judges the deadlines: a heartbeat waiting in
 // the notify socket (or in the goroutine that reads it), a SIGCHLD, a template's reply, so that a
 // deadline is never judged on a message that came in time but was not read yet.
-func (d *Driver) drainInputs(sigc <-chan os.Signal, datagrams <-chan datagram, controls <-chan controlMessage) {
+func (d *Driver) drainInputs(sigc <-chan os.Signal, controls <-chan controlMessage) {
 	end := time.Now().Add(drainDuration)
 	for range maxDrain {
 		select {
 		case sig := <-sigc:
 			d.handleSignal(sig.(syscall.Signal))
 			continue
-		case dg := <-datagrams:
+		case dg := <-d.notify.datagrams:
 			d.handleDatagram(dg)
 			continue
 		case cm := <-controls:
@@ -389,31 +397,19 @@ func (d *Driver) drainInputs(sigc <-chan os.Signal, datagrams <-chan datagram, c
 			continue
 		default:
 		}
-		if !d.notificationPending() {
+		if !d.notify.pending() {
 			return
 		}
-		// The reading goroutine has it, or is about to.
+		// A reading goroutine has it, or is about to.
 		wait := time.NewTimer(time.Until(end))
 		select {
-		case dg := <-datagrams:
+		case dg := <-d.notify.datagrams:
 			wait.Stop()
 			d.handleDatagram(dg)
 		case <-wait.C:
 			return
 		}
 	}
-}
-
-// notificationPending reports a datagram in the notify socket, or read from it and not yet handed
-// to the loop.
-func (d *Driver) notificationPending() bool {
-	// The socket first: a datagram the reader takes from it meanwhile is counted in flight by then.
-	if fd, err := d.cfg.Notify.FD(); err == nil {
-		if n, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil && n > 0 {
-			return true
-		}
-	}
-	return d.notificationsInFlight.Load() > 0
 }
 
 func (d *Driver) step(ev Event) {
@@ -473,7 +469,13 @@ func (d *Driver) spawn(a SpawnWorker) {
 	sp := d.specFor(a.Generation)
 	files := []uintptr{d.devNull.Fd(), uintptr(syscall.Stdout), uintptr(syscall.Stderr)}
 	files = append(files, activation.WorkerFiles(d.cfg.Listeners)...)
-	env := d.workerEnv(sp, a.Slot, a.Generation)
+	// A worker that may become the template shares its socket with the workers it forks.
+	ns, err := d.notify.open(a.Worker, a.Channel)
+	if err != nil {
+		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		return
+	}
+	env := d.workerEnv(sp, a.Slot, a.Generation, ns.sock.Addr())
 	if out, stream := d.workerOutput(a.Slot); out != nil {
 		defer out.Close()
 		files[1], files[2] = out.Fd(), out.Fd()
@@ -484,9 +486,9 @@ func (d *Driver) spawn(a SpawnWorker) {
 	var conn *protocol.Conn
 	if a.Channel {
 		var workerEnd int
-		var err error
 		conn, workerEnd, err = protocol.Socketpair()
 		if err != nil {
+			ns.release()
 			d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
 			return
 		}
@@ -515,6 +517,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 		if conn != nil {
 			conn.Close()
 		}
+		ns.release()
 		d.step(SpawnFailed{Worker: a.Worker, Err: describeSpawnError(err)})
 		return
 	}
@@ -525,7 +528,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 			d.log.Error("cannot open a pidfd for a worker", "pid", pid, "error", err)
 		}
 	}
-	d.procs[a.Worker] = &process{pid: pid, pidfd: pidfd, conn: conn}
+	d.procs[a.Worker] = &process{pid: pid, pidfd: pidfd, conn: conn, notify: ns}
 	if conn != nil {
 		d.channels.read(a.Worker, conn)
 	}
@@ -638,82 +641,6 @@ func (d *Driver) handleSignal(sig syscall.Signal) {
 	default:
 		d.log.Info(fmt.Sprintf("received %s: not supported yet, ignored", signalName(sig)), "event", "signal")
 	}
-}
-
-// datagram is a notification with its sender's ancestry: the sender's PID, its parent's, and so
-// on up to (not including) the master.
-type datagram struct {
-	notify.Datagram
-	lineage []int
-}
-
-// receiveNotifications reads the notify socket. It reads each sender's ancestry at once, while
-// the sender is most likely alive: a short-lived helper that notifies for a worker and exits
-// cannot be traced back once gone. A sender using sd_notify_barrier(3) stays alive until its
-// descriptor is released, after the lineage is read, which closes the race entirely.
-func (d *Driver) receiveNotifications(out chan<- datagram) {
-	for {
-		dg, err := d.cfg.Notify.Receive()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			d.log.Warn("notify socket", "error", err)
-			continue
-		}
-		d.notificationsInFlight.Add(1)
-		lineage := lineageOf(dg.PID)
-		dg.Release()
-		out <- datagram{dg, lineage}
-		d.notificationsInFlight.Add(-1)
-	}
-}
-
-// handleDatagram attributes a notification to a worker: its sender is the worker itself, or one of
-// its descendants (apps often notify from a helper process). Anything else is dropped.
-func (d *Driver) handleDatagram(dg datagram) {
-	reject := func(reason string) { d.step(NotifyRejected{PID: dg.PID, Reason: reason}) }
-	if dg.Truncated {
-		reject("datagram too large")
-		return
-	}
-	var id WorkerID
-	found := false
-	for _, pid := range dg.lineage {
-		if id, found = d.m.WorkerByPID(pid); found {
-			break
-		}
-	}
-	if !found {
-		reject(fmt.Sprintf("sender pid %d is not a worker nor a worker's descendant", dg.PID))
-		return
-	}
-	msg, err := notify.Parse(dg.Data)
-	if err != nil {
-		reject(err.Error())
-		return
-	}
-	d.step(Notified{Worker: id, Message: msg})
-}
-
-// lineageOf lists pid and its ancestors, walking parent links in /proc, up to the master or PID 1
-// (excluded): a worker's descendant re-parented to the master after its parent died is no longer
-// attributable to that worker.
-func lineageOf(pid int) []int {
-	self := os.Getpid()
-	var lineage []int
-	for range 64 {
-		if pid <= 1 || pid == self {
-			break
-		}
-		lineage = append(lineage, pid)
-		ppid, err := parentPID(pid)
-		if err != nil {
-			break
-		}
-		pid = ppid
-	}
-	return lineage
 }
 
 func (d *Driver) handleRequest(r request) {
@@ -942,7 +869,7 @@ func (d *Driver) startReload(id RequestID, asRestart bool) {
 
 // workerEnv is the environment of a new worker: forkd's own minus what belongs to forkd and
 // systemd, the config's env, then the protocol variables, which nothing overrides.
-func (d *Driver) workerEnv(sp *spec, slot, generation int) []string {
+func (d *Driver) workerEnv(sp *spec, slot, generation int, notifySocket string) []string {
 	env := make([]string, 0, len(d.baseEnv)+len(sp.env)+8)
 	for _, kv := range d.baseEnv {
 		if k, _, _ := strings.Cut(kv, "="); sp.env != nil {
@@ -960,7 +887,7 @@ func (d *Driver) workerEnv(sp *spec, slot, generation int) []string {
 	}
 	env = append(env, activation.WorkerEnv(d.cfg.Listeners)...)
 	env = append(env,
-		"NOTIFY_SOCKET="+d.cfg.Notify.Addr(),
+		"NOTIFY_SOCKET="+notifySocket,
 		protocol.EnvProtocol+"="+strconv.Itoa(protocol.Version),
 		protocol.EnvWorker+"="+strconv.Itoa(slot),
 		protocol.EnvGeneration+"="+strconv.Itoa(generation),

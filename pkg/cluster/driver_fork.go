@@ -86,7 +86,11 @@ func (d *Driver) forkWorker(a SpawnWorker) {
 		return
 	}
 	d.channels.spawns[seq] = &pendingSpawn{worker: a.Worker}
-	d.procs[a.Worker] = &process{pidfd: -1, conn: conn, forked: true, slot: a.Slot}
+	// The forked worker inherits the template's NOTIFY_SOCKET.
+	d.procs[a.Worker] = &process{pidfd: -1, conn: conn, forked: true, slot: a.Slot, notify: t.notify}
+	if t.notify != nil {
+		t.notify.share()
+	}
 	d.channels.read(a.Worker, conn)
 }
 

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/notify"
 	"github.com/forkd/forkd/pkg/protocol"
 	"github.com/forkd/forkd/pkg/restart"
 )
@@ -33,14 +34,15 @@ import (
 
 // Handover is what the master hands its new image in a hot restart.
 type Handover struct {
-	Version    int
-	Machine    State
-	Config     Config
-	Specs      map[int]SpecRecord
-	Listeners  []activation.Listener
-	NotifyFD   int
-	NotifyAddr string
-	Procs      []ProcRecord
+	Version   int
+	Machine   State
+	Config    Config
+	Specs     map[int]SpecRecord
+	Listeners []activation.Listener
+	// NotifyDir is the master's directory of notify sockets, NotifyPrefix the start of their
+	// abstract addresses (one of them is empty).
+	NotifyDir, NotifyPrefix string
+	Procs                   []ProcRecord
 	// Strays are the strays being stopped (their state is in Machine), with their pidfds.
 	Strays []StrayProcRecord
 	// Extra is the part of the master outside the driver (cmd/forkd's), opaque here.
@@ -55,11 +57,21 @@ type SpecRecord struct {
 	Heartbeat time.Duration
 }
 
-// ProcRecord is a worker's process in a Handover: its pidfd, and its control channel (-1: none).
+// ProcRecord is a worker's process in a Handover: its pidfd, its control channel (-1: none), and
+// its notify socket (-1: none), which records of workers forked from the same template share.
 type ProcRecord struct {
 	Worker        WorkerID
 	PID           int
 	PIDFD, ConnFD int
+	Notify        NotifyRecord
+}
+
+// NotifyRecord is a notify socket in a Handover.
+type NotifyRecord struct {
+	FD     int
+	Addr   string
+	Owner  WorkerID
+	Shared bool
 }
 
 // StrayProcRecord is a stray's pidfd in a Handover: the orphan's, or a group's exited leader's.
@@ -158,7 +170,7 @@ func (d *Driver) execRestart(fail func(error)) {
 	}
 	h := Handover{
 		Version: restart.Version, Machine: st, Config: d.m.Config(), Specs: map[int]SpecRecord{},
-		Listeners: d.cfg.Listeners, NotifyAddr: d.cfg.Notify.Addr(),
+		Listeners: d.cfg.Listeners, NotifyDir: d.notify.dir, NotifyPrefix: d.notify.prefix,
 	}
 	for g, sp := range d.specs {
 		h.Specs[g] = SpecRecord{Command: sp.command, Dir: sp.dir, Env: sp.env, Heartbeat: sp.heartbeat}
@@ -167,21 +179,23 @@ func (d *Driver) execRestart(fail func(error)) {
 	for _, l := range d.cfg.Listeners {
 		fds = append(fds, l.FD)
 	}
-	if h.NotifyFD, err = d.cfg.Notify.FD(); err != nil {
-		fail(fmt.Errorf("cluster: hot restart: %w", err))
-		return
-	}
-	fds = append(fds, h.NotifyFD)
 	for id, p := range d.procs {
-		r := ProcRecord{Worker: id, PID: p.pid, PIDFD: p.pidfd, ConnFD: -1}
+		r := ProcRecord{Worker: id, PID: p.pid, PIDFD: p.pidfd, ConnFD: -1, Notify: NotifyRecord{FD: -1}}
 		if p.conn != nil {
 			if r.ConnFD, err = p.conn.FD(); err != nil {
 				fail(fmt.Errorf("cluster: hot restart: %w", err))
 				return
 			}
 		}
+		if ns := p.notify; ns != nil {
+			r.Notify = NotifyRecord{Addr: ns.sock.Addr(), Owner: ns.owner, Shared: ns.shared}
+			if r.Notify.FD, err = ns.sock.FD(); err != nil {
+				fail(fmt.Errorf("cluster: hot restart: %w", err))
+				return
+			}
+		}
 		h.Procs = append(h.Procs, r)
-		fds = append(fds, r.PIDFD, r.ConnFD)
+		fds = append(fds, r.PIDFD, r.ConnFD, r.Notify.FD)
 	}
 	for k, pidfd := range d.strays {
 		h.Strays = append(h.Strays, StrayProcRecord{PID: k.pid, Group: k.group, PIDFD: pidfd})
@@ -238,6 +252,8 @@ func (d *Driver) adopt(h *Handover) error {
 	if _, ok := d.specs[1]; !ok && len(d.specs) == 0 {
 		return fmt.Errorf("cluster: the handover has no spawn spec")
 	}
+	d.notify.dir, d.notify.prefix = h.NotifyDir, h.NotifyPrefix
+	sockets := map[int]*notifySocket{}
 	for _, r := range h.Procs {
 		unix.CloseOnExec(r.PIDFD)
 		p := &process{pid: r.PID, pidfd: r.PIDFD}
@@ -245,6 +261,19 @@ func (d *Driver) adopt(h *Handover) error {
 			unix.CloseOnExec(r.ConnFD)
 			if p.conn, err = protocol.NewConn(r.ConnFD); err != nil {
 				return err
+			}
+		}
+		if n := r.Notify; n.FD >= 0 {
+			if ns := sockets[n.FD]; ns != nil {
+				ns.share()
+				p.notify = ns
+			} else {
+				sock, err := notify.FromFD(n.FD, n.Addr)
+				if err != nil {
+					return err
+				}
+				p.notify = d.notify.adopt(sock, n.Owner, n.Shared, 1)
+				sockets[n.FD] = p.notify
 			}
 		}
 		d.procs[r.Worker] = p

@@ -52,11 +52,14 @@ type Notified struct {
 	Message notify.Message
 }
 
-// NotifyRejected reports a datagram on the notify socket that was dropped: its sender is not a
-// worker nor a worker's descendant, or it could not be parsed.
+// NotifyRejected reports datagrams on the notify sockets that were dropped: the sender's uid is
+// refused, it is not a worker nor a worker's descendant, or the datagram could not be parsed.
+// Count is how many were dropped for Reason (the driver adds up a flood into one event); 0 counts
+// as 1. PID is the sender of one of them.
 type NotifyRejected struct {
 	PID    int
 	Reason string
+	Count  uint64
 }
 
 // Stop drains the cluster: SIGTERM to every worker (SIGKILL after the shutdown timeout), then an

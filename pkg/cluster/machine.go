@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"slices"
 	"strings"
 	"syscall"
@@ -162,8 +163,22 @@ type Machine struct {
 
 	stopWaiters []RequestID
 	dropped     uint64
+	// late counts notifications from workers that had exited when they were read; recentExits
+	// remembers the workers that exited within lateWindow, by PID, to recognize them.
+	late        uint64
+	recentExits map[int]recentExit
 	lastStatus  string
 	actions     []Action
+}
+
+// lateWindow is how long the machine remembers a worker's PID after its exit, so that what it sent
+// just before exiting is known as its own when it is read after the exit (a datagram and a SIGCHLD
+// race to the master). A PID is not reused that fast unless the system is out of PIDs.
+const lateWindow = 10 * time.Second
+
+type recentExit struct {
+	id WorkerID
+	at time.Time
 }
 
 // NewMachine returns a machine for cfg. Nothing happens until Step(now, Start{}).
@@ -173,12 +188,13 @@ func NewMachine(cfg Config) (*Machine, error) {
 	}
 	cfg.ReforkAfter = slices.Clone(cfg.ReforkAfter)
 	return &Machine{
-		cfg:        cfg,
-		generation: 1,
-		desired:    cfg.Workers,
-		workers:    make(map[WorkerID]*worker),
-		byPID:      make(map[int]*worker),
-		strays:     make(map[strayKey]*stray),
+		cfg:         cfg,
+		generation:  1,
+		desired:     cfg.Workers,
+		workers:     make(map[WorkerID]*worker),
+		byPID:       make(map[int]*worker),
+		strays:      make(map[strayKey]*stray),
+		recentExits: make(map[int]recentExit),
 	}, nil
 }
 
@@ -274,6 +290,16 @@ func (m *Machine) WorkerByPID(pid int) (WorkerID, bool) {
 		return 0, false
 	}
 	return w.id, true
+}
+
+// ExitedWorker returns the worker whose process had pid and exited within the last 10 seconds
+// (of the machine's time): a datagram from pid that arrives now is that worker's, late.
+func (m *Machine) ExitedWorker(pid int) (WorkerID, bool) {
+	e, ok := m.recentExits[pid]
+	if !ok || m.now.Sub(e.at) > lateWindow {
+		return 0, false
+	}
+	return e.id, true
 }
 
 // Phase returns the cluster's phase.
@@ -471,6 +497,7 @@ func (m *Machine) forget(w *worker) (s *slot, current, replacement bool) {
 	delete(m.workers, w.id)
 	if w.pid != 0 {
 		delete(m.byPID, w.pid)
+		m.rememberExit(w)
 	}
 	s, current, replacement = m.ownerSlot(w)
 	if current {
@@ -483,6 +510,16 @@ func (m *Machine) forget(w *worker) (s *slot, current, replacement bool) {
 		m.loseTemplate()
 	}
 	return s, current, replacement
+}
+
+// rememberExit keeps w's PID for lateWindow, and forgets the PIDs kept longer.
+func (m *Machine) rememberExit(w *worker) {
+	for pid, e := range m.recentExits {
+		if m.now.Sub(e.at) > lateWindow {
+			delete(m.recentExits, pid)
+		}
+	}
+	m.recentExits[w.pid] = recentExit{id: w.id, at: m.now}
 }
 
 // remove forgets a worker whose process is gone (or never started) and decides what its slot does
@@ -671,6 +708,10 @@ func (m *Machine) tick() {
 func (m *Machine) notified(e Notified) {
 	w, ok := m.workers[e.Worker]
 	if !ok {
+		// Sent before the worker exited, read after: not a stranger's, and too late to matter.
+		m.late++
+		m.log(slog.LevelDebug, "ignored a notification from a worker that has exited", slog.String("event", "notify-late"),
+			slog.Uint64("worker_id", uint64(e.Worker)), slog.Uint64("late", m.late))
 		return
 	}
 	msg := e.Message
@@ -678,7 +719,7 @@ func (m *Machine) notified(e Notified) {
 		w.statusLine = msg.Status
 	}
 	if msg.HasRequests {
-		w.requests = msg.Requests
+		m.countRequests(w, msg.Requests)
 	}
 	if msg.WatchdogTimeout > 0 {
 		w.heartbeat = msg.WatchdogTimeout
@@ -713,10 +754,44 @@ func (m *Machine) notified(e Notified) {
 	}
 }
 
+// maxRequestRate bounds how fast a worker's X_FORKD_REQUESTS may grow: ten million requests a
+// second is beyond any one process; a count that grows faster is a bug, not traffic.
+const maxRequestRate = 10_000_000
+
+// countRequests takes a worker's cumulative request count, unless it makes no sense: a count that
+// goes back (a process's cumulative count never does; a forked worker starts its own at 0), or
+// grows faster than maxRequestRate since the last one (or since the worker spawned, with a second
+// of slack). Such a count is ignored, and said once per worker; the rest of the message applies.
+func (m *Machine) countRequests(w *worker, n uint64) {
+	since := w.requestsAt
+	if since.IsZero() {
+		since = w.spawnedAt
+	}
+	elapsed := max(m.now.Sub(since), 0) + time.Second
+	limit := w.requests + uint64(elapsed.Seconds()*maxRequestRate)
+	var why string
+	switch {
+	case n < w.requests:
+		why = fmt.Sprintf("X_FORKD_REQUESTS=%d after %d: a cumulative count never goes back", n, w.requests)
+	case n > limit:
+		why = fmt.Sprintf("X_FORKD_REQUESTS=%d after %d in %s: more than %d requests a second", n, w.requests,
+			elapsed-time.Second, maxRequestRate)
+	default:
+		w.requests, w.requestsAt = n, m.now
+		return
+	}
+	if !w.badRequests {
+		w.badRequests = true
+		m.log(slog.LevelWarn, "ignoring the worker's request count: "+why+" (said once per worker)",
+			m.workerAttrs(w, "requests-ignored")...)
+	}
+}
+
 func (m *Machine) notifyRejected(e NotifyRejected) {
-	m.dropped++
-	// Powers of two: a process flooding the socket cannot flood the log.
-	if m.dropped&(m.dropped-1) == 0 {
+	before := m.dropped
+	m.dropped += max(e.Count, 1)
+	// At every power of two passed: a process flooding the socket cannot flood the log.
+	if bits.Len64(m.dropped) > bits.Len64(before) {
 		m.log(slog.LevelWarn, "dropped a notification: "+e.Reason, slog.String("event", "notify-dropped"),
 			slog.Int("pid", e.PID), slog.Uint64("dropped", m.dropped))
 	}

@@ -137,7 +137,7 @@ func TestScripts(t *testing.T) {
 			case "group-empty":
 				return step(GroupEmptied{PGID: intArg(t, d, "pgid")})
 			case "reject":
-				return step(NotifyRejected{PID: intArg(t, d, "pid"), Reason: "sender is not a worker"})
+				return step(NotifyRejected{PID: intArg(t, d, "pid"), Reason: "sender is not a worker", Count: uint64(optIntArg(t, d, "count"))})
 			case "tick":
 				if len(d.CmdArgs) > 0 {
 					now = now.Add(duration(t, d.CmdArgs[0].Key))
@@ -233,6 +233,9 @@ func formatActions(actions []Action) string {
 func formatStatus(st Status) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "phase=%s generation=%d desired=%d ready=%d dropped=%d", st.Phase, st.Generation, st.Desired, st.Ready, st.Dropped)
+	if st.Late > 0 {
+		fmt.Fprintf(&b, " late=%d", st.Late)
+	}
 	if st.Rollout != "" {
 		fmt.Fprintf(&b, " rollout=%s", st.Rollout)
 	}

@@ -14,6 +14,7 @@ type State struct {
 	Desired    int
 	Running    bool // the cluster had been ready (PhaseRunning), else starting
 	Dropped    uint64
+	Late       uint64
 	Reforks    int
 	ReforkBase uint64
 	ExecMode   bool
@@ -78,7 +79,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 	}
 	st := State{
 		Generation: m.generation, Desired: m.desired, Running: m.phase == PhaseRunning,
-		Dropped: m.dropped, Reforks: m.reforks, ReforkBase: m.reforkBase, ExecMode: m.execMode, LastID: m.lastID,
+		Dropped: m.dropped, Late: m.late, Reforks: m.reforks, ReforkBase: m.reforkBase, ExecMode: m.execMode, LastID: m.lastID,
 	}
 	for _, s := range m.slots {
 		ss := SlotState{Index: s.index, Failures: s.failures, Restarts: s.restarts, LastExit: s.lastExit,
@@ -135,7 +136,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 		return now.Add(-ago)
 	}
 	m.now = now
-	m.generation, m.desired, m.dropped = st.Generation, st.Desired, st.Dropped
+	m.generation, m.desired, m.dropped, m.late = st.Generation, st.Desired, st.Dropped, st.Late
 	m.reforks, m.reforkBase, m.execMode, m.lastID = st.Reforks, st.ReforkBase, st.ExecMode, st.LastID
 	if st.Running {
 		m.phase = PhaseRunning

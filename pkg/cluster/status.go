@@ -16,8 +16,10 @@ type Status struct {
 	Ready      int
 	// Forking reports fork-worker mode with a template to fork from.
 	Forking bool
-	// Dropped counts datagrams on the notify socket that came from no worker or did not parse.
+	// Dropped counts datagrams on the notify sockets that came from no worker (or another uid) or
+	// did not parse; Late those from workers that had exited when they were read.
 	Dropped uint64
+	Late    uint64
 	// Strays counts the processes forkd started and no longer tracks (orphans, what is left of a
 	// worker's process group) that it is stopping.
 	Strays     int
@@ -63,6 +65,7 @@ func (m *Machine) Status() Status {
 		Forking:    m.template != nil,
 		Dropped:    m.dropped,
 		Strays:     len(m.strays),
+		Late:       m.late,
 		StatusLine: m.lastStatus,
 	}
 	if m.rollout != nil {

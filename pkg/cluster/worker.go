@@ -60,7 +60,11 @@ type worker struct {
 	pendingStop bool
 
 	statusLine string
-	requests   uint64
+	// requests is the worker's last X_FORKD_REQUESTS that made sense, reported at requestsAt;
+	// badRequests is set once one did not (logged once per worker).
+	requests    uint64
+	requestsAt  time.Time
+	badRequests bool
 }
 
 // forked reports whether the template forked this worker.

@@ -9,6 +9,8 @@ package config
 
 import (
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -101,6 +103,7 @@ type Config struct {
 	Rollout    Rollout
 	Hooks      Hooks
 	Systemd    Systemd
+	Notify     Notify
 	Control    Control
 	Log        Log
 }
@@ -209,6 +212,37 @@ type Restart struct {
 	// ResetAfter: a worker that ran this long is healthy, and its exit does not count as a
 	// consecutive crash.
 	ResetAfter time.Duration
+}
+
+// Notify configures the workers' notify sockets: each worker's NOTIFY_SOCKET is a datagram socket
+// the master binds for it, so that a datagram is known by the socket it arrives on.
+type Notify struct {
+	// Abstract gives workers addresses in the abstract namespace ("@forkd/...") instead of socket
+	// files. They need no directory and leave nothing behind, but have no permissions: any local
+	// user can send to them (forkd drops what comes from other uids than its own and root), and
+	// some sd_notify clients cannot reach them (Debian's ruby-sd-notify 0.1.1, and so Puma 5.6's
+	// systemd plugin). Defaults to false.
+	Abstract bool
+	// Directory is where the master makes its directory of socket files (notify-PID, mode 0700,
+	// so only forkd's user and root can send). Defaults to DefaultNotifyDirectory. A relative path
+	// is made absolute against the config file's directory.
+	Directory string
+}
+
+// maxNotifyDirectory bounds Notify.Directory so that every socket in it fits a unix socket address:
+// DIR/notify-PID/ID, with a PID of up to 7 digits and a worker ID of up to 10.
+const maxNotifyDirectory = 107 - len("/notify-4194304/4294967295")
+
+// DefaultNotifyDirectory returns where the notify sockets go when the config does not say: the
+// service's runtime directory under systemd ($RUNTIME_DIRECTORY, set by RuntimeDirectory=; its
+// first entry), else the control socket's directory (/run/forkd/NAME for root).
+func DefaultNotifyDirectory(controlSocket string) string {
+	if dirs := os.Getenv("RUNTIME_DIRECTORY"); dirs != "" {
+		if first, _, _ := strings.Cut(dirs, ":"); filepath.IsAbs(first) {
+			return first
+		}
+	}
+	return filepath.Dir(controlSocket)
 }
 
 // Control configures forkd's control API (used by forkctl).

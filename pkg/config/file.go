@@ -32,6 +32,7 @@ type fileConfig struct {
 	Rollout    *fileRollout    `hcl:"rollout,block"`
 	Hooks      *fileHooks      `hcl:"hooks,block"`
 	Systemd    *fileSystemd    `hcl:"systemd,block"`
+	Notify     *fileNotify     `hcl:"notify,block"`
 	Control    *fileControl    `hcl:"control,block"`
 	Log        *fileLog        `hcl:"log,block"`
 }
@@ -80,6 +81,11 @@ type fileHooks struct {
 type fileSystemd struct {
 	FDStore          *hcl.Attribute `hcl:"fd_store,optional"`
 	WatchdogMinReady *hcl.Attribute `hcl:"watchdog_min_ready,optional"`
+}
+
+type fileNotify struct {
+	Abstract  *hcl.Attribute `hcl:"abstract,optional"`
+	Directory *hcl.Attribute `hcl:"directory,optional"`
 }
 
 type fileControl struct {
@@ -163,6 +169,12 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 	if sd := fc.Systemd; sd != nil {
 		b.decodeValue(sd.FDStore, "systemd.fd_store", &c.Systemd.FDStore, &s.fdStore)
 		b.decodeValue(sd.WatchdogMinReady, "systemd.watchdog_min_ready", &c.Systemd.WatchdogMinReady, &s.watchdogMinReady)
+	}
+	if n := fc.Notify; n != nil {
+		b.decodeValue(n.Abstract, "notify.abstract", &c.Notify.Abstract, &s.notifyAbstract)
+		if b.decodeValue(n.Directory, "notify.directory", &c.Notify.Directory, &s.notifyDirectory) {
+			c.Notify.Directory = b.resolvePath(c.Notify.Directory, false)
+		}
 	}
 	if ctl := fc.Control; ctl != nil {
 		if b.decodeValue(ctl.Socket, "control.socket", &c.Control.Socket, &s.socket) {

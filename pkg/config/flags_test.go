@@ -73,6 +73,7 @@ func TestQuickMode(t *testing.T) {
 		Rollout:  Rollout{MaxSurge: DefaultMaxSurge},
 		Hooks:    Hooks{Timeout: DefaultHookTimeout},
 		Systemd:  Systemd{FDStore: FDStoreAuto},
+		Notify:   Notify{Directory: filepath.Dir(DefaultControlSocket("forkd"))},
 		Control:  Control{Socket: DefaultControlSocket("forkd"), WorkerAccess: WorkerAccessNone},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)
@@ -208,6 +209,9 @@ func TestFlagsOverrideFile(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sandbox(t)
+			// The default notify.directory is the control socket's, too long in a sandbox named
+			// after a long subtest.
+			t.Setenv("RUNTIME_DIRECTORY", "/run/forkd/demo")
 			path := writeConfig(t, "demo.hcl", overriddenConfig)
 			cfg, err := Load(parseFlags(t, append([]string{"--config", path}, tt.args...)...))
 			require.NoError(t, err)

@@ -206,6 +206,9 @@ func (b *builder) fillDefaults() {
 	if !s.workerAccess.given {
 		c.Control.WorkerAccess = WorkerAccessNone
 	}
+	if !s.notifyDirectory.given && !c.Notify.Abstract {
+		c.Notify.Directory = DefaultNotifyDirectory(c.Control.Socket)
+	}
 	if !s.level.given {
 		c.Log.Level = "info"
 	}

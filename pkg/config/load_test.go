@@ -71,6 +71,10 @@ hooks {
   timeout         = "5s"
 }
 
+notify {
+  directory = "run/notify"
+}
+
 control {
   socket        = "run/control.sock"
   worker_access = "status"
@@ -111,6 +115,7 @@ func TestParseFullConfig(t *testing.T) {
 			Timeout:       5 * time.Second,
 		},
 		Systemd: Systemd{FDStore: FDStoreNo, WatchdogMinReady: 2},
+		Notify:  Notify{Directory: filepath.Join(dir, "run", "notify")},
 		Control: Control{Socket: filepath.Join(dir, "run", "control.sock"), WorkerAccess: WorkerAccessStatus},
 		Log:     Log{Level: "debug", Format: "json"},
 	}, cfg)
@@ -131,9 +136,28 @@ func TestParseFillsDefaults(t *testing.T) {
 		Rollout:   Rollout{MaxSurge: DefaultMaxSurge, MaxUnavailable: DefaultMaxUnavailable},
 		Hooks:     Hooks{Timeout: DefaultHookTimeout},
 		Systemd:   Systemd{FDStore: FDStoreAuto},
+		Notify:    Notify{Directory: filepath.Dir(DefaultControlSocket("web"))},
 		Control:   Control{Socket: DefaultControlSocket("web"), WorkerAccess: WorkerAccessNone},
 		Log:       Log{Level: "info", Format: "auto"},
 	}, cfg)
+}
+
+// TestNotifyDirectory: the notify sockets go to the service's runtime directory under systemd,
+// else beside the control socket; abstract addresses need none.
+func TestNotifyDirectory(t *testing.T) {
+	sandbox(t)
+	cfg, err := Parse([]byte("command = [\"server\"]\ncontrol { socket = \"/srv/ctl/control.sock\" }"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, Notify{Directory: "/srv/ctl"}, cfg.Notify)
+
+	t.Setenv("RUNTIME_DIRECTORY", "/run/forkd/web:/run/other")
+	cfg, err = Parse([]byte(`command = ["server"]`), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, Notify{Directory: "/run/forkd/web"}, cfg.Notify, "the first of RuntimeDirectory='s directories")
+
+	cfg, err = Parse([]byte("command = [\"server\"]\nnotify { abstract = true }"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, Notify{Abstract: true}, cfg.Notify)
 }
 
 func TestParseListenerDefaults(t *testing.T) {

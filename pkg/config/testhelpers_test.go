@@ -29,6 +29,7 @@ func sandbox(t testing.TB) string {
 	t.Setenv("PATH", filepath.Join(dir, "bin"))
 	// Keep DefaultControlSocket's answer independent of the machine running the tests.
 	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+	t.Setenv("RUNTIME_DIRECTORY", "")
 	return dir
 }
 

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
@@ -52,6 +53,7 @@ type sources struct {
 	beforeReload, afterReload          origin
 	beforeRestart, onWorkerCrash       origin
 	hookTimeout                        origin
+	notifyAbstract, notifyDirectory    origin
 	socket, workerAccess               origin
 	level, format                      origin
 }
@@ -77,8 +79,9 @@ func defaultSources(quick bool) sources {
 		maxSurge:    at("rollout.max_surge"), maxUnavailable: at("rollout.max_unavailable"),
 		beforeReload: at("hooks.before_reload"), afterReload: at("hooks.after_reload"),
 		beforeRestart: at("hooks.before_restart"), onWorkerCrash: at("hooks.on_worker_crash"),
-		hookTimeout: at("hooks.timeout"),
-		socket:      at("control.socket"), workerAccess: at("control.worker_access"),
+		hookTimeout:    at("hooks.timeout"),
+		notifyAbstract: at("notify.abstract"), notifyDirectory: at("notify.directory"),
+		socket: at("control.socket"), workerAccess: at("control.worker_access"),
 		level: at("log.level"), format: at("log.format"),
 	}
 }
@@ -183,6 +186,17 @@ func (b *builder) validate() {
 	}
 	if c.Hooks.Timeout <= 0 {
 		b.report(s.hookTimeout, "must be greater than 0, not %s", c.Hooks.Timeout)
+	}
+
+	if n := c.Notify; n.Abstract && s.notifyDirectory.given {
+		b.report(s.notifyDirectory, "does not apply with notify.abstract = true: abstract sockets have no file")
+	} else if !n.Abstract && len(n.Directory) > maxNotifyDirectory {
+		what := strconv.Quote(n.Directory)
+		if !s.notifyDirectory.given {
+			what = "the default, " + what + ","
+		}
+		b.report(s.notifyDirectory, "%s is %d bytes long; the sockets forkd makes in it need it to be at most %d (set a shorter notify.directory)",
+			what, len(n.Directory), maxNotifyDirectory)
 	}
 
 	if c.Control.Socket == "" {

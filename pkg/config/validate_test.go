@@ -169,6 +169,14 @@ var parseProblemTests = []struct {
 	{"reset_after zero", "command = [\"server\"]\nrestart {\n  reset_after = \"0s\"\n}",
 		"demo.hcl:3,17-21", `restart.reset_after: must be greater than 0, not 0s`},
 
+	// notify
+	{"notify directory with abstract", "command = [\"server\"]\nnotify {\n  abstract  = true\n  directory = \"/run/x\"\n}",
+		"demo.hcl:4,15-23", `notify.directory: does not apply with notify.abstract = true: abstract sockets have no file`},
+	{"notify directory too long", "command = [\"server\"]\nnotify {\n  directory = \"/" + strings.Repeat("d", 81) + "\"\n}",
+		"demo.hcl:3,15-99", `notify.directory: "/` + strings.Repeat("d", 81) + `" is 82 bytes long; the sockets forkd makes in it need it to be at most 81 (set a shorter notify.directory)`},
+	{"notify abstract not a bool", "command = [\"server\"]\nnotify {\n  abstract = \"sure\"\n}",
+		"demo.hcl:3,14-20", `notify.abstract: must be true or false`},
+
 	// control
 	{"control socket too long", "command = [\"server\"]\ncontrol {\n  socket = \"/" + strings.Repeat("s", 120) + "\"\n}",
 		"demo.hcl:3,12-135", `control.socket: "/` + strings.Repeat("s", 120) + `" is 121 bytes long`},

@@ -63,8 +63,12 @@ type Status struct {
 	// bound by forkd.
 	SocketActivated bool       `json:"socket_activated"`
 	Listeners       []Listener `json:"listeners"`
-	// DroppedNotifications counts sd_notify datagrams from processes that are not workers.
+	// DroppedNotifications counts sd_notify datagrams dropped: from processes that are not
+	// workers (or from other uids than forkd's and root), or that did not parse.
 	DroppedNotifications uint64 `json:"dropped_notifications"`
+	// LateNotifications counts datagrams from workers that had exited by the time they were read:
+	// sent just before the exit, too late to matter, and not dropped as a stranger's.
+	LateNotifications uint64 `json:"late_notifications"`
 	// StatusLine is what forkd last sent systemd as STATUS=.
 	StatusLine string   `json:"status_line"`
 	WorkerList []Worker `json:"worker_list"`
