@@ -9,13 +9,16 @@ import (
 )
 
 // The rollout commands: refork, reload (phased restart) and restart (hot restart). Each returns
-// once the rollout has begun, or with --wait once it is done, and exits 0 only if it succeeded:
+// once the rollout has begun, or with --wait once it has ended, and exits 0 only if it succeeded:
 // systemd runs `forkctl reload --wait` as ExecReload=, and `systemctl reload` fails with it.
 
-const waitHelp = `Without --wait, forkctl returns once the %[1]s has begun, or exits 1 at once if it cannot begin
-(another rollout runs, forkd is stopping). With --wait, it returns when the %[1]s is done, and
-exits 1 with the reason if it failed. --wait waits as long as the %[1]s takes unless --timeout is
-given; a forkctl that gives up or is interrupted leaves the %[1]s going on in forkd.`
+const waitHelp = `forkd runs one of refork, reload and restart at a time: a %[1]s asked for while another runs
+waits for it (one asked for during an automatic refork cuts that refork short), and joins a %[1]s
+that waits already. Without --wait, forkctl returns once the %[1]s has begun or is queued, or
+exits 1 at once if it cannot (forkd is stopping, the mode does not allow it). With --wait, it
+returns when the %[1]s has ended, every old worker it replaced gone, and exits 1 with the reason
+if it failed. --wait waits as long as that takes unless --timeout is given; a forkctl that gives
+up or is interrupted leaves the %[1]s going on in forkd.`
 
 func (c *cli) reforkCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -70,33 +73,48 @@ fail when it fails.`,
 }
 
 func (c *cli) restartCommand() *cobra.Command {
+	var keepWorkers bool
 	cmd := &cobra.Command{
 		Use:   "restart",
-		Short: "Hot-restart forkd: the master re-execs itself in place",
-		Long: `Hot-restart forkd: the master re-execs itself in place, keeping its PID and its listening
-sockets, for instance to run a new forkd binary after an upgrade.
+		Short: "Hot-restart forkd: the master re-execs itself, then replaces the workers (SIGUSR2)",
+		Long: `Hot-restart forkd: the master re-execs its binary in place, keeping its PID and its listening
+sockets, then replaces every worker by a phased restart, as Puma's hot restart replaces the app:
+after a package upgrade, both the new forkd and the new release of the app run, with no pause in
+service (the old workers serve until their replacements are ready). SIGUSR2 does the same.
+
+With --keep-workers, only the master is upgraded: the new image adopts the running workers and
+keeps them as they are (for a new forkd binary without a new release of the app).
 
 ` + fmt.Sprintf(waitHelp, "restart") + `
 
 The exec closes forkctl's connection; with --wait, forkctl reconnects and returns once the new
-master runs, printing its version. If forkd comes back as a new process instead (it died and
-was started afresh), the restart failed.`,
+master has ended the restart (its phased restart done, unless --keep-workers), printing its
+version, or exits 1 if the new release's workers did not become ready (the old workers serve on,
+under the new master). If forkd comes back as a new process instead (it died and was started
+afresh), the restart failed.`,
 	}
-	return c.rolloutCommand(cmd, "restart", func(ctx context.Context, client *control.Client, wait bool) (string, error) {
-		resp, err := client.Restart(ctx, control.RestartRequest{Wait: wait})
+	cmd = c.rolloutCommand(cmd, "restart", func(ctx context.Context, client *control.Client, wait bool) (string, error) {
+		resp, err := client.Restart(ctx, control.RestartRequest{Wait: wait, KeepWorkers: keepWorkers})
 		if err != nil {
 			return "", err
 		}
 		if !wait {
 			return "restart started", nil
 		}
+		what := "workers replaced"
+		if keepWorkers {
+			what = "workers kept"
+		}
 		st, err := client.Status(ctx)
 		if err != nil {
 			// The restart is done all the same; only the version is missing.
-			return fmt.Sprintf("restart done: generation %d", resp.Generation), nil
+			return fmt.Sprintf("restart done: generation %d, %s", resp.Generation, what), nil
 		}
-		return fmt.Sprintf("restart done: %s (pid %d)", printable(st.Version), st.MasterPID), nil
+		return fmt.Sprintf("restart done: %s (pid %d), generation %d, %s", printable(st.Version), st.MasterPID, resp.Generation, what), nil
 	})
+	cmd.Flags().BoolVar(&keepWorkers, "keep-workers", false,
+		"upgrade the master only: the new image keeps the running workers instead of replacing them")
+	return cmd
 }
 
 // rolloutCommand completes cmd as a rollout command named name: no arguments, a --wait flag, and

@@ -71,8 +71,10 @@ func TestRollouts(t *testing.T) {
 		{[]string{"restart"}, "restart started\n",
 			func() any { return <-b.restarts }, control.RestartRequest{}},
 		// A restart whose reply got out before the exec.
-		{[]string{"restart", "--wait"}, "restart done: forkd 9.9.9 (abcdef123456, go1.26.8) (pid 4242)\n",
+		{[]string{"restart", "--wait"}, "restart done: forkd 9.9.9 (abcdef123456, go1.26.8) (pid 4242), generation 4, workers replaced\n",
 			func() any { return <-b.restarts }, control.RestartRequest{Wait: true}},
+		{[]string{"restart", "--keep-workers"}, "restart started\n",
+			func() any { return <-b.restarts }, control.RestartRequest{KeepWorkers: true}},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -147,38 +149,54 @@ func TestReloadWaitConnectionLost(t *testing.T) {
 	require.Equal(t, "forkctl: forkd closed the connection before answering the reload: control: POST /v1/reload: EOF\n", r.stderr)
 }
 
-// restart --wait across the exec: the old master's socket and connection go away, and the new
-// image comes up on the same socket with the same PID.
-func TestRestartWaitAcrossExec(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "control.sock")
+// restartWaitCutByExec runs `forkctl restart --wait` against an old master whose exec cuts the
+// connection once the request has arrived; the caller serves the new image on socket.
+func restartWaitCutByExec(t *testing.T) (socket string, wait func() result) {
+	t.Helper()
+	socket = filepath.Join(t.TempDir(), "control.sock")
 	old := newFakeBackend()
 	old.rolloutBlocks = true
 	cut := serveCuttable(t, old, socket)
-
-	wait := startForkctl(t, nil, "--socket", socket, "restart", "--wait")
+	wait = startForkctl(t, nil, "--socket", socket, "restart", "--wait")
 	require.Equal(t, control.RestartRequest{Wait: true}, receive(t, old.restarts, "the restart request"))
 	cut()
+	return socket, wait
+}
+
+// restart --wait across the exec: the old master's socket and connection go away, and the new
+// image comes up on the same socket with the same PID.
+func TestRestartWaitAcrossExec(t *testing.T) {
+	socket, wait := restartWaitCutByExec(t)
 	time.Sleep(100 * time.Millisecond)
 	upgraded := newFakeBackend()
 	upgraded.status.Version = "forkd 10.0.0 (fedcba987654, go1.26.9)"
 	upgraded.status.Generation = 4
+	upgraded.status.LastRollout = &control.RolloutResult{Seq: 1, Kind: control.RolloutRestart, Generation: 4}
 	serveAt(t, upgraded, socket)
 
 	r := wait()
 	require.Equal(t, exitOK, r.code, r.stderr)
-	require.Equal(t, "restart done: forkd 10.0.0 (fedcba987654, go1.26.9) (pid 4242)\n", r.stdout)
+	require.Equal(t, "restart done: forkd 10.0.0 (fedcba987654, go1.26.9) (pid 4242), generation 4, workers replaced\n", r.stdout)
 	require.Empty(t, r.stderr)
 }
 
-func TestRestartWaitNewProcess(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "control.sock")
-	old := newFakeBackend()
-	old.rolloutBlocks = true
-	cut := serveCuttable(t, old, socket)
+// restart --wait onto a broken release: the new master runs, but its phased restart failed; the
+// command fails with the reason, as reload --wait does.
+func TestRestartWaitBrokenRelease(t *testing.T) {
+	socket, wait := restartWaitCutByExec(t)
+	upgraded := newFakeBackend()
+	upgraded.status.LastRollout = &control.RolloutResult{Seq: 1, Kind: control.RolloutRestart, Generation: 3,
+		Error: "rollout failed: worker 0 of generation 4 did not become ready: exit status 1"}
+	serveAt(t, upgraded, socket)
 
-	wait := startForkctl(t, nil, "--socket", socket, "restart", "--wait")
-	receive(t, old.restarts, "the restart request")
-	cut()
+	r := wait()
+	require.Equal(t, exitFailure, r.code)
+	require.Empty(t, r.stdout)
+	require.Equal(t, "forkctl: the new master runs, but the restart failed: rollout failed: worker 0 of generation 4 did not become ready: exit status 1\n", r.stderr)
+}
+
+func TestRestartWaitNewProcess(t *testing.T) {
+	socket, wait := restartWaitCutByExec(t)
 	afresh := newFakeBackend()
 	afresh.status.MasterPID = 5151
 	serveAt(t, afresh, socket)

@@ -81,6 +81,16 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	if st.Rollout != "" {
 		row("rollout:", printable(st.Rollout))
 	}
+	if len(st.Queued) > 0 {
+		row("queued:", printable(strings.Join(st.Queued, ", ")))
+	}
+	if l := st.LastRollout; l != nil {
+		how := "done"
+		if l.Error != "" {
+			how = "failed: " + l.Error
+		}
+		row("last rollout:", printable(fmt.Sprintf("%s (generation %d): %s", l.Kind, l.Generation, how)))
+	}
 	row("mode:", modeSummary(st))
 	row("workers:", fmt.Sprintf("%d/%d ready", st.Ready, st.Workers))
 	row("listeners:", listenersSummary(st))

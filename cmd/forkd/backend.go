@@ -51,6 +51,13 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 	if st.Rollout != "" && st.Phase == cluster.PhaseRunning {
 		out.Phase = control.PhaseRolling
 	}
+	out.Queued = st.Queued
+	if l := st.LastRollout; l.Seq != 0 {
+		out.LastRollout = &control.RolloutResult{Seq: l.Seq, Kind: l.Kind, Generation: l.Generation}
+		if l.Err != nil {
+			out.LastRollout.Error = strings.TrimPrefix(l.Err.Error(), "cluster: ")
+		}
+	}
 	if st.Forking {
 		out.Mode = control.ModeFork
 	}
@@ -121,7 +128,7 @@ func (b *backend) Reload(ctx context.Context, req control.ReloadRequest) (contro
 }
 
 func (b *backend) Restart(ctx context.Context, req control.RestartRequest) (control.RestartResponse, error) {
-	if err := b.driver.Restart(ctx, req.Wait); err != nil {
+	if err := b.driver.Restart(ctx, req.Wait, req.KeepWorkers); err != nil {
 		return control.RestartResponse{}, controlError(err)
 	}
 	st, err := b.driver.Status(ctx)

@@ -262,7 +262,7 @@ func generation(cfg *config.Config) cluster.Generation {
 	if fw := cfg.ForkWorker; fw != nil {
 		machine.ForkWorker = true
 		machine.ForkTimeout = fw.Timeout
-		machine.ReforkAfter = fw.ReforkAfter
+		machine.ReforkAfter, machine.ReforkAfterRepeats = fw.ReforkAfter, fw.ReforkAfterRepeats
 	}
 	h := cfg.Hooks
 	return cluster.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env,

@@ -27,8 +27,9 @@ listen "http" { address = "tcp://127.0.0.1:8080" }
 timeouts { worker = "10s" }
 
 fork_worker {
-  # Refork workers 1..3 from worker 0 once it has served 1000 requests, and again at 5000.
-  refork_after = [1000, 5000]
+  # Refork workers 1..3 from worker 0 once a worker has served 1000 requests, then once more when
+  # one has served 5000 since, and no more (false ends the list; without it, the last repeats).
+  refork_after = [1000, 5000, false]
   # How long one spawn may take before forkd execs that worker instead.
   timeout      = "10s"
 }

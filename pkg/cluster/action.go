@@ -94,6 +94,23 @@ type RolloutEnded struct {
 	Err        error
 }
 
+// PrepareReload asks the driver for the config of a reload to generation Generation: load it again
+// and, unless Restart (the phased restart that completes a hot restart), run the before_reload
+// hook; then step ReloadPrepared, with the config or the reason the reload cannot begin. The
+// machine starts nothing else meanwhile.
+type PrepareReload struct {
+	Generation int
+	Restart    bool
+}
+
+// BeginRestart asks the driver for a hot restart: check the new binary, run the before_restart hook,
+// hand the state over (Export) and exec the new image, which keeps the workers (KeepWorkers) or
+// replaces them. If that does not happen, the driver steps RestartFailed. The machine starts
+// nothing else meanwhile.
+type BeginRestart struct {
+	KeepWorkers bool
+}
+
 // ScaleResult is the Result of a Reply to Scale.
 type ScaleResult struct {
 	Previous, Workers int
@@ -109,3 +126,5 @@ func (Log) isAction()           {}
 func (Exit) isAction()          {}
 func (WorkerCrashed) isAction() {}
 func (RolloutEnded) isAction()  {}
+func (PrepareReload) isAction() {}
+func (BeginRestart) isAction()  {}

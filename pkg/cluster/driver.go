@@ -122,9 +122,8 @@ type Driver struct {
 
 	helpers      map[int]*helper
 	helperEvents chan helperEvent
-	// restarting: a hot restart is checking the new binary; adopted: this image took the cluster
-	// over from the previous one; reloadHook: a before_reload hook runs.
-	restarting, adopted, reloadHook bool
+	// adopted: this image took the cluster over from the previous one.
+	adopted bool
 	// watchdogHeld: the watchdog pings are withheld for want of ready workers.
 	watchdogHeld bool
 	// hooks are the hooks of the config last loaded; crashHooks counts on_worker_crash hooks running.
@@ -297,12 +296,12 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 			}
 		}
 		d.reap() // children that exited during the exec
-		d.log.Info("hot restart: took over the cluster; replacing the workers by a phased restart", "event", "restart-adopted")
-		d.startReload(d.expectReply(func(r Reply) {
-			if r.Err != nil {
-				d.log.Warn("hot restart: the phased restart after it failed: "+r.Err.Error(), "event", "restart-failed")
-			}
-		}), true)
+		how := "replacing the workers by a phased restart"
+		if d.cfg.Adopt.Machine.Restart != nil && d.cfg.Adopt.Machine.Restart.KeepWorkers {
+			how = "keeping the workers as they are"
+		}
+		d.log.Info("hot restart: took over the cluster; "+how, "event", "restart-adopted")
+		d.step(Tick{}) // the machine begins what waits: the phased restart, then what was queued
 	} else {
 		d.step(Start{})
 	}
@@ -420,7 +419,7 @@ func (d *Driver) step(ev Event) {
 	for _, a := range d.m.Ready() {
 		d.apply(a)
 	}
-	if !d.m.RollingOut() {
+	if !d.m.Busy() {
 		// A reload that failed (or never began) leaves the spec of a generation that does not
 		// exist; a later refork must not pick it up.
 		for g := range d.specs {
@@ -462,6 +461,10 @@ func (d *Driver) apply(a Action) {
 		d.workerCrashed(a)
 	case RolloutEnded:
 		d.rolloutEnded(a)
+	case PrepareReload:
+		d.prepareReload(a)
+	case BeginRestart:
+		d.startRestart(a.KeepWorkers)
 	}
 }
 
@@ -602,18 +605,18 @@ func (d *Driver) handleSignal(sig syscall.Signal) {
 		d.step(Stop{Immediate: immediate})
 	case syscall.SIGHUP, syscall.SIGUSR1:
 		d.log.Info(fmt.Sprintf("received %s: reload (phased restart)", signalName(sig)), "event", "signal")
-		d.startReload(d.expectReply(func(r Reply) {
+		d.step(Reload{Request: d.expectReply(func(r Reply) {
 			if r.Err != nil {
 				d.log.Warn(fmt.Sprintf("%s: reload failed: %v", signalName(sig), r.Err), "event", "signal")
 			}
-		}), false)
+		})})
 	case syscall.SIGUSR2:
-		d.log.Info("received SIGUSR2: hot restart", "event", "signal")
-		d.startRestart(d.expectReply(func(r Reply) {
+		d.log.Info("received SIGUSR2: hot restart (the workers are replaced after the exec)", "event", "signal")
+		d.step(Restart{Request: d.expectReply(func(r Reply) {
 			if r.Err != nil {
 				d.log.Warn("SIGUSR2: hot restart failed: "+r.Err.Error(), "event", "signal")
 			}
-		}))
+		})})
 	case syscall.SIGQUIT:
 		d.log.Info("received SIGQUIT: stopping immediately", "event", "signal")
 		d.step(Stop{Immediate: true})
@@ -649,11 +652,7 @@ func (d *Driver) handleRequest(r request) {
 		return
 	}
 	if r.ev == nil {
-		st := d.m.Status()
-		if d.restarting && st.Rollout == "" {
-			st.Rollout = kindRestart // checking the new binary, before the exec
-		}
-		r.status <- st
+		r.status <- d.m.Status()
 		return
 	}
 	ev := r.ev
@@ -670,16 +669,15 @@ func (d *Driver) handleRequest(r request) {
 		case Refork:
 			e.Request = id
 			ev = e
+		case Reload:
+			e.Request = id
+			ev = e
+		case Restart:
+			e.Request = id
+			ev = e
 		}
 	}
-	switch ev.(type) {
-	case Reload:
-		d.startReload(id, false)
-	case hotRestart:
-		d.startRestart(id)
-	default:
-		d.step(ev)
-	}
+	d.step(ev)
 	if _, waiting := d.pending[id]; waiting && r.early {
 		d.pending[id] = func(Reply) {} // the machine logs the outcome
 		r.reply <- Reply{}
@@ -791,15 +789,17 @@ func (d *Driver) Scale(ctx context.Context, workers, delta int) (ScaleResult, er
 	return r.Result.(ScaleResult), nil
 }
 
-// Refork re-forks workers 1..n-1 from the template. With wait it returns when the refork is done or
-// has failed (with the reason); otherwise once it has begun.
+// Refork re-forks workers 1..n-1 from the template. With wait it returns when the refork has ended
+// (its old workers gone) or failed (with the reason); otherwise once it has begun, or been queued
+// behind the operation in progress.
 func (d *Driver) Refork(ctx context.Context, wait bool) error {
 	return d.rollout(ctx, Refork{}, wait)
 }
 
-// Reload is a phased restart from the config loaded again: every worker is replaced by one of the
-// next generation. With wait it returns when the reload is done or has failed (with the reason);
-// otherwise once it has begun. An invalid config fails it at once and changes nothing.
+// Reload is a phased restart from the config loaded again when it begins: every worker is replaced
+// by one of the next generation. With wait it returns when the reload has ended (its old workers
+// gone) or failed (with the reason); otherwise once it has begun, or been queued behind the
+// operation in progress. An invalid config fails it and changes nothing.
 func (d *Driver) Reload(ctx context.Context, wait bool) error {
 	return d.rollout(ctx, Reload{}, wait)
 }
@@ -821,14 +821,11 @@ func (d *Driver) rollout(ctx context.Context, ev Event, wait bool) error {
 	}
 }
 
-// startReload loads the config again and steps a Reload for request id, with the next
-// generation's spec in place.
-func (d *Driver) startReload(id RequestID, asRestart bool) {
-	fail := func(err error) { d.apply(Reply{Request: id, Err: err}) }
-	if d.reloadHook {
-		fail(fmt.Errorf("%w (reload: its before_reload hook runs)", ErrBusy))
-		return
-	}
+// prepareReload loads the config again for the reload to generation a.Generation, runs the
+// before_reload hook (not for the phased restart of a hot restart), and steps ReloadPrepared with
+// that generation's spec in place, or with the reason the reload cannot begin.
+func (d *Driver) prepareReload(a PrepareReload) {
+	fail := func(err error) { d.step(ReloadPrepared{Err: err}) }
 	g := d.cfg.Generation
 	if d.cfg.Reconfigure != nil {
 		var err error
@@ -847,18 +844,16 @@ func (d *Driver) startReload(id RequestID, asRestart bool) {
 	}
 	d.hooks = g.Hooks
 	begin := func() {
-		d.specs[d.m.Generation()+1] = sp
-		d.step(Reload{Request: id, Config: &g.Machine, Restart: asRestart})
+		d.specs[a.Generation] = sp
+		d.step(ReloadPrepared{Config: &g.Machine})
 	}
-	if asRestart || len(g.Hooks.BeforeReload) == 0 {
+	if a.Restart || len(g.Hooks.BeforeReload) == 0 {
 		begin()
 		return
 	}
-	d.reloadHook = true
 	d.runHook("before_reload", g.Hooks.BeforeReload, map[string]string{
-		"FORKD_GENERATION": strconv.Itoa(d.m.Generation() + 1),
+		"FORKD_GENERATION": strconv.Itoa(a.Generation),
 	}, func(err error) {
-		d.reloadHook = false
 		if err != nil {
 			fail(err)
 			return

@@ -30,7 +30,10 @@ import (
 //     died, get SIGTERM (Pdeathsig) and drain; systemd restarts the service (Restart=on-failure),
 //     and the listening sockets, if systemd owns them, never close.
 //   - the new image's phased restart fails (the new config's workers do not become ready): the
-//     adopted workers keep serving, as for any failed reload.
+//     adopted workers keep serving, as for any failed reload, and LastRollout says so.
+//
+// A hot restart with KeepWorkers only upgrades the master: the new image adopts the workers and
+// keeps them as they are, for a new forkd binary without a new release of the app.
 
 // Handover is what the master hands its new image in a hot restart.
 type Handover struct {
@@ -81,42 +84,33 @@ type StrayProcRecord struct {
 	PIDFD int
 }
 
-// hotRestart is the driver's own event for a hot restart request; the machine never sees it.
-type hotRestart struct{ Request RequestID }
-
-func (hotRestart) isEvent() {}
-
-// Restart is a hot restart: the master execs the binary at DriverConfig.Self in place. Without wait
-// it returns once the restart has begun (or at once when it cannot); with wait, its answer comes
-// only if the restart fails before the exec: the exec cuts every connection, and the caller
-// learns the outcome from the new image's status (control.Client.Restart does).
-func (d *Driver) Restart(ctx context.Context, wait bool) error {
-	return d.rollout(ctx, hotRestart{}, wait)
+// Restart is a hot restart: the master execs the binary at DriverConfig.Self in place, and the new
+// image replaces the workers by a phased restart, or keeps them (keepWorkers). Without wait it
+// returns once the restart has begun (or been queued behind an operation in progress), or at once
+// when it cannot; with wait, its answer comes only if the restart fails before the exec: the exec
+// cuts every connection, and the caller learns the outcome from the new image's status
+// (control.Client.Restart does).
+func (d *Driver) Restart(ctx context.Context, wait, keepWorkers bool) error {
+	return d.rollout(ctx, Restart{KeepWorkers: keepWorkers}, wait)
 }
 
-// startRestart checks the new binary, then execs it. The checks run as the master's own helper
-// processes, without blocking the loop.
-func (d *Driver) startRestart(id RequestID) {
-	reply := func(err error) { d.apply(Reply{Request: id, Err: err}) }
-	switch {
-	case d.cfg.Self == "":
-		reply(fmt.Errorf("%w: hot restart is not available (forkd does not know its own binary)", ErrNotReady))
-		return
-	case d.restarting:
-		reply(fmt.Errorf("%w (restart)", ErrBusy))
-		return
-	}
-	if _, err := d.m.Export(time.Now()); err != nil {
-		reply(fmt.Errorf("%w: %v", ErrBusy, err))
-		return
-	}
-	d.restarting = true
+// startRestart carries out the machine's BeginRestart: it checks the new binary, then execs it.
+// The checks run as the master's own helper processes, without blocking the loop. Any failure
+// is stepped as RestartFailed.
+func (d *Driver) startRestart(keepWorkers bool) {
 	fail := func(err error) {
-		d.restarting = false
 		d.log.Error("hot restart refused: "+err.Error(), "event", "restart-failed")
-		reply(err)
+		d.step(RestartFailed{Err: err})
 	}
-	d.log.Info("hot restart: checking the new binary "+d.cfg.Self, "event", "restart-start")
+	if d.cfg.Self == "" {
+		fail(fmt.Errorf("%w: hot restart is not available (forkd does not know its own binary)", ErrNotReady))
+		return
+	}
+	what := "replacing the workers after the exec"
+	if keepWorkers {
+		what = "keeping the workers"
+	}
+	d.log.Info("hot restart ("+what+"): checking the new binary "+d.cfg.Self, "event", "restart-start")
 	env := inheritedEnv(os.Environ())
 	err := d.runHelper("the new forkd binary", []string{d.cfg.Self, restart.HandoverVersionArg}, env, 10*time.Second,
 		func(st ExitStatus, out string) {

@@ -97,21 +97,51 @@ type TemplateReplied struct {
 }
 
 // Refork re-forks workers 1..n-1 from the template (fork-worker mode), as a rolling update. The
-// Reply comes when the refork is done, or failed.
+// Reply comes when the refork has ended: its new workers ready and the old ones gone, or failed.
+//
+// The machine runs one operation (refork, reload, hot restart) at a time. A command that arrives
+// while another operation runs or waits is queued behind it, and joins one of its kind that waits
+// already (a refork joins a refork that runs); an operator's reload or hot restart that arrives
+// during an automatic refork cuts that refork short at its next safe point (no new fork is
+// started; those under way finish, the template resumes) and goes next. Nothing is dropped: each
+// command ends with a Reply, success or the reason.
 type Refork struct {
 	Request RequestID
 }
 
 // Reload is a phased restart: every worker is replaced, one by one as a rolling update, by a worker
-// of the next generation, which the driver spawns from the reloaded config. Config, when not nil,
-// is the machine's part of that config: it applies from now on, and is reverted if the reload fails.
-// In fork-worker mode a new worker 0 boots first and, once ready, becomes the template the others
-// are forked from. The Reply comes when the reload is done, or failed.
+// of the next generation, spawned from the config loaded again. When its turn comes the machine
+// asks the driver for that config (PrepareReload); the rollout begins with ReloadPrepared. In
+// fork-worker mode a new worker 0 boots first and, once ready, becomes the template the others are
+// forked from. The Reply comes when the reload has ended (its old workers gone), or failed.
 type Reload struct {
 	Request RequestID
-	Config  *Config
-	// Restart labels the rollout "restart": the phased restart that completes a hot restart.
-	Restart bool
+}
+
+// ReloadPrepared is the driver's answer to PrepareReload. Config, when not nil, is the machine's
+// part of the config loaded again: it applies from now on, and is reverted if the reload fails.
+// Err, when set, is why the reload cannot begin (an invalid config, a failed before_reload hook):
+// it is the Reply to every command that asked for it.
+type ReloadPrepared struct {
+	Config *Config
+	Err    error
+}
+
+// Restart is a hot restart: the master execs its binary again in place. When its turn comes the
+// machine asks the driver for it (BeginRestart); if the exec happens, the new image's machine is
+// restored from the old one's Export and carries on, replacing every worker by a phased restart
+// (kind "restart"), or, with KeepWorkers, keeping them as they are. Without an exec, the driver
+// answers RestartFailed. A Reply comes only then: the exec cuts the callers' connections, so they
+// learn the outcome from LastRollout in the new image's Status.
+type Restart struct {
+	Request     RequestID
+	KeepWorkers bool
+}
+
+// RestartFailed is the driver's answer to BeginRestart when the new image did not take over: the
+// new binary or the before_restart hook refused, or the exec failed. Nothing changed.
+type RestartFailed struct {
+	Err error
 }
 
 func (Start) isEvent()           {}
@@ -127,6 +157,9 @@ func (Hello) isEvent()           {}
 func (TemplateReplied) isEvent() {}
 func (Refork) isEvent()          {}
 func (Reload) isEvent()          {}
+func (ReloadPrepared) isEvent()  {}
+func (Restart) isEvent()         {}
+func (RestartFailed) isEvent()   {}
 
 // ExitStatus is how a process ended: an exit code, or the signal that killed it.
 type ExitStatus struct {

@@ -52,7 +52,6 @@ func (m *Machine) workerZeroReady(w *worker) {
 	if w.canFork {
 		m.template = w
 		m.execMode = false
-		m.reforkBase = w.requests
 		m.log(slog.LevelInfo, "worker 0 is the template: other workers are forked from it", m.workerAttrs(w, "template-ready")...)
 	} else {
 		why := "it did not say hello on its control channel (FORKD_CONTROL_FD); apps without a forkd SDK, and Go apps, run in exec mode"
@@ -114,44 +113,64 @@ func (m *Machine) templateReplied(e TemplateReplied) {
 }
 
 func (m *Machine) refork(e Refork) {
-	var err error
-	switch {
-	case m.phase == PhaseStopping:
-		err = ErrStopping
-	case m.rollout != nil:
-		err = fmt.Errorf("%w (%s)", ErrBusy, m.rollout.kind)
-	case !m.cfg.ForkWorker:
-		err = fmt.Errorf("%w: forkd runs in exec mode, and a refork needs fork-worker mode (%s, and an app "+
-			"on a forkd SDK); to replace every worker, use forkctl reload", ErrNotReady, m.cfg.Settings.withDefaults().ForkWorker)
-	case m.execMode:
-		err = fmt.Errorf("%w: forkd runs in exec mode, because worker 0 did not say it can fork (the app does "+
-			"not run on a forkd SDK), so there is no template to refork from; to replace every worker, use forkctl reload", ErrNotReady)
-	case m.template == nil || m.phase != PhaseRunning:
-		err = fmt.Errorf("%w: worker 0 is not ready to be the template yet", ErrNotReady)
-	}
-	if err != nil {
+	if err := m.reforkRefusal(); err != nil {
 		m.emit(Reply{Request: e.Request, Err: err})
 		return
 	}
-	m.log(slog.LevelInfo, fmt.Sprintf("refork: re-forking workers 1..%d from worker 0 as generation %d", m.desired-1, m.generation+1),
-		slog.String("event", "refork-start"), slog.Int("generation", m.generation+1))
-	m.startRollout(kindRefork, e.Request)
+	m.ask(kindRefork, e.Request, false)
 }
 
-// maybeAutoRefork starts a refork when the template has served its quota of requests since the
-// last one (ReforkAfter).
+// reforkRefusal says why a refork cannot run now, or nil.
+func (m *Machine) reforkRefusal() error {
+	switch {
+	case m.phase == PhaseStopping:
+		return ErrStopping
+	case !m.cfg.ForkWorker:
+		return fmt.Errorf("%w: forkd runs in exec mode, and a refork needs fork-worker mode (%s, and an app "+
+			"on a forkd SDK); to replace every worker, use forkctl reload", ErrNotReady, m.cfg.Settings.withDefaults().ForkWorker)
+	case m.execMode:
+		return fmt.Errorf("%w: forkd runs in exec mode, because worker 0 did not say it can fork (the app does "+
+			"not run on a forkd SDK), so there is no template to refork from; to replace every worker, use forkctl reload", ErrNotReady)
+	case (m.template == nil || m.phase != PhaseRunning) && !m.busy():
+		// During another operation the template may come and go: the refork waits its turn and
+		// is judged then.
+		return fmt.Errorf("%w: worker 0 is not ready to be the template yet", ErrNotReady)
+	}
+	return nil
+}
+
+// maybeAutoRefork starts a refork when the busiest worker has served its quota of requests since the
+// last refork (ReforkAfter): the busiest, not worker 0, because the kernel spreads connections
+// unevenly (a template paused for a refork comes back to keep-alive clients that all stay with
+// the others), and a count that waits for worker 0 may never come. Nothing starts while another
+// operation runs or waits.
 func (m *Machine) maybeAutoRefork() {
 	t := m.template
-	if len(m.cfg.ReforkAfter) == 0 || m.rollout != nil || m.phase != PhaseRunning || t == nil || t.state != Ready {
+	after := m.cfg.ReforkAfter
+	if len(after) == 0 || m.busy() || len(m.ops) > 0 || m.phase != PhaseRunning || t == nil || t.state != Ready {
 		return
 	}
-	if t.requests < m.reforkBase {
-		m.reforkBase = t.requests // the count restarted: a new process
+	if m.reforks >= len(after) && !m.cfg.ReforkAfterRepeats {
+		return // the last refork of the list is done: refork_after ends with false
 	}
-	quota := m.cfg.ReforkAfter[min(m.reforks, len(m.cfg.ReforkAfter)-1)]
-	if served := t.requests - m.reforkBase; served >= quota {
-		m.log(slog.LevelInfo, fmt.Sprintf("worker 0 served %d requests (refork_after %d): automatic refork to generation %d",
-			served, quota, m.generation+1), slog.String("event", "refork-start"), slog.Int("generation", m.generation+1))
-		m.startRollout(kindRefork, 0)
+	quota := after[min(m.reforks, len(after)-1)]
+	var busiest *worker
+	for _, w := range m.sortedWorkers() {
+		if w.state == Ready && (busiest == nil || w.servedSinceRefork() > busiest.servedSinceRefork()) {
+			busiest = w
+		}
+	}
+	if served := busiest.servedSinceRefork(); served >= quota {
+		m.log(slog.LevelInfo, fmt.Sprintf("worker %d served %d requests since the last refork (refork_after %d): automatic refork to generation %d",
+			busiest.slot, served, quota, m.generation+1), slog.String("event", "refork-start"), slog.Int("generation", m.generation+1))
+		m.opSeq++
+		m.startRollout(&op{kind: kindRefork, seq: m.opSeq, automatic: true})
+	}
+}
+
+// countRequestsAfresh starts every worker's count of requests since the last refork from now.
+func (m *Machine) countRequestsAfresh() {
+	for _, w := range m.workers {
+		w.reforkBase = w.requests
 	}
 }

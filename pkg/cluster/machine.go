@@ -18,7 +18,7 @@ var (
 	ErrStopping = errors.New("cluster: forkd is stopping")
 	// ErrScaleRange: a Scale asked for fewer than one worker or more than MaxWorkers.
 	ErrScaleRange = errors.New("cluster: worker count out of range")
-	// ErrBusy: a rollout (refork, phased restart) is in progress; one at a time.
+	// ErrBusy: a rollout (refork, phased restart, hot restart) is in progress; a scale waits for it.
 	ErrBusy = errors.New("cluster: a rollout is in progress")
 	// ErrNotReady: the cluster has not been ready yet, or has no template to refork from.
 	ErrNotReady = errors.New("cluster: not ready")
@@ -68,9 +68,12 @@ type Config struct {
 	ForkWorker bool
 	// ForkTimeout bounds a fork (from spawn request to the template's reply) and a pause.
 	ForkTimeout time.Duration
-	// ReforkAfter lists the requests worker 0 serves before each automatic refork, one entry per
-	// refork, the last repeating; empty disables automatic reforks.
-	ReforkAfter []uint64
+	// ReforkAfter lists, for each automatic refork in turn, how many requests the busiest worker
+	// serves since the previous one (since the workers were replaced, for the first); empty
+	// disables automatic reforks. Past the end of the list, the last entry repeats if
+	// ReforkAfterRepeats, else automatic reforks stop.
+	ReforkAfter        []uint64
+	ReforkAfterRepeats bool
 
 	// MaxSurge and MaxUnavailable shape rollouts: at most MaxSurge workers above the desired count,
 	// at most MaxUnavailable of the desired workers stopped before their replacement is ready.
@@ -152,11 +155,16 @@ type Machine struct {
 	// execMode is set when worker 0 became ready without declaring it can fork: workers are
 	// exec'd until a worker 0 that can fork comes along.
 	execMode bool
-	// reforks counts completed reforks; reforkBase is the template's request count at the last
-	// one, for ReforkAfter.
-	reforks    int
-	reforkBase uint64
-	rollout    *rollout
+	// reforks counts the reforks completed since the workers were last replaced (a reload), for
+	// ReforkAfter.
+	reforks int
+	rollout *rollout
+	// ops wait for their turn (ops.go); preparing is the one the driver prepares; opSeq numbers
+	// them; last is how the last one ended.
+	ops       []*op
+	preparing *op
+	opSeq     int
+	last      RolloutResult
 
 	// strays are the processes forkd started and no longer tracks that it is stopping (stray.go).
 	strays map[strayKey]*stray
@@ -234,7 +242,13 @@ func (m *Machine) Step(now time.Time, ev Event) error {
 	case Refork:
 		m.refork(e)
 	case Reload:
-		err = m.reload(e)
+		m.reload(e)
+	case ReloadPrepared:
+		err = m.reloadPrepared(e)
+	case Restart:
+		m.restart(e)
+	case RestartFailed:
+		m.restartFailed(e)
 	case StrayFound:
 		m.strayFound(e)
 	case GroupEmptied:
@@ -320,6 +334,9 @@ func (m *Machine) ReadyCount() int { return m.readyCount() }
 
 // RollingOut reports whether a rollout (refork, reload) is in progress.
 func (m *Machine) RollingOut() bool { return m.rollout != nil }
+
+// LastRollout says how the last operation (refork, reload, hot restart) ended.
+func (m *Machine) LastRollout() RolloutResult { return m.last }
 
 func (m *Machine) emit(a Action) { m.actions = append(m.actions, a) }
 
@@ -498,6 +515,9 @@ func (m *Machine) forget(w *worker) (s *slot, current, replacement bool) {
 	if w.pid != 0 {
 		delete(m.byPID, w.pid)
 		m.rememberExit(w)
+	}
+	if m.rollout != nil {
+		delete(m.rollout.draining, w.id)
 	}
 	s, current, replacement = m.ownerSlot(w)
 	if current {
@@ -749,7 +769,7 @@ func (m *Machine) notified(e Notified) {
 		m.log(slog.LevelError, "worker triggered its watchdog (WATCHDOG=trigger)", m.workerAttrs(w, "watchdog-trigger")...)
 		m.kill(w, "watchdog triggered")
 	}
-	if msg.HasRequests && w == m.template {
+	if msg.HasRequests {
 		m.maybeAutoRefork()
 	}
 }
@@ -815,6 +835,7 @@ func (m *Machine) stop(e Stop) {
 	if m.rollout != nil {
 		m.rollout.abandon(m, ErrStopping)
 	}
+	m.abandonOps()
 	m.phase = PhaseStopping
 	m.immediate = e.Immediate
 	how := "stopping: draining the workers"
@@ -846,8 +867,8 @@ func (m *Machine) scale(e Scale) {
 	case m.phase == PhaseStopping:
 		m.emit(Reply{Request: e.Request, Err: ErrStopping})
 		return
-	case m.rollout != nil:
-		m.emit(Reply{Request: e.Request, Err: fmt.Errorf("%w (%s): scale after it", ErrBusy, m.rollout.kind)})
+	case m.busy():
+		m.emit(Reply{Request: e.Request, Err: fmt.Errorf("%w (%s): scale after it", ErrBusy, m.current())})
 		return
 	}
 	n := e.Workers
@@ -912,6 +933,12 @@ func (m *Machine) settle() {
 			slog.Int("workers", m.desired), slog.Int("generation", m.generation))
 		m.lastStatus = m.statusLine()
 		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
+	}
+	if (m.phase == PhaseStarting || m.phase == PhaseRunning) && !m.busy() {
+		m.dispatch()
+		if m.rollout != nil {
+			m.rollout.advance(m)
+		}
 	}
 	// forkd never exits while a process it started still runs.
 	if m.phase == PhaseStopping && len(m.workers) == 0 && len(m.strays) == 0 {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -46,6 +47,20 @@ func TestScripts(t *testing.T) {
 				}
 				return formatActions(m.Ready())
 			}
+			// stepAndPrepare steps ev and plays the driver's side of a PrepareReload it causes at
+			// once, with the config the arguments give, unless the script plays it later itself
+			// (prepare=later).
+			stepAndPrepare := func(ev Event) string {
+				if err := m.Step(now, ev); err != nil {
+					return "error: " + err.Error() + "\n"
+				}
+				actions := m.Ready()
+				out := formatActions(actions)
+				if slices.ContainsFunc(actions, func(a Action) bool { _, ok := a.(PrepareReload); return ok }) && !d.HasArg("prepare") {
+					out += step(prepared(t, d, m))
+				}
+				return out
+			}
 			switch d.Cmd {
 			case "new":
 				cfg := testConfig()
@@ -67,7 +82,13 @@ func TestScripts(t *testing.T) {
 					case "fork-timeout":
 						cfg.ForkTimeout = duration(t, v)
 					case "refork-after":
+						// As in the config file: the last count repeats, unless false ends the list.
+						cfg.ReforkAfterRepeats = true
 						for _, v := range a.Vals {
+							if v == "false" {
+								cfg.ReforkAfterRepeats = false
+								continue
+							}
 							cfg.ReforkAfter = append(cfg.ReforkAfter, uint64(atoi(t, v)))
 						}
 					case "max-surge":
@@ -120,13 +141,23 @@ func TestScripts(t *testing.T) {
 			case "refork":
 				return step(Refork{Request: RequestID(optIntArg(t, d, "req"))})
 			case "reload":
-				e := Reload{Request: RequestID(optIntArg(t, d, "req"))}
-				if d.HasArg("workers") {
-					cfg := m.cfg
-					cfg.Workers = intArg(t, d, "workers")
-					e.Config = &cfg
+				return stepAndPrepare(Reload{Request: RequestID(optIntArg(t, d, "req"))})
+			case "prepared":
+				return step(prepared(t, d, m))
+			case "restart":
+				return step(Restart{Request: RequestID(optIntArg(t, d, "req")), KeepWorkers: d.HasArg("keep-workers")})
+			case "restart-failed":
+				return step(RestartFailed{Err: errors.New("the new binary speaks another handover version")})
+			case "exec":
+				// The hot restart's exec: a new machine restored from this one's export.
+				st, err := m.Export(now)
+				if err != nil {
+					return "error: " + err.Error() + "\n"
 				}
-				return step(e)
+				if m, err = Restore(m.Config(), st, now); err != nil {
+					return "error: " + err.Error() + "\n"
+				}
+				return stepAndPrepare(Tick{})
 			case "stray":
 				return step(StrayFound{PID: intArg(t, d, "pid"), Group: d.HasArg("group")})
 			case "stall":
@@ -223,6 +254,14 @@ func formatActions(actions []Action) string {
 			b.WriteString("\n")
 		case WorkerCrashed:
 			fmt.Fprintf(&b, "crashed worker=%d pid=%d\n", a.Slot, a.PID)
+		case PrepareReload:
+			fmt.Fprintf(&b, "prepare-reload gen=%d", a.Generation)
+			if a.Restart {
+				b.WriteString(" restart")
+			}
+			b.WriteString("\n")
+		case BeginRestart:
+			fmt.Fprintf(&b, "begin-restart keep-workers=%v\n", a.KeepWorkers)
 		default:
 			fmt.Fprintf(&b, "%T %+v\n", a, a)
 		}
@@ -238,6 +277,15 @@ func formatStatus(st Status) string {
 	}
 	if st.Rollout != "" {
 		fmt.Fprintf(&b, " rollout=%s", st.Rollout)
+	}
+	if len(st.Queued) > 0 {
+		fmt.Fprintf(&b, " queued=%s", strings.Join(st.Queued, ","))
+	}
+	if l := st.LastRollout; l.Seq != 0 {
+		fmt.Fprintf(&b, " last=%s#%d", l.Kind, l.Seq)
+		if l.Err != nil {
+			b.WriteString("(failed)")
+		}
 	}
 	if st.Forking {
 		b.WriteString(" forking")
@@ -275,6 +323,20 @@ func formatStatus(st Status) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// prepared is the driver's answer to PrepareReload in a script: the config as it is, with workers=N
+// a new worker count, or with bad-config a config that does not load.
+func prepared(t *testing.T, d *datadriven.TestData, m *Machine) ReloadPrepared {
+	if d.HasArg("bad-config") {
+		return ReloadPrepared{Err: errors.New("cluster: invalid config: forkd.hcl:2,11-12: workers: 0 is out of range 1..1024")}
+	}
+	if !d.HasArg("workers") {
+		return ReloadPrepared{}
+	}
+	cfg := m.cfg
+	cfg.Workers = intArg(t, d, "workers")
+	return ReloadPrepared{Config: &cfg}
 }
 
 func atoi(t *testing.T, s string) int {

@@ -11,7 +11,9 @@ import (
 
 // This file holds rollouts: replacing workers with a new generation as a rolling update with a
 // surge, as Kubernetes does. A replacement starts, becomes ready, and only then is the old worker
-// stopped (max_surge); with max_unavailable, some old workers may stop first. The first
+// stopped (max_surge); with max_unavailable, some old workers may stop first. An old worker counts
+// against max_surge until it has exited, and the rollout ends only once every worker it stopped
+// has exited, so that a command waiting for it returns when the old code no longer runs. The first
 // replacement is a canary: any replacement that fails stops the rollout, the old workers keep
 // serving, and the command that asked for it gets the reason.
 
@@ -34,7 +36,13 @@ const (
 type rollout struct {
 	kind     string
 	from, to int
-	waiters  []RequestID
+	// op is the operation the rollout carries out, with the commands waiting for it.
+	op *op
+	// cutShort: an automatic refork that starts no new fork, because an operator's command waits.
+	cutShort bool
+	// draining holds the workers the rollout stopped (old ones it replaced, replacements it
+	// cancelled) that have not exited yet.
+	draining map[WorkerID]bool
 	// queue lists the slots still to replace, in order; active the slots being replaced; early
 	// those of them whose old worker was stopped before its replacement was ready.
 	queue, active []int
@@ -53,12 +61,10 @@ type rollout struct {
 	workers int
 }
 
-func (m *Machine) startRollout(kind string, req RequestID) {
-	r := &rollout{kind: kind, from: m.generation, to: m.generation + 1, early: map[int]bool{}}
-	if req != 0 {
-		r.waiters = append(r.waiters, req)
-	}
-	switch kind {
+func (m *Machine) startRollout(o *op) {
+	r := &rollout{kind: o.kind, op: o, from: m.generation, to: m.generation + 1, early: map[int]bool{},
+		draining: map[WorkerID]bool{}}
+	switch o.kind {
 	case kindRefork:
 		for i := 1; i < m.desired; i++ {
 			r.queue = append(r.queue, i)
@@ -69,50 +75,16 @@ func (m *Machine) startRollout(kind string, req RequestID) {
 			r.queue = append(r.queue, i)
 		}
 		r.zeroFirst = m.cfg.ForkWorker && !m.execMode
-		// systemd's Type=notify-reload protocol; the driver adds MONOTONIC_USEC.
-		m.emit(NotifySystemd{State: "RELOADING=1"})
 	}
 	m.generation = r.to
 	m.rollout = r
 }
 
-func (m *Machine) reload(e Reload) error {
-	if e.Config != nil {
-		if err := e.Config.validate(); err != nil {
-			return err // a driver bug: the config was validated when it was loaded
-		}
+// stopped records that the rollout stopped w, which it waits for before it ends.
+func (r *rollout) stopped(m *Machine, w *worker) {
+	if _, alive := m.workers[w.id]; alive {
+		r.draining[w.id] = true
 	}
-	var err error
-	switch {
-	case m.phase == PhaseStopping:
-		err = ErrStopping
-	case m.rollout != nil:
-		err = fmt.Errorf("%w (%s)", ErrBusy, m.rollout.kind)
-	case m.phase != PhaseRunning:
-		err = fmt.Errorf("%w: the cluster has not been ready yet", ErrNotReady)
-	}
-	if err != nil {
-		m.emit(Reply{Request: e.Request, Err: err})
-		return nil
-	}
-	kind := kindReload
-	if e.Restart {
-		kind = kindRestart
-	}
-	m.log(slog.LevelInfo, fmt.Sprintf("%s: replacing %s with generation %d", kind, plural(m.desired, "worker"), m.generation+1),
-		slog.String("event", kind+"-start"), slog.Int("generation", m.generation+1))
-	workers := m.desired
-	var prev *Config
-	if e.Config != nil {
-		old := m.cfg
-		prev = &old
-		m.cfg = *e.Config
-		m.cfg.ReforkAfter = slices.Clone(e.Config.ReforkAfter)
-		workers = e.Config.Workers
-	}
-	m.startRollout(kind, e.Request)
-	m.rollout.prevCfg, m.rollout.workers = prev, workers
-	return nil
 }
 
 // advance moves the rollout on after every step: pause the template, start replacements within
@@ -140,9 +112,10 @@ func (r *rollout) advance(m *Machine) {
 			r.queue = r.queue[1:]
 			continue // respawned since the rollout began: already of the new generation
 		}
-		// A replacement is a surge while its old worker serves; past max_surge, an old worker
-		// may stop first, up to max_unavailable of them; past both, wait.
-		switch surging := len(r.active) - len(r.early); {
+		// A replacement is a surge while its old worker serves, and an old worker is one until it
+		// has exited; past max_surge, an old worker may stop first, up to max_unavailable of them;
+		// past both, wait.
+		switch surging := len(r.active) - len(r.early) + len(r.draining); {
 		case surging < m.cfg.MaxSurge:
 		case len(r.early) < m.cfg.MaxUnavailable && s.worker.state != Spawning:
 			r.early[i] = true
@@ -167,6 +140,9 @@ func (r *rollout) advance(m *Machine) {
 		}
 		r.pause = pauseNone
 	}
+	if len(r.draining) > 0 {
+		return // the old workers drain; the rollout ends when they have exited
+	}
 	r.finish(m)
 }
 
@@ -178,6 +154,7 @@ func (r *rollout) cancelReplacements(m *Machine) {
 		if w := s.next; w != nil {
 			s.next = nil // detached: it drains on its own
 			m.dismiss(w, "rollout stopped")
+			r.stopped(m, w)
 		}
 		if s.worker == nil && s.nextSpawn.IsZero() && s.awaitTemplate.IsZero() && !s.retiring && m.phase != PhaseStopping {
 			m.respawn(s) // its worker exited while the replacement booted
@@ -192,21 +169,29 @@ func (r *rollout) finish(m *Machine) {
 	if r.failure != nil {
 		m.log(slog.LevelError, r.kind+" stopped: "+r.failure.Error(), slog.String("event", r.kind+"-failed"),
 			slog.Int("generation", r.to))
-		if t := m.template; t != nil && r.kind == kindRefork {
-			m.reforkBase = t.requests // an automatic refork tries again after another quota, not at once
+		if r.kind == kindRefork {
+			m.countRequestsAfresh() // an automatic refork tries again after another quota, not at once
 		}
 		if r.prevCfg != nil {
 			m.cfg = *r.prevCfg
 		}
 	} else {
-		if r.kind == kindRefork {
+		switch r.kind {
+		case kindRefork:
 			m.reforks++
+			m.countRequestsAfresh()
 			if t := m.template; t != nil {
 				t.generation = r.to
-				m.reforkBase = t.requests
 			}
+		default:
+			// New code warms up from scratch: refork_after starts over.
+			m.reforks = 0
 		}
-		m.log(slog.LevelInfo, fmt.Sprintf("%s done: %d workers on generation %d", r.kind, r.replaced, r.to),
+		how := ""
+		if r.cutShort {
+			how = " (cut short for the command that waits)"
+		}
+		m.log(slog.LevelInfo, fmt.Sprintf("%s done: %d workers on generation %d%s", r.kind, r.replaced, r.to, how),
 			slog.String("event", r.kind+"-done"), slog.Int("generation", r.to))
 		if r.kind != kindRefork && r.workers != m.desired {
 			m.resize(r.workers)
@@ -217,7 +202,8 @@ func (r *rollout) finish(m *Machine) {
 		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
 	}
 	m.emit(RolloutEnded{Kind: r.kind, Generation: r.to, Err: r.failure})
-	for _, req := range r.waiters {
+	m.last = RolloutResult{Seq: r.op.seq, Kind: r.kind, Generation: m.generation, Err: r.failure}
+	for _, req := range r.op.waiters {
 		m.emit(Reply{Request: req, Err: r.failure})
 	}
 }
@@ -229,9 +215,7 @@ func (r *rollout) abandon(m *Machine, err error) {
 	if r.prevCfg != nil {
 		m.cfg = *r.prevCfg
 	}
-	for _, req := range r.waiters {
-		m.emit(Reply{Request: req, Err: err})
-	}
+	m.endOp(r.op, err)
 }
 
 // promote makes a slot's ready replacement its current worker and stops the old one, which then
@@ -242,10 +226,14 @@ func (m *Machine) promote(s *slot) {
 	if s.index == 0 {
 		m.workerZeroReady(w) // the new template first, so stopping the old one fails nothing
 	}
+	r := m.rollout
 	if old != nil {
 		m.dismiss(old, fmt.Sprintf("replaced by generation %d", w.generation))
+		if r != nil {
+			r.stopped(m, old)
+		}
 	}
-	if r := m.rollout; r != nil {
+	if r != nil {
 		if k := slices.Index(r.active, s.index); k >= 0 {
 			r.active = slices.Delete(r.active, k, k+1)
 			delete(r.early, s.index)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -125,6 +126,7 @@ func runSimulation(t *testing.T, seed uint64) {
 		cfg.ForkTimeout = time.Duration(1+rng.IntN(5)) * time.Second
 		if rng.IntN(2) == 0 {
 			cfg.ReforkAfter = []uint64{uint64(1 + rng.IntN(50)), uint64(1 + rng.IntN(100))}
+			cfg.ReforkAfterRepeats = rng.IntN(2) == 0
 		}
 	}
 	m, err := NewMachine(cfg)
@@ -280,18 +282,15 @@ func (s *simulation) randomEvent() {
 	case r < 93:
 		s.step(Refork{Request: s.newRequest()})
 	case r < 96:
-		e := Reload{Request: s.newRequest()}
-		if s.rng.IntN(3) == 0 {
-			cfg := s.m.cfg
-			cfg.Workers = 1 + s.rng.IntN(cfg.MaxWorkers)
-			e.Config = &cfg
-		}
-		s.step(e)
+		s.step(Reload{Request: s.newRequest()})
 	case r < 97:
-		if s.rng.IntN(2) == 0 {
+		switch s.rng.IntN(3) {
+		case 0:
 			s.step(Tick{})
-		} else {
+		case 1:
 			s.stall()
+		default:
+			s.step(Restart{Request: s.newRequest(), KeepWorkers: s.rng.IntN(2) == 0})
 		}
 	case r < 98:
 		s.hotRestart()
@@ -305,6 +304,9 @@ func (s *simulation) randomEvent() {
 // hotRestart replaces the machine by one restored from its export, as a hot restart does; the
 // world goes on as if nothing happened, and the invariants must still hold.
 func (s *simulation) hotRestart() {
+	if s.m.preparing != nil || len(s.m.ops) > 0 {
+		return // the machine's own hot restarts go through BeginRestart (exec)
+	}
 	st, err := s.m.Export(s.now)
 	if err != nil {
 		return // a rollout or a fork in progress: the restart would be refused
@@ -328,6 +330,28 @@ func (s *simulation) hotRestart() {
 		}
 	}
 	s.checkInvariants()
+}
+
+// exec plays the driver's side of BeginRestart: the checks refuse, or the exec happens and a new
+// machine is restored from the old one's export (the callers' connections are cut: nobody gets a
+// Reply), and stepped, as the new image's driver does.
+func (s *simulation) exec() {
+	if s.m.preparing == nil || !s.m.preparing.exec {
+		return // the cluster stopped meanwhile
+	}
+	st, err := s.m.Export(s.now)
+	if err != nil || s.rng.IntN(3) == 0 {
+		s.step(RestartFailed{Err: errors.New("the new binary cannot take over")})
+		return
+	}
+	m, err := Restore(s.m.Config(), st, s.now)
+	if err != nil {
+		s.t.Fatalf("Restore(Export()) during a hot restart failed: %v", err)
+	}
+	s.trace = append(s.trace, fmt.Sprintf("+%s exec", s.now.Sub(epoch)))
+	s.m = m
+	clear(s.requests)
+	s.step(Tick{})
 }
 
 func (s *simulation) randomMessage() notify.Message {
@@ -674,6 +698,23 @@ func (s *simulation) apply(a Action) {
 	case Exit:
 		code := a.Code
 		s.exitCode = &code
+	case PrepareReload:
+		// The driver loads the config (perhaps with another worker count) and runs the
+		// before_reload hook, which may fail.
+		s.after(s.randomDelay(2*time.Second), func() {
+			var e ReloadPrepared
+			switch r := s.rng.IntN(10); {
+			case r == 0:
+				e.Err = errors.New("before_reload hook: exit status 1")
+			case r < 4:
+				cfg := s.m.cfg
+				cfg.Workers = 1 + s.rng.IntN(cfg.MaxWorkers)
+				e.Config = &cfg
+			}
+			s.step(e)
+		})
+	case BeginRestart:
+		s.after(s.randomDelay(time.Second), func() { s.exec() })
 	case NotifySystemd, Log, WorkerCrashed, RolloutEnded:
 	default:
 		s.t.Fatalf("unknown action %T", a)
@@ -846,6 +887,23 @@ func (s *simulation) checkInvariants() {
 		if len(r.early) > m.cfg.MaxUnavailable {
 			t.Fatalf("%d old workers stopped early, max_unavailable %d", len(r.early), m.cfg.MaxUnavailable)
 		}
+		// The rollout waits for what it stopped, which is still there.
+		for id := range r.draining {
+			if m.workers[id] == nil {
+				t.Fatalf("rollout waits for worker %d, which has exited", id)
+			}
+		}
+		// An automatic refork gives way to what an operator asked for.
+		if r.op.automatic && len(m.ops) > 0 && (!r.cutShort || len(r.queue) > 0) {
+			t.Fatalf("automatic refork goes on (queue %v) while %s waits", r.queue, m.ops[0].kind)
+		}
+	}
+	// Nothing waits for nothing: a queued operation begins as soon as none runs.
+	if !m.busy() && len(m.ops) > 0 && m.phase == PhaseRunning {
+		t.Fatalf("%s waits while nothing runs", m.ops[0].kind)
+	}
+	if m.phase == PhaseStopping && (len(m.ops) > 0 || m.preparing != nil) {
+		t.Fatalf("operations wait while the cluster stops")
 	}
 	for slot := range s.lastExit {
 		if slot >= len(m.slots) {

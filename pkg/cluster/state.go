@@ -16,12 +16,18 @@ type State struct {
 	Dropped    uint64
 	Late       uint64
 	Reforks    int
-	ReforkBase uint64
 	ExecMode   bool
 	LastID     WorkerID
 	Slots      []SlotState
 	Workers    []WorkerRecord
 	Strays     []StrayRecord
+	// OpSeq numbers the operations; Last is how the last one ended.
+	OpSeq int
+	Last  *RolloutRecord `json:",omitempty"`
+	// Restart is the hot restart that exports the state, and Queued the operations that wait
+	// behind it: the new image runs them after it (their callers' connections are gone).
+	Restart *OpRecord  `json:",omitempty"`
+	Queued  []OpRecord `json:",omitempty"`
 }
 
 // StrayRecord is a stray being stopped, in a State.
@@ -31,6 +37,21 @@ type StrayRecord struct {
 	SIGKILLed bool
 	// KillIn is the time left before SIGKILL, when not SIGKILLed yet.
 	KillIn time.Duration
+}
+
+// OpRecord is an operation in a State.
+type OpRecord struct {
+	Kind              string
+	Seq               int
+	Exec, KeepWorkers bool
+}
+
+// RolloutRecord is a RolloutResult in a State.
+type RolloutRecord struct {
+	Seq        int
+	Kind       string
+	Generation int
+	Err        string
 }
 
 // SlotState is one slot in a State.
@@ -54,7 +75,7 @@ type WorkerRecord struct {
 	Expected                bool
 	StopReason, StopAsked   string
 	StatusLine              string
-	Requests                uint64
+	Requests, ReforkBase    uint64
 	Heartbeat               time.Duration
 	SpawnedAgo, ReadyAgo    time.Duration
 }
@@ -62,11 +83,16 @@ type WorkerRecord struct {
 // ErrNotQuiet: the machine cannot be exported now (a rollout runs, or a fork is under way).
 var ErrNotQuiet = errors.New("cluster: a rollout or a fork is in progress")
 
-// Export returns the machine's state at now. It fails while a rollout runs or a worker is being
-// forked: those are conversations with processes that the exec would cut.
+// Export returns the machine's state at now. It fails while a rollout runs, a reload is being
+// prepared, or a worker is being forked: those are conversations with processes that the exec
+// would cut. The hot restart being carried out (BeginRestart), and what is queued behind it, go
+// with the state.
 func (m *Machine) Export(now time.Time) (State, error) {
 	if m.rollout != nil {
 		return State{}, fmt.Errorf("%w (%s)", ErrNotQuiet, m.rollout.kind)
+	}
+	if m.preparing != nil && !m.preparing.exec {
+		return State{}, fmt.Errorf("%w (%s)", ErrNotQuiet, m.preparing.kind)
 	}
 	if m.phase != PhaseRunning && m.phase != PhaseStarting {
 		return State{}, fmt.Errorf("%w: the cluster is %s", ErrNotQuiet, m.phase)
@@ -79,7 +105,20 @@ func (m *Machine) Export(now time.Time) (State, error) {
 	}
 	st := State{
 		Generation: m.generation, Desired: m.desired, Running: m.phase == PhaseRunning,
-		Dropped: m.dropped, Late: m.late, Reforks: m.reforks, ReforkBase: m.reforkBase, ExecMode: m.execMode, LastID: m.lastID,
+		Dropped: m.dropped, Late: m.late, Reforks: m.reforks, ExecMode: m.execMode, LastID: m.lastID,
+		OpSeq: m.opSeq,
+	}
+	if m.last.Seq != 0 {
+		st.Last = &RolloutRecord{Seq: m.last.Seq, Kind: m.last.Kind, Generation: m.last.Generation}
+		if m.last.Err != nil {
+			st.Last.Err = m.last.Err.Error()
+		}
+	}
+	if o := m.preparing; o != nil {
+		st.Restart = &OpRecord{Kind: o.kind, Seq: o.seq, Exec: o.exec, KeepWorkers: o.keepWorkers}
+	}
+	for _, o := range m.ops {
+		st.Queued = append(st.Queued, OpRecord{Kind: o.kind, Seq: o.seq, Exec: o.exec, KeepWorkers: o.keepWorkers})
 	}
 	for _, s := range m.slots {
 		ss := SlotState{Index: s.index, Failures: s.failures, Restarts: s.restarts, LastExit: s.lastExit,
@@ -113,7 +152,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 			ID: w.id, Template: w.template, Slot: w.slot, Generation: w.generation, PID: w.pid,
 			State: w.state.String(), Role: role, IsTemplate: w == m.template,
 			Channel: w.channel, Hello: w.hello, CanFork: w.canFork, Expected: w.expected,
-			StopReason: w.stopReason, StopAsked: w.stopAsked, StatusLine: w.statusLine, Requests: w.requests,
+			StopReason: w.stopReason, StopAsked: w.stopAsked, StatusLine: w.statusLine, Requests: w.requests, ReforkBase: w.reforkBase,
 			Heartbeat: w.heartbeat, SpawnedAgo: ago(w.spawnedAt), ReadyAgo: ago(w.readyAt),
 		})
 	}
@@ -137,7 +176,26 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 	}
 	m.now = now
 	m.generation, m.desired, m.dropped, m.late = st.Generation, st.Desired, st.Dropped, st.Late
-	m.reforks, m.reforkBase, m.execMode, m.lastID = st.Reforks, st.ReforkBase, st.ExecMode, st.LastID
+	m.reforks, m.execMode, m.lastID = st.Reforks, st.ExecMode, st.LastID
+	m.opSeq = st.OpSeq
+	if l := st.Last; l != nil {
+		m.last = RolloutResult{Seq: l.Seq, Kind: l.Kind, Generation: l.Generation}
+		if l.Err != "" {
+			m.last.Err = errors.New(l.Err)
+		}
+	}
+	// The hot restart that exported the state is done with the exec: the new image replaces the
+	// workers (a phased restart, queued first), or, keeping them, has nothing left to do.
+	if r := st.Restart; r != nil {
+		if r.KeepWorkers {
+			m.last = RolloutResult{Seq: r.Seq, Kind: kindHotRestart, Generation: st.Generation}
+		} else {
+			m.ops = append(m.ops, &op{kind: kindRestart, seq: r.Seq})
+		}
+	}
+	for _, r := range st.Queued {
+		m.ops = append(m.ops, &op{kind: r.Kind, seq: r.Seq, exec: r.Exec, keepWorkers: r.KeepWorkers})
+	}
 	if st.Running {
 		m.phase = PhaseRunning
 	}
@@ -171,7 +229,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 		w := &worker{
 			id: r.ID, slot: r.Slot, generation: r.Generation, pid: r.PID, state: state, template: r.Template,
 			channel: r.Channel, hello: r.Hello, canFork: r.CanFork, expected: r.Expected,
-			stopReason: r.StopReason, stopAsked: r.StopAsked, statusLine: r.StatusLine, requests: r.Requests,
+			stopReason: r.StopReason, stopAsked: r.StopAsked, statusLine: r.StatusLine, requests: r.Requests, reforkBase: r.ReforkBase,
 			heartbeat: r.Heartbeat, spawnedAt: at(r.SpawnedAgo), readyAt: at(r.ReadyAgo),
 		}
 		switch state {

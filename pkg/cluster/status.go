@@ -9,11 +9,15 @@ import (
 // Status is a snapshot of the cluster for the control API and forkctl.
 type Status struct {
 	Phase Phase
-	// Rollout names the rollout in progress ("refork"), or is empty.
-	Rollout    string
-	Generation int
-	Desired    int
-	Ready      int
+	// Rollout names the operation in progress ("refork", "reload", "restart": a hot restart before
+	// its exec, or the phased restart after it), or is empty. Queued lists the operations waiting
+	// behind it, in order; LastRollout says how the last one ended.
+	Rollout     string
+	Queued      []string
+	LastRollout RolloutResult
+	Generation  int
+	Desired     int
+	Ready       int
 	// Forking reports fork-worker mode with a template to fork from.
 	Forking bool
 	// Dropped counts datagrams on the notify sockets that came from no worker (or another uid) or
@@ -68,8 +72,9 @@ func (m *Machine) Status() Status {
 		Late:       m.late,
 		StatusLine: m.lastStatus,
 	}
-	if m.rollout != nil {
-		st.Rollout = m.rollout.kind
+	st.Rollout, st.LastRollout = m.current(), m.last
+	for _, o := range m.ops {
+		st.Queued = append(st.Queued, o.kind)
 	}
 	for _, s := range m.slots {
 		if s.retiring && s.worker == nil && s.next == nil {

@@ -65,6 +65,16 @@ type worker struct {
 	requests    uint64
 	requestsAt  time.Time
 	badRequests bool
+	// reforkBase is requests at the last refork (0 for a worker spawned since), for ReforkAfter.
+	reforkBase uint64
+}
+
+// servedSinceRefork is how many requests w served since the last refork, or since it started.
+func (w *worker) servedSinceRefork() uint64 {
+	if w.requests < w.reforkBase {
+		return 0
+	}
+	return w.requests - w.reforkBase
 }
 
 // forked reports whether the template forked this worker.

@@ -109,16 +109,25 @@ type Config struct {
 }
 
 // DefaultReforkAfter is refork_after when a fork_worker block does not set it: one automatic refork
-// after worker 0 has served 1000 requests, as Puma's fork_worker does.
+// once a worker has served 1000 requests, and no more (refork_after = [1000, false]), as Puma's
+// fork_worker does: the first refork after a warm-up shares what the warm-up built (code loaded
+// lazily, caches, JIT output), later ones gain less and less, and each pauses worker 0 and
+// replaces every other worker.
 var DefaultReforkAfter = []uint64{1000}
+
+// DefaultReforkAfterRepeats says whether the default refork_after repeats: it does not.
+const DefaultReforkAfterRepeats = false
 
 // ForkWorker configures fork-worker mode: worker 0 is the template, the other workers are forked
 // from it, and reforks re-fork them from a warmed-up worker 0.
 type ForkWorker struct {
-	// ReforkAfter lists how many requests worker 0 serves before each automatic refork, counted
-	// from the previous one; the last entry repeats. Empty disables automatic reforks. Defaults to
-	// DefaultReforkAfter.
-	ReforkAfter []uint64
+	// ReforkAfter lists, for each automatic refork in turn, how many requests the busiest worker
+	// serves since the previous one (since the workers were last replaced, for the first). Past
+	// the end of the list, the last entry repeats if ReforkAfterRepeats, else automatic reforks
+	// stop (the list ends with false in the file). Empty disables automatic reforks. Defaults to
+	// DefaultReforkAfter and DefaultReforkAfterRepeats.
+	ReforkAfter        []uint64
+	ReforkAfterRepeats bool
 	// Timeout bounds a fork (the template's reply to a spawn request) and a pause. A worker whose
 	// fork times out or fails is exec'd instead. Defaults to DefaultForkTimeout.
 	Timeout time.Duration

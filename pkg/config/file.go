@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math/big"
 	"strings"
 	"time"
 
@@ -142,17 +143,7 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 	if fw := fc.ForkWorker; fw != nil {
 		c.ForkWorker = &ForkWorker{}
 		s.forkWorker = origin{what: "fork_worker", given: true, subject: fw.DefRange.Ptr()}
-		var after []int
-		if b.decodeValue(fw.ReforkAfter, "fork_worker.refork_after", &after, &s.reforkAfter) {
-			c.ForkWorker.ReforkAfter = []uint64{}
-			for _, n := range after {
-				if n <= 0 {
-					b.report(s.reforkAfter, "entries must be request counts greater than 0, not %d ([] disables automatic reforks)", n)
-					break
-				}
-				c.ForkWorker.ReforkAfter = append(c.ForkWorker.ReforkAfter, uint64(n))
-			}
-		}
+		b.decodeReforkAfter(fw.ReforkAfter)
 		b.decodeDuration(fw.Timeout, "fork_worker.timeout", &c.ForkWorker.Timeout, &s.forkTimeout)
 	}
 	if r := fc.Rollout; r != nil {
@@ -269,6 +260,60 @@ func parseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q is not a duration; write a number and a unit, like \"30s\", \"2m\" or \"1m30s\"", s)
 	}
 	return d, nil
+}
+
+// decodeReforkAfter decodes refork_after: request counts greater than 0, perhaps ending with false
+// (the list does not repeat its last count), as pitchfork's refork_after does. [] (or [false])
+// disables automatic reforks.
+func (b *builder) decodeReforkAfter(a *hcl.Attribute) {
+	s := &b.src
+	if a == nil {
+		return
+	}
+	s.reforkAfter = attrOrigin("fork_worker.refork_after", a)
+	val, diags := a.Expr.Value(nil)
+	if diags.HasErrors() {
+		b.diags = append(b.diags, diags...)
+		s.reforkAfter.failed = true
+		return
+	}
+	if val.IsNull() {
+		s.reforkAfter.given = false
+		return
+	}
+	const form = "must be a list of request counts, perhaps ending with false: [1000] refork after every 1000 requests, [1000, false] once, [] never"
+	if !val.Type().IsTupleType() && !val.Type().IsListType() || !val.IsWhollyKnown() {
+		b.report(s.reforkAfter, "%s", form)
+		s.reforkAfter.failed = true
+		return
+	}
+	fw := b.cfg.ForkWorker
+	fw.ReforkAfter, fw.ReforkAfterRepeats = []uint64{}, true
+	elems := val.AsValueSlice()
+	for i, e := range elems {
+		switch {
+		case e.Type() == cty.Bool && e.False() && i == len(elems)-1:
+			fw.ReforkAfterRepeats = false
+		case e.Type() == cty.Bool:
+			b.report(s.reforkAfter, "%s: false may only end the list, and true has no meaning here", form)
+			s.reforkAfter.failed = true
+			return
+		case e.Type() != cty.Number || e.IsNull():
+			b.report(s.reforkAfter, "%s: element %d is not a number", form, i)
+			s.reforkAfter.failed = true
+			return
+		default:
+			f := e.AsBigFloat()
+			n, accuracy := f.Uint64()
+			if !f.IsInt() || accuracy != big.Exact || n == 0 {
+				b.report(s.reforkAfter, "entries must be whole request counts greater than 0, not %s ([] disables automatic reforks)",
+					e.AsBigFloat().Text('g', -1))
+				s.reforkAfter.failed = true
+				return
+			}
+			fw.ReforkAfter = append(fw.ReforkAfter, n)
+		}
+	}
 }
 
 // decodeCommand decodes the argv list, keeping each element's range so a problem with the program

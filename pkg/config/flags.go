@@ -61,7 +61,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.WorkerTimeout, "worker-timeout", "",
 		"kill a ready worker that sends no WATCHDOG=1 heartbeat for this `DURATION`; 0s disables (default 0s)")
 	fs.BoolVar(&f.ForkWorker, "fork-worker", false,
-		"fork-worker mode: fork workers 1..n-1 from a warmed-up worker 0 (the app needs a forkd SDK); refork after 1000 requests")
+		"fork-worker mode: fork workers 1..n-1 from a warmed-up worker 0 (the app needs a forkd SDK); refork once, after a worker has served 1000 requests")
 	fs.StringVar(&f.ShutdownTimeout, "shutdown-timeout", "",
 		"how long a worker may take to exit after SIGTERM before it gets SIGKILL, a `DURATION` (default 30s)")
 }

@@ -185,7 +185,7 @@ func (b *builder) fillDefaults() {
 	}
 	if fw := c.ForkWorker; fw != nil {
 		if !s.reforkAfter.given {
-			fw.ReforkAfter = slices.Clone(DefaultReforkAfter)
+			fw.ReforkAfter, fw.ReforkAfterRepeats = slices.Clone(DefaultReforkAfter), DefaultReforkAfterRepeats
 		}
 		if !s.forkTimeout.given {
 			fw.Timeout = DefaultForkTimeout

@@ -105,7 +105,7 @@ func TestParseFullConfig(t *testing.T) {
 		},
 		Timeouts:   Timeouts{Boot: 2 * time.Minute, Worker: 10 * time.Second, Shutdown: 90 * time.Second},
 		Restart:    Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
-		ForkWorker: &ForkWorker{ReforkAfter: []uint64{100, 2000}, Timeout: 5 * time.Second},
+		ForkWorker: &ForkWorker{ReforkAfter: []uint64{100, 2000}, ReforkAfterRepeats: true, Timeout: 5 * time.Second},
 		Rollout:    Rollout{MaxSurge: 2, MaxUnavailable: 1},
 		Hooks: Hooks{
 			BeforeReload:  []string{"/bin/sh", "-c", "exit 0"},
@@ -294,12 +294,22 @@ func TestForkWorkerDefaults(t *testing.T) {
 	sandbox(t)
 	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {}\n"), "web.hcl")
 	require.NoError(t, err)
-	assert.Equal(t, &ForkWorker{ReforkAfter: DefaultReforkAfter, Timeout: DefaultForkTimeout}, cfg.ForkWorker)
+	assert.Equal(t, &ForkWorker{ReforkAfter: []uint64{1000}, ReforkAfterRepeats: false, Timeout: DefaultForkTimeout}, cfg.ForkWorker,
+		"one refork after 1000 requests, as Puma's fork_worker")
 
-	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_after = []\n}\n"), "web.hcl")
-	require.NoError(t, err)
-	assert.Empty(t, cfg.ForkWorker.ReforkAfter, "[] disables automatic reforks")
-	assert.NotNil(t, cfg.ForkWorker.ReforkAfter)
+	for src, want := range map[string]ForkWorker{
+		"[]":                {ReforkAfter: []uint64{}, ReforkAfterRepeats: true},
+		"[false]":           {ReforkAfter: []uint64{}},
+		"[1000]":            {ReforkAfter: []uint64{1000}, ReforkAfterRepeats: true},
+		"[1000, false]":     {ReforkAfter: []uint64{1000}},
+		"[50, 100, 1000]":   {ReforkAfter: []uint64{50, 100, 1000}, ReforkAfterRepeats: true},
+		"[50, 1000, false]": {ReforkAfter: []uint64{50, 1000}},
+	} {
+		cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_after = "+src+"\n}\n"), "web.hcl")
+		require.NoError(t, err, src)
+		want.Timeout = DefaultForkTimeout
+		assert.Equal(t, &want, cfg.ForkWorker, src)
+	}
 
 	cfg, err = Parse([]byte("command = [\"server\"]\n"), "web.hcl")
 	require.NoError(t, err)

@@ -95,21 +95,26 @@ const (
 	restartPollMax   = 500 * time.Millisecond
 )
 
-// Restart asks the master to re-exec itself in place (a hot restart). It answers as Refork does,
+// Restart asks the master to re-exec itself in place (a hot restart): the new image replaces the
+// workers by a phased restart, or with req.KeepWorkers keeps them. It answers as Refork does,
 // except that the exec closes the connection, which the reply may not have left by then:
 //
 //   - Without req.Wait, a connection closed before the reply means the restart has begun; Restart
 //     returns a zero RestartResponse and no error.
-//   - With req.Wait, Restart first asks for the status to learn the master's PID. When the
-//     connection closes before the reply, it reconnects, polling the socket, until a status
-//     answers with that same master_pid and the phase "running": the new image is up. It then
-//     returns that status's generation. A different master_pid is a failure ("forkd restarted as
-//     a new process": the master died and something started forkd afresh), as is the phase
-//     "stopping". A socket on which nothing at all answers for a minute fails with an error
-//     matching ErrNotRunning; anything else is bounded only by ctx.
+//   - With req.Wait, Restart first asks for the status, to learn the master's PID and the last
+//     operation that ended (last_rollout). When the connection closes before the reply, it
+//     reconnects, polling the socket, until a status from that same master_pid shows a restart
+//     that ended since (last_rollout of kind "restart", with a higher seq): the new image runs,
+//     and, unless KeepWorkers, every worker has been replaced and the old ones are gone. It then
+//     returns the generation. A restart that ended with an error (the new release's workers did
+//     not become ready: the old workers serve on, with the new master) is a *Error with Code 500
+//     and the reason. A different master_pid is a failure ("forkd restarted as a new process":
+//     the master died and something started forkd afresh), as is the phase "stopping". A socket
+//     on which nothing at all answers for a minute fails with an error matching ErrNotRunning;
+//     anything else is bounded only by ctx.
 //
 // A reply that does arrive is the answer: a success, or a *Error (409: the restart cannot begin;
-// 500: it failed, the old image still running).
+// 500 or 422: it failed, the old image still running).
 func (c *Client) Restart(ctx context.Context, req RestartRequest) (RestartResponse, error) {
 	var before Status
 	if req.Wait {
@@ -132,11 +137,16 @@ func (c *Client) Restart(ctx context.Context, req RestartRequest) (RestartRespon
 	case !req.Wait:
 		return RestartResponse{}, nil
 	}
-	return c.awaitRestart(ctx, before.MasterPID)
+	seq := 0
+	if before.LastRollout != nil {
+		seq = before.LastRollout.Seq
+	}
+	return c.awaitRestart(ctx, before.MasterPID, seq)
 }
 
-// awaitRestart polls the status until the master with PID pid runs again after a hot restart.
-func (c *Client) awaitRestart(ctx context.Context, pid int) (RestartResponse, error) {
+// awaitRestart polls the status until the master with PID pid has ended a hot restart, one whose
+// last_rollout seq is above seq.
+func (c *Client) awaitRestart(ctx context.Context, pid, seq int) (RestartResponse, error) {
 	delay := restartPollFirst
 	var goneSince time.Time
 	last := "no answer yet"
@@ -148,8 +158,12 @@ func (c *Client) awaitRestart(ctx context.Context, pid int) (RestartResponse, er
 		case err == nil && st.MasterPID != pid:
 			return RestartResponse{}, fmt.Errorf("forkd restarted as a new process (pid %d, was %d): the hot restart failed and forkd was started afresh",
 				st.MasterPID, pid)
-		case err == nil && st.Phase == PhaseRunning:
-			return RestartResponse{Generation: st.Generation}, nil
+		case err == nil && st.LastRollout != nil && st.LastRollout.Kind == RolloutRestart && st.LastRollout.Seq > seq:
+			if st.LastRollout.Error != "" {
+				return RestartResponse{}, &Error{Code: http.StatusInternalServerError,
+					Message: "the new master runs, but the restart failed: " + st.LastRollout.Error}
+			}
+			return RestartResponse{Generation: st.LastRollout.Generation}, nil
 		case err == nil && st.Phase == PhaseStopping:
 			return RestartResponse{}, errors.New("forkd is stopping: the restart did not complete")
 		case err == nil:

@@ -54,8 +54,8 @@
 //	404  no such route
 //	405  wrong method for the route (the Allow header names the right one)
 //	409  the action cannot begin now: it conflicts with what forkd is doing (ErrStopping, ErrBusy
-//	     while a rollout runs) or the cluster is not ready for it ("refork needs fork-worker
-//	     mode"); nothing was changed
+//	     for a scale while a rollout runs) or the cluster is not ready for it ("refork needs
+//	     fork-worker mode"); nothing was changed
 //	413  the body is larger than 64 KiB
 //	500  the backend failed, or an action began and failed: the message is the reason
 //	503  the backend is gone (ErrUnavailable)
@@ -76,16 +76,21 @@
 // # Rollouts
 //
 // Refork, reload and restart are rollouts: they replace the workers (or the master) with a new
-// generation, and only one runs at a time; meanwhile the status has the phase "rolling" and names
-// the rollout. Without Wait, the reply comes once the rollout has begun, or at once with a 409 if
-// it cannot begin. With Wait, it comes when the rollout is done, or with a 500 whose message is
+// generation. forkd runs one at a time; one asked for while another runs is queued behind it (and
+// joins one of its kind that waits already), so it is not refused for arriving at the wrong
+// moment. Meanwhile the status has the phase "rolling", names the rollout in progress, lists what
+// waits (queued), and says how the last one ended (last_rollout). Without Wait, the reply comes
+// once the rollout has begun or is queued, or at once with a 409 if it cannot (forkd is stopping,
+// "refork needs fork-worker mode"). With Wait, it comes when the rollout has ended, every old
+// worker it replaced gone, or with a 500 (422 for a config that does not load) whose message is
 // why it failed.
 //
 // A restart is special: the master re-execs itself, which closes every connection to the control
 // socket, the restart request's own included, and the reply may lose that race. Client.Restart
 // therefore takes a connection closed before the reply as the restart under way, and, with Wait,
-// polls the status until the same master PID answers with the phase "running" (see its doc for the
-// details and what it needs from the Backend).
+// polls the status until the same master PID reports the restart ended in last_rollout (see its
+// doc for the details and what it needs from the Backend). RestartRequest.KeepWorkers asks the
+// new image to keep the workers as they are rather than replace them by a phased restart.
 //
 // # Adding an action
 //

@@ -225,15 +225,35 @@ func restartAsync(ctx context.Context, socket string, req RestartRequest) <-chan
 	return done
 }
 
+// restartCutByExec calls Restart with Wait on an old image answering before, and has the exec cut
+// its connection once the request has arrived.
+func restartCutByExec(t *testing.T, socket string, before Status) <-chan restartCall {
+	t.Helper()
+	old := startOldImage(t, socket, before)
+	call := restartAsync(context.Background(), socket, RestartRequest{Wait: true})
+	require.Equal(t, RestartRequest{Wait: true}, receive(t, old.restarts, "the restart request"))
+	old.cut()
+	return call
+}
+
 // newImageStatus answers as a master that has just re-exec'd: phases[i] for the i-th status, the
-// last one from then on. polls counts the answers.
+// last one from then on; once running, its last rollout is the restart, ended with failure (when
+// not empty). polls counts the answers.
 func newImageStatus(pid, generation int, polls *atomic.Int32, phases ...string) func(context.Context) (Status, error) {
+	return newImageStatusFailing(pid, generation, polls, "", phases...)
+}
+
+func newImageStatusFailing(pid, generation int, polls *atomic.Int32, failure string, phases ...string) func(context.Context) (Status, error) {
 	return func(context.Context) (Status, error) {
 		n := int(polls.Add(1))
 		phase := phases[min(n, len(phases))-1]
-		st := Status{MasterPID: pid, Phase: phase, Generation: generation}
-		if phase == PhaseRolling {
+		st := Status{MasterPID: pid, Phase: phase, Generation: generation,
+			LastRollout: &RolloutResult{Seq: 7, Kind: RolloutReload, Generation: generation - 1}}
+		switch phase {
+		case PhaseRolling:
 			st.Rollout = RolloutRestart
+		case PhaseRunning:
+			st.LastRollout = &RolloutResult{Seq: 8, Kind: RolloutRestart, Generation: generation, Error: failure}
 		}
 		return st, nil
 	}
@@ -241,11 +261,8 @@ func newImageStatus(pid, generation int, polls *atomic.Int32, phases ...string) 
 
 func TestRestartWaitReconnects(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "control.sock")
-	old := startOldImage(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3})
-
-	call := restartAsync(context.Background(), socket, RestartRequest{Wait: true})
-	require.Equal(t, RestartRequest{Wait: true}, receive(t, old.restarts, "the restart request"))
-	old.cut()
+	call := restartCutByExec(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3,
+		LastRollout: &RolloutResult{Seq: 7, Kind: RolloutReload, Generation: 3}})
 	// The socket is gone for a while, as when the new image binds it again: the client keeps
 	// trying.
 	time.Sleep(100 * time.Millisecond)
@@ -256,16 +273,50 @@ func TestRestartWaitReconnects(t *testing.T) {
 	got := receive(t, call, "Restart to return")
 	require.NoError(t, got.err)
 	require.Equal(t, RestartResponse{Generation: 4}, got.resp)
-	require.EqualValues(t, 4, polls.Load(), "Restart returns at the first status with the phase running")
+	require.EqualValues(t, 4, polls.Load(), "Restart returns at the first status that shows the restart ended")
+}
+
+// The new image runs, but its phased restart failed (a broken release): the restart failed, and
+// says why, as a failed reload does.
+func TestRestartWaitPhasedRestartFailed(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "control.sock")
+	call := restartCutByExec(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3,
+		LastRollout: &RolloutResult{Seq: 7, Kind: RolloutReload, Generation: 3}})
+
+	var polls atomic.Int32
+	startServerAt(t, &fakeBackend{status: newImageStatusFailing(4242, 3, &polls,
+		"rollout failed: worker 0 of generation 4 did not become ready: exit status 1", PhaseRolling, PhaseRunning)}, socket)
+	got := receive(t, call, "Restart to return")
+	var e *Error
+	require.ErrorAs(t, got.err, &e)
+	require.Equal(t, http.StatusInternalServerError, e.Code)
+	require.EqualError(t, got.err, "the new master runs, but the restart failed: rollout failed: worker 0 of generation 4 did not become ready: exit status 1")
+}
+
+// A status that says running, from the new image, is not enough: the restart must have ended
+// (its phased restart done), which LastRollout says.
+func TestRestartWaitIgnoresRunningBeforeTheEnd(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "control.sock")
+	call := restartCutByExec(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3,
+		LastRollout: &RolloutResult{Seq: 7, Kind: RolloutReload, Generation: 3}})
+
+	var polls atomic.Int32
+	statuses := []Status{
+		{MasterPID: 4242, Phase: PhaseRunning, Generation: 3, LastRollout: &RolloutResult{Seq: 7, Kind: RolloutReload, Generation: 3}},
+		{MasterPID: 4242, Phase: PhaseRunning, Generation: 4, LastRollout: &RolloutResult{Seq: 8, Kind: RolloutRestart, Generation: 4}},
+	}
+	startServerAt(t, &fakeBackend{status: func(context.Context) (Status, error) {
+		return statuses[min(int(polls.Add(1)), len(statuses))-1], nil
+	}}, socket)
+	got := receive(t, call, "Restart to return")
+	require.NoError(t, got.err)
+	require.Equal(t, RestartResponse{Generation: 4}, got.resp)
+	require.EqualValues(t, 2, polls.Load())
 }
 
 func TestRestartWaitNewProcess(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "control.sock")
-	old := startOldImage(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3})
-
-	call := restartAsync(context.Background(), socket, RestartRequest{Wait: true})
-	receive(t, old.restarts, "the restart request")
-	old.cut()
+	call := restartCutByExec(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3})
 
 	var polls atomic.Int32
 	startServerAt(t, &fakeBackend{status: newImageStatus(5151, 1, &polls, PhaseRunning)}, socket)
@@ -276,11 +327,7 @@ func TestRestartWaitNewProcess(t *testing.T) {
 
 func TestRestartWaitStopping(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "control.sock")
-	old := startOldImage(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3})
-
-	call := restartAsync(context.Background(), socket, RestartRequest{Wait: true})
-	receive(t, old.restarts, "the restart request")
-	old.cut()
+	call := restartCutByExec(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3})
 
 	var polls atomic.Int32
 	startServerAt(t, &fakeBackend{status: newImageStatus(4242, 4, &polls, PhaseRolling, PhaseStopping)}, socket)
@@ -307,10 +354,7 @@ func TestRestartWaitNeverComesBack(t *testing.T) {
 	restartGoneLimit = 300 * time.Millisecond
 
 	socket := filepath.Join(t.TempDir(), "control.sock")
-	old := startOldImage(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3})
-	call := restartAsync(context.Background(), socket, RestartRequest{Wait: true})
-	receive(t, old.restarts, "the restart request")
-	old.cut()
+	call := restartCutByExec(t, socket, Status{MasterPID: 4242, Phase: PhaseRunning, Generation: 3})
 
 	got := receive(t, call, "Restart to return")
 	require.ErrorIs(t, got.err, ErrNotRunning)

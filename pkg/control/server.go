@@ -49,9 +49,8 @@ type Backend interface {
 	// Restart re-execs the master in place. The exec closes every control connection, the
 	// request's own included, so the reply may never get out: Client.Restart then waits for the
 	// new image by polling Status, and needs two things of the Backend. The master keeps its
-	// PID (Status.MasterPID), and from the moment it accepts the restart until the new image
-	// runs, Status reports PhaseRolling with RolloutRestart (never PhaseRunning), so that a
-	// status from the old image is never taken for one from the new.
+	// PID (Status.MasterPID), and Status.LastRollout reports each restart once it has ended (kind
+	// RolloutRestart, a Seq higher than any before it, Error set if its phased restart failed).
 	Restart(ctx context.Context, req RestartRequest) (RestartResponse, error)
 }
 

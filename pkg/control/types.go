@@ -48,9 +48,15 @@ type Status struct {
 	Uptime    Duration  `json:"uptime"`
 	// Phase is one of PhaseStarting, PhaseRunning, PhaseRolling, PhaseStopping.
 	Phase string `json:"phase"`
-	// Rollout names the rollout in progress while Phase is PhaseRolling (one of the Rollout*
-	// constants); it is empty (and omitted) otherwise.
+	// Rollout names the operation in progress while Phase is PhaseRolling (one of the Rollout*
+	// constants: a refork, a reload, or a hot restart, before its exec or in the phased restart
+	// after it); it is empty (and omitted) otherwise.
 	Rollout string `json:"rollout,omitempty"`
+	// Queued lists the operations asked for that wait for the one in progress, in order (omitted
+	// when none does).
+	Queued []string `json:"queued,omitempty"`
+	// LastRollout says how the last operation ended; nil (omitted) before the first has.
+	LastRollout *RolloutResult `json:"last_rollout,omitempty"`
 	// Generation is the cluster's generation: 1, then one more per rollout. During a rollout it is
 	// the generation the rollout creates.
 	Generation int `json:"generation"`
@@ -72,6 +78,18 @@ type Status struct {
 	// StatusLine is what forkd last sent systemd as STATUS=.
 	StatusLine string   `json:"status_line"`
 	WorkerList []Worker `json:"worker_list"`
+}
+
+// RolloutResult says how an operation (refork, reload, hot restart) ended.
+type RolloutResult struct {
+	// Seq numbers the operations in the order they were asked for, from 1, across hot restarts.
+	Seq int `json:"seq"`
+	// Kind is one of the Rollout* constants.
+	Kind string `json:"kind"`
+	// Generation is the cluster's generation after it.
+	Generation int `json:"generation"`
+	// Error is why it failed, or did not begin; empty (and omitted) when it succeeded.
+	Error string `json:"error,omitempty"`
 }
 
 // Listener is one socket the workers accept on.
@@ -197,8 +215,13 @@ type ReloadResponse struct {
 // itself in place (same PID, same listeners), for instance to run a new forkd binary. The exec
 // closes the connection the request came on; see Client.Restart.
 type RestartRequest struct {
-	// Wait asks for the restart to be done (the new master image running), not just begun.
+	// Wait asks for the restart to be done (the new master image running, and, unless
+	// KeepWorkers, every worker replaced by one of the new release), not just begun.
 	Wait bool `json:"wait"`
+	// KeepWorkers upgrades the master only: the new image keeps the running workers as they are.
+	// Without it, the new image replaces them by a phased restart, as Puma's hot restart
+	// replaces the app.
+	KeepWorkers bool `json:"keep_workers,omitempty"`
 }
 
 // RestartResponse is the reply to POST /v1/restart.

@@ -89,7 +89,7 @@ Heartbeats and request counts
 ``add_requests(n=1)``
     Adds n to the count of requests this worker has served (cumulative, 0 in a new worker). A
     daemon thread reports the total as X_FORKD_REQUESTS= with the next heartbeat, or on its own at
-    most once a second; worker 0's count drives forkd's ``refork_after``. Cheap: call it for
+    most once a second; the busiest worker's count drives forkd's ``refork_after``. Cheap: call it for
     every request.
 ``requests()``
     The total so far.

@@ -83,7 +83,7 @@ module Forkd
   # --- heartbeats and request counts ------------------------------------------------------------
 
   # Adds n to the requests this worker has served; reported as X_FORKD_REQUESTS= at most once a
-  # second (worker 0's count drives refork_after). Returns the new total.
+  # second (the busiest worker's count drives refork_after). Returns the new total.
   def add_requests(count = 1)
     Worker.add_requests(count)
   end

@@ -1,0 +1,160 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/forkd/forkd/pkg/control"
+)
+
+// The operator's commands under forkd's one-operation-at-a-time rule: nothing is refused or
+// dropped for arriving during another operation, --wait returns when the operation has ended
+// (old workers gone) and fails when it failed, and the hot restart comes in two kinds.
+
+// TestDeploysDuringAutomaticReforks: under load, refork_after reforks every few hundred requests.
+// Ten SIGUSR1 and ten `forkctl reload --wait`, each sent while an automatic refork runs, each end
+// in a completed phased restart: the refork gives way instead of the deploy being refused.
+func TestDeploysDuringAutomaticReforks(t *testing.T) {
+	t.Parallel()
+	f := startForkd(t, options{config: pythonApp(t, 3, nil, `
+fork_worker {
+  refork_after = [150]
+  timeout      = "10s"
+}
+`)})
+	f.waitReady(3)
+	l := startLoad(t, "http://"+f.addr(), 3, 2)
+	duringRefork := func(what string) control.Status {
+		return f.waitFor(what+" during an automatic refork", func(st control.Status) bool {
+			return st.Rollout == control.RolloutRefork
+		})
+	}
+	reloadsDone := func() int { return strings.Count(f.output.String(), "reload done: ") }
+
+	for i := range 10 {
+		duringRefork(fmt.Sprintf("SIGUSR1 %d", i+1))
+		f.signal(syscall.SIGUSR1)
+		f.waitFor(fmt.Sprintf("reload %d done", i+1), func(control.Status) bool { return reloadsDone() == i+1 })
+	}
+	for i := range 10 {
+		duringRefork(fmt.Sprintf("reload --wait %d", i+1))
+		out, code := f.forkctl("reload", "--wait")
+		require.Equal(t, 0, code, "reload --wait %d: %s", i+1, out)
+		assert.Contains(t, out, "reload done: generation")
+		assert.Equal(t, 11+i, reloadsDone(), "its own reload, done")
+	}
+	log := f.output.String()
+	assert.NotContains(t, log, "reload failed")
+	assert.NotContains(t, log, "a rollout is in progress")
+	assert.GreaterOrEqual(t, strings.Count(log, "automatic refork cut short"), 20, "each deploy cut a refork short")
+	ok, failed := l.stop()
+	t.Logf("20 reloads during automatic reforks: %d requests, %d failed", ok, failed)
+	assert.Zero(t, failed, "failed requests: %v", l.errs())
+}
+
+// TestReforkWaitThenReloadWait: refork --wait returns once the old workers are gone, so a reload
+// --wait right after it starts at once, and succeeds.
+func TestReforkWaitThenReloadWait(t *testing.T) {
+	t.Parallel()
+	f := startForkd(t, options{config: pythonApp(t, 4, nil, forkWorkerBlock)})
+	f.waitReady(4)
+	for range 3 {
+		out, code := f.forkctl("refork", "--wait")
+		require.Equal(t, 0, code, out)
+		st := f.status()
+		assert.Len(t, st.WorkerList, 4, "refork --wait returned with old workers still there: %+v", st.WorkerList)
+		for _, w := range st.WorkerList {
+			assert.Equal(t, st.Generation, w.Generation, "worker %d (pid %d) is of generation %d", w.Index, w.PID, w.Generation)
+		}
+		out, code = f.forkctl("reload", "--wait")
+		require.Equal(t, 0, code, out)
+		assert.Len(t, f.status().WorkerList, 4, "reload --wait returned with old workers still there")
+	}
+}
+
+// TestRestartWaitFailsOnBrokenRelease: a hot restart onto a release whose workers cannot boot:
+// the new master runs, its phased restart fails, the old workers serve on, and
+// `forkctl restart --wait` says so and exits 1, as `reload --wait` does.
+func TestRestartWaitFailsOnBrokenRelease(t *testing.T) {
+	t.Parallel()
+	broken := filepath.Join(t.TempDir(), "broken")
+	f := startForkd(t, options{config: worker("-crash-if-file", broken) + "\nworkers = 2\n"})
+	before := f.waitReady(2)
+	require.NoError(t, os.WriteFile(broken, nil, 0o644))
+
+	out, code := f.forkctl("restart", "--wait")
+	assert.Equal(t, 1, code, "restart --wait onto a broken release: %s", out)
+	assert.Contains(t, out, "the restart failed")
+	assert.Contains(t, out, "did not become ready")
+	after := f.waitReady(2)
+	assert.Equal(t, before.MasterPID, after.MasterPID)
+	assert.Equal(t, before.Generation, after.Generation, "the generation does not move")
+	assert.ElementsMatch(t, workerPIDs(before), workerPIDs(after), "the old workers serve on")
+	require.NotNil(t, after.LastRollout)
+	assert.Equal(t, control.RolloutRestart, after.LastRollout.Kind)
+	assert.NotEmpty(t, after.LastRollout.Error)
+}
+
+// TestRestartKeepWorkersOrNot: `forkctl restart --keep-workers` upgrades the master only: the same
+// workers serve on; `forkctl restart` replaces every worker, as Puma's hot restart replaces the
+// app. Both keep the master's PID.
+func TestRestartKeepWorkersOrNot(t *testing.T) {
+	t.Parallel()
+	f := startForkd(t, options{config: worker() + "\nworkers = 2\n"})
+	before := f.waitReady(2)
+
+	out, code := f.forkctl("restart", "--keep-workers", "--wait")
+	require.Equal(t, 0, code, out)
+	assert.Contains(t, out, "workers kept")
+	kept := f.waitReady(2)
+	assert.Equal(t, before.MasterPID, kept.MasterPID)
+	assert.ElementsMatch(t, workerPIDs(before), workerPIDs(kept), "--keep-workers keeps the workers")
+	assert.Equal(t, before.Generation, kept.Generation)
+	assert.Contains(t, f.output.String(), "keeping the workers as they are")
+
+	out, code = f.forkctl("restart", "--wait")
+	require.Equal(t, 0, code, out)
+	assert.Contains(t, out, "workers replaced")
+	replaced := f.waitReady(2)
+	assert.Equal(t, before.MasterPID, replaced.MasterPID)
+	assert.Equal(t, before.Generation+1, replaced.Generation)
+	for _, pid := range workerPIDs(replaced) {
+		assert.NotContains(t, workerPIDs(before), pid, "restart replaces every worker")
+	}
+	assert.Len(t, replaced.WorkerList, 2, "the old workers are gone when restart --wait returns")
+}
+
+// TestAutomaticReforkOnce: refork_after = [N, false] reforks once, when the busiest worker has
+// served N requests, and never again, however much is served after.
+func TestAutomaticReforkOnce(t *testing.T) {
+	t.Parallel()
+	f := startForkd(t, options{config: pythonApp(t, 3, nil, `
+fork_worker {
+  refork_after = [50, false]
+  timeout      = "10s"
+}
+`)})
+	f.waitReady(3)
+	l := startLoad(t, "http://"+f.addr(), 2, 2)
+	st := f.waitFor("the automatic refork", func(st control.Status) bool { return st.Generation == 2 && len(st.WorkerList) == 3 })
+	served := func(st control.Status) uint64 {
+		var n uint64
+		for _, w := range st.WorkerList {
+			n += w.Requests
+		}
+		return n
+	}
+	base := served(st)
+	// Far more than another 50 requests for every worker.
+	st = f.waitFor("ten times the quota served since", func(st control.Status) bool { return served(st) > base+3*500 })
+	l.stop()
+	assert.Equal(t, 2, st.Generation, "refork_after = [50, false] reforks once")
+	assert.Equal(t, 1, strings.Count(f.output.String(), "automatic refork to generation"))
+}
