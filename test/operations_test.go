@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -103,32 +104,49 @@ func TestRestartWaitFailsOnBrokenRelease(t *testing.T) {
 }
 
 // TestRestartKeepWorkersOrNot: `forkctl restart --keep-workers` upgrades the master only: the same
-// workers serve on; `forkctl restart` replaces every worker, as Puma's hot restart replaces the
-// app. Both keep the master's PID.
+// workers serve on, and their heartbeats still reach the new image (the notify sockets, files or
+// abstract, went across the exec); `forkctl restart` replaces every worker, as Puma's hot restart
+// replaces the app. Both keep the master's PID.
 func TestRestartKeepWorkersOrNot(t *testing.T) {
 	t.Parallel()
-	f := startForkd(t, options{config: worker() + "\nworkers = 2\n"})
-	before := f.waitReady(2)
+	for _, abstract := range []bool{false, true} {
+		t.Run(fmt.Sprintf("abstract=%v", abstract), func(t *testing.T) {
+			t.Parallel()
+			f := startForkd(t, options{config: worker() + fmt.Sprintf(`
+workers = 2
+timeouts {
+  worker = "1s"
+}
+notify {
+  abstract = %v
+}
+`, abstract)})
+			before := f.waitReady(2)
 
-	out, code := f.forkctl("restart", "--keep-workers", "--wait")
-	require.Equal(t, 0, code, out)
-	assert.Contains(t, out, "workers kept")
-	kept := f.waitReady(2)
-	assert.Equal(t, before.MasterPID, kept.MasterPID)
-	assert.ElementsMatch(t, workerPIDs(before), workerPIDs(kept), "--keep-workers keeps the workers")
-	assert.Equal(t, before.Generation, kept.Generation)
-	assert.Contains(t, f.output.String(), "keeping the workers as they are")
+			out, code := f.forkctl("restart", "--keep-workers", "--wait")
+			require.Equal(t, 0, code, out)
+			assert.Contains(t, out, "workers kept")
+			assert.Contains(t, f.output.String(), "keeping the workers as they are")
+			// Three heartbeat timeouts: a worker whose heartbeats were lost would be killed by now.
+			time.Sleep(3 * time.Second)
+			kept := f.waitReady(2)
+			assert.Equal(t, before.MasterPID, kept.MasterPID)
+			assert.ElementsMatch(t, workerPIDs(before), workerPIDs(kept), "--keep-workers keeps the workers")
+			assert.Equal(t, before.Generation, kept.Generation)
+			assert.NotContains(t, f.output.String(), "no heartbeat")
 
-	out, code = f.forkctl("restart", "--wait")
-	require.Equal(t, 0, code, out)
-	assert.Contains(t, out, "workers replaced")
-	replaced := f.waitReady(2)
-	assert.Equal(t, before.MasterPID, replaced.MasterPID)
-	assert.Equal(t, before.Generation+1, replaced.Generation)
-	for _, pid := range workerPIDs(replaced) {
-		assert.NotContains(t, workerPIDs(before), pid, "restart replaces every worker")
+			out, code = f.forkctl("restart", "--wait")
+			require.Equal(t, 0, code, out)
+			assert.Contains(t, out, "workers replaced")
+			replaced := f.waitReady(2)
+			assert.Equal(t, before.MasterPID, replaced.MasterPID)
+			assert.Equal(t, before.Generation+1, replaced.Generation)
+			for _, pid := range workerPIDs(replaced) {
+				assert.NotContains(t, workerPIDs(before), pid, "restart replaces every worker")
+			}
+			assert.Len(t, replaced.WorkerList, 2, "the old workers are gone when restart --wait returns")
+		})
 	}
-	assert.Len(t, replaced.WorkerList, 2, "the old workers are gone when restart --wait returns")
 }
 
 // TestAutomaticReforkOnce: refork_after = [N, false] reforks once, when the busiest worker has

@@ -100,6 +100,8 @@ type fakeBackend struct {
 	reforks       chan control.ReforkRequest
 	reloads       chan control.ReloadRequest
 	restarts      chan control.RestartRequest
+	// queuedBehind, when set, is what a reload or refork without Wait waits for.
+	queuedBehind string
 }
 
 func newFakeBackend() *fakeBackend {
@@ -159,7 +161,7 @@ func (b *fakeBackend) Refork(ctx context.Context, req control.ReforkRequest) (co
 func (b *fakeBackend) Reload(ctx context.Context, req control.ReloadRequest) (control.ReloadResponse, error) {
 	b.reloads <- req
 	gen, err := b.rollout(ctx)
-	return control.ReloadResponse{Generation: gen}, err
+	return control.ReloadResponse{Generation: gen, Queued: b.queuedBehind}, err
 }
 
 func (b *fakeBackend) Restart(ctx context.Context, req control.RestartRequest) (control.RestartResponse, error) {

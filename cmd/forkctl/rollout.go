@@ -41,6 +41,9 @@ an app whose SDK can fork).
 		if wait {
 			return fmt.Sprintf("refork done: generation %d", resp.Generation), nil
 		}
+		if resp.Queued != "" {
+			return fmt.Sprintf("refork queued: it begins when the %s in progress has ended", printable(resp.Queued)), nil
+		}
 		return fmt.Sprintf("refork started (generation %d)", resp.Generation), nil
 	})
 }
@@ -67,6 +70,9 @@ fail when it fails.`,
 		}
 		if wait {
 			return fmt.Sprintf("reload done: generation %d", resp.Generation), nil
+		}
+		if resp.Queued != "" {
+			return fmt.Sprintf("reload queued: it begins when the %s in progress has ended", printable(resp.Queued)), nil
 		}
 		return fmt.Sprintf("reload started (generation %d)", resp.Generation), nil
 	})

@@ -87,6 +87,16 @@ func TestRollouts(t *testing.T) {
 	}
 }
 
+// A reload asked for during another rollout waits for it, and forkctl says so.
+func TestReloadQueued(t *testing.T) {
+	b := newFakeBackend()
+	b.queuedBehind = control.RolloutRefork
+	socket := serve(t, b)
+	r := forkctl(t, nil, "--socket", socket, "reload")
+	require.Equal(t, exitOK, r.code, r.stderr)
+	require.Equal(t, "reload queued: it begins when the refork in progress has ended\n", r.stdout)
+}
+
 // A rollout that cannot begin (409) or that failed (500) is exit status 1 with forkd's message, so
 // that `systemctl reload` fails with it.
 func TestRolloutFailures(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -116,7 +117,7 @@ func (b *backend) Refork(ctx context.Context, req control.ReforkRequest) (contro
 		return control.ReforkResponse{}, controlError(err)
 	}
 	st, err := b.driver.Status(ctx)
-	return control.ReforkResponse{Generation: st.Generation}, err
+	return control.ReforkResponse{Generation: st.Generation, Queued: queuedBehind(st, req.Wait, cluster.KindRefork)}, err
 }
 
 func (b *backend) Reload(ctx context.Context, req control.ReloadRequest) (control.ReloadResponse, error) {
@@ -124,7 +125,19 @@ func (b *backend) Reload(ctx context.Context, req control.ReloadRequest) (contro
 		return control.ReloadResponse{}, controlError(err)
 	}
 	st, err := b.driver.Status(ctx)
-	return control.ReloadResponse{Generation: st.Generation}, err
+	return control.ReloadResponse{Generation: st.Generation, Queued: queuedBehind(st, req.Wait, cluster.KindReload)}, err
+}
+
+// queuedBehind names the operation in progress when a command that did not wait left one of kind
+// queued, or returns "" when it began.
+func queuedBehind(st cluster.Status, wait bool, kind string) string {
+	if wait || !slices.Contains(st.Queued, kind) {
+		return ""
+	}
+	if st.Rollout != "" {
+		return st.Rollout
+	}
+	return st.Queued[0]
 }
 
 func (b *backend) Restart(ctx context.Context, req control.RestartRequest) (control.RestartResponse, error) {

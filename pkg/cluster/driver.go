@@ -319,11 +319,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		case dg := <-d.notify.datagrams:
 			handle = func() { d.handleDatagram(dg) }
 		case <-d.notify.wake:
-			handle = func() {
-				if e := d.notify.takeDrops(); e.Count > 0 {
-					d.step(e)
-				}
-			}
+			handle = d.stepDrops
 		case cm := <-controls:
 			handle = func() { d.handleControl(cm) }
 		case e := <-d.helperEvents:
@@ -339,6 +335,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 			handle = d.pingWatchdog
 		case <-housekeeping.C:
 			handle = func() {
+				d.stepDrops()
 				d.checkStrayGroups()
 				d.findOrphans()
 			}

@@ -97,10 +97,13 @@ type notifyState struct {
 	log         *slog.Logger
 
 	// Datagrams dropped by the readers, before they reach the loop: counted here and stepped in
-	// bulk (wake says there are some), so that a flood costs the loop one event, not one each.
-	drops sync.Mutex
-	drop  NotifyRejected
-	wake  chan struct{}
+	// bulk, so that a flood costs the loop an event every dropReport at most, not one per
+	// datagram. wake tells the loop there are some (lastWake is when it last did); the loop also
+	// takes them at every housekeeping tick, so that none waits longer than that.
+	drops    sync.Mutex
+	drop     NotifyRejected
+	lastWake time.Time
+	wake     chan struct{}
 	// inFlight counts datagrams a reader has taken from its socket and not yet handed to the loop
 	// (or dropped).
 	inFlight atomic.Int32
@@ -258,25 +261,39 @@ func (n *notifyState) pending() bool {
 	return n.inFlight.Load() > 0
 }
 
-// dropped counts a datagram a reader dropped, and wakes the loop to step it.
+// dropReport is how often at most a flood of dropped datagrams wakes the loop.
+const dropReport = 100 * time.Millisecond
+
+// dropped counts a datagram a reader dropped, and wakes the loop to step it, unless it did so
+// less than dropReport ago.
 func (n *notifyState) dropped(pid int, reason string) {
+	now := time.Now()
 	n.drops.Lock()
 	n.drop.Count++
 	n.drop.PID, n.drop.Reason = pid, reason
+	wake := now.Sub(n.lastWake) >= dropReport
+	if wake {
+		n.lastWake = now
+	}
 	n.drops.Unlock()
-	select {
-	case n.wake <- struct{}{}:
-	default:
+	if wake {
+		select {
+		case n.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// takeDrops returns the drops counted since the last call, as one event.
-func (n *notifyState) takeDrops() NotifyRejected {
+// stepDrops steps the drops the readers counted since the last call, as one event.
+func (d *Driver) stepDrops() {
+	n := &d.notify
 	n.drops.Lock()
-	defer n.drops.Unlock()
 	e := n.drop
 	n.drop = NotifyRejected{}
-	return e
+	n.drops.Unlock()
+	if e.Count > 0 {
+		d.step(e)
+	}
 }
 
 // lineageOf lists pid and its ancestors, walking parent links in /proc, up to the master or PID 1

@@ -23,6 +23,13 @@ import (
 
 const kindHotRestart = "restart" // the exec, before the phased restart that completes it
 
+// The kinds of operations, as Status.Rollout, Status.Queued and RolloutResult.Kind name them.
+const (
+	KindRefork  = kindRefork
+	KindReload  = kindReload
+	KindRestart = kindRestart
+)
+
 // op is an operation asked for and not yet ended.
 type op struct {
 	kind string

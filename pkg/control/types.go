@@ -194,8 +194,12 @@ type ReforkRequest struct {
 
 // ReforkResponse is the reply to POST /v1/refork.
 type ReforkResponse struct {
-	// Generation is the generation the refork creates.
+	// Generation is the generation the refork creates (without Wait, while it is queued: the
+	// cluster's generation now).
 	Generation int `json:"generation"`
+	// Queued, without Wait, names the operation in progress that the refork waits for; empty (and
+	// omitted) when it has begun.
+	Queued string `json:"queued,omitempty"`
 }
 
 // ReloadRequest is the body of POST /v1/reload: a phased restart, which replaces every worker, slot
@@ -207,8 +211,12 @@ type ReloadRequest struct {
 
 // ReloadResponse is the reply to POST /v1/reload.
 type ReloadResponse struct {
-	// Generation is the generation the reload creates.
+	// Generation is the generation the reload creates (without Wait, while it is queued: the
+	// cluster's generation now).
 	Generation int `json:"generation"`
+	// Queued, without Wait, names the operation in progress that the reload waits for; empty (and
+	// omitted) when it has begun.
+	Queued string `json:"queued,omitempty"`
 }
 
 // RestartRequest is the body of POST /v1/restart: a hot restart, in which the master re-execs
