@@ -17,10 +17,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/forkd/forkd/internal/version"
-	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/config"
 	"github.com/forkd/forkd/pkg/restart"
+	"github.com/forkd/forkd/pkg/shim"
 )
 
 // The main goroutine keeps the main thread: the master's spawner runs on it (see main).
@@ -29,8 +29,8 @@ func init() { runtime.LockOSThread() }
 func main() {
 	// A worker's first moments: the master spawned this binary as the shim that sets LISTEN_PID
 	// and execs the app in place. Nothing else may run first.
-	if len(os.Args) > 1 && os.Args[1] == activation.ShimArg {
-		activation.RunShim(os.Args[2:])
+	if len(os.Args) > 1 && os.Args[1] == shim.Arg {
+		shim.Run(os.Args[2:])
 	}
 	// The master about to hot-restart into this binary asks which handover it reads.
 	if len(os.Args) > 1 && os.Args[1] == restart.HandoverVersionArg {

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-	"golang.org/x/sys/unix"
 
+	"github.com/forkd/forkd/internal/fds"
 	"github.com/forkd/forkd/internal/version"
 	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/cluster"
@@ -106,7 +106,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 	// Whatever started forkd may have leaked descriptors without close-on-exec; none of them may
 	// reach a worker. The listeners are passed explicitly, by position. (After a hot restart, this
 	// also closes the handed-over descriptors on the next exec again.)
-	closeOnExecFrom(3)
+	fds.CloseOnExecFrom(3)
 	startedAt, activated := time.Now(), false
 	var listeners []activation.Listener
 	var ctl net.Listener
@@ -379,30 +379,7 @@ func listenerFD(l net.Listener) (int, error) {
 	if !ok {
 		return -1, fmt.Errorf("control socket: %T has no descriptor", l)
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return -1, err
-	}
-	return fd, nil
-}
-
-// closeOnExecFrom marks every descriptor from fd up close-on-exec.
-func closeOnExecFrom(fd int) {
-	if err := unix.CloseRange(uint(fd), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err == nil {
-		return
-	}
-	// Kernels before 5.11: one descriptor at a time.
-	entries, _ := os.ReadDir("/proc/self/fd")
-	for _, e := range entries {
-		var n int
-		if _, err := fmt.Sscan(e.Name(), &n); err == nil && n >= fd {
-			unix.CloseOnExec(n)
-		}
-	}
+	return fds.Raw(sc)
 }
 
 // disableAsyncPreemption re-execs the master with GODEBUG=asyncpreemptoff=1 unless it already runs

@@ -11,34 +11,23 @@
 // os.File.Fd puts a socket into blocking mode, and O_NONBLOCK lives in the open file description
 // that the master shares with every worker, so one call would change every worker's socket.
 //
-// LISTEN_PID must name the worker itself, and Go cannot set an environment variable between fork
-// and exec. So the master starts a worker as ShimArgv("/proc/self/exe", app), with WorkerEnv in its
-// environment and WorkerFiles as fds 3, 4, ...; forkd's main calls RunShim first thing when it sees
-// ShimArg, and RunShim sets LISTEN_PID to its own PID and execs the app in place, keeping the PID.
+// LISTEN_PID must name the worker itself, which only the worker can know: package shim sets it, in
+// the worker, before it execs the app. A master spawns a worker like this (error handling elided):
 //
-// A master spawns a worker like this (error handling elided):
-//
-//	listeners, activated, err := activation.Open(cfg.Listeners)
+//	listeners, activated, err := activation.Open(specs)
 //	defer activation.CloseAll(listeners)
-//	argv := activation.ShimArgv("/proc/self/exe", cfg.Command)
+//	argv := shim.Argv("/proc/self/exe", app)
 //	pid, _, err := syscall.StartProcess(argv[0], argv, &syscall.ProcAttr{
 //		Env:   append(workerEnv, activation.WorkerEnv(listeners)...),
 //		Files: append([]uintptr{0, 1, 2}, activation.WorkerFiles(listeners)...),
 //	})
-//
-// and forkd's main begins with:
-//
-//	if len(os.Args) > 1 && os.Args[1] == activation.ShimArg {
-//		activation.RunShim(os.Args[2:])
-//	}
 package activation
 
 import (
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/forkd/forkd/pkg/config"
 )
 
 // ListenFDsStart is the first file descriptor passed by the protocol (SD_LISTEN_FDS_START).
@@ -57,15 +46,6 @@ const (
 	EnvWatchdogUSec = "WATCHDOG_USEC"
 	// EnvWatchdogPID names the process WATCHDOG_USEC is meant for, like EnvListenPID.
 	EnvWatchdogPID = "WATCHDOG_PID"
-)
-
-// Exit statuses of a shim that could not exec the app, as a shell reports them.
-const (
-	// ShimExitNotFound: the command does not exist (not in PATH, or no such file).
-	ShimExitNotFound = 127
-	// ShimExitCannotExec: the command exists but cannot be executed (permission, format), or the
-	// shim was started without the descriptors its LISTEN_FDS announces.
-	ShimExitCannotExec = 126
 )
 
 // UnknownName is the name systemd gives a socket when LISTEN_FDNAMES is unset, and the name Bind
@@ -99,6 +79,33 @@ func (l Listener) String() string {
 	return l.Name + "=" + l.Network + "://" + l.Address
 }
 
+// Spec is a listening socket for Bind to create, as forkd's config describes one (a listen block,
+// a --listen flag).
+type Spec struct {
+	// Name is the socket's LISTEN_FDNAMES entry; empty means UnknownName.
+	Name string
+	// Network is "tcp" (dual-stack when the host allows), "tcp4", "tcp6" or "unix".
+	Network string
+	// Address is host:port for tcp* (an empty host means all addresses), a path (or "@name" for
+	// the abstract namespace) for unix.
+	Address string
+	// Backlog is the listen(2) backlog; zero means DefaultBacklog.
+	Backlog int
+	// ReusePort sets SO_REUSEPORT (tcp only).
+	ReusePort bool
+	// Mode is the permission of a unix socket's file; zero means DefaultSocketMode.
+	Mode os.FileMode
+}
+
+// Defaults of a Spec's zero fields.
+const (
+	DefaultBacklog    = 1024
+	DefaultSocketMode = os.FileMode(0o666)
+)
+
+// URL returns the spec as --listen writes it: "tcp://127.0.0.1:8080", "unix:///run/app.sock".
+func (s Spec) URL() string { return s.Network + "://" + s.Address }
+
 // Open returns the sockets systemd passed, or binds ls when it passed none. activated reports
 // which: when it is true, ls was ignored (the systemd socket unit decides what forkd listens on).
 //
@@ -107,7 +114,7 @@ func (l Listener) String() string {
 //   - (listeners, false, nil): forkd was not socket-activated and bound ls; see Bind.
 //   - (nil, false, err): the sockets systemd passed are unusable (they are left open,
 //     close-on-exec), or binding ls failed (nothing is left open).
-func Open(ls []config.Listener) (listeners []Listener, activated bool, err error) {
+func Open(ls []Spec) (listeners []Listener, activated bool, err error) {
 	listeners, err = FromSystemd()
 	if err != nil {
 		return nil, false, err
@@ -134,7 +141,7 @@ func CloseAll(ls []Listener) {
 }
 
 // WorkerEnv returns the variables to add to a worker's environment: "LISTEN_FDS=n" and
-// "LISTEN_FDNAMES=a:b". LISTEN_PID is not among them: RunShim sets it in the worker itself. It
+// "LISTEN_FDNAMES=a:b". LISTEN_PID is not among them: package shim sets it in the worker itself. It
 // returns nil when ls is empty, so the worker sees no LISTEN_* variables at all.
 func WorkerEnv(ls []Listener) []string {
 	if len(ls) == 0 {
@@ -165,19 +172,4 @@ func WorkerFiles(ls []Listener) []uintptr {
 		fds[i] = uintptr(l.FD)
 	}
 	return fds
-}
-
-// ShimArg is the argument that turns forkd into the worker shim: forkd's main calls
-// RunShim(os.Args[2:]) before anything else when os.Args[1] is ShimArg. It is spelled so that no
-// forkd subcommand or app argument is likely to collide with it.
-const ShimArg = "__forkd-shim"
-
-// ShimArgv returns the argv that starts app through the shim: self, ShimArg, then app. self is
-// forkd's own executable; "/proc/self/exe" is the best choice, because the kernel resolves it to the
-// running binary even after a package upgrade has replaced the file on disk, so the shim always
-// matches the master that spawns it.
-func ShimArgv(self string, app []string) []string {
-	argv := make([]string, 0, 2+len(app))
-	argv = append(argv, self, ShimArg)
-	return append(argv, app...)
 }

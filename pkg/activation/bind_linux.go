@@ -10,8 +10,6 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/forkd/forkd/pkg/config"
 )
 
 // maxUnixPath is the longest unix socket path, leaving room for the terminating NUL in sun_path.
@@ -26,9 +24,9 @@ const maxUnixPath = len(unix.RawSockaddrUnix{}.Path) - 1
 //     net.Listen does. Port 0 lets the kernel choose; Address reports the port it chose.
 //   - "unix" listeners take a path, or "@name" for the abstract namespace. A socket file left
 //     behind at the path by a process that is gone is removed first. The file gets Mode (zero
-//     means config.DefaultSocketMode) before the socket listens, so that no client can connect
+//     means DefaultSocketMode) before the socket listens, so that no client can connect
 //     while it is more open than configured.
-//   - Backlog is the listen(2) backlog; zero means config.DefaultBacklog.
+//   - Backlog is the listen(2) backlog; zero means DefaultBacklog.
 //   - An empty Name becomes UnknownName. Names must be LISTEN_FDNAMES entries as systemd accepts
 //     them: at most 255 printable ASCII characters, no ':'.
 //
@@ -42,7 +40,7 @@ const maxUnixPath = len(unix.RawSockaddrUnix{}.Path) - 1
 //     a unix socket another process listens on). A unix path that exists and is not a socket is
 //     refused and left alone. Every socket this call opened is closed again, and every socket file
 //     it created is removed.
-func Bind(ls []config.Listener) ([]Listener, error) {
+func Bind(ls []Spec) ([]Listener, error) {
 	listeners := make([]Listener, 0, len(ls))
 	var createdFiles []string
 	succeeded := false
@@ -105,14 +103,14 @@ func listenerName(name string) (string, error) {
 	return name, nil
 }
 
-func backlog(l config.Listener) int {
+func backlog(l Spec) int {
 	if l.Backlog <= 0 {
-		return config.DefaultBacklog
+		return DefaultBacklog
 	}
 	return l.Backlog
 }
 
-func bindTCP(l config.Listener) (int, error) {
+func bindTCP(l Spec) (int, error) {
 	addr, err := net.ResolveTCPAddr(l.Network, l.Address)
 	if err != nil {
 		return -1, err
@@ -205,7 +203,7 @@ func boolInt(b bool) int {
 
 // bindUnix returns a listening unix stream socket and the socket file it created ("" for an
 // abstract address), or cleans up after itself and returns the error.
-func bindUnix(l config.Listener) (int, string, error) {
+func bindUnix(l Spec) (int, string, error) {
 	if l.ReusePort {
 		return -1, "", errors.New("reuse_port applies to tcp listeners only")
 	}
@@ -246,11 +244,11 @@ func bindUnix(l config.Listener) (int, string, error) {
 }
 
 // setupUnix finishes a bound unix socket: mode, then listen.
-func setupUnix(fd int, file string, l config.Listener) error {
+func setupUnix(fd int, file string, l Spec) error {
 	if file != "" {
 		mode := l.Mode.Perm()
 		if mode == 0 {
-			mode = config.DefaultSocketMode
+			mode = DefaultSocketMode
 		}
 		// bind(2) created the file with the umask's permissions. Nobody can connect before
 		// listen(2), so fixing them now leaves no window.

@@ -17,11 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/forkd/forkd/pkg/activation"
-	"github.com/forkd/forkd/pkg/config"
 )
 
 // bind binds ls and closes the listeners when the test ends.
-func bind(t *testing.T, ls ...config.Listener) []activation.Listener {
+func bind(t *testing.T, ls ...activation.Spec) []activation.Listener {
 	t.Helper()
 	listeners, err := activation.Bind(ls)
 	require.NoError(t, err)
@@ -82,7 +81,7 @@ func abstractName(t *testing.T) string {
 }
 
 func TestBindTCP4(t *testing.T) {
-	ls := bind(t, config.Listener{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"})
+	ls := bind(t, activation.Spec{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"})
 	require.Len(t, ls, 1)
 	l := ls[0]
 	assert.Equal(t, "web", l.Name)
@@ -99,7 +98,7 @@ func TestBindTCP6(t *testing.T) {
 	if !hasIPv6Loopback() {
 		t.Skip("no IPv6 loopback")
 	}
-	ls := bind(t, config.Listener{Name: "web6", Network: "tcp6", Address: "[::1]:0"})
+	ls := bind(t, activation.Spec{Name: "web6", Network: "tcp6", Address: "[::1]:0"})
 	l := ls[0]
 	assert.Equal(t, "tcp6", l.Network)
 	assert.True(t, strings.HasPrefix(l.Address, "[::1]:"), l.Address)
@@ -109,7 +108,7 @@ func TestBindTCP6(t *testing.T) {
 	requireListening(t, "tcp6", l.Address)
 
 	// tcp6 with no host is [::], still IPv6-only.
-	l = bind(t, config.Listener{Name: "any6", Network: "tcp6", Address: ":0"})[0]
+	l = bind(t, activation.Spec{Name: "any6", Network: "tcp6", Address: ":0"})[0]
 	assert.Equal(t, "tcp6", l.Network)
 	assert.True(t, strings.HasPrefix(l.Address, "[::]:"), l.Address)
 	assert.Equal(t, 1, sockoptInt(t, l.FD, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY))
@@ -118,7 +117,7 @@ func TestBindTCP6(t *testing.T) {
 }
 
 func TestBindDualStack(t *testing.T) {
-	l := bind(t, config.Listener{Name: "web", Network: "tcp", Address: ":0"})[0]
+	l := bind(t, activation.Spec{Name: "web", Network: "tcp", Address: ":0"})[0]
 	requireMasterSocket(t, l.FD)
 	p := port(t, l.Address)
 	requireListening(t, "tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p).String())
@@ -138,7 +137,7 @@ func TestBindDualStack(t *testing.T) {
 	}
 
 	// An explicit IPv4 host makes plain "tcp" an IPv4 socket, and Network says so.
-	l = bind(t, config.Listener{Name: "v4", Network: "tcp", Address: "127.0.0.1:0"})[0]
+	l = bind(t, activation.Spec{Name: "v4", Network: "tcp", Address: "127.0.0.1:0"})[0]
 	assert.Equal(t, "tcp4", l.Network)
 }
 
@@ -155,10 +154,10 @@ func TestBindUnixMode(t *testing.T) {
 	}{
 		{0o600, 0o600},
 		{0o660, 0o660},
-		{0, config.DefaultSocketMode},
+		{0, activation.DefaultSocketMode},
 	} {
 		path := filepath.Join(dir, tc.mode.String()+".sock")
-		l := bind(t, config.Listener{Name: "app", Network: "unix", Address: path, Mode: tc.mode})[0]
+		l := bind(t, activation.Spec{Name: "app", Network: "unix", Address: path, Mode: tc.mode})[0]
 		assert.Equal(t, "unix", l.Network)
 		assert.Equal(t, path, l.Address)
 		requireMasterSocket(t, l.FD)
@@ -172,7 +171,7 @@ func TestBindUnixMode(t *testing.T) {
 
 func TestBindUnixAbstract(t *testing.T) {
 	name := abstractName(t)
-	l := bind(t, config.Listener{Name: "internal", Network: "unix", Address: name})[0]
+	l := bind(t, activation.Spec{Name: "internal", Network: "unix", Address: name})[0]
 	assert.Equal(t, "unix", l.Network)
 	assert.Equal(t, name, l.Address)
 	requireMasterSocket(t, l.FD)
@@ -189,7 +188,7 @@ func TestBindUnixRemovesStaleSocket(t *testing.T) {
 	require.NoError(t, err, "the stale socket file should outlive its socket")
 	require.Equal(t, os.ModeSocket, info.Mode().Type())
 
-	l := bind(t, config.Listener{Name: "app", Network: "unix", Address: path})[0]
+	l := bind(t, activation.Spec{Name: "app", Network: "unix", Address: path})[0]
 	requireListening(t, "unix", path)
 
 	// The connection lands on the new socket.
@@ -216,7 +215,7 @@ func TestBindUnixRefusesSocketInUse(t *testing.T) {
 			require.NoError(t, err)
 			defer closer.Close()
 
-			_, err = activation.Bind([]config.Listener{{Name: "app", Network: "unix", Address: path}})
+			_, err = activation.Bind([]activation.Spec{{Name: "app", Network: "unix", Address: path}})
 			require.Error(t, err)
 			assert.ErrorIs(t, err, syscall.EADDRINUSE)
 			assert.Contains(t, err.Error(), "in use")
@@ -237,7 +236,7 @@ func TestBindUnixRefusesNonSocket(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "app.sock")
 	require.NoError(t, os.WriteFile(file, []byte("precious"), 0o644))
-	_, err := activation.Bind([]config.Listener{{Name: "app", Network: "unix", Address: file}})
+	_, err := activation.Bind([]activation.Spec{{Name: "app", Network: "unix", Address: file}})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "is a regular file, not a socket")
 	content, err := os.ReadFile(file)
@@ -246,33 +245,33 @@ func TestBindUnixRefusesNonSocket(t *testing.T) {
 
 	sub := filepath.Join(dir, "subdir")
 	require.NoError(t, os.Mkdir(sub, 0o755))
-	_, err = activation.Bind([]config.Listener{{Name: "app", Network: "unix", Address: sub}})
+	_, err = activation.Bind([]activation.Spec{{Name: "app", Network: "unix", Address: sub}})
 	assert.ErrorContains(t, err, "is a directory, not a socket")
 	assert.DirExists(t, sub)
 }
 
 func TestBindReusePort(t *testing.T) {
-	first := bind(t, config.Listener{Name: "a", Network: "tcp4", Address: "127.0.0.1:0", ReusePort: true})[0]
+	first := bind(t, activation.Spec{Name: "a", Network: "tcp4", Address: "127.0.0.1:0", ReusePort: true})[0]
 	assert.Equal(t, 1, sockoptInt(t, first.FD, unix.SOL_SOCKET, unix.SO_REUSEPORT))
 
 	// Two sockets with SO_REUSEPORT share the port.
-	second := bind(t, config.Listener{Name: "b", Network: "tcp4", Address: first.Address, ReusePort: true})[0]
+	second := bind(t, activation.Spec{Name: "b", Network: "tcp4", Address: first.Address, ReusePort: true})[0]
 	assert.Equal(t, first.Address, second.Address)
 
 	// A third without it cannot join them.
-	_, err := activation.Bind([]config.Listener{{Name: "c", Network: "tcp4", Address: first.Address}})
+	_, err := activation.Bind([]activation.Spec{{Name: "c", Network: "tcp4", Address: first.Address}})
 	assert.ErrorIs(t, err, syscall.EADDRINUSE)
 
 	// Nor can one with it join a socket without it.
-	plain := bind(t, config.Listener{Name: "d", Network: "tcp4", Address: "127.0.0.1:0"})[0]
-	_, err = activation.Bind([]config.Listener{{Name: "e", Network: "tcp4", Address: plain.Address, ReusePort: true}})
+	plain := bind(t, activation.Spec{Name: "d", Network: "tcp4", Address: "127.0.0.1:0"})[0]
+	_, err = activation.Bind([]activation.Spec{{Name: "e", Network: "tcp4", Address: plain.Address, ReusePort: true}})
 	assert.ErrorIs(t, err, syscall.EADDRINUSE)
 }
 
 func TestBindBacklogAndNames(t *testing.T) {
 	ls := bind(t,
-		config.Listener{Network: "tcp4", Address: "127.0.0.1:0", Backlog: 1},
-		config.Listener{Name: "second one", Network: "tcp4", Address: "127.0.0.1:0"},
+		activation.Spec{Network: "tcp4", Address: "127.0.0.1:0", Backlog: 1},
+		activation.Spec{Name: "second one", Network: "tcp4", Address: "127.0.0.1:0"},
 	)
 	assert.Equal(t, activation.UnknownName, ls[0].Name, "an empty name gets systemd's default")
 	assert.Equal(t, "second one", ls[1].Name)
@@ -283,22 +282,22 @@ func TestBindRejectsInvalidListeners(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		name     string
-		listener config.Listener
+		listener activation.Spec
 		want     string
 	}{
-		{"unknown network", config.Listener{Name: "x", Network: "udp", Address: ":53"}, `unsupported network "udp"`},
-		{"colon in name", config.Listener{Name: "a:b", Network: "tcp4", Address: "127.0.0.1:0"}, "without ':'"},
-		{"control character in name", config.Listener{Name: "a\nb", Network: "tcp4", Address: "127.0.0.1:0"}, "printable ASCII"},
-		{"long name", config.Listener{Name: strings.Repeat("n", 256), Network: "tcp4", Address: "127.0.0.1:0"}, "longer than 255"},
-		{"unix reuse_port", config.Listener{Name: "x", Network: "unix", Address: filepath.Join(dir, "x.sock"), ReusePort: true}, "tcp listeners only"},
-		{"unix path too long", config.Listener{Name: "x", Network: "unix", Address: "/" + strings.Repeat("p", 110)}, "longer than 107 bytes"},
-		{"empty unix path", config.Listener{Name: "x", Network: "unix"}, "empty unix socket address"},
-		{"missing directory", config.Listener{Name: "x", Network: "unix", Address: filepath.Join(dir, "missing", "x.sock")}, "bind: no such file or directory"},
-		{"bad port", config.Listener{Name: "x", Network: "tcp4", Address: "127.0.0.1:http-nonexistent-service"}, "unknown port"},
-		{"IPv6 host for tcp4", config.Listener{Name: "x", Network: "tcp4", Address: "[::1]:0"}, "address"},
+		{"unknown network", activation.Spec{Name: "x", Network: "udp", Address: ":53"}, `unsupported network "udp"`},
+		{"colon in name", activation.Spec{Name: "a:b", Network: "tcp4", Address: "127.0.0.1:0"}, "without ':'"},
+		{"control character in name", activation.Spec{Name: "a\nb", Network: "tcp4", Address: "127.0.0.1:0"}, "printable ASCII"},
+		{"long name", activation.Spec{Name: strings.Repeat("n", 256), Network: "tcp4", Address: "127.0.0.1:0"}, "longer than 255"},
+		{"unix reuse_port", activation.Spec{Name: "x", Network: "unix", Address: filepath.Join(dir, "x.sock"), ReusePort: true}, "tcp listeners only"},
+		{"unix path too long", activation.Spec{Name: "x", Network: "unix", Address: "/" + strings.Repeat("p", 110)}, "longer than 107 bytes"},
+		{"empty unix path", activation.Spec{Name: "x", Network: "unix"}, "empty unix socket address"},
+		{"missing directory", activation.Spec{Name: "x", Network: "unix", Address: filepath.Join(dir, "missing", "x.sock")}, "bind: no such file or directory"},
+		{"bad port", activation.Spec{Name: "x", Network: "tcp4", Address: "127.0.0.1:http-nonexistent-service"}, "unknown port"},
+		{"IPv6 host for tcp4", activation.Spec{Name: "x", Network: "tcp4", Address: "[::1]:0"}, "address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ls, err := activation.Bind([]config.Listener{tc.listener})
+			ls, err := activation.Bind([]activation.Spec{tc.listener})
 			assert.Nil(t, ls)
 			require.Error(t, err)
 			t.Log(err)
@@ -325,23 +324,23 @@ func openFDs(t *testing.T) []string {
 
 func TestBindClosesEverythingOnError(t *testing.T) {
 	dir := t.TempDir()
-	taken := bind(t, config.Listener{Name: "taken", Network: "tcp4", Address: "127.0.0.1:0"})[0]
+	taken := bind(t, activation.Spec{Name: "taken", Network: "tcp4", Address: "127.0.0.1:0"})[0]
 
 	for _, tc := range []struct {
 		name   string
-		ls     []config.Listener
+		ls     []activation.Spec
 		failed string
 	}{
-		{"bind fails on a unix socket", []config.Listener{
+		{"bind fails on a unix socket", []activation.Spec{
 			{Name: "first", Network: "unix", Address: filepath.Join(dir, "first.sock")},
 			{Name: "second", Network: "tcp4", Address: "127.0.0.1:0"},
 			{Name: "third", Network: "unix", Address: filepath.Join(dir, "missing", "third.sock")},
 		}, "third"},
-		{"bind fails on a tcp socket", []config.Listener{
+		{"bind fails on a tcp socket", []activation.Spec{
 			{Name: "first", Network: "unix", Address: filepath.Join(dir, "first.sock")},
 			{Name: "second", Network: "tcp4", Address: taken.Address},
 		}, "second"},
-		{"invalid listener", []config.Listener{
+		{"invalid listener", []activation.Spec{
 			{Name: "first", Network: "unix", Address: filepath.Join(dir, "first.sock")},
 			{Name: "second", Network: "tcp4", Address: "127.0.0.1:0"},
 			{Name: "third", Network: "sctp", Address: "127.0.0.1:0"},
@@ -362,7 +361,7 @@ func TestBindClosesEverythingOnError(t *testing.T) {
 
 func TestOpenBindsWhenNotActivated(t *testing.T) {
 	t.Setenv(activation.EnvListenPID, "")
-	listeners, activated, err := activation.Open([]config.Listener{{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"}})
+	listeners, activated, err := activation.Open([]activation.Spec{{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"}})
 	require.NoError(t, err)
 	t.Cleanup(func() { activation.CloseAll(listeners) })
 	assert.False(t, activated)
@@ -381,10 +380,4 @@ func TestWorkerEnvAndFiles(t *testing.T) {
 	assert.Equal(t, []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=web:admin"}, activation.WorkerEnv(ls))
 	assert.Equal(t, []uintptr{7, 9}, activation.WorkerFiles(ls))
 	assert.Equal(t, "web=tcp://[::]:80", ls[0].String())
-}
-
-func TestShimArgv(t *testing.T) {
-	assert.Equal(t,
-		[]string{"/proc/self/exe", activation.ShimArg, "bundle", "exec", "puma"},
-		activation.ShimArgv("/proc/self/exe", []string{"bundle", "exec", "puma"}))
 }

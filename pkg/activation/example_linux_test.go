@@ -4,13 +4,12 @@ import (
 	"fmt"
 
 	"github.com/forkd/forkd/pkg/activation"
-	"github.com/forkd/forkd/pkg/config"
 )
 
 // A worker gets the master's listeners as fds 3, 4, ... with these variables; the shim adds
 // LISTEN_PID.
 func ExampleWorkerEnv() {
-	listeners, err := activation.Bind([]config.Listener{
+	listeners, err := activation.Bind([]activation.Spec{
 		{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"},
 		{Name: "admin", Network: "unix", Address: "@forkd-example-admin"},
 	})

@@ -12,9 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxListenFDs bounds LISTEN_FDS, keeping ListenFDsStart+n far from overflowing. No process can
+// MaxListenFDs bounds LISTEN_FDS, keeping ListenFDsStart+n far from overflowing. No process can
 // have more descriptors open anyway (fs.nr_open is at most 2^30).
-const maxListenFDs = 1 << 30
+const MaxListenFDs = 1 << 30
 
 // FromSystemd returns the sockets systemd passed to this process, in order, named after
 // LISTEN_FDNAMES (UnknownName for each when it is unset, as systemd does).
@@ -86,7 +86,7 @@ func listenEnv(listenPID, listenFDs, listenFDNames string, pid int) (count int, 
 		return 0, nil, nil
 	}
 	count, err = strconv.Atoi(listenFDs)
-	if err != nil || count < 0 || count > maxListenFDs {
+	if err != nil || count < 0 || count > MaxListenFDs {
 		return 0, nil, fmt.Errorf("activation: LISTEN_FDS=%q is not a count of descriptors", listenFDs)
 	}
 	if count == 0 {
@@ -117,12 +117,8 @@ func listenEnv(listenPID, listenFDs, listenFDNames string, pid int) (count int, 
 
 // checkPassedSocket rejects a passed descriptor that workers could not serve on.
 func checkPassedSocket(fd int) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("fstat: %w", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fmt.Errorf("is %s, not a socket", fileType(st.Mode))
+	if err := CheckSocket(fd); err != nil {
+		return err
 	}
 	sotype, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
@@ -136,6 +132,19 @@ func checkPassedSocket(fd int) error {
 		if listening == 0 {
 			return errors.New("is a connection, not a listening socket (Accept=yes in the socket unit?)")
 		}
+	}
+	return nil
+}
+
+// CheckSocket reports an error, phrased to follow "fd N", unless fd is an open socket: "is not
+// open: bad file descriptor", "is a regular file, not a socket".
+func CheckSocket(fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("is not open: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("is %s, not a socket", fileType(st.Mode))
 	}
 	return nil
 }

@@ -12,12 +12,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/forkd/forkd/pkg/activation"
-	"github.com/forkd/forkd/pkg/config"
 )
 
 // openConfig is what the open helper passes to Open; socket activation must make it irrelevant.
-var openConfig = []config.Listener{{Name: "from-config", Network: "tcp4", Address: "127.0.0.1:0"}}
+var openConfig = []activation.Spec{{Name: "from-config", Network: "tcp4", Address: "127.0.0.1:0"}}
 
 // setListenPID is how systemd's exec sets LISTEN_PID: to the PID of the process it is about to
 // exec. sh's $$ is that PID, since exec keeps it.
@@ -32,17 +32,17 @@ func activate(t *testing.T, helper string, files []uintptr, names []string, list
 	if names != nil {
 		env = append(env, activation.EnvListenFDNames+"="+strings.Join(names, ":"))
 	}
-	argv := []string{"/bin/sh", "-c", setListenPID, testBinary(t)}
+	argv := []string{"/bin/sh", "-c", setListenPID, proctest.Binary(t)}
 	if listenPID != "" {
 		env = append(env, activation.EnvListenPID+"="+listenPID)
-		argv = []string{testBinary(t)}
+		argv = []string{proctest.Binary(t)}
 	}
-	c := startChild(t, argv, env, "", files)
-	code, stdout, stderr := c.wait(t)
+	c := proctest.Start(t, argv, env, "", files)
+	code, stdout, stderr := c.Wait(t)
 	require.Equal(t, 0, code, "helper failed; stderr:\n%s", stderr)
 	var report systemdReport
 	require.NoError(t, json.Unmarshal([]byte(stdout), &report), "stdout: %q", stdout)
-	return report, c.pid
+	return report, c.PID
 }
 
 // renumbered returns the listeners as the child sees them: as fds 3, 4, ...
@@ -63,14 +63,14 @@ var listenEnvCleared = map[string]string{
 
 func TestFromSystemd(t *testing.T) {
 	dir := t.TempDir()
-	cfg := []config.Listener{
+	cfg := []activation.Spec{
 		{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"},
 		{Name: "admin", Network: "unix", Address: filepath.Join(dir, "admin.sock")},
 		{Name: "internal", Network: "unix", Address: abstractName(t)},
 		{Name: "dual", Network: "tcp", Address: ":0"},
 	}
 	if hasIPv6Loopback() {
-		cfg = append(cfg, config.Listener{Name: "web6", Network: "tcp6", Address: "[::1]:0"})
+		cfg = append(cfg, activation.Spec{Name: "web6", Network: "tcp6", Address: "[::1]:0"})
 	}
 	ls := bind(t, cfg...)
 
@@ -100,8 +100,8 @@ func TestFromSystemd(t *testing.T) {
 
 func TestFromSystemdWithoutNames(t *testing.T) {
 	ls := bind(t,
-		config.Listener{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"},
-		config.Listener{Name: "api", Network: "tcp4", Address: "127.0.0.1:0"},
+		activation.Spec{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"},
+		activation.Spec{Name: "api", Network: "tcp4", Address: "127.0.0.1:0"},
 	)
 	report, _ := activate(t, helperFromSystemd, activation.WorkerFiles(ls), nil, "")
 	require.Empty(t, report.Err)
@@ -112,7 +112,7 @@ func TestFromSystemdWithoutNames(t *testing.T) {
 }
 
 func TestFromSystemdIgnoresAnotherPID(t *testing.T) {
-	ls := bind(t, config.Listener{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"})
+	ls := bind(t, activation.Spec{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"})
 	// PID 1 is never the helper: the variables were meant for some ancestor.
 	report, _ := activate(t, helperFromSystemd, activation.WorkerFiles(ls), []string{"web"}, "1")
 	assert.Empty(t, report.Err)
@@ -122,7 +122,7 @@ func TestFromSystemdIgnoresAnotherPID(t *testing.T) {
 }
 
 func TestOpenWhenActivated(t *testing.T) {
-	ls := bind(t, config.Listener{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"})
+	ls := bind(t, activation.Spec{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"})
 	report, _ := activate(t, helperOpen, activation.WorkerFiles(ls), []string{"web"}, "")
 	require.Empty(t, report.Err)
 	assert.True(t, report.Activated)
@@ -140,7 +140,7 @@ func TestFromSystemdRejectsUnusableDescriptors(t *testing.T) {
 	defer unix.Close(pair[0])
 	defer unix.Close(pair[1])
 
-	web := bind(t, config.Listener{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"})[0]
+	web := bind(t, activation.Spec{Name: "web", Network: "tcp4", Address: "127.0.0.1:0"})[0]
 
 	for _, tc := range []struct {
 		name  string
@@ -177,8 +177,8 @@ func activateWithCount(t *testing.T, files []uintptr, names []string, count stri
 	env := append(baseEnv(helperFromSystemd),
 		activation.EnvListenFDs+"="+count,
 		activation.EnvListenFDNames+"="+strings.Join(names, ":"))
-	c := startChild(t, []string{"/bin/sh", "-c", setListenPID, testBinary(t)}, env, "", files)
-	code, stdout, stderr := c.wait(t)
+	c := proctest.Start(t, []string{"/bin/sh", "-c", setListenPID, proctest.Binary(t)}, env, "", files)
+	code, stdout, stderr := c.Wait(t)
 	require.Equal(t, 0, code, "helper failed; stderr:\n%s", stderr)
 	var report systemdReport
 	require.NoError(t, json.Unmarshal([]byte(stdout), &report), "stdout: %q", stdout)

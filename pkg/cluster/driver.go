@@ -17,6 +17,7 @@ import (
 
 	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/protocol"
+	"github.com/forkd/forkd/pkg/shim"
 )
 
 // Generation is what a generation of workers is made from: the machine's config and how to start
@@ -512,7 +513,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 			PidFD:     &pidfd,
 		},
 	}
-	pid, err := d.spawner.start("/proc/self/exe", activation.ShimArgv("/proc/self/exe", sp.command), attr)
+	pid, err := d.spawner.start("/proc/self/exe", shim.Argv("/proc/self/exe", sp.command), attr)
 	if err != nil {
 		if conn != nil {
 			conn.Close()

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/forkd/forkd/internal/fds"
 	"github.com/forkd/forkd/pkg/protocol"
 )
 
@@ -137,26 +137,13 @@ func (d *Driver) sendStdio(p *process) {
 		return
 	}
 	defer out.Close()
-	fd, err := rawFD(out)
+	fd, err := fds.Raw(out)
 	if err == nil {
 		err = p.conn.Send(protocol.Message{Op: protocol.OpStdio, JournalStream: stream}, fd)
 	}
 	if err != nil {
 		d.log.Warn(fmt.Sprintf("cannot send worker %d its output: %v", p.slot, err), "event", "control-error", "pid", p.pid)
 	}
-}
-
-// rawFD returns f's descriptor without os.File.Fd's switch to blocking mode.
-func rawFD(f *os.File) (int, error) {
-	raw, err := f.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	if err := raw.Control(func(u uintptr) { fd = int(u) }); err != nil {
-		return -1, err
-	}
-	return fd, nil
 }
 
 // handleControl turns a packet from a worker's channel into an event.

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/forkd/forkd/internal/fds"
 	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/notify"
 	"github.com/forkd/forkd/pkg/protocol"
@@ -169,9 +170,9 @@ func (d *Driver) execRestart(fail func(error)) {
 	for g, sp := range d.specs {
 		h.Specs[g] = SpecRecord{Command: sp.command, Dir: sp.dir, Env: sp.env, Heartbeat: sp.heartbeat}
 	}
-	var fds []int
+	var keep []int
 	for _, l := range d.cfg.Listeners {
-		fds = append(fds, l.FD)
+		keep = append(keep, l.FD)
 	}
 	for id, p := range d.procs {
 		r := ProcRecord{Worker: id, PID: p.pid, PIDFD: p.pidfd, ConnFD: -1, Notify: NotifyRecord{FD: -1}}
@@ -189,11 +190,11 @@ func (d *Driver) execRestart(fail func(error)) {
 			}
 		}
 		h.Procs = append(h.Procs, r)
-		fds = append(fds, r.PIDFD, r.ConnFD, r.Notify.FD)
+		keep = append(keep, r.PIDFD, r.ConnFD, r.Notify.FD)
 	}
 	for k, pidfd := range d.strays {
 		h.Strays = append(h.Strays, StrayProcRecord{PID: k.pid, Group: k.group, PIDFD: pidfd})
-		fds = append(fds, pidfd)
+		keep = append(keep, pidfd)
 	}
 	if d.cfg.HandoverExtra != nil {
 		extra, extraFDs := d.cfg.HandoverExtra()
@@ -201,14 +202,14 @@ func (d *Driver) execRestart(fail func(error)) {
 			fail(fmt.Errorf("cluster: hot restart: %w", err))
 			return
 		}
-		fds = append(fds, extraFDs...)
+		keep = append(keep, extraFDs...)
 	}
 	memfd, env, err := restart.Send(h)
 	if err != nil {
 		fail(err)
 		return
 	}
-	restore, err := restart.Inherit(fds)
+	restore, err := fds.Inherit(keep)
 	if err != nil {
 		unix.Close(memfd)
 		fail(err)

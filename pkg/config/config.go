@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/forkd/forkd/pkg/activation"
 )
 
 // ExitConfig is the exit status for a configuration error (EX_CONFIG from sysexits.h). forkd's
@@ -50,12 +52,12 @@ const (
 	DefaultBackoffMin      = 1 * time.Second
 	DefaultBackoffMax      = 30 * time.Second
 	DefaultResetAfter      = 30 * time.Second
-	DefaultBacklog         = 1024
+	DefaultBacklog         = activation.DefaultBacklog
 	DefaultForkTimeout     = 10 * time.Second
 	DefaultHookTimeout     = 30 * time.Second
 	DefaultMaxSurge        = 1
 	DefaultMaxUnavailable  = 0
-	DefaultSocketMode      = os.FileMode(0o666)
+	DefaultSocketMode      = activation.DefaultSocketMode
 	// MaxWorkers bounds workers (and forkctl scale) so a typo cannot fork-bomb the machine.
 	MaxWorkers = 1024
 )
@@ -177,27 +179,12 @@ type Rollout struct {
 	MaxUnavailable int
 }
 
-// Listener is one socket forkd binds when systemd did not pass any.
-type Listener struct {
-	// Name is the block label; workers see it in LISTEN_FDNAMES.
-	Name string
-	// Network is "tcp" (dual-stack when the host allows), "tcp4", "tcp6" or "unix".
-	Network string
-	// Address is host:port for tcp* (an empty host means all addresses), an absolute path (or
-	// "@name" for the abstract namespace) for unix. A relative unix path is made absolute against
-	// the config file's directory, or forkd's working directory for --listen.
-	Address string
-	// Backlog is the listen(2) backlog. Defaults to DefaultBacklog.
-	Backlog int
-	// ReusePort sets SO_REUSEPORT (tcp only). Defaults to false.
-	ReusePort bool
-	// Mode is the permission of a unix socket's file. Defaults to DefaultSocketMode; zero for tcp
-	// and abstract sockets, which have no file.
-	Mode os.FileMode
-}
-
-// URL returns the listener as written in --listen: "tcp://127.0.0.1:8080", "unix:///run/app.sock".
-func (l Listener) URL() string { return l.Network + "://" + l.Address }
+// Listener is one socket forkd binds when systemd did not pass any: a listen block, or a --listen
+// flag. Its Name is the block's label (listenN for the Nth --listen); a relative unix path in
+// Address is made absolute against the config file's directory, or forkd's working directory for
+// --listen; Backlog is DefaultBacklog unless given, and Mode DefaultSocketMode for a unix socket
+// file (zero for tcp and abstract sockets, which have no file).
+type Listener = activation.Spec
 
 // Timeouts bound each stage of a worker's life.
 type Timeouts struct {

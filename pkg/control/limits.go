@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/internal/fds"
 )
 
 // The control socket's defences against clients that connect and stall. Every phase of a request
@@ -173,11 +175,9 @@ func connFD(c net.Conn) int {
 	if !ok {
 		return -1
 	}
-	raw, err := sc.SyscallConn()
+	fd, err := fds.Raw(sc)
 	if err != nil {
 		return -1
 	}
-	fd := -1
-	raw.Control(func(f uintptr) { fd = int(f) })
 	return fd
 }

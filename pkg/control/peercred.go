@@ -6,6 +6,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/internal/fds"
 )
 
 // peerCred is who is on the other end of a connection, from SO_PEERCRED: the credentials the
@@ -23,15 +25,10 @@ func readPeerCred(c net.Conn) peerCred {
 		unknown.err = fmt.Errorf("control: a %T carries no peer credentials", c)
 		return unknown
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		unknown.err = fmt.Errorf("control: peer credentials: %w", err)
-		return unknown
-	}
 	var cred *unix.Ucred
 	var credErr error
-	err = raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	err := fds.Control(sc, func(fd int) {
+		cred, credErr = unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
 	})
 	if err == nil {
 		err = credErr

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/internal/fds"
 )
 
 // WorkerAccess is what the control API lets forkd's own workers do, and every process descended
@@ -150,13 +152,9 @@ func peerPIDFD(c net.Conn) int {
 	if !ok {
 		return -1
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return -1
-	}
 	pidfd := -1
-	raw.Control(func(fd uintptr) {
-		if n, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD); err == nil {
+	fds.Control(sc, func(fd int) {
+		if n, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPIDFD); err == nil {
 			pidfd = n
 		}
 	})

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/forkd/forkd/internal/fds"
 )
 
 // Socket is the master's datagram socket that workers get as NOTIFY_SOCKET. Every datagram it
@@ -134,7 +136,7 @@ func (s *Socket) Addr() string { return s.addr }
 // FD returns the socket's descriptor, which stays the Socket's: for handing the socket over to a
 // new image of the master across exec (after clearing close-on-exec), never to close.
 func (s *Socket) FD() (int, error) {
-	return rawFD(s.conn)
+	return fds.Raw(s.conn)
 }
 
 // FromFD takes over fd, a socket made by Listen (in a previous image of this process, handed over
@@ -162,20 +164,6 @@ func FromFD(fd int, addr string) (*Socket, error) {
 		file = addr
 	}
 	return &Socket{conn: uc, addr: addr, file: file, buf: make([]byte, MaxMessageSize+1), oob: make([]byte, oobSize)}, nil
-}
-
-// rawFD returns the descriptor behind a connection without os.File.Fd, which would switch it to
-// blocking mode.
-func rawFD(c syscall.Conn) (int, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return -1, err
-	}
-	return fd, nil
 }
 
 // Receive waits for the next datagram and returns it. Descriptors passed with it stay open

@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/internal/fds"
 )
 
 // Conn is one end of a control channel: a SOCK_SEQPACKET unix socket on which every packet is one
@@ -124,17 +126,7 @@ func parseRights(oob []byte) []int {
 
 // FD returns the channel's descriptor, which stays the Conn's: for handing the channel over to a
 // new image of the master across exec (after clearing close-on-exec), never to close.
-func (c *Conn) FD() (int, error) {
-	raw, err := c.c.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return -1, err
-	}
-	return fd, nil
-}
+func (c *Conn) FD() (int, error) { return fds.Raw(c.c) }
 
 // Close closes this end; the peer's next Receive returns io.EOF.
 func (c *Conn) Close() error { return c.c.Close() }

@@ -79,27 +79,5 @@ func Receive(v any) (bool, error) {
 	return true, nil
 }
 
-// Inherit clears close-on-exec on fds, so they survive the exec into the new image, and returns
-// a function that sets it again, for when the exec fails.
-func Inherit(fds []int) (restore func(), err error) {
-	var done []int
-	restore = func() {
-		for _, fd := range done {
-			unix.CloseOnExec(fd)
-		}
-	}
-	for _, fd := range fds {
-		if fd < 0 {
-			continue
-		}
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
-			restore()
-			return nil, fmt.Errorf("restart: keep fd %d open across exec: %w", fd, err)
-		}
-		done = append(done, fd)
-	}
-	return restore, nil
-}
-
 // ErrIncompatible: the new binary cannot take over (another handover Version, or it does not run).
 var ErrIncompatible = errors.New("restart: the new forkd binary cannot take over")

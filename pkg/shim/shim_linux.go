@@ -1,4 +1,4 @@
-package activation
+package shim
 
 import (
 	"errors"
@@ -9,13 +9,15 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/forkd/forkd/pkg/activation"
 )
 
 // defaultPath is searched when the worker's environment has no PATH at all: systemd's default
 // for services.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// RunShim turns the current process into the worker app args (its argv) with the
+// Run turns the current process into the worker app args (its argv) with the
 // sd_listen_fds(3) contract fulfilled: it sets LISTEN_PID to its own PID when LISTEN_FDS is set
 // (removing any LISTEN_PID otherwise), sets WATCHDOG_PID likewise when WATCHDOG_USEC is set, makes
 // sure fds 3 to 3+LISTEN_FDS-1 are open and survive the exec, and execs args[0] in place: the app
@@ -23,12 +25,12 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // default path when PATH is unset), or taken relative to the working directory when it contains a
 // '/', as execvp(3) does; argv[0] is passed on as written.
 //
-// forkd's main calls it before anything else when os.Args[1] is ShimArg, so it holds no state
-// and starts nothing.
+// forkd's main calls it before anything else when os.Args[1] is Arg, so it holds no state and
+// starts nothing.
 //
 // It never returns. When the app cannot be started, it prints "forkd-shim: " and the reason to
-// stderr and exits with ShimExitNotFound (127) or ShimExitCannotExec (126).
-func RunShim(args []string) {
+// stderr and exits with ExitNotFound (127) or ExitCannotExec (126).
+func Run(args []string) {
 	code, err := runShim(args, os.Environ(), os.Getpid())
 	fmt.Fprintf(os.Stderr, "forkd-shim: %v\n", err)
 	os.Exit(code)
@@ -37,26 +39,22 @@ func RunShim(args []string) {
 // runShim execs the app, or returns the exit status and the reason it could not.
 func runShim(args, environ []string, pid int) (exitCode int, err error) {
 	if len(args) == 0 || args[0] == "" {
-		return ShimExitNotFound, errors.New("no command given")
+		return ExitNotFound, errors.New("no command given")
 	}
 	env, listenFDs, err := shimEnv(environ, pid)
 	if err != nil {
-		return ShimExitCannotExec, err
+		return ExitCannotExec, err
 	}
-	for fd := ListenFDsStart; fd < ListenFDsStart+listenFDs; fd++ {
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			return ShimExitCannotExec, fmt.Errorf("LISTEN_FDS=%d but fd %d is not open: %w", listenFDs, fd, err)
-		}
+	for fd := activation.ListenFDsStart; fd < activation.ListenFDsStart+listenFDs; fd++ {
 		// A gap in the descriptors may have been filled by one the Go runtime opened for itself
 		// before main; the app must not take that for a listener.
-		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-			return ShimExitCannotExec, fmt.Errorf("LISTEN_FDS=%d but fd %d is %s, not a socket", listenFDs, fd, fileType(st.Mode))
+		if err := activation.CheckSocket(fd); err != nil {
+			return ExitCannotExec, fmt.Errorf("LISTEN_FDS=%d but fd %d %w", listenFDs, fd, err)
 		}
 		// The master's spawn already cleared close-on-exec; this guards against a parent that
 		// did not.
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
-			return ShimExitCannotExec, fmt.Errorf("fd %d: clearing close-on-exec: %w", fd, err)
+			return ExitCannotExec, fmt.Errorf("fd %d: clearing close-on-exec: %w", fd, err)
 		}
 	}
 	return execApp(args, env)
@@ -65,13 +63,13 @@ func runShim(args, environ []string, pid int) (exitCode int, err error) {
 // shimEnv returns the app's environment: environ with LISTEN_PID and WATCHDOG_PID set to pid where
 // they apply and removed where they do not. listenFDs is the value of LISTEN_FDS (0 when unset).
 func shimEnv(environ []string, pid int) (env []string, listenFDs int, err error) {
-	listenFDsValue, hasListenFDs := lookupEnv(environ, EnvListenFDs)
-	listenFDNames, _ := lookupEnv(environ, EnvListenFDNames)
-	watchdogUSec, _ := lookupEnv(environ, EnvWatchdogUSec)
+	listenFDsValue, hasListenFDs := lookupEnv(environ, activation.EnvListenFDs)
+	listenFDNames, _ := lookupEnv(environ, activation.EnvListenFDNames)
+	watchdogUSec, _ := lookupEnv(environ, activation.EnvWatchdogUSec)
 
 	if hasListenFDs && listenFDsValue != "" {
 		listenFDs, err = strconv.Atoi(listenFDsValue)
-		if err != nil || listenFDs < 0 || listenFDs > maxListenFDs {
+		if err != nil || listenFDs < 0 || listenFDs > activation.MaxListenFDs {
 			return nil, 0, fmt.Errorf("LISTEN_FDS=%q is not a count of descriptors", listenFDsValue)
 		}
 		if listenFDNames != "" && strings.Count(listenFDNames, ":")+1 != listenFDs {
@@ -84,17 +82,17 @@ func shimEnv(environ []string, pid int) (env []string, listenFDs int, err error)
 	env = make([]string, 0, len(environ)+2)
 	for _, kv := range environ {
 		// Whatever the master's environment held under these names was meant for another process.
-		if key, _, _ := strings.Cut(kv, "="); key == EnvListenPID || key == EnvWatchdogPID {
+		if key, _, _ := strings.Cut(kv, "="); key == activation.EnvListenPID || key == activation.EnvWatchdogPID {
 			continue
 		}
 		env = append(env, kv)
 	}
 	self := strconv.Itoa(pid)
 	if hasListenFDs {
-		env = append(env, EnvListenPID+"="+self)
+		env = append(env, activation.EnvListenPID+"="+self)
 	}
 	if watchdogUSec != "" {
-		env = append(env, EnvWatchdogPID+"="+self)
+		env = append(env, activation.EnvWatchdogPID+"="+self)
 	}
 	return env, listenFDs, nil
 }
@@ -118,9 +116,9 @@ func execApp(argv, env []string) (exitCode int, err error) {
 	if strings.Contains(name, "/") {
 		err := unix.Exec(name, argv, env)
 		if isNotFound(err) {
-			return ShimExitNotFound, fmt.Errorf("exec %s: %w", name, err)
+			return ExitNotFound, fmt.Errorf("exec %s: %w", name, err)
 		}
-		return ShimExitCannotExec, fmt.Errorf("exec %s: %w", name, err)
+		return ExitCannotExec, fmt.Errorf("exec %s: %w", name, err)
 	}
 
 	path, ok := lookupEnv(env, "PATH")
@@ -143,13 +141,13 @@ func execApp(argv, env []string) (exitCode int, err error) {
 			}
 			continue
 		default:
-			return ShimExitCannotExec, fmt.Errorf("exec %s: %w", candidate, err)
+			return ExitCannotExec, fmt.Errorf("exec %s: %w", candidate, err)
 		}
 	}
 	if denied != nil {
-		return ShimExitCannotExec, denied
+		return ExitCannotExec, denied
 	}
-	return ShimExitNotFound, fmt.Errorf("%s: command not found in PATH=%s", name, path)
+	return ExitNotFound, fmt.Errorf("%s: command not found in PATH=%s", name, path)
 }
 
 // isNotFound reports the errors for which execvp(3) tries the next PATH entry.
