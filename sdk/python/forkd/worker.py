@@ -46,6 +46,18 @@ def log(msg):
         pass
 
 
+def start_thread(target, args, name, consequence):
+    """Start a daemon thread; when the system refuses one (RLIMIT_NPROC, memory), log what that
+    means and return None instead of raising into the app."""
+    t = threading.Thread(target=target, args=args, name=name, daemon=True)
+    try:
+        t.start()
+    except RuntimeError as e:
+        log("cannot start the %s thread (%s): %s" % (name, e, consequence))
+        return None
+    return t
+
+
 def die(msg, code=1):
     """Log msg and exit at once with code, from any thread."""
     log(msg)
@@ -239,13 +251,84 @@ def requests():
     return _requests
 
 
+def beat_interval():
+    """How often the heartbeats go out: every WATCHDOG_USEC/4, at most a second apart. A runner
+    that beats from its main loop (see beat) must come by at least this often."""
+    watchdog = state().watchdog
+    return min(REQUESTS_INTERVAL, watchdog / 4) if watchdog else REQUESTS_INTERVAL
+
+
+class _Beats:
+    """When this process last sent WATCHDOG=1 and which request count it last reported.
+
+    It belongs to the process, not to a thread: whatever sends the next heartbeat (the reporter
+    thread, a runner's main loop, a template between two forks) keeps to the same schedule, so a
+    heartbeat never waits longer because the sender changed.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.last = 0.0       # monotonic time of the last WATCHDOG=1 sent; 0: none yet
+        self.next = 0.0       # when beat() sends again
+        self.reported = 0
+
+    def send(self, watchdog, force=False):
+        """WATCHDOG=1 when watchdog, and X_FORKD_REQUESTS when the count changed. Returns whether
+        a datagram went out."""
+        total = _requests
+        lines = []
+        if watchdog:
+            lines.append("WATCHDOG=1")
+        if total != self.reported or (force and not lines):
+            lines.append("X_FORKD_REQUESTS=%d" % total)
+        if not lines:
+            return False
+        try:
+            sent = _notify.notify("\n".join(lines))
+        except OSError:
+            # The master judges a worker by the heartbeats that arrive; a master that is gone is
+            # master_gone()'s business.
+            return False
+        if sent:
+            self.reported = total
+            if watchdog:
+                self.last = time.monotonic()
+        return sent
+
+
+_beats = _Beats()
+
+
+def beat(force=False):
+    """For a runner that beats from its own main loop (forkd.gunicorn does, from where gunicorn's
+    worker tells its arbiter it is alive): WATCHDOG=1 when a heartbeat timeout is set, and the
+    request count when it changed, at most every beat_interval() unless force. Cheap enough to
+    call on every pass of a request loop: it reads the clock and returns, until the next beat is
+    due. Call take_heartbeats() first, so that no reporter thread beats as well."""
+    now = time.monotonic()
+    if not force and now < _beats.next:
+        return False
+    with _beats.lock:
+        if not force and now < _beats.next:
+            return False
+        _beats.next = now + beat_interval()
+        return _beats.send(state().watchdog, force)
+
+
+def take_heartbeats():
+    """Say that this process's main loop sends the heartbeats (with beat()): ready() and
+    add_requests() then start no reporter thread."""
+    global _requests_started
+    _requests_started = True
+
+
 class _Reporter:
-    """A daemon thread: WATCHDOG=1 every half WATCHDOG_USEC, X_FORKD_REQUESTS when it changed."""
+    """A daemon thread: WATCHDOG=1 every half WATCHDOG_USEC, X_FORKD_REQUESTS when it changed, for
+    the plain API (a program with its own server loop that calls ready() and add_requests())."""
 
     def __init__(self):
         self.thread = None
         self.stop_ev = threading.Event()
-        self.reported = 0
 
     def running(self):
         return self.thread is not None and self.thread.is_alive()
@@ -255,9 +338,12 @@ class _Reporter:
         if self.running() or _notify.notify_address() is None:
             return
         self.stop_ev = threading.Event()
-        self.thread = threading.Thread(
-            target=self._run, args=(st.watchdog, self.stop_ev), name="forkd-heartbeat", daemon=True)
-        self.thread.start()
+        # No thread (RLIMIT_NPROC, memory): start_thread says so, and the app goes on; the master
+        # judges the heartbeats that do not come.
+        self.thread = start_thread(
+            self._run, (st.watchdog, self.stop_ev), "forkd-heartbeat",
+            "this worker sends no heartbeat nor request count" + (
+                ", and forkd will kill it when timeouts.worker runs out" if st.watchdog else ""))
 
     def stop(self):
         t, self.thread = self.thread, None
@@ -265,25 +351,12 @@ class _Reporter:
         if t is not None and t is not threading.current_thread():
             t.join(5)
 
-    def _send(self, state_text):
-        total = _requests
-        if total != self.reported:
-            state_text = (state_text + "\n" if state_text else "") + "X_FORKD_REQUESTS=%d" % total
-        if not state_text:
-            return
-        try:
-            if _notify.notify(state_text):
-                self.reported = total
-        except OSError:
-            # The master judges a worker by the heartbeats that arrive; a master that is gone is
-            # master_gone()'s business.
-            pass
-
     def _run(self, watchdog, stop_ev):
-        now = time.monotonic()
         inf = float("inf")
         hb_every = watchdog / 2 if watchdog else inf
-        next_hb = now + hb_every
+        now = time.monotonic()
+        # A restarted reporter keeps the schedule of the last heartbeat this process sent.
+        next_hb = (_beats.last or now) + hb_every
         count_every = REQUESTS_INTERVAL if (not watchdog or hb_every > REQUESTS_INTERVAL) else inf
         next_count = now + count_every
         while True:
@@ -291,11 +364,12 @@ class _Reporter:
             if stop_ev.wait(max(wait, 0)):
                 return
             now = time.monotonic()
-            if now >= next_hb:
-                self._send("WATCHDOG=1")
-                next_hb = max(next_hb + hb_every, now)
-            elif now >= next_count:
-                self._send("")
+            with _beats.lock:
+                if now >= next_hb:
+                    _beats.send(watchdog)
+                    next_hb = max(next_hb + hb_every, now)
+                elif now >= next_count:
+                    _beats.send(0)
             if now >= next_count:
                 next_count = now + count_every
 
@@ -420,8 +494,8 @@ def ensure_welcome(fork=False):
         if st.welcomed:
             return
         handshake(fork)
-        t = threading.Thread(target=_plain_reader, args=(st,), name="forkd-control", daemon=True)
-        t.start()
+        start_thread(_plain_reader, (st,), "forkd-control",
+                     "the master's requests go unanswered and its exit unnoticed")
 
 
 def _plain_reader(st):
@@ -476,8 +550,8 @@ def master_gone():
     with _lock:
         if not _master_watch_started and st.index >= 0 and st.channel is None:
             _master_watch_started = True
-            threading.Thread(target=_watch_master, args=(st.master_pid,),
-                             name="forkd-master", daemon=True).start()
+            start_thread(_watch_master, (st.master_pid,), "forkd-master",
+                         "master_gone() will not be set when the master exits")
     return _master_gone
 
 
@@ -537,7 +611,7 @@ def become_forked_worker(index, gen, channel_fd, hello_sent=False):
     channel_fd: the environment, this module's state, the random generator and the request count.
     The caller has closed the template's channel; hello_sent says send_forked_hello did its part."""
     global _state, _requests, _requests_lock, _master_gone, _master_watch_started, reporter
-    global _requests_started
+    global _requests_started, _beats
     pid = str(os.getpid())
     old = _state
     if old is not None and old.channel is not None:
@@ -551,6 +625,7 @@ def become_forked_worker(index, gen, channel_fd, hello_sent=False):
     _requests_lock = threading.Lock()
     _requests = 0
     _requests_started = False
+    _beats = _Beats()
     _master_gone = threading.Event()
     _master_watch_started = False
     reporter = _Reporter()
@@ -571,6 +646,7 @@ def _after_fork_in_child():
     global _requests_lock, _lock, reporter, _requests_started
     _requests_lock = threading.Lock()
     _lock = threading.RLock()
+    _beats.lock = threading.Lock()
     reporter = _Reporter()
     _requests_started = False
     # The parent's control channel is the parent's: a copy held here would keep it open after the

@@ -112,6 +112,32 @@ class PlainAPITest(MasterTestCase):
         self.assertEqual(theirs, ["child-a", "child-b"])
         self.assertEqual(len(out["events"]), 6)  # nothing around the SDK-flagged fork
 
+    @unittest.skipUnless(os.geteuid() == 0, "needs root, to drop to nobody under RLIMIT_NPROC")
+    def test_no_thread_for_the_heartbeats(self):
+        # RLIMIT_NPROC does not hold for root: as nobody with a limit of 1, the process may not
+        # start a single thread. ready() still says READY=1 and says why no heartbeat will come;
+        # nothing raises into the app (it raised "cannot join thread before it is started").
+        m = self.master(watchdog_usec=2000000)
+        w = m.start(["-c",
+            "import json, os, resource, forkd\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))\n"
+            "sent = forkd.ready()\n"
+            "forkd.add_requests(3)\n"
+            "forkd.master_gone()\n"
+            "forkd.worker.reporter.stop()\n"
+            "print(json.dumps({'sent': sent, 'requests': forkd.requests()}))\n"], control=False)
+        status = waitpid_timeout(w.pid)
+        log = w.read_log()
+        self.assertTrue(os.WIFEXITED(status), log)
+        self.assertEqual(os.WEXITSTATUS(status), 0, log)
+        self.assertEqual(json.loads(log.splitlines()[-1]), {"sent": True, "requests": 3})
+        self.assertIn("forkd: cannot start the forkd-heartbeat thread (can't start new thread): "
+                      "this worker sends no heartbeat nor request count, and forkd will kill it "
+                      "when timeouts.worker runs out", log)
+        self.assertIn("forkd: cannot start the forkd-master thread", log)
+        m.notify.wait_for(w.pid, "READY=1")
+
 
 if __name__ == "__main__":
     unittest.main()
