@@ -34,6 +34,40 @@ def _project():
     return fields
 
 
+def _table(name):
+    """The key = value lines of pyproject.toml's [name] table (values as written)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        text = f.read()
+    header = "\n[%s]\n" % name
+    if header not in "\n" + text:
+        return {}
+    body = ("\n" + text).split(header, 1)[1].split("\n[", 1)[0]
+    out = {}
+    for line in body.splitlines():
+        found = re.match(r'^([A-Za-z0-9_.-]+)\s*=\s*(.+?)\s*$', line)
+        if found:
+            out[found.group(1)] = found.group(2)
+    return out
+
+
+def _scripts():
+    """[project.scripts]: console script name -> "module:function"."""
+    return {k: v.strip('"') for k, v in _table("project.scripts").items()}
+
+
+def _extras():
+    """[project.optional-dependencies]: extra -> list of requirements."""
+    return {k: re.findall(r'"([^"]+)"', v) for k, v in _table("project.optional-dependencies").items()}
+
+
+def _entry_points():
+    scripts = _scripts()
+    if not scripts:
+        return None
+    lines = ["[console_scripts]"] + ["%s = %s" % kv for kv in sorted(scripts.items())]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def _dist_info_name():
     p = _project()
     return "%s-%s.dist-info" % (p["name"], p["version"])
@@ -51,6 +85,9 @@ def _metadata():
         "Classifier: Programming Language :: Python :: 3",
         "Description-Content-Type: text/markdown",
     ]
+    for extra, reqs in sorted(_extras().items()):
+        lines.append("Provides-Extra: %s" % extra)
+        lines += ['Requires-Dist: %s; extra == "%s"' % (req, extra) for req in reqs]
     readme = os.path.join(ROOT, "README.md")
     body = ""
     if os.path.exists(readme):
@@ -90,6 +127,8 @@ def _write_wheel(wheel_directory, entries):
         (dist_info + "/WHEEL", _wheel_file()),
         (dist_info + "/top_level.txt", (PACKAGE + "\n").encode()),
     ]
+    if _entry_points() is not None:
+        entries.append((dist_info + "/entry_points.txt", _entry_points()))
     record = "".join("%s,%s,%d\n" % (path, _digest(data), len(data)) for path, data in entries)
     record += dist_info + "/RECORD,,\n"
     entries.append((dist_info + "/RECORD", record.encode()))
@@ -133,6 +172,9 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
         f.write(_wheel_file())
     with open(os.path.join(target, "top_level.txt"), "w") as f:
         f.write(PACKAGE + "\n")
+    if _entry_points() is not None:
+        with open(os.path.join(target, "entry_points.txt"), "wb") as f:
+            f.write(_entry_points())
     return dist_info
 
 

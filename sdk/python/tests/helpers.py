@@ -29,6 +29,17 @@ SDK_DIR = os.path.dirname(HERE)
 APPS = os.path.join(HERE, "apps")
 PY = sys.executable
 TIMEOUT = 10.0
+# FORKD_TEST_PYTHONPATH puts another gunicorn (a checkout of a release) before the installed one,
+# in the workers the tests start: FORKD_TEST_PYTHONPATH=/src/gunicorn-26.1 python3 -m unittest ...
+EXTRA_PATH = [p for p in os.environ.get("FORKD_TEST_PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def have(module):
+    """Whether the workers' interpreter can import module (gunicorn, uvicorn)."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(EXTRA_PATH + [SDK_DIR]))
+    return subprocess.run([PY, "-c", "import " + module], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
 
 sys.path.insert(0, SDK_DIR)
 
@@ -210,7 +221,7 @@ class FakeMaster:
     def env(self, index=0, generation=1, control=True, protocol_version="1", extra=None):
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": SDK_DIR + os.pathsep + APPS,
+            "PYTHONPATH": os.pathsep.join(EXTRA_PATH + [SDK_DIR, APPS]),
             "PYTHONDONTWRITEBYTECODE": "1",
             "LISTEN_FDS": "1",
             "LISTEN_FDNAMES": "http",

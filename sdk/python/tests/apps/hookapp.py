@@ -59,6 +59,8 @@ def app(environ, start_response):
     query = urllib.parse.parse_qs(environ["QUERY_STRING"])
     if path == "/slow":
         time.sleep(int(query.get("ms", ["500"])[0]) / 1000)
+    elif path == "/hang":
+        time.sleep(3600)
     elif path == "/fork":
         # A fork made by library code, not by the SDK.
         pid = os.fork()
@@ -77,5 +79,6 @@ def app(environ, start_response):
         return (b"part%d\n" % i for i in range(3))
     text = "pid=%d worker=%d generation=%d path=%s\n" % (
         os.getpid(), forkd.worker_index(), forkd.generation(), path)
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [text.encode()]
+    data = text.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]

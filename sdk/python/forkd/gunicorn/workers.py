@@ -1,0 +1,391 @@
+"""gunicorn's worker classes, as forkd runs them: the same class, with forkd where gunicorn's
+arbiter was.
+
+worker_class_for(cls, runner) makes a subclass of the configured class (SyncWorker, ThreadWorker,
+UvicornWorker, any gunicorn worker) that changes only how the worker talks to its supervisor:
+
+- notify(), which gunicorn's worker calls from its main loop to tell the arbiter it is alive, says
+  READY=1 the first time and then sends forkd's heartbeats (WATCHDOG=1) and the request count
+  (X_FORKD_REQUESTS). A loop that hangs stops beating, and forkd kills and replaces the worker,
+  as gunicorn's arbiter does when a worker misses its timeout.
+- stop signals are remembered, so that a worker that ended its serving period to fork knows it
+  must stop instead.
+- draining (a stop, a max_requests exit, or the template ending a serving period to fork) never
+  closes a keep-alive connection under a client that may be sending its next request on it: each
+  idle one gets its next request answered, with Connection: close, until its keep-alive timeout.
+  gunicorn's threaded worker before 24.0 leaves its idle connections open when its loop ends
+  (the process exit closes them); from 24.0 it drains them itself. In both, a request that was in
+  flight when the drain began, answered keep-alive, closed its connection at once: here it joins
+  the idle ones.
+
+The listening sockets are forkd's (LISTEN_FDS). Each serving period gets duplicates wrapped in
+gunicorn's socket classes, without gunicorn's set_options: listen() again would override the
+backlog of forkd's listen block. TCP_NODELAY is set, as gunicorn sets it.
+"""
+
+import functools
+import os
+import selectors
+import socket
+import threading
+import time
+from concurrent import futures
+
+from gunicorn import sock as gsock
+from gunicorn.workers.base import Worker
+from gunicorn.workers.sync import SyncWorker
+
+try:  # gunicorn's threaded worker needs concurrent.futures, always there on Python 3
+    from gunicorn.workers.gthread import ThreadWorker
+except ImportError:  # pragma: no cover
+    ThreadWorker = None
+
+from .. import worker as core
+
+__all__ = ["worker_class_for", "can_fork", "counts_requests", "period_listeners", "interrupt"]
+
+#: Worker classes whose serving period forkd knows how to end while the process goes on, so the
+#: template can fork between two periods: gunicorn's sync and threaded workers.
+FORKABLE = tuple(c for c in (SyncWorker, ThreadWorker) if c is not None)
+
+
+def can_fork(cls):
+    return issubclass(cls, FORKABLE)
+
+
+def counts_requests(cls):
+    """Whether gunicorn's worker counts requests in worker.nr (sync, threaded, async workers do;
+    uvicorn's counts in its own server)."""
+    return issubclass(cls, FORKABLE) or any(
+        c.__module__.startswith("gunicorn.workers.") and c.__name__ == "AsyncWorker"
+        for c in cls.__mro__)
+
+
+def _legacy_threaded(w):
+    """gunicorn's threaded worker before 24.0: futures and a _keep deque, no drain of its own."""
+    return ThreadWorker is not None and isinstance(w, ThreadWorker) and hasattr(w, "_keep") \
+        and not hasattr(w, "method_queue")
+
+
+class ForkdWorker:
+    """The part forkd adds to the configured worker class (see the module docstring)."""
+
+    #: The Runner (forkd.gunicorn) this class was made for.
+    forkd = None
+
+    def notify(self):
+        self.forkd.alive(self)
+
+    def handle_exit(self, sig, frame):
+        self.forkd.stop_requested = True
+        super().handle_exit(sig, frame)
+        if self._forkd_wake_w >= 0:
+            try:
+                os.write(self._forkd_wake_w, b"!")  # gunicorn < 24 would wait for its 1 s poll
+            except OSError:
+                pass
+
+    def handle_quit(self, sig, frame):
+        self.forkd.stop_requested = True
+        super().handle_quit(sig, frame)
+
+    def finish_request(self, *args):
+        # gunicorn's threaded worker closes a connection whose request ends while it drains, even
+        # when the answer told the client to keep it open: the client's next request on it would
+        # meet a closed connection. Kept instead, it gets its next request answered during the
+        # drain (with Connection: close), or is closed at its keep-alive timeout.
+        try:
+            if not self.alive:
+                try:
+                    if _keep_for_drain(self, args):
+                        return
+                except Exception:
+                    pass
+            super().finish_request(*args)
+        finally:
+            if len(args) == 1:  # gunicorn < 24, in a pool thread: see _drain_legacy_keepalive
+                with self._lock:
+                    self._forkd_finished += 1
+
+    def wait_for_and_dispatch_events(self, timeout):
+        # gunicorn >= 24 only. Its drain waits for events up to the whole graceful timeout at a
+        # time, and closes the idle connections whose keep-alive timeout ran out only between
+        # two waits: wake up often enough to close them in time, and to exit when they are gone.
+        if not self.alive:
+            timeout = min(timeout, core.beat_interval())
+        return super().wait_for_and_dispatch_events(timeout)
+
+    def _wrap_future(self, fs, conn):
+        # gunicorn < 24 only: every request's future gets finish_request as its done callback.
+        with self._lock:
+            self._forkd_submitted += 1
+        super()._wrap_future(fs, conn)
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        if not counts_requests(type(self)):
+            self.wsgi = _counting_asgi(self.wsgi)
+
+    def run(self):
+        legacy = _legacy_threaded(self)
+        if legacy:
+            self.poller = _LoopPoller(self.poller)
+            self._forkd_wake_r, self._forkd_wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.poller.register(self._forkd_wake_r, selectors.EVENT_READ, _drain_pipe)
+        try:
+            super().run()
+        finally:
+            if legacy:
+                fds = (self._forkd_wake_r, self._forkd_wake_w)
+                self._forkd_wake_r = self._forkd_wake_w = -1
+                for fd in fds:
+                    os.close(fd)
+        if legacy:
+            _drain_legacy_keepalive(self)
+
+    _forkd_wake_r = _forkd_wake_w = -1
+    _forkd_submitted = _forkd_finished = 0
+
+
+class _LoopPoller:
+    """gunicorn < 24's threaded worker's poller, made safe for its request threads.
+
+    There, a request that ends keep-alive appends its connection to _keep and registers it with
+    the poller from the request's thread, while the loop may be closing the poller: the register
+    then fails, and gunicorn closes the connection, which stays in _keep, under a client that may
+    already be sending its next request (it gets a reset). Once closed, this poller takes
+    registrations without complaint: the connection stays open in _keep, for the drain after the
+    loop (_drain_legacy_keepalive)."""
+
+    def __init__(self, sel):
+        self._sel = sel
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def register(self, fileobj, events, data=None):
+        with self._lock:
+            if self._closed:
+                return None
+            return self._sel.register(fileobj, events, data)
+
+    def unregister(self, fileobj):
+        with self._lock:
+            if self._closed:
+                return None
+            return self._sel.unregister(fileobj)
+
+    def select(self, timeout=None):
+        return self._sel.select(timeout)
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            self._sel.close()
+
+    def __getattr__(self, name):
+        return getattr(self._sel, name)
+
+
+def _keep_for_drain(w, args):
+    """finish_request's case: a keep-alive answer went out while w drains. Puts the connection
+    where gunicorn keeps idle keep-alive connections; True when it did."""
+    if len(args) == 2:
+        # gunicorn >= 24: finish_request(conn, fs) on the main thread; its drain loop serves the
+        # connections in keepalived_conns until their timeout.
+        conn, fs = args
+        if fs.cancelled() or fs.exception() is not None or fs.result() is not True:
+            return False
+        conn.sock.setblocking(False)
+        conn.set_timeout()
+        w.keepalived_conns.append(conn)
+        w.poller.register(conn.sock, selectors.EVENT_READ,
+                          functools.partial(w.on_client_socket_readable, conn))
+        return True
+    # gunicorn < 24: finish_request(fs) in the thread that ran the request; the drain after its
+    # loop (_drain_legacy_keepalive) serves what is in _keep.
+    (fs,) = args
+    if fs.cancelled() or fs.exception() is not None:
+        return False
+    keepalive, conn = fs.result()
+    if not keepalive:
+        return False
+    conn.sock.setblocking(False)
+    conn.set_timeout()
+    with w._lock:
+        w._keep.append(conn)
+    return True
+
+
+def _drain_pipe(fd):
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def worker_class_for(cls, runner):
+    """The configured worker class with forkd's part (same name, a subclass)."""
+    return type(cls.__name__, (ForkdWorker, cls), {"forkd": runner, "__module__": cls.__module__,
+                                                    "__qualname__": cls.__qualname__})
+
+
+def interrupt(w):
+    """End w's serving period as soon as no request is in flight, from any thread: what gunicorn
+    does when its worker is told to stop gracefully (alive = False), and a wake-up so that its
+    loop sees it now rather than at its next timeout. Only for FORKABLE classes."""
+    w.alive = False
+    try:
+        mq = getattr(w, "method_queue", None)
+        if mq is not None and getattr(mq, "_write_fd", None) is not None:
+            mq.defer(lambda: None)  # gunicorn >= 24: its own thread-safe wake-up
+        elif w._forkd_wake_w >= 0:
+            os.write(w._forkd_wake_w, b"!")
+        elif isinstance(w.PIPE, tuple) and len(w.PIPE) == 2:
+            os.write(w.PIPE[1], b"!")  # the sync worker's select() watches PIPE[0]
+    except (OSError, TypeError, ValueError):
+        pass  # the loop has not started, or has ended: it sees alive = False when it runs
+
+
+def in_flight(w):
+    """Requests w still serves after its loop returned (the graceful timeout ran out)."""
+    pending = getattr(w, "futures", None)
+    if pending is not None:
+        return sum(1 for f in list(pending) if not f.done())
+    if ThreadWorker is not None and isinstance(w, ThreadWorker):
+        return max(0, getattr(w, "nr_conns", 0))
+    return 0
+
+
+def _drain_legacy_keepalive(w):
+    """gunicorn < 24's threaded worker, after its loop: answer the next request on each idle
+    keep-alive connection (alive is False, so gunicorn answers it with Connection: close) until
+    the connection's keep-alive timeout, then close it; bounded by the graceful timeout.
+
+    The loop's end waits for the requests in flight, but not for their done callbacks
+    (finish_request, which keeps a connection answered keep-alive: see _keep_for_drain): until
+    every callback has run, more connections may join _keep."""
+    sel = selectors.DefaultSelector()
+    pool = None
+    started = []
+    deadline = time.monotonic() + w.cfg.graceful_timeout
+
+    def take_kept():
+        with w._lock:
+            kept = list(w._keep)
+            w._keep.clear()
+        for c in kept:
+            try:
+                sel.register(c.sock, selectors.EVENT_READ, c)
+            except (OSError, ValueError, KeyError):
+                c.close()  # closed already (fileno -1), or its descriptor taken twice
+
+    try:
+        while time.monotonic() < deadline:
+            take_kept()
+            with w._lock:
+                callbacks_due = w._forkd_finished < w._forkd_submitted
+            if not sel.get_map() and not callbacks_due:
+                break
+            now = time.time()  # TConn.timeout is time.time() based before 24.0
+            for key in list(sel.get_map().values()):
+                if key.data.timeout is None or key.data.timeout <= now:
+                    sel.unregister(key.fileobj)
+                    key.data.close()
+            wait = core.beat_interval()
+            if sel.get_map():
+                wait = min(wait, min(k.data.timeout for k in sel.get_map().values()) - now)
+            if callbacks_due:
+                wait = min(wait, 0.01)
+            for key, _ in sel.select(max(0.0, wait)):
+                sel.unregister(key.fileobj)
+                if pool is None:
+                    pool = futures.ThreadPoolExecutor(max_workers=max(1, w.cfg.threads))
+                started.append(pool.submit(_serve_last_request, w, key.data))
+    finally:
+        take_kept()
+        for key in list(sel.get_map().values()):
+            key.data.close()
+        sel.close()
+        if pool is not None:
+            futures.wait(started, timeout=max(0.0, deadline - time.monotonic()))
+            pool.shutdown(wait=False)
+        # In flight past the graceful timeout: in_flight() says so to whoever wants to fork.
+        w.futures.extend(f for f in started if not f.done())
+
+
+def _serve_last_request(w, conn):
+    try:
+        conn.init()
+        w.handle(conn)
+    finally:
+        conn.close()
+
+
+def _counting_asgi(app):
+    """Count HTTP requests of an ASGI 3 app (uvicorn's worker does not count in worker.nr)."""
+    import asyncio
+    import inspect
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
+    if not asyncio.iscoroutinefunction(call):
+        return app  # ASGI 2 or WSGI through uvicorn: left as it is, uncounted
+
+    async def counted(scope, receive, send):
+        if scope.get("type") == "http":
+            core.add_requests(1)
+        return await app(scope, receive, send)
+
+    return counted
+
+
+def period_listeners(socks, cfg, log):
+    """Duplicates of forkd's listeners for one serving period, in gunicorn's socket classes.
+    gunicorn's threaded and uvicorn's workers close their sockets when their loop ends; the
+    originals stay open for the next period and for forked workers."""
+    out = []
+    for s in socks:
+        dup = s.dup()
+        if dup.family == socket.AF_UNIX:
+            cls = gsock.UnixSocket
+        elif dup.family == socket.AF_INET6:
+            cls = gsock.TCP6Socket
+        else:
+            cls = gsock.TCPSocket
+        if dup.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                dup.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        wrapped = cls.__new__(cls)
+        wrapped.log = log
+        wrapped.conf = cfg
+        wrapped.cfg_addr = dup.getsockname()
+        wrapped.sock = dup
+        out.append(wrapped)
+    return out
+
+
+def close_period(w):
+    """Release what one serving period of w made: its wake-up pipe, heartbeat file, listener
+    duplicates and thread pool. The process goes on (the template between two periods)."""
+    pipe = w.PIPE
+    if isinstance(pipe, tuple):
+        w.PIPE = []
+        for fd in pipe:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    try:
+        w.tmp.close()
+    except (OSError, ValueError, AttributeError):
+        pass
+    for s in w.sockets:
+        try:
+            s.close()
+        except (OSError, AttributeError):
+            pass
+    tpool = getattr(w, "tpool", None)
+    if tpool is not None:
+        tpool.shutdown(wait=not in_flight(w))
+

@@ -1,0 +1,44 @@
+"""A gunicorn config file whose server hooks record themselves in $HOOK_LOG, as hookapp does:
+"PID EVENT JSON"."""
+
+import json
+import os
+
+keepalive = int(os.environ.get("TEST_KEEPALIVE", "2"))
+
+
+def _record(event, **data):
+    with open(os.environ.get("HOOK_LOG", os.devnull), "a") as f:
+        f.write("%d %s %s\n" % (os.getpid(), event, json.dumps(data)))
+
+
+def on_starting(server):
+    _record("g.on_starting", server_pid=server.pid, listeners=len(server.LISTENERS))
+
+
+def when_ready(server):
+    _record("g.when_ready", server_pid=server.pid)
+
+
+def pre_fork(server, worker):
+    _record("g.pre_fork", server_pid=server.pid)
+
+
+def post_fork(server, worker):
+    _record("g.post_fork", server_pid=server.pid, worker_pid=worker.pid)
+
+
+def post_worker_init(worker):
+    _record("g.post_worker_init", worker_pid=worker.pid)
+
+
+def worker_exit(server, worker):
+    _record("g.worker_exit", worker_pid=worker.pid)
+
+
+def on_exit(server):
+    _record("g.on_exit", server_pid=server.pid)
+
+
+def child_exit(server, worker):  # only gunicorn's arbiter calls it: forkd.gunicorn warns
+    _record("g.child_exit")

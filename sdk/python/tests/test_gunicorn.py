@@ -1,0 +1,525 @@
+"""forkd.gunicorn against a fake master: gunicorn's workers in real processes, the handshake,
+spawn, pause/resume, gunicorn's and forkd's hooks, draining, stopping, the heartbeat, refused
+options. Needs gunicorn for the interpreter running the tests (/usr/bin/python3 on Debian 12)."""
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+from .helpers import (APPS, EXTRA_PATH, PY, SDK_DIR, MasterTestCase, alive, have, ppid_of,
+                      wait_until, waitpid_timeout)
+
+HAVE_GUNICORN = have("gunicorn")
+HAVE_UVICORN = HAVE_GUNICORN and have("uvicorn.workers")
+
+CONF = ["-c", os.path.join(APPS, "gunicorn_hooks.py")]
+GTHREAD = ["-m", "forkd.gunicorn"] + CONF + ["-k", "gthread", "--threads", "4", "hookapp:app"]
+SYNC = ["-m", "forkd.gunicorn"] + CONF + ["-k", "sync", "hookapp:app"]
+
+
+class Client:
+    """An HTTP/1.1 keep-alive client, run in a thread when asked."""
+
+    def __init__(self, port, timeout=10):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.results = []
+        self.started_at = None
+        self.thread = None
+
+    def get(self, path):
+        self.conn.request("GET", path)
+        resp = self.conn.getresponse()
+        return resp, resp.read()
+
+    def get_in_thread(self, path):
+        self.started_at = time.monotonic()
+
+        def run():
+            try:
+                resp, data = self.get(path)
+                self.results.append((resp.status, data))
+            except Exception as e:  # reported by the test's assertions
+                self.results.append((None, repr(e)))
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return self
+
+    def join(self, timeout=10):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "request did not finish"
+        return self.results[0]
+
+    def closed_by_server(self, timeout=5):
+        """True once the server has closed this (idle) connection: end of file."""
+        self.conn.sock.settimeout(timeout)
+        try:
+            return self.conn.sock.recv(1) == b""
+        except ConnectionResetError:
+            return False
+
+    def close(self):
+        self.conn.close()
+
+
+def get(port, path="/"):
+    c = Client(port)
+    try:
+        resp, data = c.get(path)
+        return resp.status, data.decode()
+    finally:
+        c.close()
+
+
+def events(hooks, pid):
+    return [e for p, e, _ in hooks if p == pid]
+
+
+@unittest.skipUnless(HAVE_GUNICORN, "gunicorn is missing: apt-get install python3-gunicorn "
+                                    "(run the tests with /usr/bin/python3)")
+class GunicornTestCase(MasterTestCase):
+    pass
+
+
+class HandshakeTest(GunicornTestCase):
+    def test_template_hello_then_ready_only_after_welcome(self):
+        m = self.master()
+        w = m.start(GTHREAD)
+        hello = w.expect("hello")
+        self.assertEqual(hello["pid"], w.pid)
+        self.assertIs(hello["fork"], True)
+        self.assertTrue(hello["sdk"].startswith("forkd-python/"))
+        time.sleep(0.3)
+        self.assertNotIn("READY=1", m.notify.lines(w.pid))
+        w.send({"op": "welcome", "worker": 0, "generation": 3})
+        ready = m.notify.wait_for(w.pid, "READY=1")
+        # No timeouts.worker from forkd (no WATCHDOG_USEC): gunicorn's --timeout (30 s) is the
+        # heartbeat deadline, said with READY=1.
+        self.assertIn("WATCHDOG_USEC=30000000", ready[1].split("\n"))
+        status, body = get(m.port)
+        self.assertEqual(status, 200)
+        self.assertIn("pid=%d worker=0 generation=3" % w.pid, body)
+        m.notify.wait_for(w.pid, "X_FORKD_REQUESTS=1")
+        # gunicorn's server hooks, then forkd's boot hook, in the template.
+        self.assertEqual(events(m.hooks(), w.pid), [
+            "g.on_starting", "g.when_ready", "boot", "g.pre_fork", "g.post_fork",
+            "g.post_worker_init"])
+        boot = [d for p, e, d in m.hooks() if e == "boot"][0]
+        self.assertIs(boot["template"], True)
+        self.assertEqual(boot["env"]["LISTEN_PID"], str(w.pid))
+        self.assertIn("the child_exit hook never runs under forkd", w.read_log())
+
+    def test_refuse_exits_1_with_the_reason(self):
+        m = self.master()
+        w = m.start(GTHREAD)
+        w.expect("hello")
+        w.send({"op": "refuse", "error": "this master speaks protocol 7"})
+        w.channel.close()
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(w.pid)), 1)
+        self.assertIn("this master speaks protocol 7", w.read_log())
+        self.assertNotIn("READY=1", m.notify.lines(w.pid))
+
+    def test_protocol_version_mismatch(self):
+        m = self.master()
+        w = m.start(GTHREAD, protocol_version="2")
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(w.pid)), 1)
+        self.assertIn("forkd-python speaks protocol 1, this forkd master speaks 2: upgrade the SDK",
+                      w.read_log())
+
+    def test_eof_on_the_channel_stops_the_worker(self):
+        m = self.master()
+        w = m.boot(GTHREAD)
+        w.channel.close()
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(w.pid)), 0, w.read_log())
+        m.notify.wait_for(w.pid, "STOPPING=1")
+        self.assertEqual(events(m.hooks(), w.pid)[-2:], ["g.worker_exit", "g.on_exit"])
+
+    def test_malformed_messages_are_answered_not_fatal(self):
+        m = self.master()
+        w = m.boot(GTHREAD)
+        w.channel.sock.send(b"\xff not json")
+        w.channel.sock.send(b'{"v": 1, "seq": 41}')
+        self.assertEqual(w.expect("error")["seq"], 41)
+        w.channel.sock.send(b'{"v": 1, "op": "teleport", "seq": 42}')
+        self.assertEqual(w.expect("error")["seq"], 42)
+        w.channel.sock.send(b'{"v": 1, "op": "spawn", "seq": 43, "worker": "x"}')
+        self.assertEqual(w.expect("error")["seq"], 43)
+        m.request("pause", w, "paused")
+        m.request("resume", w, "resumed")
+        self.assertEqual(get(m.port)[0], 200)
+
+    @unittest.skipUnless(HAVE_UVICORN, "uvicorn is missing: apt-get install python3-uvicorn")
+    def test_a_worker_class_that_cannot_fork_says_so(self):
+        m = self.master()
+        w = m.start(["-m", "forkd.gunicorn", "-k", "uvicorn.workers.UvicornWorker", "asgiapp:app"])
+        self.assertIs(w.expect("hello")["fork"], False)
+        w.send({"op": "welcome", "worker": 0, "generation": 1})
+        m.notify.wait_for(w.pid, "READY=1")
+        seq = m.next_seq()
+        w.send({"op": "pause", "seq": seq})
+        self.assertEqual(w.expect("error")["seq"], seq)
+        status, body = get(m.port, "/asgi")
+        self.assertEqual(status, 200)
+        self.assertIn("asgi pid=%d worker=0 path=/asgi" % w.pid, body)
+        m.notify.wait_for(w.pid, "X_FORKD_REQUESTS=1")
+        w.channel.close()
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(w.pid)), 0, w.read_log())
+
+
+class SpawnTest(GunicornTestCase):
+    def test_spawn_makes_a_worker_reparented_to_the_master(self):
+        m = self.master(watchdog_usec=2000000)
+        t = m.boot(GTHREAD)
+        seq, ch = m.spawn(t, index=1, generation=1)
+        spawned = t.expect("spawned")
+        self.assertEqual(spawned["seq"], seq)
+        pid = spawned["pid"]
+        w = m.adopt(pid, ch)
+        self.assertEqual(ppid_of(pid), os.getpid())
+        self.assertEqual(os.getpgid(pid), pid, "a forked worker leads a process group of its own")
+        hello = w.expect("hello")
+        self.assertEqual(hello["pid"], pid)
+        self.assertIs(hello["fork"], False)
+        time.sleep(0.2)
+        self.assertNotIn("READY=1", m.notify.lines(pid))
+        w.send({"op": "welcome", "worker": 1, "generation": 1})
+        ready = m.notify.wait_for(pid, "READY=1")
+        # forkd's timeouts.worker applies (WATCHDOG_USEC is set): gunicorn's does not.
+        self.assertFalse(any(ln.startswith("WATCHDOG_USEC=") for ln in ready[1].split("\n")))
+        m.notify.wait_for(pid, "WATCHDOG=1", timeout=3)
+
+        hooks = m.hooks()
+        boot = {p: d for p, e, d in hooks if e == "boot"}
+        self.assertEqual(boot[pid]["env"]["LISTEN_PID"], str(pid))
+        self.assertEqual(boot[pid]["env"]["WATCHDOG_PID"], str(pid))
+        self.assertEqual(boot[pid]["env"]["FORKD_WORKER"], "1")
+        self.assertNotEqual(boot[pid]["env"]["FORKD_CONTROL_FD"], "4")
+        self.assertIs(boot[pid]["template"], False)
+        # In the template: forkd's prepare hooks in reverse, gunicorn's pre_fork before them,
+        # forkd's parent hooks after. In the worker: forkd's child hooks, gunicorn's post_fork
+        # and post_worker_init. Nothing in the intermediate child.
+        self.assertEqual(events(hooks, t.pid), [
+            "g.on_starting", "g.when_ready", "boot", "g.pre_fork", "g.post_fork",
+            "g.post_worker_init",
+            "g.pre_fork", "prepare2", "prepare1", "parent1", "parent2"])
+        self.assertEqual(events(hooks, pid), [
+            "child1", "child2", "boot", "g.post_fork", "g.post_worker_init"])
+        self.assertEqual({p for p, _, _ in hooks}, {t.pid, pid})
+        post_fork = [d for p, e, d in hooks if p == pid and e == "g.post_fork"][0]
+        self.assertEqual(post_fork, {"server_pid": t.pid, "worker_pid": pid})
+
+        # The new worker serves on its own once the template is gone.
+        os.kill(t.pid, signal.SIGTERM)
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(t.pid)), 0)
+        status, body = get(m.port)
+        self.assertEqual(status, 200)
+        self.assertIn("pid=%d worker=1" % pid, body)
+        w.channel.close()
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(pid)), 0)
+        self.assertEqual(events(m.hooks(), pid)[-1], "g.worker_exit")
+
+    def test_spawn_waits_for_the_request_in_flight(self):
+        m = self.master()
+        t = m.boot(GTHREAD)
+        slow = Client(m.port).get_in_thread("/slow?ms=700")
+        time.sleep(0.25)
+        seq, ch = m.spawn(t, index=1)
+        spawned = t.expect("spawned")
+        got_at = time.monotonic()
+        m.adopt(spawned["pid"], ch)
+        status, body = slow.join()
+        self.assertEqual(status, 200, body)
+        self.assertGreaterEqual(got_at - slow.started_at, 0.7)
+        slow.close()
+        self.assertEqual(get(m.port)[0], 200)  # the template serves again
+
+    def test_spawn_failure_is_reported(self):
+        m = self.master()
+        t = m.boot(GTHREAD)
+        seq = m.next_seq()
+        t.send({"op": "spawn", "seq": seq, "worker": 1, "generation": 1})  # no descriptor
+        reply = t.expect("spawn_failed")
+        self.assertEqual(reply["seq"], seq)
+        self.assertIn("descriptors", reply["error"])
+        self.assertEqual(get(m.port)[0], 200)
+
+    def test_library_fork_runs_the_hooks(self):
+        m = self.master()
+        t = m.boot(GTHREAD)
+        self.assertEqual(get(m.port, "/fork")[0], 200)
+        hooks = m.hooks()
+        self.assertEqual(events(hooks, t.pid)[-4:], ["prepare2", "prepare1", "parent1", "parent2"])
+        others = {p for p, _, _ in hooks} - {t.pid}
+        self.assertEqual(len(others), 1)
+        self.assertEqual(events(hooks, others.pop()), ["child1", "child2", "library-child"])
+
+    def test_sync_worker_template(self):
+        m = self.master()
+        t = m.boot(SYNC)
+        seq, ch = m.spawn(t, index=1)
+        pid = t.expect("spawned")["pid"]
+        w = m.adopt(pid, ch)
+        m.welcome(w, index=1)
+        m.notify.wait_for(pid, "READY=1")
+        pids = set()
+        for _ in range(40):
+            pids.add(int(get(m.port)[1].split()[0].split("=")[1]))
+            if pids == {t.pid, pid}:
+                break
+        self.assertEqual(pids, {t.pid, pid})
+
+
+class PauseTest(GunicornTestCase):
+    def test_pause_waits_for_in_flight_and_drains_idle_connections(self):
+        m = self.master()
+        t = m.boot(GTHREAD)
+        talker, silent = Client(m.port), Client(m.port)
+        for c in (talker, silent):
+            self.assertEqual(c.get("/")[0].status, 200)
+        slow = Client(m.port).get_in_thread("/slow?ms=700")
+        time.sleep(0.25)
+        seq = m.next_seq()
+        t.send({"op": "pause", "seq": seq})
+        time.sleep(0.2)
+        # A keep-alive connection that sends its next request while the template drains gets an
+        # answer, with Connection: close.
+        resp, data = talker.get("/again")
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader("Connection"), "close")
+        self.assertIn(b"path=/again", data)
+        # The silent one is closed once its keep-alive timeout (2 s) is over; then paused.
+        self.assertTrue(silent.closed_by_server())
+        self.assertEqual(t.expect("paused")["seq"], seq)
+        paused_at = time.monotonic()
+        self.assertEqual(slow.join()[0], 200)
+        self.assertGreaterEqual(paused_at - slow.started_at, 0.7)
+        self.assertEqual(events(m.hooks(), t.pid)[-1], "before_refork")
+
+        # While paused nothing is served; resume serves what waited.
+        waiting = socket.create_connection(("127.0.0.1", m.port), timeout=5)
+        waiting.sendall(b"GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        waiting.settimeout(0.4)
+        with self.assertRaises(socket.timeout):
+            waiting.recv(1)
+        waiting.settimeout(5)
+        m.request("resume", t, "resumed")
+        data = b""
+        while True:
+            chunk = waiting.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        waiting.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK"), data)
+        self.assertIn(b"path=/late", data)
+        self.assertEqual(events(m.hooks(), t.pid)[-2:], ["before_refork", "after_refork"])
+        # post_worker_init ran once, not again in the second serving period.
+        self.assertEqual(events(m.hooks(), t.pid).count("g.post_worker_init"), 1)
+        for c in (talker, silent, slow):
+            c.close()
+
+    def test_refork_pause_spawns_resume(self):
+        m = self.master()
+        t = m.boot(GTHREAD)
+        m.request("pause", t, "paused")
+        spawns = [m.spawn(t, index=i, generation=2) for i in (1, 2)]
+        workers = []
+        for i, (seq, ch) in zip((1, 2), spawns):
+            spawned = t.expect("spawned")
+            self.assertEqual(spawned["seq"], seq)
+            w = m.adopt(spawned["pid"], ch)
+            self.assertEqual(w.expect("hello")["pid"], w.pid)
+            w.send({"op": "welcome", "worker": i, "generation": 2})
+            m.notify.wait_for(w.pid, "READY=1")
+            workers.append(w)
+        m.request("resume", t, "resumed")
+        hooks = m.hooks()
+        self.assertEqual(events(hooks, t.pid)[-12:], [
+            "before_refork",
+            "g.pre_fork", "prepare2", "prepare1", "parent1", "parent2",
+            "g.pre_fork", "prepare2", "prepare1", "parent1", "parent2",
+            "after_refork"])
+        for w in workers:
+            self.assertEqual(events(hooks, w.pid), [
+                "child1", "child2", "boot", "g.post_fork", "g.post_worker_init"])
+            self.assertEqual(ppid_of(w.pid), os.getpid())
+        self.assertEqual(get(m.port)[0], 200)
+        # Nobody else holds a copy of a worker's end of its channel: once it dies, EOF.
+        os.kill(t.pid, signal.SIGKILL)
+        waitpid_timeout(t.pid)
+        self.assertEqual(t.recv(timeout=5), (None, []))
+        for w in reversed(workers):
+            os.kill(w.pid, signal.SIGKILL)
+            waitpid_timeout(w.pid)
+            self.assertEqual(w.recv(timeout=5), (None, []))
+
+
+class StopTest(GunicornTestCase):
+    def test_sigterm_finishes_the_request_in_flight(self):
+        m = self.master()
+        t = m.boot(GTHREAD)
+        slow = Client(m.port).get_in_thread("/slow?ms=700")
+        time.sleep(0.25)
+        os.kill(t.pid, signal.SIGTERM)
+        status, body = slow.join()
+        self.assertEqual(status, 200, body)
+        st = waitpid_timeout(t.pid)
+        self.assertEqual(os.WEXITSTATUS(st), 0, t.read_log())
+        m.notify.wait_for(t.pid, "STOPPING=1")
+        slow.close()
+
+    def test_sigterm_answers_the_next_request_on_an_idle_connection(self):
+        for args in (GTHREAD, SYNC):
+            with self.subTest(worker="sync" if args is SYNC else "gthread"):
+                m = self.master()
+                t = m.boot(args)
+                idle = Client(m.port)
+                resp, _ = idle.get("/")
+                self.assertEqual(resp.status, 200)
+                if args is SYNC:
+                    # gunicorn's sync worker never keeps a connection open.
+                    self.assertEqual(resp.getheader("Connection"), "close")
+                    os.kill(t.pid, signal.SIGTERM)
+                else:
+                    # A slow request keeps the worker draining after its loop has ended; the
+                    # idle connection's next request comes then, and gets its answer.
+                    slow = Client(m.port).get_in_thread("/slow?ms=1500")
+                    time.sleep(0.25)
+                    os.kill(t.pid, signal.SIGTERM)
+                    time.sleep(0.5)
+                    resp, data = idle.get("/next")
+                    self.assertEqual(resp.status, 200)
+                    self.assertEqual(resp.getheader("Connection"), "close")
+                    self.assertEqual(slow.join()[0], 200)
+                    slow.close()
+                self.assertEqual(os.WEXITSTATUS(waitpid_timeout(t.pid, 10)), 0)
+                idle.close()
+
+    def test_forked_worker_stops_on_eof(self):
+        m = self.master()
+        t = m.boot(GTHREAD)
+        seq, ch = m.spawn(t, index=1)
+        pid = t.expect("spawned")["pid"]
+        w = m.adopt(pid, ch)
+        m.welcome(w, index=1)
+        m.notify.wait_for(pid, "READY=1")
+        ch.close()
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(pid)), 0)
+        self.assertTrue(alive(t.pid))
+
+    def test_max_requests_ends_the_worker_cleanly(self):
+        m = self.master()
+        w = m.boot(["-m", "forkd.gunicorn", "-k", "gthread", "--max-requests", "3",
+                    "hookapp:app"])
+        c = Client(m.port)
+        for i in range(3):
+            resp, _ = c.get("/")
+            self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader("Connection"), "close")
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(w.pid)), 0)
+        m.notify.wait_for(w.pid, "STOPPING=1")
+        m.notify.wait_for(w.pid, "X_FORKD_REQUESTS=3")
+        c.close()
+
+
+class ExecModeTest(GunicornTestCase):
+    def test_exec_mode_ready_and_master_gone(self):
+        """No FORKD_CONTROL_FD: READY=1 without handshake; the worker exits when its parent (the
+        master) does."""
+        m = self.master()
+        launcher = m.start(["-c", (
+            "import os, sys, time\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os.environ['LISTEN_PID'] = str(os.getpid())\n"
+            "    os.execv(sys.executable, [sys.executable] + %r)\n"
+            "with open(os.environ['HOOK_LOG'] + '.tmp', 'w') as f: f.write(str(pid))\n"
+            "os.rename(os.environ['HOOK_LOG'] + '.tmp', os.environ['HOOK_LOG'] + '.pid')\n"
+            "time.sleep(60)\n") % (GTHREAD,)], control=False)
+        pidfile = m.hook_log + ".pid"
+
+        def read_pid():
+            try:
+                with open(pidfile) as f:
+                    return int(f.read() or 0)
+            except (OSError, ValueError):
+                return 0
+        pid = wait_until(read_pid, what="worker pid")
+        m.pids.append(pid)
+        m.notify.wait_for(pid, "READY=1")
+        self.assertEqual(get(m.port)[0], 200)
+        # Exec mode: every gunicorn hook runs in the worker, pre_fork and post_fork included.
+        self.assertEqual(events(m.hooks(), pid), [
+            "g.on_starting", "g.when_ready", "g.pre_fork", "g.post_fork", "g.post_worker_init"])
+        os.kill(launcher.pid, signal.SIGKILL)
+        waitpid_timeout(launcher.pid)
+        m.notify.wait_for(pid, "STOPPING=1")
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(pid)), 0)
+
+
+@unittest.skipUnless(HAVE_GUNICORN, "gunicorn is missing")
+class CommandLineTest(unittest.TestCase):
+    def run_gunicorn(self, args, env=None, cwd=None):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(EXTRA_PATH + [SDK_DIR, APPS]),
+                   **(env or {}))
+        for k in ("LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET", "FORKD_WORKER", "GUNICORN_CMD_ARGS"):
+            if env.get(k) and k not in (env or {}):
+                del env[k]
+        return subprocess.run([PY, "-m", "forkd.gunicorn"] + args, env=env, cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+
+    def test_forkd_options_are_refused_with_what_to_use(self):
+        for args, env, want in (
+            (["-w", "4", "hookapp:app"], None, "-w/--workers on the command line is forkd's: "
+                                               "set workers = N in forkd.hcl"),
+            (["--bind", "0.0.0.0:80", "hookapp:app"], None, "-b/--bind on the command line is "
+                                                            "forkd's: add a listen block"),
+            (["--reload", "hookapp:app"], None, "--reload on the command line is forkd's: run "
+                                                "forkctl reload"),
+            (["--daemon", "hookapp:app"], None, "-D/--daemon on the command line is forkd's"),
+            (["--pid", "/tmp/x.pid", "hookapp:app"], None, "-p/--pid on the command line is forkd's"),
+            (["hookapp:app"], {"GUNICORN_CMD_ARGS": "--workers 3"},
+             "-w/--workers in GUNICORN_CMD_ARGS is forkd's"),
+        ):
+            with self.subTest(args=args, env=env):
+                proc = self.run_gunicorn(args, env)
+                out = proc.stdout.decode()
+                self.assertEqual(proc.returncode, 2, out)
+                self.assertIn("forkd-gunicorn: " + want, out)
+
+    def test_forkd_settings_in_a_config_file_are_refused(self):
+        d = self.enterContext_tmp()
+        with open(os.path.join(d, "gunicorn.conf.py"), "w") as f:
+            f.write('workers = 4\nbind = ["0.0.0.0:8000"]\nbacklog = 64\nthreads = 2\n')
+        proc = self.run_gunicorn(["hookapp:app"], cwd=d)
+        out = proc.stdout.decode()
+        self.assertEqual(proc.returncode, 2, out)
+        self.assertIn("forkd-gunicorn: workers in %s is forkd's" % os.path.join(d, "gunicorn.conf.py"),
+                      out)
+        self.assertIn("forkd-gunicorn: bind in %s is forkd's" % os.path.join(d, "gunicorn.conf.py"),
+                      out)
+
+    def test_check_config_and_no_listeners(self):
+        proc = self.run_gunicorn(["--check-config", "hookapp:app"])
+        self.assertEqual(proc.returncode, 0, proc.stdout.decode())
+        proc = self.run_gunicorn(["--check-config", "nosuchmodule:app"])
+        self.assertEqual(proc.returncode, 1, proc.stdout.decode())
+        self.assertIn("No module named 'nosuchmodule'", proc.stdout.decode())
+        proc = self.run_gunicorn(["hookapp:app"])
+        self.assertEqual(proc.returncode, 1, proc.stdout.decode())
+        self.assertIn("no listening sockets (LISTEN_FDS): run it under forkd", proc.stdout.decode())
+
+    def enterContext_tmp(self):
+        import shutil
+        import tempfile
+        d = tempfile.mkdtemp(prefix="forkd-gunicorn-")
+        self.addCleanup(shutil.rmtree, d, ignore_errors=True)
+        return d
+
+
+if __name__ == "__main__":
+    unittest.main()
