@@ -500,6 +500,11 @@ func (m *Machine) exited(e Exited) {
 	if w.stopReason != "" {
 		how += " (" + w.stopReason + ")"
 	}
+	if w.stopAsked == "STOPPING=1" && e.Status.Success() {
+		// It said it was stopping, then exited cleanly: a worker recycling itself (gunicorn's
+		// max_requests, Puma's worker killer) is replaced as a planned exit, not as a crash.
+		w.expected = true
+	}
 	level := slog.LevelWarn
 	if w.expected {
 		level = slog.LevelInfo
