@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/forkd/forkd/internal/version.Version=$(VERSION)
 FUZZTIME ?=
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: all build run run-go test unit fuzz lint bench chaos clean
+.PHONY: all build run run-go python-gunicorn test unit fuzz lint bench chaos clean
 
 all: build
 
@@ -18,10 +18,24 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/forkctl ./cmd/forkctl
 	$(GO) build -o $(BIN)/hello ./examples/hello
 
-# Serve the Python demo on 127.0.0.1:8080 with 4 workers in fork-worker mode. Try:
+# The Python workers run on Debian's interpreter, which has gunicorn (python3-gunicorn); the python3
+# first on PATH may be another (pyenv, a venv) that does not.
+PYTHON  ?= /usr/bin/python3
+
+# Serve the Python demo on 127.0.0.1:8080 with 4 workers in fork-worker mode, on gunicorn's threaded
+# worker (forkd.gunicorn). Try:
 #   curl 127.0.0.1:8080; bin/forkctl --config examples/python/forkd.hcl status
-run: build
+run: build python-gunicorn
 	$(BIN)/forkd --config examples/python/forkd.hcl
+
+# gunicorn for $(PYTHON): installed with apt-get (Debian 12's python3-gunicorn) when it is missing.
+python-gunicorn:
+	@if ! $(PYTHON) -c 'import gunicorn' 2>/dev/null; then \
+	  echo "$(PYTHON) has no gunicorn: installing python3-gunicorn (apt-get install -y python3-gunicorn)"; \
+	  { apt-get install -y -qq python3-gunicorn >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y -qq python3-gunicorn >/dev/null; }; } || \
+	  { echo "could not install it: as root, apt-get install python3-gunicorn (or pip install gunicorn for $(PYTHON))"; exit 1; }; \
+	fi
 
 # The Go demo on 127.0.0.1:8081 (exec mode: Go cannot fork), so it can run beside make run. Try:
 #   curl 127.0.0.1:8081; bin/forkctl --config examples/hello/forkd.hcl status
@@ -32,7 +46,7 @@ test: lint unit fuzz
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
-	python3 -m unittest discover -s sdk/python/tests -t sdk/python
+	$(PYTHON) -m unittest discover -s sdk/python/tests -t sdk/python
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(or $(FUZZTIME),20000x) ./pkg/config

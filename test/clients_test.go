@@ -47,6 +47,20 @@ func requireNode(t *testing.T) string {
 	return node
 }
 
+// nodeRequests sends requests in all over connections keep-alive connections with Node's http
+// client, and returns what it counted.
+func nodeRequests(t *testing.T, url string, connections, requests int) nodeResult {
+	t.Helper()
+	cmd := exec.Command(requireNode(t), "clients/keepalive.js", url, strconv.Itoa(connections), strconv.Itoa(requests))
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	require.NoError(t, err, "%s%s", out, stderr.String())
+	var r nodeResult
+	require.NoError(t, json.Unmarshal(out, &r), "%s%s", out, stderr.String())
+	return r
+}
+
 // startNode runs Node's keep-alive client against url with connections connections until stop.
 func startNode(t *testing.T, url string, connections int) *nodeClient {
 	t.Helper()

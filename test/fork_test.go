@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,27 +18,6 @@ import (
 
 	"github.com/forkd/forkd/pkg/control"
 )
-
-// pythonApp is the config body running test/testapp/app.py under the Python SDK's WSGI runner.
-// extra is more HCL (a fork_worker block, timeouts); env adds to the app's environment.
-func pythonApp(t *testing.T, workers int, env map[string]string, extra string) string {
-	t.Helper()
-	sdk, err := filepath.Abs("../sdk/python")
-	require.NoError(t, err)
-	appDir, err := filepath.Abs("testapp")
-	require.NoError(t, err)
-	vars := []string{fmt.Sprintf("PYTHONPATH = %q", sdk)}
-	for k, v := range env {
-		vars = append(vars, fmt.Sprintf("%s = %q", k, v))
-	}
-	return fmt.Sprintf(`
-command   = ["python3", "-m", "forkd.wsgi", "--threads", "4", "app:app"]
-directory = %q
-env       = { %s }
-workers   = %d
-%s
-`, appDir, strings.Join(vars, ", "), workers, extra)
-}
 
 const forkWorkerBlock = `
 fork_worker {

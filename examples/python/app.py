@@ -7,9 +7,10 @@ At import it allocates DEMO_ALLOC_MB megabytes (default 50) and fills them, stan
 app's loaded code and data. Worker 0 imports it once; forkd forks every other worker from worker 0,
 so they share those pages copy-on-write: compare Rss with Pss in /proc/PID/smaps_rollup.
 
-Run it under forkd with `forkd --config examples/python/forkd.hcl`, or alone for development:
+Run it under forkd with `forkd --config examples/python/forkd.hcl` (`make run`), or with gunicorn
+alone for development:
 
-    PYTHONPATH=../../sdk/python python3 -m forkd.wsgi app:app   # http://127.0.0.1:8000/
+    /usr/bin/python3 -m gunicorn app:app   # http://127.0.0.1:8000/
 """
 
 import os

@@ -1,6 +1,7 @@
 # forkd config for the Python demo: four workers of examples/python/app.py on 127.0.0.1:8080 in
-# fork-worker mode. Worker 0 imports the app once; workers 1..3 are forked from it and share its
-# memory copy-on-write. Relative paths resolve against this file's directory.
+# fork-worker mode, each running one of gunicorn's threaded workers (forkd.gunicorn, with
+# gunicorn.conf.py beside this file). Worker 0 imports the app once; workers 1..3 are forked from
+# it and share its memory copy-on-write. Relative paths resolve against this file's directory.
 #
 #   forkd --config examples/python/forkd.hcl
 #   curl http://127.0.0.1:8080/                  # hello from worker I (pid P, generation G)
@@ -9,7 +10,8 @@
 # forkd.hcl(5) and docs/configuration.md list every option.
 
 name      = "python-demo"
-command   = ["python3", "-m", "forkd.wsgi", "app:app"]
+# /usr/bin/python3: Debian's interpreter, which has gunicorn (apt-get install python3-gunicorn).
+command   = ["/usr/bin/python3", "-m", "forkd.gunicorn", "-c", "gunicorn.conf.py", "app:app"]
 directory = "."            # relative to this file: examples/python
 
 # The SDK from this repository (relative to the workers' working directory, the one above).
@@ -19,7 +21,8 @@ workers   = 4
 
 listen "http" { address = "tcp://127.0.0.1:8080" }
 
-# A ready worker that sends no heartbeat for 10s is killed and replaced; the SDK sends one every 5s.
+# A ready worker that sends no heartbeat for 10s is killed and replaced: forkd.gunicorn sends one
+# from gunicorn's worker loop every second or so, so a worker stuck in its loop stops beating.
 timeouts { worker = "10s" }
 
 fork_worker {

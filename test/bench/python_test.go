@@ -15,8 +15,8 @@ import (
 )
 
 // The Python apps of the fork-worker and rollout benchmarks, run as the integration tests run them
-// (test/fork_test.go): `python3 -m forkd.wsgi app:app` in the app's directory, with the SDK on
-// PYTHONPATH.
+// (test/python_test.go): `/usr/bin/python3 -m forkd.gunicorn -k gthread --threads N app:app` in
+// the app's directory, with the SDK on PYTHONPATH.
 const (
 	testappDir  = "../testapp"  // the integration tests' app
 	benchappDir = "../benchapp" // memory built half at import, half on the first /warm
@@ -39,32 +39,25 @@ restart {
 }
 `
 
+// pythonExe runs the Python workers: Debian's interpreter, which sees python3-gunicorn (the python3
+// first on PATH may be another, without it).
+const pythonExe = "/usr/bin/python3"
+
 var (
 	pythonOnce sync.Once
-	pythonExe  string
 	pythonErr  error
 )
 
-// python returns the interpreter `python3` runs, resolved through any wrapper: with pyenv,
-// python3 on PATH is a bash script (a shim) that takes tens of milliseconds to find and exec the
-// real interpreter, which a deployed app does not pay and which would count in every exec'd
-// worker's boot. It skips the benchmark when there is no python3.
+// python returns pythonExe, or skips the benchmark when it cannot import gunicorn.
 func python(b *testing.B) string {
 	b.Helper()
 	pythonOnce.Do(func() {
-		var path string
-		if path, pythonErr = exec.LookPath("python3"); pythonErr != nil {
-			return
-		}
-		var out []byte
-		out, pythonErr = exec.Command(path, "-c", "import sys; print(sys.executable)").Output()
-		pythonExe = strings.TrimSpace(string(out))
-		if pythonErr == nil && pythonExe == "" {
-			pythonErr = fmt.Errorf("%s does not know its sys.executable", path)
+		if out, err := exec.Command(pythonExe, "-c", "import gunicorn").CombinedOutput(); err != nil {
+			pythonErr = fmt.Errorf("%v: %s", err, bytes.TrimSpace(out))
 		}
 	})
 	if pythonErr != nil {
-		b.Skipf("python3: %v", pythonErr)
+		b.Skipf("%s cannot import gunicorn (%v): apt-get install -y python3-gunicorn", pythonExe, pythonErr)
 	}
 	return pythonExe
 }
@@ -78,8 +71,9 @@ func absPath(b *testing.B, rel string) string {
 	return p
 }
 
-// pythonApp is the config running dir's app:app under the SDK's WSGI runner with threads threads
-// per worker; extra is more HCL (forkWorkerBlock for fork-worker mode).
+// pythonApp is the config running dir's app:app on gunicorn's threaded worker under
+// forkd.gunicorn, threads threads per worker; extra is more HCL (forkWorkerBlock for fork-worker
+// mode).
 func pythonApp(b *testing.B, dir string, workers, threads int, env map[string]string, extra string) masterConfig {
 	b.Helper()
 	vars := map[string]string{"PYTHONPATH": absPath(b, sdkDir)}
@@ -88,7 +82,7 @@ func pythonApp(b *testing.B, dir string, workers, threads int, env map[string]st
 	}
 	return masterConfig{
 		workers:   workers,
-		command:   []string{python(b), "-m", "forkd.wsgi", "--threads", strconv.Itoa(threads), "app:app"},
+		command:   []string{python(b), "-m", "forkd.gunicorn", "-k", "gthread", "--threads", strconv.Itoa(threads), "app:app"},
 		directory: absPath(b, dir),
 		env:       vars,
 		extra:     extra,
@@ -96,12 +90,12 @@ func pythonApp(b *testing.B, dir string, workers, threads int, env map[string]st
 }
 
 // forkFloorScript is the floor under a forked worker's spawn: in one Python process that imported
-// the app as a worker does (forkd.wsgi, then app), the time from os.fork() until the child has
+// the app as a worker does (forkd.gunicorn, then app), the time from os.fork() until the child has
 // written a byte to a pipe, argv[1] times after 3 unmeasured forks. With argv[2] "double", the
 // child forks again and exits, and the grandchild writes the byte, as the SDK's double fork does
 // (so that every worker is the master's child). It prints the times in ns.
 const forkFloorScript = `import os, sys, time
-import forkd.wsgi
+import forkd.gunicorn, gunicorn.workers.gthread
 import app
 n, double = int(sys.argv[1]), sys.argv[2] == "double"
 times = []

@@ -1,4 +1,4 @@
-"""The WSGI app of forkd's memory benchmark (test/bench/fork_test.go), under the Python SDK.
+"""The WSGI app of forkd's memory benchmark (test/bench/fork_test.go), under forkd.gunicorn.
 
 It builds half of its memory when it is imported and the other half lazily, on the first /warm
 request each process serves, as an app that fills caches on its first requests does. Forked
@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 
-import forkd  # noqa: F401  (the SDK's fork hooks; forkd.wsgi imports it anyway)
+import forkd  # noqa: F401  (the SDK's fork hooks; forkd.gunicorn imports it anyway)
 
 PAGE = 4096
 

@@ -38,21 +38,25 @@ var runners = []*runner{
 		missing: func() string { return "" },
 	},
 	{
-		// The Python SDK's runner on the WSGI test app, in fork-worker mode. When forkd.gunicorn
-		// replaces forkd.wsgi, this entry becomes
-		//   /usr/bin/python3 -m forkd.gunicorn -k gthread --threads 4 app:app
-		// (gunicorn is installed for Debian's /usr/bin/python3, not for the python3 first on PATH).
+		// The Python SDK's runner, forkd.gunicorn on gunicorn's threaded worker, on the WSGI test
+		// app, in fork-worker mode (gunicorn is installed for Debian's /usr/bin/python3, not for
+		// the python3 first on PATH).
 		name: "python",
 		fork: true,
 		command: func(string, string) []string {
-			return []string{"python3", "-m", "forkd.wsgi", "--threads", "4", "app:app"}
+			return []string{"/usr/bin/python3", "-m", "forkd.gunicorn", "-k", "gthread", "--threads", "4", "app:app"}
 		},
 		dir: func(repo string) string { return filepath.Join(repo, "test", "testapp") },
 		env: func(repo string) map[string]string {
 			return map[string]string{"PYTHONPATH": filepath.Join(repo, "sdk", "python")}
 		},
-		path:    "/slow?ms=20",
-		missing: func() string { return lookPath("python3") },
+		path: "/slow?ms=20",
+		missing: func() string {
+			if err := exec.Command("/usr/bin/python3", "-c", "import gunicorn").Run(); err != nil {
+				return "/usr/bin/python3 cannot import gunicorn (apt-get install python3-gunicorn)"
+			}
+			return ""
+		},
 	},
 	{
 		// forkd-rack (Puma::Server) on the Rack example app, in fork-worker mode.

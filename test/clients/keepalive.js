@@ -51,13 +51,17 @@ function next() {
     else result.statuses[status] = (result.statuses[status] || 0) + 1;
     setImmediate(next);
   };
+  let sock = null;
+  // Which connection failed (its local port), and whether it had served requests before.
+  const where = () => `(port ${(sock && sock.localPort) || "?"}${req.reusedSocket ? ", reused" : ""})`;
   const req = http.get(url, { agent }, (res) => {
     res.on("data", () => {});
     res.on("end", () => end(null, res.statusCode));
-    res.on("error", (e) => end(`${e.code || ""} ${e.message}`));
+    res.on("error", (e) => end(`${e.code || ""} ${e.message} ${where()}`));
   });
+  req.on("socket", (s) => { sock = s; });
   req.setTimeout(30000, () => req.destroy(new Error("no answer in 30s")));
-  req.on("error", (e) => end(`${e.code || ""} ${e.message}`));
+  req.on("error", (e) => end(`${e.code || ""} ${e.message} ${where()}`));
 }
 
 if (limit === Infinity) {

@@ -25,7 +25,8 @@
 //	FORKD_E2E_RUN           a regular expression: run only the scenarios whose name matches
 //	FORKD_E2E_KEEP=1        leave the container running at the end, and say how to enter it
 //
-// The rootfs (debootstrap --variant=minbase plus systemd, dbus, procps and python3) is built once
+// The rootfs (debootstrap --variant=minbase plus systemd, dbus, procps, python3 and
+// python3-gunicorn) is built once
 // and cached; each run boots it through an overlayfs mount, so the cache is never modified and
 // every run starts from the same state. The container shares the host's network namespace: the
 // host connects to the sockets systemd opens in it at 127.0.0.1. nspawn runs in a cgroup of its
@@ -35,7 +36,8 @@
 // It is written for, and tested on, hosts whose PID 1 is not systemd (CI machines, Debian 12 with
 // the cgroup hybrid layout); a pure cgroup v2 host is handled (cgroupDirs) but untested.
 //
-// The demo apps: examples/python/app.py on the Python SDK in fork-worker mode (forkd@demo), with a
+// The demo apps: examples/python/app.py on gunicorn's threaded worker (forkd.gunicorn, the Python
+// SDK) in fork-worker mode (forkd@demo), with a
 // GET /print route added (printRoute: a line on stdout and one on stderr, for the worker-output
 // scenario), and examples/hello built statically in exec mode (forkd@hello, forkd@plain on the
 // template socket's default unix socket, the single-app forkd.service, and forkd-fdstore.service:

@@ -180,12 +180,20 @@ func (e *env) prepare(ctx context.Context) error {
 		return err
 	}
 	demo := filepath.Join(root, "opt/forkd-demo")
-	sdk, _ := filepath.Glob(filepath.Join(e.repo, "sdk/python/forkd/*.py"))
-	if len(sdk) == 0 {
-		return errors.New("no Python SDK in sdk/python/forkd")
+	sdkDir := filepath.Join(e.repo, "sdk/python")
+	var sdk []string
+	err := filepath.WalkDir(filepath.Join(sdkDir, "forkd"), func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".py") {
+			sdk = append(sdk, path)
+		}
+		return err
+	})
+	if err != nil || len(sdk) == 0 {
+		return fmt.Errorf("no Python SDK in sdk/python/forkd (%v)", err)
 	}
 	for _, f := range sdk {
-		if err := copyFile(f, filepath.Join(demo, "sdk/forkd", filepath.Base(f))); err != nil {
+		rel, _ := filepath.Rel(sdkDir, f)
+		if err := copyFile(f, filepath.Join(demo, "sdk", rel)); err != nil {
 			return err
 		}
 	}
@@ -276,10 +284,10 @@ func (e *env) configure() error {
 		return err
 	}
 	files := map[string]string{
-		// fork-worker mode on the Python SDK; no automatic refork, so that only the scenarios
-		// start rollouts.
+		// fork-worker mode on gunicorn's threaded worker (forkd.gunicorn, Debian's
+		// python3-gunicorn); no automatic refork, so that only the scenarios start rollouts.
 		"etc/forkd/demo.hcl": `# forkd@demo: the Python demo app in fork-worker mode (test/systemd)
-command   = ["python3", "-m", "forkd.wsgi", "app:app"]
+command   = ["/usr/bin/python3", "-m", "forkd.gunicorn", "-k", "gthread", "--threads", "4", "app:app"]
 directory = "/opt/forkd-demo/current"
 env       = { PYTHONPATH = "/opt/forkd-demo/sdk", DEMO_ALLOC_MB = "8" }
 workers   = 3

@@ -25,9 +25,9 @@ func cannot(format string, args ...any) error {
 }
 
 // rootfsPackages are installed into the rootfs beside debootstrap's minbase: systemd and dbus to
-// boot, procps for kill and pgrep, python3 for the demo app. Changing the list (or rootfsRecipe)
-// rebuilds the cached rootfs.
-var rootfsPackages = []string{"systemd", "dbus", "procps", "python3"}
+// boot, procps for kill and pgrep, python3 and python3-gunicorn for the demo app (forkd.gunicorn).
+// Changing the list (or rootfsRecipe) rebuilds the cached rootfs.
+var rootfsPackages = []string{"systemd", "dbus", "procps", "python3", "python3-gunicorn"}
 
 // rootfsRecipe versions the cached rootfs: bump it when the way it is built changes.
 const rootfsRecipe = "forkd-e2e rootfs v1"

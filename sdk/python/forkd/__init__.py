@@ -20,18 +20,16 @@ a shell too.
 Two ways to use it
 ------------------
 
-1. The runtime, which makes a worker able to be forkd's *template* in fork-worker mode (worker 0
-   loads the app once; every other worker is forked from it and shares its memory copy-on-write):
+1. ``python3 -m forkd.gunicorn [GUNICORN OPTIONS] module:app`` (see forkd.gunicorn) runs WSGI and
+   ASGI apps on gunicorn's own workers (sync, gthread, uvicorn's), with forkd in the place of
+   gunicorn's arbiter. It is the way to fork-worker mode (worker 0 imports the app once; every
+   other worker is forked from it and shares its memory copy-on-write) and needs gunicorn, the
+   only part of this package that does.
 
-   - ``python3 -m forkd.wsgi [--threads N] module:app`` serves a WSGI app (see forkd.wsgi);
-   - ``forkd.serve(handle_connection, threads=N)`` serves anything else that accepts connections.
-
-   The SDK then owns accept, the threads, quiescence, forking, heartbeats and graceful stop, and
-   says ``"fork": true`` in its hello.
-
-2. The plain helpers (listeners(), ready(), status(), stopping(), add_requests() ...), for a program
-   with its own server loop. Such a worker runs forkd's exec mode: the master execs every worker
-   (fork-worker mode falls back to it, as docs/protocol.md says for apps without an SDK).
+2. The plain helpers below (listeners(), ready(), status(), stopping(), add_requests() ...), for a
+   program that brings its own server. Such a worker runs forkd's exec mode: the master execs
+   every worker (fork-worker mode falls back to it, as docs/protocol.md says for apps without an
+   SDK). The package is the standard library only.
 
 Protocol version: importing forkd with FORKD_PROTOCOL set to anything but "1" prints
 ``forkd-python speaks protocol 1, this forkd master speaks N: upgrade the SDK`` and exits with
@@ -54,8 +52,8 @@ Listeners
 
     The blocking mode is left as it is: it belongs to the open file description that the master
     and every worker share (docs/protocol.md section 1). Poll before accept(), and expect accept()
-    to raise BlockingIOError when another worker took the connection first. (forkd.serve, unlike
-    listeners(), switches the sockets it serves to non-blocking mode: see serve.)
+    to raise BlockingIOError when another worker took the connection first. (gunicorn's workers
+    under forkd.gunicorn switch them to non-blocking mode, for every worker: they all want it.)
 
 ``listeners_by_name()`` -> dict of name -> list of socket.socket
     listeners() grouped by LISTEN_FDNAMES (forkd's listen block labels, or FileDescriptorName=);
@@ -71,8 +69,8 @@ gone: ConnectionRefusedError).
 ``ready()``
     READY=1: the worker serves. In fork-worker mode it first does the control channel's handshake
     (hello with ``"fork": false``, then waits for welcome; exits with status 1 when the master
-    refuses the worker), as the protocol requires before READY=1. It starts the heartbeats. Do not
-    call it when using forkd.serve, which sends READY=1 itself.
+    refuses the worker), as the protocol requires before READY=1. It starts the heartbeats.
+    (forkd.gunicorn sends READY=1 itself.)
 ``status(text)``
     STATUS=text, shown by ``forkctl status``; newlines become spaces.
 ``stopping()``
@@ -95,9 +93,11 @@ Heartbeats and request counts
     The total so far.
 
 Heartbeats (WATCHDOG=1) go out every WATCHDOG_USEC/2 from the same daemon thread when WATCHDOG_USEC
-is set and WATCHDOG_PID is unset or this process. The thread starts with ready() (or serve, or the
-first add_requests) and keeps beating while the worker drains, so a long drain is not taken for a
-hang. Without NOTIFY_SOCKET nothing is sent.
+is set and WATCHDOG_PID is unset or this process. The thread starts with ready() (or the first
+add_requests) and keeps beating while the worker drains, so a long drain is not taken for a hang.
+Without NOTIFY_SOCKET nothing is sent. When the system refuses the thread (RLIMIT_NPROC), a line
+on stderr says so and the app goes on without heartbeats: forkd then replaces the worker once
+timeouts.worker runs out. (forkd.gunicorn sends them from gunicorn's worker loop instead.)
 
 Where the worker stands
 -----------------------
@@ -107,13 +107,13 @@ Where the worker stands
 ``generation()``
     The cluster generation it belongs to, or 0 when not under forkd.
 ``is_template()``
-    True in worker 0 once the master has welcomed it as the template (it runs forkd.serve or the
-    WSGI runner in fork-worker mode); False anywhere else, including every forked worker.
+    True in worker 0 once the master has welcomed it as the template (it runs forkd.gunicorn in
+    fork-worker mode); False anywhere else, including every forked worker.
 ``master_gone()`` -> threading.Event
     Set once the master is gone: end of file on the control channel (fork-worker mode), or the
     parent, forkd's master, has exited (exec mode: watched with a pidfd, else by checking getppid()
-    once a second). Never set when not under forkd. forkd.serve stops gracefully when it is set;
-    a program with its own loop should do the same.
+    once a second). Never set when not under forkd. A program with its own loop should stop
+    gracefully when it is set (forkd.gunicorn does).
 
 Fork hooks
 ----------
@@ -131,49 +131,12 @@ Fork hooks
     is in flight, before the forks (a good place for ``gc.collect(); gc.freeze()``), after_refork
     before serving again. Errors are logged.
 ``after_worker_boot(fn)``
-    In each worker once it is one: in an exec'd worker (worker 0) after the master's welcome, in a
-    forked worker after its child hooks and welcome; always before READY=1. Only under the runtime
-    (forkd.serve or the WSGI runner). A hook that raises makes the worker exit with status 1.
+    In each worker once it is one: in an exec'd worker after the master's welcome, in a forked
+    worker after its child hooks and welcome; always before READY=1. Only under forkd.gunicorn. A
+    hook that raises makes the worker exit with status 1.
 
 Each returns fn, so each works as a decorator: ``@forkd.after_fork_child``.
 
-The runtime
------------
-
-``serve(handle_connection, threads=5, listeners=None, max_connections=100)``
-    Serves listeners (default: listeners()) until the worker stops, then returns. Must run on the
-    main thread. For every accepted connection it calls ``handle_connection(sock, addr)`` in a
-    thread of its own; the SDK closes sock when it returns. At most ``threads`` connections are busy
-    with a request at once, at most ``max_connections`` are open; the worker accepts only while
-    both have room, so that a busy worker leaves connections to the others. It:
-
-    - in fork-worker mode, sends hello (``"fork": true`` in an exec'd worker), waits for welcome,
-      runs the after_worker_boot hooks, then sends READY=1 and starts heartbeats;
-    - on the master's ``spawn`` or ``pause``: stops accepting, waits until no request is in flight,
-      closes idle connections (see wait_for_request), then forks (double fork: the new worker is
-      re-parented to the master) or replies ``paused``; a spawn that arrives while a request is in
-      flight waits for it;
-    - on SIGTERM or SIGINT, or when the master is gone: STOPPING=1, stops accepting, finishes
-      in-flight requests, closes idle connections, returns. A second signal is absorbed.
-
-    It switches the listening sockets to non-blocking mode, for every worker since they share it
-    (docs/protocol.md section 1): every worker under the runtime wants that, since a worker that
-    polls a listener and then accepts must never block when another worker took the connection.
-
-    Raises forkd.Error when there are no listeners, and RuntimeError off the main thread. In the
-    new worker of a spawn, serve goes on serving as that worker (and returns when it stops): the
-    code after serve() runs in each worker that stops.
-
-``wait_for_request(sock, timeout=None)`` -> bool
-    For handle_connection, between two requests on a keep-alive connection (and before the first):
-    returns True once the next request starts to arrive (or the peer closed: reading then returns
-    b""), False when the connection should be closed: the worker is pausing, forking or stopping,
-    or timeout seconds passed. While it waits, the connection is idle: it holds no request slot and
-    does not delay a fork. A handler that never calls it is busy until it returns. Outside serve it
-    just polls sock.
-``draining()`` -> bool
-    True while the runtime is stopping or quiescing: a handler should close its connection after the
-    current response (the WSGI runner sends ``Connection: close``).
 """
 
 from . import worker as _worker
@@ -189,7 +152,6 @@ from .hooks import (  # noqa: E402
     before_refork,
 )
 from .sdnotify import NotifyError, notify_barrier  # noqa: E402
-from .server import draining, serve, wait_for_request  # noqa: E402
 from .worker import (  # noqa: E402
     SDK,
     Error,
@@ -216,5 +178,4 @@ __all__ = [
     "worker_index", "generation", "is_template", "master_gone",
     "before_fork", "after_fork_parent", "after_fork_child",
     "before_refork", "after_refork", "after_worker_boot",
-    "serve", "wait_for_request", "draining",
 ]

@@ -1,5 +1,5 @@
 """pip install from the directory works offline (the in-tree backend needs no setuptools nor
-wheel), and the example app serves."""
+wheel), with its forkd-gunicorn script, and the example app serves."""
 
 import http.client
 import importlib.util
@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import unittest
 
-from .helpers import SDK_DIR, MasterTestCase, PY
+from .helpers import EXTRA_PATH, SDK_DIR, MasterTestCase, PY, have
 
 REPO = os.path.dirname(os.path.dirname(SDK_DIR))
 EXAMPLE = os.path.join(REPO, "examples", "python")
@@ -33,22 +33,36 @@ class InstallTest(unittest.TestCase):
              "--target", target, src],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
         self.assertEqual(proc.returncode, 0, proc.stdout.decode(errors="replace"))
-        for name in ("__init__.py", "wsgi.py", "server.py", "protocol.py"):
+        for name in ("__init__.py", "runtime.py", "protocol.py", "gunicorn/__init__.py",
+                     "gunicorn/__main__.py"):
             self.assertTrue(os.path.exists(os.path.join(target, "forkd", name)), name)
         out = subprocess.run(
-            [PY, "-c", "import forkd, forkd.wsgi; print(forkd.__file__, forkd.worker_index())"],
+            [PY, "-c", "import forkd, forkd.runtime; print(forkd.__file__, forkd.worker_index())"],
             env=dict(env, PYTHONPATH=target), cwd=tmp, stdout=subprocess.PIPE, timeout=30)
         text = out.stdout.decode()
         self.assertTrue(text.startswith(os.path.join(target, "forkd")), text)
         self.assertTrue(text.strip().endswith("-1"), text)
+        # The console script, which runs forkd.gunicorn (here: refuses a gunicorn-only option).
+        script = os.path.join(target, "bin", "forkd-gunicorn")
+        self.assertTrue(os.access(script, os.X_OK), os.listdir(target))
+        if have("gunicorn"):
+            proc = subprocess.run(
+                [script, "--workers", "2", "app:app"], cwd=tmp, timeout=30,
+                env=dict(env, PYTHONPATH=os.pathsep.join([target] + EXTRA_PATH)),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            self.assertEqual(proc.returncode, 2, proc.stdout)
+            self.assertIn(b"-w/--workers on the command line is forkd's", proc.stdout)
 
 
 @unittest.skipUnless(os.path.exists(os.path.join(EXAMPLE, "app.py")), "no examples/python")
+@unittest.skipUnless(have("gunicorn"), "gunicorn is missing: apt-get install python3-gunicorn")
 class ExampleTest(MasterTestCase):
     def test_example_app(self):
         m = self.master()
-        w = m.start(["-m", "forkd.wsgi", "app:app"], generation=4,
-                    env={"PYTHONPATH": SDK_DIR + os.pathsep + EXAMPLE, "DEMO_ALLOC_MB": "2"})
+        w = m.start(["-m", "forkd.gunicorn", "-c", os.path.join(EXAMPLE, "gunicorn.conf.py"),
+                     "app:app"], generation=4,
+                    env={"PYTHONPATH": os.pathsep.join(EXTRA_PATH + [SDK_DIR, EXAMPLE]),
+                         "DEMO_ALLOC_MB": "2"})
         hello = m.welcome(w, index=0, generation=4)
         self.assertIs(hello["fork"], True)
         m.notify.wait_for(w.pid, "READY=1")
