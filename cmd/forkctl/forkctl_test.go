@@ -102,6 +102,8 @@ type fakeBackend struct {
 	restarts      chan control.RestartRequest
 	// queuedBehind, when set, is what a reload or refork without Wait waits for.
 	queuedBehind string
+	// events is what Events streams.
+	events *control.EventHub
 }
 
 func newFakeBackend() *fakeBackend {
@@ -112,7 +114,12 @@ func newFakeBackend() *fakeBackend {
 		reforks:  make(chan control.ReforkRequest, 10),
 		reloads:  make(chan control.ReloadRequest, 10),
 		restarts: make(chan control.RestartRequest, 10),
+		events:   control.NewEventHub(),
 	}
+}
+
+func (b *fakeBackend) Events(ctx context.Context, req control.EventsRequest) (<-chan control.Event, error) {
+	return b.events.Subscribe(ctx, req)
 }
 
 func (b *fakeBackend) Status(ctx context.Context) (control.Status, error) {

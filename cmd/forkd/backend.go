@@ -24,6 +24,7 @@ type backend struct {
 	startedAt time.Time
 	listeners []activation.Listener
 	activated bool
+	events    *control.EventHub
 }
 
 func (b *backend) Status(ctx context.Context) (control.Status, error) {
@@ -146,6 +147,11 @@ func (b *backend) Restart(ctx context.Context, req control.RestartRequest) (cont
 	}
 	st, err := b.driver.Status(ctx)
 	return control.RestartResponse{Generation: st.Generation}, err
+}
+
+// Events streams the cluster's events, which the log's records make (events.go).
+func (b *backend) Events(ctx context.Context, req control.EventsRequest) (<-chan control.Event, error) {
+	return b.events.Subscribe(ctx, req)
 }
 
 // controlError gives the cluster's errors their API status codes.

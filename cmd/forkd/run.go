@@ -34,6 +34,8 @@ type handoverExtra struct {
 	ControlFD int
 	StartedAt time.Time
 	Activated bool
+	// Events is the control API's event stream: what it remembers, and the rollout in progress.
+	Events *eventsHandover `json:"events,omitempty"`
 }
 
 // run is the master: it returns an *exitError for every way it ends.
@@ -78,6 +80,9 @@ func run(flags config.Flags) error {
 	if err != nil {
 		return &exitError{config.ExitConfig, err}
 	}
+	// The control API's events come from the log's records (events.go).
+	events := newEventTranslator(control.NewEventHub())
+	logger = slog.New(newEventHandler(logger.Handler(), events))
 	// Under journald, each worker writes to a journal stream of its own, so that its output is
 	// found under its own identifier.
 	var workerOutput func(int) (*os.File, string, error)
@@ -91,7 +96,7 @@ func run(flags config.Flags) error {
 			return f, id, nil
 		}
 	}
-	code, err := supervise(cfg, flags, logger, workerOutput, adopt, extra)
+	code, err := supervise(cfg, flags, logger, events, workerOutput, adopt, extra)
 	if err != nil {
 		// Once, through the log (which is stderr, or the journal that stderr goes to), without
 		// the prefix of the package that failed: it is the operator's sentence.
@@ -101,8 +106,8 @@ func run(flags config.Flags) error {
 	return &exitError{code: code}
 }
 
-func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, workerOutput func(int) (*os.File, string, error),
-	adopt *cluster.Handover, extra handoverExtra) (int, error) {
+func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, events *eventTranslator,
+	workerOutput func(int) (*os.File, string, error), adopt *cluster.Handover, extra handoverExtra) (int, error) {
 	// Whatever started forkd may have leaked descriptors without close-on-exec; none of them may
 	// reach a worker. The listeners are passed explicitly, by position. (After a hot restart, this
 	// also closes the handed-over descriptors on the next exec again.)
@@ -113,6 +118,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 	var err error
 	if adopt != nil {
 		startedAt, activated, listeners = extra.StartedAt, extra.Activated, adopt.Listeners
+		events.restore(extra.Events, adopt.Machine.Restart != nil && adopt.Machine.Restart.KeepWorkers)
 		// FileListener dups the descriptor; closing the *os.File, not the number, closes the
 		// original exactly once (a bare close would leave the File's finalizer to close the
 		// number again later, by then another descriptor: a worker's pidfd, say).
@@ -180,7 +186,8 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 		Argv:             os.Args,
 		PreflightCheck:   preflight,
 		HandoverExtra: func() (any, []int) {
-			return handoverExtra{Config: cfg, ControlFD: ctlFD, StartedAt: startedAt, Activated: activated}, []int{ctlFD}
+			return handoverExtra{Config: cfg, ControlFD: ctlFD, StartedAt: startedAt, Activated: activated,
+				Events: events.handover(os.Getpid())}, []int{ctlFD}
 		},
 		Adopt: adopt,
 	})
@@ -199,7 +206,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 	logger.Info(what, "event", "master-starting", "pid", os.Getpid(), "listeners", strings.Join(addrs, ", "),
 		"socket_activated", activated, "control_socket", cfg.Control.Socket)
 
-	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated}
+	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated, events: events.hub}
 	srv := control.NewServer(b, logger, control.WithWorkers(b, control.WorkerAccess(cfg.Control.WorkerAccess)))
 	go srv.Serve(ctl)
 
@@ -208,6 +215,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, work
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)
+	events.hub.Close()
 	logger.Info("forkd exiting", "event", "master-exit", "code", code)
 	return code, err
 }

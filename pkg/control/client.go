@@ -84,12 +84,13 @@ func (c *Client) Reload(ctx context.Context, req ReloadRequest) (ReloadResponse,
 }
 
 // restartGoneLimit bounds how long Restart, waiting for the new master image, accepts that nothing
-// at all answers on the socket. A master that re-execs keeps its control socket, or binds it again
+// at all answers on the socket (FollowEvents too). A master that re-execs keeps its control socket, or binds it again
 // early in its start, so a socket that stays dead this long means forkd did not survive the
 // restart; without the limit, a caller without a deadline would wait forever.
 var restartGoneLimit = time.Minute
 
-// Intervals between the status polls of Restart, doubling from the first to the last.
+// Intervals between the status polls of Restart (and FollowEvents' attempts to reconnect),
+// doubling from the first to the last.
 const (
 	restartPollFirst = 20 * time.Millisecond
 	restartPollMax   = 500 * time.Millisecond
@@ -147,8 +148,7 @@ func (c *Client) Restart(ctx context.Context, req RestartRequest) (RestartRespon
 // awaitRestart polls the status until the master with PID pid has ended a hot restart, one whose
 // last_rollout seq is above seq.
 func (c *Client) awaitRestart(ctx context.Context, pid, seq int) (RestartResponse, error) {
-	delay := restartPollFirst
-	var goneSince time.Time
+	var back comeback
 	last := "no answer yet"
 	for {
 		st, err := c.Status(ctx)
@@ -167,28 +167,61 @@ func (c *Client) awaitRestart(ctx context.Context, pid, seq int) (RestartRespons
 		case err == nil && st.Phase == PhaseStopping:
 			return RestartResponse{}, errors.New("forkd is stopping: the restart did not complete")
 		case err == nil:
-			last, goneSince = "phase "+st.Phase, time.Time{}
-		case errors.Is(err, ErrNotRunning):
-			if goneSince.IsZero() {
-				goneSince = time.Now()
-			} else if time.Since(goneSince) >= restartGoneLimit {
-				return RestartResponse{}, fmt.Errorf("forkd did not come back from the restart: %w", err)
+			last = "phase " + st.Phase
+			back.answered()
+		default:
+			if err := back.failed(err, "the restart"); err != nil {
+				return RestartResponse{}, err
 			}
 			last = err.Error()
-		case connectionLost(err) || hasCode(err, http.StatusServiceUnavailable):
-			// The old image, on its way out, or the new one, not quite up.
-			last, goneSince = err.Error(), time.Time{}
-		default:
-			return RestartResponse{}, err
 		}
-		timer := time.NewTimer(delay)
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
-		}
-		delay = min(2*delay, restartPollMax)
+		back.wait(ctx)
 	}
+}
+
+// comeback paces the attempts to reach a master that does not answer for the moment, because it
+// re-execs itself in a hot restart: the delay between two attempts doubles from restartPollFirst
+// to restartPollMax, and a socket on which nothing at all answers for restartGoneLimit is given
+// up.
+type comeback struct {
+	delay     time.Duration
+	goneSince time.Time
+}
+
+// failed takes an attempt that failed with err: it returns nil to try again (a socket nobody
+// answers on yet, the old image on its way out, the new one not quite up), or the error to give
+// up with; what names what the master is to come back from.
+func (b *comeback) failed(err error, what string) error {
+	switch {
+	case errors.Is(err, ErrNotRunning):
+		if b.goneSince.IsZero() {
+			b.goneSince = time.Now()
+		} else if time.Since(b.goneSince) >= restartGoneLimit {
+			return fmt.Errorf("forkd did not come back from %s: %w", what, err)
+		}
+		return nil
+	case connectionLost(err) || hasCode(err, http.StatusServiceUnavailable):
+		b.answered()
+		return nil
+	}
+	return err
+}
+
+// answered takes an attempt that reached a master.
+func (b *comeback) answered() { b.goneSince = time.Time{} }
+
+// wait waits until the next attempt is due, or ctx ends.
+func (b *comeback) wait(ctx context.Context) {
+	if b.delay == 0 {
+		b.delay = restartPollFirst
+	}
+	timer := time.NewTimer(b.delay)
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+		timer.Stop()
+	}
+	b.delay = min(2*b.delay, restartPollMax)
 }
 
 // hasCode reports whether err is a *Error with the status code code.
@@ -206,40 +239,14 @@ func connectionLost(err error) bool {
 // call sends req (if not nil) as the JSON body and decodes a successful reply into reply (if not
 // nil).
 func (c *Client) call(ctx context.Context, method, path string, req, reply any) error {
-	var body io.Reader
-	if req != nil {
-		b, err := json.Marshal(req)
-		if err != nil {
-			return fmt.Errorf("control: %s %s: %w", method, path, err)
-		}
-		body = bytes.NewReader(b)
-	}
-	// The host is a placeholder: the transport always dials the socket.
-	httpReq, err := http.NewRequestWithContext(ctx, method, "http://forkd"+path, body)
+	resp, err := c.send(ctx, method, path, req)
 	if err != nil {
-		return fmt.Errorf("control: %s %s: %w", method, path, err)
-	}
-	if req != nil {
-		httpReq.Header.Set("Content-Type", "application/json")
-	}
-
-	resp, err := c.http.Do(httpReq)
-	if err != nil {
-		return c.transportError(method, path, err)
+		return err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReplyBytes))
 	if err != nil {
 		return c.transportError(method, path, err)
-	}
-
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		var eb errorBody
-		if json.Unmarshal(data, &eb) != nil || eb.Error == "" {
-			// Not our server's error format; say what came back rather than guess.
-			return &Error{Code: resp.StatusCode, Message: fmt.Sprintf("unexpected reply from %s: %s", c.socket, resp.Status)}
-		}
-		return &Error{Code: resp.StatusCode, Message: eb.Error}
 	}
 	if reply == nil {
 		return nil
@@ -248,6 +255,46 @@ func (c *Client) call(ctx context.Context, method, path string, req, reply any) 
 		return fmt.Errorf("control: %s %s: decoding reply: %w", method, path, err)
 	}
 	return nil
+}
+
+// send sends req (if not nil) as the JSON body and returns a successful reply, whose body the
+// caller reads and closes, or the error the server replied with.
+func (c *Client) send(ctx context.Context, method, path string, req any) (*http.Response, error) {
+	var body io.Reader
+	if req != nil {
+		b, err := json.Marshal(req)
+		if err != nil {
+			return nil, fmt.Errorf("control: %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	// The host is a placeholder: the transport always dials the socket.
+	httpReq, err := http.NewRequestWithContext(ctx, method, "http://forkd"+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("control: %s %s: %w", method, path, err)
+	}
+	if req != nil {
+		httpReq.Header.Set("Content-Type", "application/json")
+	}
+
+	resp, err := c.http.Do(httpReq)
+	if err != nil {
+		return nil, c.transportError(method, path, err)
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReplyBytes))
+	if err != nil {
+		return nil, c.transportError(method, path, err)
+	}
+	var eb errorBody
+	if json.Unmarshal(data, &eb) != nil || eb.Error == "" {
+		// Not our server's error format; say what came back rather than guess.
+		return nil, &Error{Code: resp.StatusCode, Message: fmt.Sprintf("unexpected reply from %s: %s", c.socket, resp.Status)}
+	}
+	return nil, &Error{Code: resp.StatusCode, Message: eb.Error}
 }
 
 // transportError turns a failed exchange into the error a caller can act on: ErrNotRunning when

@@ -65,6 +65,8 @@ type fakeBackend struct {
 	refork  func(context.Context, ReforkRequest) (ReforkResponse, error)
 	reload  func(context.Context, ReloadRequest) (ReloadResponse, error)
 	restart func(context.Context, RestartRequest) (RestartResponse, error)
+	// hub, when set, is where Events subscribes; without it, Events streams nothing.
+	hub *EventHub
 }
 
 func (b *fakeBackend) Status(ctx context.Context) (Status, error) {
@@ -107,6 +109,13 @@ func (b *fakeBackend) Restart(ctx context.Context, req RestartRequest) (RestartR
 		return RestartResponse{Generation: 2}, nil
 	}
 	return b.restart(ctx, req)
+}
+
+func (b *fakeBackend) Events(ctx context.Context, req EventsRequest) (<-chan Event, error) {
+	if b.hub == nil {
+		return NewEventHub().Subscribe(ctx, req)
+	}
+	return b.hub.Subscribe(ctx, req)
 }
 
 // testServer is a Server for b on a real socket in a temporary directory.

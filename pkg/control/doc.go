@@ -13,8 +13,8 @@
 // WithWorkers, the server asks, once per connection and before it reads a body, whether the peer
 // (the PID of SO_PEERCRED, pinned with SO_PEERPIDFD where the kernel has it) is a worker or
 // descends from one, and lets it do only what its WorkerAccess allows: by default nothing (403,
-// naming control.worker_access), with WorkerAccessStatus only GET /v1/status. A refused
-// connection is closed after the reply.
+// naming control.worker_access), with WorkerAccessStatus only the reads, GET /v1/status and GET
+// /v1/events. A refused connection is closed after the reply.
 //
 // # Limits
 //
@@ -27,8 +27,9 @@
 //   - a connection that sends no new request for 30 s is closed.
 //
 // At most MaxConnections (64) are open at once. At the limit, a new connection takes the place of
-// the oldest one that is not being answered (still sending its request, or idle), so stalled
-// clients cannot lock the operator out; if every one is being answered, the new one is closed.
+// the oldest one that is not being answered (still sending its request, idle, or following the
+// event stream), so stalled clients cannot lock the operator out; if every one is being answered,
+// the new one is closed.
 // And a connection that would take one of the last FDReserve (64) descriptors below the
 // master's RLIMIT_NOFILE is closed at once, so that stalled clients can never take what a
 // worker's respawn needs. (Go raises the master's soft RLIMIT_NOFILE to its hard limit at start,
@@ -43,6 +44,7 @@
 //	POST /v1/refork   ReforkRequest  -> ReforkResponse    re-fork workers 1..n-1 from the template
 //	POST /v1/reload   ReloadRequest  -> ReloadResponse    phased restart: exec every worker anew
 //	POST /v1/restart  RestartRequest -> RestartResponse   hot restart: the master re-execs itself
+//	GET  /v1/events[?since=SEQ]      -> a stream of Event  what happens, as it happens (see Events)
 //
 // Bodies are JSON with snake_case names. A request body is at most 64 KiB, must be a single JSON
 // object, and may not carry unknown fields (a typo in an operator's script is an error, not a
@@ -91,6 +93,52 @@
 // polls the status until the same master PID reports the restart ended in last_rollout (see its
 // doc for the details and what it needs from the Backend). RestartRequest.KeepWorkers asks the
 // new image to keep the workers as they are rather than replace them by a phased restart.
+//
+// # Events
+//
+// GET /v1/events streams what happens in the cluster as it happens: one JSON object per line
+// (Content-Type application/x-ndjson), one Event each, flushed as they come. Every event has
+// seq (numbered from 1, in order, across hot restarts), time (RFC 3339), type, and message (the
+// sentence forkd logged), and the fields of its type; a field that does not apply, or whose value
+// is zero, is absent. The types and their fields:
+//
+//	worker-spawned    worker, path
+//	worker-ready      worker, path, boot_seconds
+//	worker-exited     worker, reason, status
+//	spawn-failed      worker (no pid), error
+//	crash-loop        worker, crashes, delay_seconds
+//	rollout-queued    kind
+//	rollout-started   kind, generation (absent for a hot restart before its exec)
+//	rollout-ended     kind, generation, result, duration_seconds, error
+//	master-restart    stage (exec, adopted), pid
+//	scale             workers, previous
+//	notify-dropped    pid, reason, dropped
+//	cluster-ready     workers, generation
+//	cluster-stopping  immediate
+//	cluster-stopped
+//	lagged            (the last record of a client that fell behind)
+//
+// where worker is {"index": N, "pid": N, "generation": N}; path is fork or exec; reason (of
+// worker-exited) is one of stopped, stopped_itself, crash, boot_timeout, heartbeat_timeout,
+// shutdown_timeout, watchdog; kind is refork, reload or restart (a refork is a rollout of kind
+// refork, so rollout-started and rollout-ended report reforks, automatic ones included); result
+// is succeeded, failed or aborted (forkd began to stop). Clients show a type or a reason they do
+// not know as it is: new ones may come.
+//
+// Without a query, the stream has what happens from now on. With since=SEQ, it begins with the
+// events the master still remembers (the last EventHistory) whose seq is above SEQ, so that a
+// client that reconnects misses nothing the master still has; since=0 replays them all. A jump
+// in seq says that events were missed.
+//
+// The stream never makes the master wait: the server holds at most EventBuffer events for a
+// client (a longer replay, up to EventHistory, fits whole), and one that falls further behind gets
+// a last record of type lagged, and the stream ends. The stream is not bounded in time, but is otherwise held to the limits of every request:
+// the header within 10 s, each write out within 10 s (a client that stops reading is cut), and
+// the connection may be taken by a new one at the connection limit. The stream ends when the
+// client hangs up, when forkd stops (after its last events), and when the master execs itself in
+// a hot restart; a client that follows reconnects with since= the last seq it saw
+// (Client.FollowEvents does). The Backend provides the events (Backend.Events), and EventHub does
+// the fan-out and the bounds.
 //
 // # Adding an action
 //

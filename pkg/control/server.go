@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -52,6 +53,13 @@ type Backend interface {
 	// PID (Status.MasterPID), and Status.LastRollout reports each restart once it has ended (kind
 	// RolloutRestart, a Seq higher than any before it, Error set if its phased restart failed).
 	Restart(ctx context.Context, req RestartRequest) (RestartResponse, error)
+
+	// Events streams what happens in the cluster for GET /v1/events: the events from now on,
+	// after the remembered ones req asks to replay. The channel ends the stream when it is
+	// closed, which must happen when ctx ends, and it must never make the master wait for a
+	// client: a client that falls behind is dropped with an EventLagged as its last event.
+	// EventHub.Subscribe does all of that.
+	Events(ctx context.Context, req EventsRequest) (<-chan Event, error)
 }
 
 // Every phase of a request is bounded, so that a client that connects and stalls cannot hold a
@@ -85,6 +93,8 @@ type Server struct {
 	workers      Workers
 	workerAccess WorkerAccess
 	limits       limits
+	// closing is closed when Shutdown begins, which ends the event streams.
+	closing chan struct{}
 }
 
 // limits are the bounds on connections and requests; tests shorten them.
@@ -93,9 +103,9 @@ type limits struct {
 	maxConnections, fdReserve              int
 }
 
-// endpoint handles one route, given the request's whole body: it returns the reply to encode, or
-// an error to report.
-type endpoint func(ctx context.Context, body []byte) (any, error)
+// endpoint handles one route, given the request's query and whole body: it returns the reply to
+// encode (or an eventStream to stream), or an error to report.
+type endpoint func(ctx context.Context, query url.Values, body []byte) (any, error)
 
 // NewServer returns a Server that answers with b, configured by opts. A nil logger discards the
 // log.
@@ -122,6 +132,7 @@ func NewServer(b Backend, logger *slog.Logger, opts ...Option) *Server {
 	s.route(http.MethodPost, "/v1/refork", command(b.Refork))
 	s.route(http.MethodPost, "/v1/reload", command(b.Reload))
 	s.route(http.MethodPost, "/v1/restart", command(b.Restart))
+	s.route(http.MethodGet, "/v1/events", s.events)
 
 	s.http = &http.Server{
 		Handler: http.HandlerFunc(s.serveHTTP),
@@ -134,6 +145,10 @@ func NewServer(b Backend, logger *slog.Logger, opts ...Option) *Server {
 		ConnContext:       withConn,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// Shutdown waits for every request to be answered, and a stream never is: ending the streams
+	// is how it begins.
+	s.closing = make(chan struct{})
+	s.http.RegisterOnShutdown(func() { close(s.closing) })
 	return s
 }
 
@@ -172,6 +187,10 @@ func (s *Server) route(method, path string, e endpoint) {
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	c := connFromContext(r.Context())
 	reply, err := s.dispatch(w, r, c)
+	if stream, ok := reply.(eventStream); ok && err == nil {
+		s.logRequest(r, c.cred, http.StatusOK, s.stream(w, r, stream))
+		return
+	}
 	code := http.StatusOK
 	if err != nil {
 		code = statusCode(err)
@@ -217,7 +236,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, c *conn) (any,
 		lc.setAnswering(true)
 		defer lc.setAnswering(false)
 	}
-	return e(r.Context(), body)
+	return e(r.Context(), r.URL.Query(), body)
 }
 
 // authorize lets root and forkd's own user in. The socket's mode already keeps others out, but a
@@ -274,7 +293,7 @@ func (s *Server) logRequest(r *http.Request, peer peerCred, code int, err error)
 
 // query makes an endpoint of a Backend method that takes no request body (any body is ignored).
 func query[Resp any](fn func(context.Context) (Resp, error)) endpoint {
-	return func(ctx context.Context, _ []byte) (any, error) {
+	return func(ctx context.Context, _ url.Values, _ []byte) (any, error) {
 		return fn(ctx)
 	}
 }
@@ -282,7 +301,7 @@ func query[Resp any](fn func(context.Context) (Resp, error)) endpoint {
 // command makes an endpoint of a Backend method that takes a Req as its JSON body. If Req has a
 // validate method, a request it rejects is a 400 and never reaches fn.
 func command[Req, Resp any](fn func(context.Context, Req) (Resp, error)) endpoint {
-	return func(ctx context.Context, body []byte) (any, error) {
+	return func(ctx context.Context, _ url.Values, body []byte) (any, error) {
 		var req Req
 		if err := decodeBody(body, &req); err != nil {
 			return nil, err

@@ -10,17 +10,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Why a worker exited, in WorkerExited and the reason label of forkd_worker_exits_total.
+// Why a worker exited, in WorkerExited and the reason label of forkd_worker_exits_total. Those
+// the control API's events report too are its own values (control.Exit*).
 const (
 	// ExitStopped is an exit forkd asked for: a stop, a scale down, a rollout's old worker.
-	ExitStopped = "stopped"
+	ExitStopped = control.ExitStopped
 	// ExitCrash is an exit on the worker's own account: an exit status, or a signal forkd did
 	// not send.
-	ExitCrash = "crash"
+	ExitCrash = control.ExitCrash
 	// ExitBootTimeout, ExitHeartbeatTimeout and ExitMemoryLimit are kills by forkd: no READY=1
 	// in time, no heartbeat (WATCHDOG=1) in time, above the memory limit forkd enforces.
-	ExitBootTimeout      = "boot_timeout"
-	ExitHeartbeatTimeout = "heartbeat_timeout"
+	ExitBootTimeout      = control.ExitBootTimeout
+	ExitHeartbeatTimeout = control.ExitHeartbeatTimeout
 	ExitMemoryLimit      = "memory_limit"
 	// ExitOOM is a kill by the kernel's OOM killer in the worker's cgroup (memory.events).
 	ExitOOM = "oom"
@@ -28,19 +29,19 @@ const (
 	ExitOther = "other"
 )
 
-// How a worker was started, in WorkerReady and the path label.
+// How a worker was started, in WorkerReady and the path label: the control API's values.
 const (
-	PathFork = "fork"
-	PathExec = "exec"
+	PathFork = control.PathFork
+	PathExec = control.PathExec
 )
 
-// How a rollout ended, in RolloutEnded and the result label.
+// How a rollout ended, in RolloutEnded and the result label: the control API's values.
 const (
-	ResultSucceeded = "succeeded"
+	ResultSucceeded = control.ResultSucceeded
 	// ResultFailed is a rollout a replacement failed (the old workers kept serving).
-	ResultFailed = "failed"
+	ResultFailed = control.ResultFailed
 	// ResultAborted is a rollout ended by something else: a stop, a reload superseding a refork.
-	ResultAborted = "aborted"
+	ResultAborted = control.ResultAborted
 )
 
 // Why a notify datagram was dropped, in NotifyDropped and the reason label.
