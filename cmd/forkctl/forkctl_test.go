@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,6 +106,9 @@ type fakeBackend struct {
 	queuedBehind string
 	// events is what Events streams.
 	events *control.EventHub
+	// servedPerStatus, when set, adds this many requests to worker 0's count at each Status.
+	servedPerStatus uint64
+	statusCalls     atomic.Uint64
 }
 
 func newFakeBackend() *fakeBackend {
@@ -127,7 +132,12 @@ func (b *fakeBackend) Status(ctx context.Context) (control.Status, error) {
 		<-ctx.Done()
 		return control.Status{}, ctx.Err()
 	}
-	return b.status, b.statusErr
+	st := b.status
+	if n := b.statusCalls.Add(1); b.servedPerStatus > 0 {
+		st.WorkerList = slices.Clone(st.WorkerList)
+		st.WorkerList[0].Requests += n * b.servedPerStatus
+	}
+	return st, b.statusErr
 }
 
 func (b *fakeBackend) Stop(_ context.Context, req control.StopRequest) error {

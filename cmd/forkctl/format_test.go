@@ -236,6 +236,7 @@ func TestNegativeNumbersAsArgs(t *testing.T) {
 		{[]string{"scale", "-2", "--", "x"}, []string{"scale", "--", "-2", "x"}},
 		{[]string{"status", "-o", "json"}, []string{"status", "-o", "json"}},
 		{[]string{"scale", "-x2"}, []string{"scale", "-x2"}},
+		{[]string{"top", "-n", "-1"}, []string{"top", "-n", "-1"}},
 	}
 	for _, tt := range tests {
 		require.Equal(t, tt.want, negativeNumbersAsArgs(tt.in), "%q", tt.in)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -78,6 +79,8 @@ systemd), or the default socket of the instance named "forkd".`,
 		c.reforkCommand(),
 		c.reloadCommand(),
 		c.restartCommand(),
+		c.eventsCommand(),
+		c.topCommand(),
 		c.checkCommand(),
 		c.versionCommand(),
 	)
@@ -187,9 +190,13 @@ func oneArg(what string) cobra.PositionalArgs {
 
 var negativeNumber = regexp.MustCompile(`^-[0-9]+$`)
 
+// numberFlags are the flags that take a number, whose value stays where it is even when it is
+// negative (so that top's -n -1 is refused by top, saying why).
+var numberFlags = []string{"-n", "--iterations"}
+
 // negativeNumbersAsArgs moves arguments such as "-2" behind a "--", so that `forkctl scale -2`
 // reaches scale as an argument: cobra would otherwise read it as the shorthand flag -2. No forkctl
-// flag is a digit, and none takes a negative number, so nothing is lost.
+// flag is a digit, and the value of a flag that takes a number stays, so nothing is lost.
 func negativeNumbersAsArgs(args []string) []string {
 	var head, numbers, tail []string
 	for i, arg := range args {
@@ -197,7 +204,7 @@ func negativeNumbersAsArgs(args []string) []string {
 			tail = args[i+1:]
 			break
 		}
-		if negativeNumber.MatchString(arg) {
+		if negativeNumber.MatchString(arg) && (i == 0 || !slices.Contains(numberFlags, args[i-1])) {
 			numbers = append(numbers, arg)
 		} else {
 			head = append(head, arg)

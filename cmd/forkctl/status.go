@@ -124,10 +124,21 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	return writeTable(w, rows)
 }
 
-// writeTable prints rows as columns two spaces apart, each as wide as its widest cell but the
-// last, which is not padded and is truncated so that a row fits in tableWidth (leaving it at
-// least statusMinWidth).
+// writeTable prints rows as formatTable lays them out in tableWidth.
 func writeTable(w io.Writer, rows [][]string) error {
+	var b strings.Builder
+	for _, line := range formatTable(rows, tableWidth) {
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// formatTable lays rows out as columns two spaces apart, each as wide as its widest cell but the
+// last, which is not padded and is truncated so that a row fits in width (leaving it at least
+// statusMinWidth).
+func formatTable(rows [][]string, width int) []string {
 	if len(rows) == 0 {
 		return nil
 	}
@@ -142,18 +153,18 @@ func writeTable(w io.Writer, rows [][]string) error {
 	for _, wd := range widths {
 		lead += wd + 2
 	}
-	limit := max(tableWidth-lead, statusMinWidth)
-	var b strings.Builder
+	limit := max(width-lead, statusMinWidth)
+	lines := make([]string, 0, len(rows))
 	for _, cells := range rows {
+		var b strings.Builder
 		for i, cell := range cells[:last] {
 			b.WriteString(cell)
 			b.WriteString(strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell)+2))
 		}
 		b.WriteString(truncate(cells[last], limit))
-		b.WriteByte('\n')
+		lines = append(lines, b.String())
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	return lines
 }
 
 // truncate shortens s to at most n runes, marking the cut with an ellipsis.
