@@ -267,6 +267,27 @@ func (f *forkd) cleanup() {
 	}
 }
 
+// startForkdOf starts forkd and makes sure no worker whose command line names runner outlives the
+// test: the harness's own cleanup kills leftover workers only when they run a test binary.
+func startForkdOf(t *testing.T, o options, runner string) *forkd {
+	t.Helper()
+	f := startForkd(t, o)
+	t.Cleanup(func() {
+		select {
+		case <-f.done:
+		default:
+			f.cmd.Process.Signal(syscall.SIGKILL)
+			<-f.done
+		}
+		for pid := range f.seen {
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), runner) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	return f
+}
+
 func isTestProcess(pid int) bool {
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	return err == nil && strings.HasPrefix(exe, bin)

@@ -2,13 +2,11 @@ package test
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -83,25 +81,10 @@ func pythonApp(t *testing.T, workers int, env map[string]string, extra string) s
 	return gunicornConfig(t, workers, env, extra, "-k", "gthread", "--threads", "4", "app:app")
 }
 
-// startPython starts forkd and makes sure no Python worker outlives the test: the harness's
-// cleanup kills leftover workers only when they run a test binary.
+// startPython starts forkd and makes sure no Python worker outlives the test.
 func startPython(t *testing.T, o options) *forkd {
 	t.Helper()
-	f := startForkd(t, o)
-	t.Cleanup(func() {
-		select {
-		case <-f.done:
-		default:
-			f.cmd.Process.Signal(syscall.SIGKILL)
-			<-f.done
-		}
-		for pid := range f.seen {
-			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), "forkd.gunicorn") {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	})
-	return f
+	return startForkdOf(t, o, "forkd.gunicorn")
 }
 
 func TestGunicornFlaskAppServesNodeAndWrk(t *testing.T) {

@@ -86,21 +86,7 @@ workers   = %d
 // kills leftover workers only when they run a test binary.
 func startRuby(t *testing.T, o options) *forkd {
 	t.Helper()
-	f := startForkd(t, o)
-	t.Cleanup(func() {
-		select {
-		case <-f.done:
-		default:
-			f.cmd.Process.Signal(syscall.SIGKILL)
-			<-f.done
-		}
-		for pid := range f.seen {
-			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), "forkd-rack") {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	})
-	return f
+	return startForkdOf(t, o, "forkd-rack")
 }
 
 // rackInfo is what the example app's /info says about the worker that answered.

@@ -3,7 +3,8 @@
 // mode (fork_test.go), a forked worker's spawn to READY=1, reforks and the memory they share; and
 // rollouts (rollout_test.go): phased restarts and request latency during phased and hot restarts;
 // and a Rack app (rack_test.go) under forkd-rack next to the same app under `puma --fork-worker`:
-// memory, refork and phased restart durations, and latency during each.
+// memory, refork and phased restart durations, and latency during each; wrk against every runner
+// during rollouts, and forkd.gunicorn next to plain gunicorn (drain_test.go).
 //
 //	make bench    # go test -run='^$' -bench=. -benchtime=1x -count=1 ./test/bench/...
 //
@@ -74,6 +75,7 @@ func TestMain(m *testing.M) {
 		printForkSummary(os.Stdout)
 		printRolloutSummary(os.Stdout)
 		printRackSummary(os.Stdout)
+		printDrainSummary(os.Stdout)
 		return code
 	}()
 	os.Exit(code)

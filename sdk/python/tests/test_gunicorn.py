@@ -79,6 +79,15 @@ def events(hooks, pid):
     return [e for p, e, _ in hooks if p == pid]
 
 
+def fork_ready(m, template, index=1, generation=1):
+    """Have the template fork worker index, welcome it and wait for its READY=1."""
+    seq, ch = m.spawn(template, index=index, generation=generation)
+    w = m.adopt(template.expect("spawned")["pid"], ch)
+    m.welcome(w, index=index, generation=generation)
+    m.notify.wait_for(w.pid, "READY=1")
+    return w
+
+
 @unittest.skipUnless(HAVE_GUNICORN, "gunicorn is missing: apt-get install python3-gunicorn "
                                     "(run the tests with /usr/bin/python3)")
 class GunicornTestCase(MasterTestCase):
@@ -260,11 +269,7 @@ class SpawnTest(GunicornTestCase):
     def test_sync_worker_template(self):
         m = self.master()
         t = m.boot(SYNC)
-        seq, ch = m.spawn(t, index=1)
-        pid = t.expect("spawned")["pid"]
-        w = m.adopt(pid, ch)
-        m.welcome(w, index=1)
-        m.notify.wait_for(pid, "READY=1")
+        pid = fork_ready(m, t).pid
         pids = set()
         for _ in range(40):
             pids.add(int(get(m.port)[1].split()[0].split("=")[1]))
@@ -402,13 +407,9 @@ class StopTest(GunicornTestCase):
     def test_forked_worker_stops_on_eof(self):
         m = self.master()
         t = m.boot(GTHREAD)
-        seq, ch = m.spawn(t, index=1)
-        pid = t.expect("spawned")["pid"]
-        w = m.adopt(pid, ch)
-        m.welcome(w, index=1)
-        m.notify.wait_for(pid, "READY=1")
-        ch.close()
-        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(pid)), 0)
+        w = fork_ready(m, t)
+        w.channel.close()
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(w.pid)), 0)
         self.assertTrue(alive(t.pid))
 
     def test_max_requests_ends_the_worker_cleanly(self):
