@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -85,6 +86,35 @@ func pythonApp(t *testing.T, workers int, env map[string]string, extra string) s
 func startPython(t *testing.T, o options) *forkd {
 	t.Helper()
 	return startForkdOf(t, o, "forkd.gunicorn")
+}
+
+// TestPythonExample runs examples/python/forkd.hcl as `make run` does (the README's first
+// command), on a free port: the demo's gunicorn.conf.py is read, its post_fork hook runs in every
+// worker with that worker's PID, as under gunicorn's arbiter, and the workers are forked.
+func TestPythonExample(t *testing.T) {
+	t.Parallel()
+	requirePython(t)
+	example, err := filepath.Abs("../examples/python")
+	require.NoError(t, err)
+	b, err := os.ReadFile(filepath.Join(example, "forkd.hcl"))
+	require.NoError(t, err)
+	cfg := string(b)
+	for old, repl := range map[string]string{
+		`"tcp://127.0.0.1:8080"`: `"tcp://127.0.0.1:0"`,
+		`directory = "."`:        fmt.Sprintf("directory = %q", example),
+	} {
+		require.Contains(t, cfg, old, "examples/python/forkd.hcl changed: update this test")
+		cfg = strings.Replace(cfg, old, repl, 1)
+	}
+	f := startPython(t, options{config: cfg})
+	st := f.waitReady(4)
+	assertForkTree(t, f, st)
+	assert.Contains(t, get(t, "http://"+f.addr()+"/"), "hello from worker ")
+	for _, w := range st.WorkerList {
+		assert.Contains(t, f.output.String(), fmt.Sprintf("worker %d is ready to serve", w.PID),
+			"gunicorn.conf.py's post_fork hook ran in worker %d with its PID", w.Index)
+	}
+	assert.NotContains(t, f.output.String(), "[booting] is ready")
 }
 
 func TestGunicornFlaskAppServesNodeAndWrk(t *testing.T) {

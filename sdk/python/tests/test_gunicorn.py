@@ -79,6 +79,11 @@ def events(hooks, pid):
     return [e for p, e, _ in hooks if p == pid]
 
 
+def hook_data(hooks, pid, event):
+    """The data of the first event hook that ran in pid."""
+    return [d for p, e, d in hooks if p == pid and e == event][0]
+
+
 def fork_ready(m, template, index=1, generation=1):
     """Have the template fork worker index, welcome it and wait for its READY=1."""
     seq, ch = m.spawn(template, index=index, generation=generation)
@@ -119,6 +124,9 @@ class HandshakeTest(GunicornTestCase):
             "g.post_worker_init"])
         boot = [d for p, e, d in m.hooks() if e == "boot"][0]
         self.assertIs(boot["template"], True)
+        # post_fork sees the worker's own PID, as in a worker gunicorn's arbiter forked.
+        self.assertEqual(hook_data(m.hooks(), w.pid, "g.post_fork"),
+                         {"server_pid": w.pid, "worker_pid": w.pid})
         self.assertEqual(boot["env"]["LISTEN_PID"], str(w.pid))
         self.assertIn("the child_exit hook never runs under forkd", w.read_log())
 
@@ -218,8 +226,7 @@ class SpawnTest(GunicornTestCase):
         self.assertEqual(events(hooks, pid), [
             "child1", "child2", "boot", "g.post_fork", "g.post_worker_init"])
         self.assertEqual({p for p, _, _ in hooks}, {t.pid, pid})
-        post_fork = [d for p, e, d in hooks if p == pid and e == "g.post_fork"][0]
-        self.assertEqual(post_fork, {"server_pid": t.pid, "worker_pid": pid})
+        self.assertEqual(hook_data(hooks, pid, "g.post_fork"), {"server_pid": t.pid, "worker_pid": pid})
 
         # The new worker serves on its own once the template is gone.
         os.kill(t.pid, signal.SIGTERM)
@@ -456,6 +463,8 @@ class ExecModeTest(GunicornTestCase):
         # Exec mode: every gunicorn hook runs in the worker, pre_fork and post_fork included.
         self.assertEqual(events(m.hooks(), pid), [
             "g.on_starting", "g.when_ready", "g.pre_fork", "g.post_fork", "g.post_worker_init"])
+        self.assertEqual(hook_data(m.hooks(), pid, "g.post_fork"),
+                         {"server_pid": pid, "worker_pid": pid})
         os.kill(launcher.pid, signal.SIGKILL)
         waitpid_timeout(launcher.pid)
         m.notify.wait_for(pid, "STOPPING=1")

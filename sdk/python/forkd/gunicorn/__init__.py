@@ -274,6 +274,8 @@ class Runner:
         try:
             if exec_hooks:
                 self.cfg.pre_fork(self.server, w)
+            # As in gunicorn's forked worker: post_fork sees the worker's own PID.
+            w.pid = os.getpid()
             self.cfg.post_fork(self.server, w)
             self._watch()
             if not self.stop_requested:
@@ -349,6 +351,7 @@ class Runner:
             try:
                 if exec_hooks:
                     self.cfg.pre_fork(self.server, w)
+                    w.pid = os.getpid()
                     self.cfg.post_fork(self.server, w)
                     exec_hooks = False
                 self.quiescing = self.template.wants_quiet()
