@@ -131,3 +131,29 @@ systemd {
 	f.waitReady(1)
 	waitCount(t, sd, "WATCHDOG=1", held+2)
 }
+
+// TestLastStatusIsTheClustersWithReadinessStarted: with readiness = "started" a worker is ready as
+// soon as it is spawned, which the master learns while it carries out the very actions that
+// announced "starting: 0/2 workers ready". Whatever the order in which it learns things, the last
+// STATUS= systemd hears is the cluster's own status, never that stale one.
+func TestLastStatusIsTheClustersWithReadinessStarted(t *testing.T) {
+	t.Parallel()
+	sd := newFakeSystemd(t)
+	f := startForkd(t, options{config: worker() + "\nworkers = 2\nreadiness = \"started\"\n", systemd: sd.sock})
+	st := f.waitReady(2)
+	waitCount(t, sd, "READY=1", 1)
+	// Everything forkd sent before it answered the status is in the socket already; a marker sent
+	// now is read after all of it.
+	require.NoError(t, notify.Send(sd.sock.Addr(), "X_TEST=marker"))
+	waitCount(t, sd, "X_TEST=marker", 1)
+	var last string
+	for _, m := range sd.all() {
+		for _, line := range strings.Split(m, "\n") {
+			if status, ok := strings.CutPrefix(line, "STATUS="); ok {
+				last = status
+			}
+		}
+	}
+	assert.Equal(t, st.StatusLine, last, "systemd's last STATUS; it heard %q", sd.all())
+	assert.Equal(t, "2/2 workers ready, generation 1", last)
+}

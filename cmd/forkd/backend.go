@@ -40,7 +40,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		StartedAt:            b.startedAt,
 		Uptime:               control.Duration(now.Sub(b.startedAt).Round(time.Second)),
 		Phase:                st.Phase.String(),
-		Rollout:              st.Rollout,
+		Rollout:              rolloutKind(st.Rollout),
 		Generation:           st.Generation,
 		Workers:              st.Desired,
 		Ready:                st.Ready,
@@ -50,12 +50,14 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		LateNotifications:    st.Late,
 		StatusLine:           st.StatusLine,
 	}
-	if st.Rollout != "" && st.Phase == cluster.PhaseRunning {
+	if st.Rollout != cluster.NoRollout && st.Phase == cluster.PhaseRunning {
 		out.Phase = control.PhaseRolling
 	}
-	out.Queued = st.Queued
+	for _, k := range st.Queued {
+		out.Queued = append(out.Queued, rolloutKind(k))
+	}
 	if l := st.LastRollout; l.Seq != 0 {
-		out.LastRollout = &control.RolloutResult{Seq: l.Seq, Kind: l.Kind, Generation: l.Generation}
+		out.LastRollout = &control.RolloutResult{Seq: l.Seq, Kind: rolloutKind(l.Kind), Generation: l.Generation}
 		if l.Err != nil {
 			out.LastRollout.Error = strings.TrimPrefix(l.Err.Error(), "cluster: ")
 		}
@@ -131,14 +133,27 @@ func (b *backend) Reload(ctx context.Context, req control.ReloadRequest) (contro
 
 // queuedBehind names the operation in progress when a command that did not wait left one of kind
 // queued, or returns "" when it began.
-func queuedBehind(st cluster.Status, wait bool, kind string) string {
+func queuedBehind(st cluster.Status, wait bool, kind cluster.RolloutKind) string {
 	if wait || !slices.Contains(st.Queued, kind) {
 		return ""
 	}
-	if st.Rollout != "" {
-		return st.Rollout
+	if st.Rollout != cluster.NoRollout {
+		return rolloutKind(st.Rollout)
 	}
-	return st.Queued[0]
+	return rolloutKind(st.Queued[0])
+}
+
+// rolloutKind is the control API's name for a kind of rollout: the one place the two meet.
+func rolloutKind(k cluster.RolloutKind) string {
+	switch k {
+	case cluster.KindRefork:
+		return control.RolloutRefork
+	case cluster.KindReload:
+		return control.RolloutReload
+	case cluster.KindRestart:
+		return control.RolloutRestart
+	}
+	return ""
 }
 
 func (b *backend) Restart(ctx context.Context, req control.RestartRequest) (control.RestartResponse, error) {

@@ -174,17 +174,16 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 		Reconfigure: func() (cluster.Generation, error) {
 			return reconfigure(cfg, flags)
 		},
-		Listeners:        listeners,
-		Notify:           cluster.NotifyConfig{Dir: cfg.Notify.Directory, Abstract: cfg.Notify.Abstract},
-		Systemd:          systemd,
-		Watchdog:         watchdog,
-		WatchdogMinReady: cfg.Systemd.WatchdogMinReady,
-		Logger:           logger,
-		Name:             cfg.Name,
-		WorkerOutput:     workerOutput,
-		Self:             self,
-		Argv:             os.Args,
-		PreflightCheck:   preflight,
+		Listeners:      listeners,
+		Notify:         cluster.NotifyConfig{Dir: cfg.Notify.Directory, Abstract: cfg.Notify.Abstract},
+		Systemd:        systemd,
+		Watchdog:       watchdog,
+		Logger:         logger,
+		Name:           cfg.Name,
+		WorkerOutput:   workerOutput,
+		Self:           self,
+		Argv:           os.Args,
+		PreflightCheck: preflight,
 		HandoverExtra: func() (any, []int) {
 			return handoverExtra{Config: cfg, ControlFD: ctlFD, StartedAt: startedAt, Activated: activated,
 				Events: events.handover(os.Getpid())}, []int{ctlFD}
@@ -261,6 +260,9 @@ func generation(cfg *config.Config) cluster.Generation {
 		ResetAfter:       cfg.Restart.ResetAfter,
 		MaxSurge:         cfg.Rollout.MaxSurge,
 		MaxUnavailable:   cfg.Rollout.MaxUnavailable,
+		WatchdogMinReady: cfg.Systemd.WatchdogMinReady,
+		Hooks: cluster.Hooks{BeforeReload: cfg.Hooks.BeforeReload, AfterReload: cfg.Hooks.AfterReload,
+			BeforeRestart: cfg.Hooks.BeforeRestart, OnWorkerCrash: cfg.Hooks.OnWorkerCrash, Timeout: cfg.Hooks.Timeout},
 	}
 	if cfg.File == "" {
 		// Quick mode: the operator wrote flags, so advice names flags.
@@ -272,10 +274,7 @@ func generation(cfg *config.Config) cluster.Generation {
 		machine.ForkTimeout = fw.Timeout
 		machine.ReforkAfter, machine.ReforkAfterRepeats = fw.ReforkAfter, fw.ReforkAfterRepeats
 	}
-	h := cfg.Hooks
-	return cluster.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env,
-		Hooks: cluster.Hooks{BeforeReload: h.BeforeReload, AfterReload: h.AfterReload, BeforeRestart: h.BeforeRestart,
-			OnWorkerCrash: h.OnWorkerCrash, Timeout: h.Timeout}}
+	return cluster.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env}
 }
 
 // reconfigure loads the config again for a reload, from the same file and flags as at start. What
@@ -293,6 +292,8 @@ func reconfigure(running *config.Config, flags config.Flags) (cluster.Generation
 		return cluster.Generation{}, err
 	}
 	g := generation(cfg)
+	// The systemd block needs a new master, as the listeners do.
+	g.Machine.WatchdogMinReady = running.Systemd.WatchdogMinReady
 	if !slices.Equal(cfg.Listeners, running.Listeners) {
 		g.Warnings = append(g.Warnings, "the listen blocks changed: the sockets stay as they are until forkd is restarted (systemctl restart)")
 	}

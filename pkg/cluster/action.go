@@ -3,6 +3,7 @@ package cluster
 import (
 	"log/slog"
 	"syscall"
+	"time"
 )
 
 // Action is an output of the machine, returned by Machine.Ready for the driver to carry out.
@@ -10,10 +11,11 @@ type Action interface{ isAction() }
 
 // SpawnWorker asks the driver to start a worker process for a slot.
 //
-// With Template zero, the driver execs the worker and answers with Spawned (with the PID) or
-// SpawnFailed before it reaps anything, so an Exited event never arrives for a PID the machine has
-// not seen. Channel asks for a control channel (FORKD_CONTROL_FD), for a worker 0 that may become
-// the template.
+// With Template zero, the driver execs the worker from the spec registered as Spec, with
+// WATCHDOG_USEC=Heartbeat when it is set, and answers with Spawned (with the PID) or SpawnFailed
+// before it reaps anything, so an Exited event never arrives for a PID the machine has not seen.
+// Channel asks for a control channel (FORKD_CONTROL_FD), for a worker 0 that may become the
+// template.
 //
 // With Template set, the driver asks that template to fork the worker (a spawn request carrying
 // the worker's new control channel) and answers later: Spawned with the template's reply, or
@@ -24,6 +26,14 @@ type SpawnWorker struct {
 	Generation int
 	Template   WorkerID
 	Channel    bool
+	Spec       SpecHandle
+	Heartbeat  time.Duration
+}
+
+// ReleaseSpec tells the driver that no worker will be spawned from the spec any more: the config
+// that named it was refused, failed, or was replaced.
+type ReleaseSpec struct {
+	Spec SpecHandle
 }
 
 // CancelSpawn tells the driver the machine gave up on a forked spawn: it closes its end of the
@@ -33,14 +43,29 @@ type CancelSpawn struct {
 	Worker WorkerID
 }
 
-// ControlWorker asks the driver to send a message on a worker's control channel: protocol.OpWelcome
-// (with Slot and Generation), OpRefuse (with Error), OpPause or OpResume.
-type ControlWorker struct {
+// SendWelcome answers a worker's Hello on its control channel: it is worker Slot of Generation.
+type SendWelcome struct {
 	Worker     WorkerID
-	Op         string
 	Slot       int
 	Generation int
-	Error      string
+}
+
+// SendRefuse refuses a worker on its control channel, saying why (Reason); the driver then closes
+// the channel, and the worker exits.
+type SendRefuse struct {
+	Worker WorkerID
+	Reason string
+}
+
+// PauseTemplate asks the template to stop serving (it finishes what is in flight, accepts
+// nothing new), so that it holds no client connection when it forks; TemplatePaused answers.
+type PauseTemplate struct {
+	Worker WorkerID
+}
+
+// ResumeTemplate asks a paused template to serve again; TemplateResumed answers.
+type ResumeTemplate struct {
+	Worker WorkerID
 }
 
 // SignalWorker asks the driver to send a signal to a worker. The driver signals through the
@@ -79,52 +104,20 @@ type Exit struct {
 	Code int
 }
 
-// WorkerCrashed reports a worker's crash (an exit forkd did not ask for), for the on_worker_crash
-// hook. PID is 0 when the process could not even be started.
-type WorkerCrashed struct {
-	Slot, PID, Generation int
-	Status                string
-}
-
-// RolloutEnded reports the end of a rollout ("refork", "reload", "restart"): Err is nil when it
-// replaced every worker, else why it stopped. Generation is the one it rolled out.
-type RolloutEnded struct {
-	Kind       string
-	Generation int
-	Err        error
-}
-
-// PrepareReload asks the driver for the config of a reload to generation Generation: load it again
-// and, unless Restart (the phased restart that completes a hot restart), run the before_reload
-// hook; then step ReloadPrepared, with the config or the reason the reload cannot begin. The
-// machine starts nothing else meanwhile.
-type PrepareReload struct {
-	Generation int
-	Restart    bool
-}
-
-// BeginRestart asks the driver for a hot restart: check the new binary, run the before_restart hook,
-// hand the state over (Export) and exec the new image, which keeps the workers (KeepWorkers) or
-// replaces them. If that does not happen, the driver steps RestartFailed. The machine starts
-// nothing else meanwhile.
-type BeginRestart struct {
-	KeepWorkers bool
-}
-
 // ScaleResult is the Result of a Reply to Scale.
 type ScaleResult struct {
 	Previous, Workers int
 }
 
-func (SpawnWorker) isAction()   {}
-func (CancelSpawn) isAction()   {}
-func (ControlWorker) isAction() {}
-func (SignalWorker) isAction()  {}
-func (NotifySystemd) isAction() {}
-func (Reply) isAction()         {}
-func (Log) isAction()           {}
-func (Exit) isAction()          {}
-func (WorkerCrashed) isAction() {}
-func (RolloutEnded) isAction()  {}
-func (PrepareReload) isAction() {}
-func (BeginRestart) isAction()  {}
+func (SpawnWorker) isAction()    {}
+func (CancelSpawn) isAction()    {}
+func (ReleaseSpec) isAction()    {}
+func (SendWelcome) isAction()    {}
+func (SendRefuse) isAction()     {}
+func (PauseTemplate) isAction()  {}
+func (ResumeTemplate) isAction() {}
+func (SignalWorker) isAction()   {}
+func (NotifySystemd) isAction()  {}
+func (Reply) isAction()          {}
+func (Log) isAction()            {}
+func (Exit) isAction()           {}

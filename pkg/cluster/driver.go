@@ -33,17 +33,9 @@ type Generation struct {
 	Directory string
 	// Env is added to the environment workers inherit from forkd; an entry here wins over forkd's.
 	Env map[string]string
-	// Hooks are the master's hook commands.
-	Hooks Hooks
 	// Warnings are changes in the config that a reload cannot apply (listeners, the control
 	// socket): they are logged.
 	Warnings []string
-}
-
-// Hooks are commands the master runs at moments of the cluster's life (see config.Hooks).
-type Hooks struct {
-	BeforeReload, AfterReload, BeforeRestart, OnWorkerCrash []string
-	Timeout                                                 time.Duration
 }
 
 // DriverConfig is what the driver needs to run a cluster.
@@ -62,10 +54,7 @@ type DriverConfig struct {
 	Systemd func(state string) error
 	// Watchdog is how often the master pings systemd's watchdog (WATCHDOG=1); zero disables it.
 	Watchdog time.Duration
-	// WatchdogMinReady, above 0, pings only while at least that many workers are ready, so that
-	// systemd restarts a cluster that stays down.
-	WatchdogMinReady int
-	Logger           *slog.Logger
+	Logger   *slog.Logger
 	// Name is forkd's instance name, for hooks (FORKD_NAME).
 	Name string
 	// WorkerOutput opens a worker's own stdout and stderr, such as a journal stream under the
@@ -101,9 +90,10 @@ type Driver struct {
 	procs    map[WorkerID]*process
 	channels channels
 	notify   notifyState
-	// specs maps a generation to what its workers are spawned from; a generation without an entry
-	// (made by a refork) uses the latest entry before it.
-	specs    map[int]*spec
+	// specs holds what workers are spawned from, by the handle the machine's configs name;
+	// lastSpec is the last handle given.
+	specs    map[SpecHandle]*spec
+	lastSpec SpecHandle
 	spawner  *spawner
 	devNull  *os.File
 	baseEnv  []string
@@ -120,25 +110,25 @@ type Driver struct {
 	childrenUnreadable bool
 	// lastRan is when the loop last ran, to notice a stall of forkd itself.
 	lastRan time.Time
+	// learned holds the events learned while a batch of actions is carried out (carrying), to
+	// step after it.
+	learned  []Event
+	carrying bool
 
 	helpers      map[int]*helper
 	helperEvents chan helperEvent
 	// adopted: this image took the cluster over from the previous one.
 	adopted bool
-	// watchdogHeld: the watchdog pings are withheld for want of ready workers.
-	watchdogHeld bool
-	// hooks are the hooks of the config last loaded; crashHooks counts on_worker_crash hooks running.
-	hooks      Hooks
-	crashHooks int
+	// exec is the hot restart's exec the batch being carried out asked for: it happens once the
+	// rest of the batch is done.
+	exec *ExecRestart
 }
 
-// spec is how the workers of a generation are started.
+// spec is how workers are started: the app's command, in a directory, with an environment.
 type spec struct {
 	command []string
 	dir     string
 	env     map[string]string
-	// heartbeat is the WATCHDOG_USEC workers are given.
-	heartbeat time.Duration
 }
 
 func newSpec(g Generation) (*spec, error) {
@@ -150,18 +140,14 @@ func newSpec(g Generation) (*spec, error) {
 		}
 		dir = resolved
 	}
-	return &spec{command: g.Command, dir: dir, env: g.Env, heartbeat: g.Machine.HeartbeatTimeout}, nil
+	return &spec{command: g.Command, dir: dir, env: g.Env}, nil
 }
 
-// specFor returns what the workers of generation g are spawned from.
-func (d *Driver) specFor(g int) *spec {
-	best := 0
-	for k := range d.specs {
-		if k <= g && k > best {
-			best = k
-		}
-	}
-	return d.specs[best]
+// register keeps sp under a new handle, which cfg names from now on.
+func (d *Driver) register(sp *spec, cfg *Config) {
+	d.lastSpec++
+	d.specs[d.lastSpec] = sp
+	cfg.Spec = d.lastSpec
 }
 
 // process is a worker's live process, tracked by pidfd so that signals never reach a recycled PID.
@@ -207,10 +193,6 @@ type request struct {
 
 // NewDriver prepares a driver; nothing runs until Run.
 func NewDriver(cfg DriverConfig) (*Driver, error) {
-	m, err := NewMachine(cfg.Machine)
-	if err != nil {
-		return nil, err
-	}
 	if len(cfg.Generation.Command) == 0 {
 		return nil, errors.New("cluster: no command")
 	}
@@ -227,12 +209,11 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 	}
 	d := &Driver{
 		cfg:      cfg,
-		m:        m,
 		log:      cfg.Logger,
 		procs:    make(map[WorkerID]*process),
 		channels: newChannels(),
 		notify:   newNotifyState(cfg.Logger),
-		specs:    map[int]*spec{1: first},
+		specs:    map[SpecHandle]*spec{},
 		devNull:  devNull,
 		baseEnv:  inheritedEnv(os.Environ()),
 		requests: make(chan request),
@@ -241,7 +222,11 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 
 		helpers:      make(map[int]*helper),
 		helperEvents: make(chan helperEvent, 16),
-		hooks:        cfg.Generation.Hooks,
+	}
+	machine := cfg.Machine
+	d.register(first, &machine)
+	if d.m, err = NewMachine(machine); err != nil {
+		return nil, err
 	}
 	if cfg.Adopt != nil {
 		if err := d.adopt(cfg.Adopt); err != nil {
@@ -296,13 +281,8 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 				d.channels.read(id, p.conn)
 			}
 		}
-		d.reap() // children that exited during the exec
-		how := "replacing the workers by a phased restart"
-		if d.cfg.Adopt.Machine.Restart != nil && d.cfg.Adopt.Machine.Restart.KeepWorkers {
-			how = "keeping the workers as they are"
-		}
-		d.log.Info("hot restart: took over the cluster; "+how, "event", "restart-adopted")
-		d.step(Tick{}) // the machine begins what waits: the phased restart, then what was queued
+		d.step(Adopted{}) // the machine decides what follows: a phased restart, or nothing
+		d.reap()          // children that exited during the exec
 	} else {
 		d.step(Start{})
 	}
@@ -333,7 +313,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 				d.step(Tick{})
 			}
 		case <-watchdog:
-			handle = d.pingWatchdog
+			handle = func() { d.step(WatchdogDue{}) }
 		case <-housekeeping.C:
 			handle = func() {
 				d.stepDrops()
@@ -409,21 +389,31 @@ func (d *Driver) drainInputs(sigc <-chan os.Signal, controls <-chan controlMessa
 	}
 }
 
+// step feeds ev to the machine and carries out the batch of actions it decides, in order. What the
+// driver learns while it carries a batch out (a spawned worker's PID, a failed spawn) is queued,
+// and stepped once the whole batch is done, in the order learned: the machine's Ready/Advance
+// forbids a step in the middle of a batch, which would carry out its actions before the rest.
 func (d *Driver) step(ev Event) {
-	if err := d.m.Step(time.Now(), ev); err != nil {
-		// A driver bug, not an input error: log it loudly and keep the cluster running.
-		d.log.Error("cluster state machine rejected an event", "error", err, "event", fmt.Sprintf("%T%+v", ev, ev))
+	d.learned = append(d.learned, ev)
+	if d.carrying {
+		return
 	}
-	for _, a := range d.m.Ready() {
-		d.apply(a)
-	}
-	if !d.m.Busy() {
-		// A reload that failed (or never began) leaves the spec of a generation that does not
-		// exist; a later refork must not pick it up.
-		for g := range d.specs {
-			if g > d.m.Generation() {
-				delete(d.specs, g)
-			}
+	d.carrying = true
+	defer func() { d.carrying = false }()
+	for len(d.learned) > 0 {
+		ev := d.learned[0]
+		d.learned = d.learned[1:]
+		if err := d.m.Step(time.Now(), ev); err != nil {
+			// A driver bug, not an input error: log it loudly and keep the cluster running.
+			d.log.Error("cluster state machine rejected an event", "error", err, "event", fmt.Sprintf("%T%+v", ev, ev))
+		}
+		for _, a := range d.m.Ready() {
+			d.apply(a)
+		}
+		d.m.Advance()
+		if a := d.exec; a != nil {
+			d.exec = nil
+			d.execRestart(*a) // returns only if the exec failed
 		}
 	}
 }
@@ -438,8 +428,14 @@ func (d *Driver) apply(a Action) {
 		}
 	case CancelSpawn:
 		d.cancelSpawn(a.Worker)
-	case ControlWorker:
-		d.controlWorker(a)
+	case SendWelcome:
+		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpWelcome, Worker: a.Slot, Generation: a.Generation})
+	case SendRefuse:
+		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpRefuse, Error: a.Reason})
+	case PauseTemplate:
+		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpPause})
+	case ResumeTemplate:
+		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpResume})
 	case SignalWorker:
 		d.signal(a)
 	case SignalStray:
@@ -455,19 +451,26 @@ func (d *Driver) apply(a Action) {
 		d.log.LogAttrs(context.Background(), a.Level, a.Msg, a.Attrs...)
 	case Exit:
 		d.exitCode = a.Code
-	case WorkerCrashed:
-		d.workerCrashed(a)
-	case RolloutEnded:
-		d.rolloutEnded(a)
-	case PrepareReload:
-		d.prepareReload(a)
-	case BeginRestart:
-		d.startRestart(a.KeepWorkers)
+	case RunHook:
+		d.runHook(a)
+	case LoadConfig:
+		d.loadConfig()
+	case ReleaseSpec:
+		delete(d.specs, a.Spec)
+	case CheckRestart:
+		d.checkRestart(a.KeepWorkers)
+	case ExecRestart:
+		d.exec = &a
+	case Record:
 	}
 }
 
 func (d *Driver) spawn(a SpawnWorker) {
-	sp := d.specFor(a.Generation)
+	sp := d.specs[a.Spec]
+	if sp == nil {
+		d.step(SpawnFailed{Worker: a.Worker, Err: fmt.Sprintf("cluster: no spec %d to spawn from (a bug)", a.Spec)})
+		return
+	}
 	files := []uintptr{d.devNull.Fd(), uintptr(syscall.Stdout), uintptr(syscall.Stderr)}
 	files = append(files, activation.WorkerFiles(d.cfg.Listeners)...)
 	// A worker that may become the template shares its socket with the workers it forks.
@@ -476,7 +479,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
-	env := d.workerEnv(sp, a.Slot, a.Generation, ns.sock.Addr())
+	env := d.workerEnv(sp, a.Slot, a.Generation, a.Heartbeat, ns.sock.Addr())
 	if out, stream := d.workerOutput(a.Slot); out != nil {
 		defer out.Close()
 		files[1], files[2] = out.Fd(), out.Fd()
@@ -689,26 +692,6 @@ func (d *Driver) expectReply(answer func(Reply)) RequestID {
 	return d.lastReq
 }
 
-// pingWatchdog tells systemd the master is alive, unless too few workers are ready.
-func (d *Driver) pingWatchdog() {
-	if min := d.cfg.WatchdogMinReady; min > 0 {
-		ready := d.m.ReadyCount()
-		if ready < min {
-			if !d.watchdogHeld {
-				d.log.Error(fmt.Sprintf("%d of %d workers ready, fewer than systemd.watchdog_min_ready: no more WATCHDOG=1, so systemd restarts forkd if it stays so",
-					ready, d.m.Status().Desired), "event", "watchdog-withheld")
-				d.watchdogHeld = true
-			}
-			return
-		}
-		if d.watchdogHeld {
-			d.log.Info("enough workers ready again: pinging systemd's watchdog", "event", "watchdog-resumed")
-			d.watchdogHeld = false
-		}
-	}
-	d.notifySystemd("WATCHDOG=1")
-}
-
 func (d *Driver) notifySystemd(state string) {
 	if d.cfg.Systemd == nil {
 		return
@@ -819,50 +802,30 @@ func (d *Driver) rollout(ctx context.Context, ev Event, wait bool) error {
 	}
 }
 
-// prepareReload loads the config again for the reload to generation a.Generation, runs the
-// before_reload hook (not for the phased restart of a hot restart), and steps ReloadPrepared with
-// that generation's spec in place, or with the reason the reload cannot begin.
-func (d *Driver) prepareReload(a PrepareReload) {
-	fail := func(err error) { d.step(ReloadPrepared{Err: err}) }
+// loadConfig loads the config again for a reload and registers the spec of its workers, and
+// steps ConfigLoaded: the machine decides whether the reload begins.
+func (d *Driver) loadConfig() {
 	g := d.cfg.Generation
 	if d.cfg.Reconfigure != nil {
 		var err error
 		if g, err = d.cfg.Reconfigure(); err != nil {
-			fail(fmt.Errorf("%w: %v", ErrBadConfig, err))
+			d.step(ConfigLoaded{Err: fmt.Errorf("%w: %v", ErrBadConfig, err)})
 			return
 		}
 	}
 	sp, err := newSpec(g)
 	if err != nil {
-		fail(fmt.Errorf("%w: %v", ErrBadConfig, err))
+		d.step(ConfigLoaded{Err: fmt.Errorf("%w: %v", ErrBadConfig, err)})
 		return
 	}
-	for _, w := range g.Warnings {
-		d.log.Warn("reload: "+w, "event", "reload-warning")
-	}
-	d.hooks = g.Hooks
-	begin := func() {
-		d.specs[a.Generation] = sp
-		d.step(ReloadPrepared{Config: &g.Machine})
-	}
-	if a.Restart || len(g.Hooks.BeforeReload) == 0 {
-		begin()
-		return
-	}
-	d.runHook("before_reload", g.Hooks.BeforeReload, map[string]string{
-		"FORKD_GENERATION": strconv.Itoa(a.Generation),
-	}, func(err error) {
-		if err != nil {
-			fail(err)
-			return
-		}
-		begin()
-	})
+	cfg := g.Machine
+	d.register(sp, &cfg)
+	d.step(ConfigLoaded{Config: &cfg, Warnings: g.Warnings})
 }
 
 // workerEnv is the environment of a new worker: forkd's own minus what belongs to forkd and
 // systemd, the config's env, then the protocol variables, which nothing overrides.
-func (d *Driver) workerEnv(sp *spec, slot, generation int, notifySocket string) []string {
+func (d *Driver) workerEnv(sp *spec, slot, generation int, heartbeat time.Duration, notifySocket string) []string {
 	env := make([]string, 0, len(d.baseEnv)+len(sp.env)+8)
 	for _, kv := range d.baseEnv {
 		if k, _, _ := strings.Cut(kv, "="); sp.env != nil {
@@ -885,8 +848,8 @@ func (d *Driver) workerEnv(sp *spec, slot, generation int, notifySocket string) 
 		protocol.EnvWorker+"="+strconv.Itoa(slot),
 		protocol.EnvGeneration+"="+strconv.Itoa(generation),
 	)
-	if hb := sp.heartbeat; hb > 0 {
-		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(hb.Microseconds(), 10))
+	if heartbeat > 0 {
+		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(heartbeat.Microseconds(), 10))
 	}
 	return env
 }

@@ -108,23 +108,24 @@ func (d *Driver) cancelSpawn(worker WorkerID) {
 	}
 }
 
-func (d *Driver) controlWorker(a ControlWorker) {
-	p := d.procs[a.Worker]
+// controlWorker sends msg on a worker's control channel; a pause or resume is numbered, so that
+// its answer can be told from a stale one.
+func (d *Driver) controlWorker(worker WorkerID, msg protocol.Message) {
+	p := d.procs[worker]
 	if p == nil || p.conn == nil {
 		return
 	}
-	msg := protocol.Message{Op: a.Op, Worker: a.Slot, Generation: a.Generation, Error: a.Error}
-	if a.Op == protocol.OpPause || a.Op == protocol.OpResume {
+	if msg.Op == protocol.OpPause || msg.Op == protocol.OpResume {
 		msg.Seq = d.channels.nextSeq()
-		d.channels.requests[msg.Seq] = a.Op
+		d.channels.requests[msg.Seq] = msg.Op
 	}
 	if err := p.conn.Send(msg); err != nil {
-		d.log.Warn(fmt.Sprintf("cannot send %s to worker: %v", a.Op, err), "event", "control-error", "pid", p.pid)
+		d.log.Warn(fmt.Sprintf("cannot send %s to worker: %v", msg.Op, err), "event", "control-error", "pid", p.pid)
 	}
-	if a.Op == protocol.OpRefuse {
+	switch {
+	case msg.Op == protocol.OpRefuse:
 		p.conn.Close()
-	}
-	if a.Op == protocol.OpWelcome && p.forked {
+	case msg.Op == protocol.OpWelcome && p.forked:
 		d.sendStdio(p)
 	}
 }
@@ -181,13 +182,23 @@ func (d *Driver) handleControl(cm controlMessage) {
 			}
 			p.pid, p.pidfd = msg.PID, pidfd
 		}
-		d.step(Hello{Worker: cm.worker, PID: msg.PID, Version: msg.V, Fork: msg.Fork, SDK: msg.SDK})
+		hello := Hello{Worker: cm.worker, PID: msg.PID, Fork: msg.Fork, SDK: msg.SDK}
+		if msg.V != protocol.Version {
+			hello.Mismatch = fmt.Sprintf("this forkd master speaks protocol %d, the worker speaks %d: upgrade the worker's SDK or forkd",
+				protocol.Version, msg.V)
+		}
+		d.step(hello)
 	case protocol.OpSpawned, protocol.OpSpawnFailed:
 		d.spawnReply(msg)
 	case protocol.OpPaused, protocol.OpResumed:
-		if _, ok := d.channels.requests[msg.Seq]; ok {
-			delete(d.channels.requests, msg.Seq)
-			d.step(TemplateReplied{Worker: cm.worker, Op: msg.Op})
+		if _, ok := d.channels.requests[msg.Seq]; !ok {
+			return
+		}
+		delete(d.channels.requests, msg.Seq)
+		if msg.Op == protocol.OpPaused {
+			d.step(TemplatePaused{Worker: cm.worker})
+		} else {
+			d.step(TemplateResumed{Worker: cm.worker})
 		}
 	case protocol.OpError:
 		d.log.Warn("worker could not handle a control message: "+msg.Error, "event", "control-error", "pid", p.pid)

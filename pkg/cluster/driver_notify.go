@@ -385,5 +385,14 @@ func (d *Driver) handleDatagram(dg datagram) {
 		reject(err.Error())
 		return
 	}
-	d.step(Notified{Worker: id, Message: msg})
+	d.step(Notified{Worker: id, Message: notification(msg)})
+}
+
+// notification is the part of a datagram the machine reads.
+func notification(msg notify.Message) Notification {
+	return Notification{
+		Ready: msg.Ready, Stopping: msg.Stopping, Watchdog: msg.Watchdog, WatchdogTrigger: msg.WatchdogTrigger,
+		Status: msg.Status, HasStatus: msg.HasStatus, Requests: msg.Requests, HasRequests: msg.HasRequests,
+		WatchdogTimeout: msg.WatchdogTimeout, ExtendTimeout: msg.ExtendTimeout,
+	}
 }

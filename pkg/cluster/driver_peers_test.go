@@ -75,12 +75,15 @@ func TestKinship(t *testing.T) {
 			spawns = append(spawns, s)
 		}
 	}
+	m.Advance()
 	if len(spawns) == 0 {
 		t.Fatal("no worker spawned")
 	}
 	if err := m.Step(now, Spawned{Worker: spawns[0].Worker, PID: 4242}); err != nil {
 		t.Fatal(err)
 	}
+	m.Ready()
+	m.Advance()
 	d.helpers[5000] = &helper{name: "after_reload", pid: 5000}
 
 	tests := []struct {

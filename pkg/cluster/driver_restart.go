@@ -41,7 +41,7 @@ type Handover struct {
 	Version   int
 	Machine   State
 	Config    Config
-	Specs     map[int]SpecRecord
+	Specs     map[SpecHandle]SpecRecord
 	Listeners []activation.Listener
 	// NotifyDir is the master's directory of notify sockets, NotifyPrefix the start of their
 	// abstract addresses (one of them is empty).
@@ -53,12 +53,11 @@ type Handover struct {
 	Extra json.RawMessage
 }
 
-// SpecRecord is how a generation's workers are started, in a Handover.
+// SpecRecord is how workers are started, in a Handover.
 type SpecRecord struct {
-	Command   []string
-	Dir       string
-	Env       map[string]string
-	Heartbeat time.Duration
+	Command []string
+	Dir     string
+	Env     map[string]string
 }
 
 // ProcRecord is a worker's process in a Handover: its pidfd, its control channel (-1: none), and
@@ -95,80 +94,53 @@ func (d *Driver) Restart(ctx context.Context, wait, keepWorkers bool) error {
 	return d.rollout(ctx, Restart{KeepWorkers: keepWorkers}, wait)
 }
 
-// startRestart carries out the machine's BeginRestart: it checks the new binary, then execs it.
-// The checks run as the master's own helper processes, without blocking the loop. Any failure
-// is stepped as RestartFailed.
-func (d *Driver) startRestart(keepWorkers bool) {
-	fail := func(err error) {
-		d.log.Error("hot restart refused: "+err.Error(), "event", "restart-failed")
-		d.step(RestartFailed{Err: err})
-	}
+// checkRestart carries out the machine's CheckRestart: it asks the new binary which handover it
+// reads, then has it check the config, as the master's own helper processes, without blocking the
+// loop, and steps RestartChecked with the outcome.
+func (d *Driver) checkRestart(keepWorkers bool) {
+	done := func(err error) { d.step(RestartChecked{Err: err}) }
 	if d.cfg.Self == "" {
-		fail(fmt.Errorf("%w: hot restart is not available (forkd does not know its own binary)", ErrNotReady))
+		done(fmt.Errorf("%w: hot restart is not available (forkd does not know its own binary)", ErrNotReady))
 		return
 	}
-	what := "replacing the workers after the exec"
-	if keepWorkers {
-		what = "keeping the workers"
-	}
-	d.log.Info("hot restart ("+what+"): checking the new binary "+d.cfg.Self, "event", "restart-start")
 	env := inheritedEnv(os.Environ())
 	err := d.runHelper("the new forkd binary", []string{d.cfg.Self, restart.HandoverVersionArg}, env, 10*time.Second,
 		func(st ExitStatus, out string) {
 			if !st.Success() || strings.TrimSpace(out) != strconv.Itoa(restart.Version) {
-				fail(fmt.Errorf("%w: %s %s: %s: %s", restart.ErrIncompatible, d.cfg.Self, restart.HandoverVersionArg,
+				done(fmt.Errorf("%w: %s %s: %s: %s", restart.ErrIncompatible, d.cfg.Self, restart.HandoverVersionArg,
 					st, strings.TrimSpace(out)))
 				return
 			}
 			if d.cfg.PreflightCheck == nil {
-				d.beforeRestart(fail)
+				done(nil)
 				return
 			}
 			argv := append([]string{d.cfg.Self}, d.cfg.PreflightCheck...)
 			if err := d.runHelper("the config check", argv, env, 30*time.Second, func(st ExitStatus, out string) {
 				if !st.Success() {
-					fail(fmt.Errorf("%w: the new binary finds the config invalid: %s", ErrBadConfig, strings.TrimSpace(out)))
+					done(fmt.Errorf("%w: the new binary finds the config invalid: %s", ErrBadConfig, strings.TrimSpace(out)))
 					return
 				}
-				d.beforeRestart(fail)
+				done(nil)
 			}); err != nil {
-				fail(err)
+				done(err)
 			}
 		})
 	if err != nil {
-		fail(err)
+		done(err)
 	}
 }
 
-// beforeRestart runs the before_restart hook, if any, then execs.
-func (d *Driver) beforeRestart(fail func(error)) {
-	if len(d.hooks.BeforeRestart) == 0 {
-		d.execRestart(fail)
-		return
-	}
-	d.runHook("before_restart", d.hooks.BeforeRestart, nil, func(err error) {
-		if err != nil {
-			fail(err)
-			return
-		}
-		d.execRestart(fail)
-	})
-}
-
-// execRestart hands everything over and execs the new image. It returns only if the exec failed,
-// having put everything back.
-func (d *Driver) execRestart(fail func(error)) {
-	st, err := d.m.Export(time.Now())
-	if err != nil {
-		fail(fmt.Errorf("%w: %v", ErrBusy, err))
-		return
-	}
+// execRestart hands the machine's state and the driver's descriptors over, and execs the new
+// image. It returns only if the exec failed, having put everything back, and steps ExecFailed.
+func (d *Driver) execRestart(a ExecRestart) {
+	fail := func(err error) { d.step(ExecFailed{Err: err}) }
 	h := Handover{
-		Version: restart.Version, Machine: st, Config: d.m.Config(), Specs: map[int]SpecRecord{},
+		Version: restart.Version, Machine: a.State, Config: d.m.Config(), Specs: map[SpecHandle]SpecRecord{},
 		Listeners: d.cfg.Listeners, NotifyDir: d.notify.dir, NotifyPrefix: d.notify.prefix,
 	}
-	for g, sp := range d.specs {
-		h.Specs[g] = SpecRecord{Command: sp.command, Dir: sp.dir, Env: sp.env, Heartbeat: sp.heartbeat}
+	for handle, sp := range d.specs {
+		h.Specs[handle] = SpecRecord{Command: sp.command, Dir: sp.dir, Env: sp.env}
 	}
 	var keep []int
 	for _, l := range d.cfg.Listeners {
@@ -176,6 +148,7 @@ func (d *Driver) execRestart(fail func(error)) {
 	}
 	for id, p := range d.procs {
 		r := ProcRecord{Worker: id, PID: p.pid, PIDFD: p.pidfd, ConnFD: -1, Notify: NotifyRecord{FD: -1}}
+		var err error
 		if p.conn != nil {
 			if r.ConnFD, err = p.conn.FD(); err != nil {
 				fail(fmt.Errorf("cluster: hot restart: %w", err))
@@ -198,6 +171,7 @@ func (d *Driver) execRestart(fail func(error)) {
 	}
 	if d.cfg.HandoverExtra != nil {
 		extra, extraFDs := d.cfg.HandoverExtra()
+		var err error
 		if h.Extra, err = json.Marshal(extra); err != nil {
 			fail(fmt.Errorf("cluster: hot restart: %w", err))
 			return
@@ -221,8 +195,6 @@ func (d *Driver) execRestart(fail func(error)) {
 			environ = append(environ, kv)
 		}
 	}
-	d.log.Info(fmt.Sprintf("hot restart: exec %s in place (pid %d), handing over %s", d.cfg.Self, os.Getpid(),
-		plural(len(h.Procs), "worker")), "event", "restart-exec")
 	err = d.spawner.exec(d.cfg.Self, d.cfg.Argv, environ)
 	// Still here: the exec failed, and this image goes on.
 	restore()
@@ -235,17 +207,20 @@ func (d *Driver) adopt(h *Handover) error {
 	if h.Version != restart.Version {
 		return fmt.Errorf("%w: handover version %d, this build reads %d", restart.ErrIncompatible, h.Version, restart.Version)
 	}
+	// The systemd block is this image's: a hot restart applies it.
+	h.Config.WatchdogMinReady = d.cfg.Machine.WatchdogMinReady
 	m, err := Restore(h.Config, h.Machine, time.Now())
 	if err != nil {
 		return err
 	}
 	d.m = m
-	d.specs = map[int]*spec{}
-	for g, r := range h.Specs {
-		d.specs[g] = &spec{command: r.Command, dir: r.Dir, env: r.Env, heartbeat: r.Heartbeat}
+	d.specs = map[SpecHandle]*spec{}
+	for handle, r := range h.Specs {
+		d.specs[handle] = &spec{command: r.Command, dir: r.Dir, env: r.Env}
+		d.lastSpec = max(d.lastSpec, handle)
 	}
-	if _, ok := d.specs[1]; !ok && len(d.specs) == 0 {
-		return fmt.Errorf("cluster: the handover has no spawn spec")
+	if d.specs[h.Config.Spec] == nil {
+		return fmt.Errorf("cluster: the handover has no spec for its config (%d)", h.Config.Spec)
 	}
 	d.notify.dir, d.notify.prefix = h.NotifyDir, h.NotifyPrefix
 	sockets := map[int]*notifySocket{}

@@ -3,8 +3,7 @@ package cluster
 import (
 	"fmt"
 	"syscall"
-
-	"github.com/forkd/forkd/pkg/notify"
+	"time"
 )
 
 // WorkerID names one worker process for its whole life: from the SpawnWorker action that creates
@@ -49,7 +48,23 @@ type Exited struct {
 // resolves which worker a sender belongs to).
 type Notified struct {
 	Worker  WorkerID
-	Message notify.Message
+	Message Notification
+}
+
+// Notification is what the machine reads in an sd_notify datagram (sd_notify(3)).
+type Notification struct {
+	// Ready, Stopping, Watchdog and WatchdogTrigger are READY=1, STOPPING=1, WATCHDOG=1 and
+	// WATCHDOG=trigger.
+	Ready, Stopping, Watchdog, WatchdogTrigger bool
+	// Status is STATUS=, when HasStatus.
+	Status    string
+	HasStatus bool
+	// Requests is X_FORKD_REQUESTS=, the worker's cumulative count of requests, when HasRequests.
+	Requests    uint64
+	HasRequests bool
+	// WatchdogTimeout is WATCHDOG_USEC= (a new heartbeat timeout), ExtendTimeout
+	// EXTEND_TIMEOUT_USEC=; zero when absent.
+	WatchdogTimeout, ExtendTimeout time.Duration
 }
 
 // NotifyRejected reports datagrams on the notify sockets that were dropped: the sender's uid is
@@ -80,20 +95,25 @@ type Scale struct {
 }
 
 // Hello is a worker's first message on its control channel (fork-worker mode): its PID, and whether
-// it can be the template. The driver opens a pidfd for PID before stepping it.
+// it can be the template. The driver opens a pidfd for PID before stepping it. Mismatch, when set,
+// is why the worker's protocol is not the master's (the driver checks the version where it decodes
+// the message): the machine refuses the worker with it.
 type Hello struct {
-	Worker  WorkerID
-	PID     int
-	Version int
-	Fork    bool
-	SDK     string
+	Worker   WorkerID
+	PID      int
+	Fork     bool
+	SDK      string
+	Mismatch string
 }
 
-// TemplateReplied reports the template's answer to a pause or resume request: protocol.OpPaused or
-// protocol.OpResumed.
-type TemplateReplied struct {
+// TemplatePaused is the template's answer to PauseTemplate: it serves nothing until resumed.
+type TemplatePaused struct {
 	Worker WorkerID
-	Op     string
+}
+
+// TemplateResumed is the template's answer to ResumeTemplate.
+type TemplateResumed struct {
+	Worker WorkerID
 }
 
 // Refork re-forks workers 1..n-1 from the template (fork-worker mode), as a rolling update. The
@@ -111,37 +131,20 @@ type Refork struct {
 
 // Reload is a phased restart: every worker is replaced, one by one as a rolling update, by a worker
 // of the next generation, spawned from the config loaded again. When its turn comes the machine
-// asks the driver for that config (PrepareReload); the rollout begins with ReloadPrepared. In
+// asks the driver for that config (LoadConfig) and runs before_reload; the rollout begins when the
+// config is loaded (ConfigLoaded) and the hook has succeeded. In
 // fork-worker mode a new worker 0 boots first and, once ready, becomes the template the others are
 // forked from. The Reply comes when the reload has ended (its old workers gone), or failed.
 type Reload struct {
 	Request RequestID
 }
 
-// ReloadPrepared is the driver's answer to PrepareReload. Config, when not nil, is the machine's
-// part of the config loaded again: it applies from now on, and is reverted if the reload fails.
-// Err, when set, is why the reload cannot begin (an invalid config, a failed before_reload hook):
-// it is the Reply to every command that asked for it.
-type ReloadPrepared struct {
-	Config *Config
-	Err    error
-}
-
-// Restart is a hot restart: the master execs its binary again in place. When its turn comes the
-// machine asks the driver for it (BeginRestart); if the exec happens, the new image's machine is
-// restored from the old one's Export and carries on, replacing every worker by a phased restart
-// (kind "restart"), or, with KeepWorkers, keeping them as they are. Without an exec, the driver
-// answers RestartFailed. A Reply comes only then: the exec cuts the callers' connections, so they
-// learn the outcome from LastRollout in the new image's Status.
+// Restart is a hot restart: the master execs its binary again in place (restart.go). A Reply
+// comes only if it is refused: the exec cuts the callers' connections, so they learn the outcome
+// from LastRollout in the new image's Status.
 type Restart struct {
 	Request     RequestID
 	KeepWorkers bool
-}
-
-// RestartFailed is the driver's answer to BeginRestart when the new image did not take over: the
-// new binary or the before_restart hook refused, or the exec failed. Nothing changed.
-type RestartFailed struct {
-	Err error
 }
 
 func (Start) isEvent()           {}
@@ -154,12 +157,11 @@ func (NotifyRejected) isEvent()  {}
 func (Stop) isEvent()            {}
 func (Scale) isEvent()           {}
 func (Hello) isEvent()           {}
-func (TemplateReplied) isEvent() {}
+func (TemplatePaused) isEvent()  {}
+func (TemplateResumed) isEvent() {}
 func (Refork) isEvent()          {}
 func (Reload) isEvent()          {}
-func (ReloadPrepared) isEvent()  {}
 func (Restart) isEvent()         {}
-func (RestartFailed) isEvent()   {}
 
 // ExitStatus is how a process ended: an exit code, or the signal that killed it.
 type ExitStatus struct {

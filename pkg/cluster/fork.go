@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
-
-	"github.com/forkd/forkd/pkg/protocol"
 )
 
 // This file holds fork-worker mode: worker 0 as the template, the control-channel handshake, and
@@ -16,11 +14,9 @@ func (m *Machine) hello(e Hello) {
 	if !ok {
 		return
 	}
-	if e.Version != protocol.Version {
-		reason := fmt.Sprintf("this forkd master speaks protocol %d, the worker speaks %d: upgrade the worker's SDK or forkd",
-			protocol.Version, e.Version)
-		m.log(slog.LevelError, "refusing worker: "+reason, m.workerAttrs(w, "worker-refused")...)
-		m.emit(ControlWorker{Worker: w.id, Op: protocol.OpRefuse, Error: reason})
+	if e.Mismatch != "" {
+		m.log(slog.LevelError, "refusing worker: "+e.Mismatch, m.workerAttrs(w, "worker-refused")...)
+		m.emit(SendRefuse{Worker: w.id, Reason: e.Mismatch})
 		return
 	}
 	if w.state == Spawning {
@@ -40,7 +36,7 @@ func (m *Machine) hello(e Hello) {
 	}
 	w.hello = true
 	w.canFork = e.Fork && w.slot == 0 && !w.forked()
-	m.emit(ControlWorker{Worker: w.id, Op: protocol.OpWelcome, Slot: w.slot, Generation: w.generation})
+	m.emit(SendWelcome{Worker: w.id, Slot: w.slot, Generation: w.generation})
 }
 
 // workerZeroReady decides, when a worker 0 becomes ready as its slot's current worker, whether the
@@ -106,9 +102,10 @@ func (m *Machine) forkFailed(w *worker, reason string) {
 	m.spawn(s, replacement, nil)
 }
 
-func (m *Machine) templateReplied(e TemplateReplied) {
-	if m.rollout != nil && m.template != nil && m.template.id == e.Worker {
-		m.rollout.replied(e.Op)
+// templateReplied takes the template's answer to a pause (paused) or a resume.
+func (m *Machine) templateReplied(worker WorkerID, paused bool) {
+	if m.rollout != nil && m.template != nil && m.template.id == worker {
+		m.rollout.replied(paused)
 	}
 }
 
@@ -117,7 +114,7 @@ func (m *Machine) refork(e Refork) {
 		m.emit(Reply{Request: e.Request, Err: err})
 		return
 	}
-	m.ask(kindRefork, e.Request, false)
+	m.ask(KindRefork, e.Request, false)
 }
 
 // reforkRefusal says why a refork cannot run now, or nil.
@@ -164,7 +161,7 @@ func (m *Machine) maybeAutoRefork() {
 		m.log(slog.LevelInfo, fmt.Sprintf("worker %d served %d requests since the last refork (refork_after %d): automatic refork to generation %d",
 			busiest.slot, served, quota, m.generation+1), slog.String("event", "refork-start"), slog.Int("generation", m.generation+1))
 		m.opSeq++
-		m.startRollout(&op{kind: kindRefork, seq: m.opSeq, automatic: true})
+		m.startRollout(&op{kind: KindRefork, seq: m.opSeq, automatic: true})
 	}
 }
 

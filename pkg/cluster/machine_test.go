@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/datadriven"
-
-	"github.com/forkd/forkd/pkg/notify"
 )
 
 // epoch is the simulated clock's zero; scripts print times relative to it.
@@ -40,24 +38,42 @@ func TestScripts(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		var m *Machine
 		now := epoch
+		// exec is the state of the last ExecRestart, for the exec that follows; specs numbers the
+		// specs of the configs the scripts' reloads load.
+		var exec *State
+		var specs SpecHandle
+		batch := func(ev Event) ([]Action, error) {
+			if err := m.Step(now, ev); err != nil {
+				return nil, err
+			}
+			actions := m.Ready()
+			m.Advance()
+			for _, a := range actions {
+				if x, ok := a.(ExecRestart); ok {
+					exec = &x.State
+				}
+			}
+			return actions, nil
+		}
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			step := func(ev Event) string {
-				if err := m.Step(now, ev); err != nil {
+				actions, err := batch(ev)
+				if err != nil {
 					return "error: " + err.Error() + "\n"
 				}
-				return formatActions(m.Ready())
+				return formatActions(actions)
 			}
-			// stepAndPrepare steps ev and plays the driver's side of a PrepareReload it causes at
-			// once, with the config the arguments give, unless the script plays it later itself
+			// stepAndPrepare steps ev and plays the driver's side of a LoadConfig it causes at once,
+			// with the config the arguments give, unless the script plays it later itself
 			// (prepare=later).
 			stepAndPrepare := func(ev Event) string {
-				if err := m.Step(now, ev); err != nil {
+				actions, err := batch(ev)
+				if err != nil {
 					return "error: " + err.Error() + "\n"
 				}
-				actions := m.Ready()
 				out := formatActions(actions)
-				if slices.ContainsFunc(actions, func(a Action) bool { _, ok := a.(PrepareReload); return ok }) && !d.HasArg("prepare") {
-					out += step(prepared(t, d, m))
+				if slices.ContainsFunc(actions, func(a Action) bool { _, ok := a.(LoadConfig); return ok }) && !d.HasArg("prepare") {
+					out += step(prepared(t, d, m, &specs))
 				}
 				return out
 			}
@@ -95,16 +111,29 @@ func TestScripts(t *testing.T) {
 						cfg.MaxSurge = atoi(t, v)
 					case "max-unavailable":
 						cfg.MaxUnavailable = atoi(t, v)
+					case "hooks":
+						// Each hook named runs a command of its name.
+						for _, h := range a.Vals {
+							hook := map[string]*[]string{"before_reload": &cfg.Hooks.BeforeReload, "after_reload": &cfg.Hooks.AfterReload,
+								"before_restart": &cfg.Hooks.BeforeRestart, "on_worker_crash": &cfg.Hooks.OnWorkerCrash}[h]
+							if hook == nil {
+								t.Fatalf("new: unknown hook %s", h)
+							}
+							*hook = []string{"./" + h + ".sh"}
+						}
+					case "watchdog-min-ready":
+						cfg.WatchdogMinReady = atoi(t, v)
 					default:
 						t.Fatalf("new: unknown argument %s", a.Key)
 					}
 				}
+				cfg.Spec = 1
 				var err error
 				m, err = NewMachine(cfg)
 				if err != nil {
 					return "error: " + err.Error() + "\n"
 				}
-				now = epoch
+				now, exec, specs = epoch, nil, 1
 				return ""
 			case "start":
 				return step(Start{})
@@ -123,41 +152,68 @@ func TestScripts(t *testing.T) {
 				}
 				return step(Exited{PID: intArg(t, d, "pid"), Status: st})
 			case "notify":
-				msg, err := notify.Parse([]byte(d.Input))
-				if err != nil {
-					return "error: " + err.Error() + "\n"
-				}
-				return step(Notified{Worker: WorkerID(intArg(t, d, "id")), Message: msg})
+				return step(Notified{Worker: WorkerID(intArg(t, d, "id")), Message: parseNotification(t, d.Input)})
 			case "hello":
 				v := 1
 				if d.HasArg("v") {
 					v = intArg(t, d, "v")
 				}
-				return step(Hello{Worker: WorkerID(intArg(t, d, "id")), PID: optIntArg(t, d, "pid"), Version: v, Fork: d.HasArg("fork")})
+				hello := Hello{Worker: WorkerID(intArg(t, d, "id")), PID: optIntArg(t, d, "pid"), Fork: d.HasArg("fork")}
+				if v != 1 {
+					// What the driver says when it decodes a hello of another version.
+					hello.Mismatch = fmt.Sprintf("this forkd master speaks protocol 1, the worker speaks %d: upgrade the worker's SDK or forkd", v)
+				}
+				return step(hello)
 			case "replied":
 				var op string
 				d.ScanArgs(t, "op", &op)
-				return step(TemplateReplied{Worker: WorkerID(intArg(t, d, "id")), Op: op})
+				if op == "paused" {
+					return step(TemplatePaused{Worker: WorkerID(intArg(t, d, "id"))})
+				}
+				return step(TemplateResumed{Worker: WorkerID(intArg(t, d, "id"))})
 			case "refork":
 				return step(Refork{Request: RequestID(optIntArg(t, d, "req"))})
 			case "reload":
 				return stepAndPrepare(Reload{Request: RequestID(optIntArg(t, d, "req"))})
 			case "prepared":
-				return step(prepared(t, d, m))
+				return step(prepared(t, d, m, &specs))
+			case "hook-done":
+				// The hook's end: exit status 0, or 1 with fail.
+				e := HookFinished{ID: HookID(intArg(t, d, "id"))}
+				if d.HasArg("fail") {
+					e.Status, e.Output = ExitStatus{Code: 1}, "the hook said no"
+				}
+				return step(e)
+			case "watchdog":
+				return step(WatchdogDue{})
 			case "restart":
 				return step(Restart{Request: RequestID(optIntArg(t, d, "req")), KeepWorkers: d.HasArg("keep-workers")})
 			case "restart-failed":
-				return step(RestartFailed{Err: errors.New("the new binary speaks another handover version")})
-			case "exec":
-				// The hot restart's exec: a new machine restored from this one's export.
-				st, err := m.Export(now)
+				return step(RestartChecked{Err: errors.New("the new binary speaks another handover version")})
+			case "restart-checked":
+				return step(RestartChecked{})
+			case "exec", "exec-failed":
+				// The hot restart's exec (the new binary passed its check, unless a before_restart
+				// hook ran for it): a new machine restored from the state ExecRestart carried,
+				// whose first event is Adopted. Or an exec that fails.
+				out := ""
+				if exec == nil {
+					out = step(RestartChecked{})
+				}
+				if exec == nil {
+					return out + "(no exec)\n"
+				}
+				st := *exec
+				exec = nil
+				if d.Cmd == "exec-failed" {
+					return out + step(ExecFailed{Err: errors.New("exec /usr/sbin/forkd: permission denied")})
+				}
+				restored, err := Restore(m.Config(), st, now)
 				if err != nil {
-					return "error: " + err.Error() + "\n"
+					return out + "error: " + err.Error() + "\n"
 				}
-				if m, err = Restore(m.Config(), st, now); err != nil {
-					return "error: " + err.Error() + "\n"
-				}
-				return stepAndPrepare(Tick{})
+				m = restored
+				return out + "-- the new image --\n" + stepAndPrepare(Adopted{})
 			case "stray":
 				return step(StrayFound{PID: intArg(t, d, "pid"), Group: d.HasArg("group")})
 			case "stall":
@@ -204,6 +260,8 @@ func formatActions(actions []Action) string {
 			fmt.Fprintf(&b, "spawn id=%d slot=%d gen=%d", a.Worker, a.Slot, a.Generation)
 			if a.Template != 0 {
 				fmt.Fprintf(&b, " fork-from=%d", a.Template)
+			} else if a.Spec != 1 {
+				fmt.Fprintf(&b, " spec=%d", a.Spec)
 			}
 			if a.Channel {
 				b.WriteString(" channel")
@@ -211,15 +269,14 @@ func formatActions(actions []Action) string {
 			b.WriteString("\n")
 		case CancelSpawn:
 			fmt.Fprintf(&b, "cancel-spawn id=%d\n", a.Worker)
-		case ControlWorker:
-			fmt.Fprintf(&b, "control id=%d %s", a.Worker, a.Op)
-			if a.Op == "welcome" {
-				fmt.Fprintf(&b, " worker=%d gen=%d", a.Slot, a.Generation)
-			}
-			if a.Error != "" {
-				fmt.Fprintf(&b, " error=%q", a.Error)
-			}
-			b.WriteString("\n")
+		case SendWelcome:
+			fmt.Fprintf(&b, "control id=%d welcome worker=%d gen=%d\n", a.Worker, a.Slot, a.Generation)
+		case SendRefuse:
+			fmt.Fprintf(&b, "control id=%d refuse error=%q\n", a.Worker, a.Reason)
+		case PauseTemplate:
+			fmt.Fprintf(&b, "control id=%d pause\n", a.Worker)
+		case ResumeTemplate:
+			fmt.Fprintf(&b, "control id=%d resume\n", a.Worker)
 		case SignalWorker:
 			fmt.Fprintf(&b, "signal id=%d pid=%d %s\n", a.Worker, a.PID, signalName(a.Signal))
 		case SignalStray:
@@ -246,22 +303,30 @@ func formatActions(actions []Action) string {
 			fmt.Fprintf(&b, "log %s: %s\n", a.Level, a.Msg)
 		case Exit:
 			fmt.Fprintf(&b, "exit code=%d\n", a.Code)
-		case RolloutEnded:
-			fmt.Fprintf(&b, "%s ended gen=%d", a.Kind, a.Generation)
-			if a.Err != nil {
-				b.WriteString(" failed")
+		case Record:
+			// The records that tell the story: a rollout's end, an exit forkd did not ask for.
+			switch r := a.What.(type) {
+			case RolloutEnded:
+				fmt.Fprintf(&b, "%s ended gen=%d", r.Kind, r.Generation)
+				if r.Err != nil {
+					b.WriteString(" failed")
+				}
+				b.WriteString("\n")
+			case WorkerExited:
+				if r.Reason != ExitStopped {
+					fmt.Fprintf(&b, "exited worker=%d pid=%d reason=%s\n", r.Slot, r.PID, r.Reason)
+				}
 			}
-			b.WriteString("\n")
-		case WorkerCrashed:
-			fmt.Fprintf(&b, "crashed worker=%d pid=%d\n", a.Slot, a.PID)
-		case PrepareReload:
-			fmt.Fprintf(&b, "prepare-reload gen=%d", a.Generation)
-			if a.Restart {
-				b.WriteString(" restart")
-			}
-			b.WriteString("\n")
-		case BeginRestart:
-			fmt.Fprintf(&b, "begin-restart keep-workers=%v\n", a.KeepWorkers)
+		case LoadConfig:
+			fmt.Fprintf(&b, "load-config gen=%d\n", a.Generation)
+		case ReleaseSpec:
+			fmt.Fprintf(&b, "release-spec %d\n", a.Spec)
+		case RunHook:
+			fmt.Fprintf(&b, "hook id=%d %s %v %v\n", a.ID, a.Hook, a.Argv, a.Vars)
+		case CheckRestart:
+			fmt.Fprintf(&b, "check-restart keep-workers=%v\n", a.KeepWorkers)
+		case ExecRestart:
+			fmt.Fprintf(&b, "exec-restart workers=%d\n", len(a.State.Workers))
 		default:
 			fmt.Fprintf(&b, "%T %+v\n", a, a)
 		}
@@ -275,11 +340,15 @@ func formatStatus(st Status) string {
 	if st.Late > 0 {
 		fmt.Fprintf(&b, " late=%d", st.Late)
 	}
-	if st.Rollout != "" {
+	if st.Rollout != NoRollout {
 		fmt.Fprintf(&b, " rollout=%s", st.Rollout)
 	}
 	if len(st.Queued) > 0 {
-		fmt.Fprintf(&b, " queued=%s", strings.Join(st.Queued, ","))
+		var kinds []string
+		for _, k := range st.Queued {
+			kinds = append(kinds, k.String())
+		}
+		fmt.Fprintf(&b, " queued=%s", strings.Join(kinds, ","))
 	}
 	if l := st.LastRollout; l.Seq != 0 {
 		fmt.Fprintf(&b, " last=%s#%d", l.Kind, l.Seq)
@@ -325,18 +394,63 @@ func formatStatus(st Status) string {
 	return b.String()
 }
 
-// prepared is the driver's answer to PrepareReload in a script: the config as it is, with workers=N
-// a new worker count, or with bad-config a config that does not load.
-func prepared(t *testing.T, d *datadriven.TestData, m *Machine) ReloadPrepared {
+// prepared is the driver's answer to LoadConfig in a script: the config as it is, with workers=N
+// a new worker count (and a spec of its own), or with bad-config a config that does not load.
+func prepared(t *testing.T, d *datadriven.TestData, m *Machine, specs *SpecHandle) ConfigLoaded {
 	if d.HasArg("bad-config") {
-		return ReloadPrepared{Err: errors.New("cluster: invalid config: forkd.hcl:2,11-12: workers: 0 is out of range 1..1024")}
+		return ConfigLoaded{Err: errors.New("cluster: invalid config: forkd.hcl:2,11-12: workers: 0 is out of range 1..1024")}
 	}
 	if !d.HasArg("workers") {
-		return ReloadPrepared{}
+		return ConfigLoaded{}
 	}
+	*specs++
 	cfg := m.cfg
 	cfg.Workers = intArg(t, d, "workers")
-	return ReloadPrepared{Config: &cfg}
+	cfg.Spec = *specs
+	return ConfigLoaded{Config: &cfg}
+}
+
+// parseNotification reads a script's datagram: the assignments the scripts use, one a line.
+func parseNotification(t *testing.T, text string) Notification {
+	t.Helper()
+	var n Notification
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		key, value, _ := strings.Cut(line, "=")
+		switch key + "=" + value {
+		case "READY=1":
+			n.Ready = true
+		case "STOPPING=1":
+			n.Stopping = true
+		case "WATCHDOG=1":
+			n.Watchdog = true
+		case "WATCHDOG=trigger":
+			n.WatchdogTrigger = true
+		default:
+			switch key {
+			case "STATUS":
+				n.Status, n.HasStatus = value, true
+			case "X_FORKD_REQUESTS":
+				v, err := strconv.ParseUint(value, 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n.Requests, n.HasRequests = v, true
+			case "WATCHDOG_USEC", "EXTEND_TIMEOUT_USEC":
+				us, err := strconv.ParseInt(value, 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if key == "WATCHDOG_USEC" {
+					n.WatchdogTimeout = time.Duration(us) * time.Microsecond
+				} else {
+					n.ExtendTimeout = time.Duration(us) * time.Microsecond
+				}
+			default:
+				t.Fatalf("notify: %q is not an assignment the scripts know", line)
+			}
+		}
+	}
+	return n
 }
 
 func atoi(t *testing.T, s string) int {

@@ -21,18 +21,9 @@ import (
 // failed; then every command that asked for it gets the Reply, and LastRollout in the status says
 // how it ended. Automatic reforks start only when nothing waits.
 
-const kindHotRestart = "restart" // the exec, before the phased restart that completes it
-
-// The kinds of operations, as Status.Rollout, Status.Queued and RolloutResult.Kind name them.
-const (
-	KindRefork  = kindRefork
-	KindReload  = kindReload
-	KindRestart = kindRestart
-)
-
 // op is an operation asked for and not yet ended.
 type op struct {
-	kind string
+	kind RolloutKind
 	// seq numbers the operations of the cluster in the order they were asked for, across hot
 	// restarts: LastRollout names the one that ended last.
 	seq     int
@@ -41,13 +32,16 @@ type op struct {
 	// without exec is the phased restart a new image runs after the exec. automatic: a refork that
 	// refork_after started, which nobody asked for.
 	exec, keepWorkers, automatic bool
+	// stage is how far a hot restart before its exec has come, and hook its before_restart.
+	stage restartStage
+	hook  HookID
 }
 
 // RolloutResult says how the last operation (refork, reload, hot restart) ended.
 type RolloutResult struct {
 	// Seq numbers the operations in the order they were asked for, from 1; 0: none has ended.
 	Seq        int
-	Kind       string
+	Kind       RolloutKind
 	Generation int
 	// Err is nil when it succeeded, else why it failed (or did not begin).
 	Err error
@@ -60,56 +54,56 @@ func (m *Machine) busy() bool { return m.rollout != nil || m.preparing != nil }
 func (m *Machine) Busy() bool { return m.busy() }
 
 // current names the operation that runs or is being prepared, for messages.
-func (m *Machine) current() string {
+func (m *Machine) current() RolloutKind {
 	switch {
 	case m.rollout != nil:
 		return m.rollout.kind
 	case m.preparing != nil:
 		return m.preparing.kind
 	}
-	return ""
+	return NoRollout
 }
 
 // ask queues an operation of kind for req (0: nobody waits for it), joining one of the same kind
 // that waits already, and cuts an automatic refork short for an operator's reload or restart.
-func (m *Machine) ask(kind string, req RequestID, keepWorkers bool) {
+func (m *Machine) ask(kind RolloutKind, req RequestID, keepWorkers bool) {
 	join := func(o *op) {
 		if req != 0 {
 			o.waiters = append(o.waiters, req)
 		}
 	}
-	if r := m.rollout; r != nil && kind == kindRefork && r.kind == kindRefork && !r.cutShort {
+	if r := m.rollout; r != nil && kind == KindRefork && r.kind == KindRefork && !r.cutShort {
 		join(r.op)
 		m.log(slog.LevelInfo, "refork: joins the refork in progress", slog.String("event", "refork-joined"))
 		return
 	}
 	for _, o := range m.ops {
-		if o.kind == kind && o.exec == (kind == kindHotRestart) && o.keepWorkers == keepWorkers {
+		if o.kind == kind && o.exec == (kind == KindRestart) && o.keepWorkers == keepWorkers {
 			join(o)
-			m.log(slog.LevelInfo, fmt.Sprintf("%s: joins the %s already waiting", kind, kind), slog.String("event", kind+"-joined"))
+			m.log(slog.LevelInfo, fmt.Sprintf("%s: joins the %s already waiting", kind, kind), slog.String("event", kind.String()+"-joined"))
 			return
 		}
 	}
 	m.opSeq++
-	o := &op{kind: kind, seq: m.opSeq, exec: kind == kindHotRestart, keepWorkers: keepWorkers}
+	o := &op{kind: kind, seq: m.opSeq, exec: kind == KindRestart, keepWorkers: keepWorkers}
 	join(o)
 	m.ops = append(m.ops, o)
 	if !m.busy() && len(m.ops) == 1 {
 		return // dispatch begins it at once
 	}
-	if r := m.rollout; r != nil && r.op.automatic && kind != kindRefork && !r.cutShort {
+	if r := m.rollout; r != nil && r.op.automatic && kind != KindRefork && !r.cutShort {
 		r.cutShort = true
 		r.queue = nil
 		m.log(slog.LevelInfo, fmt.Sprintf("automatic refork cut short: the %s asked for goes first, once the forks under way are done", kind),
 			slog.String("event", "refork-cut-short"))
 	}
 	m.log(slog.LevelInfo, fmt.Sprintf("%s queued: it begins when the %s in progress has ended", kind, m.currentOrQueued()),
-		slog.String("event", kind+"-queued"))
+		slog.String("event", kind.String()+"-queued"))
 }
 
 // currentOrQueued names what runs, or else what waits first.
-func (m *Machine) currentOrQueued() string {
-	if c := m.current(); c != "" {
+func (m *Machine) currentOrQueued() RolloutKind {
+	if c := m.current(); c != NoRollout {
 		return c
 	}
 	return m.ops[0].kind
@@ -119,14 +113,14 @@ func (m *Machine) currentOrQueued() string {
 // restart by asking the driver to prepare it. An operation that cannot begin now (a refork in exec
 // mode) ends at once with the reason. Until the cluster has been ready, only a hot restart begins.
 func (m *Machine) dispatch() {
-	for !m.busy() && len(m.ops) > 0 {
+	for !m.busy() && len(m.ops) > 0 && m.handedOver == nil {
 		o := m.ops[0]
 		if m.phase != PhaseRunning && !(m.phase == PhaseStarting && o.exec) {
 			return
 		}
 		m.ops = m.ops[1:]
 		switch {
-		case o.kind == kindRefork:
+		case o.kind == KindRefork:
 			if err := m.reforkRefusal(); err != nil {
 				m.endOp(o, err)
 				continue
@@ -135,13 +129,12 @@ func (m *Machine) dispatch() {
 				slog.String("event", "refork-start"), slog.Int("generation", m.generation+1))
 			m.startRollout(o)
 		case o.exec:
-			m.preparing = o
-			m.emit(BeginRestart{KeepWorkers: o.keepWorkers})
+			m.beginRestart(o)
 		default:
 			m.preparing = o
 			// systemd's Type=notify-reload protocol; the driver adds MONOTONIC_USEC.
 			m.emit(NotifySystemd{State: "RELOADING=1"})
-			m.emit(PrepareReload{Generation: m.generation + 1, Restart: o.kind == kindRestart})
+			m.emit(LoadConfig{Generation: m.generation + 1})
 		}
 	}
 }
@@ -149,6 +142,7 @@ func (m *Machine) dispatch() {
 // endOp ends an operation that did not run (or did not begin): its commands get err.
 func (m *Machine) endOp(o *op, err error) {
 	m.last = RolloutResult{Seq: o.seq, Kind: o.kind, Generation: m.generation, Err: err}
+	m.record(RolloutEnded{Kind: o.kind, Generation: m.generation, Err: err})
 	for _, req := range o.waiters {
 		m.emit(Reply{Request: req, Err: err})
 	}
@@ -161,7 +155,7 @@ func (m *Machine) reload(e Reload) {
 	case m.phase != PhaseRunning:
 		m.emit(Reply{Request: e.Request, Err: fmt.Errorf("%w: the cluster has not been ready yet", ErrNotReady)})
 	default:
-		m.ask(kindReload, e.Request, false)
+		m.ask(KindReload, e.Request, false)
 	}
 }
 
@@ -170,57 +164,15 @@ func (m *Machine) restart(e Restart) {
 		m.emit(Reply{Request: e.Request, Err: ErrStopping})
 		return
 	}
-	m.ask(kindHotRestart, e.Request, e.KeepWorkers)
-}
-
-// reloadPrepared begins the reload the driver prepared, or ends it with the driver's reason.
-func (m *Machine) reloadPrepared(e ReloadPrepared) error {
-	o := m.preparing
-	if o == nil || o.exec {
-		return nil // the cluster stopped meanwhile
-	}
-	if e.Config != nil && e.Err == nil {
-		if err := e.Config.validate(); err != nil {
-			return err // a driver bug: the config was validated when it was loaded
-		}
-	}
-	m.preparing = nil
-	if e.Err != nil {
-		m.log(slog.LevelError, o.kind+" did not begin: "+e.Err.Error(), slog.String("event", o.kind+"-failed"),
-			slog.Int("generation", m.generation+1))
-		m.endOp(o, e.Err)
-		m.lastStatus = m.statusLine()
-		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus}) // the end of RELOADING=1
-		return nil
-	}
-	m.log(slog.LevelInfo, fmt.Sprintf("%s: replacing %s with generation %d", o.kind, plural(m.desired, "worker"), m.generation+1),
-		slog.String("event", o.kind+"-start"), slog.Int("generation", m.generation+1))
-	workers := m.desired
-	var prev *Config
-	if e.Config != nil {
-		old := m.cfg
-		prev = &old
-		m.cfg = *e.Config
-		m.cfg.ReforkAfter = append([]uint64(nil), e.Config.ReforkAfter...)
-		workers = e.Config.Workers
-	}
-	m.startRollout(o)
-	m.rollout.prevCfg, m.rollout.workers = prev, workers
-	return nil
-}
-
-// restartFailed ends a hot restart that did not exec.
-func (m *Machine) restartFailed(e RestartFailed) {
-	o := m.preparing
-	if o == nil || !o.exec {
-		return
-	}
-	m.preparing = nil
-	m.endOp(o, e.Err)
+	m.ask(KindRestart, e.Request, e.KeepWorkers)
 }
 
 // abandonOps ends every operation waiting or being prepared, because the cluster stops.
 func (m *Machine) abandonOps() {
+	if p := m.loaded; p != nil {
+		m.loaded = nil
+		m.releaseSpec(p.cfg.Spec)
+	}
 	if o := m.preparing; o != nil {
 		m.preparing = nil
 		m.endOp(o, ErrStopping)

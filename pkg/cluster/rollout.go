@@ -5,8 +5,6 @@ import (
 	"log/slog"
 	"slices"
 	"time"
-
-	"github.com/forkd/forkd/pkg/protocol"
 )
 
 // This file holds rollouts: replacing workers with a new generation as a rolling update with a
@@ -16,12 +14,6 @@ import (
 // has exited, so that a command waiting for it returns when the old code no longer runs. The first
 // replacement is a canary: any replacement that fails stops the rollout, the old workers keep
 // serving, and the command that asked for it gets the reason.
-
-const (
-	kindRefork  = "refork"
-	kindReload  = "reload"
-	kindRestart = "restart" // a reload completing a hot restart
-)
 
 type pauseState int
 
@@ -34,7 +26,7 @@ const (
 )
 
 type rollout struct {
-	kind     string
+	kind     RolloutKind
 	from, to int
 	// op is the operation the rollout carries out, with the commands waiting for it.
 	op *op
@@ -59,18 +51,21 @@ type rollout struct {
 	// applied once it is done.
 	prevCfg *Config
 	workers int
+	// startedAt is when the rollout began.
+	startedAt time.Time
 }
 
 func (m *Machine) startRollout(o *op) {
 	r := &rollout{kind: o.kind, op: o, from: m.generation, to: m.generation + 1, early: map[int]bool{},
-		draining: map[WorkerID]bool{}}
+		draining: map[WorkerID]bool{}, startedAt: m.now}
+	m.record(RolloutStarted{Kind: o.kind, Generation: r.to, Automatic: o.automatic})
 	switch o.kind {
-	case kindRefork:
+	case KindRefork:
 		for i := 1; i < m.desired; i++ {
 			r.queue = append(r.queue, i)
 		}
 		r.pause = pauseWanted
-	case kindReload, kindRestart:
+	case KindReload, KindRestart:
 		for i := 0; i < m.desired; i++ {
 			r.queue = append(r.queue, i)
 		}
@@ -95,7 +90,7 @@ func (r *rollout) advance(m *Machine) {
 		r.cancelReplacements(m)
 	}
 	if r.pause == pauseWanted && r.failure == nil {
-		m.emit(ControlWorker{Worker: m.template.id, Op: protocol.OpPause})
+		m.emit(PauseTemplate{Worker: m.template.id})
 		r.pause = pausePending
 		r.deadline = m.now.Add(m.cfg.ForkTimeout)
 	}
@@ -133,7 +128,7 @@ func (r *rollout) advance(m *Machine) {
 	}
 	if r.pause == pauseHeld {
 		if m.template != nil {
-			m.emit(ControlWorker{Worker: m.template.id, Op: protocol.OpResume})
+			m.emit(ResumeTemplate{Worker: m.template.id})
 			r.pause = resumePending
 			r.deadline = m.now.Add(m.cfg.ForkTimeout)
 			return
@@ -166,18 +161,24 @@ func (r *rollout) cancelReplacements(m *Machine) {
 
 func (r *rollout) finish(m *Machine) {
 	m.rollout = nil
+	hooks := m.cfg.Hooks // the reload's own: after_reload comes with the config it brought
 	if r.failure != nil {
-		m.log(slog.LevelError, r.kind+" stopped: "+r.failure.Error(), slog.String("event", r.kind+"-failed"),
+		m.log(slog.LevelError, r.kind.String()+" stopped: "+r.failure.Error(), slog.String("event", r.kind.String()+"-failed"),
 			slog.Int("generation", r.to))
-		if r.kind == kindRefork {
+		if r.kind == KindRefork {
 			m.countRequestsAfresh() // an automatic refork tries again after another quota, not at once
 		}
 		if r.prevCfg != nil {
+			failed := m.cfg.Spec
 			m.cfg = *r.prevCfg
+			m.releaseSpec(failed)
 		}
 	} else {
+		if r.prevCfg != nil {
+			m.releaseSpec(r.prevCfg.Spec)
+		}
 		switch r.kind {
-		case kindRefork:
+		case KindRefork:
 			m.reforks++
 			m.countRequestsAfresh()
 			if t := m.template; t != nil {
@@ -192,16 +193,19 @@ func (r *rollout) finish(m *Machine) {
 			how = " (cut short for the command that waits)"
 		}
 		m.log(slog.LevelInfo, fmt.Sprintf("%s done: %d workers on generation %d%s", r.kind, r.replaced, r.to, how),
-			slog.String("event", r.kind+"-done"), slog.Int("generation", r.to))
-		if r.kind != kindRefork && r.workers != m.desired {
+			slog.String("event", r.kind.String()+"-done"), slog.Int("generation", r.to))
+		if r.kind != KindRefork && r.workers != m.desired {
 			m.resize(r.workers)
 		}
 	}
-	if r.kind != kindRefork {
+	if r.kind != KindRefork {
 		m.lastStatus = m.statusLine()
 		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
 	}
-	m.emit(RolloutEnded{Kind: r.kind, Generation: r.to, Err: r.failure})
+	m.record(RolloutEnded{Kind: r.kind, Generation: r.to, Err: r.failure, Duration: m.now.Sub(r.startedAt)})
+	if r.kind == KindReload {
+		m.afterReloadHook(hooks, r.to, r.failure)
+	}
 	m.last = RolloutResult{Seq: r.op.seq, Kind: r.kind, Generation: m.generation, Err: r.failure}
 	for _, req := range r.op.waiters {
 		m.emit(Reply{Request: req, Err: r.failure})
@@ -213,7 +217,9 @@ func (r *rollout) abandon(m *Machine, err error) {
 	m.rollout = nil
 	m.generation = r.from
 	if r.prevCfg != nil {
+		failed := m.cfg.Spec
 		m.cfg = *r.prevCfg
+		m.releaseSpec(failed)
 	}
 	m.endOp(r.op, err)
 }
@@ -270,12 +276,12 @@ func (m *Machine) rolloutFailed(reason string) {
 	}
 }
 
-func (r *rollout) replied(op string) {
+func (r *rollout) replied(paused bool) {
 	switch {
-	case op == protocol.OpPaused && r.pause == pausePending:
+	case paused && r.pause == pausePending:
 		r.pause = pauseHeld
 		r.deadline = time.Time{}
-	case op == protocol.OpResumed && r.pause == resumePending:
+	case !paused && r.pause == resumePending:
 		r.pause = pauseNone
 		r.deadline = time.Time{}
 	}

@@ -10,9 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/forkd/forkd/pkg/notify"
-	"github.com/forkd/forkd/pkg/protocol"
 )
 
 var (
@@ -93,8 +90,19 @@ type simulation struct {
 	lastReq    RequestID
 	exitCode   *int
 	phase      Phase
-	depth      int
 	trace      []string
+	// learned holds what the driver learns while it carries a batch out (carrying), stepped after.
+	learned  []Event
+	carrying bool
+	// lastStatus is the last STATUS= sent to systemd.
+	lastStatus string
+	// specs are the specs registered and not released (lastSpec the last one); hooks the hooks
+	// running.
+	specs    map[SpecHandle]bool
+	lastSpec SpecHandle
+	hooks    map[HookID]bool
+	// execState is the state of an ExecRestart in the batch being carried out.
+	execState *State
 	// stalled: forkd does not run, so what the world tells it waits in backlog; replaying: the
 	// backlog is being stepped, and the world and the machine agree only once it is done.
 	stalled, replaying bool
@@ -129,12 +137,16 @@ func runSimulation(t *testing.T, seed uint64) {
 			cfg.ReforkAfterRepeats = rng.IntN(2) == 0
 		}
 	}
+	cfg.Spec = 1
 	m, err := NewMachine(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &simulation{
-		t: t, rng: rng, m: m, cfg: cfg, now: epoch,
+		specs:    map[SpecHandle]bool{1: true},
+		lastSpec: 1,
+		hooks:    map[HookID]bool{},
+		t:        t, rng: rng, m: m, cfg: cfg, now: epoch,
 		procs:      make(map[int]*proc),
 		cancelled:  make(map[WorkerID]bool),
 		leftovers:  make(map[strayKey]*leftover),
@@ -229,11 +241,11 @@ func (s *simulation) randomEvent() {
 	case r < 64:
 		if p := s.randomProc(); p != nil && p.channel && !p.hung {
 			// A hello, perhaps a duplicate, perhaps of another version.
-			v := protocol.Version
+			h := Hello{Worker: p.worker, PID: p.pid, Fork: p.canFork}
 			if s.rng.IntN(20) == 0 {
-				v = 2
+				h.Mismatch = "this forkd master speaks protocol 1, the worker speaks 2"
 			}
-			s.step(Hello{Worker: p.worker, PID: p.pid, Version: v, Fork: p.canFork})
+			s.step(h)
 		}
 	case r < 70:
 		if p := s.randomProc(); p != nil {
@@ -266,9 +278,9 @@ func (s *simulation) randomEvent() {
 		// A stale message for a worker that has gone.
 		id := WorkerID(s.rng.IntN(int(s.m.lastID) + 1))
 		if s.rng.IntN(2) == 0 {
-			s.step(Notified{Worker: id, Message: notify.Message{Ready: true}})
+			s.step(Notified{Worker: id, Message: Notification{Ready: true}})
 		} else {
-			s.step(TemplateReplied{Worker: id, Op: protocol.OpPaused})
+			s.step(TemplatePaused{Worker: id})
 		}
 	case r < 90:
 		var e Scale
@@ -284,9 +296,11 @@ func (s *simulation) randomEvent() {
 	case r < 96:
 		s.step(Reload{Request: s.newRequest()})
 	case r < 97:
-		switch s.rng.IntN(3) {
+		switch s.rng.IntN(4) {
 		case 0:
 			s.step(Tick{})
+		case 3:
+			s.step(WatchdogDue{})
 		case 1:
 			s.stall()
 		default:
@@ -332,30 +346,39 @@ func (s *simulation) hotRestart() {
 	s.checkInvariants()
 }
 
-// exec plays the driver's side of BeginRestart: the checks refuse, or the exec happens and a new
-// machine is restored from the old one's export (the callers' connections are cut: nobody gets a
-// Reply), and stepped, as the new image's driver does.
-func (s *simulation) exec() {
-	if s.m.preparing == nil || !s.m.preparing.exec {
-		return // the cluster stopped meanwhile
-	}
-	st, err := s.m.Export(s.now)
-	if err != nil || s.rng.IntN(3) == 0 {
-		s.step(RestartFailed{Err: errors.New("the new binary cannot take over")})
+// exec plays the driver's side of ExecRestart: the exec fails, or happens and a new machine is
+// restored from the state the action carried (the callers' connections are cut: nobody gets a
+// Reply), and steps Adopted, as the new image's driver does.
+func (s *simulation) exec(st State) {
+	if s.rng.IntN(4) == 0 {
+		s.step(ExecFailed{Err: errors.New("exec: permission denied")})
 		return
 	}
 	m, err := Restore(s.m.Config(), st, s.now)
 	if err != nil {
-		s.t.Fatalf("Restore(Export()) during a hot restart failed: %v", err)
+		s.t.Fatalf("Restore of an ExecRestart's state failed: %v", err)
 	}
 	s.trace = append(s.trace, fmt.Sprintf("+%s exec", s.now.Sub(epoch)))
 	s.m = m
 	clear(s.requests)
-	s.step(Tick{})
+	clear(s.hooks) // the old image's hooks are its own
+	s.step(Adopted{})
 }
 
-func (s *simulation) randomMessage() notify.Message {
-	var msg notify.Message
+// randomHooks are the hooks of a config: some of them, or none.
+func (s *simulation) randomHooks() Hooks {
+	var h Hooks
+	for _, hook := range []*[]string{&h.BeforeReload, &h.AfterReload, &h.BeforeRestart, &h.OnWorkerCrash} {
+		if s.rng.IntN(3) == 0 {
+			*hook = []string{"hook"}
+		}
+	}
+	h.Timeout = time.Duration(1+s.rng.IntN(5)) * time.Second
+	return h
+}
+
+func (s *simulation) randomMessage() Notification {
+	var msg Notification
 	switch r := s.rng.IntN(100); {
 	case r < 40:
 		msg.Ready = true
@@ -536,6 +559,10 @@ func (s *simulation) step(ev Event) {
 		s.backlog = append(s.backlog, ev)
 		return
 	}
+	if s.carrying {
+		s.learned = append(s.learned, ev)
+		return
+	}
 	s.trace = append(s.trace, fmt.Sprintf("+%s %T%+v", s.now.Sub(epoch), ev, ev))
 	// Remember when a slot lost its current process and how many crashes in a row that made, to
 	// check the backoff of the respawn that follows.
@@ -563,14 +590,27 @@ func (s *simulation) step(ev Event) {
 		}
 		s.lastExit[ended.slot] = exitRecord{at: s.now, crashes: after}
 	}
-	s.depth++
-	for _, a := range s.m.Ready() {
+	batch := s.m.Ready()
+	s.carrying = true
+	for _, a := range batch {
 		s.apply(a)
 	}
-	s.depth--
-	// Answering an action steps the machine again (Spawned for SpawnWorker); the invariants hold
-	// once every action of the outermost step has been carried out.
-	if s.depth == 0 && !s.replaying {
+	s.carrying = false
+	s.m.Advance()
+	if st := s.execState; st != nil {
+		s.execState = nil
+		s.exec(*st)
+		return
+	}
+	// What the driver learned while carrying the batch out (Spawned for SpawnWorker) is stepped
+	// after it; the invariants hold once every learned event has been stepped.
+	if len(s.learned) > 0 {
+		next := s.learned[0]
+		s.learned = s.learned[1:]
+		s.step(next)
+		return
+	}
+	if !s.replaying {
 		s.checkInvariants()
 	}
 }
@@ -592,10 +632,10 @@ func (s *simulation) live(p *proc) {
 			return
 		}
 		if p.channel {
-			s.step(Hello{Worker: p.worker, PID: p.pid, Version: protocol.Version, Fork: p.canFork})
+			s.step(Hello{Worker: p.worker, PID: p.pid, Fork: p.canFork})
 		}
 		if alive() {
-			s.step(Notified{Worker: p.worker, Message: notify.Message{Ready: true}})
+			s.step(Notified{Worker: p.worker, Message: Notification{Ready: true}})
 		}
 		var requests uint64
 		var beat func()
@@ -604,7 +644,7 @@ func (s *simulation) live(p *proc) {
 				return
 			}
 			requests += uint64(s.rng.IntN(10))
-			s.step(Notified{Worker: p.worker, Message: notify.Message{Watchdog: true, HasRequests: true, Requests: requests}})
+			s.step(Notified{Worker: p.worker, Message: Notification{Watchdog: true, HasRequests: true, Requests: requests}})
 			s.after(time.Second/2+s.randomDelay(time.Second), beat)
 		}
 		beat()
@@ -633,6 +673,9 @@ func (s *simulation) apply(a Action) {
 			s.fork(a)
 			return
 		}
+		if !s.specs[a.Spec] {
+			s.t.Fatalf("spawn of worker %d from spec %d, which is not registered (or released)", a.Worker, a.Spec)
+		}
 		if s.rng.IntN(20) == 0 {
 			s.step(SpawnFailed{Worker: a.Worker, Err: "fork: resource temporarily unavailable"})
 			return
@@ -651,8 +694,19 @@ func (s *simulation) apply(a Action) {
 				s.after(s.randomDelay(100*time.Millisecond), func() { s.exitNow(p.pid, ExitStatus{}) })
 			}
 		}
-	case ControlWorker:
-		s.control(a)
+	case SendWelcome:
+	case SendRefuse:
+		if p := s.procOf(a.Worker); p != nil {
+			s.after(s.randomDelay(10*time.Millisecond), func() { s.exitNow(p.pid, ExitStatus{Code: 1}) })
+		}
+	case PauseTemplate:
+		s.templateAnswer(a.Worker, TemplatePaused(a))
+	case ResumeTemplate:
+		s.templateAnswer(a.Worker, TemplateResumed(a))
+	case NotifySystemd:
+		if _, status, ok := strings.Cut(a.State, "STATUS="); ok {
+			s.lastStatus = status
+		}
 	case SignalWorker:
 		p, ok := s.procs[a.PID]
 		if !ok && s.replaying {
@@ -698,24 +752,58 @@ func (s *simulation) apply(a Action) {
 	case Exit:
 		code := a.Code
 		s.exitCode = &code
-	case PrepareReload:
-		// The driver loads the config (perhaps with another worker count) and runs the
-		// before_reload hook, which may fail.
+	case LoadConfig:
+		// The driver loads the config (perhaps with another worker count, other hooks), which may
+		// be invalid, and registers its spec.
 		s.after(s.randomDelay(2*time.Second), func() {
-			var e ReloadPrepared
+			var e ConfigLoaded
 			switch r := s.rng.IntN(10); {
 			case r == 0:
-				e.Err = errors.New("before_reload hook: exit status 1")
-			case r < 4:
+				e.Err = errors.New("invalid config")
+			case r < 6:
 				cfg := s.m.cfg
-				cfg.Workers = 1 + s.rng.IntN(cfg.MaxWorkers)
+				if s.rng.IntN(2) == 0 {
+					cfg.Workers = 1 + s.rng.IntN(cfg.MaxWorkers)
+				}
+				cfg.Hooks = s.randomHooks()
+				s.lastSpec++
+				cfg.Spec = s.lastSpec
+				s.specs[cfg.Spec] = true
 				e.Config = &cfg
 			}
 			s.step(e)
 		})
-	case BeginRestart:
-		s.after(s.randomDelay(time.Second), func() { s.exec() })
-	case NotifySystemd, Log, WorkerCrashed, RolloutEnded:
+	case ReleaseSpec:
+		if !s.specs[a.Spec] {
+			s.t.Fatalf("release of spec %d, which is not registered", a.Spec)
+		}
+		delete(s.specs, a.Spec)
+	case RunHook:
+		// A hook runs for a while, and may fail.
+		s.hooks[a.ID] = true
+		s.after(s.randomDelay(a.Timeout/10), func() {
+			if !s.hooks[a.ID] {
+				return // the image that ran it has exec'd
+			}
+			delete(s.hooks, a.ID)
+			e := HookFinished{ID: a.ID}
+			if s.rng.IntN(5) == 0 {
+				e.Status = ExitStatus{Code: 1}
+			}
+			s.step(e)
+		})
+	case CheckRestart:
+		s.after(s.randomDelay(time.Second), func() {
+			var e RestartChecked
+			if s.rng.IntN(4) == 0 {
+				e.Err = errors.New("the new binary cannot take over")
+			}
+			s.step(e)
+		})
+	case ExecRestart:
+		// The exec happens once the rest of the batch is carried out, before anything else.
+		s.execState = &a.State
+	case Log, Record:
 	default:
 		s.t.Fatalf("unknown action %T", a)
 	}
@@ -743,7 +831,7 @@ func (s *simulation) fork(a SpawnWorker) {
 				return
 			}
 			if s.rng.IntN(2) == 0 {
-				s.step(Hello{Worker: a.Worker, PID: p.pid, Version: protocol.Version})
+				s.step(Hello{Worker: a.Worker, PID: p.pid})
 			}
 			if s.rng.IntN(8) > 0 && !s.cancelled[a.Worker] { // the reply may be lost
 				s.step(Spawned{Worker: a.Worker, PID: p.pid})
@@ -759,41 +847,34 @@ func (s *simulation) fork(a SpawnWorker) {
 	}
 }
 
-// control plays a worker receiving a control message.
-func (s *simulation) control(a ControlWorker) {
-	w := s.m.workers[a.Worker]
-	if w == nil {
-		s.t.Fatalf("control %s to worker %d, which the machine does not know", a.Op, a.Worker)
+// procOf returns the live process of a worker the machine sends a control message to, or nil when
+// its exit is still in the backlog of a stall (the driver's send fails, as for any dead channel).
+func (s *simulation) procOf(id WorkerID) *proc {
+	if s.m.workers[id] == nil {
+		s.t.Fatalf("control message to worker %d, which the machine does not know", id)
 	}
-	var p *proc
 	for _, q := range s.procs {
-		if q.worker == a.Worker {
-			p = q
+		if q.worker == id {
+			return q
 		}
 	}
-	if p == nil && s.replaying {
-		return // its exit is still in the backlog: the driver's send fails, as for any dead channel
+	if !s.replaying {
+		s.t.Fatalf("control message to worker %d, which has no process", id)
 	}
-	if p == nil {
-		s.t.Fatalf("control %s to worker %d, which has no process", a.Op, a.Worker)
+	return nil
+}
+
+// templateAnswer plays the template's answer to a pause or resume: late, or lost.
+func (s *simulation) templateAnswer(id WorkerID, answer Event) {
+	p := s.procOf(id)
+	if p == nil || p.hung || s.rng.IntN(10) == 0 {
+		return // a lost reply
 	}
-	switch a.Op {
-	case protocol.OpRefuse:
-		s.after(s.randomDelay(10*time.Millisecond), func() { s.exitNow(p.pid, ExitStatus{Code: 1}) })
-	case protocol.OpPause, protocol.OpResume:
-		reply := protocol.OpPaused
-		if a.Op == protocol.OpResume {
-			reply = protocol.OpResumed
+	s.after(s.randomDelay(s.cfg.ForkTimeout*3/2), func() {
+		if _, alive := s.procs[p.pid]; alive {
+			s.step(answer)
 		}
-		if p == nil || p.hung || s.rng.IntN(10) == 0 {
-			return // a lost reply
-		}
-		s.after(s.randomDelay(s.cfg.ForkTimeout*3/2), func() {
-			if _, alive := s.procs[p.pid]; alive {
-				s.step(TemplateReplied{Worker: a.Worker, Op: reply})
-			}
-		})
-	}
+	})
 }
 
 func (s *simulation) expectedBackoff(crashes int) time.Duration {
@@ -930,6 +1011,11 @@ func (s *simulation) checkInvariants() {
 		if _, ok := m.strays[k]; !ok && m.phase != PhaseStopped {
 			t.Fatalf("stray %s alive, unknown to the machine", k)
 		}
+	}
+	// systemd's last STATUS= is the machine's status: a batch is carried out in the order the
+	// machine decided it, and what it taught the driver is stepped after it.
+	if st := m.Status(); m.phase != PhaseStopped && s.lastStatus != st.StatusLine {
+		t.Fatalf("systemd's last STATUS is %q, the machine's status %q", s.lastStatus, st.StatusLine)
 	}
 	if st := m.Status(); st.Ready > st.Desired {
 		t.Fatalf("%d ready of %d desired", st.Ready, st.Desired)

@@ -41,7 +41,7 @@ type StrayRecord struct {
 
 // OpRecord is an operation in a State.
 type OpRecord struct {
-	Kind              string
+	Kind              RolloutKind
 	Seq               int
 	Exec, KeepWorkers bool
 }
@@ -49,7 +49,7 @@ type OpRecord struct {
 // RolloutRecord is a RolloutResult in a State.
 type RolloutRecord struct {
 	Seq        int
-	Kind       string
+	Kind       RolloutKind
 	Generation int
 	Err        string
 }
@@ -85,7 +85,7 @@ var ErrNotQuiet = errors.New("cluster: a rollout or a fork is in progress")
 
 // Export returns the machine's state at now. It fails while a rollout runs, a reload is being
 // prepared, or a worker is being forked: those are conversations with processes that the exec
-// would cut. The hot restart being carried out (BeginRestart), and what is queued behind it, go
+// would cut. The hot restart being carried out (ExecRestart), and what is queued behind it, go
 // with the state.
 func (m *Machine) Export(now time.Time) (State, error) {
 	if m.rollout != nil {
@@ -162,7 +162,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 // Restore makes a machine from an exported State at now, for the new master image of a hot
 // restart. Deadlines start afresh: a booting worker gets a whole boot timeout again, a ready one a
 // whole heartbeat timeout, a stopping one a whole shutdown timeout. No Start event follows: the
-// workers are already running.
+// workers are already running. The first event is Adopted: nothing queued begins before it.
 func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 	m, err := NewMachine(cfg)
 	if err != nil {
@@ -184,14 +184,10 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 			m.last.Err = errors.New(l.Err)
 		}
 	}
-	// The hot restart that exported the state is done with the exec: the new image replaces the
-	// workers (a phased restart, queued first), or, keeping them, has nothing left to do.
+	// The hot restart that exported the state is done with the exec; Adopted decides what follows.
 	if r := st.Restart; r != nil {
-		if r.KeepWorkers {
-			m.last = RolloutResult{Seq: r.Seq, Kind: kindHotRestart, Generation: st.Generation}
-		} else {
-			m.ops = append(m.ops, &op{kind: kindRestart, seq: r.Seq})
-		}
+		handed := *r
+		m.handedOver = &handed
 	}
 	for _, r := range st.Queued {
 		m.ops = append(m.ops, &op{kind: r.Kind, seq: r.Seq, exec: r.Exec, keepWorkers: r.KeepWorkers})

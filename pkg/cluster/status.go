@@ -9,11 +9,11 @@ import (
 // Status is a snapshot of the cluster for the control API and forkctl.
 type Status struct {
 	Phase Phase
-	// Rollout names the operation in progress ("refork", "reload", "restart": a hot restart before
-	// its exec, or the phased restart after it), or is empty. Queued lists the operations waiting
+	// Rollout names the operation in progress (KindRestart: a hot restart before its exec, or the
+	// phased restart after it), or is NoRollout. Queued lists the operations waiting
 	// behind it, in order; LastRollout says how the last one ended.
-	Rollout     string
-	Queued      []string
+	Rollout     RolloutKind
+	Queued      []RolloutKind
 	LastRollout RolloutResult
 	Generation  int
 	Desired     int

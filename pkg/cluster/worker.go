@@ -58,6 +58,9 @@ type worker struct {
 	stopAsked string
 	// pendingStop is a stop decided while Spawning, applied as soon as the PID is known.
 	pendingStop bool
+	// killReason says why forkd killed the worker on its own account (a timeout, its own
+	// WATCHDOG=trigger), for the record of its exit; empty otherwise.
+	killReason ExitReason
 
 	statusLine string
 	// requests is the worker's last X_FORKD_REQUESTS that made sense, reported at requestsAt;

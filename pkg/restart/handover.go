@@ -24,7 +24,7 @@ const EnvHandoverFD = "FORKD_HANDOVER_FD"
 
 // Version is the handover format this build writes and reads. A hot restart onto a binary that
 // speaks another version is refused before the exec (see HandoverVersionArg).
-const Version = 2
+const Version = 3
 
 // HandoverVersionArg makes forkd print the handover Version it reads and exit: the old image asks
 // the new binary before exec'ing it.
