@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forkd/forkd/internal/supervisor"
 	"github.com/forkd/forkd/internal/version"
 	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/cluster"
@@ -19,7 +20,7 @@ import (
 
 // backend serves the control API from the driver, adding what only the master knows.
 type backend struct {
-	driver    *cluster.Driver
+	driver    *supervisor.Driver
 	cfg       *config.Config
 	startedAt time.Time
 	listeners []activation.Listener
@@ -87,7 +88,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		if w.PID != 0 {
 			cw.StartedAt = w.SpawnedAt
 			cw.Uptime = control.Duration(now.Sub(w.SpawnedAt).Round(time.Second))
-			if m, err := cluster.ReadMemory(w.PID); err == nil {
+			if m, err := supervisor.ReadMemory(w.PID); err == nil {
 				cw.Memory = &control.Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared}
 			}
 		}

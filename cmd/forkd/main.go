@@ -16,8 +16,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/forkd/forkd/internal/supervisor"
 	"github.com/forkd/forkd/internal/version"
-	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/config"
 	"github.com/forkd/forkd/pkg/restart"
 	"github.com/forkd/forkd/pkg/shim"
@@ -51,7 +51,7 @@ func main() {
 	// Every child of the master is forked, and a hot restart execs, from the main thread: the one
 	// thread whose children keep their parent through any number of hot restarts, so that their
 	// Pdeathsig fires only when the master dies.
-	cluster.ServeSpawns()
+	supervisor.ServeSpawns()
 }
 
 // exitError carries an exit code out of a command; err, when set, is printed as "forkd: err".

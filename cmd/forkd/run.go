@@ -17,6 +17,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/forkd/forkd/internal/fds"
+	"github.com/forkd/forkd/internal/supervisor"
 	"github.com/forkd/forkd/internal/version"
 	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/cluster"
@@ -44,9 +45,9 @@ func run(flags config.Flags) error {
 		return &exitError{1, err}
 	}
 	// After a hot restart, the previous image of this process handed over the cluster.
-	var adopt *cluster.Handover
+	var adopt *supervisor.Handover
 	var extra handoverExtra
-	var h cluster.Handover
+	var h supervisor.Handover
 	if handed, err := restart.Receive(&h); err != nil {
 		return &exitError{1, fmt.Errorf("hot restart: %w", err)}
 	} else if handed {
@@ -107,7 +108,7 @@ func run(flags config.Flags) error {
 }
 
 func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, events *eventTranslator,
-	workerOutput func(int) (*os.File, string, error), adopt *cluster.Handover, extra handoverExtra) (int, error) {
+	workerOutput func(int) (*os.File, string, error), adopt *supervisor.Handover, extra handoverExtra) (int, error) {
 	// Whatever started forkd may have leaked descriptors without close-on-exec; none of them may
 	// reach a worker. The listeners are passed explicitly, by position. (After a hot restart, this
 	// also closes the handed-over descriptors on the next exec again.)
@@ -169,13 +170,13 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 		watchdog = interval / 2
 	}
 
-	driver, err := cluster.NewDriver(cluster.DriverConfig{
+	driver, err := supervisor.NewDriver(supervisor.DriverConfig{
 		Generation: generation(cfg),
-		Reconfigure: func() (cluster.Generation, error) {
+		Reconfigure: func() (supervisor.Generation, error) {
 			return reconfigure(cfg, flags)
 		},
 		Listeners:      listeners,
-		Notify:         cluster.NotifyConfig{Dir: cfg.Notify.Directory, Abstract: cfg.Notify.Abstract},
+		Notify:         supervisor.NotifyConfig{Dir: cfg.Notify.Directory, Abstract: cfg.Notify.Abstract},
 		Systemd:        systemd,
 		Watchdog:       watchdog,
 		Logger:         logger,
@@ -247,7 +248,7 @@ func controlSocketError(cfg *config.Config, err error) error {
 }
 
 // generation is the part of cfg that makes a generation of workers.
-func generation(cfg *config.Config) cluster.Generation {
+func generation(cfg *config.Config) supervisor.Generation {
 	machine := cluster.Config{
 		Workers:          cfg.Workers,
 		MaxWorkers:       config.MaxWorkers,
@@ -274,22 +275,22 @@ func generation(cfg *config.Config) cluster.Generation {
 		machine.ForkTimeout = fw.Timeout
 		machine.ReforkAfter, machine.ReforkAfterRepeats = fw.ReforkAfter, fw.ReforkAfterRepeats
 	}
-	return cluster.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env}
+	return supervisor.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env}
 }
 
 // reconfigure loads the config again for a reload, from the same file and flags as at start. What
 // a reload cannot change (the listeners, the control socket) is reported, not applied.
-func reconfigure(running *config.Config, flags config.Flags) (cluster.Generation, error) {
+func reconfigure(running *config.Config, flags config.Flags) (supervisor.Generation, error) {
 	cfg, err := config.Load(flags)
 	if err != nil {
 		var diags *config.DiagnosticsError
 		if errors.As(err, &diags) {
 			// One line, with every problem, for the log and for forkctl alike; the check shows
 			// their source lines.
-			return cluster.Generation{}, fmt.Errorf("%s (forkctl check %s shows each with its source line)",
+			return supervisor.Generation{}, fmt.Errorf("%s (forkctl check %s shows each with its source line)",
 				strings.Join(diags.Problems(), "; "), diags.File)
 		}
-		return cluster.Generation{}, err
+		return supervisor.Generation{}, err
 	}
 	g := generation(cfg)
 	// The systemd block needs a new master, as the listeners do.

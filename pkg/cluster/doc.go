@@ -1,6 +1,6 @@
-// Package cluster owns the worker cluster: a deterministic state machine (Machine) that decides
-// what happens to every worker, and a driver (Driver) that carries those decisions out against
-// real processes.
+// Package cluster is the worker cluster's logic: a deterministic state machine (Machine) that
+// decides what happens to every worker. It imports only the standard library; the driver that
+// carries its decisions out against real processes is internal/supervisor.
 //
 // The machine does no I/O and reads no clock. Events go in with the time they happen at; actions
 // come out, in the order the caller must carry them out:
@@ -17,7 +17,7 @@
 //		m.Step(time.Now(), ev)
 //	}
 //
-// Driver is that loop for real: it owns the pidfds, the signals, the notify socket and the timer,
+// supervisor.Driver is that loop for real: it owns the pidfds, the signals, the notify socket and the timer,
 // and one goroutine owns the machine. Because the machine is pure, tests drive it with a simulated
 // clock and random event orders (see sim_test.go) and check its invariants after every step; they
 // are listed in docs/architecture.md.

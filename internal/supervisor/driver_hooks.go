@@ -1,6 +1,7 @@
-package cluster
+package supervisor
 
 import (
+	"github.com/forkd/forkd/pkg/cluster"
 	"os"
 )
 
@@ -9,14 +10,14 @@ import (
 
 // runHook runs a hook with forkd's environment plus FORKD_HOOK, FORKD_NAME and the action's
 // variables, and steps HookFinished once it has exited.
-func (d *Driver) runHook(a RunHook) {
+func (d *Driver) runHook(a cluster.RunHook) {
 	env := inheritedEnv(os.Environ())
 	env = append(env, "FORKD_HOOK="+string(a.Hook), "FORKD_NAME="+d.cfg.Name)
 	env = append(env, a.Vars...)
-	err := d.runHelper("the "+string(a.Hook)+" hook", a.Argv, env, a.Timeout, func(st ExitStatus, out string) {
-		d.step(HookFinished{ID: a.ID, Status: st, Output: out})
+	err := d.runHelper("the "+string(a.Hook)+" hook", a.Argv, env, a.Timeout, func(st cluster.ExitStatus, out string) {
+		d.step(cluster.HookFinished{ID: a.ID, Status: st, Output: out})
 	})
 	if err != nil {
-		d.step(HookFinished{ID: a.ID, Err: err})
+		d.step(cluster.HookFinished{ID: a.ID, Err: err})
 	}
 }

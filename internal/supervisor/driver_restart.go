@@ -1,4 +1,4 @@
-package cluster
+package supervisor
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/forkd/forkd/internal/fds"
 	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/notify"
 	"github.com/forkd/forkd/pkg/protocol"
 	"github.com/forkd/forkd/pkg/restart"
@@ -39,9 +40,9 @@ import (
 // Handover is what the master hands its new image in a hot restart.
 type Handover struct {
 	Version   int
-	Machine   State
-	Config    Config
-	Specs     map[SpecHandle]SpecRecord
+	Machine   cluster.State
+	Config    cluster.Config
+	Specs     map[cluster.SpecHandle]SpecRecord
 	Listeners []activation.Listener
 	// NotifyDir is the master's directory of notify sockets, NotifyPrefix the start of their
 	// abstract addresses (one of them is empty).
@@ -63,7 +64,7 @@ type SpecRecord struct {
 // ProcRecord is a worker's process in a Handover: its pidfd, its control channel (-1: none), and
 // its notify socket (-1: none), which records of workers forked from the same template share.
 type ProcRecord struct {
-	Worker        WorkerID
+	Worker        cluster.WorkerID
 	PID           int
 	PIDFD, ConnFD int
 	Notify        NotifyRecord
@@ -73,7 +74,7 @@ type ProcRecord struct {
 type NotifyRecord struct {
 	FD     int
 	Addr   string
-	Owner  WorkerID
+	Owner  cluster.WorkerID
 	Shared bool
 }
 
@@ -91,21 +92,21 @@ type StrayProcRecord struct {
 // cuts every connection, and the caller learns the outcome from the new image's status
 // (control.Client.Restart does).
 func (d *Driver) Restart(ctx context.Context, wait, keepWorkers bool) error {
-	return d.rollout(ctx, Restart{KeepWorkers: keepWorkers}, wait)
+	return d.rollout(ctx, cluster.Restart{KeepWorkers: keepWorkers}, wait)
 }
 
 // checkRestart carries out the machine's CheckRestart: it asks the new binary which handover it
 // reads, then has it check the config, as the master's own helper processes, without blocking the
 // loop, and steps RestartChecked with the outcome.
 func (d *Driver) checkRestart(keepWorkers bool) {
-	done := func(err error) { d.step(RestartChecked{Err: err}) }
+	done := func(err error) { d.step(cluster.RestartChecked{Err: err}) }
 	if d.cfg.Self == "" {
-		done(fmt.Errorf("%w: hot restart is not available (forkd does not know its own binary)", ErrNotReady))
+		done(fmt.Errorf("%w: hot restart is not available (forkd does not know its own binary)", cluster.ErrNotReady))
 		return
 	}
 	env := inheritedEnv(os.Environ())
 	err := d.runHelper("the new forkd binary", []string{d.cfg.Self, restart.HandoverVersionArg}, env, 10*time.Second,
-		func(st ExitStatus, out string) {
+		func(st cluster.ExitStatus, out string) {
 			if !st.Success() || strings.TrimSpace(out) != strconv.Itoa(restart.Version) {
 				done(fmt.Errorf("%w: %s %s: %s: %s", restart.ErrIncompatible, d.cfg.Self, restart.HandoverVersionArg,
 					st, strings.TrimSpace(out)))
@@ -116,9 +117,9 @@ func (d *Driver) checkRestart(keepWorkers bool) {
 				return
 			}
 			argv := append([]string{d.cfg.Self}, d.cfg.PreflightCheck...)
-			if err := d.runHelper("the config check", argv, env, 30*time.Second, func(st ExitStatus, out string) {
+			if err := d.runHelper("the config check", argv, env, 30*time.Second, func(st cluster.ExitStatus, out string) {
 				if !st.Success() {
-					done(fmt.Errorf("%w: the new binary finds the config invalid: %s", ErrBadConfig, strings.TrimSpace(out)))
+					done(fmt.Errorf("%w: the new binary finds the config invalid: %s", cluster.ErrBadConfig, strings.TrimSpace(out)))
 					return
 				}
 				done(nil)
@@ -133,10 +134,10 @@ func (d *Driver) checkRestart(keepWorkers bool) {
 
 // execRestart hands the machine's state and the driver's descriptors over, and execs the new
 // image. It returns only if the exec failed, having put everything back, and steps ExecFailed.
-func (d *Driver) execRestart(a ExecRestart) {
-	fail := func(err error) { d.step(ExecFailed{Err: err}) }
+func (d *Driver) execRestart(a cluster.ExecRestart) {
+	fail := func(err error) { d.step(cluster.ExecFailed{Err: err}) }
 	h := Handover{
-		Version: restart.Version, Machine: a.State, Config: d.m.Config(), Specs: map[SpecHandle]SpecRecord{},
+		Version: restart.Version, Machine: a.State, Config: d.m.Config(), Specs: map[cluster.SpecHandle]SpecRecord{},
 		Listeners: d.cfg.Listeners, NotifyDir: d.notify.dir, NotifyPrefix: d.notify.prefix,
 	}
 	for handle, sp := range d.specs {
@@ -209,12 +210,12 @@ func (d *Driver) adopt(h *Handover) error {
 	}
 	// The systemd block is this image's: a hot restart applies it.
 	h.Config.WatchdogMinReady = d.cfg.Machine.WatchdogMinReady
-	m, err := Restore(h.Config, h.Machine, time.Now())
+	m, err := cluster.Restore(h.Config, h.Machine, time.Now())
 	if err != nil {
 		return err
 	}
 	d.m = m
-	d.specs = map[SpecHandle]*spec{}
+	d.specs = map[cluster.SpecHandle]*spec{}
 	for handle, r := range h.Specs {
 		d.specs[handle] = &spec{command: r.Command, dir: r.Dir, env: r.Env}
 		d.lastSpec = max(d.lastSpec, handle)

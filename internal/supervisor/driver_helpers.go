@@ -1,4 +1,4 @@
-package cluster
+package supervisor
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/forkd/forkd/pkg/cluster"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,11 +23,11 @@ type helper struct {
 	name   string
 	pid    int
 	pidfd  int
-	status *ExitStatus
+	status *cluster.ExitStatus
 	output bytes.Buffer
 	read   bool // the output pipe reached end of file
 	timer  *time.Timer
-	done   func(ExitStatus, string)
+	done   func(cluster.ExitStatus, string)
 }
 
 // helperEvent is a helper's output finished (pid), or its time up (kill).
@@ -38,7 +39,7 @@ type helperEvent struct {
 
 // runHelper starts argv with env, bounded by timeout (then SIGKILL), and calls done from the loop
 // once it has exited and its output (stdout and stderr together) has been read.
-func (d *Driver) runHelper(name string, argv, env []string, timeout time.Duration, done func(ExitStatus, string)) error {
+func (d *Driver) runHelper(name string, argv, env []string, timeout time.Duration, done func(cluster.ExitStatus, string)) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("cluster: %s: %w", name, err)
@@ -69,7 +70,7 @@ func (d *Driver) runHelper(name string, argv, env []string, timeout time.Duratio
 }
 
 // helperExited records a reaped helper; it reports false when pid is not one.
-func (d *Driver) helperExited(pid int, st ExitStatus) bool {
+func (d *Driver) helperExited(pid int, st cluster.ExitStatus) bool {
 	h, ok := d.helpers[pid]
 	if !ok {
 		return false

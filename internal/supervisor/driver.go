@@ -1,4 +1,4 @@
-package cluster
+package supervisor
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/protocol"
 	"github.com/forkd/forkd/pkg/shim"
 )
@@ -23,7 +24,7 @@ import (
 // Generation is what a generation of workers is made from: the machine's config and how to start
 // the app.
 type Generation struct {
-	Machine Config
+	Machine cluster.Config
 	// Command is the application's argv; it is started through the activation shim.
 	Command []string
 	// Directory is the workers' working directory. Its symlinks are resolved when the generation
@@ -85,22 +86,22 @@ const housekeepingInterval = time.Second
 // reply channel.
 type Driver struct {
 	cfg      DriverConfig
-	m        *Machine
+	m        *cluster.Machine
 	log      *slog.Logger
-	procs    map[WorkerID]*process
+	procs    map[cluster.WorkerID]*process
 	channels channels
 	notify   notifyState
 	// specs holds what workers are spawned from, by the handle the machine's configs name;
 	// lastSpec is the last handle given.
-	specs    map[SpecHandle]*spec
-	lastSpec SpecHandle
+	specs    map[cluster.SpecHandle]*spec
+	lastSpec cluster.SpecHandle
 	spawner  *spawner
 	devNull  *os.File
 	baseEnv  []string
 	requests chan request
 	// pending holds what to do with the Reply to each request still in the machine.
-	pending  map[RequestID]func(Reply)
-	lastReq  RequestID
+	pending  map[cluster.RequestID]func(cluster.Reply)
+	lastReq  cluster.RequestID
 	exitCode int
 	stopSigs int
 	// strays holds a pidfd for each stray reported to the machine (driver_tree.go): the orphan's,
@@ -112,7 +113,7 @@ type Driver struct {
 	lastRan time.Time
 	// learned holds the events learned while a batch of actions is carried out (carrying), to
 	// step after it.
-	learned  []Event
+	learned  []cluster.Event
 	carrying bool
 
 	helpers      map[int]*helper
@@ -121,7 +122,7 @@ type Driver struct {
 	adopted bool
 	// exec is the hot restart's exec the batch being carried out asked for: it happens once the
 	// rest of the batch is done.
-	exec *ExecRestart
+	exec *cluster.ExecRestart
 }
 
 // spec is how workers are started: the app's command, in a directory, with an environment.
@@ -144,7 +145,7 @@ func newSpec(g Generation) (*spec, error) {
 }
 
 // register keeps sp under a new handle, which cfg names from now on.
-func (d *Driver) register(sp *spec, cfg *Config) {
+func (d *Driver) register(sp *spec, cfg *cluster.Config) {
 	d.lastSpec++
 	d.specs[d.lastSpec] = sp
 	cfg.Spec = d.lastSpec
@@ -182,10 +183,10 @@ func (p *process) close() {
 // request is a call from another goroutine into the loop: an event to step, or (with ev nil) a
 // status query or a kinship query (driver_peers.go).
 type request struct {
-	ev      Event
-	status  chan Status
+	ev      cluster.Event
+	status  chan cluster.Status
 	kinship *kinshipQuery
-	reply   chan Reply
+	reply   chan cluster.Reply
 	// early answers as soon as the event has been stepped: with the machine's reply if it came at
 	// once (a refusal), else with success, and the rest is only logged.
 	early bool
@@ -210,14 +211,14 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 	d := &Driver{
 		cfg:      cfg,
 		log:      cfg.Logger,
-		procs:    make(map[WorkerID]*process),
+		procs:    make(map[cluster.WorkerID]*process),
 		channels: newChannels(),
 		notify:   newNotifyState(cfg.Logger),
-		specs:    map[SpecHandle]*spec{},
+		specs:    map[cluster.SpecHandle]*spec{},
 		devNull:  devNull,
 		baseEnv:  inheritedEnv(os.Environ()),
 		requests: make(chan request),
-		pending:  make(map[RequestID]func(Reply)),
+		pending:  make(map[cluster.RequestID]func(cluster.Reply)),
 		strays:   make(map[strayKey]int),
 
 		helpers:      make(map[int]*helper),
@@ -225,7 +226,7 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 	}
 	machine := cfg.Machine
 	d.register(first, &machine)
-	if d.m, err = NewMachine(machine); err != nil {
+	if d.m, err = cluster.NewMachine(machine); err != nil {
 		return nil, err
 	}
 	if cfg.Adopt != nil {
@@ -281,13 +282,13 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 				d.channels.read(id, p.conn)
 			}
 		}
-		d.step(Adopted{}) // the machine decides what follows: a phased restart, or nothing
-		d.reap()          // children that exited during the exec
+		d.step(cluster.Adopted{}) // the machine decides what follows: a phased restart, or nothing
+		d.reap()                  // children that exited during the exec
 	} else {
-		d.step(Start{})
+		d.step(cluster.Start{})
 	}
 	done := ctx.Done()
-	for d.m.Phase() != PhaseStopped {
+	for d.m.Phase() != cluster.PhaseStopped {
 		if next, ok := d.m.NextDeadline(); ok {
 			timer.Reset(time.Until(next))
 		} else {
@@ -310,10 +311,10 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		case <-timer.C:
 			handle = func() {
 				d.drainInputs(sigc, controls)
-				d.step(Tick{})
+				d.step(cluster.Tick{})
 			}
 		case <-watchdog:
-			handle = func() { d.step(WatchdogDue{}) }
+			handle = func() { d.step(cluster.WatchdogDue{}) }
 		case <-housekeeping.C:
 			handle = func() {
 				d.stepDrops()
@@ -324,7 +325,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 			done = nil
 			handle = func() {
 				d.log.Warn("context cancelled: stopping immediately")
-				d.step(Stop{Immediate: true})
+				d.step(cluster.Stop{Immediate: true})
 			}
 		}
 		// A stall of forkd is told to the machine before anything learned on waking is.
@@ -345,7 +346,7 @@ const stallThreshold = 2 * housekeepingInterval
 func (d *Driver) noticeStall() {
 	now := time.Now()
 	if gap := now.Sub(d.lastRan); !d.lastRan.IsZero() && gap > stallThreshold {
-		d.step(Stalled{For: gap})
+		d.step(cluster.Stalled{For: gap})
 	}
 	d.lastRan = now
 }
@@ -393,7 +394,7 @@ func (d *Driver) drainInputs(sigc <-chan os.Signal, controls <-chan controlMessa
 // driver learns while it carries a batch out (a spawned worker's PID, a failed spawn) is queued,
 // and stepped once the whole batch is done, in the order learned: the machine's Ready/Advance
 // forbids a step in the middle of a batch, which would carry out its actions before the rest.
-func (d *Driver) step(ev Event) {
+func (d *Driver) step(ev cluster.Event) {
 	d.learned = append(d.learned, ev)
 	if d.carrying {
 		return
@@ -418,57 +419,57 @@ func (d *Driver) step(ev Event) {
 	}
 }
 
-func (d *Driver) apply(a Action) {
+func (d *Driver) apply(a cluster.Action) {
 	switch a := a.(type) {
-	case SpawnWorker:
+	case cluster.SpawnWorker:
 		if a.Template != 0 {
 			d.forkWorker(a)
 		} else {
 			d.spawn(a)
 		}
-	case CancelSpawn:
+	case cluster.CancelSpawn:
 		d.cancelSpawn(a.Worker)
-	case SendWelcome:
+	case cluster.SendWelcome:
 		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpWelcome, Worker: a.Slot, Generation: a.Generation})
-	case SendRefuse:
+	case cluster.SendRefuse:
 		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpRefuse, Error: a.Reason})
-	case PauseTemplate:
+	case cluster.PauseTemplate:
 		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpPause})
-	case ResumeTemplate:
+	case cluster.ResumeTemplate:
 		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpResume})
-	case SignalWorker:
+	case cluster.SignalWorker:
 		d.signal(a)
-	case SignalStray:
+	case cluster.SignalStray:
 		d.signalStray(a)
-	case NotifySystemd:
+	case cluster.NotifySystemd:
 		d.notifySystemd(a.State)
-	case Reply:
+	case cluster.Reply:
 		if answer, ok := d.pending[a.Request]; ok {
 			delete(d.pending, a.Request)
 			answer(a)
 		}
-	case Log:
+	case cluster.Log:
 		d.log.LogAttrs(context.Background(), a.Level, a.Msg, a.Attrs...)
-	case Exit:
+	case cluster.Exit:
 		d.exitCode = a.Code
-	case RunHook:
+	case cluster.RunHook:
 		d.runHook(a)
-	case LoadConfig:
+	case cluster.LoadConfig:
 		d.loadConfig()
-	case ReleaseSpec:
+	case cluster.ReleaseSpec:
 		delete(d.specs, a.Spec)
-	case CheckRestart:
+	case cluster.CheckRestart:
 		d.checkRestart(a.KeepWorkers)
-	case ExecRestart:
+	case cluster.ExecRestart:
 		d.exec = &a
-	case Record:
+	case cluster.Record:
 	}
 }
 
-func (d *Driver) spawn(a SpawnWorker) {
+func (d *Driver) spawn(a cluster.SpawnWorker) {
 	sp := d.specs[a.Spec]
 	if sp == nil {
-		d.step(SpawnFailed{Worker: a.Worker, Err: fmt.Sprintf("cluster: no spec %d to spawn from (a bug)", a.Spec)})
+		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: fmt.Sprintf("cluster: no spec %d to spawn from (a bug)", a.Spec)})
 		return
 	}
 	files := []uintptr{d.devNull.Fd(), uintptr(syscall.Stdout), uintptr(syscall.Stderr)}
@@ -476,7 +477,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 	// A worker that may become the template shares its socket with the workers it forks.
 	ns, err := d.notify.open(a.Worker, a.Channel)
 	if err != nil {
-		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
 	env := d.workerEnv(sp, a.Slot, a.Generation, a.Heartbeat, ns.sock.Addr())
@@ -493,7 +494,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 		conn, workerEnd, err = protocol.Socketpair()
 		if err != nil {
 			ns.release()
-			d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+			d.step(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 			return
 		}
 		defer unix.Close(workerEnd)
@@ -522,7 +523,7 @@ func (d *Driver) spawn(a SpawnWorker) {
 			conn.Close()
 		}
 		ns.release()
-		d.step(SpawnFailed{Worker: a.Worker, Err: describeSpawnError(err)})
+		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: describeSpawnError(err)})
 		return
 	}
 	if pidfd < 0 {
@@ -536,11 +537,11 @@ func (d *Driver) spawn(a SpawnWorker) {
 	if conn != nil {
 		d.channels.read(a.Worker, conn)
 	}
-	d.step(Spawned{Worker: a.Worker, PID: pid})
+	d.step(cluster.Spawned{Worker: a.Worker, PID: pid})
 }
 
 // signal signals a worker's tree: its process group (driver_tree.go).
-func (d *Driver) signal(a SignalWorker) {
+func (d *Driver) signal(a cluster.SignalWorker) {
 	p, ok := d.procs[a.Worker]
 	if !ok || p.pid != a.PID {
 		return
@@ -555,7 +556,7 @@ func (d *Driver) signal(a SignalWorker) {
 // master's) is reported as strays before its exit, so the machine never counts a cluster as stopped
 // while part of a worker's tree runs.
 func (d *Driver) reap() {
-	var exits []Exited
+	var exits []cluster.Exited
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -568,7 +569,7 @@ func (d *Driver) reap() {
 		if !ws.Exited() && !ws.Signaled() {
 			continue
 		}
-		st := ExitStatusFromWait(syscall.WaitStatus(ws))
+		st := cluster.ExitStatusFromWait(syscall.WaitStatus(ws))
 		if d.helperExited(pid, st) {
 			continue
 		}
@@ -586,7 +587,7 @@ func (d *Driver) reap() {
 				unix.Close(pidfd)
 			}
 		}
-		exits = append(exits, Exited{PID: pid, Status: st})
+		exits = append(exits, cluster.Exited{PID: pid, Status: st})
 	}
 	d.checkStrayGroups()
 	d.findOrphans()
@@ -602,48 +603,48 @@ func (d *Driver) handleSignal(sig syscall.Signal) {
 	case syscall.SIGTERM, syscall.SIGINT:
 		d.stopSigs++
 		immediate := d.stopSigs > 1
-		d.log.Info(fmt.Sprintf("received %s", signalName(sig)), "event", "signal", "immediate", immediate)
-		d.step(Stop{Immediate: immediate})
+		d.log.Info(fmt.Sprintf("received %s", unix.SignalName(sig)), "event", "signal", "immediate", immediate)
+		d.step(cluster.Stop{Immediate: immediate})
 	case syscall.SIGHUP, syscall.SIGUSR1:
-		d.log.Info(fmt.Sprintf("received %s: reload (phased restart)", signalName(sig)), "event", "signal")
-		d.step(Reload{Request: d.expectReply(func(r Reply) {
+		d.log.Info(fmt.Sprintf("received %s: reload (phased restart)", unix.SignalName(sig)), "event", "signal")
+		d.step(cluster.Reload{Request: d.expectReply(func(r cluster.Reply) {
 			if r.Err != nil {
-				d.log.Warn(fmt.Sprintf("%s: reload failed: %v", signalName(sig), r.Err), "event", "signal")
+				d.log.Warn(fmt.Sprintf("%s: reload failed: %v", unix.SignalName(sig), r.Err), "event", "signal")
 			}
 		})})
 	case syscall.SIGUSR2:
 		d.log.Info("received SIGUSR2: hot restart (the workers are replaced after the exec)", "event", "signal")
-		d.step(Restart{Request: d.expectReply(func(r Reply) {
+		d.step(cluster.Restart{Request: d.expectReply(func(r cluster.Reply) {
 			if r.Err != nil {
 				d.log.Warn("SIGUSR2: hot restart failed: "+r.Err.Error(), "event", "signal")
 			}
 		})})
 	case syscall.SIGQUIT:
 		d.log.Info("received SIGQUIT: stopping immediately", "event", "signal")
-		d.step(Stop{Immediate: true})
+		d.step(cluster.Stop{Immediate: true})
 	case syscall.SIGTTIN, syscall.SIGTTOU:
 		delta := 1
 		if sig == syscall.SIGTTOU {
 			delta = -1
 		}
-		id := d.expectReply(func(r Reply) {
+		id := d.expectReply(func(r cluster.Reply) {
 			if r.Err != nil {
-				d.log.Warn(fmt.Sprintf("%s ignored: %v", signalName(sig), r.Err), "event", "signal")
+				d.log.Warn(fmt.Sprintf("%s ignored: %v", unix.SignalName(sig), r.Err), "event", "signal")
 			}
 		})
-		d.step(Scale{Request: id, Delta: delta})
+		d.step(cluster.Scale{Request: id, Delta: delta})
 	case syscall.SIGURG:
 		d.log.Info("received SIGURG: refork", "event", "signal")
-		id := d.expectReply(func(r Reply) {
+		id := d.expectReply(func(r cluster.Reply) {
 			if r.Err != nil {
 				d.log.Warn("SIGURG: refork failed: "+r.Err.Error(), "event", "signal")
 			}
 		})
-		d.step(Refork{Request: id})
+		d.step(cluster.Refork{Request: id})
 	case syscall.SIGPIPE:
 		// forkd's stdout or stderr went away; writes fail with EPIPE instead of killing the master.
 	default:
-		d.log.Info(fmt.Sprintf("received %s: not supported yet, ignored", signalName(sig)), "event", "signal")
+		d.log.Info(fmt.Sprintf("received %s: not supported yet, ignored", unix.SignalName(sig)), "event", "signal")
 	}
 }
 
@@ -657,36 +658,36 @@ func (d *Driver) handleRequest(r request) {
 		return
 	}
 	ev := r.ev
-	var id RequestID
+	var id cluster.RequestID
 	if r.reply != nil {
-		id = d.expectReply(func(a Reply) { r.reply <- a })
+		id = d.expectReply(func(a cluster.Reply) { r.reply <- a })
 		switch e := ev.(type) {
-		case Stop:
+		case cluster.Stop:
 			e.Request = id
 			ev = e
-		case Scale:
+		case cluster.Scale:
 			e.Request = id
 			ev = e
-		case Refork:
+		case cluster.Refork:
 			e.Request = id
 			ev = e
-		case Reload:
+		case cluster.Reload:
 			e.Request = id
 			ev = e
-		case Restart:
+		case cluster.Restart:
 			e.Request = id
 			ev = e
 		}
 	}
 	d.step(ev)
 	if _, waiting := d.pending[id]; waiting && r.early {
-		d.pending[id] = func(Reply) {} // the machine logs the outcome
-		r.reply <- Reply{}
+		d.pending[id] = func(cluster.Reply) {} // the machine logs the outcome
+		r.reply <- cluster.Reply{}
 	}
 }
 
 // expectReply allocates a RequestID whose Reply goes to answer.
-func (d *Driver) expectReply(answer func(Reply)) RequestID {
+func (d *Driver) expectReply(answer func(cluster.Reply)) cluster.RequestID {
 	d.lastReq++
 	d.pending[d.lastReq] = answer
 	return d.lastReq
@@ -709,34 +710,34 @@ func (d *Driver) notifySystemd(state string) {
 }
 
 // call sends an event into the loop and waits for its Reply, or for ctx.
-func (d *Driver) call(ctx context.Context, ev Event) (Reply, error) {
-	reply := make(chan Reply, 1)
+func (d *Driver) call(ctx context.Context, ev cluster.Event) (cluster.Reply, error) {
+	reply := make(chan cluster.Reply, 1)
 	select {
 	case d.requests <- request{ev: ev, reply: reply}:
 	case <-ctx.Done():
-		return Reply{}, ctx.Err()
+		return cluster.Reply{}, ctx.Err()
 	}
 	select {
 	case r := <-reply:
 		return r, nil
 	case <-ctx.Done():
-		return Reply{}, ctx.Err()
+		return cluster.Reply{}, ctx.Err()
 	}
 }
 
 // Status returns a snapshot of the cluster. It fails only with ctx.
-func (d *Driver) Status(ctx context.Context) (Status, error) {
-	c := make(chan Status, 1)
+func (d *Driver) Status(ctx context.Context) (cluster.Status, error) {
+	c := make(chan cluster.Status, 1)
 	select {
 	case d.requests <- request{status: c}:
 	case <-ctx.Done():
-		return Status{}, ctx.Err()
+		return cluster.Status{}, ctx.Err()
 	}
 	select {
 	case st := <-c:
 		return st, nil
 	case <-ctx.Done():
-		return Status{}, ctx.Err()
+		return cluster.Status{}, ctx.Err()
 	}
 }
 
@@ -745,13 +746,13 @@ func (d *Driver) Status(ctx context.Context) (Status, error) {
 func (d *Driver) Stop(ctx context.Context, immediate, wait bool) error {
 	if !wait {
 		select {
-		case d.requests <- request{ev: Stop{Immediate: immediate}}:
+		case d.requests <- request{ev: cluster.Stop{Immediate: immediate}}:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	r, err := d.call(ctx, Stop{Immediate: immediate})
+	r, err := d.call(ctx, cluster.Stop{Immediate: immediate})
 	if err != nil {
 		return err
 	}
@@ -759,22 +760,22 @@ func (d *Driver) Stop(ctx context.Context, immediate, wait bool) error {
 }
 
 // Scale changes the number of workers: to workers when non-zero, else by delta.
-func (d *Driver) Scale(ctx context.Context, workers, delta int) (ScaleResult, error) {
-	r, err := d.call(ctx, Scale{Workers: workers, Delta: delta})
+func (d *Driver) Scale(ctx context.Context, workers, delta int) (cluster.ScaleResult, error) {
+	r, err := d.call(ctx, cluster.Scale{Workers: workers, Delta: delta})
 	if err != nil {
-		return ScaleResult{}, err
+		return cluster.ScaleResult{}, err
 	}
 	if r.Err != nil {
-		return ScaleResult{}, r.Err
+		return cluster.ScaleResult{}, r.Err
 	}
-	return r.Result.(ScaleResult), nil
+	return r.Result.(cluster.ScaleResult), nil
 }
 
 // Refork re-forks workers 1..n-1 from the template. With wait it returns when the refork has ended
 // (its old workers gone) or failed (with the reason); otherwise once it has begun, or been queued
 // behind the operation in progress.
 func (d *Driver) Refork(ctx context.Context, wait bool) error {
-	return d.rollout(ctx, Refork{}, wait)
+	return d.rollout(ctx, cluster.Refork{}, wait)
 }
 
 // Reload is a phased restart from the config loaded again when it begins: every worker is replaced
@@ -782,13 +783,13 @@ func (d *Driver) Refork(ctx context.Context, wait bool) error {
 // gone) or failed (with the reason); otherwise once it has begun, or been queued behind the
 // operation in progress. An invalid config fails it and changes nothing.
 func (d *Driver) Reload(ctx context.Context, wait bool) error {
-	return d.rollout(ctx, Reload{}, wait)
+	return d.rollout(ctx, cluster.Reload{}, wait)
 }
 
 // rollout starts a rollout and waits for its end, or only for its start (the machine refuses at
 // once a rollout it cannot start).
-func (d *Driver) rollout(ctx context.Context, ev Event, wait bool) error {
-	c := make(chan Reply, 1)
+func (d *Driver) rollout(ctx context.Context, ev cluster.Event, wait bool) error {
+	c := make(chan cluster.Reply, 1)
 	select {
 	case d.requests <- request{ev: ev, reply: c, early: !wait}:
 	case <-ctx.Done():
@@ -809,18 +810,18 @@ func (d *Driver) loadConfig() {
 	if d.cfg.Reconfigure != nil {
 		var err error
 		if g, err = d.cfg.Reconfigure(); err != nil {
-			d.step(ConfigLoaded{Err: fmt.Errorf("%w: %v", ErrBadConfig, err)})
+			d.step(cluster.ConfigLoaded{Err: fmt.Errorf("%w: %v", cluster.ErrBadConfig, err)})
 			return
 		}
 	}
 	sp, err := newSpec(g)
 	if err != nil {
-		d.step(ConfigLoaded{Err: fmt.Errorf("%w: %v", ErrBadConfig, err)})
+		d.step(cluster.ConfigLoaded{Err: fmt.Errorf("%w: %v", cluster.ErrBadConfig, err)})
 		return
 	}
 	cfg := g.Machine
 	d.register(sp, &cfg)
-	d.step(ConfigLoaded{Config: &cfg, Warnings: g.Warnings})
+	d.step(cluster.ConfigLoaded{Config: &cfg, Warnings: g.Warnings})
 }
 
 // workerEnv is the environment of a new worker: forkd's own minus what belongs to forkd and

@@ -1,6 +1,7 @@
-package cluster
+package supervisor
 
 import (
+	"github.com/forkd/forkd/pkg/cluster"
 	"os"
 	"os/exec"
 	"slices"
@@ -60,18 +61,19 @@ func TestAncestry(t *testing.T) {
 }
 
 func TestKinship(t *testing.T) {
-	m, err := NewMachine(testConfig())
+	m, err := cluster.NewMachine(cluster.Config{Workers: 2, MaxWorkers: 8, BootTimeout: 10 * time.Second,
+		ShutdownTimeout: 5 * time.Second, BackoffMin: time.Second, BackoffMax: 8 * time.Second, ResetAfter: 30 * time.Second, MaxSurge: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := &Driver{m: m, helpers: map[int]*helper{}}
 	now := time.Now()
-	if err := m.Step(now, Start{}); err != nil {
+	if err := m.Step(now, cluster.Start{}); err != nil {
 		t.Fatal(err)
 	}
-	var spawns []SpawnWorker
+	var spawns []cluster.SpawnWorker
 	for _, a := range m.Ready() {
-		if s, ok := a.(SpawnWorker); ok {
+		if s, ok := a.(cluster.SpawnWorker); ok {
 			spawns = append(spawns, s)
 		}
 	}
@@ -79,7 +81,7 @@ func TestKinship(t *testing.T) {
 	if len(spawns) == 0 {
 		t.Fatal("no worker spawned")
 	}
-	if err := m.Step(now, Spawned{Worker: spawns[0].Worker, PID: 4242}); err != nil {
+	if err := m.Step(now, cluster.Spawned{Worker: spawns[0].Worker, PID: 4242}); err != nil {
 		t.Fatal(err)
 	}
 	m.Ready()

@@ -1,4 +1,4 @@
-package cluster
+package supervisor
 
 import (
 	"crypto/rand"
@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/notify"
 )
 
@@ -67,7 +68,7 @@ type notifySocket struct {
 	sock *notify.Socket
 	// owner is the worker it was made for. shared: the owner may fork workers (worker 0 in
 	// fork-worker mode), which inherit it, so a datagram's sender must be looked up.
-	owner  WorkerID
+	owner  cluster.WorkerID
 	shared bool
 	// users counts the live processes (and forks asked for) that have it as NOTIFY_SOCKET;
 	// retired is set once the last is gone. Both belong to the driver's loop.
@@ -101,7 +102,7 @@ type notifyState struct {
 	// datagram. wake tells the loop there are some (lastWake is when it last did); the loop also
 	// takes them at every housekeeping tick, so that none waits longer than that.
 	drops    sync.Mutex
-	drop     NotifyRejected
+	drop     cluster.NotifyRejected
 	lastWake time.Time
 	wake     chan struct{}
 	// inFlight counts datagrams a reader has taken from its socket and not yet handed to the loop
@@ -164,7 +165,7 @@ func (n *notifyState) cleanup() {
 }
 
 // addr is the address of worker id's notify socket.
-func (n *notifyState) addr(id WorkerID) string {
+func (n *notifyState) addr(id cluster.WorkerID) string {
 	if n.dir == "" {
 		return n.prefix + strconv.FormatUint(uint64(id), 10)
 	}
@@ -172,7 +173,7 @@ func (n *notifyState) addr(id WorkerID) string {
 }
 
 // open binds a notify socket for worker id, with one user, and starts reading it.
-func (n *notifyState) open(id WorkerID, shared bool) (*notifySocket, error) {
+func (n *notifyState) open(id cluster.WorkerID, shared bool) (*notifySocket, error) {
 	sock, err := notify.Listen(n.addr(id))
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -181,7 +182,7 @@ func (n *notifyState) open(id WorkerID, shared bool) (*notifySocket, error) {
 }
 
 // adopt starts reading sock, the notify socket of worker id.
-func (n *notifyState) adopt(sock *notify.Socket, id WorkerID, shared bool, users int) *notifySocket {
+func (n *notifyState) adopt(sock *notify.Socket, id cluster.WorkerID, shared bool, users int) *notifySocket {
 	ns := &notifySocket{sock: sock, owner: id, shared: shared, users: users, state: n}
 	n.sockets = append(n.sockets, ns)
 	go n.read(ns)
@@ -289,7 +290,7 @@ func (d *Driver) stepDrops() {
 	n := &d.notify
 	n.drops.Lock()
 	e := n.drop
-	n.drop = NotifyRejected{}
+	n.drop = cluster.NotifyRejected{}
 	n.drops.Unlock()
 	if e.Count > 0 {
 		d.step(e)
@@ -348,12 +349,12 @@ func (l *walkLimiter) allow(now time.Time) bool {
 // descendants, or, when the sender is gone and the socket is a worker's own, that worker. What came
 // from a worker that has exited since is late, and ignored; anything else is dropped.
 func (d *Driver) handleDatagram(dg datagram) {
-	reject := func(reason string) { d.step(NotifyRejected{PID: dg.PID, Reason: reason}) }
+	reject := func(reason string) { d.step(cluster.NotifyRejected{PID: dg.PID, Reason: reason}) }
 	if dg.Truncated {
 		reject("datagram too large")
 		return
 	}
-	var id WorkerID
+	var id cluster.WorkerID
 	found := false
 	for _, pid := range dg.lineage {
 		if id, found = d.m.WorkerByPID(pid); found {
@@ -385,12 +386,12 @@ func (d *Driver) handleDatagram(dg datagram) {
 		reject(err.Error())
 		return
 	}
-	d.step(Notified{Worker: id, Message: notification(msg)})
+	d.step(cluster.Notified{Worker: id, Message: notification(msg)})
 }
 
 // notification is the part of a datagram the machine reads.
-func notification(msg notify.Message) Notification {
-	return Notification{
+func notification(msg notify.Message) cluster.Notification {
+	return cluster.Notification{
 		Ready: msg.Ready, Stopping: msg.Stopping, Watchdog: msg.Watchdog, WatchdogTrigger: msg.WatchdogTrigger,
 		Status: msg.Status, HasStatus: msg.HasStatus, Requests: msg.Requests, HasRequests: msg.HasRequests,
 		WatchdogTimeout: msg.WatchdogTimeout, ExtendTimeout: msg.ExtendTimeout,

@@ -1,4 +1,4 @@
-package cluster
+package supervisor
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forkd/forkd/pkg/cluster"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,7 +43,7 @@ func startTree(t *testing.T) (leader, pidfd, child int) {
 // an SDK without setpgid would be.
 func TestGroupHoldingAnotherWorkerIsNotSignalledAsOneTree(t *testing.T) {
 	leader, pidfd, child := startTree(t)
-	d := &Driver{procs: map[WorkerID]*process{
+	d := &Driver{procs: map[cluster.WorkerID]*process{
 		1: {pid: leader, pidfd: pidfd},
 		2: {pid: child, pidfd: -1, forked: true},
 	}}

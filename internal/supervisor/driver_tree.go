@@ -1,10 +1,10 @@
-package cluster
+package supervisor
 
 import (
 	"errors"
-	"fmt"
 	"slices"
 
+	"github.com/forkd/forkd/pkg/cluster"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,7 +82,7 @@ func (d *Driver) signalTree(pid, pidfd int, sig unix.Signal) error {
 	return unix.Kill(pid, sig)
 }
 
-func (d *Driver) signalStray(a SignalStray) {
+func (d *Driver) signalStray(a cluster.SignalStray) {
 	k := strayKey{pid: a.PID, group: a.Group}
 	pidfd, ok := d.strays[k]
 	if !ok {
@@ -95,7 +95,7 @@ func (d *Driver) signalStray(a SignalStray) {
 		err = d.signalTree(a.PID, pidfd, a.Signal)
 	}
 	if err != nil && !errors.Is(err, unix.ESRCH) {
-		d.log.Error(fmt.Sprintf("cannot signal stray %s", k), "signal", a.Signal.String(), "error", err)
+		d.log.Error("cannot signal a stray", "pid", a.PID, "group", a.Group, "signal", a.Signal.String(), "error", err)
 	}
 }
 
@@ -112,7 +112,7 @@ func (d *Driver) groupOutlives(pid, pidfd int) bool {
 		return false
 	}
 	d.strays[k] = pidfd
-	d.step(StrayFound{PID: pid, Group: true})
+	d.step(cluster.StrayFound{PID: pid, Group: true})
 	return true
 }
 
@@ -128,7 +128,7 @@ func (d *Driver) checkStrayGroups() {
 	for _, k := range emptied {
 		unix.Close(d.strays[k])
 		delete(d.strays, k)
-		d.step(GroupEmptied{PGID: k.pid})
+		d.step(cluster.GroupEmptied{PGID: k.pid})
 	}
 }
 
@@ -166,7 +166,7 @@ func (d *Driver) findOrphans() {
 			continue
 		}
 		d.strays[strayKey{pid: pid}] = pidfd
-		d.step(StrayFound{PID: pid})
+		d.step(cluster.StrayFound{PID: pid})
 	}
 }
 
@@ -178,4 +178,10 @@ func (d *Driver) forkInFlight() bool {
 		}
 	}
 	return false
+}
+
+// strayKey names a stray the machine was told of: an orphan by its PID, or a group by its ID.
+type strayKey struct {
+	pid   int
+	group bool
 }

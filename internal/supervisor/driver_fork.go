@@ -1,4 +1,4 @@
-package cluster
+package supervisor
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/forkd/forkd/internal/fds"
+	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/protocol"
 )
 
@@ -27,13 +28,13 @@ type channels struct {
 }
 
 type pendingSpawn struct {
-	worker    WorkerID
+	worker    cluster.WorkerID
 	cancelled bool
 }
 
 // controlMessage is one packet from a worker's channel, or the end of the channel (eof).
 type controlMessage struct {
-	worker WorkerID
+	worker cluster.WorkerID
 	protocol.Received
 	eof bool
 }
@@ -48,7 +49,7 @@ func (c *channels) nextSeq() uint64 {
 }
 
 // read starts the goroutine that reads worker's channel until it ends.
-func (c *channels) read(worker WorkerID, conn *protocol.Conn) {
+func (c *channels) read(worker cluster.WorkerID, conn *protocol.Conn) {
 	out := c.out
 	go func() {
 		for {
@@ -66,15 +67,15 @@ func (c *channels) read(worker WorkerID, conn *protocol.Conn) {
 
 // forkWorker asks the template to fork a worker: a fresh channel, whose worker end travels with the
 // spawn request. The answer comes later, on the template's channel.
-func (d *Driver) forkWorker(a SpawnWorker) {
+func (d *Driver) forkWorker(a cluster.SpawnWorker) {
 	t := d.procs[a.Template]
 	if t == nil || t.conn == nil {
-		d.step(SpawnFailed{Worker: a.Worker, Err: "the template has no control channel"})
+		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: "the template has no control channel"})
 		return
 	}
 	conn, workerEnd, err := protocol.Socketpair()
 	if err != nil {
-		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
 	defer unix.Close(workerEnd)
@@ -82,7 +83,7 @@ func (d *Driver) forkWorker(a SpawnWorker) {
 	msg := protocol.Message{Op: protocol.OpSpawn, Seq: seq, Worker: a.Slot, Generation: a.Generation}
 	if err := t.conn.Send(msg, workerEnd); err != nil {
 		conn.Close()
-		d.step(SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
 	d.channels.spawns[seq] = &pendingSpawn{worker: a.Worker}
@@ -96,7 +97,7 @@ func (d *Driver) forkWorker(a SpawnWorker) {
 
 // cancelSpawn closes the master's end of a forked worker's channel: a worker forked after all sees
 // end of file and exits; a reply that names it later gets it killed.
-func (d *Driver) cancelSpawn(worker WorkerID) {
+func (d *Driver) cancelSpawn(worker cluster.WorkerID) {
 	for _, s := range d.channels.spawns {
 		if s.worker == worker {
 			s.cancelled = true
@@ -110,7 +111,7 @@ func (d *Driver) cancelSpawn(worker WorkerID) {
 
 // controlWorker sends msg on a worker's control channel; a pause or resume is numbered, so that
 // its answer can be told from a stale one.
-func (d *Driver) controlWorker(worker WorkerID, msg protocol.Message) {
+func (d *Driver) controlWorker(worker cluster.WorkerID, msg protocol.Message) {
 	p := d.procs[worker]
 	if p == nil || p.conn == nil {
 		return
@@ -182,7 +183,7 @@ func (d *Driver) handleControl(cm controlMessage) {
 			}
 			p.pid, p.pidfd = msg.PID, pidfd
 		}
-		hello := Hello{Worker: cm.worker, PID: msg.PID, Fork: msg.Fork, SDK: msg.SDK}
+		hello := cluster.Hello{Worker: cm.worker, PID: msg.PID, Fork: msg.Fork, SDK: msg.SDK}
 		if msg.V != protocol.Version {
 			hello.Mismatch = fmt.Sprintf("this forkd master speaks protocol %d, the worker speaks %d: upgrade the worker's SDK or forkd",
 				protocol.Version, msg.V)
@@ -196,9 +197,9 @@ func (d *Driver) handleControl(cm controlMessage) {
 		}
 		delete(d.channels.requests, msg.Seq)
 		if msg.Op == protocol.OpPaused {
-			d.step(TemplatePaused{Worker: cm.worker})
+			d.step(cluster.TemplatePaused{Worker: cm.worker})
 		} else {
-			d.step(TemplateResumed{Worker: cm.worker})
+			d.step(cluster.TemplateResumed{Worker: cm.worker})
 		}
 	case protocol.OpError:
 		d.log.Warn("worker could not handle a control message: "+msg.Error, "event", "control-error", "pid", p.pid)
@@ -223,7 +224,7 @@ func (d *Driver) spawnReply(msg protocol.Message) {
 	delete(d.channels.spawns, msg.Seq)
 	if msg.Op == protocol.OpSpawnFailed {
 		if !s.cancelled {
-			d.step(SpawnFailed{Worker: s.worker, Err: msg.Error})
+			d.step(cluster.SpawnFailed{Worker: s.worker, Err: msg.Error})
 		}
 		return
 	}
@@ -247,7 +248,7 @@ func (d *Driver) spawnReply(msg protocol.Message) {
 	}
 	if err != nil {
 		// Gone before the master could hold it (and already reaped as an orphan).
-		d.step(SpawnFailed{Worker: s.worker, Err: fmt.Sprintf("the forked worker (pid %d) exited at once", msg.PID)})
+		d.step(cluster.SpawnFailed{Worker: s.worker, Err: fmt.Sprintf("the forked worker (pid %d) exited at once", msg.PID)})
 		return
 	}
 	if p.pid == 0 {
@@ -255,5 +256,5 @@ func (d *Driver) spawnReply(msg protocol.Message) {
 	} else {
 		unix.Close(pidfd) // its hello came first
 	}
-	d.step(Spawned{Worker: s.worker, PID: msg.PID})
+	d.step(cluster.Spawned{Worker: s.worker, PID: msg.PID})
 }
