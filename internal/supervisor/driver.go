@@ -75,7 +75,23 @@ type DriverConfig struct {
 	// Adopt is the previous image's handover after a hot restart: the driver restores the cluster
 	// from it and adopts the running workers, then replaces them by a phased restart.
 	Adopt *Handover
+	// Observer, when set, is told what happened in the cluster as the machine records it.
+	Observer Observer
 }
+
+// Observer is told, in order and from the driver's loop, what the machine records (cluster.Record):
+// a worker spawned, ready or exited and why, a rollout started or ended, datagrams dropped. At is
+// when the event that led to it was stepped. Metrics and an event stream hang off it; it must not
+// block, and changes nothing in what the cluster does.
+type Observer interface {
+	Observe(at time.Time, what cluster.Happening)
+}
+
+// ObserverFunc makes a function an Observer.
+type ObserverFunc func(at time.Time, what cluster.Happening)
+
+// Observe calls f.
+func (f ObserverFunc) Observe(at time.Time, what cluster.Happening) { f(at, what) }
 
 // housekeepingInterval is how often the loop looks for orphans and emptied stray groups.
 const housekeepingInterval = time.Second
@@ -115,6 +131,8 @@ type Driver struct {
 	// step after it.
 	learned  []cluster.Event
 	carrying bool
+	// steppedAt is when the event whose actions are being carried out was stepped.
+	steppedAt time.Time
 
 	helpers      map[int]*helper
 	helperEvents chan helperEvent
@@ -404,7 +422,8 @@ func (d *Driver) step(ev cluster.Event) {
 	for len(d.learned) > 0 {
 		ev := d.learned[0]
 		d.learned = d.learned[1:]
-		if err := d.m.Step(time.Now(), ev); err != nil {
+		d.steppedAt = time.Now()
+		if err := d.m.Step(d.steppedAt, ev); err != nil {
 			// A driver bug, not an input error: log it loudly and keep the cluster running.
 			d.log.Error("cluster state machine rejected an event", "error", err, "event", fmt.Sprintf("%T%+v", ev, ev))
 		}
@@ -463,6 +482,9 @@ func (d *Driver) apply(a cluster.Action) {
 	case cluster.ExecRestart:
 		d.exec = &a
 	case cluster.Record:
+		if d.cfg.Observer != nil {
+			d.cfg.Observer.Observe(d.steppedAt, a.What)
+		}
 	}
 }
 
