@@ -2,24 +2,28 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/control"
 )
 
-// The control API's event stream (GET /v1/events), made from the master's log records.
+// The control API's event stream (GET /v1/events): what the machine records, and what only its
+// log says.
 //
-// Until issue 13's executor hands the machine's typed records to an observer, the records that
-// say what happened are the log's: the machine and the driver log each worker's spawn, readiness
-// and exit, each rollout's start and end, with an "event" attribute (FORKD_EVENT in the journal)
-// and the worker's index, PID and generation. eventHandler sits in front of the log's handler,
-// sees every such record, whatever the log level, and publishes the ones the API reports. Where a
-// record does not say all an event needs, the translator remembers it from an earlier one: how a
-// worker was started (its spawn record), why forkd killed it (the timeout record before its exit),
-// when a rollout began. When the observer exists, it replaces this file; the events stay the same.
+// The worker and rollout events come from the machine's records (cluster.Record), which the driver
+// hands to its observer (supervisor.Observer): the eventTranslator is that observer. The machine
+// records no step of a hot restart, no scale, crash loop, queued operation, or the cluster ready,
+// stopping or stopped; those events come from the log's records, which the machine and the driver
+// emit with an "event" attribute (FORKD_EVENT in the journal): eventHandler sits in front of the
+// log's handler and sees every such record, whatever the log level. So do dropped notifications,
+// whose log record has their sender and is already limited to a few in a flood (the total passing
+// a power of two), where the machine records every drop. Both sources come from the driver's loop,
+// in the order of the machine's actions, so the events keep the order of what happened.
 
 // eventHandler is a slog.Handler that passes every record on to the log's handler (at the log's
 // level) and turns those that report an event into control events.
@@ -56,21 +60,16 @@ func (h *eventHandler) WithGroup(name string) slog.Handler {
 	return h.next.WithGroup(name)
 }
 
-// eventTranslator turns log records into events and publishes them. It is called from whichever
-// goroutine logs, mostly the driver's loop, and never blocks it.
+// eventTranslator turns the machine's records and the log's into events and publishes them. It is
+// called from whichever goroutine logs or observes, mostly the driver's loop, and never blocks it.
 type eventTranslator struct {
 	hub *control.EventHub
-	// keepWorkers: this image took the cluster over in a hot restart that keeps the workers, so
-	// the adoption ends the restart.
-	keepWorkers bool
 
 	mu sync.Mutex
-	// paths holds how each booting worker was started, by PID, until it exits.
-	paths map[int]string
-	// kills holds why forkd killed a worker, by PID, until it exits.
-	kills map[int]string
 	// rollout is the rollout in progress, once it has begun.
 	rollout *openRollout
+	// adopting: this image took the cluster over in a hot restart and has not said so yet.
+	adopting bool
 }
 
 // openRollout is a rollout that has begun and not ended.
@@ -86,18 +85,18 @@ type eventsHandover struct {
 }
 
 func newEventTranslator(hub *control.EventHub) *eventTranslator {
-	return &eventTranslator{hub: hub, paths: map[int]string{}, kills: map[int]string{}}
+	return &eventTranslator{hub: hub}
 }
 
-// restore takes over a previous image's events.
-func (t *eventTranslator) restore(h *eventsHandover, keepWorkers bool) {
+// restore takes over a previous image's events, in a hot restart.
+func (t *eventTranslator) restore(h *eventsHandover) {
 	if h == nil {
 		return
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.hub.Restore(h.Recent)
-	t.rollout, t.keepWorkers = h.Rollout, keepWorkers
+	t.rollout, t.adopting = h.Rollout, true
 }
 
 // handover publishes the hot restart's exec and returns what the new image needs: it is called
@@ -111,10 +110,72 @@ func (t *eventTranslator) handover(pid int) *eventsHandover {
 	return &eventsHandover{Recent: t.hub.Recent(), Rollout: t.rollout}
 }
 
-// Kinds of rollout as the log's event names spell them ("refork-start", "reload-done").
-var rolloutKinds = []string{control.RolloutRefork, control.RolloutReload, control.RolloutRestart}
+// Observe publishes the events of what the machine recorded, at the time of the event that led
+// to it: the translator is the driver's Observer.
+func (t *eventTranslator) Observe(at time.Time, what cluster.Happening) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, ev := range t.happened(at, what) {
+		ev.Time = at
+		t.hub.Publish(ev)
+	}
+}
 
-// record publishes the events that r reports, if any; attrs are the logger's own.
+// happened makes the events of a record of the machine.
+func (t *eventTranslator) happened(at time.Time, what cluster.Happening) []control.Event {
+	switch h := what.(type) {
+	case cluster.WorkerSpawned:
+		return one(control.Event{Type: control.EventWorkerSpawned, Worker: eventWorker(h.Slot, h.PID, h.Generation),
+			Path: spawnPath(h.Forked)})
+	case cluster.WorkerReady:
+		return one(control.Event{Type: control.EventWorkerReady, Worker: eventWorker(h.Slot, h.PID, h.Generation),
+			Path: spawnPath(h.Forked), BootSeconds: h.Boot.Seconds()})
+	case cluster.WorkerExited:
+		if h.PID == 0 {
+			// The process never started.
+			return one(control.Event{Type: control.EventSpawnFailed, Worker: eventWorker(h.Slot, 0, h.Generation),
+				Error: strings.TrimPrefix(h.Status, "spawn failed: ")})
+		}
+		return one(control.Event{Type: control.EventWorkerExited, Worker: eventWorker(h.Slot, h.PID, h.Generation),
+			Reason: exitReason(h.Reason), Status: h.Status})
+	case cluster.RolloutStarted:
+		return t.rolloutStarted(rolloutKind(h.Kind), h.Generation, at)
+	case cluster.RolloutEnded:
+		return t.rolloutEnded(h, at)
+	}
+	return nil // NotifyDropped: the log's record says it (see the top of this file)
+}
+
+func eventWorker(slot, pid, generation int) *control.EventWorker {
+	return &control.EventWorker{Index: slot, PID: pid, Generation: generation}
+}
+
+func spawnPath(forked bool) string {
+	if forked {
+		return control.PathFork
+	}
+	return control.PathExec
+}
+
+// exitReasons are the control API's names for why a worker exited.
+var exitReasons = map[cluster.ExitReason]string{
+	cluster.ExitStopped:          control.ExitStopped,
+	cluster.ExitRecycled:         control.ExitStoppedItself,
+	cluster.ExitCrash:            control.ExitCrash,
+	cluster.ExitBootTimeout:      control.ExitBootTimeout,
+	cluster.ExitHeartbeatTimeout: control.ExitHeartbeatTimeout,
+	cluster.ExitShutdownTimeout:  control.ExitShutdownTimeout,
+	cluster.ExitWatchdogTrigger:  control.ExitWatchdog,
+}
+
+func exitReason(r cluster.ExitReason) string {
+	if name, ok := exitReasons[r]; ok {
+		return name
+	}
+	return strings.ReplaceAll(string(r), "-", "_") // a reason newer than this list, as the API spells them
+}
+
+// record publishes the events that the log record r reports, if any; attrs are the logger's own.
 func (t *eventTranslator) record(r slog.Record, attrs []slog.Attr) {
 	// Most records report nothing: look for the name before reading the rest.
 	name := ""
@@ -131,7 +192,7 @@ func (t *eventTranslator) record(r slog.Record, attrs []slog.Attr) {
 	if name == "" {
 		return
 	}
-	rec := logRecord{msg: r.Message, level: r.Level, time: r.Time, attrs: make(map[string]slog.Value, len(attrs)+r.NumAttrs())}
+	rec := logRecord{msg: r.Message, time: r.Time, attrs: make(map[string]slog.Value, len(attrs)+r.NumAttrs())}
 	for _, a := range attrs {
 		rec.attrs[a.Key] = a.Value.Resolve()
 	}
@@ -155,36 +216,20 @@ func (t *eventTranslator) record(r slog.Record, attrs []slog.Attr) {
 // one is the event of a record that reports one event.
 func one(ev control.Event) []control.Event { return []control.Event{ev} }
 
-// translate makes the events of a record named name, in order: usually one, none for a record
-// that reports none.
+// translate makes the events of a log record named name: those the machine does not record.
 func (t *eventTranslator) translate(name string, rec logRecord) []control.Event {
 	switch name {
-	case "worker-spawned":
-		path := control.PathExec
-		if strings.HasSuffix(rec.msg, "(forked)") {
-			path = control.PathFork
-		}
-		t.paths[rec.int("pid")] = path
-		return one(control.Event{Type: control.EventWorkerSpawned, Worker: rec.worker(), Path: path})
-	case "worker-ready":
-		return one(control.Event{Type: control.EventWorkerReady, Worker: rec.worker(), Path: t.paths[rec.int("pid")],
-			BootSeconds: rec.duration("boot").Seconds()})
-	case "boot-timeout", "heartbeat-timeout", "shutdown-timeout", "watchdog-trigger", "worker-stopping":
-		t.kills[rec.int("pid")] = exitReasons[name]
-		return nil
-	case "worker-exited":
-		return one(t.exited(rec))
-	case "spawn-failed":
-		w := rec.worker()
-		w.PID = 0
-		return one(control.Event{Type: control.EventSpawnFailed, Worker: w, Error: strings.TrimPrefix(rec.msg, "cannot spawn worker: ")})
 	case "crash-loop":
 		return one(control.Event{Type: control.EventCrashLoop, Worker: &control.EventWorker{Index: rec.int("worker")},
 			Crashes: rec.int("crashes"), DelaySeconds: rec.duration("delay").Seconds()})
+	case "restart-start":
+		// The machine records the start of a hot restart's phased restart, after the exec; the
+		// restart begins here, in the old image, with the checks of the new binary.
+		return t.rolloutStarted(control.RolloutRestart, 0, rec.time)
 	case "restart-exec":
 		return nil // published by handover, before the new image is given the events
 	case "restart-adopted":
-		return t.adopted(rec)
+		return t.adopted()
 	case "scale":
 		return one(control.Event{Type: control.EventScale, Workers: rec.int("workers"), Previous: rec.int("previous")})
 	case "notify-dropped":
@@ -193,119 +238,73 @@ func (t *eventTranslator) translate(name string, rec logRecord) []control.Event 
 	case "cluster-ready":
 		return one(control.Event{Type: control.EventClusterReady, Workers: rec.int("workers"), Generation: rec.int("generation")})
 	case "cluster-stopping":
-		events := one(control.Event{Type: control.EventClusterStopping, Immediate: strings.Contains(rec.msg, "immediately")})
-		if r := t.rollout; r != nil {
-			// The machine abandons the rollout without a record of its own.
-			t.rollout = nil
-			events = append(events, control.Event{Type: control.EventRolloutEnded, Kind: r.Kind, Result: control.ResultAborted,
-				DurationSeconds: rec.time.Sub(r.Started).Seconds(), Error: "forkd is stopping",
-				Message: r.Kind + " abandoned: forkd is stopping"})
-		}
-		return events
+		return one(control.Event{Type: control.EventClusterStopping, Immediate: strings.Contains(rec.msg, "immediately")})
 	case "cluster-stopped":
 		return one(control.Event{Type: control.EventClusterStopped})
 	}
 	for _, kind := range rolloutKinds {
-		switch name {
-		case kind + "-queued":
+		if name == kind+"-queued" {
 			return one(control.Event{Type: control.EventRolloutQueued, Kind: kind})
-		case kind + "-start":
-			return t.rolloutStarted(kind, rec)
-		case kind + "-done", kind + "-failed":
-			return one(t.rolloutEnded(kind, rec))
 		}
 	}
 	return nil
 }
 
-// exitReasons are the reasons of an exit that a record before it gave, by that record's name.
-var exitReasons = map[string]string{
-	"boot-timeout":      control.ExitBootTimeout,
-	"heartbeat-timeout": control.ExitHeartbeatTimeout,
-	"shutdown-timeout":  control.ExitShutdownTimeout,
-	"watchdog-trigger":  control.ExitWatchdog,
-	"worker-stopping":   control.ExitStoppedItself,
-}
+// Kinds of rollout as the log's event names spell them ("refork-queued").
+var rolloutKinds = []string{control.RolloutRefork, control.RolloutReload, control.RolloutRestart}
 
-// exited makes a worker's exit event. The record says how the process ended, and with its level
-// whether forkd expected it (info) or not (warning); why forkd killed it, or that it stopped on
-// its own, was said before.
-func (t *eventTranslator) exited(rec logRecord) control.Event {
-	pid := rec.int("pid")
-	reason, known := t.kills[pid]
-	delete(t.kills, pid)
-	delete(t.paths, pid)
-	switch {
-	case known && reason == control.ExitStoppedItself && rec.level > slog.LevelInfo:
-		reason = control.ExitCrash // it said it was stopping, then failed: the machine counts a crash
-	case known:
-	case rec.level <= slog.LevelInfo:
-		reason = control.ExitStopped
-	default:
-		reason = control.ExitCrash
-	}
-	return control.Event{Type: control.EventWorkerExited, Worker: rec.worker(), Reason: reason, Status: rec.str("status")}
-}
-
-// rolloutStarted opens a rollout. A hot restart has two records of its start: the old image's
-// (the checks before the exec, without a generation), then the new image's (the phased restart
-// that completes it), which continues the rollout the handover brought.
-func (t *eventTranslator) rolloutStarted(kind string, rec logRecord) []control.Event {
+// rolloutStarted opens a rollout. A hot restart has two starts: the old image's (the checks before
+// the exec, without a generation), then the new image's (the phased restart that completes it),
+// which continues the rollout the handover brought.
+func (t *eventTranslator) rolloutStarted(kind string, generation int, at time.Time) []control.Event {
 	if r := t.rollout; kind == control.RolloutRestart && r != nil && r.Kind == kind {
 		return nil
 	}
-	t.rollout = &openRollout{Kind: kind, Started: rec.time}
-	return one(control.Event{Type: control.EventRolloutStarted, Kind: kind, Generation: rec.int("generation")})
+	t.rollout = &openRollout{Kind: kind, Started: at}
+	return one(control.Event{Type: control.EventRolloutStarted, Kind: kind, Generation: generation})
 }
 
-// rolloutEnded closes the rollout; one that ends without having begun (a reload whose config
-// does not load) has no duration.
-func (t *eventTranslator) rolloutEnded(kind string, rec logRecord) control.Event {
-	ev := control.Event{Type: control.EventRolloutEnded, Kind: kind, Generation: rec.int("generation"), Result: control.ResultSucceeded}
-	if strings.HasSuffix(rec.str("event"), "-failed") {
-		ev.Result = control.ResultFailed
-		ev.Error = rec.msg
-		for _, prefix := range []string{kind + " stopped: ", kind + " did not begin: ", "hot restart refused: "} {
-			ev.Error = strings.TrimPrefix(ev.Error, prefix)
-		}
-		ev.Error = strings.TrimPrefix(ev.Error, "cluster: ")
+// rolloutEnded closes the rollout. Its duration runs from its start as this stream saw it, which
+// for a hot restart is the old image's; one that ends without having begun (a reload whose config
+// does not load, an operation still queued when forkd stops) has none. In the image that took the
+// cluster over keeping the workers, the machine ends the restart as it adopts them: the adoption
+// is said first.
+func (t *eventTranslator) rolloutEnded(h cluster.RolloutEnded, at time.Time) []control.Event {
+	kind := rolloutKind(h.Kind)
+	ev := control.Event{Type: control.EventRolloutEnded, Kind: kind, Generation: h.Generation, Result: control.ResultSucceeded,
+		DurationSeconds: h.Duration.Seconds()}
+	switch {
+	case errors.Is(h.Err, cluster.ErrStopping):
+		ev.Result, ev.Error = control.ResultAborted, "forkd is stopping"
+	case h.Err != nil:
+		ev.Result, ev.Error = control.ResultFailed, strings.TrimPrefix(h.Err.Error(), "cluster: ")
 	}
 	if r := t.rollout; r != nil && r.Kind == kind {
-		ev.DurationSeconds = rec.time.Sub(r.Started).Seconds()
+		ev.DurationSeconds = at.Sub(r.Started).Seconds()
 		t.rollout = nil
 	}
-	return ev
-}
-
-// adopted makes the event of the new image taking the cluster over; with the workers kept, that
-// ends the restart.
-func (t *eventTranslator) adopted(rec logRecord) []control.Event {
-	events := one(control.Event{Type: control.EventMasterRestart, Stage: control.MasterRestartAdopted})
-	if t.keepWorkers {
-		ended := control.Event{Type: control.EventRolloutEnded, Kind: control.RolloutRestart, Result: control.ResultSucceeded,
-			Message: "restart done: the new master keeps the workers"}
-		if r := t.rollout; r != nil {
-			ended.DurationSeconds = rec.time.Sub(r.Started).Seconds()
-		}
-		t.rollout = nil
-		events = append(events, ended)
+	var events []control.Event
+	if kind == control.RolloutRestart && t.adopting {
+		events = t.adopted()
 	}
-	return events
+	return append(events, ev)
 }
 
-// logRecord is a log record's message, level, time and attributes, by key.
+// adopted makes the event of the new image taking the cluster over, once.
+func (t *eventTranslator) adopted() []control.Event {
+	if !t.adopting {
+		return nil
+	}
+	t.adopting = false
+	return one(control.Event{Type: control.EventMasterRestart, Stage: control.MasterRestartAdopted,
+		Message: "hot restart: the new master image took the cluster over"})
+}
+
+// logRecord is a log record's message, time and attributes, by key.
 type logRecord struct {
 	msg   string
-	level slog.Level
 	time  time.Time
 	attrs map[string]slog.Value
-}
-
-func (r logRecord) str(key string) string {
-	if v, ok := r.attrs[key]; ok && v.Kind() == slog.KindString {
-		return v.String()
-	}
-	return ""
 }
 
 func (r logRecord) int(key string) int {
@@ -326,8 +325,4 @@ func (r logRecord) duration(key string) time.Duration {
 		return v.Duration()
 	}
 	return 0
-}
-
-func (r logRecord) worker() *control.EventWorker {
-	return &control.EventWorker{Index: r.int("worker"), PID: r.int("pid"), Generation: r.int("generation")}
 }

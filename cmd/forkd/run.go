@@ -81,7 +81,7 @@ func run(flags config.Flags) error {
 	if err != nil {
 		return &exitError{config.ExitConfig, err}
 	}
-	// The control API's events come from the log's records (events.go).
+	// The control API's events come from the machine's records and the log's (events.go).
 	events := newEventTranslator(control.NewEventHub())
 	logger = slog.New(newEventHandler(logger.Handler(), events))
 	// Under journald, each worker writes to a journal stream of its own, so that its output is
@@ -119,7 +119,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 	var err error
 	if adopt != nil {
 		startedAt, activated, listeners = extra.StartedAt, extra.Activated, adopt.Listeners
-		events.restore(extra.Events, adopt.Machine.Restart != nil && adopt.Machine.Restart.KeepWorkers)
+		events.restore(extra.Events)
 		// FileListener dups the descriptor; closing the *os.File, not the number, closes the
 		// original exactly once (a bare close would leave the File's finalizer to close the
 		// number again later, by then another descriptor: a worker's pidfd, say).
@@ -189,7 +189,8 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 			return handoverExtra{Config: cfg, ControlFD: ctlFD, StartedAt: startedAt, Activated: activated,
 				Events: events.handover(os.Getpid())}, []int{ctlFD}
 		},
-		Adopt: adopt,
+		Adopt:    adopt,
+		Observer: events,
 	})
 	if err != nil {
 		return 1, err

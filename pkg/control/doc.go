@@ -98,8 +98,8 @@
 //
 // GET /v1/events streams what happens in the cluster as it happens: one JSON object per line
 // (Content-Type application/x-ndjson), one Event each, flushed as they come. Every event has
-// seq (numbered from 1, in order, across hot restarts), time (RFC 3339), type, and message (the
-// sentence forkd logged), and the fields of its type; a field that does not apply, or whose value
+// seq (numbered from 1, in order, across hot restarts), time (RFC 3339), type, message (the
+// sentence forkd logged, when the event comes from its log), and the fields of its type; a field that does not apply, or whose value
 // is zero, is absent. The types and their fields:
 //
 //	worker-spawned    worker, path
@@ -122,7 +122,7 @@
 // worker-exited) is one of stopped, stopped_itself, crash, boot_timeout, heartbeat_timeout,
 // shutdown_timeout, watchdog; kind is refork, reload or restart (a refork is a rollout of kind
 // refork, so rollout-started and rollout-ended report reforks, automatic ones included); result
-// is succeeded, failed or aborted (forkd began to stop). Clients show a type or a reason they do
+// is succeeded, failed or aborted (forkd began to stop while it ran or waited its turn). Clients show a type or a reason they do
 // not know as it is: new ones may come.
 //
 // Without a query, the stream has what happens from now on. With since=SEQ, it begins with the

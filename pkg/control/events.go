@@ -91,7 +91,8 @@ const (
 	// ResultFailed: a rollout stopped before replacing every worker (the old workers serve on), or
 	// did not begin (the new config does not load, the new binary refused it).
 	ResultFailed = "failed"
-	// ResultAborted: forkd began to stop while the rollout ran.
+	// ResultAborted: forkd began to stop while the rollout ran, or while it waited its turn (then
+	// without a rollout-started before it).
 	ResultAborted = "aborted"
 )
 
@@ -112,7 +113,8 @@ type Event struct {
 	Time time.Time `json:"time"`
 	// Type is one of the Event* constants.
 	Type string `json:"type"`
-	// Message is the sentence forkd logged for it, for humans.
+	// Message is the sentence forkd logged for it, for humans, when the event comes from its log
+	// (the worker and rollout events come from the machine's records, without one).
 	Message string `json:"message,omitempty"`
 
 	// Worker is the worker process the event is about.
