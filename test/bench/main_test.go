@@ -4,7 +4,8 @@
 // rollouts (rollout_test.go): phased restarts and request latency during phased and hot restarts;
 // and a Rack app (rack_test.go) under forkd-rack next to the same app under `puma --fork-worker`:
 // memory, refork and phased restart durations, and latency during each; wrk against every runner
-// during rollouts, and forkd.gunicorn next to plain gunicorn (drain_test.go).
+// during rollouts, and forkd.gunicorn next to plain gunicorn (drain_test.go); the Python
+// template's gc.freeze() before it forks, off and on (gcfreeze_test.go).
 //
 //	make bench    # go test -run='^$' -bench=. -benchtime=1x -count=1 ./test/bench/...
 //
@@ -76,6 +77,7 @@ func TestMain(m *testing.M) {
 		printRolloutSummary(os.Stdout)
 		printRackSummary(os.Stdout)
 		printDrainSummary(os.Stdout)
+		printGCFreezeSummary(os.Stdout)
 		return code
 	}()
 	os.Exit(code)

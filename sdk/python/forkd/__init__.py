@@ -128,8 +128,13 @@ Fork hooks
     master then execs the worker); a child hook that raises makes the new worker exit with status 1.
 ``before_refork(fn)``, ``after_refork(fn)``
     In the template around a refork (the master's pause ... resume): before_refork once no request
-    is in flight, before the forks (a good place for ``gc.collect(); gc.freeze()``), after_refork
-    before serving again. Errors are logged.
+    is in flight, before the forks, after_refork before serving again. Errors are logged.
+``set_gc_freeze(on)``
+    Before each fork, after the prepare hooks, the template runs ``gc.collect()`` (once per batch
+    of forks) and ``gc.freeze()``, so that the forked workers' collectors leave the inherited heap,
+    and the pages that hold it, alone; it unfreezes its own heap when it serves again
+    (sdk/python/README.md). ``forkd.set_gc_freeze(False)``, at import (in the app, or in
+    gunicorn.conf.py), turns that off; anything but True or False raises TypeError.
 ``after_worker_boot(fn)``
     In each worker once it is one: in an exec'd worker after the master's welcome, in a forked
     worker after its child hooks and welcome; always before READY=1. Only under forkd.gunicorn. A
@@ -151,6 +156,7 @@ from .hooks import (  # noqa: E402
     before_fork,
     before_refork,
 )
+from .runtime import set_gc_freeze  # noqa: E402
 from .sdnotify import NotifyError, notify_barrier  # noqa: E402
 from .worker import (  # noqa: E402
     SDK,
@@ -177,5 +183,5 @@ __all__ = [
     "add_requests", "requests",
     "worker_index", "generation", "is_template", "master_gone",
     "before_fork", "after_fork_parent", "after_fork_child",
-    "before_refork", "after_refork", "after_worker_boot",
+    "before_refork", "after_refork", "after_worker_boot", "set_gc_freeze",
 ]

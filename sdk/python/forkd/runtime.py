@@ -22,6 +22,7 @@ template that forks often never misses one.
 """
 
 import collections
+import gc
 import os
 import select
 import signal
@@ -33,7 +34,8 @@ from . import hooks
 from . import protocol
 from . import worker
 
-__all__ = ["Forked", "Reader", "Template", "double_fork", "apply_stdio", "reply"]
+__all__ = ["Forked", "Reader", "Template", "double_fork", "apply_stdio", "reply", "set_gc_freeze",
+           "thaw_heap"]
 
 
 class Forked(BaseException):
@@ -273,6 +275,7 @@ class Template:
             if self.gone or stop_requested():
                 return "stop"
             if not self.paused:
+                thaw_heap()
                 return "serve"
             try:
                 r, _, _ = select.select([self.channel.fileno(), wake_fd], [], [],
@@ -370,6 +373,7 @@ def double_fork(msg, channel_fd):
     except Exception as e:
         worker.log("before_fork hook failed:\n%s" % traceback.format_exc().rstrip())
         raise RuntimeError("before_fork hook failed: %s" % e) from None
+    _freeze_heap()
     r, w = os.pipe()
     hooks._sdk_forking = True
     try:
@@ -404,6 +408,39 @@ def double_fork(msg, channel_fd):
     if os.WIFSIGNALED(status):
         raise RuntimeError("the intermediate child was killed by signal %d" % os.WTERMSIG(status))
     raise RuntimeError("the intermediate child could not fork (status %d)" % os.WEXITSTATUS(status))
+
+
+_gc_freeze = True
+
+
+def set_gc_freeze(on):
+    """Whether the template runs gc.collect() and gc.freeze() before it forks (True, the
+    default; see _freeze_heap). Call it at import, in the app or in gunicorn.conf.py."""
+    global _gc_freeze
+    if not isinstance(on, bool):
+        raise TypeError("forkd.set_gc_freeze takes True or False, not %r" % (on,))
+    _gc_freeze = on
+
+
+def _freeze_heap():
+    """Ready the template's heap for a fork: collect the garbage (so that no freed hole in a shared
+    page is filled in a child), then freeze what survives, so that no child's collector ever
+    writes to the headers of the objects it inherits: a collection would otherwise dirty, and so
+    copy, every page that holds one. The full collection runs once per quiet period (the first
+    fork of a refork, or a respawn): nothing but the spawns' own objects is made between two
+    forks of one period."""
+    if not _gc_freeze:
+        return
+    if not gc.get_freeze_count():
+        gc.collect()
+    gc.freeze()
+
+
+def thaw_heap():
+    """When the template serves again: its own collector covers all of its heap again, so that
+    what it drops later is freed (each forked worker keeps what it inherited frozen)."""
+    if _gc_freeze and gc.get_freeze_count():
+        gc.unfreeze()
 
 
 def _own_process_group(pid):

@@ -34,6 +34,19 @@ class PlainAPITest(MasterTestCase):
                                "inheritable": False, "index": 2, "gen": 7, "template": False,
                                "gone": False})
 
+    def test_set_gc_freeze_takes_a_bool(self):
+        code, out, log = self.run_script(
+            "import json, forkd\n"
+            "forkd.set_gc_freeze(False)\n"
+            "try:\n"
+            "    forkd.set_gc_freeze('off')\n"
+            "    err = None\n"
+            "except TypeError as e:\n"
+            "    err = str(e)\n"
+            "print(json.dumps({'err': err}))\n")
+        self.assertEqual(code, 0, log)
+        self.assertEqual(out, {"err": "forkd.set_gc_freeze takes True or False, not 'off'"})
+
     def test_listen_pid_of_another_process(self):
         code, out, log = self.run_script(
             "import json, os\n"

@@ -238,6 +238,24 @@ class SpawnTest(GunicornTestCase):
         self.assertEqual(os.WEXITSTATUS(waitpid_timeout(pid)), 0)
         self.assertEqual(events(m.hooks(), pid)[-1], "g.worker_exit")
 
+    def test_the_template_freezes_its_heap_for_the_forked_worker(self):
+        # gc.collect() + gc.freeze() right before the fork: the new worker's collector never
+        # visits what it inherited; the template's collects all of its heap again once it serves.
+        m = self.master()
+        t = m.boot(GTHREAD)
+        w = fork_ready(m, t)
+        self.assertGreater(hook_data(m.hooks(), w.pid, "child1")["frozen"], 1000)
+        self.assertGreater(hook_data(m.hooks(), t.pid, "parent1")["frozen"], 1000)
+        w.channel.close()
+        waitpid_timeout(w.pid)
+        self.assertEqual(get(m.port, "/gc"), (200, "pid=%d frozen=0\n" % t.pid))
+
+    def test_gc_freeze_off(self):
+        m = self.master()
+        t = m.boot(GTHREAD, env={"TEST_GC_FREEZE": "off"})
+        w = fork_ready(m, t)
+        self.assertEqual(hook_data(m.hooks(), w.pid, "child1")["frozen"], 0)
+
     def test_spawn_waits_for_the_request_in_flight(self):
         m = self.master()
         t = m.boot(GTHREAD)

@@ -29,9 +29,11 @@ every other worker is forked from it and shares its memory copy-on-write. The te
 periods, one gunicorn worker per period: to fork, it ends the current period the way gunicorn ends
 a worker's loop on a graceful stop (no new connection; requests in flight finish; each idle
 keep-alive connection gets its next request answered with Connection: close, until
-``--keep-alive`` runs out), forks while nothing is open, then serves again with a new gunicorn
-worker. Other worker classes (uvicorn's, gevent, ...) run in exec mode: worker 0 says it cannot
-be the template, and forkd execs every worker.
+``--keep-alive`` runs out), forks while nothing is open (after ``gc.collect()`` and
+``gc.freeze()``, so that the workers' collectors leave the shared heap alone;
+``forkd.set_gc_freeze(False)`` in gunicorn.conf.py turns that off), then serves again with a new
+gunicorn worker. Other worker classes (uvicorn's, gevent, ...) run in exec mode: worker 0 says it
+cannot be the template, and forkd execs every worker.
 
 Server hooks (gunicorn.conf.py), and where they run:
 

@@ -1,6 +1,7 @@
 """The tests' WSGI app: records every forkd hook it sees into $HOOK_LOG, one line per event:
 "PID EVENT JSON"."""
 
+import gc
 import json
 import os
 import time
@@ -16,13 +17,16 @@ def record(event, **data):
         f.write("%d %s %s\n" % (os.getpid(), event, json.dumps(data)))
 
 
+if os.environ.get("TEST_GC_FREEZE") == "off":
+    forkd.set_gc_freeze(False)
+
 forkd.before_fork(lambda: record("prepare1"))
 forkd.before_fork(lambda: record("prepare2"))
 
 
 @forkd.after_fork_parent
 def parent1():
-    record("parent1")
+    record("parent1", frozen=gc.get_freeze_count())
 
 
 forkd.after_fork_parent(lambda: record("parent2"))
@@ -30,7 +34,7 @@ forkd.after_fork_parent(lambda: record("parent2"))
 
 @forkd.after_fork_child
 def child1():
-    record("child1", listen_pid=os.environ.get("LISTEN_PID"))
+    record("child1", listen_pid=os.environ.get("LISTEN_PID"), frozen=gc.get_freeze_count())
 
 
 forkd.after_fork_child(lambda: record("child2"))
@@ -72,6 +76,10 @@ def app(environ, start_response):
         body = environ["wsgi.input"].read()
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return [body]
+    elif path == "/gc":
+        text = "pid=%d frozen=%d\n" % (os.getpid(), gc.get_freeze_count())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [text.encode()]
     elif path == "/error":
         raise RuntimeError("the app failed on purpose")
     elif path == "/stream":
