@@ -28,6 +28,7 @@ func TestWriteStatusTable(t *testing.T) {
 			{Name: "http", Address: "tcp://[::]:80"},
 			{Name: "admin", Address: "unix:///run/app.sock"},
 		},
+		Cgroups: "off (demo.service does not delegate its cgroup to forkd (add Delegate=yes to the unit))",
 		WorkerList: []control.Worker{
 			{Index: 0, PID: 11, Generation: 2, State: control.WorkerReady, Uptime: control.Duration(time.Minute),
 				StatusLine: "serving\x1b[2J", Requests: 9},
@@ -49,6 +50,7 @@ mode:                  exec
 workers:               2/3 ready
 listeners:             http tcp://[::]:80, admin unix:///run/app.sock (bound by forkd)
 dropped notifications: 0
+cgroups:               off (demo.service does not delegate its cgroup to forkd (add Delegate=yes to the unit))
 
 INDEX  PID  GEN  ROLE  STATE     UPTIME  RESTARTS  REQUESTS              RSS  PSS  SHARED  STATUS
 0      11   2    exec  ready     1m      0         9                     -    -    -       serving?[2J

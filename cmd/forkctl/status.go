@@ -98,6 +98,9 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	if st.LateNotifications > 0 {
 		row("late notifications:", strconv.FormatUint(st.LateNotifications, 10)+" (from workers that had exited)")
 	}
+	if st.Cgroups != "" {
+		row("cgroups:", printable(st.Cgroups))
+	}
 	if st.StatusLine != "" {
 		row("status:", printable(st.StatusLine))
 	}

@@ -26,6 +26,8 @@ type backend struct {
 	listeners []activation.Listener
 	activated bool
 	events    *control.EventHub
+	// cgroups is the status's line about the workers' cgroups.
+	cgroups string
 }
 
 func (b *backend) Status(ctx context.Context) (control.Status, error) {
@@ -50,6 +52,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		DroppedNotifications: st.Dropped,
 		LateNotifications:    st.Late,
 		StatusLine:           st.StatusLine,
+		Cgroups:              b.cgroups,
 	}
 	if st.Rollout != cluster.NoRollout && st.Phase == cluster.PhaseRunning {
 		out.Phase = control.PhaseRolling

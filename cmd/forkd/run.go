@@ -170,6 +170,12 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 		watchdog = interval / 2
 	}
 
+	// Before any worker exists: the master moves itself into a leaf of its cgroup.
+	_, cgroupsLine, err := openCgroups(cfg.Cgroups, logger)
+	if err != nil {
+		return 1, err
+	}
+
 	driver, err := supervisor.NewDriver(supervisor.DriverConfig{
 		Generation: generation(cfg),
 		Reconfigure: func() (supervisor.Generation, error) {
@@ -207,7 +213,8 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 	logger.Info(what, "event", "master-starting", "pid", os.Getpid(), "listeners", strings.Join(addrs, ", "),
 		"socket_activated", activated, "control_socket", cfg.Control.Socket)
 
-	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated, events: events.hub}
+	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated, events: events.hub,
+		cgroups: cgroupsLine}
 	srv := control.NewServer(b, logger, control.WithWorkers(b, control.WorkerAccess(cfg.Control.WorkerAccess)))
 	go srv.Serve(ctl)
 
@@ -308,6 +315,9 @@ func reconfigure(running *config.Config, flags config.Flags) (supervisor.Generat
 	if cfg.Control.WorkerAccess != running.Control.WorkerAccess {
 		g.Warnings = append(g.Warnings, fmt.Sprintf("control.worker_access changed: it stays %q until forkd is restarted (forkctl restart)",
 			running.Control.WorkerAccess))
+	}
+	if cfg.Cgroups.Mode != running.Cgroups.Mode {
+		g.Warnings = append(g.Warnings, fmt.Sprintf("cgroups.mode changed: it stays %q until forkd is restarted (systemctl restart)", running.Cgroups.Mode))
 	}
 	if cfg.Log != running.Log || cfg.Name != running.Name {
 		g.Warnings = append(g.Warnings, "name and log settings take effect when forkd is restarted")

@@ -2,6 +2,7 @@ package cgroup
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,7 +83,7 @@ func TestOpenRefuses(t *testing.T) {
 		_, err := open(unit, hierarchyPath(t, unit), Options{})
 		var u *Unavailable
 		require.ErrorAs(t, err, &u)
-		assert.Equal(t, unit+" is app.service's cgroup, which systemd did not delegate (add Delegate=yes to the unit)", u.Reason)
+		assert.Equal(t, "app.service does not delegate its cgroup to forkd (add Delegate=yes to the unit)", u.Reason)
 		assert.NoDirExists(t, filepath.Join(unit, MasterLeaf))
 
 		// systemd marks a delegated cgroup: then forkd takes it.
@@ -107,6 +108,31 @@ func TestOpenRefuses(t *testing.T) {
 		assert.Equal(t, "cgroups off: "+unit+" is on a read-only mount (under systemd: ProtectControlGroups=no and Delegate=yes in the unit; "+
 			"in a container: a read-write /sys/fs/cgroup)", res.Err)
 		assert.NoDirExists(t, filepath.Join(unit, MasterLeaf))
+	})
+
+	t.Run("a cgroup shared with other processes", func(t *testing.T) {
+		dir := filepath.Join(root, "terminal")
+		require.NoError(t, os.Mkdir(dir, 0o755))
+		var shell map[string]int
+		sh := startHelper(t, "allocate", dir, &shell, "FORKD_CGROUP_BYTES=0")
+		var res openResult
+		startHelper(t, "open", dir, &res)
+		assert.True(t, res.Unavailable, "%+v", res)
+		assert.Equal(t, fmt.Sprintf("cgroups off: %s holds other processes than forkd (pid %d): forkd needs a cgroup of its own "+
+			"(a unit with Delegate=yes; from a shell, systemd-run --scope -p Delegate=yes forkd ...)", dir, sh.pid), res.Err)
+		assert.NoDirExists(t, filepath.Join(dir, MasterLeaf))
+	})
+
+	t.Run("a cgroup another forkd has taken", func(t *testing.T) {
+		dir := filepath.Join(root, "shared")
+		require.NoError(t, os.Mkdir(dir, 0o755))
+		var first, second openResult
+		h := startHelper(t, "open", dir, &first)
+		require.Empty(t, first.Err)
+		startHelper(t, "open", dir, &second)
+		assert.True(t, second.Unavailable, "%+v", second)
+		assert.Equal(t, fmt.Sprintf("cgroups off: another forkd (pid %d) runs in %s: give each forkd a cgroup of its own (a unit of its own, with Delegate=yes)",
+			h.pid, dir), second.Err)
 	})
 
 	t.Run("a cgroup forkd's user cannot write", func(t *testing.T) {

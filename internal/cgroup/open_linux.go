@@ -63,6 +63,11 @@ func open(dir, p string, opts Options) (*Tree, error) {
 		return nil, unavailable(root + " is a " + typ + " cgroup: worker cgroups need a domain cgroup")
 	}
 	master := filepath.Join(root, MasterLeaf)
+	if dir != master {
+		if err := checkOwn(root, master); err != nil {
+			return nil, err
+		}
+	}
 	if err := os.Mkdir(master, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, unavailable(notWritable(root, err))
 	}
@@ -100,7 +105,42 @@ func checkDelegated(root string) error {
 			return nil // ENOTSUP: a kernel without xattrs on cgroupfs; no marks to go by
 		}
 	}
-	return unavailable(root + " is " + base + "'s cgroup, which systemd did not delegate (add Delegate=yes to the unit)")
+	return unavailable(base + " does not delegate its cgroup to forkd (add Delegate=yes to the unit)")
+}
+
+// checkOwn refuses a cgroup that forkd shares: with other processes (a shell's, in the scope of a
+// terminal), which would stay behind in it and keep it from handing controllers down; or with
+// another forkd, already in its master leaf, whose workers' cgroups would be this one's too.
+func checkOwn(root, master string) error {
+	self := os.Getpid()
+	others := func(dir string) []int {
+		pids, _ := readPIDs(filepath.Join(dir, "cgroup.procs"))
+		return slices.DeleteFunc(pids, func(pid int) bool { return pid == self })
+	}
+	if pids := others(master); len(pids) > 0 {
+		return unavailable(fmt.Sprintf("another forkd (pid %d) runs in %s: give each forkd a cgroup of its own (a unit of its own, with Delegate=yes)", pids[0], root))
+	}
+	if pids := others(root); len(pids) > 0 {
+		return unavailable(fmt.Sprintf("%s holds other processes than forkd (pid %s): forkd needs a cgroup of its own "+
+			"(a unit with Delegate=yes; from a shell, systemd-run --scope -p Delegate=yes forkd ...)", root, joinPIDs(pids, 3)))
+	}
+	return nil
+}
+
+// joinPIDs lists up to n PIDs, and how many more there are.
+func joinPIDs(pids []int, n int) string {
+	var b strings.Builder
+	for i, pid := range pids {
+		if i == n {
+			fmt.Fprintf(&b, " and %d more", len(pids)-n)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(strconv.Itoa(pid))
+	}
+	return b.String()
 }
 
 func getxattr(file, name string) (string, error) {

@@ -45,6 +45,13 @@ const (
 	FDStoreNo   = "no"
 )
 
+// Values of Cgroups.Mode.
+const (
+	CgroupsAuto = "auto"
+	CgroupsOn   = "on"
+	CgroupsOff  = "off"
+)
+
 // Defaults, documented in docs/configuration.md.
 const (
 	DefaultBootTimeout     = 60 * time.Second
@@ -107,6 +114,7 @@ type Config struct {
 	Systemd    Systemd
 	Notify     Notify
 	Control    Control
+	Cgroups    Cgroups
 	Log        Log
 }
 
@@ -253,6 +261,23 @@ type Control struct {
 	// which the socket's mode and the uid check let in.
 	WorkerAccess string
 }
+
+// Cgroups configures the workers' cgroups (docs/observability.md): where forkd may create them
+// (a systemd unit with Delegate=yes, a container with a writable cgroup v2 subtree), each worker
+// runs in one of its own, which knows its whole process tree and its exact memory, can be limited
+// and killed whole, and tells an OOM kill from other deaths.
+type Cgroups struct {
+	// Mode is CgroupsAuto (the default: cgroups where forkd may create them, else none, and the
+	// status says why), CgroupsOn (forkd refuses to start without them) or CgroupsOff.
+	Mode string
+	// MemoryMax and MemoryHigh are each worker's memory.max and memory.high in bytes: past
+	// MemoryMax the kernel OOM-kills the worker's whole tree, past MemoryHigh it throttles and
+	// reclaims. Zero (the default) is no limit. They need the memory controller.
+	MemoryMax, MemoryHigh uint64
+}
+
+// MinMemoryLimit bounds cgroups.memory_max and memory_high from below: no worker runs in less.
+const MinMemoryLimit = 1 << 20
 
 // Log configures forkd's own log records.
 type Log struct {

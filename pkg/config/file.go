@@ -2,7 +2,9 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"math/big"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +37,7 @@ type fileConfig struct {
 	Systemd    *fileSystemd    `hcl:"systemd,block"`
 	Notify     *fileNotify     `hcl:"notify,block"`
 	Control    *fileControl    `hcl:"control,block"`
+	Cgroups    *fileCgroups    `hcl:"cgroups,block"`
 	Log        *fileLog        `hcl:"log,block"`
 }
 
@@ -92,6 +95,12 @@ type fileNotify struct {
 type fileControl struct {
 	Socket       *hcl.Attribute `hcl:"socket,optional"`
 	WorkerAccess *hcl.Attribute `hcl:"worker_access,optional"`
+}
+
+type fileCgroups struct {
+	Mode       *hcl.Attribute `hcl:"mode,optional"`
+	MemoryMax  *hcl.Attribute `hcl:"memory_max,optional"`
+	MemoryHigh *hcl.Attribute `hcl:"memory_high,optional"`
 }
 
 type fileLog struct {
@@ -172,6 +181,11 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 			c.Control.Socket = b.resolvePath(c.Control.Socket, false)
 		}
 		b.decodeValue(ctl.WorkerAccess, "control.worker_access", &c.Control.WorkerAccess, &s.workerAccess)
+	}
+	if cg := fc.Cgroups; cg != nil {
+		b.decodeValue(cg.Mode, "cgroups.mode", &c.Cgroups.Mode, &s.cgroupsMode)
+		b.decodeSize(cg.MemoryMax, "cgroups.memory_max", &c.Cgroups.MemoryMax, &s.memoryMax)
+		b.decodeSize(cg.MemoryHigh, "cgroups.memory_high", &c.Cgroups.MemoryHigh, &s.memoryHigh)
 	}
 	if l := fc.Log; l != nil {
 		b.decodeValue(l.Level, "log.level", &c.Log.Level, &s.level)
@@ -260,6 +274,65 @@ func parseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q is not a duration; write a number and a unit, like \"30s\", \"2m\" or \"1m30s\"", s)
 	}
 	return d, nil
+}
+
+// decodeSize decodes a size in bytes: a whole number, or a string of one with a suffix K, M, G or
+// T (powers of 1024, as systemd's MemoryMax= takes them; "KiB", "MiB"... too).
+func (b *builder) decodeSize(a *hcl.Attribute, what string, dst *uint64, o *origin) {
+	if a == nil {
+		return
+	}
+	if val, diags := a.Expr.Value(nil); !diags.HasErrors() && val.Type() == cty.Number && !val.IsNull() {
+		*o = attrOrigin(what, a)
+		n, accuracy := val.AsBigFloat().Uint64()
+		if !val.AsBigFloat().IsInt() || accuracy != big.Exact {
+			b.report(*o, "must be a size in bytes, like \"512M\", \"2G\" or 536870912, not %s", val.AsBigFloat().Text('g', -1))
+			o.failed = true
+			return
+		}
+		*dst = n
+		return
+	}
+	var s string
+	if !b.decodeValue(a, what, &s, o) {
+		return
+	}
+	n, err := parseSize(s)
+	if err != nil {
+		b.report(*o, "%v", err)
+		o.failed = true
+		return
+	}
+	*dst = n
+}
+
+// parseSize parses "512M" and the like (see decodeSize).
+func parseSize(s string) (uint64, error) {
+	bad := fmt.Errorf("%q is not a size; write a whole number of bytes with a suffix K, M, G or T, like \"512M\" or \"2G\"", s)
+	digits := strings.TrimRightFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	suffix := strings.TrimSpace(s[len(digits):])
+	shift := 0
+	switch strings.TrimSuffix(strings.TrimSuffix(suffix, "iB"), "B") {
+	case "":
+	case "K", "k":
+		shift = 10
+	case "M":
+		shift = 20
+	case "G":
+		shift = 30
+	case "T":
+		shift = 40
+	default:
+		return 0, bad
+	}
+	n, err := strconv.ParseUint(digits, 10, 64)
+	if err != nil || digits == "" {
+		return 0, bad
+	}
+	if n > math.MaxUint64>>shift {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return n << shift, nil
 }
 
 // decodeReforkAfter decodes refork_after: request counts greater than 0, perhaps ending with false

@@ -75,6 +75,7 @@ func TestQuickMode(t *testing.T) {
 		Systemd:  Systemd{FDStore: FDStoreAuto},
 		Notify:   Notify{Directory: filepath.Dir(DefaultControlSocket("forkd"))},
 		Control:  Control{Socket: DefaultControlSocket("forkd"), WorkerAccess: WorkerAccessNone},
+		Cgroups:  Cgroups{Mode: CgroupsAuto},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)
 }

@@ -209,6 +209,9 @@ func (b *builder) fillDefaults() {
 	if !s.notifyDirectory.given && !c.Notify.Abstract {
 		c.Notify.Directory = DefaultNotifyDirectory(c.Control.Socket)
 	}
+	if !s.cgroupsMode.given {
+		c.Cgroups.Mode = CgroupsAuto
+	}
 	if !s.level.given {
 		c.Log.Level = "info"
 	}

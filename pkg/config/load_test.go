@@ -80,6 +80,12 @@ control {
   worker_access = "status"
 }
 
+cgroups {
+  mode        = "on"
+  memory_max  = "512M"
+  memory_high = 402653184
+}
+
 log {
   level  = "debug"
   format = "json"
@@ -117,6 +123,7 @@ func TestParseFullConfig(t *testing.T) {
 		Systemd: Systemd{FDStore: FDStoreNo, WatchdogMinReady: 2},
 		Notify:  Notify{Directory: filepath.Join(dir, "run", "notify")},
 		Control: Control{Socket: filepath.Join(dir, "run", "control.sock"), WorkerAccess: WorkerAccessStatus},
+		Cgroups: Cgroups{Mode: CgroupsOn, MemoryMax: 512 << 20, MemoryHigh: 384 << 20},
 		Log:     Log{Level: "debug", Format: "json"},
 	}, cfg)
 }
@@ -138,6 +145,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		Systemd:   Systemd{FDStore: FDStoreAuto},
 		Notify:    Notify{Directory: filepath.Dir(DefaultControlSocket("web"))},
 		Control:   Control{Socket: DefaultControlSocket("web"), WorkerAccess: WorkerAccessNone},
+		Cgroups:   Cgroups{Mode: CgroupsAuto},
 		Log:       Log{Level: "info", Format: "auto"},
 	}, cfg)
 }
@@ -314,4 +322,20 @@ func TestForkWorkerDefaults(t *testing.T) {
 	cfg, err = Parse([]byte("command = [\"server\"]\n"), "web.hcl")
 	require.NoError(t, err)
 	assert.Nil(t, cfg.ForkWorker, "no block: exec mode")
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{
+		"1048576": 1 << 20, "512K": 512 << 10, "512k": 512 << 10, "256M": 256 << 20, "256MiB": 256 << 20,
+		"256MB": 256 << 20, "2G": 2 << 30, "1T": 1 << 40, "16 M": 16 << 20,
+	} {
+		got, err := parseSize(in)
+		if assert.NoError(t, err, in) {
+			assert.Equal(t, want, got, in)
+		}
+	}
+	for _, in := range []string{"", "M", "1.5G", "-1M", "1P", "1 GB extra", "99999999999999999999", "16777216T"} {
+		_, err := parseSize(in)
+		assert.Error(t, err, in)
+	}
 }

@@ -55,6 +55,7 @@ type sources struct {
 	hookTimeout                        origin
 	notifyAbstract, notifyDirectory    origin
 	socket, workerAccess               origin
+	cgroupsMode, memoryMax, memoryHigh origin
 	level, format                      origin
 }
 
@@ -82,6 +83,7 @@ func defaultSources(quick bool) sources {
 		hookTimeout:    at("hooks.timeout"),
 		notifyAbstract: at("notify.abstract"), notifyDirectory: at("notify.directory"),
 		socket: at("control.socket"), workerAccess: at("control.worker_access"),
+		cgroupsMode: at("cgroups.mode"), memoryMax: at("cgroups.memory_max"), memoryHigh: at("cgroups.memory_high"),
 		level: at("log.level"), format: at("log.format"),
 	}
 }
@@ -210,6 +212,8 @@ func (b *builder) validate() {
 		b.report(s.workerAccess, "%q is not one of %q, %q, %q", c.Control.WorkerAccess, WorkerAccessNone, WorkerAccessStatus, WorkerAccessFull)
 	}
 
+	b.validateCgroups()
+
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -219,6 +223,36 @@ func (b *builder) validate() {
 	case "auto", "text", "json", "journal":
 	default:
 		b.report(s.format, "%q is not one of \"auto\", \"text\", \"json\", \"journal\"", c.Log.Format)
+	}
+}
+
+// validateCgroups checks the cgroups block: a known mode, and limits that a worker can live with
+// and that mean something together.
+func (b *builder) validateCgroups() {
+	c, s := &b.cfg.Cgroups, &b.src
+	switch c.Mode {
+	case CgroupsAuto, CgroupsOn:
+	case CgroupsOff:
+		for _, l := range []origin{s.memoryMax, s.memoryHigh} {
+			if l.given {
+				b.report(l, "does not apply with cgroups.mode = %q: limits need the workers' cgroups", CgroupsOff)
+			}
+		}
+		return
+	default:
+		b.report(s.cgroupsMode, "%q is not one of %q, %q, %q", c.Mode, CgroupsAuto, CgroupsOn, CgroupsOff)
+	}
+	for _, l := range []struct {
+		o     origin
+		bytes uint64
+	}{{s.memoryMax, c.MemoryMax}, {s.memoryHigh, c.MemoryHigh}} {
+		if l.o.given && l.bytes < MinMemoryLimit {
+			b.report(l.o, "%d bytes is less than a worker can run in: give at least 1M (leave it out for no limit)", l.bytes)
+		}
+	}
+	if c.MemoryHigh != 0 && c.MemoryMax != 0 && c.MemoryHigh >= c.MemoryMax && !s.memoryMax.failed {
+		b.report(s.memoryHigh, "%d bytes is not below cgroups.memory_max (%d): past memory_max the kernel kills the worker, so a memory_high there never throttles it",
+			c.MemoryHigh, c.MemoryMax)
 	}
 }
 

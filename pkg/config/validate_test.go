@@ -187,6 +187,22 @@ var parseProblemTests = []struct {
 	{"worker access unknown", "command = [\"server\"]\ncontrol {\n  worker_access = \"read-only\"\n}",
 		"demo.hcl:3,19-30", `control.worker_access: "read-only" is not one of "none", "status", "full"`},
 
+	// cgroups
+	{"cgroups mode unknown", "command = [\"server\"]\ncgroups {\n  mode = \"yes\"\n}",
+		"demo.hcl:3,10-15", `cgroups.mode: "yes" is not one of "auto", "on", "off"`},
+	{"memory_max not a size", "command = [\"server\"]\ncgroups {\n  memory_max = \"512 megs\"\n}",
+		"demo.hcl:3,16-26", `cgroups.memory_max: "512 megs" is not a size; write a whole number of bytes with a suffix K, M, G or T`},
+	{"memory_max a fraction", "command = [\"server\"]\ncgroups {\n  memory_max = 1.5\n}",
+		"demo.hcl:3,16-19", `cgroups.memory_max: must be a size in bytes, like "512M", "2G" or 536870912, not 1.5`},
+	{"memory_max negative", "command = [\"server\"]\ncgroups {\n  memory_max = -1\n}",
+		"demo.hcl:3,16-18", `cgroups.memory_max: must be a size in bytes`},
+	{"memory_max too small", "command = [\"server\"]\ncgroups {\n  memory_max = \"64K\"\n}",
+		"demo.hcl:3,16-21", `cgroups.memory_max: 65536 bytes is less than a worker can run in: give at least 1M`},
+	{"memory_high not below memory_max", "command = [\"server\"]\ncgroups {\n  memory_max = \"1G\"\n  memory_high = \"2G\"\n}",
+		"demo.hcl:4,17-21", `cgroups.memory_high: 2147483648 bytes is not below cgroups.memory_max (1073741824)`},
+	{"limits with cgroups off", "command = [\"server\"]\ncgroups {\n  mode = \"off\"\n  memory_max = \"1G\"\n}",
+		"demo.hcl:4,16-20", `cgroups.memory_max: does not apply with cgroups.mode = "off"`},
+
 	// log
 	{"log level unknown", "command = [\"server\"]\nlog {\n  level = \"verbose\"\n}",
 		"demo.hcl:3,11-20", `log.level: "verbose" is not one of "debug", "info", "warn", "error"`},

@@ -76,7 +76,11 @@ type Status struct {
 	// sent just before the exit, too late to matter, and not dropped as a stranger's.
 	LateNotifications uint64 `json:"late_notifications"`
 	// StatusLine is what forkd last sent systemd as STATUS=.
-	StatusLine string   `json:"status_line"`
+	StatusLine string `json:"status_line"`
+	// Cgroups says whether the workers have cgroups of their own: "on: DIR (memory, pids)", with
+	// forkd's cgroup and the controllers the workers' have (and which are missing, and why), or
+	// "off (REASON)", with what keeps forkd from creating them and what to change.
+	Cgroups    string   `json:"cgroups,omitempty"`
 	WorkerList []Worker `json:"worker_list"`
 }
 
