@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/forkd/forkd/pkg/control"
 )
 
 // step is one planned round: a fault, drawn in full from the seed.
@@ -86,7 +88,7 @@ func TestChaos(t *testing.T) {
 		rounds = *roundsFlag
 	}
 	rep := &report{seed: seed, full: *fullFlag, rounds: rounds, out: os.Stdout, verbose: testing.Verbose()}
-	rep.sayf("chaos: seed %d (replay: make chaos SEED=%d), %s", seed, seed, rep.mode())
+	rep.sayf("chaos: seed %d (replay: %s), %s", seed, rep.replay(), rep.mode())
 	for _, r := range selRunners {
 		t.Run(r.name, func(t *testing.T) {
 			if why := r.missing(); why != "" {
@@ -148,14 +150,32 @@ func runRunner(t *testing.T, rep *report, r *runner, steps []step) {
 	}
 }
 
+// aheadOfCluster returns a worker on a generation above the cluster's, if there is one.
+func aheadOfCluster(st control.Status) (control.Worker, bool) {
+	for _, w := range st.WorkerList {
+		if w.Generation > st.Generation {
+			return w, true
+		}
+	}
+	return control.Worker{}, false
+}
+
 func runRound(c *cluster, l *load, s step) roundResult {
 	res := &roundResult{index: s.index, runner: s.runner.name, fault: s.fault.name, plan: s.inj.String()}
 	start := time.Now()
 	before, ok, err := c.waitSettled(readyBound)
+	why := ""
 	if !ok {
 		// An earlier round left the cluster broken (and said so): start it afresh, as an
 		// operator would, so that this round tests something.
-		res.notes = append(res.notes, fmt.Sprintf("the cluster was not settled (%s, %v): started a new master", describe(before), err))
+		why = fmt.Sprintf("the cluster was not settled (%s, %v)", describe(before), err)
+	} else if w, ahead := aheadOfCluster(before); ahead {
+		// A failed rollout left it there (and its round said so): this round's rollouts would
+		// take it for replaced, and find only that again.
+		why = fmt.Sprintf("worker %d (pid %d) is on generation %d, the cluster on %d", w.Index, w.PID, w.Generation, before.Generation)
+	}
+	if why != "" {
+		res.notes = append(res.notes, why+": started a new master")
 		if err := c.replaceMaster(); err != nil {
 			res.violations = append(res.violations, violation{invReady, "cannot start a new master: " + err.Error()})
 			return *res
@@ -167,7 +187,7 @@ func runRound(c *cluster, l *load, s step) roundResult {
 		}
 	}
 	served := l.served()
-	rd := &roundRun{c: c, load: l, res: res, before: before, start: start, mark: c.log.mark(), expectedDeaths: map[int]string{}, orphaned: map[int]bool{}}
+	rd := &roundRun{c: c, load: l, res: res, before: before, start: time.Now(), mark: c.log.mark(), expectedDeaths: map[int]string{}, orphaned: map[int]bool{}}
 	s.inj.inject(rd)
 	rd.check()
 	res.served -= served

@@ -4,7 +4,10 @@
 //	make chaos                      every fault on every runner, ROUNDS (2) times, then the table
 //	make chaos SEED=1234            the same faults at the same moments as the run that printed 1234
 //	make chaos ROUNDS=5
-//	go test ./test/chaos            the short version, part of make test
+//	go test ./test/chaos            the short version, part of make test: every fault not known
+//	                                to fail, once on every runner (about 45s)
+//	go test ./test/chaos -args -chaos.seed=1234
+//	                                the short version's faults and moments of a run that printed 1234
 //
 // Both are heavy runs: on the shared machine, run them under the lock,
 // flock /tmp/forkd-heavy.lock make chaos. More control through -args:
@@ -67,6 +70,10 @@
 //	fds, rss  the master's descriptors (within 4) and RSS (within 20 MiB) as when it first settled
 //	honest    `forkctl refork|reload|restart --wait` exits 0 exactly when the rollout happened
 //	          (the generation moved by one; a restart kept the master's PID), and returns at all
+//	rollout   a rollout that nothing in the round dooms (a hot restart while the master is
+//	          stopped, one of a good release) completes; one onto a broken release does not; one
+//	          that completes replaced every worker that served before it (but the template in a
+//	          refork); one that fails leaves no worker on the generation it gave up
 //	deaths    no worker ended unexpectedly (forkd logs it as a warning) unless the fault killed it
 //	          or doomed it (a broken release's workers)
 //	requests  every failed request is explained by a fault that killed the process serving it:
@@ -80,7 +87,8 @@
 //	          of a CPU; with the connections stalled, a killed worker comes back, the master stays
 //	          below its descriptor limit, and forkd closes a stalled request within 30s
 //
-// A round that leaves the cluster unsettled is reported, and the next round starts a new master.
+// A round that leaves the cluster unsettled, or a worker on a generation above the cluster's, is
+// reported, and the next round starts a new master.
 //
 // # Known failures
 //

@@ -164,7 +164,7 @@ func (f reforkKillTemplate) inject(rd *roundRun) {
 	t, cancel := rd.c.log.on(moment(f.at, rd.before.Generation+1), func(event) {
 		rd.signal(template, syscall.SIGKILL, "worker 0, the template, during a refork")
 	})
-	rd.rollout("refork")
+	rd.rollout("refork", anyOutcome)
 	cancel()
 	if !t.hasFired() {
 		rd.note("the refork never reached %s: nothing was killed", f.at)
@@ -191,7 +191,7 @@ func (f reloadKillNew) inject(rd *roundRun) {
 	t, cancel := rd.c.log.on(moment(name, gen), func(ev event) {
 		rd.signal(ev.PID, syscall.SIGKILL, fmt.Sprintf("worker %d of generation %d, new in a reload", deref(ev.Worker), gen))
 	})
-	rd.rollout("reload")
+	rd.rollout("reload", anyOutcome)
 	cancel()
 	if !t.hasFired() {
 		rd.note("the reload never reached %s: nothing was killed", name)
@@ -222,7 +222,8 @@ func (f restartStall) inject(rd *roundRun) {
 			close(resumed)
 		})
 	})
-	rd.rollout("restart")
+	// A stall of the master, however long, is no reason for the restart to fail.
+	rd.rollout("restart", mustSucceed)
 	cancel()
 	if t.hasFired() {
 		<-resumed
@@ -319,7 +320,7 @@ func (f brokenRelease) String() string {
 }
 
 func (f brokenRelease) inject(rd *roundRun) {
-	if !rd.rollout("restart") {
+	if !rd.rollout("restart", mustSucceed) {
 		return
 	}
 	broken := []string{"/bin/sh", "-c", "echo 'chaos: a broken release' >&2; exit 1"}
@@ -332,9 +333,7 @@ func (f brokenRelease) inject(rd *roundRun) {
 	}
 	mark := rd.c.log.mark()
 	rd.injected()
-	if rd.rollout("restart") {
-		rd.note("the hot restart onto the broken release went through")
-	}
+	rd.rollout("restart", mustFail)
 	// The broken release's workers crash: that is the fault, not a violation.
 	for _, ev := range rd.c.log.since(mark) {
 		if ev.Event == evWorkerSpawned && ev.Generation == rd.before.Generation+2 {
@@ -345,7 +344,7 @@ func (f brokenRelease) inject(rd *roundRun) {
 		rd.note("cannot write the good release back: %v", err)
 		return
 	}
-	rd.rollout("restart")
+	rd.rollout("restart", mustSucceed)
 }
 
 // ---- flood-notify, flood-control

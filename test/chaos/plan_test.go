@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/forkd/forkd/pkg/control"
 )
 
 func describePlan(steps []step) []string {
@@ -93,4 +95,44 @@ func TestExplain(t *testing.T) {
 		assert.Equal(t, tt.expected, e.expected, "%s: %s", tt.f, e.cause)
 		assert.Contains(t, e.cause, tt.cause, "%s", tt.f)
 	}
+}
+
+func TestCheckReplaced(t *testing.T) {
+	st := func(gen int, workers ...control.Worker) control.Status {
+		return control.Status{Generation: gen, WorkerList: workers}
+	}
+	w := func(index, pid, gen int) control.Worker {
+		return control.Worker{Index: index, PID: pid, Generation: gen}
+	}
+	for _, tt := range []struct {
+		name          string
+		kind          string
+		before, after control.Status
+		happened      bool
+		violated      string
+	}{
+		{"every worker replaced", "reload", st(1, w(0, 10, 1), w(1, 11, 1)), st(2, w(0, 20, 2), w(1, 21, 2)), true, ""},
+		{"a refork keeps the template", "refork", st(1, w(0, 10, 1), w(1, 11, 1)), st(2, w(0, 10, 2), w(1, 21, 2)), true, ""},
+		{"a reload left a worker in place", "reload", st(1, w(0, 10, 1), w(1, 11, 2)), st(2, w(0, 20, 2), w(1, 11, 2)), true,
+			"left worker 1 (pid 11, generation 2) in place"},
+		{"a failed rollout left nothing ahead", "reload", st(1, w(0, 10, 1)), st(1, w(0, 20, 1)), false, ""},
+		{"a failed rollout left a worker ahead", "refork", st(1, w(0, 10, 1), w(1, 11, 1)), st(1, w(0, 30, 1), w(1, 21, 2)), false,
+			"left worker 1 (pid 21) on generation 2, the cluster back on 1"},
+		{"one left ahead before is not this rollout's", "refork", st(1, w(0, 10, 1), w(1, 21, 2)), st(1, w(0, 30, 1), w(1, 21, 2)), false, ""},
+	} {
+		rd := &roundRun{res: &roundResult{}}
+		rd.checkReplaced(tt.kind, tt.before, tt.after, tt.happened)
+		if tt.violated == "" {
+			assert.Empty(t, rd.res.violations, tt.name)
+			continue
+		}
+		if assert.Len(t, rd.res.violations, 1, tt.name) {
+			assert.Equal(t, invRollout, rd.res.violations[0].invariant, tt.name)
+			assert.Contains(t, rd.res.violations[0].detail, tt.violated, tt.name)
+		}
+	}
+	_, ahead := aheadOfCluster(st(1, w(0, 10, 1), w(1, 21, 2)))
+	assert.True(t, ahead)
+	_, ahead = aheadOfCluster(st(2, w(0, 10, 2), w(1, 21, 1)))
+	assert.False(t, ahead)
 }

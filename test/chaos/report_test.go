@@ -31,6 +31,15 @@ func (r *report) mode() string {
 	return "short: every fault not known to fail, once on every runner"
 }
 
+// replay is the command that injects the same faults at the same moments again: the short version
+// plans other rounds than make chaos for the same seed.
+func (r *report) replay() string {
+	if r.full {
+		return fmt.Sprintf("make chaos SEED=%d ROUNDS=%d", r.seed, r.rounds)
+	}
+	return fmt.Sprintf("go test -count=1 ./test/chaos -args -chaos.seed=%d", r.seed)
+}
+
 // sayf prints progress as it happens when the test runs verbosely (make chaos).
 func (r *report) sayf(format string, args ...any) {
 	if r.verbose {
@@ -134,7 +143,7 @@ func (r *report) table() string {
 	})
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nforkd fault suite: seed %d (replay: make chaos SEED=%d), %s\n\n", r.seed, r.seed, r.mode())
+	fmt.Fprintf(&b, "\nforkd fault suite: seed %d (replay: %s), %s\n\n", r.seed, r.replay(), r.mode())
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "FAULT\tRUNNER\tROUNDS\tINJECTED\tREQUESTS\tFAILED (EXPECTED)\tVIOLATIONS\tTIME\t")
 	line := func(rw *row, fault, runner string) {

@@ -31,6 +31,7 @@ const (
 	invFDs      = "fds"      // the master's descriptors flat across rounds
 	invRSS      = "rss"      // the master's resident memory flat across rounds
 	invHonest   = "honest"   // a command's exit status says what happened
+	invRollout  = "rollout"  // a rollout that nothing dooms completes; one that cannot complete does not
 	invDeaths   = "deaths"   // no worker died that the fault did not kill
 	invRequests = "requests" // every failed request explained by a fault that killed its server
 	invDropped  = "dropped"  // no worker's notification counted as hostile
@@ -202,10 +203,21 @@ func (c *command) String() string {
 	return "forkctl " + strings.Join(c.args, " ")
 }
 
+// What a round expects of a rollout: the fault may doom it (anyOutcome), nothing in the round is a
+// reason for it to fail (mustSucceed), or it cannot succeed (mustFail: a broken release).
+type outcome int
+
+const (
+	anyOutcome outcome = iota
+	mustSucceed
+	mustFail
+)
+
 // rollout runs `forkctl KIND --wait` and waits for the cluster to settle, then checks that the
 // exit status tells what happened: the generation moved by one (and, for a restart, the master
-// kept its PID) exactly when forkctl exited 0. It returns whether the rollout happened.
-func (rd *roundRun) rollout(kind string) bool {
+// kept its PID) exactly when forkctl exited 0; and that what happened is what the round expects.
+// It returns whether the rollout happened.
+func (rd *roundRun) rollout(kind string, want outcome) bool {
 	before, err := rd.c.status()
 	if err != nil {
 		rd.violate(invReady, "no status before %s: %v", kind, err)
@@ -221,11 +233,7 @@ func (rd *roundRun) rollout(kind string) bool {
 		return false
 	}
 	happened := after.Generation == before.Generation+1
-	for _, w := range after.WorkerList {
-		if w.Generation > after.Generation {
-			rd.note("after the %s, worker %d (pid %d) is on generation %d, the cluster on %d", kind, w.Index, w.PID, w.Generation, after.Generation)
-		}
-	}
+	rd.checkReplaced(kind, before, after, happened)
 	switch {
 	case !happened && after.Generation != before.Generation:
 		rd.note("%s: generation went from %d to %d", kind, before.Generation, after.Generation)
@@ -241,7 +249,34 @@ func (rd *roundRun) rollout(kind string) bool {
 	case cmd.code > 0:
 		rd.note("%s failed, as it said: %s", cmd, cmd.out)
 	}
+	switch {
+	case want == mustSucceed && !happened:
+		rd.violate(invRollout, "the %s failed though nothing in the round dooms it: %s exited %d: %s", kind, cmd, cmd.code, cmd.out)
+	case want == mustFail && happened:
+		rd.violate(invRollout, "the %s went through though its workers cannot boot: generation %d", kind, after.Generation)
+	}
 	return happened
+}
+
+// checkReplaced: a rollout that completed replaced every worker that served before it (but
+// worker 0, the template, in a refork); one that failed left no worker on the generation it gave
+// up, which the next rollout to that generation would take for replaced already.
+func (rd *roundRun) checkReplaced(kind string, before, after control.Status, happened bool) {
+	served := map[int]bool{}
+	for _, w := range before.WorkerList {
+		served[w.PID] = true
+	}
+	for _, w := range after.WorkerList {
+		switch {
+		case happened && served[w.PID] && !(kind == "refork" && w.Index == 0):
+			rd.violate(invRollout, "the %s to generation %d left worker %d (pid %d, generation %d) in place, which served before it",
+				kind, after.Generation, w.Index, w.PID, w.Generation)
+		case !happened && w.Generation > after.Generation && !served[w.PID]:
+			rd.violate(invRollout, "the failed %s left worker %d (pid %d) on generation %d, the cluster back on %d: "+
+				"the next rollout to generation %d will take it for replaced", kind, w.Index, w.PID, w.Generation,
+				after.Generation, w.Generation)
+		}
+	}
 }
 
 // settle waits until the cluster is settled again; after is what the status said then. Once the
