@@ -27,11 +27,9 @@ const (
 	// cluster on 1. pkg/cluster's rollout.go: rolloutFailed and cancelReplacements set
 	// m.generation back to r.from, but the slots already promoted keep workers of r.to; advance
 	// then skips a slot whose worker "is of the new generation" already.
-	rollbackLeftovers = "a fix not filed yet (pkg/cluster, rollout.go): a rollout that fails after it has replaced " +
-		"some workers leaves them on the generation it gave up while the cluster goes back to the old one; the next " +
-		"rollout to that generation takes them for replaced (\"reload done: 2 workers on generation 2\" of 3: a worker " +
-		"forked from the old template serves on). Seed 4242, -chaos.rounds=3 -chaos.faults=refork-kill-template,reload-kill-new: " +
-		"invariant rollout, on every runner"
+	rollbackLeftovers = "not filed yet, pkg/cluster rollout.go: a rollout that fails after replacing some workers " +
+		"leaves them on the generation it gave up; the next rollout to it skips them (\"reload done: 2 workers on " +
+		"generation 2\" of 3). Invariant rollout; seed 4242, -chaos.rounds=3 -chaos.faults=refork-kill-template,reload-kill-new"
 	// Seen once, with the same selection as rollbackLeftovers, python round 4 (SIGKILL worker 0 at
 	// spawn#1 of a refork), not in a replay:
 	//   03:42:00.725 worker spawned (forked) ... "worker":2,"pid":12232,"generation":3
@@ -40,9 +38,9 @@ const (
 	//   03:42:10.735 worker exited: killed by SIGKILL (rollout stopped, then shutdown timeout)
 	// pid 12232 never said READY=1, yet accepted a connection it never answered (the request
 	// failed when forkd killed it: invariant requests).
-	forkedAsTemplateDied = "not filed yet (sdk/python, forkd.gunicorn): a gunicorn worker forked just before its " +
-		"template was SIGKILLed never became ready, held a connection it accepted without answering, and ignored " +
-		"SIGTERM until forkd killed it at the shutdown timeout (10s). Seed 4242, same selection, python round 4"
+	forkedAsTemplateDied = "not filed yet, sdk/python: a worker forked as its template was SIGKILLed hung (never " +
+		"ready, a connection accepted and not answered, SIGTERM ignored until the shutdown timeout). Invariant requests; " +
+		"seed 4242, same selection, python round 4"
 	// Seen with -chaos.seed=4242 -chaos.rounds=2 -chaos.faults=restart-long-stall-master on python
 	// (round 1) and ruby-rack (round 1): SIGSTOP for 8.3s (7s) at "adopted". forkctl's status poll,
 	// in flight as the master stopped, waits on the worker check (pkg/control's kinshipTimeout,
@@ -50,22 +48,22 @@ const (
 	//   forkctl: cannot tell whether pid 13449 is one of forkd's workers, which may not use the
 	//   control API: context deadline exceeded
 	// and awaitRestart takes a 403 for an answer: exit 1, then "restart done" in forkd's log.
-	kinshipTimeout = "the control worker check under a stalled master (issue 13's list): when the master was stopped " +
-		"during a hot restart, a control request in flight waits on the worker check of 12.3 (control.worker_access), " +
-		"whose 5s bound a stall of forkd itself runs out, and the request is refused with 403 \"cannot tell whether " +
-		"pid N is one of forkd's workers ... context deadline exceeded\": forkctl restart --wait exits 1 though the " +
-		"restart completes. Seed 4242, -chaos.faults=restart-long-stall-master: invariant honest, python and ruby-rack, at adopted"
+	kinshipTimeout = "issue 13's list (the control worker check under a stalled master): a stall of the master " +
+		"during a hot restart runs out the 5s bound of the worker check on a request in flight; forkctl restart --wait gets " +
+		"403 \"cannot tell whether pid N is one of forkd's workers\" and exits 1 though the restart completes. Invariant " +
+		"honest; seed 4242, -chaos.faults=restart-long-stall-master, python and ruby-rack, stopped at adopted"
 	// Seen in the same run, python round 1 (SIGSTOP for 8.306s at adopted):
 	//   04:02:55.336 hot restart: took over the cluster; replacing the workers by a phased restart
 	//   04:03:03.646 worker sent no heartbeat (WATCHDOG=1) for 6s   (workers 0, 1 and 2)
 	//   04:03:03.665 restart done: 0 workers on generation 2
 	// and no "forkd itself did not run" line, which the same stall at spawn#1 (round 2) logs.
-	// pkg/cluster's driver.go: noticeStall ignores a gap while d.lastRan is zero, i.e. one before
-	// the new image's loop first ran.
-	stallAtAdoption = "a fix not filed yet (pkg/cluster, driver.go): a stall of the master just after a hot restart's " +
-		"adoption, before the new image's loop first ran, goes unnoticed (noticeStall ignores the gap while lastRan is " +
-		"zero): every adopted worker is SIGKILLed for \"no heartbeat (WATCHDOG=1) for 6s\" and the requests in flight " +
-		"on them fail. Seed 4242, -chaos.faults=restart-long-stall-master -chaos.runners=python: invariants deaths, requests"
+	// Seen before issue 13 moved the driver; internal/supervisor's driver.go keeps the rule:
+	// noticeStall ignores a gap while d.lastRan is zero, i.e. one before the new image's loop
+	// first ran.
+	stallAtAdoption = "not filed yet, internal/supervisor driver.go: a stall just after a hot restart's adoption, " +
+		"before the new image's loop first ran, goes unnoticed (noticeStall while lastRan is zero): every adopted worker " +
+		"is SIGKILLed for no heartbeat. Invariants deaths, requests; seed 4242, -chaos.faults=restart-long-stall-master " +
+		"-chaos.runners=python"
 )
 
 type knownFailure struct {
