@@ -79,7 +79,7 @@ func (e *eventsFollower) waitEvent(what string, match func(control.Event) bool) 
 func TestEventsShowReforkAndCrash(t *testing.T) {
 	t.Parallel()
 	f := startForkd(t, options{config: pythonApp(t, 3, nil, forkWorkerBlock)})
-	f.waitReady(3)
+	before := f.waitReady(3)
 	events := f.followEvents("-o", "json", "--recent")
 	events.waitEvent("cluster-ready", func(ev control.Event) bool { return ev.Type == control.EventClusterReady })
 
@@ -89,13 +89,34 @@ func TestEventsShowReforkAndCrash(t *testing.T) {
 	assert.Equal(t, control.RolloutRefork, started.Kind)
 	assert.Equal(t, 2, started.Generation)
 	forked := map[int]bool{}
+	// The workers the refork replaces exit as forkd stopped them, before or after its end.
+	replaced := map[int]string{before.WorkerList[1].PID: "", before.WorkerList[2].PID: ""}
+	noteExit := func(ev control.Event) {
+		if ev.Type != control.EventWorkerExited {
+			return
+		}
+		if _, ok := replaced[ev.Worker.PID]; ok {
+			replaced[ev.Worker.PID] = ev.Reason
+		}
+	}
 	ended := events.waitEvent("the refork's end", func(ev control.Event) bool {
 		if ev.Type == control.EventWorkerReady && ev.Path == control.PathFork && ev.Worker.Generation == 2 {
 			forked[ev.Worker.Index] = true
 		}
+		noteExit(ev)
 		return ev.Type == control.EventRolloutEnded
 	})
 	assert.Equal(t, map[int]bool{1: true, 2: true}, forked, "workers 1 and 2 were re-forked, and became ready, during the refork")
+	for pid, reason := range replaced {
+		if reason == "" {
+			events.waitEvent("the exit of a replaced worker", func(ev control.Event) bool {
+				noteExit(ev)
+				return replaced[pid] != ""
+			})
+		}
+	}
+	assert.Equal(t, map[int]string{before.WorkerList[1].PID: control.ExitStopped, before.WorkerList[2].PID: control.ExitStopped},
+		replaced)
 	assert.Equal(t, control.RolloutRefork, ended.Kind)
 	assert.Equal(t, control.ResultSucceeded, ended.Result)
 	assert.Equal(t, 2, ended.Generation)
@@ -159,5 +180,36 @@ timeouts {
 	} {
 		events.waitLine(want, func(l string) bool { return strings.Contains(l, want) })
 	}
+
+	// Keeping the workers, the new image ends the restart as it adopts them: the adoption first,
+	// and no worker replaced. (The old workers of the phased restart have exited first.)
+	f.waitFor("generation 2 alone", func(st control.Status) bool {
+		return st.Phase == control.PhaseRunning && len(st.WorkerList) == 2 && st.Ready == 2 &&
+			st.WorkerList[0].Generation == 2 && st.WorkerList[1].Generation == 2
+	})
+	out, code = f.forkctl("restart", "--keep-workers", "--wait")
+	require.Equal(t, 0, code, out)
+	events.waitLine("the start of the restart keeping the workers", func(l string) bool {
+		return strings.Contains(l, "rollout-started   restart started")
+	})
+	lines := []string{"  rollout-started   restart started"}
+	events.waitLine("the end of the restart keeping the workers", func(l string) bool {
+		lines = append(lines, l)
+		return strings.Contains(l, "rollout-ended     restart")
+	})
+	var steps []string
+	for _, l := range lines {
+		assert.NotContains(t, l, "worker-", "the workers are kept")
+		if i := strings.Index(l, "  rollout-"); i >= 0 {
+			steps = append(steps, strings.TrimSpace(l[i:]))
+		} else if i := strings.Index(l, "  master-restart"); i >= 0 {
+			steps = append(steps, strings.TrimSpace(l[i:]))
+		}
+	}
+	require.Len(t, steps, 4, "%q", lines)
+	assert.Equal(t, "rollout-started   restart started", steps[0])
+	assert.Equal(t, "master-restart    the master (pid "+pid+") execs its new image", steps[1])
+	assert.Equal(t, "master-restart    the new master image took the cluster over", steps[2])
+	assert.Contains(t, steps[3], "rollout-ended     restart succeeded, generation 2, after ")
 	assert.NotContains(t, events.stderr.String(), "missed")
 }
