@@ -202,8 +202,9 @@ func startForkd(t *testing.T, o options) *forkd {
 		cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+o.systemd.Addr())
 	}
 	cmd.Env = append(cmd.Env, o.env...)
+	cmd.SysProcAttr = diesWithTheTest()
 	if o.asNobody {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: nobody, Gid: nobody}
 	}
 	cmd.ExtraFiles = o.extraFiles
 	cmd.Stdout, cmd.Stderr = f.output, f.output
@@ -223,6 +224,14 @@ func startForkd(t *testing.T, o options) *forkd {
 	return f
 }
 
+// diesWithTheTest makes the forkd a test starts die with the test binary (PR_SET_PDEATHSIG,
+// which survives forkd's hot-restart exec): a binary that times out or is killed runs no
+// Cleanup, and a forkd left behind would keep serving, and keep the descriptors it inherited
+// (such as a `flock` lock the run was started under) open for ever.
+func diesWithTheTest() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
+
 // startQuickMode runs forkd in quick mode with args (its flags, "--" and the app) in dir, and
 // returns it; socket is its control socket.
 func startQuickMode(t *testing.T, dir, socket string, args ...string) *forkd {
@@ -238,6 +247,9 @@ func startCommand(t *testing.T, cmd *exec.Cmd, dir, socket string) *forkd {
 	t.Helper()
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = diesWithTheTest()
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
