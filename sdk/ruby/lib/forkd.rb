@@ -119,6 +119,22 @@ module Forkd
     Worker.master_gone.set?
   end
 
+  # --- readying the template ----------------------------------------------------------------------
+
+  # What the template runs before each batch of forks, so that its workers keep more of its heap
+  # shared: a list of "gc" (a full collection), "promote" (every survivor old), "compact"
+  # (GC.compact) and "warmup" (Process.warmup, Ruby 3.3+). Default: ["warmup"] where
+  # Process.warmup exists, else ["gc", "promote"]; forkd-rack's --ready-template sets it.
+  def ready_template
+    Readying.steps
+  end
+
+  # Set the steps (a list), or turn readying off (false or nil). Raises ArgumentError for an
+  # unknown step.
+  def ready_template=(steps)
+    Readying.steps = steps
+  end
+
   # --- fork hooks (pthread_atfork semantics, on Process._fork) ---------------------------------
 
   # Run before every fork, in the forking process, last registered first. Returns the hook.

@@ -292,8 +292,8 @@ module ForkdTest
     end
 
     # Start forkd-rack, welcome it and wait for its READY=1.
-    def boot_rack(index: 0, generation: 1, **kw)
-      w = start_rack(index: index, generation: generation, **kw)
+    def boot_rack(index: 0, generation: 1, args: [], **kw)
+      w = start_rack(args, index: index, generation: generation, **kw)
       hello = welcome(w, index: index, generation: generation)
       raise Minitest::Assertion, "hello from #{hello["pid"]}, want #{w.pid}" unless hello["pid"] == w.pid
 

@@ -93,7 +93,7 @@ class PumaConfigTest < Minitest::Test
       "ssl_bind '0.0.0.0', 9293, {}" => "TLS",
       "restart_command 'bin/puma'" => "forkctl restart",
       "prune_bundler" => "fresh worker 0",
-      "nakayoshi_fork" => "Forkd.before_refork",
+      "nakayoshi_fork" => "--ready-template",
       "directory '/somewhere/else'" => "forkd starts every worker in its `directory`",
       "plugin :heroku" => "Puma's launcher",
       "frobnicate 3" => "not a Puma setting",

@@ -251,6 +251,33 @@ class RuntimeTest < ForkdTest::MasterTest
     end
   end
 
+  # Readying (Forkd::Readying): before the first fork of a refork, one full collection and three
+  # minor ones in the template (gc, promote); none before the second fork of the same refork,
+  # since the heap has not changed; none at all with forkd-rack --ready-template off.
+  def test_template_readies_its_heap_once_per_refork
+    [[[], [[1, 4], [0, 0]]], [%w[--ready-template off], [[0, 0], [0, 0]]]].each do |args, want|
+      m = master
+      t = m.boot_rack(args: args)
+      m.request(t, "pause", "paused")
+      [1, 2].each do |i|
+        _, ch = m.spawn(t, index: i, generation: 2)
+        m.adopt(t.expect("spawned")["pid"], ch)
+      end
+      m.request(t, "resume", "resumed")
+      mine = m.hooks.select { |pid, _, _| pid == t.pid }
+      before = mine.select { |_, e, _| e == "prepare1" }.map(&:last)
+      after = mine.select { |_, e, _| e == "parent1" }.map(&:last)
+      got = before.zip(after).map { |b, a| [a["major"] - b["major"], a["gc"] - b["gc"]] }
+      # A collection of the program's own may fall in between: at least the readying's, and no
+      # major one beyond it.
+      assert_equal want.map(&:first), got.map(&:first), "major collections around each fork (#{args})"
+      got.zip(want).each { |(_, g), (_, w)| assert_operator g, :>=, w, "collections around each fork (#{args}): #{got}" }
+      assert_operator got[1][1], :<, 4, "the second fork readied again (#{args}): #{got}" if args.empty?
+      Process.kill(:KILL, t.pid)
+      waitpid_timeout(t.pid)
+    end
+  end
+
   def test_sigterm_finishes_the_request_in_flight
     m = master
     t = m.boot_rack

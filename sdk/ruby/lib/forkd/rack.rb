@@ -400,6 +400,13 @@ module Forkd
 
           cli[:drain_timeout] = v
         end
+        o.on("--ready-template STEPS", "what worker 0 runs before each batch of forks, so that the workers",
+             "share more of its heap: some of #{Readying::STEPS.join(",")}, or off",
+             "(default #{Readying.default_steps.join(",")}; docs/fork-safety.md)") do |v|
+          cli[:ready_template] = Readying.parse(v)
+        rescue ArgumentError => e
+          raise OptionParser::InvalidArgument, "#{v}: #{e.message}"
+        end
         o.on("-V", "--version", "print the version") do
           out.puts "forkd-rack #{Forkd::VERSION} (protocol #{Forkd::Protocol::VERSION})"
           return nil
@@ -513,6 +520,7 @@ module Forkd
         Worker.log("not under forkd: serving #{rackup} on #{urls.join(", ")}")
       end
       register_hooks(config)
+      Forkd.ready_template = config[:ready_template] unless config[:ready_template].nil?
       server = PumaServer.new(counting(app), threads: config[:max_threads] || DEFAULT_THREADS,
                                              drain_timeout: config[:drain_timeout] || PumaServer::DRAIN_TIMEOUT,
                                              min_threads: config[:min_threads] || 0, environment: environment,

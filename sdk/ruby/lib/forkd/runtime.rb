@@ -4,6 +4,7 @@ require "io/nonblock"
 
 require_relative "hooks"
 require_relative "protocol"
+require_relative "readying"
 require_relative "worker"
 
 module Forkd
@@ -55,6 +56,7 @@ module Forkd
         @stopping = false
         @draining = true
         @done = false
+        @readied = false
         @wake_r, @wake_w = IO.pipe
         @wake_w.nonblock = true
         Runtime.wake_w = @wake_w
@@ -186,6 +188,7 @@ module Forkd
           @done = true
         elsif !@paused && !@serving
           @server.start(@listeners)
+          @readied = false
           @serving = true
           @draining = false
         end
@@ -358,6 +361,12 @@ module Forkd
         rescue StandardError, ScriptError => e
           Worker.log("before_fork hook failed: #{e.class}: #{e.message}\n#{(e.backtrace || []).first(20).join("\n")}")
           return failed.call("before_fork hook failed: #{e.class}: #{e.message}")
+        end
+        # Once per batch of forks: the heap does not change between them.
+        unless @readied
+          done = Readying.run
+          Worker.log(done) if done
+          @readied = true
         end
         channel_io = ios[0]
         pid, err = double_fork(msg, channel_io)

@@ -12,9 +12,15 @@ def record(event, **data)
   File.open(LOG, "a") { |f| f.syswrite("#{Process.pid} #{event} #{JSON.generate(data)}\n") }
 end
 
-Forkd.before_fork { record("prepare1") }
+# prepare1 runs last before a fork, parent1 first after it: between them, the SDK's own work
+# around its forks (readying the template's heap: its collections show in the counts).
+def gc_counts
+  { gc: GC.count, major: GC.stat(:major_gc_count) }
+end
+
+Forkd.before_fork { record("prepare1", **gc_counts) }
 Forkd.before_fork { record("prepare2") }
-Forkd.after_fork_parent { record("parent1") }
+Forkd.after_fork_parent { record("parent1", **gc_counts) }
 Forkd.after_fork_parent(-> { record("parent2") })
 Forkd.after_fork_child { record("child1", listen_pid: ENV.fetch("LISTEN_PID", nil)) }
 Forkd.after_fork_child { record("child2") }

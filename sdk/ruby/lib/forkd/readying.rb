@@ -1,0 +1,109 @@
+# frozen_string_literal: true
+
+module Forkd
+  # Readying the template before it forks (docs/fork-safety.md, "Readying the template"): the
+  # workers share the template's heap copy-on-write, and every page their collector or their
+  # allocations write to becomes a private copy. Left as it is, the template's heap is what the
+  # program left it: a major collection half done (Ruby marks and sweeps incrementally, between
+  # the program's steps), objects too young to be old (each worker's minor collections then age
+  # them, writing to their pages), and free slots scattered over every page (each worker fills
+  # them). Before the first fork of a refork (or of the workers' first forks), with no request in
+  # flight, the template runs the steps:
+  #
+  #   gc       a full collection, swept at once: nothing half done, the garbage freed
+  #   promote  minor collections until no object is promoted any more: every survivor is old
+  #   compact  GC.compact: the survivors packed into as few pages as can hold them
+  #   warmup   Process.warmup (Ruby 3.3+), which does all three (and more) by itself
+  #
+  # The default is warmup where Process.warmup exists, else gc and promote. Forkd.ready_template=
+  # (a list, or false) and forkd-rack's --ready-template (STEPS or off) choose otherwise. (Not an
+  # environment variable: forkd reserves FORKD_* for itself and passes none to its workers.)
+  module Readying
+    STEPS = %w[gc promote compact warmup].freeze
+    OFF = %w[off none false no 0].freeze
+    # Ruby makes an object old once it has survived three collections (RVALUE_OLD_AGE): after
+    # the full one of gc, three minor ones promote even an object born just before.
+    PROMOTE_ROUNDS = 3
+
+    class << self
+      # The steps the template runs (a frozen list of STEPS; empty: none).
+      def steps
+        @steps ||= default_steps
+      end
+
+      # steps= takes a list of STEPS, or false or nil for none; raises ArgumentError for an
+      # unknown step.
+      def steps=(list)
+        @steps = list ? validate(Array(list).map(&:to_s)).freeze : [].freeze
+      end
+
+      def default_steps
+        return %w[warmup].freeze if Process.respond_to?(:warmup)
+
+        # Not compact: on Ruby 3.1 the workers kept less shared with it than without it (make
+        # bench, BenchmarkRackMemory: docs/fork-safety.md), and compaction is where a C extension
+        # that does not support it breaks.
+        %w[gc promote].freeze
+      end
+
+      # Read a command-line value: a comma-separated list of STEPS, or "off".
+      def parse(value)
+        return [].freeze if OFF.include?(value.to_s.strip.downcase)
+
+        validate(value.to_s.split(",").map(&:strip).reject(&:empty?)).freeze
+      end
+
+      def validate(list)
+        bad = list - STEPS
+        raise ArgumentError, "unknown step #{bad.first.inspect} (want some of #{STEPS.join(", ")}, or off)" unless bad.empty?
+
+        list.uniq
+      end
+
+      # Run the steps; returns what they did, for the log, or nil when there are none.
+      def run
+        list = steps
+        return nil if list.empty?
+
+        t0 = now
+        took = list.map do |step|
+          t = now
+          send("step_#{step}")
+          "#{step} #{ms(now - t)}"
+        end
+        s = GC.stat
+        "readied the template in #{ms(now - t0)} (#{took.join(", ")}): #{s[:heap_live_slots]} live objects, " \
+          "#{s[:old_objects]} old, #{s[:heap_allocated_pages]} heap pages"
+      end
+
+      private
+
+      def now
+        Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      end
+
+      def ms(seconds)
+        "#{(seconds * 1000).round} ms"
+      end
+
+      def step_gc
+        GC.start(full_mark: true, immediate_sweep: true)
+      end
+
+      def step_promote
+        PROMOTE_ROUNDS.times { GC.start(full_mark: false, immediate_sweep: true) }
+      end
+
+      # GC.compact raises NotImplementedError where the platform lacks what it needs.
+      def step_compact
+        GC.compact if GC.respond_to?(:compact)
+      rescue NotImplementedError
+        nil
+      end
+
+      def step_warmup
+        Process.warmup if Process.respond_to?(:warmup)
+      end
+    end
+  end
+end
