@@ -61,7 +61,7 @@ lint:
 	  else echo "staticcheck not installed (go install honnef.co/go/tools/cmd/staticcheck@latest); skipped"; fi
 
 bench:
-	$(GO) test -run='^$$' -bench=. -benchtime=1x -count=1 -timeout 30m ./test/bench/...
+	$(GO) test -run='^$$' -bench=. -benchtime=1x -count=1 -timeout 60m ./test/bench/...
 
 # The fault suite (test/chaos, see its package doc): every fault on every runner, ROUNDS times,
 # under load from a client that never retries, then the table of what broke. SEED=N replays the

@@ -157,7 +157,7 @@ var drainRunners = []drainRunner{
 	{name: "forkd-rack", fork: true, app: "test/benchrack on Puma::Server",
 		start: func(b *testing.B) *master {
 			ruby, _ := requireRackTools(b)
-			return startForkdRack(b, ruby)
+			return startForkdRack(b, ruby, benchRackApp)
 		}},
 	{name: "go-hello", app: "examples/hello (sdk/go's HTTPDrainer), exec mode",
 		start: func(b *testing.B) *master {

@@ -5,7 +5,10 @@
 // and a Rack app (rack_test.go) under forkd-rack next to the same app under `puma --fork-worker`:
 // memory, refork and phased restart durations, and latency during each; wrk against every runner
 // during rollouts, and forkd.gunicorn next to plain gunicorn (drain_test.go); the Python
-// template's gc.freeze() before it forks, off and on (gcfreeze_test.go).
+// template's gc.freeze() before it forks, off and on (gcfreeze_test.go); and memory that stays
+// shared (rackmem_test.go): an app that builds memory at boot and lazily, under forkd-rack (its
+// template readied and not) and `puma --fork-worker=1000`, after boot, a warm-up, a refork and
+// minutes of load.
 //
 //	make bench    # go test -run='^$' -bench=. -benchtime=1x -count=1 ./test/bench/...
 //
@@ -15,6 +18,8 @@
 // logs a table, and a summary with the issue's targets follows the benchmark output.
 //
 // FORKD_BENCH_IDLE sets the idle window (a Go duration, or seconds; default 10s).
+// FORKD_BENCH_MEM_LOAD, FORKD_BENCH_MEM_REQUESTS and FORKD_BENCH_MEM_FORKD set
+// BenchmarkRackMemory's load stages and its forkd-rack variants (rackmem_test.go).
 package bench
 
 import (
@@ -78,6 +83,7 @@ func TestMain(m *testing.M) {
 		printRackSummary(os.Stdout)
 		printDrainSummary(os.Stdout)
 		printGCFreezeSummary(os.Stdout)
+		printRackMemorySummary(os.Stdout)
 		return code
 	}()
 	os.Exit(code)

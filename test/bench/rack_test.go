@@ -159,9 +159,9 @@ func BenchmarkRack(b *testing.B) {
 
 	// The floor first, while nothing else of ours runs.
 	rubyForkFloor(b, ruby)
-	fm := startForkdRack(b, ruby)
+	fm := startForkdRack(b, ruby, benchRackApp)
 	fside := forkdRackSide(b, fm)
-	pc := startPuma(b, puma)
+	pc := startPuma(b, puma, benchRackApp)
 	pside := pc.side()
 	sides := []*rackSide{fside, pside}
 	res := map[string]*rackResult{
@@ -335,17 +335,42 @@ func requireRackTools(b *testing.B) (ruby, puma string) {
 	return ruby, puma
 }
 
+// rackApp is what both servers run: a rackup file of rackDir with its environment, and the
+// fork-worker settings each server has for the same behaviour.
+type rackApp struct {
+	rackup string
+	env    map[string]string
+	// forkdRackArgs are more of forkd-rack's flags.
+	forkdRackArgs []string
+	// forkBlock is forkd's fork_worker block; pumaForkWorker the value of Puma's --fork-worker
+	// (its worker 0's requests before its one automatic refork; 0: none).
+	forkBlock      string
+	pumaForkWorker int
+}
+
+// benchRackApp is BenchmarkRack's: config.ru, no automatic refork.
+var benchRackApp = rackApp{
+	rackup:    "config.ru",
+	env:       map[string]string{"BENCHRACK_ALLOC_MB": strconv.Itoa(rackAllocMB)},
+	forkBlock: forkWorkerBlock,
+}
+
 // ---- forkd ------------------------------------------------------------------------------------
 
-func startForkdRack(b *testing.B, ruby string) *master {
+func startForkdRack(b *testing.B, ruby string, app rackApp) *master {
 	b.Helper()
 	sdk := absPath(b, rubySDKDir)
+	env := map[string]string{"RACK_ENV": "production"}
+	for k, v := range app.env {
+		env[k] = v
+	}
 	m := startMaster(b, masterConfig{
-		workers:   rackWorkers,
-		command:   []string{ruby, "-I", filepath.Join(sdk, "lib"), filepath.Join(sdk, "bin", "forkd-rack"), "--threads", fmt.Sprintf("0:%d", rackThreads), "config.ru"},
+		workers: rackWorkers,
+		command: append(append([]string{ruby, "-I", filepath.Join(sdk, "lib"), filepath.Join(sdk, "bin", "forkd-rack"), "--threads", fmt.Sprintf("0:%d", rackThreads)},
+			app.forkdRackArgs...), app.rackup),
 		directory: absPath(b, rackDir),
-		env:       map[string]string{"RACK_ENV": "production", "BENCHRACK_ALLOC_MB": strconv.Itoa(rackAllocMB)},
-		extra:     forkWorkerBlock,
+		env:       env,
+		extra:     app.forkBlock,
 	})
 	if st := m.settled(rackWorkers); st.Mode != control.ModeFork {
 		b.Fatalf("forkd-rack: mode %q, want fork\noutput:\n%s", st.Mode, m.out.String())
@@ -485,7 +510,7 @@ type pumaCluster struct {
 	phase int
 }
 
-func startPuma(b *testing.B, puma string) *pumaCluster {
+func startPuma(b *testing.B, puma string, app rackApp) *pumaCluster {
 	b.Helper()
 	dir := b.TempDir()
 	p := &pumaCluster{tb: b, ctl: filepath.Join(dir, "puma-control.sock"), out: newPumaLog(), done: make(chan struct{})}
@@ -497,10 +522,13 @@ func startPuma(b *testing.B, puma string) *pumaCluster {
 		b.Fatal(err)
 	}
 	p.cmd = exec.Command(puma, "--config", conf, "--environment", "production",
-		"--workers", strconv.Itoa(rackWorkers), "--threads", fmt.Sprintf("0:%d", rackThreads), "--fork-worker=0",
-		"--bind", "tcp://127.0.0.1:0", "--control-url", "unix://"+p.ctl, "--control-token", pumaToken, "config.ru")
+		"--workers", strconv.Itoa(rackWorkers), "--threads", fmt.Sprintf("0:%d", rackThreads), "--fork-worker="+strconv.Itoa(app.pumaForkWorker),
+		"--bind", "tcp://127.0.0.1:0", "--control-url", "unix://"+p.ctl, "--control-token", pumaToken, app.rackup)
 	p.cmd.Dir = absPath(b, rackDir)
-	p.cmd.Env = append(os.Environ(), "BENCHRACK_ALLOC_MB="+strconv.Itoa(rackAllocMB))
+	p.cmd.Env = os.Environ()
+	for k, v := range app.env {
+		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.WaitDelay = 5 * time.Second
 	if err := p.cmd.Start(); err != nil {

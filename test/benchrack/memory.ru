@@ -14,7 +14,9 @@
 # builds nothing more.
 #
 #   GET /        reads a few entries of both, answers "pid=<pid> steps=<built>"
-#   GET /stats   the same, with this process's GC.stat and its count of requests, as JSON
+#   GET /stats   (builds nothing, counts for nothing) this process's GC.stat, the state of its collector (GC.latest_gc_info: a major
+#                collection can be half done, its marking or sweeping interleaved with the
+#                program), its count of requests and of lazy steps built, as JSON
 #
 # Each request also makes some garbage (a few kB of strings and arrays), as a real one does.
 
@@ -63,6 +65,8 @@ module BenchMem
   end
 
   def self.call(env)
+    return stats if env["PATH_INFO"] == "/stats"
+
     step
     # A few reads, and their garbage.
     picks = Array.new(8) do |i|
@@ -71,10 +75,15 @@ module BenchMem
       "#{key}=#{value[0][0, 8]}#{value[1].size}"
     end
     body = "pid=#{Process.pid} steps=#{@lazy.size} #{picks.join(",").size}\n"
-    if env["PATH_INFO"] == "/stats"
-      body = JSON.generate({ "pid" => Process.pid, "steps" => @lazy.size, "requests" => requests, "gc" => GC.stat }) + "\n"
-    end
     [200, { "Content-Type" => "text/plain", "Content-Length" => body.bytesize.to_s }, [body]]
+  end
+
+  # Not a request of the app's: it neither builds a step nor counts, so that measuring changes
+  # nothing.
+  def self.stats
+    body = JSON.generate({ "pid" => Process.pid, "steps" => @lazy.size, "requests" => requests, "gc" => GC.stat,
+                           "gc_state" => GC.latest_gc_info(:state).to_s, "major_by" => GC.latest_gc_info(:major_by).to_s }) + "\n"
+    [200, { "Content-Type" => "application/json", "Content-Length" => body.bytesize.to_s }, [body]]
   end
 end
 

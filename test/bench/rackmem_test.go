@@ -1,0 +1,563 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Memory that stays shared (issue 14): test/benchrack/memory.ru, an app that builds 150 MB of
+// Ruby objects at boot and 100 MB more over each process's first 20 requests, under forkd-rack in
+// fork-worker mode and under `puma -w 4 --fork-worker=1000`, side by side, 4 workers x 5 threads
+// each, both alive for the whole run. Both refork on their own once, after 1000 requests (forkd's
+// refork_after = [1000, false] counts the busiest worker's, Puma worker 0's); the benchmark
+// reforks each once more itself, then loads each with wrk (-t2 -c16, keep-alive, never retries)
+// in turns, which side goes first alternating, and reads every process's smaps_rollup (master
+// included) after each stage:
+//
+//   - boot: both settled, before any request;
+//   - warm-up: rackMemWarmup of load (each worker builds its lazy 100 MB; the automatic refork
+//     comes during it, and the new workers build nothing: they inherit worker 0's);
+//   - refork: right after a refork the benchmark asks for (forkctl refork --wait; Puma: SIGURG);
+//   - then after each of rackMemLoad more of load, counted from the refork.
+//
+// The printed table has each side's total PSS (the median of rackMemStageSamples samples), the ratio,
+// and each side's growth over its own figure after the refork; under it, the evidence: every
+// process's memory by kind and by mapping, and each worker's GC counts (GC.stat, from the app's
+// /stats, asked until every worker answered). Stages run in turns: the side that waits holds its
+// memory still (it serves nothing), so that the machine's other work weighs on both alike.
+//
+// FORKD_BENCH_MEM_LOAD sets the load stages (a comma-separated list of durations or seconds, each
+// the total since the refork; default 5s,30s,120s).
+
+const (
+	rackMemRackup       = "memory.ru"
+	rackMemBootMB       = 150
+	rackMemLazyMB       = 100
+	rackMemSteps        = 20
+	rackMemWarmup       = 10 * time.Second
+	rackMemStageSamples = 3
+	// rackMemConns is wrk's -c: keep-alive connections, 4 per worker.
+	rackMemConns = 16
+	// Issue 14's targets: at every stage at most 0.8x Puma's total; after the last stage at most
+	// 1.5x the total right after the refork.
+	rackMemRatioTarget  = 0.8
+	rackMemGrowthTarget = 1.5
+)
+
+var rackMemLoad = []time.Duration{5 * time.Second, 30 * time.Second, 120 * time.Second}
+
+var rackMemApp = rackApp{
+	rackup: rackMemRackup,
+	env: map[string]string{"BENCHMEM_BOOT_MB": strconv.Itoa(rackMemBootMB), "BENCHMEM_LAZY_MB": strconv.Itoa(rackMemLazyMB),
+		"BENCHMEM_LAZY_STEPS": strconv.Itoa(rackMemSteps)},
+	forkBlock:      "fork_worker {\n  refork_after = [1000, false]\n}\n",
+	pumaForkWorker: 1000,
+}
+
+// rackMemStage is one side's figures after one stage.
+type rackMemStage struct {
+	name string
+	mem  rackMem
+	// gc is each worker's GC.stat (and its requests), by PID; wrk is the load of a load stage.
+	gc  map[int]benchMemStats
+	wrk *wrkLoad
+	// note says how the stage went (the warm-up's automatic reforks, the refork's duration).
+	note string
+	// top is worker 1's mappings with the most private dirty memory.
+	top []mappingDirty
+}
+
+// benchMemStats is memory.ru's /stats answer.
+type benchMemStats struct {
+	PID      int              `json:"pid"`
+	Steps    int              `json:"steps"`
+	Requests int              `json:"requests"`
+	GC       map[string]int64 `json:"gc"`
+	GCState  string           `json:"gc_state"`
+	MajorBy  string           `json:"major_by"`
+}
+
+// rackMemSide is one server under measurement: Puma, or a forkd-rack with its environment.
+type rackMemSide struct {
+	*rackSide
+	version string
+	env     string // what it runs with, for the report
+	// reforks counts the reforks so far; output is the server's output.
+	reforks func() int
+	output  func() string
+	// ready is forkd-rack's --ready-template ("": the default); readied what its templates
+	// logged of their readying (Readying.run).
+	ready   string
+	readied []string
+	stages  []rackMemStage
+}
+
+// rackMemForkd are the forkd-rack servers of the benchmark, each with its --ready-template: the
+// SDK's default, and the template's readying turned off, to show what it does.
+// FORKD_BENCH_MEM_FORKD replaces them: "NAME:STEPS;..." (empty STEPS: the default).
+var rackMemForkd = []struct{ name, ready string }{{"forkd", ""}, {"forkd-unreadied", "off"}}
+
+var (
+	rackMemSides []*rackMemSide
+	rackMemInfo  string
+)
+
+// BenchmarkRackMemory: see the top of this file.
+func BenchmarkRackMemory(b *testing.B) {
+	ruby, puma := requireRackTools(b)
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("wrk is not installed: apt-get install -y wrk")
+	}
+	stages := rackMemLoad
+	if s := os.Getenv("FORKD_BENCH_MEM_LOAD"); s != "" {
+		if stages, err = parseWindows(s); err != nil {
+			b.Fatalf("FORKD_BENCH_MEM_LOAD: %v", err)
+		}
+	}
+	var counts []int
+	if s := os.Getenv("FORKD_BENCH_MEM_REQUESTS"); s != "" {
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n <= 0 || (len(counts) > 0 && n <= counts[len(counts)-1]) {
+				b.Fatalf("FORKD_BENCH_MEM_REQUESTS: %q: want increasing request counts, each the total since the refork", s)
+			}
+			counts = append(counts, n)
+		}
+	}
+	variants := rackMemForkd
+	if s := os.Getenv("FORKD_BENCH_MEM_FORKD"); s != "" {
+		variants = nil
+		for _, v := range strings.Split(s, ";") {
+			name, ready, ok := strings.Cut(v, ":")
+			if !ok || name == "" || name == "puma" {
+				b.Fatalf("FORKD_BENCH_MEM_FORKD: %q: want NAME:STEPS;... (STEPS: forkd-rack's --ready-template; NAME not puma)", v)
+			}
+			variants = append(variants, struct{ name, ready string }{name, ready})
+		}
+	}
+	load := loadAvg()
+	started := time.Now()
+
+	var sides []*rackMemSide
+	for _, v := range variants {
+		app := rackMemApp
+		env := "the SDK's defaults"
+		if v.ready != "" {
+			app.forkdRackArgs = []string{"--ready-template", v.ready}
+			env = "--ready-template " + v.ready
+		}
+		fm := startForkdRack(b, ruby, app)
+		s := forkdRackSide(b, fm)
+		s.name = v.name
+		sides = append(sides, &rackMemSide{rackSide: s, version: forkdVersion(fm), env: env, ready: v.ready,
+			reforks: func() int { return len(fm.out.since("refork-done", time.Time{})) }, output: fm.out.String})
+	}
+	pc := startPuma(b, puma, rackMemApp)
+	sides = append(sides, &rackMemSide{rackSide: pc.side(), version: pc.version, env: "--fork-worker=1000",
+		reforks: func() int { return pumaPhase(pc) }, output: pc.out.String})
+	fatal := func(s *rackMemSide, what string, err error) {
+		b.Helper()
+		b.Fatalf("%s: %s: %v\noutput:\n%s", s.name, what, err, s.output())
+	}
+	// turn rotates which side goes first.
+	turn := func(i int) []*rackMemSide {
+		i %= len(sides)
+		return append(append([]*rackMemSide{}, sides[i:]...), sides[:i]...)
+	}
+	measure := func(s *rackMemSide, name string, w *wrkLoad, note string) {
+		mem, err := sampleRackMem(s.rackSide, rackMemStageSamples, 500*time.Millisecond)
+		if err != nil {
+			fatal(s, "memory "+name, err)
+		}
+		st := rackMemStage{name: name, mem: medianMem(mem), wrk: w, note: note}
+		pids, err := s.workers()
+		if err != nil {
+			fatal(s, "settling", err)
+		}
+		st.gc = benchMemGC(s.url, pids)
+		st.top = topDirtyMappings(pids[1], 5)
+		s.stages = append(s.stages, st)
+	}
+	loadStage := func(s *rackMemSide, d time.Duration, requests int) *wrkLoad {
+		w, err := runWrk(wrk, s.url+"/", rackMemConns, d, requests)
+		if err != nil {
+			fatal(s, "wrk", err)
+		}
+		if _, err := s.workers(); err != nil {
+			fatal(s, "settling after the load", err)
+		}
+		return w
+	}
+
+	for _, s := range sides {
+		measure(s, "after boot", nil, "")
+	}
+	for _, s := range turn(0) {
+		before := s.reforks()
+		w := loadStage(s, rackMemWarmup, 0)
+		measure(s, "after warm-up", w, fmt.Sprintf("%d automatic refork(s) during it", s.reforks()-before))
+	}
+	for _, s := range turn(1) {
+		r, err := s.refork(true)
+		if err != nil {
+			fatal(s, "refork", err)
+		}
+		measure(s, "after a refork", nil, fmt.Sprintf("refork took %s", fmtMS(r.took)))
+	}
+	if counts != nil {
+		done := 0
+		for i, n := range counts {
+			for _, s := range turn(i + 2) {
+				measure(s, fmt.Sprintf("after %d requests of load", n), loadStage(s, 0, n-done), "")
+			}
+			done = n
+		}
+	} else {
+		var done time.Duration
+		for i, d := range stages {
+			for _, s := range turn(i + 2) {
+				measure(s, fmt.Sprintf("after %s of load", d), loadStage(s, d-done, 0), "")
+			}
+			done = d
+		}
+	}
+	for _, s := range sides {
+		b.ReportMetric(0, "ns/op")
+		for _, st := range s.stages {
+			b.ReportMetric(mb(st.mem.total()), s.name+"-pss-"+strings.ReplaceAll(strings.TrimPrefix(st.name, "after "), " ", "-")+"-MB")
+		}
+	}
+	for _, s := range sides {
+		for _, line := range strings.Split(s.output(), "\n") {
+			if i := strings.Index(line, "readied the template"); i >= 0 {
+				s.readied = append(s.readied, line[i:])
+			}
+		}
+	}
+	// A side that measured something else than it says would go unnoticed in the figures.
+	for _, s := range sides[:len(sides)-1] {
+		if off := s.ready == "off"; off != (len(s.readied) == 0) {
+			b.Errorf("%s (%s): its templates logged %d readyings", s.name, s.env, len(s.readied))
+		}
+	}
+	rackMemSides = sides
+	rackMemInfo = fmt.Sprintf("%d workers x %d threads, test/benchrack/%s (%d MB at boot, %d MB lazily over %d requests), wrk -t2 -c%d keep-alive, on 127.0.0.1; %s vs %s; %s in %s",
+		rackWorkers, rackThreads, rackMemRackup, rackMemBootMB, rackMemLazyMB, rackMemSteps, rackMemConns, sides[0].version, pc.version,
+		busy(load), time.Since(started).Round(time.Second))
+	b.Logf("\n%s", rackMemInfo)
+}
+
+// parseWindows reads a comma-separated list of increasing durations (parseWindow's forms).
+func parseWindows(s string) ([]time.Duration, error) {
+	var out []time.Duration
+	for _, part := range strings.Split(s, ",") {
+		d, err := parseWindow(strings.TrimSpace(part))
+		if err != nil {
+			return nil, err
+		}
+		if len(out) > 0 && d <= out[len(out)-1] {
+			return nil, fmt.Errorf("%q: each stage is the total load since the refork, so they must increase", s)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// pumaPhase is Puma's phase now (one more after each refork).
+func pumaPhase(p *pumaCluster) int {
+	st, err := p.settled(settleDeadline)
+	if err != nil {
+		return -1
+	}
+	return st.Phase
+}
+
+// benchMemGC asks memory.ru's /stats, on a new connection each time, until each of pids has
+// answered (or after 20 tries per worker): the kernel hands each connection to one worker.
+func benchMemGC(url string, pids []int) map[int]benchMemStats {
+	want := map[int]bool{}
+	for _, pid := range pids {
+		want[pid] = true
+	}
+	out := map[int]benchMemStats{}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for try := 0; try < 20*len(pids) && len(out) < len(want); try++ {
+		resp, err := c.Get(url + "/stats")
+		if err != nil {
+			continue
+		}
+		var st benchMemStats
+		err = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
+		resp.Body.Close()
+		if err == nil && want[st.PID] {
+			out[st.PID] = st
+		}
+	}
+	return out
+}
+
+// wrkLoad is one load stage's wrk run, and how long it took.
+type wrkLoad struct {
+	wrkRun
+	took time.Duration
+}
+
+// wrkStopAfter makes each of wrk's threads stop after WRK_STOP_AFTER responses and say so; wrk
+// itself runs for its whole -d even once its threads have stopped, so runWrk interrupts it then
+// (SIGINT: it prints its summary and exits).
+const wrkStopAfter = `
+local left = tonumber(os.getenv("WRK_STOP_AFTER"))
+function response()
+  left = left - 1
+  if left == 0 then
+    io.write("forkd-bench: enough\n")
+    io.flush()
+    wrk.thread:stop()
+  end
+end
+`
+
+// runWrk runs wrk -t2 -cCONNS against url (keep-alive; wrk never retries) for d, or, with
+// requests > 0, until it has had that many responses (its two threads half each).
+func runWrk(wrk, url string, conns int, d time.Duration, requests int) (*wrkLoad, error) {
+	args := []string{"-t2", "-c" + strconv.Itoa(conns), "--timeout", "30s"}
+	cmd := exec.Command(wrk)
+	if requests > 0 {
+		script, err := os.CreateTemp("", "forkd-bench-wrk-*.lua")
+		if err != nil {
+			return nil, err
+		}
+		defer os.Remove(script.Name())
+		if _, err := script.WriteString(wrkStopAfter); err != nil {
+			return nil, err
+		}
+		script.Close()
+		args = append(args, "-d600s", "-s", script.Name())
+		cmd.Env = append(os.Environ(), "WRK_STOP_AFTER="+strconv.Itoa((requests+1)/2))
+	} else {
+		args = append(args, "-d"+strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second)))+"s")
+	}
+	cmd.Args = append(cmd.Args, append(args, url)...)
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = cmd.Stdout
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	var all strings.Builder
+	scanner := bufio.NewScanner(pipe)
+	stopped := 0
+	for scanner.Scan() {
+		all.WriteString(scanner.Text() + "\n")
+		if scanner.Text() == "forkd-bench: enough" {
+			if stopped++; stopped == 2 {
+				cmd.Process.Signal(syscall.SIGINT)
+			}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		return nil, fmt.Errorf("wrk: %v: %s", err, all.String())
+	}
+	r, err := parseWrkRun(all.String())
+	if err != nil {
+		return nil, err
+	}
+	return &wrkLoad{wrkRun: r, took: time.Since(t0)}, nil
+}
+
+func printRackMemorySummary(w io.Writer) {
+	sides := rackMemSides
+	if len(sides) < 2 {
+		return
+	}
+	puma := sides[len(sides)-1]
+	forkds := sides[:len(sides)-1]
+	fmt.Fprintf(w, "\n=== Rack memory: forkd-rack vs puma --fork-worker=1000, total PSS with the master, MB (issue 14) ===\n%s\n", rackMemInfo)
+	for _, s := range sides {
+		fmt.Fprintf(w, "  %s: %s\n", s.name, s.env)
+	}
+	total := func(s *rackMemSide, i int) float64 { return mb(s.stages[i].mem.total()) }
+	refork := func(s *rackMemSide) float64 {
+		for i, st := range s.stages {
+			if st.name == "after a refork" {
+				return total(s, i)
+			}
+		}
+		return 0
+	}
+	fmt.Fprintf(w, "%-20s", "stage")
+	for _, s := range sides {
+		fmt.Fprintf(w, " %16s", s.name)
+	}
+	for _, s := range forkds {
+		fmt.Fprintf(w, " %22s", s.name+"/puma")
+	}
+	fmt.Fprintln(w)
+	ratioMet := map[string]bool{}
+	growth := map[string]float64{}
+	for _, s := range forkds {
+		ratioMet[s.name] = true
+	}
+	for i, st := range puma.stages {
+		fmt.Fprintf(w, "%-20s", st.name)
+		for _, s := range sides {
+			g := ""
+			if strings.Contains(st.name, "load") {
+				growth[s.name] = total(s, i) / refork(s)
+				g = fmt.Sprintf(" (%.2fx)", growth[s.name])
+			}
+			fmt.Fprintf(w, " %16s", fmt.Sprintf("%.1f%s", total(s, i), g))
+		}
+		for _, s := range forkds {
+			r := total(s, i) / total(puma, i)
+			ratioMet[s.name] = ratioMet[s.name] && r <= rackMemRatioTarget
+			fmt.Fprintf(w, " %21.2fx", r)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "  (in parentheses: the growth over the side's own total right after the refork; each figure the median of %d samples 0.5 s apart)\n", rackMemStageSamples)
+	fmt.Fprintf(w, "requests served in each load stage (wrk; socket errors + non-2xx):\n")
+	for i, st := range puma.stages {
+		if puma.stages[i].wrk == nil {
+			continue
+		}
+		fmt.Fprintf(w, "%-20s", st.name)
+		for _, s := range sides {
+			r := s.stages[i].wrk
+			fmt.Fprintf(w, " %16s", fmt.Sprintf("%d (%d)", r.requests, r.socketErrors()+r.non2xx))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "puma's growth after the last stage: %.2fx\n", growth[puma.name])
+	for _, s := range forkds {
+		fmt.Fprintf(w, "target: %s at most %.1fx puma's total at every stage: %s; at most %.1fx growth after the last stage: %s (%.2fx)\n",
+			s.name, rackMemRatioTarget, verdict(ratioMet[s.name]), rackMemGrowthTarget, verdict(growth[s.name] <= rackMemGrowthTarget), growth[s.name])
+	}
+	for _, s := range sides {
+		fmt.Fprintf(w, "%s (%s, %s):\n", s.name, s.version, s.env)
+		for _, l := range s.readied {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+		for _, st := range s.stages {
+			fmt.Fprintf(w, "  %s", st.name)
+			if st.note != "" {
+				fmt.Fprintf(w, " (%s)", st.note)
+			}
+			if st.wrk != nil {
+				fmt.Fprintf(w, " [wrk: %d requests in %.1f s, %.0f/s, %d socket errors, %d non-2xx]", st.wrk.requests, st.wrk.took.Seconds(), st.wrk.rps, st.wrk.socketErrors(), st.wrk.non2xx)
+			}
+			fmt.Fprintf(w, ", MB: %s\n", rollupTable(st.mem))
+			fmt.Fprintf(w, "    GC per worker: %s\n", gcLine(st.gc))
+			fmt.Fprintf(w, "    worker 1's most dirtied mappings: %s\n", mappingsLine(st.top))
+		}
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// gcLine shows each worker's GC counts: collections (minor/major), heap pages, old objects, and
+// its requests and lazy steps built.
+func gcLine(gc map[int]benchMemStats) string {
+	var pids []int
+	for pid := range gc {
+		pids = append(pids, pid)
+	}
+	sort.Ints(pids)
+	var parts []string
+	for _, pid := range pids {
+		s := gc[pid]
+		g := s.GC
+		parts = append(parts, fmt.Sprintf("pid %d: %d req, %d steps, gc %d (minor %d major %d, now %s, last major by %s), pages %d, live %dk, old %dk/%dk, "+
+			"free %dk, allocated %dk, shady %dk/%dk, oldmalloc %dM/%dM",
+			pid, s.Requests, s.Steps, g["count"], g["minor_gc_count"], g["major_gc_count"], s.GCState, orDash(s.MajorBy), g["heap_allocated_pages"],
+			g["heap_live_slots"]/1000, g["old_objects"]/1000, g["old_objects_limit"]/1000, g["heap_free_slots"]/1000, g["total_allocated_objects"]/1000,
+			g["remembered_wb_unprotected_objects"]/1000, g["remembered_wb_unprotected_objects_limit"]/1000,
+			g["oldmalloc_increase_bytes"]>>20, g["oldmalloc_increase_bytes_limit"]>>20))
+	}
+	if len(parts) == 0 {
+		return "(no answer)"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// mappingDirty is one mapping of /proc/PID/smaps and its private dirty memory.
+type mappingDirty struct {
+	start, end uint64
+	perms      string
+	name       string // its path or [heap], [stack]; "" for anonymous memory
+	dirty, rss uint64
+	// next is the mapping right after it when that one is its PROT_NONE reserve: glibc's malloc
+	// makes each thread arena (a non-main arena) a 64 MiB reservation, readable and writable up
+	// to where it has grown.
+	reserve uint64
+}
+
+// topDirtyMappings returns pid's n mappings with the most private dirty memory.
+func topDirtyMappings(pid, n int) []mappingDirty {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return nil
+	}
+	var all []mappingDirty
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+			lo, hi, _ := strings.Cut(f[0], "-")
+			m := mappingDirty{perms: f[1]}
+			m.start, _ = strconv.ParseUint(lo, 16, 64)
+			m.end, _ = strconv.ParseUint(hi, 16, 64)
+			if len(f) >= 6 {
+				m.name = f[5]
+			}
+			if k := len(all); k > 0 && m.perms == "---p" && m.name == "" && all[k-1].end == m.start && all[k-1].name == "" {
+				all[k-1].reserve = m.end - m.start
+			}
+			all = append(all, m)
+		case len(f) >= 2 && f[0] == "Private_Dirty:" && len(all) > 0:
+			all[len(all)-1].dirty = uint64(kB(f[1])) << 10
+		case len(f) >= 2 && f[0] == "Rss:" && len(all) > 0:
+			all[len(all)-1].rss = uint64(kB(f[1])) << 10
+		}
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].dirty > all[j].dirty })
+	return all[:min(n, len(all))]
+}
+
+func mappingsLine(ms []mappingDirty) string {
+	var parts []string
+	for _, m := range ms {
+		name := m.name
+		switch {
+		case name == "" && m.reserve > 0 && m.end-m.start+m.reserve == 64<<20:
+			name = "malloc thread arena"
+		case name == "":
+			name = "anon"
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f of %.1f (rss %.1f)", name, mb(m.dirty), mb(m.end-m.start), mb(m.rss)))
+	}
+	if len(parts) == 0 {
+		return "(none)"
+	}
+	return strings.Join(parts, "; ")
+}
