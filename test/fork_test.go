@@ -43,7 +43,7 @@ func assertForkTree(t *testing.T, f *forkd, st control.Status) {
 func TestForkWorkerProcessTree(t *testing.T) {
 	t.Parallel()
 	f := startForkd(t, options{config: pythonApp(t, 4, nil, forkWorkerBlock)})
-	st := f.waitReady(4)
+	st := f.waitMemory(4)
 	assertForkTree(t, f, st)
 	assert.Equal(t, "4/4 workers ready, generation 1", st.StatusLine)
 
@@ -225,10 +225,11 @@ func TestForkWorkerSharesMemory(t *testing.T) {
 	assert.Less(t, fork, exec/2, "fork-worker mode uses under half the memory of exec mode")
 }
 
-// totalPSSThenStop waits for n workers ready, sums their PSS as forkd reports it, and stops forkd.
+// totalPSSThenStop waits for n workers ready and sampled, sums their PSS as forkd reports it,
+// and stops forkd.
 func totalPSSThenStop(t *testing.T, f *forkd, n int) uint64 {
 	t.Helper()
-	st := f.waitReady(n)
+	st := f.waitMemory(n)
 	var pss uint64
 	for _, w := range st.WorkerList {
 		require.NotNil(t, w.Memory)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forkd/forkd/internal/memsample"
 	"github.com/forkd/forkd/internal/supervisor"
 	"github.com/forkd/forkd/internal/version"
 	"github.com/forkd/forkd/pkg/activation"
@@ -28,6 +29,8 @@ type backend struct {
 	events    *control.EventHub
 	// cgroups is the status's line about the workers' cgroups.
 	cgroups string
+	// memory samples the workers' memory, which the status reports from its last sample.
+	memory *memsample.Sampler
 }
 
 func (b *backend) Status(ctx context.Context) (control.Status, error) {
@@ -72,6 +75,10 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 	for _, l := range b.listeners {
 		out.Listeners = append(out.Listeners, control.Listener{Name: l.Name, Address: l.Network + "://" + l.Address})
 	}
+	sample := b.memory.Last()
+	if sample != nil {
+		out.MemorySampledAt = sample.At
+	}
 	for _, w := range st.Workers {
 		cw := control.Worker{
 			Index:       w.Index,
@@ -91,8 +98,13 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		if w.PID != 0 {
 			cw.StartedAt = w.SpawnedAt
 			cw.Uptime = control.Duration(now.Sub(w.SpawnedAt).Round(time.Second))
-			if m, err := supervisor.ReadMemory(w.PID); err == nil {
+			m, ok := sample.Of(w.PID, w.SpawnedAt)
+			if ok {
 				cw.Memory = &control.Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared}
+			}
+			if !ok || !w.ReadyAt.IsZero() && sample.At.Before(w.ReadyAt) {
+				// A process the sampler has not seen yet, or not since it loaded the app.
+				b.memory.Wake()
 			}
 		}
 		out.WorkerList = append(out.WorkerList, cw)

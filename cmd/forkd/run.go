@@ -215,7 +215,12 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 
 	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated, events: events.hub,
 		cgroups: cgroupsLine}
-	srv := control.NewServer(b, logger, control.WithWorkers(b, control.WorkerAccess(cfg.Control.WorkerAccess)))
+	serveMetricsOption, stopObservability, err := startObservability(cfg, b, logger, adopt != nil)
+	if err != nil {
+		return 1, err
+	}
+	defer stopObservability()
+	srv := control.NewServer(b, logger, control.WithWorkers(b, control.WorkerAccess(cfg.Control.WorkerAccess)), serveMetricsOption)
 	go srv.Serve(ctl)
 
 	code, err := driver.Run(context.Background())
@@ -319,6 +324,7 @@ func reconfigure(running *config.Config, flags config.Flags) (supervisor.Generat
 	if cfg.Cgroups.Mode != running.Cgroups.Mode {
 		g.Warnings = append(g.Warnings, fmt.Sprintf("cgroups.mode changed: it stays %q until forkd is restarted (systemctl restart)", running.Cgroups.Mode))
 	}
+	g.Warnings = append(g.Warnings, masterSettingsChanged(cfg, running)...)
 	if cfg.Log != running.Log || cfg.Name != running.Name {
 		g.Warnings = append(g.Warnings, "name and log settings take effect when forkd is restarted")
 	}

@@ -65,6 +65,12 @@ const (
 	DefaultMaxSurge        = 1
 	DefaultMaxUnavailable  = 0
 	DefaultSocketMode      = activation.DefaultSocketMode
+	// DefaultMemorySampleInterval is memory.sample_interval's default: 64 workers of 250 MB cost
+	// the master about 1 % of a core at it (internal/memsample), a small cluster nothing measurable.
+	DefaultMemorySampleInterval = 10 * time.Second
+	// MinMemorySampleInterval bounds memory.sample_interval from below: each sample walks every
+	// worker's page tables.
+	MinMemorySampleInterval = time.Second
 	// MaxWorkers bounds workers (and forkctl scale) so a typo cannot fork-bomb the machine.
 	MaxWorkers = 1024
 )
@@ -115,6 +121,8 @@ type Config struct {
 	Notify     Notify
 	Control    Control
 	Cgroups    Cgroups
+	Metrics    Metrics
+	Memory     Memory
 	Log        Log
 }
 
@@ -278,6 +286,36 @@ type Cgroups struct {
 
 // MinMemoryLimit bounds cgroups.memory_max and memory_high from below: no worker runs in less.
 const MinMemoryLimit = 1 << 20
+
+// Metrics configures forkd's Prometheus metrics (docs/observability.md). The control socket
+// serves them at /metrics in any case; Listen adds a socket of their own, for a Prometheus server
+// to scrape.
+type Metrics struct {
+	// Network and Address are where forkd serves /metrics over HTTP, from a listen URL
+	// ("tcp://127.0.0.1:9090", "unix:///run/forkd/metrics.sock") as net.Listen takes them; a
+	// relative unix path is made absolute against the config file's directory. Both empty (the
+	// default): no listener of their own.
+	Network, Address string
+}
+
+// Enabled reports whether the metrics have a listener of their own.
+func (m Metrics) Enabled() bool { return m.Network != "" }
+
+// URL returns the listener's address as the config writes it, or "" when there is none.
+func (m Metrics) URL() string {
+	if !m.Enabled() {
+		return ""
+	}
+	return m.Network + "://" + m.Address
+}
+
+// Memory configures how the master reads its workers' memory.
+type Memory struct {
+	// SampleInterval is how often the master reads every worker's /proc/PID/smaps_rollup; the
+	// status and the metrics report the last sample. Defaults to DefaultMemorySampleInterval; at
+	// least MinMemorySampleInterval.
+	SampleInterval time.Duration
+}
 
 // Log configures forkd's own log records.
 type Log struct {

@@ -38,6 +38,8 @@ type fileConfig struct {
 	Notify     *fileNotify     `hcl:"notify,block"`
 	Control    *fileControl    `hcl:"control,block"`
 	Cgroups    *fileCgroups    `hcl:"cgroups,block"`
+	Metrics    *fileMetrics    `hcl:"metrics,block"`
+	Memory     *fileMemory     `hcl:"memory,block"`
 	Log        *fileLog        `hcl:"log,block"`
 }
 
@@ -101,6 +103,14 @@ type fileCgroups struct {
 	Mode       *hcl.Attribute `hcl:"mode,optional"`
 	MemoryMax  *hcl.Attribute `hcl:"memory_max,optional"`
 	MemoryHigh *hcl.Attribute `hcl:"memory_high,optional"`
+}
+
+type fileMetrics struct {
+	Listen *hcl.Attribute `hcl:"listen,optional"`
+}
+
+type fileMemory struct {
+	SampleInterval *hcl.Attribute `hcl:"sample_interval,optional"`
 }
 
 type fileLog struct {
@@ -186,6 +196,12 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 		b.decodeValue(cg.Mode, "cgroups.mode", &c.Cgroups.Mode, &s.cgroupsMode)
 		b.decodeSize(cg.MemoryMax, "cgroups.memory_max", &c.Cgroups.MemoryMax, &s.memoryMax)
 		b.decodeSize(cg.MemoryHigh, "cgroups.memory_high", &c.Cgroups.MemoryHigh, &s.memoryHigh)
+	}
+	if m := fc.Metrics; m != nil {
+		b.decodeMetricsListen(m.Listen)
+	}
+	if m := fc.Memory; m != nil {
+		b.decodeDuration(m.SampleInterval, "memory.sample_interval", &c.Memory.SampleInterval, &s.sampleInterval)
 	}
 	if l := fc.Log; l != nil {
 		b.decodeValue(l.Level, "log.level", &c.Log.Level, &s.level)
@@ -434,6 +450,24 @@ func (b *builder) decodeEnv(a *hcl.Attribute) {
 		}
 		s.envKeys[key] = origin{what: "env", given: true, subject: kv.Key.Range().Ptr(), context: a.Range.Ptr()}
 	}
+}
+
+// decodeMetricsListen decodes metrics.listen, a listen URL as a listen block's address.
+func (b *builder) decodeMetricsListen(a *hcl.Attribute) {
+	var url string
+	if !b.decodeValue(a, "metrics.listen", &url, &b.src.metricsListen) {
+		return
+	}
+	network, address, err := parseListenURL(url)
+	if err != nil {
+		b.report(b.src.metricsListen, "%v", err)
+		b.src.metricsListen.failed = true
+		return
+	}
+	if network == "unix" && !strings.HasPrefix(address, "@") {
+		address = b.resolvePath(address, false)
+	}
+	b.cfg.Metrics = Metrics{Network: network, Address: address}
 }
 
 // decodeListener decodes one listen block.

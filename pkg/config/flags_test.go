@@ -76,6 +76,7 @@ func TestQuickMode(t *testing.T) {
 		Notify:   Notify{Directory: filepath.Dir(DefaultControlSocket("forkd"))},
 		Control:  Control{Socket: DefaultControlSocket("forkd"), WorkerAccess: WorkerAccessNone},
 		Cgroups:  Cgroups{Mode: CgroupsAuto},
+		Memory:   Memory{SampleInterval: DefaultMemorySampleInterval},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)
 }

@@ -212,6 +212,9 @@ func (b *builder) fillDefaults() {
 	if !s.cgroupsMode.given {
 		c.Cgroups.Mode = CgroupsAuto
 	}
+	if !s.sampleInterval.given {
+		c.Memory.SampleInterval = DefaultMemorySampleInterval
+	}
 	if !s.level.given {
 		c.Log.Level = "info"
 	}

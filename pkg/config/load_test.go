@@ -86,6 +86,14 @@ cgroups {
   memory_high = 402653184
 }
 
+metrics {
+  listen = "unix://run/metrics.sock"
+}
+
+memory {
+  sample_interval = "30s"
+}
+
 log {
   level  = "debug"
   format = "json"
@@ -124,6 +132,8 @@ func TestParseFullConfig(t *testing.T) {
 		Notify:  Notify{Directory: filepath.Join(dir, "run", "notify")},
 		Control: Control{Socket: filepath.Join(dir, "run", "control.sock"), WorkerAccess: WorkerAccessStatus},
 		Cgroups: Cgroups{Mode: CgroupsOn, MemoryMax: 512 << 20, MemoryHigh: 384 << 20},
+		Metrics: Metrics{Network: "unix", Address: filepath.Join(dir, "run", "metrics.sock")},
+		Memory:  Memory{SampleInterval: 30 * time.Second},
 		Log:     Log{Level: "debug", Format: "json"},
 	}, cfg)
 }
@@ -146,6 +156,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		Notify:    Notify{Directory: filepath.Dir(DefaultControlSocket("web"))},
 		Control:   Control{Socket: DefaultControlSocket("web"), WorkerAccess: WorkerAccessNone},
 		Cgroups:   Cgroups{Mode: CgroupsAuto},
+		Memory:    Memory{SampleInterval: DefaultMemorySampleInterval},
 		Log:       Log{Level: "info", Format: "auto"},
 	}, cfg)
 }

@@ -56,6 +56,7 @@ type sources struct {
 	notifyAbstract, notifyDirectory    origin
 	socket, workerAccess               origin
 	cgroupsMode, memoryMax, memoryHigh origin
+	metricsListen, sampleInterval      origin
 	level, format                      origin
 }
 
@@ -84,6 +85,7 @@ func defaultSources(quick bool) sources {
 		notifyAbstract: at("notify.abstract"), notifyDirectory: at("notify.directory"),
 		socket: at("control.socket"), workerAccess: at("control.worker_access"),
 		cgroupsMode: at("cgroups.mode"), memoryMax: at("cgroups.memory_max"), memoryHigh: at("cgroups.memory_high"),
+		metricsListen: at("metrics.listen"), sampleInterval: at("memory.sample_interval"),
 		level: at("log.level"), format: at("log.format"),
 	}
 }
@@ -213,6 +215,20 @@ func (b *builder) validate() {
 	}
 
 	b.validateCgroups()
+	if m := c.Metrics; m.Network == "unix" && !strings.HasPrefix(m.Address, "@") {
+		b.validateSocketPath(s.metricsListen, m.Address)
+	}
+	if m := c.Metrics; m.Enabled() && m.Network == "unix" && m.Address == c.Control.Socket {
+		b.report(s.metricsListen, "is the control socket, which serves /metrics already; give the metrics a socket of their own, or leave metrics.listen out")
+	}
+	for i, l := range c.Listeners {
+		if m := c.Metrics; m.Enabled() && l.URL() == m.URL() && !s.metricsListen.failed {
+			b.report(s.metricsListen, "is the address of listen %q, where the workers serve; give the metrics an address of their own", c.Listeners[i].Name)
+		}
+	}
+	if d := c.Memory.SampleInterval; d < MinMemorySampleInterval {
+		b.report(s.sampleInterval, "must be at least %s (each sample reads every worker's page tables), not %s", MinMemorySampleInterval, d)
+	}
 
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

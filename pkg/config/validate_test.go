@@ -202,6 +202,19 @@ var parseProblemTests = []struct {
 		"demo.hcl:4,17-21", `cgroups.memory_high: 2147483648 bytes is not below cgroups.memory_max (1073741824)`},
 	{"limits with cgroups off", "command = [\"server\"]\ncgroups {\n  mode = \"off\"\n  memory_max = \"1G\"\n}",
 		"demo.hcl:4,16-20", `cgroups.memory_max: does not apply with cgroups.mode = "off"`},
+	// metrics, memory
+	{"metrics listen not a URL", "command = [\"server\"]\nmetrics {\n  listen = \"9090\"\n}",
+		"demo.hcl:3,12-18", `metrics.listen: "9090" is not a listen URL like "tcp://127.0.0.1:8080" or "unix:///run/app.sock"`},
+	{"metrics listen port out of range", "command = [\"server\"]\nmetrics {\n  listen = \"tcp://127.0.0.1:99999\"\n}",
+		"demo.hcl:3,12-35", `metrics.listen: "tcp://127.0.0.1:99999": port 99999 is out of range 0..65535`},
+	{"metrics listen on a listener", "command = [\"server\"]\nlisten \"http\" {\n  address = \"tcp://127.0.0.1:8080\"\n}\nmetrics {\n  listen = \"tcp://127.0.0.1:8080\"\n}",
+		"demo.hcl:6,12-34", `metrics.listen: is the address of listen "http", where the workers serve`},
+	{"metrics listen on the control socket", "command = [\"server\"]\ncontrol {\n  socket = \"/run/x/control.sock\"\n}\nmetrics {\n  listen = \"unix:///run/x/control.sock\"\n}",
+		"demo.hcl:6,12-40", `metrics.listen: is the control socket, which serves /metrics already`},
+	{"memory sample interval too short", "command = [\"server\"]\nmemory {\n  sample_interval = \"100ms\"\n}",
+		"demo.hcl:3,21-28", `memory.sample_interval: must be at least 1s (each sample reads every worker's page tables), not 100ms`},
+	{"memory sample interval not a duration", "command = [\"server\"]\nmemory {\n  sample_interval = \"10\"\n}",
+		"demo.hcl:3,21-25", `memory.sample_interval: "10" is not a duration`},
 
 	// log
 	{"log level unknown", "command = [\"server\"]\nlog {\n  level = \"verbose\"\n}",

@@ -95,6 +95,8 @@ type Server struct {
 	limits       limits
 	// closing is closed when Shutdown begins, which ends the event streams.
 	closing chan struct{}
+	// handlers are the paths served by a handler of their own (WithHandler), not as JSON.
+	handlers map[string]http.Handler
 }
 
 // limits are the bounds on connections and requests; tests shorten them.
@@ -186,6 +188,10 @@ func (s *Server) route(method, path string, e endpoint) {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	c := connFromContext(r.Context())
+	if h, ok := s.handlers[r.URL.Path]; ok {
+		s.serveHandler(w, r, c, h)
+		return
+	}
 	reply, err := s.dispatch(w, r, c)
 	if stream, ok := reply.(eventStream); ok && err == nil {
 		s.logRequest(r, c.cred, http.StatusOK, s.stream(w, r, stream))

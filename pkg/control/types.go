@@ -80,8 +80,12 @@ type Status struct {
 	// Cgroups says whether the workers have cgroups of their own: "on: DIR (memory, pids)", with
 	// forkd's cgroup and the controllers the workers' have (and which are missing, and why), or
 	// "off (REASON)", with what keeps forkd from creating them and what to change.
-	Cgroups    string   `json:"cgroups,omitempty"`
-	WorkerList []Worker `json:"worker_list"`
+	Cgroups string `json:"cgroups,omitempty"`
+	// MemorySampledAt is when the workers' memory (Worker.Memory) was read: the master samples
+	// it on its own schedule (memory.sample_interval), not for each request. Zero (and omitted)
+	// before the first sample.
+	MemorySampledAt time.Time `json:"memory_sampled_at,omitzero"`
+	WorkerList      []Worker  `json:"worker_list"`
 }
 
 // RolloutResult says how an operation (refork, reload, hot restart) ended.
@@ -133,8 +137,8 @@ type Worker struct {
 	StatusLine string `json:"status_line"`
 	// Requests is the worker's cumulative request count, as it reports it (X_FORKD_REQUESTS=).
 	Requests uint64 `json:"requests"`
-	// Memory is the process's memory use; nil (and omitted) when there is no process or the
-	// master could not read it.
+	// Memory is the process's memory use at the last sample (Status.MemorySampledAt); nil (and
+	// omitted) when there is no process, or none that the last sample read (one spawned since).
 	Memory *Memory `json:"memory,omitempty"`
 	// LastExit says how the slot's previous process ended, e.g. "exit status 1" or
 	// "killed by SIGKILL (heartbeat timeout)"; empty if none has.

@@ -69,6 +69,10 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.source.Snapshot()
+	if s.Err != nil {
+		ch <- prometheus.NewInvalidMetric(c.workers, s.Err)
+		return
+	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}

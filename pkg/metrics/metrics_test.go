@@ -2,6 +2,7 @@ package metrics_test
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"io"
 	"net/http"
@@ -157,10 +158,24 @@ func TestDuplicateWorkersDoNotBreakTheScrape(t *testing.T) {
 	assert.Contains(t, text, `forkd_workers{state="ready"} 2`)
 }
 
+// A cluster that cannot be read fails its families, rather than reading as an empty cluster,
+// and the master's own metrics are still served.
+func TestSnapshotError(t *testing.T) {
+	m := metrics.New(metrics.SourceFunc(func() metrics.Snapshot {
+		return metrics.Snapshot{Err: errors.New("the master's loop did not answer")}
+	}))
+	text := scrape(t, m)
+	assert.NotContains(t, text, "forkd_workers{")
+	assert.NotContains(t, text, "forkd_info{")
+	assert.Contains(t, text, "process_resident_memory_bytes")
+	assert.Contains(t, text, `forkd_worker_exits_total{reason="crash"} 0`)
+}
+
 func TestFromStatus(t *testing.T) {
 	st := control.Status{
 		Mode: control.ModeFork, Generation: 2, Workers: 2, Phase: control.PhaseRolling, Rollout: control.RolloutReload,
-		Listeners: []control.Listener{{Name: "http", Address: "tcp://127.0.0.1:8080"}},
+		MemorySampledAt: t0.Add(time.Minute),
+		Listeners:       []control.Listener{{Name: "http", Address: "tcp://127.0.0.1:8080"}},
 		WorkerList: []control.Worker{
 			{Index: 0, PID: 10, Generation: 2, State: control.WorkerReady, Template: true, StartedAt: t0, Requests: 3,
 				Restarts: 1, Memory: &control.Memory{RSS: 100, PSS: 60, Shared: 70}},
@@ -170,6 +185,7 @@ func TestFromStatus(t *testing.T) {
 	s := metrics.FromStatus(st, "1.0")
 	assert.Equal(t, metrics.Snapshot{
 		Version: "1.0", Mode: control.ModeFork, Generation: 2, Desired: 2, Rollout: control.RolloutReload,
+		MemorySampledAt: t0.Add(time.Minute),
 		Workers: []metrics.Worker{
 			{Index: 0, Generation: 2, Role: metrics.RoleTemplate, State: control.WorkerReady, StartedAt: t0, Requests: 3,
 				Restarts: 1, Memory: &metrics.Memory{RSS: 100, PSS: 60, Shared: 70, Private: 30}},

@@ -11,6 +11,10 @@ import (
 // its last sample. A scrape reads only a Snapshot, so what it costs the master is the Source's
 // copy of what the master already holds, never a read of /proc.
 type Snapshot struct {
+	// Err, when set, says the cluster could not be read (the master's loop did not answer in
+	// time): the scrape then reports the cluster's families as failed, rather than as an empty
+	// cluster that would set off alerts. The master's own metrics are still served.
+	Err error
 	// Version is forkd's version, for forkd_info.
 	Version string
 	// Mode is control.ModeExec or control.ModeFork.
@@ -110,16 +114,17 @@ type SourceFunc func() Snapshot
 func (f SourceFunc) Snapshot() Snapshot { return f() }
 
 // FromStatus makes a Snapshot of what the control API's status reports: the status is served
-// from the master's samples, as a scrape must be. Listener backlogs and cgroup memory are not in
+// from the master's samples (internal/memsample), as a scrape must be. Listener backlogs and cgroup memory are not in
 // a status: the caller adds them.
 func FromStatus(st control.Status, version string) Snapshot {
 	s := Snapshot{
-		Version:    version,
-		Mode:       st.Mode,
-		Generation: st.Generation,
-		Desired:    st.Workers,
-		Workers:    make([]Worker, 0, len(st.WorkerList)),
-		Listeners:  make([]Listener, 0, len(st.Listeners)),
+		Version:         version,
+		Mode:            st.Mode,
+		Generation:      st.Generation,
+		Desired:         st.Workers,
+		MemorySampledAt: st.MemorySampledAt,
+		Workers:         make([]Worker, 0, len(st.WorkerList)),
+		Listeners:       make([]Listener, 0, len(st.Listeners)),
 	}
 	if st.Phase == control.PhaseRolling {
 		s.Rollout = st.Rollout

@@ -194,9 +194,9 @@ func BenchmarkForkMemory(b *testing.B) {
 }
 
 func benchMemory(b *testing.B, fork, refork bool) {
-	extra := ""
+	extra := "memory {\n  sample_interval = \"1s\"\n}\n"
 	if fork {
-		extra = forkWorkerBlock
+		extra += forkWorkerBlock
 	}
 	load := loadAvg()
 	env := map[string]string{"BENCHAPP_IMPORT_MB": strconv.Itoa(memImportMB), "BENCHAPP_LAZY_MB": strconv.Itoa(memLazyMB)}
@@ -214,13 +214,16 @@ func benchMemory(b *testing.B, fork, refork bool) {
 			b.Errorf("%d workers built their lazy half again after the refork: it was not inherited", warmed)
 		}
 	}
-	// Sampled three times, a second apart; the median of the totals is reported.
+	// Three of the master's memory samples, each taken after the one before (a second apart at
+	// the earliest); the median of the totals is reported.
 	var totals []control.Status
-	for i := range 3 {
-		if i > 0 {
-			time.Sleep(time.Second)
-		}
-		totals = append(totals, m.settled(memWorkers))
+	since := time.Now()
+	for range 3 {
+		st := m.waitFor("a memory sample of the settled workers", func(st control.Status) bool {
+			return settledCond(memWorkers)(st) && st.MemorySampledAt.After(since)
+		})
+		since = st.MemorySampledAt
+		totals = append(totals, st)
 	}
 	m.stop()
 
