@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -65,8 +66,8 @@ func (f *forkd) scrapeControlSocket() string {
 }
 
 // A real Prometheus scrapes forkd's metrics.listen and answers, through its HTTP API, with the
-// workers' memory and the requests they served; promtool accepts the exposition, which the
-// control socket serves too.
+// workers' memory, the requests they served, a refork's duration and a crash; promtool accepts
+// the exposition, which the control socket serves too.
 func TestPrometheusScrapesForkd(t *testing.T) {
 	requirePython(t)
 	addr := freeTCPAddress(t)
@@ -110,12 +111,26 @@ memory {
 		return len(v) == 1 && uint64(v[0].Value) >= requests
 	})
 
+	// A refork: Prometheus has its duration, from the machine's record of its end.
+	out, code := f.forkctl("refork", "--wait")
+	require.Equal(t, 0, code, out)
+	prom.WaitFor(t, `forkd_rollout_duration_seconds_count{kind="refork",result="succeeded"}`, promtest.Equals(1))
+	prom.WaitFor(t, `forkd_rollout_duration_seconds_sum{kind="refork",result="succeeded"} > 0`, promtest.Present)
+	prom.WaitFor(t, `forkd_worker_spawn_to_ready_seconds_count{path="fork"} >= 2`, promtest.Present)
+	prom.WaitFor(t, `forkd_worker_exits_total{reason="stopped"}`, promtest.Equals(1))
+
+	// A worker killed behind forkd's back is a crash.
+	reforked := f.waitReady(2)
+	require.NoError(t, syscall.Kill(reforked.WorkerList[1].PID, syscall.SIGKILL))
+	prom.WaitFor(t, `forkd_worker_exits_total{reason="crash"}`, promtest.Equals(1))
+
+	f.waitReady(2)
 	text := f.scrapeControlSocket()
 	assert.Contains(t, text, `forkd_workers{state="ready"} 2`)
 	check := exec.Command("promtool", "check", "metrics")
 	check.Stdin = strings.NewReader(text)
-	out, err := check.CombinedOutput()
-	require.NoError(t, err, "promtool check metrics: %s", out)
+	lint, err := check.CombinedOutput()
+	require.NoError(t, err, "promtool check metrics: %s", lint)
 }
 
 // A metrics.listen that cannot be bound stops forkd at start, saying which and why.

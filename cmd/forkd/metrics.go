@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/forkd/forkd/internal/memsample"
 	"github.com/forkd/forkd/internal/supervisor"
 	"github.com/forkd/forkd/pkg/activation"
+	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/config"
 	"github.com/forkd/forkd/pkg/control"
 	"github.com/forkd/forkd/pkg/metrics"
@@ -26,25 +28,22 @@ import (
 // while the master is stalled, when the scrape fails rather than waits.
 const loopTimeout = 5 * time.Second
 
-// newMemorySampler samples the memory of the driver's workers every interval.
-func newMemorySampler(driver *supervisor.Driver, interval time.Duration) *memsample.Sampler {
-	return &memsample.Sampler{
-		Interval: interval,
-		PIDs: func(ctx context.Context) ([]int, error) {
-			ctx, cancel := context.WithTimeout(ctx, loopTimeout)
-			defer cancel()
-			st, err := driver.Status(ctx)
-			if err != nil {
-				return nil, err
+// workerPIDs lists the processes of the driver's workers, for the memory sampler.
+func workerPIDs(driver *supervisor.Driver) func(context.Context) ([]int, error) {
+	return func(ctx context.Context) ([]int, error) {
+		ctx, cancel := context.WithTimeout(ctx, loopTimeout)
+		defer cancel()
+		st, err := driver.Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		pids := make([]int, 0, len(st.Workers))
+		for _, w := range st.Workers {
+			if w.PID != 0 {
+				pids = append(pids, w.PID)
 			}
-			pids := make([]int, 0, len(st.Workers))
-			for _, w := range st.Workers {
-				if w.PID != 0 {
-					pids = append(pids, w.PID)
-				}
-			}
-			return pids, nil
-		},
+		}
+		return pids, nil
 	}
 }
 
@@ -52,7 +51,10 @@ func newMemorySampler(driver *supervisor.Driver, interval time.Duration) *memsam
 // from the master's state and its last memory sample, and the listeners' accept queues.
 type metricsSource struct{ b *backend }
 
-func (s metricsSource) Snapshot() metrics.Snapshot {
+func (s *metricsSource) Snapshot() metrics.Snapshot {
+	if s.b == nil {
+		return metrics.Snapshot{Err: errors.New("forkd is starting")}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), loopTimeout)
 	defer cancel()
 	st, err := s.b.Status(ctx)
@@ -129,32 +131,124 @@ func (s *metricsServer) Close() {
 	}
 }
 
-// startObservability starts the memory sampler and the metrics of b's cluster, and returns the
-// control server's option that serves them at /metrics, and what stops them. After a hot
-// restart (restarted), a metrics listener that cannot be bound is logged, not fatal: the workers
-// keep serving.
-func startObservability(cfg *config.Config, b *backend, logger *slog.Logger, restarted bool) (control.Option, func(), error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	b.memory = newMemorySampler(b.driver, cfg.Memory.SampleInterval)
-	sampled := make(chan struct{})
-	go func() { b.memory.Run(ctx); close(sampled) }()
+// observers hands what the machine records to each of them, in order.
+type observers []supervisor.Observer
 
-	m := metrics.New(metricsSource{b})
-	srv, err := serveMetrics(cfg.Metrics, m.Handler(), logger)
+func (os observers) Observe(at time.Time, what cluster.Happening) {
+	for _, o := range os {
+		o.Observe(at, what)
+	}
+}
+
+// observability is the master's account to a monitoring system: the memory sampler, and the
+// metrics, which count what the machine records (it is the driver's Observer) and read the rest
+// from the backend at each scrape.
+type observability struct {
+	metrics *metrics.Metrics
+	memory  *memsample.Sampler
+	// source reads the backend, which exists only once the driver does.
+	source metricsSource
+	stop   func()
+}
+
+// newObservability makes the metrics and the sampler for cfg, before the driver they observe.
+func newObservability(cfg *config.Config) *observability {
+	o := &observability{memory: &memsample.Sampler{Interval: cfg.Memory.SampleInterval}}
+	o.metrics = metrics.New(&o.source)
+	return o
+}
+
+// Observe counts what the machine records, from the driver's loop: it only adds to counters.
+func (o *observability) Observe(_ time.Time, what cluster.Happening) {
+	switch h := what.(type) {
+	case cluster.WorkerReady:
+		path := metrics.PathExec
+		if h.Forked {
+			path = metrics.PathFork
+		}
+		o.metrics.WorkerReady(path, h.Boot)
+		// The worker has loaded the app: a sample soon shows it as it serves.
+		o.memory.Wake()
+	case cluster.WorkerExited:
+		o.metrics.WorkerExited(metricsExitReason(h.Reason))
+	case cluster.RolloutEnded:
+		o.metrics.RolloutEnded(rolloutKind(h.Kind), rolloutResult(h.Err), h.Duration)
+	case cluster.NotifyDropped:
+		o.metrics.NotifyDropped(dropReason(h.Reason), h.Count)
+	}
+}
+
+// start begins sampling b's workers and serving the metrics, and returns the control server's
+// option that serves them at /metrics. After a hot restart (restarted), a metrics listener that
+// cannot be bound is logged, not fatal: the workers keep serving.
+func (o *observability) start(cfg *config.Config, b *backend, logger *slog.Logger, restarted bool) (control.Option, error) {
+	o.source.b = b
+	b.memory = o.memory
+	o.memory.PIDs = workerPIDs(b.driver)
+	ctx, cancel := context.WithCancel(context.Background())
+	sampled := make(chan struct{})
+	go func() { o.memory.Run(ctx); close(sampled) }()
+
+	srv, err := serveMetrics(cfg.Metrics, o.metrics.Handler(), logger)
 	if err != nil && !restarted {
 		cancel()
 		<-sampled
-		return nil, nil, err
+		return nil, err
 	}
 	if err != nil {
 		logger.Warn(startupMessage(err)+"; /metrics is served on the control socket only", "event", "metrics-unavailable")
 	}
-	stop := func() {
+	o.stop = func() {
 		srv.Close()
 		cancel()
 		<-sampled
 	}
-	return control.WithHandler("/metrics", m.Handler()), stop, nil
+	return control.WithHandler("/metrics", o.metrics.Handler()), nil
+}
+
+// Close stops what start began.
+func (o *observability) Close() {
+	if o.stop != nil {
+		o.stop()
+	}
+}
+
+// metricsExitReason is forkd_worker_exits_total's reason for the machine's: the events' name
+// (events.go), but a worker that recycled itself (STOPPING=1, then exit 0) stopped as planned.
+// The reasons the families have no label of their own for (a kill after timeouts.shutdown, or for
+// WATCHDOG=trigger) count as other.
+func metricsExitReason(r cluster.ExitReason) string {
+	if r == cluster.ExitRecycled {
+		return metrics.ExitStopped
+	}
+	return exitReason(r)
+}
+
+// rolloutResult is how a rollout that ended with err did: aborted when forkd began to stop,
+// failed for any other error (a replacement that did not become ready, a config that did not
+// load, a hook's veto, a new binary that refused the handover).
+func rolloutResult(err error) string {
+	switch {
+	case err == nil:
+		return metrics.ResultSucceeded
+	case errors.Is(err, cluster.ErrStopping):
+		return metrics.ResultAborted
+	}
+	return metrics.ResultFailed
+}
+
+// dropReason is forkd_notify_dropped_total's reason for the driver's account of a drop.
+// TODO(issue 15): the driver says why in a sentence; a typed reason would spare this reading.
+func dropReason(why string) string {
+	switch {
+	case strings.HasPrefix(why, "too many notifications"):
+		return metrics.DropFlood
+	case strings.HasPrefix(why, "sender "):
+		return metrics.DropUnknownSender
+	case strings.HasPrefix(why, "notify: "), why == "datagram too large":
+		return metrics.DropMalformed
+	}
+	return metrics.DropOther
 }
 
 // masterSettingsChanged lists what a reload found changed in the settings that only a new master

@@ -176,6 +176,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 		return 1, err
 	}
 
+	observed := newObservability(cfg)
 	driver, err := supervisor.NewDriver(supervisor.DriverConfig{
 		Generation: generation(cfg),
 		Reconfigure: func() (supervisor.Generation, error) {
@@ -195,8 +196,9 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 			return handoverExtra{Config: cfg, ControlFD: ctlFD, StartedAt: startedAt, Activated: activated,
 				Events: events.handover(os.Getpid())}, []int{ctlFD}
 		},
-		Adopt:    adopt,
-		Observer: events,
+		Adopt: adopt,
+		// The events stream, then the metrics (metrics.go).
+		Observer: observers{events, observed},
 	})
 	if err != nil {
 		return 1, err
@@ -215,11 +217,11 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 
 	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated, events: events.hub,
 		cgroups: cgroupsLine}
-	serveMetricsOption, stopObservability, err := startObservability(cfg, b, logger, adopt != nil)
+	serveMetricsOption, err := observed.start(cfg, b, logger, adopt != nil)
 	if err != nil {
 		return 1, err
 	}
-	defer stopObservability()
+	defer observed.Close()
 	srv := control.NewServer(b, logger, control.WithWorkers(b, control.WorkerAccess(cfg.Control.WorkerAccess)), serveMetricsOption)
 	go srv.Serve(ctl)
 

@@ -159,9 +159,9 @@ func (m *Metrics) RolloutEnded(kind, result string, d time.Duration) {
 	m.rollouts.WithLabelValues(kind, known(result, results, ResultAborted)).Observe(d.Seconds())
 }
 
-// NotifyDropped records a dropped notify datagram, for reason (a Drop* constant).
-func (m *Metrics) NotifyDropped(reason string) {
-	m.dropped.WithLabelValues(known(reason, dropReasons, DropOther)).Inc()
+// NotifyDropped records n dropped notify datagrams, for reason (a Drop* constant).
+func (m *Metrics) NotifyDropped(reason string, n uint64) {
+	m.dropped.WithLabelValues(known(reason, dropReasons, DropOther)).Add(float64(n))
 }
 
 // known returns v if it is one of values, else fallback.

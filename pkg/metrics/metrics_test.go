@@ -67,7 +67,7 @@ func recordSome(m *metrics.Metrics) {
 	m.RolloutEnded(control.RolloutRefork, metrics.ResultSucceeded, 12*time.Second)
 	m.RolloutEnded(control.RolloutReload, metrics.ResultFailed, 95*time.Second)
 	m.RolloutEnded("sideways", metrics.ResultSucceeded, time.Second) // not recorded
-	m.NotifyDropped(metrics.DropUnknownSender)
+	m.NotifyDropped(metrics.DropUnknownSender, 1)
 }
 
 // forkdFamilies is the text exposition of m's forkd_ families alone (the process and Go ones
