@@ -271,6 +271,21 @@ class SpawnTest(GunicornTestCase):
         slow.close()
         self.assertEqual(get(m.port)[0], 200)  # the template serves again
 
+    def test_spawn_does_not_wait_for_a_connection_that_sent_nothing(self):
+        # HTTP clients dial ahead and park the connection in their pool (Go's net/http does). The
+        # template's drain gives it until its keep-alive timeout, as an idle keep-alive connection,
+        # not the graceful timeout; closed before the fork, it is closed for the client too.
+        m = self.master()
+        t = m.boot(GTHREAD[:-1] + ["--graceful-timeout", "60", GTHREAD[-1]])
+        silent = Client(m.port)
+        silent.conn.connect()
+        self.assertEqual(get(m.port)[0], 200)  # accepted after the silent one: the template has it
+        seq, ch = m.spawn(t, index=1)
+        m.adopt(t.expect("spawned")["pid"], ch)
+        self.assertTrue(silent.closed_by_server(), "the silent connection is still open")
+        silent.close()
+        self.assertEqual(get(m.port)[0], 200)  # the template serves again
+
     def test_spawn_failure_is_reported(self):
         m = self.master()
         t = m.boot(GTHREAD)
@@ -428,6 +443,38 @@ class StopTest(GunicornTestCase):
                     slow.close()
                 self.assertEqual(os.WEXITSTATUS(waitpid_timeout(t.pid, 10)), 0)
                 idle.close()
+
+    def test_sigterm_with_a_connection_that_sent_nothing(self):
+        # The forked worker of the report: a client had a connection open on it that carried no
+        # request yet (a connection its HTTP client dialed ahead and parked). After SIGTERM, the
+        # requests sent on the worker's idle keep-alive connections went unanswered for the
+        # whole graceful timeout, and the worker stayed up until that connection was closed.
+        m = self.master()
+        t = m.boot(GTHREAD[:-1] + ["--graceful-timeout", "60", "--keep-alive", "10",
+                                   GTHREAD[-1]])
+        seq, ch = m.spawn(t, index=1)
+        pid = t.expect("spawned")["pid"]
+        w = m.adopt(pid, ch)
+        m.welcome(w, index=1)
+        m.notify.wait_for(pid, "READY=1")
+        m.request("pause", t, "paused")  # the forked worker alone serves
+        idle = Client(m.port)
+        resp, body = idle.get("/")
+        self.assertIn(b"pid=%d " % pid, body)
+        silent = Client(m.port)
+        silent.conn.connect()
+        self.assertEqual(get(m.port)[0], 200)  # accepted after the silent one: the worker has it
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)  # the worker's loop has ended: its drain answers what comes now
+        resp, _ = idle.get("/next")
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader("Connection"), "close")
+        resp, _ = silent.get("/first")
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader("Connection"), "close")
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(pid)), 0, t.read_log())
+        idle.close()
+        silent.close()
 
     def test_forked_worker_stops_on_eof(self):
         m = self.master()

@@ -17,6 +17,12 @@ UvicornWorker, any gunicorn worker) that changes only how the worker talks to it
   (the process exit closes them); from 24.0 it drains them itself. In both, a request that was in
   flight when the drain began, answered keep-alive, closed its connection at once: here it joins
   the idle ones.
+- a new connection waits for its first request in the threaded worker's poller, as gunicorn's
+  threaded worker does from 21.0 (gunicorn issue 2917). Before, it went to a thread at once, to
+  wait there in a blocking read: a client that opens a connection and sends nothing yet (HTTP
+  clients dial ahead and park connections in their pool) kept a thread, and then the drain,
+  waiting for the whole graceful timeout, while the requests sent on idle keep-alive connections
+  went unanswered; the process could not exit until that client closed the connection.
 
 The listening sockets are forkd's (LISTEN_FDS). Each serving period gets duplicates wrapped in
 gunicorn's socket classes, without gunicorn's set_options: listen() again would override the
@@ -115,6 +121,23 @@ class ForkdWorker:
             timeout = min(timeout, core.beat_interval())
         return super().wait_for_and_dispatch_events(timeout)
 
+    def enqueue_req(self, conn):
+        # A new connection (no parser yet) of gunicorn < 21: into the poller until it is readable
+        # (see the module docstring); the drain takes it with the idle keep-alive connections.
+        if self._forkd_fresh is not None and conn.parser is None:
+            with self._lock:
+                self._forkd_fresh.add(conn)
+                self.poller.register(conn.sock, selectors.EVENT_READ,
+                                     functools.partial(self._forkd_readable, conn))
+            return
+        super().enqueue_req(conn)
+
+    def _forkd_readable(self, conn, sock):
+        with self._lock:
+            self.poller.unregister(sock)
+            self._forkd_fresh.discard(conn)
+        super().enqueue_req(conn)
+
     def _wrap_future(self, fs, conn):
         # gunicorn < 24 only: every request's future gets finish_request as its done callback.
         with self._lock:
@@ -129,6 +152,8 @@ class ForkdWorker:
     def run(self):
         legacy = _legacy_threaded(self)
         if legacy:
+            if not hasattr(self, "on_client_socket_readable"):
+                self._forkd_fresh = set()
             self.poller = _LoopPoller(self.poller)
             self._forkd_wake_r, self._forkd_wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self.poller.register(self._forkd_wake_r, selectors.EVENT_READ, _drain_pipe)
@@ -145,6 +170,7 @@ class ForkdWorker:
 
     _forkd_wake_r = _forkd_wake_w = -1
     _forkd_submitted = _forkd_finished = 0
+    _forkd_fresh = None  # gunicorn < 21: new connections waiting for their first request
 
 
 class _LoopPoller:
@@ -264,7 +290,8 @@ def _drain_legacy_keepalive(w):
 
     The loop's end waits for the requests in flight, but not for their done callbacks
     (finish_request, which keeps a connection answered keep-alive: see _keep_for_drain): until
-    every callback has run, more connections may join _keep."""
+    every callback has run, more connections may join _keep. A new connection still waiting for
+    its first request gets until its keep-alive timeout from now, as an idle one does."""
     sel = selectors.DefaultSelector()
     pool = None
     started = []
@@ -274,7 +301,12 @@ def _drain_legacy_keepalive(w):
         with w._lock:
             kept = list(w._keep)
             w._keep.clear()
-        for c in kept:
+            fresh = list(w._forkd_fresh or ())
+            if fresh:
+                w._forkd_fresh.clear()
+        for c in fresh:
+            c.set_timeout()
+        for c in kept + fresh:
             try:
                 sel.register(c.sock, selectors.EVENT_READ, c)
             except (OSError, ValueError, KeyError):
