@@ -46,6 +46,8 @@ test: lint unit fuzz
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# The executor's simulation: 10,000 seeded histories without -race (300 run under it above).
+	$(GO) test -count=1 -run '^TestExecutorSimulation$$' ./internal/supervisor
 	$(PYTHON) -m unittest discover -s sdk/python/tests -t sdk/python
 
 fuzz:

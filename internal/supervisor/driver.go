@@ -115,10 +115,6 @@ type Driver struct {
 	devNull  *os.File
 	baseEnv  []string
 	requests chan request
-	// pending holds what to do with the Reply to each request still in the machine.
-	pending  map[cluster.RequestID]func(cluster.Reply)
-	lastReq  cluster.RequestID
-	exitCode int
 	stopSigs int
 	// strays holds a pidfd for each stray reported to the machine (driver_tree.go): the orphan's,
 	// or for a group the pidfd of its exited leader, which names the group.
@@ -127,20 +123,13 @@ type Driver struct {
 	childrenUnreadable bool
 	// lastRan is when the loop last ran, to notice a stall of forkd itself.
 	lastRan time.Time
-	// learned holds the events learned while a batch of actions is carried out (carrying), to
-	// step after it.
-	learned  []cluster.Event
-	carrying bool
-	// steppedAt is when the event whose actions are being carried out was stepped.
-	steppedAt time.Time
+	// x carries the machine's batches out, through the driver's seams (seams.go).
+	x *Executor
 
 	helpers      map[int]*helper
 	helperEvents chan helperEvent
 	// adopted: this image took the cluster over from the previous one.
 	adopted bool
-	// exec is the hot restart's exec the batch being carried out asked for: it happens once the
-	// rest of the batch is done.
-	exec *cluster.ExecRestart
 }
 
 // spec is how workers are started: the app's command, in a directory, with an environment.
@@ -236,7 +225,6 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		devNull:  devNull,
 		baseEnv:  inheritedEnv(os.Environ()),
 		requests: make(chan request),
-		pending:  make(map[cluster.RequestID]func(cluster.Reply)),
 		strays:   make(map[strayKey]int),
 
 		helpers:      make(map[int]*helper),
@@ -254,6 +242,7 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 	} else if err := d.notify.prepare(cfg.Notify); err != nil {
 		return nil, err
 	}
+	d.x = NewExecutor(d.m, seams{d}, time.Now, d.log, cfg.Observer)
 	return d, nil
 }
 
@@ -350,8 +339,10 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		d.noticeStall()
 		handle()
 		d.noticeStall()
+		d.x.Flush() // what the seams learned from the loop's own inputs (a helper's exit)
 	}
-	return d.exitCode, nil
+	code, _ := d.x.ExitCode()
+	return code, nil
 }
 
 // stallThreshold: the loop runs at least once per housekeepingInterval, so a longer gap between
@@ -408,90 +399,16 @@ func (d *Driver) drainInputs(sigc <-chan os.Signal, controls <-chan controlMessa
 	}
 }
 
-// step feeds ev to the machine and carries out the batch of actions it decides, in order. What the
-// driver learns while it carries a batch out (a spawned worker's PID, a failed spawn) is queued,
-// and stepped once the whole batch is done, in the order learned: the machine's Ready/Advance
-// forbids a step in the middle of a batch, which would carry out its actions before the rest.
-func (d *Driver) step(ev cluster.Event) {
-	d.learned = append(d.learned, ev)
-	if d.carrying {
-		return
-	}
-	d.carrying = true
-	defer func() { d.carrying = false }()
-	for len(d.learned) > 0 {
-		ev := d.learned[0]
-		d.learned = d.learned[1:]
-		d.steppedAt = time.Now()
-		if err := d.m.Step(d.steppedAt, ev); err != nil {
-			// A driver bug, not an input error: log it loudly and keep the cluster running.
-			d.log.Error("cluster state machine rejected an event", "error", err, "event", fmt.Sprintf("%T%+v", ev, ev))
-		}
-		for _, a := range d.m.Ready() {
-			d.apply(a)
-		}
-		d.m.Advance()
-		if a := d.exec; a != nil {
-			d.exec = nil
-			d.execRestart(*a) // returns only if the exec failed
-		}
-	}
-}
+// step steps an input of the loop, between batches (Executor.Step).
+func (d *Driver) step(ev cluster.Event) { d.x.Step(ev) }
 
-func (d *Driver) apply(a cluster.Action) {
-	switch a := a.(type) {
-	case cluster.SpawnWorker:
-		if a.Template != 0 {
-			d.forkWorker(a)
-		} else {
-			d.spawn(a)
-		}
-	case cluster.CancelSpawn:
-		d.cancelSpawn(a.Worker)
-	case cluster.SendWelcome:
-		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpWelcome, Worker: a.Slot, Generation: a.Generation})
-	case cluster.SendRefuse:
-		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpRefuse, Error: a.Reason})
-	case cluster.PauseTemplate:
-		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpPause})
-	case cluster.ResumeTemplate:
-		d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpResume})
-	case cluster.SignalWorker:
-		d.signal(a)
-	case cluster.SignalStray:
-		d.signalStray(a)
-	case cluster.NotifySystemd:
-		d.notifySystemd(a.State)
-	case cluster.Reply:
-		if answer, ok := d.pending[a.Request]; ok {
-			delete(d.pending, a.Request)
-			answer(a)
-		}
-	case cluster.Log:
-		d.log.LogAttrs(context.Background(), a.Level, a.Msg, a.Attrs...)
-	case cluster.Exit:
-		d.exitCode = a.Code
-	case cluster.RunHook:
-		d.runHook(a)
-	case cluster.LoadConfig:
-		d.loadConfig()
-	case cluster.ReleaseSpec:
-		delete(d.specs, a.Spec)
-	case cluster.CheckRestart:
-		d.checkRestart(a.KeepWorkers)
-	case cluster.ExecRestart:
-		d.exec = &a
-	case cluster.Record:
-		if d.cfg.Observer != nil {
-			d.cfg.Observer.Observe(d.steppedAt, a.What)
-		}
-	}
-}
+// learn queues what a seam learned while carrying an action out, for after the batch.
+func (d *Driver) learn(ev cluster.Event) { d.x.Learn(ev) }
 
 func (d *Driver) spawn(a cluster.SpawnWorker) {
 	sp := d.specs[a.Spec]
 	if sp == nil {
-		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: fmt.Sprintf("cluster: no spec %d to spawn from (a bug)", a.Spec)})
+		d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: fmt.Sprintf("cluster: no spec %d to spawn from (a bug)", a.Spec)})
 		return
 	}
 	files := []uintptr{d.devNull.Fd(), uintptr(syscall.Stdout), uintptr(syscall.Stderr)}
@@ -499,7 +416,7 @@ func (d *Driver) spawn(a cluster.SpawnWorker) {
 	// A worker that may become the template shares its socket with the workers it forks.
 	ns, err := d.notify.open(a.Worker, a.Channel)
 	if err != nil {
-		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
 	env := d.workerEnv(sp, a.Slot, a.Generation, a.Heartbeat, ns.sock.Addr())
@@ -516,7 +433,7 @@ func (d *Driver) spawn(a cluster.SpawnWorker) {
 		conn, workerEnd, err = protocol.Socketpair()
 		if err != nil {
 			ns.release()
-			d.step(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
+			d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 			return
 		}
 		defer unix.Close(workerEnd)
@@ -545,7 +462,7 @@ func (d *Driver) spawn(a cluster.SpawnWorker) {
 			conn.Close()
 		}
 		ns.release()
-		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: describeSpawnError(err)})
+		d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: describeSpawnError(err)})
 		return
 	}
 	if pidfd < 0 {
@@ -559,7 +476,7 @@ func (d *Driver) spawn(a cluster.SpawnWorker) {
 	if conn != nil {
 		d.channels.read(a.Worker, conn)
 	}
-	d.step(cluster.Spawned{Worker: a.Worker, PID: pid})
+	d.learn(cluster.Spawned{Worker: a.Worker, PID: pid})
 }
 
 // signal signals a worker's tree: its process group (driver_tree.go).
@@ -702,18 +619,14 @@ func (d *Driver) handleRequest(r request) {
 		}
 	}
 	d.step(ev)
-	if _, waiting := d.pending[id]; waiting && r.early {
-		d.pending[id] = func(cluster.Reply) {} // the machine logs the outcome
+	if d.x.Awaiting(id) && r.early {
+		d.x.Forget(id)
 		r.reply <- cluster.Reply{}
 	}
 }
 
 // expectReply allocates a RequestID whose Reply goes to answer.
-func (d *Driver) expectReply(answer func(cluster.Reply)) cluster.RequestID {
-	d.lastReq++
-	d.pending[d.lastReq] = answer
-	return d.lastReq
-}
+func (d *Driver) expectReply(answer func(cluster.Reply)) cluster.RequestID { return d.x.Expect(answer) }
 
 func (d *Driver) notifySystemd(state string) {
 	if d.cfg.Systemd == nil {
@@ -832,18 +745,18 @@ func (d *Driver) loadConfig() {
 	if d.cfg.Reconfigure != nil {
 		var err error
 		if g, err = d.cfg.Reconfigure(); err != nil {
-			d.step(cluster.ConfigLoaded{Err: fmt.Errorf("%w: %v", cluster.ErrBadConfig, err)})
+			d.learn(cluster.ConfigLoaded{Err: fmt.Errorf("%w: %v", cluster.ErrBadConfig, err)})
 			return
 		}
 	}
 	sp, err := newSpec(g)
 	if err != nil {
-		d.step(cluster.ConfigLoaded{Err: fmt.Errorf("%w: %v", cluster.ErrBadConfig, err)})
+		d.learn(cluster.ConfigLoaded{Err: fmt.Errorf("%w: %v", cluster.ErrBadConfig, err)})
 		return
 	}
 	cfg := g.Machine
 	d.register(sp, &cfg)
-	d.step(cluster.ConfigLoaded{Config: &cfg, Warnings: g.Warnings})
+	d.learn(cluster.ConfigLoaded{Config: &cfg, Warnings: g.Warnings})
 }
 
 // workerEnv is the environment of a new worker: forkd's own minus what belongs to forkd and

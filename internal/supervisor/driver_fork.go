@@ -70,12 +70,12 @@ func (c *channels) read(worker cluster.WorkerID, conn *protocol.Conn) {
 func (d *Driver) forkWorker(a cluster.SpawnWorker) {
 	t := d.procs[a.Template]
 	if t == nil || t.conn == nil {
-		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: "the template has no control channel"})
+		d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: "the template has no control channel"})
 		return
 	}
 	conn, workerEnd, err := protocol.Socketpair()
 	if err != nil {
-		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
 	defer unix.Close(workerEnd)
@@ -83,7 +83,7 @@ func (d *Driver) forkWorker(a cluster.SpawnWorker) {
 	msg := protocol.Message{Op: protocol.OpSpawn, Seq: seq, Worker: a.Slot, Generation: a.Generation}
 	if err := t.conn.Send(msg, workerEnd); err != nil {
 		conn.Close()
-		d.step(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
+		d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
 	d.channels.spawns[seq] = &pendingSpawn{worker: a.Worker}

@@ -15,9 +15,9 @@ func (d *Driver) runHook(a cluster.RunHook) {
 	env = append(env, "FORKD_HOOK="+string(a.Hook), "FORKD_NAME="+d.cfg.Name)
 	env = append(env, a.Vars...)
 	err := d.runHelper("the "+string(a.Hook)+" hook", a.Argv, env, a.Timeout, func(st cluster.ExitStatus, out string) {
-		d.step(cluster.HookFinished{ID: a.ID, Status: st, Output: out})
+		d.learn(cluster.HookFinished{ID: a.ID, Status: st, Output: out})
 	})
 	if err != nil {
-		d.step(cluster.HookFinished{ID: a.ID, Err: err})
+		d.learn(cluster.HookFinished{ID: a.ID, Err: err})
 	}
 }

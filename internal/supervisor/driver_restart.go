@@ -99,7 +99,7 @@ func (d *Driver) Restart(ctx context.Context, wait, keepWorkers bool) error {
 // reads, then has it check the config, as the master's own helper processes, without blocking the
 // loop, and steps RestartChecked with the outcome.
 func (d *Driver) checkRestart(keepWorkers bool) {
-	done := func(err error) { d.step(cluster.RestartChecked{Err: err}) }
+	done := func(err error) { d.learn(cluster.RestartChecked{Err: err}) }
 	if d.cfg.Self == "" {
 		done(fmt.Errorf("%w: hot restart is not available (forkd does not know its own binary)", cluster.ErrNotReady))
 		return
@@ -135,7 +135,7 @@ func (d *Driver) checkRestart(keepWorkers bool) {
 // execRestart hands the machine's state and the driver's descriptors over, and execs the new
 // image. It returns only if the exec failed, having put everything back, and steps ExecFailed.
 func (d *Driver) execRestart(a cluster.ExecRestart) {
-	fail := func(err error) { d.step(cluster.ExecFailed{Err: err}) }
+	fail := func(err error) { d.learn(cluster.ExecFailed{Err: err}) }
 	h := Handover{
 		Version: restart.Version, Machine: a.State, Config: d.m.Config(), Specs: map[cluster.SpecHandle]SpecRecord{},
 		Listeners: d.cfg.Listeners, NotifyDir: d.notify.dir, NotifyPrefix: d.notify.prefix,
