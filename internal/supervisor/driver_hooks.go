@@ -1,8 +1,9 @@
 package supervisor
 
 import (
-	"github.com/forkd/forkd/pkg/cluster"
 	"os"
+
+	"github.com/forkd/forkd/pkg/cluster"
 )
 
 // This file runs the master's hooks, as the machine asks (RunHook): the machine decides when one

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"github.com/forkd/forkd/pkg/cluster"
 	"os"
 	"os/exec"
 	"slices"
@@ -9,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/forkd/forkd/pkg/cluster"
 )
 
 // startSleeper starts sh running a sleep in the background, and returns sh's PID and the

@@ -195,3 +195,17 @@ func (x *Executor) carry(a cluster.Action) {
 		x.log.Error(fmt.Sprintf("supervisor: no way to carry out %T (a bug)", a))
 	}
 }
+
+// Observer is told, in order and from the driver's loop, what the machine records (cluster.Record):
+// a worker spawned, ready or exited and why, a rollout started or ended, datagrams dropped. At is
+// when the event that led to it was stepped. Metrics and an event stream hang off it; it must not
+// block, and changes nothing in what the cluster does.
+type Observer interface {
+	Observe(at time.Time, what cluster.Happening)
+}
+
+// ObserverFunc makes a function an Observer.
+type ObserverFunc func(at time.Time, what cluster.Happening)
+
+// Observe calls f.
+func (f ObserverFunc) Observe(at time.Time, what cluster.Happening) { f(at, what) }
