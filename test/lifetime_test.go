@@ -225,7 +225,10 @@ timeouts {
 		orphans = append(orphans, pid)
 	}
 	killOnCleanup(t, orphans...)
+	// The stubborn one is a stray for the shutdown timeout at least: the status counts it.
+	f.waitFor("the strays in the status", func(st control.Status) bool { return st.Strays > 0 })
 	waitGone(t, orphans...)
+	f.waitFor("no stray left in the status", func(st control.Status) bool { return st.Strays == 0 })
 	out := f.output.String()
 	for _, pid := range orphans {
 		assert.Contains(t, out, fmt.Sprintf("pid %d, a child forkd inherited", pid))

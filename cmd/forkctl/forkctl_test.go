@@ -235,6 +235,7 @@ func sampleStatus() control.Status {
 				NextRestart: time.Now().Add(time.Hour).UTC()},
 		},
 		DroppedNotifications: 7,
+		Strays:               2,
 	}
 }
 
@@ -257,6 +258,7 @@ func TestStatusTable(t *testing.T) {
 		"workers:               1/2 ready",
 		"listeners:             http tcp://0.0.0.0:8080 (socket-activated)",
 		"dropped notifications: 7",
+		"strays:                2 (left behind by workers, being stopped)",
 		"status:                1/2 workers ready",
 	} {
 		require.Contains(t, header, line+"\n")

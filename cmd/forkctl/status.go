@@ -101,6 +101,9 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	if st.Cgroups != "" {
 		row("cgroups:", printable(st.Cgroups))
 	}
+	if st.Strays > 0 {
+		row("strays:", strconv.Itoa(st.Strays)+" (left behind by workers, being stopped)")
+	}
 	if st.StatusLine != "" {
 		row("status:", printable(st.StatusLine))
 	}

@@ -54,6 +54,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		SocketActivated:      b.activated,
 		DroppedNotifications: st.Dropped,
 		LateNotifications:    st.Late,
+		Strays:               st.Strays,
 		StatusLine:           st.StatusLine,
 		Cgroups:              b.cgroups,
 	}

@@ -53,6 +53,10 @@ func (m *Machine) workerZeroReady(w *worker) {
 		why := "it did not say hello on its control channel (FORKD_CONTROL_FD); apps without a forkd SDK, and Go apps, run in exec mode"
 		if w.hello {
 			why = "its hello did not declare it can fork"
+		} else if m.cfg.ReadyOnStart {
+			names := m.cfg.Settings.withDefaults()
+			why = fmt.Sprintf("with %s it counts as ready once spawned, before its hello can say it can fork: %s needs %s",
+				names.ReadyOnStart, names.ForkWorker, names.ReadyOnNotify)
 		}
 		if !m.execMode {
 			m.log(slog.LevelWarn, "running in exec mode: worker 0 cannot be the template: "+why, m.workerAttrs(w, "exec-mode")...)

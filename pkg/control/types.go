@@ -75,6 +75,9 @@ type Status struct {
 	// LateNotifications counts datagrams from workers that had exited by the time they were read:
 	// sent just before the exit, too late to matter, and not dropped as a stranger's.
 	LateNotifications uint64 `json:"late_notifications"`
+	// Strays counts the processes forkd started and no longer tracks as workers (orphans, what is
+	// left of a worker's process group) that it is stopping.
+	Strays int `json:"strays"`
 	// StatusLine is what forkd last sent systemd as STATUS=.
 	StatusLine string `json:"status_line"`
 	// Cgroups says whether the workers have cgroups of their own: "on: DIR (memory, pids)", with
