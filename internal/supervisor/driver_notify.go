@@ -303,25 +303,14 @@ func (d *Driver) stepDrops() {
 // is 0: in a PID namespace forkd cannot see). A direct child of the master (a worker) costs one
 // read; a deeper walk needs a token of the limiter, and without one lineageOf reports false.
 func (n *notifyState) lineageOf(pid int) (lineage []int, gone, ok bool) {
-	self := os.Getpid()
 	if pid <= 0 {
 		return nil, true, true
 	}
-	for range 64 {
-		if pid <= 1 || pid == self {
-			break
-		}
-		lineage = append(lineage, pid)
-		ppid, err := parentPID(pid)
-		if err != nil {
-			return lineage, len(lineage) == 1, true
-		}
-		if len(lineage) == 1 && ppid != self && ppid > 1 && !n.walks.allow(time.Now()) {
-			return nil, false, false
-		}
-		pid = ppid
+	lineage, _, err := ancestry(pid, func() bool { return n.walks.allow(time.Now()) })
+	if errors.Is(err, errWalkLimited) {
+		return nil, false, false
 	}
-	return lineage, false, true
+	return lineage, err != nil && len(lineage) == 1, true
 }
 
 // walkLimiter is a token bucket: walkRate tokens a second, at most walkBurst saved.

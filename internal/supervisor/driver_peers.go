@@ -41,11 +41,11 @@ type kinshipQuery struct {
 // not hold the loop. It fails with ErrProcessGone when pid (or its ancestry, twice) cannot be read,
 // or with ctx's error.
 func (d *Driver) Kinship(ctx context.Context, pid int) (Kinship, error) {
-	lineage, toMaster, err := ancestry(pid)
+	lineage, toMaster, err := ancestry(pid, nil)
 	if err != nil {
 		// An ancestor that exits while the walk reads it has its children re-parented to the
 		// master (a subreaper) or to init: the second walk sees where they went.
-		lineage, toMaster, err = ancestry(pid)
+		lineage, toMaster, err = ancestry(pid, nil)
 	}
 	if err != nil {
 		return Kinship{}, err
@@ -64,9 +64,15 @@ func (d *Driver) Kinship(ctx context.Context, pid int) (Kinship, error) {
 	}
 }
 
-// ancestry lists pid and its ancestors up to (not including) the master or PID 1, and reports
-// whether it reached the master. The master itself has an empty lineage that reaches the master.
-func ancestry(pid int) (lineage []int, toMaster bool, err error) {
+// ancestry lists pid and its ancestors up to (not including) the master or PID 1, walking parent
+// links in /proc, and reports whether it reached the master. The master itself has an empty lineage
+// that reaches the master. A process that exits during the walk ends it with ErrProcessGone, and
+// lineage holds what was read (pid itself, when only its parent could not be read). deeper, when
+// not nil, is asked before the walk goes above pid's parent (a walk a stranger can provoke, as the
+// notify socket's): false stops it with errWalkLimited.
+//
+// The notify socket (lineageOf) and the control API's peer check (Kinship) both use it.
+func ancestry(pid int, deeper func() bool) (lineage []int, toMaster bool, err error) {
 	self := os.Getpid()
 	for range 128 {
 		if pid == self {
@@ -78,12 +84,18 @@ func ancestry(pid int) (lineage []int, toMaster bool, err error) {
 		lineage = append(lineage, pid)
 		ppid, err := parentPID(pid)
 		if err != nil {
-			return nil, false, fmt.Errorf("%w (pid %d: %v)", ErrProcessGone, pid, err)
+			return lineage, false, fmt.Errorf("%w (pid %d: %v)", ErrProcessGone, pid, err)
+		}
+		if len(lineage) == 1 && ppid != self && ppid > 1 && deeper != nil && !deeper() {
+			return nil, false, errWalkLimited
 		}
 		pid = ppid
 	}
 	return lineage, false, nil
 }
+
+// errWalkLimited: ancestry was told not to walk deeper.
+var errWalkLimited = errors.New("cluster: the walk up the process tree is rate-limited")
 
 // answerKinship looks a lineage up, in the loop.
 func (d *Driver) answerKinship(q *kinshipQuery) {

@@ -47,16 +47,16 @@ func startSleeper(t *testing.T) (child, grandchild int) {
 
 func TestAncestry(t *testing.T) {
 	child, grandchild := startSleeper(t)
-	lineage, toMaster, err := ancestry(grandchild)
+	lineage, toMaster, err := ancestry(grandchild, nil)
 	if err != nil || !toMaster || !slices.Equal(lineage, []int{grandchild, child}) {
-		t.Fatalf("ancestry(grandchild) = %v, %v, %v; want [%d %d], true", lineage, toMaster, err, grandchild, child)
+		t.Fatalf("ancestry(grandchild, nil) = %v, %v, %v; want [%d %d], true", lineage, toMaster, err, grandchild, child)
 	}
-	lineage, toMaster, err = ancestry(os.Getpid())
+	lineage, toMaster, err = ancestry(os.Getpid(), nil)
 	if err != nil || !toMaster || len(lineage) != 0 {
 		t.Fatalf("ancestry(self) = %v, %v, %v; want [], true", lineage, toMaster, err)
 	}
 	// This process's parent is outside its tree.
-	if _, toMaster, err := ancestry(os.Getppid()); err != nil || toMaster {
+	if _, toMaster, err := ancestry(os.Getppid(), nil); err != nil || toMaster {
 		t.Fatalf("ancestry(parent) reached the master: %v, %v", toMaster, err)
 	}
 }
