@@ -50,6 +50,12 @@ func (d *Driver) Kinship(ctx context.Context, pid int) (Kinship, error) {
 	if err != nil {
 		return Kinship{}, err
 	}
+	if !toMaster || len(lineage) == 0 {
+		// Outside the master's tree (an operator's forkctl), or the master itself: no worker,
+		// whatever the loop is doing. A master that was stopped a while (SIGSTOP) must not fail
+		// the forkctl that waits on it for want of an answer from a loop that has not caught up.
+		return Kinship{}, nil
+	}
 	q := &kinshipQuery{lineage: lineage, toMaster: toMaster, answer: make(chan Kinship, 1)}
 	select {
 	case d.requests <- request{kinship: q}:

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"slices"
@@ -107,6 +108,20 @@ func TestKinship(t *testing.T) {
 		k := d.kinshipOf(tt.lineage, tt.toMaster)
 		if k.Worker != tt.worker || k.Reason != tt.reason {
 			t.Errorf("%s: kinship %+v, want worker=%v reason %q", tt.name, k, tt.worker, tt.reason)
+		}
+	}
+}
+
+// A process outside the master's tree (an operator's forkctl) is answered without the loop: a
+// master that was stopped a while must not fail it for an answer the loop owes.
+func TestKinshipOutsideTheTreeNeedsNoLoop(t *testing.T) {
+	d := &Driver{} // no loop runs: a question to it would wait for ctx
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	for _, pid := range []int{os.Getppid(), os.Getpid()} {
+		k, err := d.Kinship(ctx, pid)
+		if err != nil || k.Worker {
+			t.Fatalf("Kinship(%d) = %+v, %v; want no worker, at once", pid, k, err)
 		}
 	}
 }
