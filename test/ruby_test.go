@@ -3,9 +3,7 @@ package test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -311,12 +309,6 @@ func TestRubyWorkersExitWhenMasterIsKilled(t *testing.T) {
 	}
 }
 
-// notImplemented reports whether err is the control API's 501: the feature has not landed.
-func notImplemented(err error) bool {
-	var ce *control.Error
-	return errors.As(err, &ce) && ce.Code == http.StatusNotImplemented
-}
-
 func TestRubyPhasedRestart(t *testing.T) {
 	t.Parallel()
 	requireRuby(t)
@@ -328,10 +320,6 @@ func TestRubyPhasedRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
 	_, err := f.client.Reload(ctx, control.ReloadRequest{Wait: true})
-	if notImplemented(err) {
-		l.stop()
-		t.Skip("needs phased restart: forkctl reload answers 501 (not implemented yet)")
-	}
 	require.NoError(t, err)
 	after := f.waitFor("every old worker gone", func(st control.Status) bool { return len(st.WorkerList) == 4 && st.Ready == 4 })
 	ok, failed := l.stop()
@@ -386,17 +374,11 @@ func TestRubyHotRestart(t *testing.T) {
 	url := "http://" + f.addr()
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
-	// Probe with a reload first: hot restart lands with (or after) phased restart.
-	if _, err := f.client.Reload(ctx, control.ReloadRequest{Wait: true}); notImplemented(err) {
-		t.Skip("needs phased restart: forkctl reload answers 501 (not implemented yet)")
-	}
+	_, err := f.client.Reload(ctx, control.ReloadRequest{Wait: true})
+	require.NoError(t, err)
 	before = f.waitFor("the reload settled", func(st control.Status) bool { return len(st.WorkerList) == 4 && st.Ready == 4 })
 	l := startLoad(t, url, 4, 2)
-	_, err := f.client.Restart(ctx, control.RestartRequest{Wait: true})
-	if notImplemented(err) {
-		l.stop()
-		t.Skip("needs hot restart: forkctl restart answers 501 (not implemented yet)")
-	}
+	_, err = f.client.Restart(ctx, control.RestartRequest{Wait: true})
 	require.NoError(t, err)
 	after := f.waitFor("the restarted master ready", func(st control.Status) bool {
 		return st.Phase == control.PhaseRunning && len(st.WorkerList) == 4 && st.Ready == 4

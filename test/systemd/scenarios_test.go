@@ -38,10 +38,6 @@ func scenarios() []scenario {
 	}
 }
 
-// notImplemented reports whether forkd answered that a feature is not there yet, in which case
-// the scenario skips: it starts running by itself once the feature lands.
-var notImplemented = regexp.MustCompile(`not implemented yet`)
-
 // installWithoutSystemd installs the .deb with chroot before the container boots: systemd is
 // installed in the rootfs but not running (as in an image build), so postinst must not need it.
 func (e *env) installWithoutSystemd(t *testing.T) {
@@ -349,9 +345,6 @@ func (e *env) checkReload(t *testing.T, ctx context.Context, instance, addr, wha
 	journal := e.journalText(t, ctx, unit, cursor)
 	if err != nil || code != 0 {
 		l.stop()
-		if notImplemented.MatchString(journal) {
-			t.Skipf("forkd has no phased restart yet (%s): %s", strings.TrimSpace(firstMatch(journal, "not implemented")), what)
-		}
 		t.Fatalf("systemctl reload %s: exit %d %v\n%s%s\njournal:\n%s", unit, code, err, out, errOut, journal)
 	}
 	t.Logf("systemctl reload %s: %.2fs", unit, took.Seconds())
@@ -443,10 +436,6 @@ func (e *env) reloadBrokenRelease(t *testing.T, ctx context.Context) {
 	if code == 0 {
 		t.Fatalf("systemctl reload with a broken release succeeded; journal:\n%s", journal)
 	}
-	if notImplemented.MatchString(journal) {
-		l.stop()
-		t.Skipf("forkd has no phased restart yet: %s", strings.TrimSpace(firstMatch(journal, "not implemented")))
-	}
 	t.Logf("systemctl reload failed as it should, after %.2fs: exit %d: %s", time.Since(t0).Seconds(), code, strings.TrimSpace(errOut))
 	t.Logf("forkctl's reason, from the journal: %s", strings.TrimSpace(firstMatch(journal, "forkctl")))
 	if err := l.waitRequests(ctx, 200); err != nil {
@@ -509,10 +498,6 @@ func (e *env) hotRestart(t *testing.T, ctx context.Context) {
 	t0 := time.Now()
 	out, errOut, code, err := e.c.exec(ctx, time.Minute, "forkctl", "--socket", "/run/forkd/demo/control.sock", "restart", "--wait")
 	states := mon.stop()
-	if notImplemented.MatchString(out + errOut) {
-		l.stop()
-		t.Skipf("forkd has no hot restart yet: forkctl restart: %s", strings.TrimSpace(out+errOut))
-	}
 	if err != nil || code != 0 {
 		t.Fatalf("forkctl restart --wait: exit %d %v\n%s%s\n%s", code, err, out, errOut,
 			e.journalText(t, ctx, "forkd@demo.service", cursor))
