@@ -14,7 +14,11 @@ import (
 // into the machine, takes the batch of actions the machine decided, carries every one out in order
 // through its Seams, and only then advances the machine and steps what it learned meanwhile. The
 // real master's seams are the Driver's syscalls; a simulation's are a fake world
-// (executor_sim_test.go), so the same code runs in both.
+// (executor_sim_test.go), so the same code runs in both. That simulation checks, after every
+// input: the last STATUS= sent is the machine's status line (no batch inside another); a slot
+// holds at most what the rollout allows; the machine's workers are live processes; specs are
+// registered before use and released once; every command is answered once; the observer hears of
+// each worker's end once, after its spawn.
 
 // Seams are what the executor carries actions out with. A seam never steps the machine: what it
 // learns (a spawned worker's PID, a failed spawn, a hook's exit) it hands to Executor.Learn, and

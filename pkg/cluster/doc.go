@@ -19,6 +19,12 @@
 //
 // supervisor.Driver is that loop for real: it owns the pidfds, the signals, the notify socket and the timer,
 // and one goroutine owns the machine. Because the machine is pure, tests drive it with a simulated
-// clock and random event orders (see sim_test.go) and check its invariants after every step; they
-// are listed in docs/architecture.md.
+// clock and random event orders (see sim_test.go) and check its invariants after every step
+// (docs/architecture.md lists them): every live worker process is known and every known one is
+// alive; a slot holds its current process and, during a rollout, its replacement, never more (those
+// on their way out aside); no slot is stuck without a process or a respawn time; a crashing slot
+// backs off; no deadline is left in the past after a Tick; a stop exits only once every process,
+// strays included, is gone, and every command is answered; a rollout stays within max_surge and
+// max_unavailable; the template is a ready worker 0 that can fork; Restore(Export()) changes
+// nothing the status shows.
 package cluster
