@@ -230,7 +230,7 @@ func (d *Driver) workerEnv(sp *spec, slot, generation int, heartbeat time.Durati
 		env = append(env, kv)
 	}
 	for k, v := range sp.env {
-		if isProtocolVar(k) {
+		if protocol.IsWorkerVar(k) {
 			continue
 		}
 		env = append(env, k+"="+v)
@@ -261,24 +261,12 @@ func (d *Driver) workerOutput(slot int) (*os.File, string) {
 	return out, stream
 }
 
-// isProtocolVar names the variables forkd sets for each worker (sd_listen_fds(3), sd_notify(3) and
-// its own), and those systemd sets for forkd itself that do not describe a worker (FDSTORE), which
-// neither forkd's environment nor the config may pass through.
-func isProtocolVar(key string) bool {
-	switch key {
-	case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
-		"FDSTORE":
-		return true
-	}
-	return strings.HasPrefix(key, "FORKD_")
-}
-
 // inheritedEnv filters forkd's environment down to what workers inherit.
 func inheritedEnv(environ []string) []string {
 	var env []string
 	for _, kv := range environ {
 		k, v, _ := strings.Cut(kv, "=")
-		if isProtocolVar(k) {
+		if protocol.IsWorkerVar(k) {
 			continue
 		}
 		if k == "GODEBUG" {

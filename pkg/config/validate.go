@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/forkd/forkd/pkg/protocol"
 )
 
 // maxUnixPath is the longest unix socket address the kernel takes: sun_path holds 108 bytes, and a
@@ -342,6 +344,8 @@ func (b *builder) validateEnv() {
 			b.report(o, "variable name %q must not contain a NUL byte", key)
 		case strings.Contains(value, "\x00"):
 			b.report(o, "the value of %s must not contain a NUL byte", key)
+		case protocol.IsWorkerVar(key):
+			b.report(o, "%s is set by forkd for each worker (FORKD_*, LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*), so a value here would never reach them: choose another name", key)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -30,6 +31,19 @@ const (
 	EnvGeneration = "FORKD_GENERATION"
 	EnvControlFD  = "FORKD_CONTROL_FD"
 )
+
+// IsWorkerVar says whether forkd sets (or withholds) the environment variable key for each worker
+// itself: sd_listen_fds(3)'s, sd_notify(3)'s and the protocol's own (every FORKD_ name), and those
+// systemd sets for forkd that do not describe a worker (JOURNAL_STREAM, FDSTORE). Neither forkd's
+// environment nor its config passes them through.
+func IsWorkerVar(key string) bool {
+	switch key {
+	case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
+		"FDSTORE":
+		return true
+	}
+	return strings.HasPrefix(key, "FORKD_")
+}
 
 // Ops, the "op" of a message.
 const (
