@@ -2,6 +2,7 @@
 spawn, pause/resume, gunicorn's and forkd's hooks, draining, stopping, the heartbeat, refused
 options. Needs gunicorn for the interpreter running the tests (/usr/bin/python3 on Debian 12)."""
 
+import fcntl
 import http.client
 import os
 import signal
@@ -316,6 +317,63 @@ class SpawnTest(GunicornTestCase):
             if pids == {t.pid, pid}:
                 break
         self.assertEqual(pids, {t.pid, pid})
+
+    def test_forking_leaves_the_shared_listener_non_blocking(self):
+        # Every worker accepts on one open file description of forkd's listener (m.listener's
+        # here), so its O_NONBLOCK is everyone's. A sync worker calls accept() at every turn of
+        # its loop: on a blocking listener it waits there for the next connection, and sends no
+        # heartbeat meanwhile. The template, between the new worker's setup and its fork, must
+        # leave the flag alone.
+        m = self.master(watchdog_usec=2000000)
+        hold = os.path.join(m.dir, "hold")
+        t = m.boot(SYNC, env={"TEST_PRE_FORK_HOLD": hold})
+        w1 = fork_ready(m, t)
+        open(hold, "w").close()
+        seq, ch = m.spawn(t, index=2)
+        wait_until(lambda: events(m.hooks(), t.pid).count("g.pre_fork") == 3,
+                   what="the template in pre_fork")
+        self.assertTrue(fcntl.fcntl(m.listener.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK,
+                        "the shared listener is blocking while the template forks")
+        beats = m.notify.lines(w1.pid).count("WATCHDOG=1")
+        wait_until(lambda: m.notify.lines(w1.pid).count("WATCHDOG=1") >= beats + 3,
+                   what="worker 1's heartbeats while the template forks")
+        os.remove(hold)
+        w2 = m.adopt(t.expect("spawned")["pid"], ch)
+        m.welcome(w2, index=2, generation=1)
+        m.notify.wait_for(w2.pid, "READY=1")
+        pids = set()
+        for _ in range(100):
+            pids.add(int(get(m.port)[1].split()[0].split("=")[1]))
+            if pids == {t.pid, w1.pid, w2.pid}:
+                break
+        self.assertEqual(pids, {t.pid, w1.pid, w2.pid})
+        self.assertTrue(fcntl.fcntl(m.listener.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+
+
+@unittest.skipUnless(HAVE_GUNICORN, "gunicorn is missing")
+class SharedListenerTest(unittest.TestCase):
+    def test_a_blocking_mode_is_the_objects_own(self):
+        from forkd.gunicorn.workers import SharedListener
+        shared = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(shared.close)
+        s = SharedListener(fileno=os.dup(shared.fileno()))
+        self.addCleanup(s.close)
+        s.setblocking(True)  # as gevent's worker does, or socket.dup() with settimeout(None)
+        self.assertTrue(fcntl.fcntl(shared.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+        self.assertIsNone(s.gettimeout())
+        got = []
+        accepting = threading.Thread(target=lambda: got.append(s.accept()), daemon=True)
+        accepting.start()
+        client = socket.create_connection(s.getsockname())
+        self.addCleanup(client.close)
+        accepting.join(10)
+        self.assertEqual(len(got), 1, "the blocking accept() did not return the connection")
+        got[0][0].close()
+        s.settimeout(0.05)
+        self.assertRaises(socket.timeout, s.accept)
+        s.setblocking(False)
+        self.assertRaises(BlockingIOError, s.accept)
+        self.assertTrue(fcntl.fcntl(shared.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
 
 
 class PauseTest(GunicornTestCase):

@@ -26,11 +26,14 @@ UvicornWorker, any gunicorn worker) that changes only how the worker talks to it
 
 The listening sockets are forkd's (LISTEN_FDS). Each serving period gets duplicates wrapped in
 gunicorn's socket classes, without gunicorn's set_options: listen() again would override the
-backlog of forkd's listen block. TCP_NODELAY is set, as gunicorn sets it.
+backlog of forkd's listen block. TCP_NODELAY is set, as gunicorn sets it. A duplicate shares its
+open file description, and so its O_NONBLOCK, with every other worker process (and the
+template): that flag is set once and never cleared (see SharedListener).
 """
 
 import functools
 import os
+import select
 import selectors
 import socket
 import threading
@@ -370,13 +373,69 @@ def _counting_asgi(app):
     return counted
 
 
+class SharedListener(socket.socket):
+    """A listening socket whose open file description other processes share: forkd's listener,
+    on which every worker accepts. The description stays non-blocking: clearing O_NONBLOCK
+    (socket.dup() copies a blocking timeout with settimeout(None); gevent's worker calls
+    setblocking(True)) would leave another worker's accept() waiting for the next connection
+    when its poller said readable and another process took the connection, or, in the sync
+    worker that accepts at every turn of its loop, whenever nobody connects; its loop, and so
+    its heartbeat, stops meanwhile. The blocking mode a worker class sets is this object's own;
+    accept() waits as that mode says, for a connection no other process took first."""
+
+    __slots__ = ("_mode",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._mode = None  # as socket(fileno=) and dup() say: blocking
+        socket.socket.settimeout(self, 0.0)
+
+    def settimeout(self, value):
+        if value is not None:
+            value = float(value)
+            if value < 0:
+                raise ValueError("Timeout value out of range")
+        self._mode = value
+
+    def setblocking(self, flag):
+        self._mode = None if flag else 0.0
+
+    def gettimeout(self):
+        return self._mode
+
+    def getblocking(self):
+        return self._mode != 0.0
+
+    @property
+    def timeout(self):
+        return self._mode
+
+    def accept(self):
+        mode = self._mode
+        deadline = None if mode is None else time.monotonic() + mode
+        poller = None
+        while True:
+            try:
+                return super().accept()
+            except BlockingIOError:
+                if mode == 0.0:
+                    raise
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise socket.timeout("timed out")
+            if poller is None:
+                poller = select.poll()
+                poller.register(self.fileno(), select.POLLIN)
+            poller.poll(None if left is None else left * 1000)
+
+
 def period_listeners(socks, cfg, log):
     """Duplicates of forkd's listeners for one serving period, in gunicorn's socket classes.
     gunicorn's threaded and uvicorn's workers close their sockets when their loop ends; the
     originals stay open for the next period and for forked workers."""
     out = []
     for s in socks:
-        dup = s.dup()
+        dup = SharedListener(s.family, s.type, s.proto, fileno=os.dup(s.fileno()))
         if dup.family == socket.AF_UNIX:
             cls = gsock.UnixSocket
         elif dup.family == socket.AF_INET6:

@@ -3,6 +3,7 @@
 
 import json
 import os
+import time
 
 keepalive = int(os.environ.get("TEST_KEEPALIVE", "2"))
 
@@ -22,6 +23,12 @@ def when_ready(server):
 
 def pre_fork(server, worker):
     _record("g.pre_fork", server_pid=server.pid)
+    # A test holds the template here, between the new worker's setup and its fork, while the
+    # file $TEST_PRE_FORK_HOLD exists.
+    hold = os.environ.get("TEST_PRE_FORK_HOLD")
+    deadline = time.monotonic() + 60
+    while hold and os.path.exists(hold) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def post_fork(server, worker):
