@@ -534,6 +534,20 @@ class StopTest(GunicornTestCase):
         idle.close()
         silent.close()
 
+    def test_sigterm_before_gunicorn_handlers_stops_a_forked_worker(self):
+        # Until gunicorn's init_signals, a new worker has the template's handlers: a stop they
+        # took was lost, and the worker served on until forkd's shutdown timeout killed it.
+        for where in ("after_fork_child", "init_signals"):
+            with self.subTest(where):
+                m = self.master()
+                t = m.boot(GTHREAD, env={"TEST_SIGTERM_IN": where})
+                seq, ch = m.spawn(t, index=1)
+                w = m.adopt(t.expect("spawned")["pid"], ch)
+                m.welcome(w, index=1)
+                self.assertEqual(os.WEXITSTATUS(waitpid_timeout(w.pid)), 0)
+                self.assertEqual(events(m.hooks(), w.pid)[-1], "g.worker_exit")
+                self.assertEqual(get(m.port)[0], 200)  # the template serves on
+
     def test_forked_worker_stops_on_eof(self):
         m = self.master()
         t = m.boot(GTHREAD)

@@ -32,8 +32,11 @@ keep-alive connection gets its next request answered with Connection: close, unt
 ``--keep-alive`` runs out), forks while nothing is open (after ``gc.collect()`` and
 ``gc.freeze()``, so that the workers' collectors leave the shared heap alone;
 ``forkd.set_gc_freeze(False)`` in gunicorn.conf.py turns that off), then serves again with a new
-gunicorn worker. Other worker classes (uvicorn's, gevent, ...) run in exec mode: worker 0 says it
-cannot be the template, and forkd execs every worker.
+gunicorn worker. A stop signal sent to a new worker before gunicorn's worker installs its
+handlers waits for them: the template blocks SIGTERM, SIGINT and SIGQUIT across the fork, and the
+new worker keeps them blocked until then (its after_fork_child hooks and post_fork run so). Other
+worker classes (uvicorn's, gevent, ...) run in exec mode: worker 0 says it cannot be the
+template, and forkd execs every worker.
 
 Server hooks (gunicorn.conf.py), and where they run:
 
@@ -396,7 +399,7 @@ class Runner:
         """Signals while no gunicorn worker runs: a stop is remembered and wakes quiet()."""
         def on_stop(signum, frame):
             self.stop_requested = True
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for sig in self.workers.STOP_SIGNALS:
             signal.signal(sig, on_stop)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
 
@@ -414,14 +417,19 @@ class Runner:
             self.log.error("forkd.gunicorn: pre_fork hook failed:\n%s",
                            traceback.format_exc().rstrip())
             raise RuntimeError("pre_fork hook failed: %s" % e) from None
+        # A stop signal for the new worker must reach its gunicorn worker's handlers, not the
+        # template's that it inherits: blocked until those are in (ForkdWorker.init_signals).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.workers.STOP_SIGNALS)
         try:
             pid = runtime.double_fork(msg, fd)
         except runtime.Forked as forked:
             forked.gunicorn_worker = w
             raise
         except Exception:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.workers.close_period(w)
             raise
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         w.pid = pid
         self.workers.close_period(w)
         return pid

@@ -35,6 +35,7 @@ import functools
 import os
 import select
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -52,6 +53,11 @@ except ImportError:  # pragma: no cover
 from .. import worker as core
 
 __all__ = ["worker_class_for", "can_fork", "counts_requests", "period_listeners", "interrupt"]
+
+#: The signals that stop a worker. The template blocks them across a fork: the new worker
+#: inherits the template's handlers, which would take a stop meant for it, and it keeps them
+#: blocked until gunicorn's handlers are in (ForkdWorker.init_signals).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 #: Worker classes whose serving period forkd knows how to end while the process goes on, so the
 #: template can fork between two periods: gunicorn's sync and threaded workers.
@@ -84,6 +90,10 @@ class ForkdWorker:
 
     def notify(self):
         self.forkd.alive(self)
+
+    def init_signals(self):
+        super().init_signals()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a stop since the fork: now
 
     def handle_exit(self, sig, frame):
         self.forkd.stop_requested = True

@@ -3,7 +3,10 @@
 
 import json
 import os
+import signal
 import time
+
+import forkd
 
 keepalive = int(os.environ.get("TEST_KEEPALIVE", "2"))
 
@@ -49,3 +52,21 @@ def on_exit(server):
 
 def child_exit(server, worker):  # only gunicorn's arbiter calls it: forkd.gunicorn warns
     _record("g.child_exit")
+
+
+# A stop signal that a forked worker gets before gunicorn's handlers are in (TEST_SIGTERM_IN):
+# in forkd's after_fork_child hooks, or after forkd.gunicorn's last look at stop signals, as
+# gunicorn's init_signals begins.
+if os.environ.get("TEST_SIGTERM_IN") == "after_fork_child":
+    forkd.after_fork_child(lambda: os.kill(os.getpid(), signal.SIGTERM))
+elif os.environ.get("TEST_SIGTERM_IN") == "init_signals":
+    from gunicorn.workers.base import Worker
+
+    def _sigterm_first(init_signals):
+        def sigterm_then_init_signals(worker):
+            if not forkd.is_template():
+                os.kill(os.getpid(), signal.SIGTERM)
+            init_signals(worker)
+        return sigterm_then_init_signals
+
+    Worker.init_signals = _sigterm_first(Worker.init_signals)
