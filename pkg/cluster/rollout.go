@@ -43,7 +43,9 @@ type rollout struct {
 	// deadline bounds a pending pause or resume.
 	deadline time.Time
 	failure  error
-	replaced int
+	// rolledBack: the failed rollout has stopped what it started (cancelReplacements).
+	rolledBack bool
+	replaced   int
 	// zeroFirst: a reload in fork-worker mode replaces worker 0 alone first; the others are then
 	// forked from the new worker 0.
 	zeroFirst bool
@@ -141,22 +143,37 @@ func (r *rollout) advance(m *Machine) {
 	r.finish(m)
 }
 
-// cancelReplacements stops the replacements of a failed rollout: the slots keep their old workers,
-// or get a new one if theirs is gone.
+// cancelReplacements rolls a failed rollout back, once: its replacements in flight stop, and so do
+// the workers of its generation that were already promoted, since that generation is abandoned
+// (a reload's config no longer applies, and a later rollout reuses the number). Their slots are
+// respawned from the generation that keeps serving; the rollout ends once they have exited, so
+// its caller hears of the failure when nothing of the abandoned generation runs.
 func (r *rollout) cancelReplacements(m *Machine) {
-	for _, i := range r.active {
-		s := m.slots[i]
+	if r.rolledBack {
+		return
+	}
+	r.rolledBack = true
+	m.generation = r.from
+	for _, s := range m.slots {
 		if w := s.next; w != nil {
 			s.next = nil // detached: it drains on its own
 			m.dismiss(w, "rollout stopped")
 			r.stopped(m, w)
+		}
+		emptied := false
+		if w := s.worker; w != nil && w.generation == r.to {
+			m.dismiss(w, fmt.Sprintf("generation %d abandoned", r.to)) // its slot respawns when it exits
+			r.stopped(m, w)
+			emptied = s.worker == nil // a fork called off
+		}
+		if !emptied && !slices.Contains(r.active, s.index) {
+			continue
 		}
 		if s.worker == nil && s.nextSpawn.IsZero() && s.awaitTemplate.IsZero() && !s.retiring && m.phase != PhaseStopping {
 			m.respawn(s) // its worker exited while the replacement booted
 		}
 	}
 	r.queue, r.active = nil, nil
-	m.generation = r.from
 }
 
 func (r *rollout) finish(m *Machine) {

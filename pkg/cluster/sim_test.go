@@ -979,6 +979,16 @@ func (s *simulation) checkInvariants() {
 			t.Fatalf("automatic refork goes on (queue %v) while %s waits", r.queue, m.ops[0].kind)
 		}
 	}
+	// A failed rollout's generation is abandoned: once the rollout has ended, none of its workers
+	// is left, so that the next rollout, which reuses its number, takes none for one of its own.
+	if m.rollout == nil && m.phase == PhaseRunning {
+		for _, w := range m.workers {
+			if w.generation > m.generation {
+				t.Fatalf("worker %d (%s) of generation %d is left with the cluster on generation %d",
+					w.id, w.state, w.generation, m.generation)
+			}
+		}
+	}
 	// Nothing waits for nothing: a queued operation begins as soon as none runs.
 	if !m.busy() && len(m.ops) > 0 && m.phase == PhaseRunning {
 		t.Fatalf("%s waits while nothing runs", m.ops[0].kind)
