@@ -287,6 +287,40 @@ func TestMasterStallKillsNoHealthyWorker(t *testing.T) {
 	assert.Contains(t, out, "forkd itself did not run for")
 }
 
+// TestMasterStallRightAfterAdoptionKillsNoWorker: the same stall, struck the moment a hot
+// restart's new image has taken the workers over, before its loop first woke. The stall counts
+// from the new image's first instant: on SIGCONT no adopted worker is killed for want of a
+// heartbeat (before, every one was: the gap was not noticed while the loop had never run).
+func TestMasterStallRightAfterAdoptionKillsNoWorker(t *testing.T) {
+	t.Parallel()
+	const heartbeat = 2 * time.Second
+	f := startForkd(t, options{config: worker() + fmt.Sprintf("\nworkers = 2\ntimeouts {\n  worker = %q\n}\n", heartbeat)})
+	before := workerPIDs(f.waitReady(2))
+	restarted := make(chan string, 1)
+	go func() {
+		out, code := f.forkctl("restart", "--keep-workers")
+		restarted <- fmt.Sprintf("exit %d %s", code, out)
+	}()
+	// The loop first wakes at the first heartbeat or a second after the exec: stop it well before.
+	for end := time.Now().Add(deadline); !strings.Contains(f.output.String(), "hot restart: took over the cluster"); {
+		require.True(t, time.Now().Before(end), "no adoption in forkd's output:\n%s", f.output.String())
+		time.Sleep(time.Millisecond)
+	}
+	f.signal(syscall.SIGSTOP)
+	time.Sleep(2*heartbeat + heartbeat/2)
+	f.signal(syscall.SIGCONT)
+	out := <-restarted
+	require.True(t, strings.HasPrefix(out, "exit 0 "), "forkctl restart --keep-workers: %s", out)
+	for end := time.Now().Add(2 * heartbeat); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		st := f.status()
+		require.Equal(t, before, workerPIDs(st), "an adopted worker was replaced after the stall")
+		require.Equal(t, 2, st.Ready)
+	}
+	out = f.output.String()
+	assert.NotContains(t, out, "heartbeat-timeout")
+	assert.Contains(t, out[strings.Index(out, "hot restart: took over the cluster"):], "forkd itself did not run for")
+}
+
 // asUserWithProcessLimit prepares forkd to run as uid (a user of its own, so that no other process
 // counts against its limit) under RLIMIT_NPROC nproc: a directory the user can use, with copies
 // of forkd and testworker and a config running workers of testworker. It returns the command and

@@ -209,6 +209,9 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 	housekeeping := time.NewTicker(housekeepingInterval)
 	defer housekeeping.Stop()
 
+	if d.lastRan.IsZero() {
+		d.lastRan = time.Now() // a stall before the loop first wakes counts too (adopt sets it earlier)
+	}
 	if d.adopted {
 		for id, p := range d.procs {
 			if p.conn != nil {
@@ -280,7 +283,7 @@ const stallThreshold = 2 * housekeepingInterval
 // by at most a housekeeping interval.
 func (d *Driver) noticeStall() {
 	now := time.Now()
-	if gap := now.Sub(d.lastRan); !d.lastRan.IsZero() && gap > stallThreshold {
+	if gap := now.Sub(d.lastRan); gap > stallThreshold {
 		d.step(cluster.Stalled{For: gap})
 	}
 	d.lastRan = now

@@ -210,11 +210,15 @@ func (d *Driver) adopt(h *Handover) error {
 	}
 	// The systemd block is this image's: a hot restart applies it.
 	h.Config.WatchdogMinReady = d.cfg.Machine.WatchdogMinReady
-	m, err := cluster.Restore(h.Config, h.Machine, time.Now())
+	now := time.Now()
+	m, err := cluster.Restore(h.Config, h.Machine, now)
 	if err != nil {
 		return err
 	}
 	d.m = m
+	// The restored deadlines count from now, and so does the stall rule: a stall before this
+	// image's loop first wakes would otherwise pass for time the workers did not report in.
+	d.lastRan = now
 	d.specs = map[cluster.SpecHandle]*spec{}
 	for handle, r := range h.Specs {
 		d.specs[handle] = &spec{command: r.Command, dir: r.Dir, env: r.Env}
