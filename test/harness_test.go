@@ -112,6 +112,9 @@ type options struct {
 	// asNobody runs forkd (and so its workers) as the unprivileged user nobody (65534): the
 	// test's directory is handed to it.
 	asNobody bool
+	// cgroupFD, when set (not 0), starts forkd in that cgroup (an O_PATH descriptor of its
+	// directory), as systemd starts a unit in its own.
+	cgroupFD int
 }
 
 // nobody is the unprivileged user of asNobody, and of senders that are not forkd's.
@@ -205,6 +208,12 @@ func startForkd(t *testing.T, o options) *forkd {
 	cmd.SysProcAttr = diesWithTheTest()
 	if o.asNobody {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: nobody, Gid: nobody}
+	}
+	if o.cgroupFD > 0 {
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, o.cgroupFD
 	}
 	cmd.ExtraFiles = o.extraFiles
 	cmd.Stdout, cmd.Stderr = f.output, f.output

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/forkd/forkd/pkg/control"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -248,4 +249,29 @@ func TestNegativeNumbersAsArgs(t *testing.T) {
 func TestPrintable(t *testing.T) {
 	require.Equal(t, "a b c ?[31mred", printable("a\tb\nc \x1b[31mred"))
 	require.Equal(t, "héllo ✓", printable("héllo ✓"))
+}
+
+// With cgroups, a CGROUP column: each worker's memory.current; "-" for one without a cgroup.
+func TestWriteStatusTableCgroups(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	st := control.Status{
+		Name: "api", Version: "forkd 1.2.0", MasterPID: 50, Phase: control.PhaseRunning, Generation: 1,
+		Workers: 2, Ready: 2, Mode: control.ModeExec,
+		Cgroups: "on: /sys/fs/cgroup/system.slice/forkd.service (memory, pids)",
+		WorkerList: []control.Worker{
+			{Index: 0, PID: 51, Generation: 1, State: control.WorkerReady, Uptime: control.Duration(time.Minute),
+				Cgroup: &control.CgroupMemory{Current: 300 << 20, Anon: 200 << 20}},
+			{Index: 1, PID: 52, Generation: 1, State: control.WorkerReady, Uptime: control.Duration(time.Minute),
+				LastExit: "killed by SIGKILL (out of memory: the worker's cgroup reached memory.max, 256M)"},
+		},
+	}
+	var out bytes.Buffer
+	require.NoError(t, writeStatusTable(&out, st, now))
+	assert.Contains(t, out.String(), "cgroups:               on: /sys/fs/cgroup/system.slice/forkd.service (memory, pids)\n")
+	assert.Contains(t, out.String(), `
+INDEX  PID  GEN  ROLE  STATE  UPTIME  RESTARTS  REQUESTS  RSS  PSS  SHARED  CGROUP  STATUS
+0      51   1    exec  ready  1m      0         0         -    -    -       300.0M  -
+1      52   1    exec  ready  1m      0         0         -    -    -       -       -
+`)
+	requireFits(t, out.String())
 }

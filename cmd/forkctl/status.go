@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -112,7 +113,13 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	}
 	fmt.Fprintln(w)
 
-	rows := [][]string{{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "PSS", "SHARED", "STATUS"}}
+	// With cgroups, CGROUP is each worker's memory.current: its whole tree's memory, exact.
+	withCgroups := slices.ContainsFunc(st.WorkerList, func(wk control.Worker) bool { return wk.Cgroup != nil })
+	header := []string{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "PSS", "SHARED", "STATUS"}
+	if withCgroups {
+		header = slices.Insert(header, len(header)-1, "CGROUP")
+	}
+	rows := [][]string{header}
 	for _, wk := range st.WorkerList {
 		pid, uptime := "-", "-"
 		if wk.PID != 0 {
@@ -123,9 +130,17 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 		if wk.Memory != nil {
 			rss, pss, shared = mebibytes(wk.Memory.RSS), mebibytes(wk.Memory.PSS), mebibytes(wk.Memory.Shared)
 		}
-		rows = append(rows, []string{strconv.Itoa(wk.Index), pid, strconv.Itoa(wk.Generation), workerRole(wk),
+		cells := []string{strconv.Itoa(wk.Index), pid, strconv.Itoa(wk.Generation), workerRole(wk),
 			printable(wk.State), uptime, strconv.Itoa(wk.Restarts), strconv.FormatUint(wk.Requests, 10),
-			rss, pss, shared, workerStatus(wk, now)})
+			rss, pss, shared}
+		if withCgroups {
+			cg := "-"
+			if wk.Cgroup != nil {
+				cg = mebibytes(wk.Cgroup.Current)
+			}
+			cells = append(cells, cg)
+		}
+		rows = append(rows, append(cells, workerStatus(wk, now)))
 	}
 	return writeTable(w, rows)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forkd/forkd/internal/cgroup"
 	"github.com/forkd/forkd/internal/memsample"
 	"github.com/forkd/forkd/internal/supervisor"
 	"github.com/forkd/forkd/internal/version"
@@ -27,8 +28,10 @@ type backend struct {
 	listeners []activation.Listener
 	activated bool
 	events    *control.EventHub
-	// cgroups is the status's line about the workers' cgroups.
-	cgroups string
+	// cgroups is the status's line about the workers' cgroups; workerCgroups are they (nil:
+	// none).
+	cgroups       string
+	workerCgroups *cgroup.Set
 	// memory samples the workers' memory, which the status reports from its last sample.
 	memory *memsample.Sampler
 }
@@ -107,10 +110,23 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 				// A process the sampler has not seen yet, or not since it loaded the app.
 				b.memory.Wake()
 			}
+			cw.Cgroup = b.cgroupMemory(w.ID)
 		}
 		out.WorkerList = append(out.WorkerList, cw)
 	}
 	return out, nil
+}
+
+// cgroupMemory reads the memory of worker id's cgroup: two small files, no need to sample them.
+func (b *backend) cgroupMemory(id cluster.WorkerID) *control.CgroupMemory {
+	if b.workerCgroups == nil {
+		return nil
+	}
+	m, ok := b.workerCgroups.Memory(uint64(id))
+	if !ok {
+		return nil
+	}
+	return &control.CgroupMemory{Current: m.Current, Anon: m.Anon, File: m.File, Shmem: m.Shmem, Kernel: m.Kernel}
 }
 
 // IsWorker tells the control server whether a connecting process runs the app's code.

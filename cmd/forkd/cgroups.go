@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/forkd/forkd/internal/cgroup"
+	"github.com/forkd/forkd/internal/supervisor"
 	"github.com/forkd/forkd/pkg/config"
 )
 
@@ -38,4 +39,28 @@ func openCgroups(c config.Cgroups, logger *slog.Logger) (*cgroup.Tree, string, e
 	}
 	logger.Info("each worker runs in a cgroup of its own, below "+tree.Dir(), "event", "cgroups", "cgroups", line)
 	return tree, line, nil
+}
+
+// workerCgroups is the set of the workers' cgroups in tree, nil without a tree. After a hot
+// restart, the adopted workers' cgroups are theirs again; any other left in the tree is removed
+// once empty.
+func workerCgroups(tree *cgroup.Tree, c config.Cgroups, adopt *supervisor.Handover) *cgroup.Set {
+	if tree == nil {
+		return nil
+	}
+	var adopted []uint64
+	if adopt != nil {
+		for _, p := range adopt.Procs {
+			adopted = append(adopted, uint64(p.Worker))
+		}
+	}
+	return cgroup.NewSet(tree, cgroupLimits(tree, c), adopted)
+}
+
+// cgroupLimits are the workers' limits from the config, those the tree can apply.
+func cgroupLimits(tree *cgroup.Tree, c config.Cgroups) cgroup.Limits {
+	if !tree.Has("memory") {
+		return cgroup.Limits{}
+	}
+	return cgroup.Limits{MemoryMax: c.MemoryMax, MemoryHigh: c.MemoryHigh}
 }

@@ -166,6 +166,7 @@ var exitReasons = map[cluster.ExitReason]string{
 	cluster.ExitHeartbeatTimeout: control.ExitHeartbeatTimeout,
 	cluster.ExitShutdownTimeout:  control.ExitShutdownTimeout,
 	cluster.ExitWatchdogTrigger:  control.ExitWatchdog,
+	cluster.ExitOOM:              control.ExitOOM,
 }
 
 func exitReason(r cluster.ExitReason) string {

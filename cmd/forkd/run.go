@@ -171,16 +171,22 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 	}
 
 	// Before any worker exists: the master moves itself into a leaf of its cgroup.
-	_, cgroupsLine, err := openCgroups(cfg.Cgroups, logger)
+	tree, cgroupsLine, err := openCgroups(cfg.Cgroups, logger)
 	if err != nil {
 		return 1, err
 	}
+	cgroups := workerCgroups(tree, cfg.Cgroups, adopt)
 
 	observed := newObservability(cfg)
 	driver, err := supervisor.NewDriver(supervisor.DriverConfig{
 		Generation: generation(cfg),
 		Reconfigure: func() (supervisor.Generation, error) {
-			return reconfigure(cfg, flags)
+			g, next, err := reconfigure(cfg, flags)
+			if err == nil && cgroups != nil {
+				// The limits of the workers spawned from now on: the reload's.
+				cgroups.SetLimits(cgroupLimits(tree, next.Cgroups))
+			}
+			return g, err
 		},
 		Listeners:      listeners,
 		Notify:         supervisor.NotifyConfig{Dir: cfg.Notify.Directory, Abstract: cfg.Notify.Abstract},
@@ -199,6 +205,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 		Adopt: adopt,
 		// The events stream, then the metrics (metrics.go).
 		Observer: observers{events, observed},
+		Cgroups:  cgroups,
 	})
 	if err != nil {
 		return 1, err
@@ -216,7 +223,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 		"socket_activated", activated, "control_socket", cfg.Control.Socket)
 
 	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated, events: events.hub,
-		cgroups: cgroupsLine}
+		cgroups: cgroupsLine, workerCgroups: cgroups}
 	serveMetricsOption, err := observed.start(cfg, b, logger, adopt != nil)
 	if err != nil {
 		return 1, err
@@ -295,17 +302,17 @@ func generation(cfg *config.Config) supervisor.Generation {
 
 // reconfigure loads the config again for a reload, from the same file and flags as at start. What
 // a reload cannot change (the listeners, the control socket) is reported, not applied.
-func reconfigure(running *config.Config, flags config.Flags) (supervisor.Generation, error) {
+func reconfigure(running *config.Config, flags config.Flags) (supervisor.Generation, *config.Config, error) {
 	cfg, err := config.Load(flags)
 	if err != nil {
 		var diags *config.DiagnosticsError
 		if errors.As(err, &diags) {
 			// One line, with every problem, for the log and for forkctl alike; the check shows
 			// their source lines.
-			return supervisor.Generation{}, fmt.Errorf("%s (forkctl check %s shows each with its source line)",
+			return supervisor.Generation{}, nil, fmt.Errorf("%s (forkctl check %s shows each with its source line)",
 				strings.Join(diags.Problems(), "; "), diags.File)
 		}
-		return supervisor.Generation{}, err
+		return supervisor.Generation{}, nil, err
 	}
 	g := generation(cfg)
 	// The systemd block needs a new master, as the listeners do.
@@ -330,7 +337,7 @@ func reconfigure(running *config.Config, flags config.Flags) (supervisor.Generat
 	if cfg.Log != running.Log || cfg.Name != running.Name {
 		g.Warnings = append(g.Warnings, "name and log settings take effect when forkd is restarted")
 	}
-	return g, nil
+	return g, cfg, nil
 }
 
 func plural(n int, noun string) string {

@@ -118,6 +118,8 @@ func TestTreeString(t *testing.T) {
 	tree := &Tree{dir: "/sys/fs/cgroup/system.slice/forkd.service", controllers: []string{"memory", "pids"}}
 	assert.Equal(t, "cgroups on: /sys/fs/cgroup/system.slice/forkd.service (memory, pids)", tree.String())
 	tree = &Tree{dir: "/c", missing: []string{"memory: not offered by /c", "pids: not offered by /c"}}
-	assert.Equal(t, "cgroups on: /c (no controllers; no memory: not offered by /c; no pids: not offered by /c)", tree.String())
+	assert.Equal(t, "cgroups on: /c (no controllers; no memory, pids: not offered by /c)", tree.String())
+	tree = &Tree{dir: "/c", controllers: []string{"pids"}, missing: []string{"memory: not offered by /c", "io: permission denied"}}
+	assert.Equal(t, "cgroups on: /c (pids; no memory: not offered by /c; no io: permission denied)", tree.String())
 	assert.EqualError(t, unavailable("no cgroup v2"), "cgroups off: no cgroup v2")
 }

@@ -74,9 +74,21 @@ func (t *Tree) String() string {
 	} else {
 		b.WriteString(strings.Join(t.controllers, ", "))
 	}
+	// "memory: R holds processes", "pids: R holds processes": said once, for both.
+	var reasons []string
+	byReason := map[string][]string{}
 	for _, m := range t.missing {
+		c, reason, _ := strings.Cut(m, ": ")
+		if byReason[reason] == nil {
+			reasons = append(reasons, reason)
+		}
+		byReason[reason] = append(byReason[reason], c)
+	}
+	for _, r := range reasons {
 		b.WriteString("; no ")
-		b.WriteString(m)
+		b.WriteString(strings.Join(byReason[r], ", "))
+		b.WriteString(": ")
+		b.WriteString(r)
 	}
 	b.WriteString(")")
 	return b.String()

@@ -36,17 +36,24 @@ type Limits struct {
 
 // NewWorker creates the cgroup of slot's worker number id (any number unique among the
 // master's spawns: a slot's old and new workers coexist during a rollout), named
-// worker-SLOT-ID, and applies limits. A leftover cgroup of that name is reused if it is empty.
+// worker-SLOT-ID, and applies limits. A leftover cgroup of that name is reused if it is empty
+// (an earlier master's, killed before it could remove it).
 func (t *Tree) NewWorker(slot int, id uint64, limits Limits) (*Worker, error) {
 	name := workerPrefix + strconv.Itoa(slot) + "-" + strconv.FormatUint(id, 10)
 	dir := filepath.Join(t.dir, name)
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+	err := os.Mkdir(dir, 0o755)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("cgroup: create %s: %w", dir, err)
 	}
+	leftover := err != nil
 	w, err := t.open(name)
 	if err != nil {
 		_ = unix.Rmdir(dir)
 		return nil, err
+	}
+	if populated, _ := w.Populated(); leftover && populated {
+		_ = unix.Close(w.fd)
+		return nil, fmt.Errorf("cgroup: %s is left over from an earlier worker, and processes still run in it", dir)
 	}
 	if t.Has("memory") {
 		// An OOM kill takes the worker's whole tree, not one of its processes at the kernel's

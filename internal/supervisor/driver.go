@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/forkd/forkd/internal/cgroup"
 	"github.com/forkd/forkd/pkg/activation"
 	"github.com/forkd/forkd/pkg/cluster"
 	"github.com/forkd/forkd/pkg/protocol"
@@ -55,6 +56,8 @@ type DriverConfig struct {
 	Adopt *Handover
 	// Observer, when set, is told what happened in the cluster as the machine records it.
 	Observer Observer
+	// Cgroups are the workers' cgroups (driver_cgroup.go); nil runs the workers without.
+	Cgroups *cgroup.Set
 }
 
 // housekeepingInterval is how often the loop looks for orphans and emptied stray groups.
@@ -256,6 +259,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 				d.stepDrops()
 				d.checkStrayGroups()
 				d.findOrphans()
+				d.cgroupSweep()
 			}
 		case <-done:
 			done = nil
@@ -270,6 +274,7 @@ func (d *Driver) Run(ctx context.Context) (int, error) {
 		d.noticeStall()
 		d.x.Flush() // what the seams learned from the loop's own inputs (a helper's exit)
 	}
+	d.cgroupsDone()
 	code, _ := d.x.ExitCode()
 	return code, nil
 }

@@ -87,6 +87,7 @@ func (d *Driver) forkWorker(a cluster.SpawnWorker) {
 		return
 	}
 	d.channels.spawns[seq] = &pendingSpawn{worker: a.Worker}
+	d.cgroupFork(a)
 	// The forked worker inherits the template's NOTIFY_SOCKET.
 	d.procs[a.Worker] = &process{pidfd: -1, conn: conn, forked: true, slot: a.Slot, notify: t.notify}
 	if t.notify != nil {
@@ -107,6 +108,7 @@ func (d *Driver) cancelSpawn(worker cluster.WorkerID) {
 		p.close()
 		delete(d.procs, worker)
 	}
+	d.cgroupExited(worker, cluster.ExitStatus{})
 }
 
 // controlWorker sends msg on a worker's control channel; a pause or resume is numbered, so that
@@ -182,6 +184,7 @@ func (d *Driver) handleControl(cm controlMessage) {
 				return
 			}
 			p.pid, p.pidfd = msg.PID, pidfd
+			d.cgroupPlace(cm.worker, p)
 		}
 		hello := cluster.Hello{Worker: cm.worker, PID: msg.PID, Fork: msg.Fork, SDK: msg.SDK}
 		if msg.V != protocol.Version {
@@ -253,6 +256,7 @@ func (d *Driver) spawnReply(msg protocol.Message) {
 	}
 	if p.pid == 0 {
 		p.pid, p.pidfd = msg.PID, pidfd
+		d.cgroupPlace(s.worker, p)
 	} else {
 		unix.Close(pidfd) // its hello came first
 	}

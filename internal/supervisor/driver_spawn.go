@@ -117,7 +117,9 @@ func (d *Driver) spawn(a cluster.SpawnWorker) {
 			PidFD:     &pidfd,
 		},
 	}
-	pid, err := d.spawner.start("/proc/self/exe", shim.Argv("/proc/self/exe", sp.command), attr)
+	pid, err := d.startInCgroup(a, attr, func() (int, error) {
+		return d.spawner.start("/proc/self/exe", shim.Argv("/proc/self/exe", sp.command), attr)
+	})
 	if err != nil {
 		if conn != nil {
 			conn.Close()
@@ -149,6 +151,9 @@ func (d *Driver) signal(a cluster.SignalWorker) {
 	if err := d.signalTree(p.pid, p.pidfd, a.Signal); err != nil && !errors.Is(err, unix.ESRCH) {
 		d.log.Error("cannot signal worker", "pid", p.pid, "signal", a.Signal.String(), "error", err)
 	}
+	if a.Signal == syscall.SIGKILL {
+		d.cgroupKill(a.Worker, p.pid)
+	}
 }
 
 // reap collects every exited child, workers and orphans alike, so forkd can be a container's PID 1.
@@ -173,7 +178,9 @@ func (d *Driver) reap() {
 		if d.helperExited(pid, st) {
 			continue
 		}
+		var oom cluster.OOMKill
 		if id, ok := d.m.WorkerByPID(pid); ok {
+			oom = d.cgroupExited(id, st)
 			if p := d.procs[id]; p != nil && p.pid == pid {
 				if d.groupOutlives(pid, p.pidfd) {
 					p.pidfd = -1 // it names the stray group now
@@ -187,7 +194,7 @@ func (d *Driver) reap() {
 				unix.Close(pidfd)
 			}
 		}
-		exits = append(exits, cluster.Exited{PID: pid, Status: st})
+		exits = append(exits, cluster.Exited{PID: pid, Status: st, OOM: oom})
 	}
 	d.checkStrayGroups()
 	d.findOrphans()

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"slices"
+	"syscall"
 
 	"github.com/forkd/forkd/pkg/cluster"
 	"golang.org/x/sys/unix"
@@ -16,7 +17,8 @@ import (
 // as the master can see it without a cgroup. That is its own children (as a subreaper, it inherits
 // every orphan of its tree: a child whose parent exited is re-parented to it) and the members of
 // each worker's process group. A descendant that left its worker's group (setsid) while its parent
-// still runs is out of sight until that parent exits; a cgroup per worker will close that gap.
+// still runs is out of sight until that parent exits; where forkd has a cgroup per worker, a
+// SIGKILL reaches it too (cgroup.kill, driver_cgroup.go).
 
 // pidfdSignalProcessGroup is PIDFD_SIGNAL_PROCESS_GROUP (linux/pidfd.h, Linux 6.9): the signal
 // goes to the process group whose ID is the pidfd's process's PID, even once that process has
@@ -96,6 +98,9 @@ func (d *Driver) signalStray(a cluster.SignalStray) {
 	}
 	if err != nil && !errors.Is(err, unix.ESRCH) {
 		d.log.Error("cannot signal a stray", "pid", a.PID, "group", a.Group, "signal", a.Signal.String(), "error", err)
+	}
+	if a.Signal == syscall.SIGKILL {
+		d.cgroupKillGone()
 	}
 }
 

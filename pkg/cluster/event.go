@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -42,6 +43,33 @@ type SpawnFailed struct {
 type Exited struct {
 	PID    int
 	Status ExitStatus
+	// OOM: the kernel's OOM killer killed the worker, in its cgroup.
+	OOM OOMKill
+}
+
+// OOMKill says whether the kernel's OOM killer killed a worker, as its cgroup's memory.events
+// tells (oom_kill), and the worker's memory.max then (0: none).
+type OOMKill struct {
+	Killed    bool
+	MemoryMax uint64
+}
+
+// String says it as a worker's exit does: "out of memory: ...".
+func (o OOMKill) String() string {
+	if o.MemoryMax == 0 {
+		return "out of memory: the kernel's OOM killer, in the worker's cgroup"
+	}
+	size := strconv.FormatUint(o.MemoryMax, 10) + " bytes"
+	for _, u := range []struct {
+		shift  uint
+		suffix string
+	}{{30, "G"}, {20, "M"}, {10, "K"}} {
+		if o.MemoryMax%(1<<u.shift) == 0 {
+			size = strconv.FormatUint(o.MemoryMax>>u.shift, 10) + u.suffix
+			break
+		}
+	}
+	return "out of memory: the worker's cgroup reached memory.max, " + size
 }
 
 // Notified carries an sd_notify datagram from a worker, or from one of its descendants (the driver

@@ -156,7 +156,12 @@ func (m *Machine) exited(e Exited) {
 		return
 	}
 	how := e.Status.String()
-	if w.stopReason != "" {
+	switch {
+	case e.OOM.Killed:
+		// The kernel's kill, not forkd's: whatever forkd was doing to the worker, this ended it.
+		how += " (" + e.OOM.String() + ")"
+		w.killReason = ExitOOM
+	case w.stopReason != "":
 		how += " (" + w.stopReason + ")"
 	}
 	if w.stopAsked == "STOPPING=1" && e.Status.Success() && !w.expected {
@@ -168,7 +173,7 @@ func (m *Machine) exited(e Exited) {
 		}
 	}
 	level := slog.LevelWarn
-	if w.expected {
+	if w.expected && !e.OOM.Killed {
 		level = slog.LevelInfo
 	}
 	attrs := append(m.workerAttrs(w, "worker-exited"), slog.String("status", how))

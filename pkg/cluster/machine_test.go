@@ -150,7 +150,12 @@ func TestScripts(t *testing.T) {
 				} else if d.HasArg("code") {
 					st.Code = intArg(t, d, "code")
 				}
-				return step(Exited{PID: intArg(t, d, "pid"), Status: st})
+				e := Exited{PID: intArg(t, d, "pid"), Status: st}
+				if d.HasArg("oom") {
+					// The kernel's OOM killer, in the worker's cgroup, at memory.max (oom=0: none).
+					e.OOM = OOMKill{Killed: true, MemoryMax: uint64(optIntArg(t, d, "oom"))}
+				}
+				return step(e)
 			case "notify":
 				return step(Notified{Worker: WorkerID(intArg(t, d, "id")), Message: parseNotification(t, d.Input)})
 			case "hello":

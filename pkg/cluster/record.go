@@ -48,6 +48,8 @@ const (
 	ExitWatchdogTrigger  ExitReason = "watchdog-trigger"
 	// ExitShutdownTimeout: forkd killed it for not exiting within the shutdown timeout.
 	ExitShutdownTimeout ExitReason = "shutdown-timeout"
+	// ExitOOM: the kernel's OOM killer killed it, in its cgroup (its memory.max, most often).
+	ExitOOM ExitReason = "oom"
 )
 
 // WorkerExited: a worker's process ended (or never started: PID 0), Status as the log says it.

@@ -75,6 +75,8 @@ const (
 	ExitShutdownTimeout = "shutdown_timeout"
 	// ExitWatchdog: forkd killed a worker that asked for it (WATCHDOG=trigger).
 	ExitWatchdog = "watchdog"
+	// ExitOOM: the kernel's OOM killer killed a worker in its cgroup (cgroups.memory_max).
+	ExitOOM = "oom"
 )
 
 // How a worker process was started, in Event.Path.

@@ -143,6 +143,9 @@ type Worker struct {
 	// Memory is the process's memory use at the last sample (Status.MemorySampledAt); nil (and
 	// omitted) when there is no process, or none that the last sample read (one spawned since).
 	Memory *Memory `json:"memory,omitempty"`
+	// Cgroup is the memory of the worker's cgroup: its whole process tree's, exact; nil (and
+	// omitted) without cgroups or their memory controller (Status.Cgroups says which).
+	Cgroup *CgroupMemory `json:"cgroup,omitempty"`
 	// LastExit says how the slot's previous process ended, e.g. "exit status 1" or
 	// "killed by SIGKILL (heartbeat timeout)"; empty if none has.
 	LastExit string `json:"last_exit,omitempty"`
@@ -160,6 +163,21 @@ type Memory struct {
 	// Shared is the part of RSS shared with other processes, such as the template and the workers
 	// forked from it (Shared_Clean + Shared_Dirty).
 	Shared uint64 `json:"shared"`
+}
+
+// CgroupMemory is a worker cgroup's memory in bytes, from memory.current and memory.stat. A page
+// is charged to the cgroup that first touched it, and stays there: a worker forked from the
+// template is charged for what it allocated or copied on write since, the template for what
+// they share.
+type CgroupMemory struct {
+	// Current is everything charged to the cgroup (memory.current).
+	Current uint64 `json:"current"`
+	// Anon is anonymous memory (heap, stacks, pages copied on write); File is page cache, Shmem
+	// included; Kernel the kernel's own for the cgroup (page tables, stacks, slab).
+	Anon   uint64 `json:"anon"`
+	File   uint64 `json:"file"`
+	Shmem  uint64 `json:"shmem"`
+	Kernel uint64 `json:"kernel"`
 }
 
 // StopRequest is the body of POST /v1/stop.

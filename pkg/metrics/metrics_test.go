@@ -176,19 +176,22 @@ func TestFromStatus(t *testing.T) {
 		Mode: control.ModeFork, Generation: 2, Workers: 2, Phase: control.PhaseRolling, Rollout: control.RolloutReload,
 		MemorySampledAt: t0.Add(time.Minute),
 		Listeners:       []control.Listener{{Name: "http", Address: "tcp://127.0.0.1:8080"}},
+		Cgroups:         "on: /sys/fs/cgroup/system.slice/forkd.service (memory, pids)",
 		WorkerList: []control.Worker{
 			{Index: 0, PID: 10, Generation: 2, State: control.WorkerReady, Template: true, StartedAt: t0, Requests: 3,
-				Restarts: 1, Memory: &control.Memory{RSS: 100, PSS: 60, Shared: 70}},
+				Restarts: 1, Memory: &control.Memory{RSS: 100, PSS: 60, Shared: 70},
+				Cgroup: &control.CgroupMemory{Current: 90, Anon: 50, File: 30, Shmem: 4, Kernel: 6}},
 			{Index: 1, Generation: 2, State: control.WorkerBackoff},
 		},
 	}
 	s := metrics.FromStatus(st, "1.0")
 	assert.Equal(t, metrics.Snapshot{
 		Version: "1.0", Mode: control.ModeFork, Generation: 2, Desired: 2, Rollout: control.RolloutReload,
-		MemorySampledAt: t0.Add(time.Minute),
+		MemorySampledAt: t0.Add(time.Minute), Cgroups: true,
 		Workers: []metrics.Worker{
 			{Index: 0, Generation: 2, Role: metrics.RoleTemplate, State: control.WorkerReady, StartedAt: t0, Requests: 3,
-				Restarts: 1, Memory: &metrics.Memory{RSS: 100, PSS: 60, Shared: 70, Private: 30}},
+				Restarts: 1, Memory: &metrics.Memory{RSS: 100, PSS: 60, Shared: 70, Private: 30},
+				Cgroup: &metrics.CgroupMemory{Current: 90, Anon: 50, File: 30, Shmem: 4, Kernel: 6}},
 			{Index: 1, Generation: 2, Role: metrics.RoleWorker, State: control.WorkerBackoff},
 		},
 		Listeners: []metrics.Listener{{Name: "http", Address: "tcp://127.0.0.1:8080"}},

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/forkd/forkd/pkg/control"
@@ -114,8 +115,8 @@ type SourceFunc func() Snapshot
 func (f SourceFunc) Snapshot() Snapshot { return f() }
 
 // FromStatus makes a Snapshot of what the control API's status reports: the status is served
-// from the master's samples (internal/memsample), as a scrape must be. Listener backlogs and cgroup memory are not in
-// a status: the caller adds them.
+// from the master's samples (internal/memsample), as a scrape must be, and its cgroup memory is two
+// small files per worker. Listener backlogs are not in a status: the caller adds them.
 func FromStatus(st control.Status, version string) Snapshot {
 	s := Snapshot{
 		Version:         version,
@@ -123,6 +124,7 @@ func FromStatus(st control.Status, version string) Snapshot {
 		Generation:      st.Generation,
 		Desired:         st.Workers,
 		MemorySampledAt: st.MemorySampledAt,
+		Cgroups:         strings.HasPrefix(st.Cgroups, "on:"),
 		Workers:         make([]Worker, 0, len(st.WorkerList)),
 		Listeners:       make([]Listener, 0, len(st.Listeners)),
 	}
@@ -140,6 +142,9 @@ func FromStatus(st control.Status, version string) Snapshot {
 		}
 		if m := w.Memory; m != nil {
 			sw.Memory = &Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared, Private: m.RSS - min(m.Shared, m.RSS)}
+		}
+		if m := w.Cgroup; m != nil {
+			sw.Cgroup = &CgroupMemory{Current: m.Current, Anon: m.Anon, File: m.File, Shmem: m.Shmem, Kernel: m.Kernel}
 		}
 		s.Workers = append(s.Workers, sw)
 	}

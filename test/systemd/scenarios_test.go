@@ -34,6 +34,7 @@ func scenarios() []scenario {
 		{"watchdog", 2 * time.Minute, (*env).watchdog},
 		{"fd-store", 4 * time.Minute, (*env).fdStore},
 		{"cgroup-delegation", 2 * time.Minute, (*env).cgroupDelegation},
+		{"worker-cgroups", 3 * time.Minute, (*env).workerCgroups},
 		{"remove", 2 * time.Minute, (*env).remove},
 	}
 }
@@ -57,7 +58,7 @@ func (e *env) installWithoutSystemd(t *testing.T) {
 		"usr/share/man/man8/forkd.8.gz", "usr/share/man/man8/forkctl.8.gz", "usr/share/man/man5/forkd.hcl.5.gz",
 		"usr/share/bash-completion/completions/forkctl", "usr/share/zsh/vendor-completions/_forkctl",
 		"usr/share/fish/vendor_completions.d/forkctl.fish",
-		"usr/share/doc/forkd/examples/notify-reload.conf",
+		"usr/share/doc/forkd/examples/notify-reload.conf", "usr/share/doc/forkd/examples/cgroups.conf",
 	} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			t.Errorf("not installed: /%s", f)
