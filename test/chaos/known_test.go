@@ -6,7 +6,6 @@ package chaos
 // fails: an entry whose fault passes there is fixed, and comes off this list.
 var knownFailing = []knownFailure{
 	{fault: "refork-kill-template", runner: "python", waitsFor: forkedAsTemplateDied},
-	{fault: "restart-long-stall-master", waitsFor: kinshipTimeout},
 }
 
 // Causes shared by several entries. Each names the seed and the selection that showed it
@@ -24,17 +23,6 @@ const (
 	forkedAsTemplateDied = "not filed yet, sdk/python: a worker forked as its template was SIGKILLed hung (never " +
 		"ready, a connection accepted and not answered, SIGTERM ignored until the shutdown timeout). Invariant requests; " +
 		"seed 4242, same selection, python round 4"
-	// Seen with -chaos.seed=4242 -chaos.rounds=2 -chaos.faults=restart-long-stall-master on python
-	// (round 1) and ruby-rack (round 1): SIGSTOP for 8.3s (7s) at "adopted". forkctl's status poll,
-	// in flight as the master stopped, waits on the worker check (pkg/control's kinshipTimeout,
-	// 5s), whose deadline has passed when the master runs again:
-	//   forkctl: cannot tell whether pid 13449 is one of forkd's workers, which may not use the
-	//   control API: context deadline exceeded
-	// and awaitRestart takes a 403 for an answer: exit 1, then "restart done" in forkd's log.
-	kinshipTimeout = "issue 13's list (the control worker check under a stalled master): a stall of the master " +
-		"during a hot restart runs out the 5s bound of the worker check on a request in flight; forkctl restart --wait gets " +
-		"403 \"cannot tell whether pid N is one of forkd's workers\" and exits 1 though the restart completes. Invariant " +
-		"honest; seed 4242, -chaos.faults=restart-long-stall-master, python and ruby-rack, stopped at adopted"
 )
 
 type knownFailure struct {
