@@ -32,6 +32,9 @@ type Config struct {
 	// ReforkAfterRepeats, else automatic reforks stop.
 	ReforkAfter        []uint64
 	ReforkAfterRepeats bool
+	// ReforkOnDecay, when set, also starts an automatic refork when the forked workers' private
+	// memory has grown (decay.go); it needs MemorySampled events.
+	ReforkOnDecay *DecayPolicy
 
 	// MaxSurge and MaxUnavailable shape rollouts: at most MaxSurge workers above the desired count,
 	// at most MaxUnavailable of the desired workers stopped before their replacement is ready.
@@ -106,6 +109,11 @@ func (c *Config) validate() error {
 	}
 	if c.WatchdogMinReady < 0 || c.Hooks.Timeout < 0 {
 		return errors.New("cluster: WatchdogMinReady and the hooks' Timeout must not be negative")
+	}
+	if p := c.ReforkOnDecay; p != nil {
+		if err := p.validate(); err != nil {
+			return err
+		}
 	}
 	for _, n := range c.ReforkAfter {
 		if n == 0 {

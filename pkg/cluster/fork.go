@@ -165,7 +165,7 @@ func (m *Machine) maybeAutoRefork() {
 		m.log(slog.LevelInfo, fmt.Sprintf("worker %d served %d requests since the last refork (refork_after %d): automatic refork to generation %d",
 			busiest.slot, served, quota, m.generation+1), slog.String("event", "refork-start"), slog.Int("generation", m.generation+1))
 		m.opSeq++
-		m.startRollout(&op{kind: KindRefork, seq: m.opSeq, automatic: true})
+		m.startRollout(&op{kind: KindRefork, seq: m.opSeq, automatic: true, trigger: TriggerRequests})
 	}
 }
 

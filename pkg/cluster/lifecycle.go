@@ -18,6 +18,7 @@ func (m *Machine) start() {
 	if m.cfg.ForkWorker {
 		mode = "fork-worker"
 	}
+	m.decay.since = m.now
 	m.log(slog.LevelInfo, fmt.Sprintf("starting %d workers in %s mode", m.desired, mode),
 		slog.String("event", "cluster-starting"), slog.Int("workers", m.desired), slog.Int("generation", m.generation))
 	for i := 0; i < m.desired; i++ {

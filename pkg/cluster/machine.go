@@ -68,6 +68,8 @@ type Machine struct {
 	// reforks counts the reforks completed since the workers were last replaced (a reload), for
 	// ReforkAfter.
 	reforks int
+	// decay is the refork trigger that follows the workers' memory (decay.go).
+	decay   decayTrigger
 	rollout *rollout
 	// ops wait for their turn (ops.go); preparing is the one the driver prepares; opSeq numbers
 	// them; last is how the last one ended.
@@ -120,6 +122,7 @@ func NewMachine(cfg Config) (*Machine, error) {
 		return nil, err
 	}
 	cfg.ReforkAfter = slices.Clone(cfg.ReforkAfter)
+	cfg.ReforkOnDecay = clonePolicy(cfg.ReforkOnDecay)
 	return &Machine{
 		cfg:         cfg,
 		generation:  1,
@@ -198,6 +201,8 @@ func (m *Machine) Step(now time.Time, ev Event) error {
 		m.strayGone(strayKey{pid: e.PGID, group: true}, "no process left in it")
 	case Stalled:
 		m.stalled(e)
+	case MemorySampled:
+		m.memorySampled(e)
 	default:
 		err = fmt.Errorf("cluster: unknown event %T", ev)
 	}
@@ -273,6 +278,7 @@ func (m *Machine) Phase() Phase { return m.phase }
 func (m *Machine) Config() Config {
 	c := m.cfg
 	c.ReforkAfter = slices.Clone(c.ReforkAfter)
+	c.ReforkOnDecay = clonePolicy(c.ReforkOnDecay)
 	return c
 }
 

@@ -123,6 +123,30 @@ func TestScripts(t *testing.T) {
 						}
 					case "watchdog-min-ready":
 						cfg.WatchdogMinReady = atoi(t, v)
+					case "decay":
+						// refork_on_decay: growth=MiB, ratio=R, interval=D, confirm=N, fruitless=N.
+						cfg.ReforkOnDecay = &DecayPolicy{MinInterval: time.Minute}
+						for _, kv := range a.Vals {
+							k, v, _ := strings.Cut(kv, "=")
+							switch p := cfg.ReforkOnDecay; k {
+							case "growth":
+								p.PrivateGrowth = uint64(atoi(t, v)) << 20
+							case "ratio":
+								r, err := strconv.ParseFloat(v, 64)
+								if err != nil {
+									t.Fatal(err)
+								}
+								p.Ratio = r
+							case "interval":
+								p.MinInterval = duration(t, v)
+							case "confirm":
+								p.Confirm = atoi(t, v)
+							case "fruitless":
+								p.MaxFruitless = atoi(t, v)
+							default:
+								t.Fatalf("new: unknown decay setting %s", k)
+							}
+						}
 					default:
 						t.Fatalf("new: unknown argument %s", a.Key)
 					}
@@ -242,6 +266,21 @@ func TestScripts(t *testing.T) {
 				return step(Stop{Request: RequestID(optIntArg(t, d, "req")), Immediate: d.HasArg("immediate")})
 			case "scale":
 				return step(Scale{Request: RequestID(optIntArg(t, d, "req")), Workers: optIntArg(t, d, "workers"), Delta: optIntArg(t, d, "delta")})
+			case "sample":
+				// A memory sample, after the time given: one line per process, "PID PRIVATE_DIRTY_MIB".
+				if len(d.CmdArgs) > 0 {
+					now = now.Add(duration(t, d.CmdArgs[0].Key))
+				}
+				e := MemorySampled{At: now, Processes: map[int]Memory{}}
+				for _, line := range strings.Split(strings.TrimSpace(d.Input), "\n") {
+					f := strings.Fields(line)
+					if len(f) != 2 {
+						t.Fatalf("sample: %q is not \"PID MIB\"", line)
+					}
+					private := uint64(atoi(t, f[1])) << 20
+					e.Processes[atoi(t, f[0])] = Memory{PSS: private, PrivateDirty: private}
+				}
+				return step(e)
 			case "deadline":
 				if dl, ok := m.NextDeadline(); ok {
 					return fmt.Sprintf("next deadline at +%s\n", dl.Sub(epoch))
@@ -321,6 +360,12 @@ func formatActions(actions []Action) string {
 				if r.Reason != ExitStopped {
 					fmt.Fprintf(&b, "exited worker=%d pid=%d reason=%s\n", r.Slot, r.PID, r.Reason)
 				}
+			case RolloutStarted:
+				if r.Trigger == TriggerMemory {
+					fmt.Fprintf(&b, "%s started gen=%d trigger=%s\n", r.Kind, r.Generation, r.Trigger)
+				}
+			case DecayJudged:
+				fmt.Fprintf(&b, "decay judged before=%s after=%s fruitful=%v stopped=%v\n", mib(r.Before), mib(r.After), r.Fruitful, r.Stopped)
 			}
 		case LoadConfig:
 			fmt.Fprintf(&b, "load-config gen=%d\n", a.Generation)
@@ -368,6 +413,13 @@ func formatStatus(st Status) string {
 		fmt.Fprintf(&b, " strays=%d", st.Strays)
 	}
 	b.WriteString("\n")
+	if dc := st.Decay; dc.Enabled {
+		fmt.Fprintf(&b, "decay: measured=%v", dc.Measured)
+		if dc.Measured {
+			fmt.Fprintf(&b, " baseline=%s current=%s threshold=%s ratio=%.2f workers=%d", mib(dc.Baseline), mib(dc.Current), mib(dc.Threshold), dc.Ratio(), dc.Workers)
+		}
+		fmt.Fprintf(&b, " fruitless=%d stopped=%v\n", dc.Fruitless, dc.Stopped)
+	}
 	fmt.Fprintf(&b, "status: %s\n", st.StatusLine)
 	for _, w := range st.Workers {
 		fmt.Fprintf(&b, "worker %d: id=%d pid=%d state=%s restarts=%d crashes=%d", w.Index, w.ID, w.PID, w.State, w.Restarts, w.Crashes)
@@ -376,6 +428,9 @@ func formatStatus(st Status) string {
 		}
 		if w.Requests != 0 {
 			fmt.Fprintf(&b, " requests=%d", w.Requests)
+		}
+		if w.Memory != nil {
+			fmt.Fprintf(&b, " private=%s", mib(w.Memory.PrivateDirty))
 		}
 		if w.LastExit != "" {
 			fmt.Fprintf(&b, " last-exit=%q", w.LastExit)

@@ -30,8 +30,9 @@ type op struct {
 	waiters []RequestID
 	// exec: a hot restart before its exec; keepWorkers: one that keeps the workers. A restart op
 	// without exec is the phased restart a new image runs after the exec. automatic: a refork that
-	// refork_after started, which nobody asked for.
+	// nobody asked for, which trigger started (TriggerRequests, TriggerMemory).
 	exec, keepWorkers, automatic bool
+	trigger                      string
 	// stage is how far a hot restart before its exec has come, and hook its before_restart.
 	stage restartStage
 	hook  HookID

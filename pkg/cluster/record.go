@@ -59,12 +59,22 @@ type WorkerExited struct {
 	Status                string
 }
 
-// RolloutStarted: an operation began its rollout; Automatic for a refork refork_after started.
+// RolloutStarted: an operation began its rollout; Automatic for a refork nobody asked for, which
+// Trigger started.
 type RolloutStarted struct {
 	Kind       RolloutKind
 	Generation int
 	Automatic  bool
+	Trigger    string
 }
+
+// What starts an automatic refork, in RolloutStarted.Trigger.
+const (
+	// TriggerRequests: the busiest worker served its quota of requests (refork_after).
+	TriggerRequests = "refork_after"
+	// TriggerMemory: the forked workers' private memory grew past the threshold (refork_on_decay).
+	TriggerMemory = "refork_on_decay"
+)
 
 // RolloutEnded: an operation ended, Err nil when it succeeded; Duration from the start of its
 // rollout (zero for one that never began one).

@@ -72,6 +72,7 @@ func (m *Machine) configLoaded(e ConfigLoaded) {
 	if e.Config != nil {
 		next, workers = *e.Config, e.Config.Workers
 		next.ReforkAfter = slices.Clone(e.Config.ReforkAfter)
+		next.ReforkOnDecay = clonePolicy(e.Config.ReforkOnDecay)
 	}
 	if h := next.Hooks; o.kind == KindReload && len(h.BeforeReload) > 0 {
 		m.loaded = &pendingReload{cfg: next, workers: workers}

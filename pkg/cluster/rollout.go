@@ -60,7 +60,8 @@ type rollout struct {
 func (m *Machine) startRollout(o *op) {
 	r := &rollout{kind: o.kind, op: o, from: m.generation, to: m.generation + 1, early: map[int]bool{},
 		draining: map[WorkerID]bool{}, startedAt: m.now}
-	m.record(RolloutStarted{Kind: o.kind, Generation: r.to, Automatic: o.automatic})
+	m.record(RolloutStarted{Kind: o.kind, Generation: r.to, Automatic: o.automatic, Trigger: o.trigger})
+	m.decayRolloutStarted(o)
 	switch o.kind {
 	case KindRefork:
 		for i := 1; i < m.desired; i++ {
@@ -178,6 +179,7 @@ func (r *rollout) cancelReplacements(m *Machine) {
 
 func (r *rollout) finish(m *Machine) {
 	m.rollout = nil
+	m.decay.since = m.now
 	hooks := m.cfg.Hooks // the reload's own: after_reload comes with the config it brought
 	if r.failure != nil {
 		m.log(slog.LevelError, r.kind.String()+" stopped: "+r.failure.Error(), slog.String("event", r.kind.String()+"-failed"),

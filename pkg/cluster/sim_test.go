@@ -29,13 +29,24 @@ func TestSimulation(t *testing.T) {
 		runSimulation(t, *simSeed)
 		return
 	}
+	simDecay = simDecayCounts{}
 	for i := range *simRuns {
 		seed := uint64(i + 1)
 		if !t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runSimulation(t, seed) }) {
 			return
 		}
 	}
+	// The memory trigger's invariants are checked only if the histories exercise it.
+	t.Logf("refork_on_decay: %d reforks started, %d judged fruitless, %d stops", simDecay.reforks, simDecay.fruitless, simDecay.stops)
+	if *simRuns >= 100 && (simDecay.reforks == 0 || simDecay.fruitless == 0 || simDecay.stops == 0) {
+		t.Fatalf("the simulation hardly exercises refork_on_decay: %+v", simDecay)
+	}
 }
+
+// simDecay counts what the memory trigger did over all the runs.
+var simDecay simDecayCounts
+
+type simDecayCounts struct{ reforks, fruitless, stops int }
 
 // proc is a fake worker process.
 type proc struct {
@@ -52,6 +63,8 @@ type proc struct {
 	stray bool
 	// signalled is the last signal its process group got, which what is left of the group got too.
 	signalled syscall.Signal
+	// private is its Private_Dirty, which grows as it serves.
+	private uint64
 }
 
 // leftover is a stray in the world: an orphan or what is left of a process group after its
@@ -107,6 +120,12 @@ type simulation struct {
 	// backlog is being stepped, and the world and the machine agree only once it is done.
 	stalled, replaying bool
 	backlog            []Event
+	// futile: reforks win no memory back (a new worker writes at once what the old one had);
+	// decayReforks counts the reforks refork_on_decay started since new code last rolled out,
+	// lastRolloutStart is when the last rollout began.
+	futile           bool
+	decayReforks     int
+	lastRolloutStart time.Time
 }
 
 func runSimulation(t *testing.T, seed uint64) {
@@ -136,6 +155,16 @@ func runSimulation(t *testing.T, seed uint64) {
 			cfg.ReforkAfter = []uint64{uint64(1 + rng.IntN(50)), uint64(1 + rng.IntN(100))}
 			cfg.ReforkAfterRepeats = rng.IntN(2) == 0
 		}
+		if rng.IntN(2) == 0 {
+			p := &DecayPolicy{MinInterval: time.Duration(1+rng.IntN(30)) * time.Second, Confirm: rng.IntN(3), MaxFruitless: rng.IntN(4)}
+			if rng.IntN(3) > 0 {
+				p.PrivateGrowth = uint64(1+rng.IntN(50)) << 20
+			}
+			if p.PrivateGrowth == 0 || rng.IntN(3) == 0 {
+				p.Ratio = 1.1 + rng.Float64()
+			}
+			cfg.ReforkOnDecay = p
+		}
 	}
 	cfg.Spec = 1
 	m, err := NewMachine(cfg)
@@ -143,17 +172,19 @@ func runSimulation(t *testing.T, seed uint64) {
 		t.Fatal(err)
 	}
 	s := &simulation{
+		futile:   cfg.ReforkOnDecay != nil && rng.IntN(2) == 0,
 		specs:    map[SpecHandle]bool{1: true},
 		lastSpec: 1,
 		hooks:    map[HookID]bool{},
 		t:        t, rng: rng, m: m, cfg: cfg, now: epoch,
-		procs:      make(map[int]*proc),
-		cancelled:  make(map[WorkerID]bool),
-		leftovers:  make(map[strayKey]*leftover),
-		lastExit:   make(map[int]exitRecord),
-		maxDesired: cfg.Workers,
-		requests:   make(map[RequestID]bool),
-		lastPID:    1000,
+		procs:            make(map[int]*proc),
+		cancelled:        make(map[WorkerID]bool),
+		leftovers:        make(map[strayKey]*leftover),
+		lastExit:         make(map[int]exitRecord),
+		maxDesired:       cfg.Workers,
+		requests:         make(map[RequestID]bool),
+		lastPID:          1000,
+		lastRolloutStart: epoch,
 	}
 	defer func() {
 		if t.Failed() {
@@ -230,6 +261,12 @@ func (s *simulation) randomProc() *proc {
 }
 
 func (s *simulation) randomEvent() {
+	if s.cfg.ReforkOnDecay != nil && s.rng.IntN(6) > 0 {
+		// Memory decays over calmer histories: time passes, and the sampler reads the workers.
+		s.advance(s.nextEventTime(time.Duration(s.rng.IntN(4000)) * time.Millisecond))
+		s.sampleMemory()
+		return
+	}
 	r := s.rng.IntN(100)
 	switch {
 	case r < 32:
@@ -313,6 +350,19 @@ func (s *simulation) randomEvent() {
 			s.step(Stop{Request: s.newRequest(), Immediate: s.rng.IntN(2) == 0})
 		}
 	}
+}
+
+// sampleMemory plays the memory sampler: every live process has written some more; one may be
+// missed (it exited during the reads).
+func (s *simulation) sampleMemory() {
+	e := MemorySampled{At: s.now, Processes: map[int]Memory{}}
+	for _, p := range s.liveProcs() {
+		p.private += uint64(s.rng.IntN(16)) << 20
+		if s.rng.IntN(20) > 0 {
+			e.Processes[p.pid] = Memory{PSS: p.private, PrivateDirty: p.private}
+		}
+	}
+	s.step(e)
 }
 
 // hotRestart replaces the machine by one restored from its export, as a hot restart does; the
@@ -618,6 +668,15 @@ func (s *simulation) step(ev Event) {
 func (s *simulation) newProc(w WorkerID, slot int, channel bool) *proc {
 	s.lastPID++
 	p := &proc{pid: s.lastPID, worker: w, slot: slot, channel: channel, canFork: s.rng.IntN(5) > 0}
+	if s.cfg.ReforkOnDecay != nil {
+		// A new worker has written little yet, unless reforks are futile in this world.
+		p.private = uint64(s.rng.IntN(4)) << 20
+		if s.futile {
+			for _, q := range s.procs {
+				p.private = max(p.private, q.private)
+			}
+		}
+	}
 	s.procs[p.pid] = p
 	s.live(p)
 	return p
@@ -803,7 +862,9 @@ func (s *simulation) apply(a Action) {
 	case ExecRestart:
 		// The exec happens once the rest of the batch is carried out, before anything else.
 		s.execState = &a.State
-	case Log, Record:
+	case Record:
+		s.recorded(a.What)
+	case Log:
 	default:
 		s.t.Fatalf("unknown action %T", a)
 	}
@@ -889,6 +950,34 @@ func (s *simulation) expectedBackoff(crashes int) time.Duration {
 		}
 	}
 	return min(d, s.cfg.BackoffMax)
+}
+
+// recorded checks what the machine records of the memory trigger: never more than one refork per
+// min_interval (counted from the start of the rollout before it, of any kind), and, where reforks
+// win nothing back, no more than MaxFruitless of them until new code rolls out.
+func (s *simulation) recorded(h Happening) {
+	if j, ok := h.(DecayJudged); ok {
+		simDecay.fruitless += btoi(!j.Fruitful)
+		simDecay.stops += btoi(j.Stopped)
+	}
+	r, ok := h.(RolloutStarted)
+	if !ok {
+		return
+	}
+	if p := s.cfg.ReforkOnDecay; r.Trigger == TriggerMemory {
+		if since := s.now.Sub(s.lastRolloutStart); since < p.MinInterval {
+			s.t.Fatalf("refork_on_decay started a refork %s after the last rollout began, min_interval %s", since, p.MinInterval)
+		}
+		s.decayReforks++
+		simDecay.reforks++
+		if s.futile && s.decayReforks > max(p.MaxFruitless, 1) {
+			s.t.Fatalf("refork_on_decay started %d reforks that won nothing back, max_fruitless %d", s.decayReforks, p.MaxFruitless)
+		}
+	}
+	if r.Kind != KindRefork {
+		s.decayReforks = 0
+	}
+	s.lastRolloutStart = s.now
 }
 
 func (s *simulation) checkInvariants() {

@@ -28,6 +28,15 @@ type State struct {
 	// behind it: the new image runs them after it (their callers' connections are gone).
 	Restart *OpRecord  `json:",omitempty"`
 	Queued  []OpRecord `json:",omitempty"`
+	// Decay is what the memory refork trigger learned of the app's reforks; the baseline is
+	// measured again after the exec.
+	Decay DecayRecord `json:",omitzero"`
+}
+
+// DecayRecord is the memory refork trigger's verdicts in a State (decay.go).
+type DecayRecord struct {
+	Raises, Fruitless int
+	Stopped           bool
 }
 
 // StrayRecord is a stray being stopped, in a State.
@@ -107,6 +116,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 		Generation: m.generation, Desired: m.desired, Running: m.phase == PhaseRunning,
 		Dropped: m.dropped, Late: m.late, Reforks: m.reforks, ExecMode: m.execMode, LastID: m.lastID,
 		OpSeq: m.opSeq,
+		Decay: DecayRecord{Raises: m.decay.raises, Fruitless: m.decay.fruitless, Stopped: m.decay.stopped},
 	}
 	if m.last.Seq != 0 {
 		st.Last = &RolloutRecord{Seq: m.last.Seq, Kind: m.last.Kind, Generation: m.last.Generation}
@@ -178,6 +188,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 	m.generation, m.desired, m.dropped, m.late = st.Generation, st.Desired, st.Dropped, st.Late
 	m.reforks, m.execMode, m.lastID = st.Reforks, st.ExecMode, st.LastID
 	m.opSeq = st.OpSeq
+	m.decay = decayTrigger{raises: st.Decay.Raises, fruitless: st.Decay.Fruitless, stopped: st.Decay.Stopped, since: now}
 	if l := st.Last; l != nil {
 		m.last = RolloutResult{Seq: l.Seq, Kind: l.Kind, Generation: l.Generation}
 		if l.Err != "" {

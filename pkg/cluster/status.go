@@ -26,7 +26,9 @@ type Status struct {
 	Late    uint64
 	// Strays counts the processes forkd started and no longer tracks (orphans, what is left of a
 	// worker's process group) that it is stopping.
-	Strays     int
+	Strays int
+	// Decay is the state of the refork trigger that follows the workers' memory.
+	Decay      DecayStatus
 	StatusLine string
 	Workers    []WorkerStatus
 }
@@ -57,6 +59,8 @@ type WorkerStatus struct {
 	LastExit              string
 	NextSpawn             time.Time
 	Retiring              bool
+	// Memory is the process's memory at the last sample that read it; nil before.
+	Memory *MemoryFigures
 }
 
 // Status returns a snapshot of the cluster.
@@ -71,6 +75,7 @@ func (m *Machine) Status() Status {
 		Strays:     len(m.strays),
 		Late:       m.late,
 		StatusLine: m.lastStatus,
+		Decay:      m.decayStatus(),
 	}
 	st.Rollout, st.LastRollout = m.current(), m.last
 	for _, o := range m.ops {
@@ -125,4 +130,8 @@ func (m *Machine) describe(ws *WorkerStatus, w *worker) {
 	ws.Template, ws.Forked = w == m.template, w.forked()
 	ws.SpawnedAt, ws.ReadyAt = w.spawnedAt, w.readyAt
 	ws.StatusLine, ws.Requests = w.statusLine, w.requests
+	if w.memory != nil {
+		mem := *w.memory
+		ws.Memory = &mem
+	}
 }

@@ -70,6 +70,8 @@ type worker struct {
 	badRequests bool
 	// reforkBase is requests at the last refork (0 for a worker spawned since), for ReforkAfter.
 	reforkBase uint64
+	// memory is the worker's memory at the last sample that read it; nil before.
+	memory *MemoryFigures
 }
 
 // servedSinceRefork is how many requests w served since the last refork, or since it started.
