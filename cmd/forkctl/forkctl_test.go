@@ -266,13 +266,13 @@ func TestStatusTable(t *testing.T) {
 
 	rows := strings.Split(strings.TrimSuffix(table, "\n"), "\n")
 	require.Len(t, rows, 3, table)
-	require.Equal(t, []string{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "PSS", "SHARED", "STATUS"},
+	require.Equal(t, []string{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "PSS", "SHARED", "PRIVATE", "STATUS"},
 		strings.Fields(rows[0]))
 	require.Equal(t, []string{"0", "4300", "3", "exec", "ready", "2h4m", "0", "1523", "-", "-", "-", "serving", "lots"},
 		strings.Fields(rows[1]))
 	// The status column starts where its header does.
 	require.Equal(t, strings.Index(rows[0], "STATUS"), strings.Index(rows[1], "serving"))
-	require.Regexp(t, `^1 +- +3 +- +backoff +- +5 +0 +- +- +- +restarting in (59m\d+s|1h); last exit: exit st.*$`, rows[2])
+	require.Regexp(t, `^1 +- +3 +- +backoff +- +5 +0 +- +- +- +restarting in (59m\d+s|1h); last exit.*$`, rows[2])
 }
 
 func TestStatusJSON(t *testing.T) {

@@ -53,10 +53,10 @@ listeners:             http tcp://[::]:80, admin unix:///run/app.sock (bound by 
 dropped notifications: 0
 cgroups:               off (demo.service does not delegate its cgroup to forkd (add Delegate=yes to the unit))
 
-INDEX  PID  GEN  ROLE  STATE     UPTIME  RESTARTS  REQUESTS              RSS  PSS  SHARED  STATUS
-0      11   2    exec  ready     1m      0         9                     -    -    -       serving?[2J
-1      12   1    exec  stopping  59s     1         18446744073709551615  -    -    -       -
-2      -    2    -     backoff   -       12        0                     -    -    -       restarting now; last exit: k…
+INDEX  PID  GEN  ROLE  STATE     UPTIME  RESTARTS  REQUESTS              PSS  SHARED  PRIVATE  STATUS
+0      11   2    exec  ready     1m      0         9                     -    -       -        serving?[2J
+1      12   1    exec  stopping  59s     1         18446744073709551615  -    -       -        -
+2      -    2    -     backoff   -       12        0                     -    -       -        restarting now; last exi…
 `, out.String())
 	requireFits(t, out.String())
 }
@@ -66,7 +66,9 @@ INDEX  PID  GEN  ROLE  STATE     UPTIME  RESTARTS  REQUESTS              RSS  PS
 func TestWriteStatusTableRollout(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	mem := func(rss, pss, shared float64) *control.Memory {
-		return &control.Memory{RSS: uint64(rss * (1 << 20)), PSS: uint64(pss * (1 << 20)), Shared: uint64(shared * (1 << 20))}
+		// What is not shared was written: Private_Dirty, here.
+		return &control.Memory{RSS: uint64(rss * (1 << 20)), PSS: uint64(pss * (1 << 20)), Shared: uint64(shared * (1 << 20)),
+			PrivateDirty: uint64((rss - shared) * (1 << 20))}
 	}
 	st := control.Status{
 		Name:       "shop",
@@ -81,6 +83,8 @@ func TestWriteStatusTableRollout(t *testing.T) {
 		Mode:       control.ModeFork,
 		Listeners:  []control.Listener{{Name: "http", Address: "tcp://0.0.0.0:8080"}},
 		StatusLine: "rolling (refork): 1/3 workers on generation 5, 4 ready",
+		ReforkOnDecay: &control.DecayTrigger{Measured: true, Baseline: 40 << 20, Current: 100 << 20, Ratio: 2.5,
+			Threshold: 232 << 20, Workers: 3, Fruitless: 1},
 		WorkerList: []control.Worker{
 			{Index: 0, PID: 901, Generation: 4, State: control.WorkerReady, Template: true,
 				Uptime: control.Duration(5 * time.Hour), Requests: 120345, Memory: mem(512.3, 180, 400), StatusLine: "paused"},
@@ -110,15 +114,16 @@ mode:                  fork, template: worker 0 (pid 901)
 workers:               4/4 ready
 listeners:             http tcp://0.0.0.0:8080 (bound by forkd)
 dropped notifications: 0
+refork on decay:       2.50x: 100.0M private in 3 forked workers, baseline 40.0M, refork at 232.0M, 1 fruitless
 status:                rolling (refork): 1/3 workers on generation 5, 4 ready
 
-INDEX  PID  GEN  ROLE        STATE     UPTIME  RESTARTS  REQUESTS  RSS       PSS       SHARED  STATUS
-0      901  4    template    ready     5h      0         120345    512.3M    180.0M    400.0M  paused
-1      910  4    forked      ready     2h      0         40000     520.0M    64.6M     470.0M  -
-1      925  5    forked/new  booting   3s      0         0         505.0M    40.1M     480.0M  -
-2      911  4    forked/old  stopping  2h      0         39000     -         -         -       draining 3 requests
-2      924  5    forked      ready     20s     0         12        0.0M      0.0M      0.0M    -
-3      930  4    exec        ready     1h      0         7         10240.0M  10240.0M  0.0M    exec'd instead of forked…
+INDEX  PID  GEN  ROLE        STATE     UPTIME  RESTARTS  REQUESTS  PSS       SHARED  PRIVATE   STATUS
+0      901  4    template    ready     5h      0         120345    180.0M    400.0M  112.3M    paused
+1      910  4    forked      ready     2h      0         40000     64.6M     470.0M  50.0M     -
+1      925  5    forked/new  booting   3s      0         0         40.1M     480.0M  25.0M     -
+2      911  4    forked/old  stopping  2h      0         39000     -         -       -         draining 3 requests
+2      924  5    forked      ready     20s     0         12        0.0M      0.0M    0.0M      -
+3      930  4    exec        ready     1h      0         7         10240.0M  0.0M    10240.0M  exec'd instead of forked…
 `, out.String())
 	requireFits(t, out.String())
 }
@@ -269,9 +274,9 @@ func TestWriteStatusTableCgroups(t *testing.T) {
 	require.NoError(t, writeStatusTable(&out, st, now))
 	assert.Contains(t, out.String(), "cgroups:               on: /sys/fs/cgroup/system.slice/forkd.service (memory, pids)\n")
 	assert.Contains(t, out.String(), `
-INDEX  PID  GEN  ROLE  STATE  UPTIME  RESTARTS  REQUESTS  RSS  PSS  SHARED  CGROUP  STATUS
-0      51   1    exec  ready  1m      0         0         -    -    -       300.0M  -
-1      52   1    exec  ready  1m      0         0         -    -    -       -       -
+INDEX  PID  GEN  ROLE  STATE  UPTIME  RESTARTS  REQUESTS  PSS  SHARED  PRIVATE  CGROUP  STATUS
+0      51   1    exec  ready  1m      0         0         -    -       -        300.0M  -
+1      52   1    exec  ready  1m      0         0         -    -       -        -       -
 `)
 	requireFits(t, out.String())
 }

@@ -105,6 +105,9 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	if st.Strays > 0 {
 		row("strays:", strconv.Itoa(st.Strays)+" (left behind by workers, being stopped)")
 	}
+	if d := st.ReforkOnDecay; d != nil {
+		row("refork on decay:", decaySummary(*d))
+	}
 	if st.StatusLine != "" {
 		row("status:", printable(st.StatusLine))
 	}
@@ -115,7 +118,7 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 
 	// With cgroups, CGROUP is each worker's memory.current: its whole tree's memory, exact.
 	withCgroups := slices.ContainsFunc(st.WorkerList, func(wk control.Worker) bool { return wk.Cgroup != nil })
-	header := []string{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "PSS", "SHARED", "STATUS"}
+	header := []string{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "PSS", "SHARED", "PRIVATE", "STATUS"}
 	if withCgroups {
 		header = slices.Insert(header, len(header)-1, "CGROUP")
 	}
@@ -126,13 +129,16 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 			pid = strconv.Itoa(wk.PID)
 			uptime = humanDuration(time.Duration(wk.Uptime))
 		}
-		rss, pss, shared := "-", "-", "-"
-		if wk.Memory != nil {
-			rss, pss, shared = mebibytes(wk.Memory.RSS), mebibytes(wk.Memory.PSS), mebibytes(wk.Memory.Shared)
+		// PSS is what the process costs, SHARED what it shares with the template and its siblings,
+		// PRIVATE what it wrote since (Private_Dirty), which a refork wins back. RSS, which counts
+		// shared pages in full in every process, is in the JSON only.
+		pss, shared, private := "-", "-", "-"
+		if m := wk.Memory; m != nil {
+			pss, shared, private = mebibytes(m.PSS), mebibytes(m.Shared), mebibytes(m.PrivateDirty)
 		}
 		cells := []string{strconv.Itoa(wk.Index), pid, strconv.Itoa(wk.Generation), workerRole(wk),
 			printable(wk.State), uptime, strconv.Itoa(wk.Restarts), strconv.FormatUint(wk.Requests, 10),
-			rss, pss, shared}
+			pss, shared, private}
 		if withCgroups {
 			cg := "-"
 			if wk.Cgroup != nil {
@@ -312,4 +318,21 @@ func printable(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// decaySummary says what the memory refork trigger watches: the forked workers' private memory
+// against its baseline (right after the last rollout), and the sum that starts a refork.
+func decaySummary(d control.DecayTrigger) string {
+	if !d.Measured {
+		return "measuring the forked workers' private memory after the last rollout"
+	}
+	s := fmt.Sprintf("%.2fx: %s private in %d forked workers, baseline %s, refork at %s",
+		d.Ratio, mebibytes(d.Current), d.Workers, mebibytes(d.Baseline), mebibytes(d.Threshold))
+	switch {
+	case d.Stopped:
+		s = fmt.Sprintf("stopped by %d fruitless reforks until a reload; %s", d.Fruitless, s)
+	case d.Fruitless > 0:
+		s += fmt.Sprintf(", %d fruitless", d.Fruitless)
+	}
+	return s
 }

@@ -76,6 +76,10 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 	if st.Forking {
 		out.Mode = control.ModeFork
 	}
+	if d := st.Decay; d.Enabled {
+		out.ReforkOnDecay = &control.DecayTrigger{Measured: d.Measured, Baseline: d.Baseline, Current: d.Current, Ratio: d.Ratio(),
+			Threshold: d.Threshold, Workers: d.Workers, Fruitless: d.Fruitless, Stopped: d.Stopped}
+	}
 	for _, l := range b.listeners {
 		out.Listeners = append(out.Listeners, control.Listener{Name: l.Name, Address: l.Network + "://" + l.Address})
 	}
@@ -104,7 +108,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 			cw.Uptime = control.Duration(now.Sub(w.SpawnedAt).Round(time.Second))
 			m, ok := sample.Of(w.PID, w.SpawnedAt)
 			if ok {
-				cw.Memory = &control.Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared}
+				cw.Memory = &control.Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared, PrivateDirty: m.PrivateDirty}
 			}
 			if !ok || !w.ReadyAt.IsZero() && sample.At.Before(w.ReadyAt) {
 				// A process the sampler has not seen yet, or not since it loaded the app.

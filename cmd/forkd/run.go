@@ -224,6 +224,10 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 
 	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated, events: events.hub,
 		cgroups: cgroupsLine, workerCgroups: cgroups}
+	// The memory samples reach the machine's memory policies too, until the driver stops.
+	delivering, stopDelivering := context.WithCancel(context.Background())
+	defer stopDelivering()
+	observed.memory.Deliver = deliverSamples(delivering, driver)
 	serveMetricsOption, err := observed.start(cfg, b, logger, adopt != nil)
 	if err != nil {
 		return 1, err
@@ -233,6 +237,7 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 	go srv.Serve(ctl)
 
 	code, err := driver.Run(context.Background())
+	stopDelivering()
 	// Let replies in flight (a stop --wait) reach their clients before the master exits.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -296,6 +301,10 @@ func generation(cfg *config.Config) supervisor.Generation {
 		machine.ForkWorker = true
 		machine.ForkTimeout = fw.Timeout
 		machine.ReforkAfter, machine.ReforkAfterRepeats = fw.ReforkAfter, fw.ReforkAfterRepeats
+		if p := fw.ReforkOnDecay; p != nil {
+			machine.ReforkOnDecay = &cluster.DecayPolicy{PrivateGrowth: p.PrivateGrowth, Ratio: p.Ratio, MinInterval: p.MinInterval,
+				Confirm: config.DecayConfirmSamples, MaxFruitless: p.MaxFruitless}
+		}
 	}
 	return supervisor.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env}
 }

@@ -149,6 +149,36 @@ type ForkWorker struct {
 	// Timeout bounds a fork (the template's reply to a spawn request) and a pause. A worker whose
 	// fork times out or fails is exec'd instead. Defaults to DefaultForkTimeout.
 	Timeout time.Duration
+	// ReforkOnDecay, when set (a refork_on_decay block), also reforks when the forked workers'
+	// private memory has grown; nil (the default) does not.
+	ReforkOnDecay *ReforkOnDecay
+}
+
+// Defaults of a refork_on_decay block, documented in docs/configuration.md.
+const (
+	DefaultDecayPrivateGrowth = 64 << 20
+	DefaultDecayMinInterval   = 60 * time.Second
+	DefaultDecayMaxFruitless  = 2
+	// DecayConfirmSamples is how many memory samples in a row must be past the threshold.
+	DecayConfirmSamples = 2
+)
+
+// ReforkOnDecay starts an automatic refork when the forked workers' private memory
+// (Private_Dirty, summed) has grown past what it was right after the workers were last replaced:
+// by PrivateGrowth bytes, or to Ratio times it (whichever comes first when both are set).
+type ReforkOnDecay struct {
+	// PrivateGrowth is in bytes; 0 is unset. Defaults to DefaultDecayPrivateGrowth when Ratio is
+	// unset too.
+	PrivateGrowth uint64
+	// Ratio is above 1; 0 is unset.
+	Ratio float64
+	// MinInterval is the least time from the end of a rollout to a refork the trigger starts.
+	// Defaults to DefaultDecayMinInterval.
+	MinInterval time.Duration
+	// MaxFruitless is how many reforks in a row that win back less than half the growth that
+	// started them stop the trigger (each one doubles the growth the next waits for). Defaults
+	// to DefaultDecayMaxFruitless.
+	MaxFruitless int
 }
 
 // Hooks are commands the master runs at moments of the cluster's life: argv lists, no shell (write

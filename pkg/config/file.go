@@ -66,9 +66,18 @@ type fileRestart struct {
 }
 
 type fileForkWorker struct {
-	DefRange    hcl.Range      `hcl:",def_range"`
-	ReforkAfter *hcl.Attribute `hcl:"refork_after,optional"`
-	Timeout     *hcl.Attribute `hcl:"timeout,optional"`
+	DefRange      hcl.Range          `hcl:",def_range"`
+	ReforkAfter   *hcl.Attribute     `hcl:"refork_after,optional"`
+	Timeout       *hcl.Attribute     `hcl:"timeout,optional"`
+	ReforkOnDecay *fileReforkOnDecay `hcl:"refork_on_decay,block"`
+}
+
+type fileReforkOnDecay struct {
+	DefRange      hcl.Range      `hcl:",def_range"`
+	PrivateGrowth *hcl.Attribute `hcl:"private_growth,optional"`
+	Ratio         *hcl.Attribute `hcl:"ratio,optional"`
+	MinInterval   *hcl.Attribute `hcl:"min_interval,optional"`
+	MaxFruitless  *hcl.Attribute `hcl:"max_fruitless,optional"`
 }
 
 type fileRollout struct {
@@ -164,6 +173,14 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 		s.forkWorker = origin{what: "fork_worker", given: true, subject: fw.DefRange.Ptr()}
 		b.decodeReforkAfter(fw.ReforkAfter)
 		b.decodeDuration(fw.Timeout, "fork_worker.timeout", &c.ForkWorker.Timeout, &s.forkTimeout)
+		if d := fw.ReforkOnDecay; d != nil {
+			p := &ReforkOnDecay{}
+			c.ForkWorker.ReforkOnDecay = p
+			b.decodeSize(d.PrivateGrowth, "fork_worker.refork_on_decay.private_growth", &p.PrivateGrowth, &s.decayGrowth)
+			b.decodeValue(d.Ratio, "fork_worker.refork_on_decay.ratio", &p.Ratio, &s.decayRatio)
+			b.decodeDuration(d.MinInterval, "fork_worker.refork_on_decay.min_interval", &p.MinInterval, &s.decayInterval)
+			b.decodeValue(d.MaxFruitless, "fork_worker.refork_on_decay.max_fruitless", &p.MaxFruitless, &s.decayFruitless)
+		}
 	}
 	if r := fc.Rollout; r != nil {
 		b.decodeValue(r.MaxSurge, "rollout.max_surge", &c.Rollout.MaxSurge, &s.maxSurge)
@@ -256,6 +273,8 @@ func typeWanted(dst any) string {
 		return "must be a string"
 	case *int:
 		return "must be a whole number"
+	case *float64:
+		return "must be a number"
 	case *bool:
 		return "must be true or false"
 	case *[]string:

@@ -190,6 +190,17 @@ func (b *builder) fillDefaults() {
 		if !s.forkTimeout.given {
 			fw.Timeout = DefaultForkTimeout
 		}
+		if p := fw.ReforkOnDecay; p != nil {
+			if !s.decayGrowth.given && !s.decayRatio.given {
+				p.PrivateGrowth = DefaultDecayPrivateGrowth
+			}
+			if !s.decayInterval.given {
+				p.MinInterval = DefaultDecayMinInterval
+			}
+			if !s.decayFruitless.given {
+				p.MaxFruitless = DefaultDecayMaxFruitless
+			}
+		}
 	}
 	if !s.hookTimeout.given {
 		c.Hooks.Timeout = DefaultHookTimeout

@@ -335,6 +335,26 @@ func TestForkWorkerDefaults(t *testing.T) {
 	assert.Nil(t, cfg.ForkWorker, "no block: exec mode")
 }
 
+func TestReforkOnDecay(t *testing.T) {
+	sandbox(t)
+	parse := func(block string) *ReforkOnDecay {
+		t.Helper()
+		cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_on_decay {\n"+block+"  }\n}\n"), "web.hcl")
+		require.NoError(t, err, block)
+		return cfg.ForkWorker.ReforkOnDecay
+	}
+	assert.Equal(t, &ReforkOnDecay{PrivateGrowth: 64 << 20, MinInterval: time.Minute, MaxFruitless: 2}, parse(""),
+		"an empty block: 64 MiB of growth, once a minute at most, stopped by 2 fruitless reforks")
+	assert.Equal(t, &ReforkOnDecay{Ratio: 1.5, MinInterval: 5 * time.Minute, MaxFruitless: 1},
+		parse("    ratio = 1.5\n    min_interval = \"5m\"\n    max_fruitless = 1\n"), "a ratio alone: no growth in bytes")
+	assert.Equal(t, &ReforkOnDecay{PrivateGrowth: 256 << 20, Ratio: 2, MinInterval: time.Minute, MaxFruitless: 2},
+		parse("    private_growth = \"256MiB\"\n    ratio = 2\n"))
+
+	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Nil(t, cfg.ForkWorker.ReforkOnDecay, "off without the block")
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]uint64{
 		"1048576": 1 << 20, "512K": 512 << 10, "512k": 512 << 10, "256M": 256 << 20, "256MiB": 256 << 20,

@@ -51,6 +51,8 @@ type sources struct {
 	backoffMin, backoffMax, resetAfter origin
 	forkWorker, reforkAfter            origin
 	forkTimeout                        origin
+	decayGrowth, decayRatio            origin
+	decayInterval, decayFruitless      origin
 	maxSurge, maxUnavailable           origin
 	beforeReload, afterReload          origin
 	beforeRestart, onWorkerCrash       origin
@@ -80,7 +82,9 @@ func defaultSources(quick bool) sources {
 		resetAfter: at("restart.reset_after"),
 		forkWorker: at("fork_worker"), reforkAfter: at("fork_worker.refork_after"),
 		forkTimeout: at("fork_worker.timeout"),
-		maxSurge:    at("rollout.max_surge"), maxUnavailable: at("rollout.max_unavailable"),
+		decayGrowth: at("fork_worker.refork_on_decay.private_growth"), decayRatio: at("fork_worker.refork_on_decay.ratio"),
+		decayInterval: at("fork_worker.refork_on_decay.min_interval"), decayFruitless: at("fork_worker.refork_on_decay.max_fruitless"),
+		maxSurge: at("rollout.max_surge"), maxUnavailable: at("rollout.max_unavailable"),
 		beforeReload: at("hooks.before_reload"), afterReload: at("hooks.after_reload"),
 		beforeRestart: at("hooks.before_restart"), onWorkerCrash: at("hooks.on_worker_crash"),
 		hookTimeout:    at("hooks.timeout"),
@@ -167,6 +171,9 @@ func (b *builder) validate() {
 
 	if fw := c.ForkWorker; fw != nil && fw.Timeout <= 0 {
 		b.report(s.forkTimeout, "must be greater than 0, not %s", fw.Timeout)
+	}
+	if fw := c.ForkWorker; fw != nil && fw.ReforkOnDecay != nil {
+		b.validateReforkOnDecay(fw.ReforkOnDecay)
 	}
 	ro := c.Rollout
 	if ro.MaxSurge < 0 {
@@ -546,5 +553,22 @@ func checkFDName(name string) error {
 func (b *builder) validateSocketPath(o origin, path string) {
 	if len(path) > maxUnixPath {
 		b.report(o, "%q is %d bytes long, more than a unix socket address can hold (%d)", path, len(path), maxUnixPath)
+	}
+}
+
+// validateReforkOnDecay checks a refork_on_decay block.
+func (b *builder) validateReforkOnDecay(p *ReforkOnDecay) {
+	s := &b.src
+	if s.decayGrowth.given && p.PrivateGrowth == 0 {
+		b.report(s.decayGrowth, "must be greater than 0, like \"64M\" (leave it out to use ratio alone)")
+	}
+	if s.decayRatio.given && !(p.Ratio > 1) {
+		b.report(s.decayRatio, "must be greater than 1, like 1.5 (the workers' private memory grown by half), not %g", p.Ratio)
+	}
+	if p.MinInterval <= 0 {
+		b.report(s.decayInterval, "must be greater than 0, not %s", p.MinInterval)
+	}
+	if p.MaxFruitless < 1 {
+		b.report(s.decayFruitless, "must be at least 1, not %d", p.MaxFruitless)
 	}
 }

@@ -53,7 +53,7 @@ func TestRolloutStatusWireFormat(t *testing.T) {
 	template := wire.Workers[0]
 	require.Equal(t, true, template["template"])
 	require.NotContains(t, template, "forked", "false flags are omitted")
-	require.Equal(t, map[string]any{"rss": float64(200 << 20), "pss": float64(120 << 20), "shared": float64(90 << 20)},
+	require.Equal(t, map[string]any{"rss": float64(200 << 20), "pss": float64(120 << 20), "shared": float64(90 << 20), "private_dirty": float64(0)},
 		template["memory"])
 	require.Equal(t, true, wire.Workers[1]["forked"])
 	require.NotContains(t, wire.Workers[1], "memory", "unknown memory is omitted")

@@ -88,7 +88,9 @@ type Status struct {
 	// it on its own schedule (memory.sample_interval), not for each request. Zero (and omitted)
 	// before the first sample.
 	MemorySampledAt time.Time `json:"memory_sampled_at,omitzero"`
-	WorkerList      []Worker  `json:"worker_list"`
+	// ReforkOnDecay is the memory refork trigger's state; nil (and omitted) when it is off.
+	ReforkOnDecay *DecayTrigger `json:"refork_on_decay,omitempty"`
+	WorkerList    []Worker      `json:"worker_list"`
 }
 
 // RolloutResult says how an operation (refork, reload, hot restart) ended.
@@ -163,6 +165,28 @@ type Memory struct {
 	// Shared is the part of RSS shared with other processes, such as the template and the workers
 	// forked from it (Shared_Clean + Shared_Dirty).
 	Shared uint64 `json:"shared"`
+	// PrivateDirty is what the process wrote and shares with no other (Private_Dirty): in
+	// fork-worker mode, what copy-on-write copied since the fork, which a refork wins back.
+	PrivateDirty uint64 `json:"private_dirty"`
+}
+
+// DecayTrigger is the state of fork_worker.refork_on_decay, the refork trigger that watches the
+// forked workers' private memory (Private_Dirty, summed over Workers of them).
+type DecayTrigger struct {
+	// Measured is false until the first sample after the workers were last replaced has set the
+	// baseline; the figures below are zero (and omitted) until then.
+	Measured bool `json:"measured"`
+	// Baseline is the sum right after the workers were last replaced, Current the sum at the
+	// last sample, and Ratio Current over Baseline; Threshold is the sum that starts a refork.
+	Baseline  uint64  `json:"baseline,omitempty"`
+	Current   uint64  `json:"current,omitempty"`
+	Ratio     float64 `json:"ratio,omitempty"`
+	Threshold uint64  `json:"threshold,omitempty"`
+	Workers   int     `json:"workers,omitempty"`
+	// Fruitless counts the reforks in a row that won back less than half the growth that started
+	// them; Stopped is set once they reached max_fruitless (until the next reload or hot restart).
+	Fruitless int  `json:"fruitless"`
+	Stopped   bool `json:"stopped,omitempty"`
 }
 
 // CgroupMemory is a worker cgroup's memory in bytes, from memory.current and memory.stat. A page

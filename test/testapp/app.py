@@ -3,6 +3,9 @@
 GET /        "worker=<FORKD_WORKER> pid=<pid> generation=<FORKD_GENERATION> token=<token>"
 GET /slow?ms=N   the same after N milliseconds
 GET /token   the token made when the app was imported: forked workers share worker 0's
+GET /dirty?mb=N  write N MiB more of the ballast (TESTAPP_ALLOC_MB) than this process wrote
+                 before, so that copy-on-write copies them: its private memory grows by N MiB
+                 (until it has written the whole ballast)
 
 Environment knobs:
   TESTAPP_ALLOC_MB      allocate (and touch) this many MiB at import, to measure sharing
@@ -20,6 +23,9 @@ TOKEN = uuid.uuid4().hex
 BALLAST = bytearray(int(os.environ.get("TESTAPP_ALLOC_MB", "0")) * 1024 * 1024)
 for i in range(0, len(BALLAST), 4096):
     BALLAST[i] = 1  # touch every page, so it is resident and then shared copy-on-write
+
+# dirtied is how far this process has written the ballast since it was forked.
+dirtied = 0
 
 HANG = float(os.environ.get("TESTAPP_HANG_FORK", "0"))
 HOOK_LOG = os.environ.get("TESTAPP_HOOK_LOG")
@@ -40,7 +46,18 @@ def _before_fork():
 
 @forkd.after_fork_child
 def _after_fork_child():
+    global dirtied
+    dirtied = 0
     record("after_fork_child")
+
+
+def dirty(mb):
+    """Write one byte in each of the next mb MiB of the ballast's pages."""
+    global dirtied
+    end = min(dirtied + mb * 1024 * 1024, len(BALLAST))
+    for i in range(dirtied, end, 4096):
+        BALLAST[i] = 2
+    dirtied = end
 
 
 def app(environ, start_response):
@@ -48,6 +65,8 @@ def app(environ, start_response):
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
     if path == "/slow":
         time.sleep(int(query.get("ms", ["0"])[0]) / 1000)
+    if path == "/dirty":
+        dirty(int(query.get("mb", ["1"])[0]))
     if path == "/token":
         body = TOKEN + "\n"
     else:
