@@ -82,10 +82,11 @@ type decayTrigger struct {
 	// fruitless counts those reforks, and stopped is set once they reach MaxFruitless.
 	raises, fruitless int
 	stopped           bool
-	// fired: the trigger started the last refork, at firedSum, waiting for the growth firedGrowth;
-	// the next baseline judges it.
+	// fired: the trigger started the last refork, at firedSum of firedN workers, waiting for the
+	// growth firedGrowth; the next baseline judges it.
 	fired       bool
 	firedSum    uint64
+	firedN      int
 	firedGrowth uint64
 }
 
@@ -136,11 +137,19 @@ func (p *DecayPolicy) threshold(baseline uint64, n, raises int) uint64 {
 }
 
 // decayCounted sums the Private_Dirty of the workers the trigger watches in a sample: the current,
-// ready, forked workers of the desired slots. It reports false when one of them is not in it.
+// forked workers of the desired slots. It reports false unless every desired slot but the
+// template's has a ready worker, and each of those forked is in the sample: a slot that respawns
+// would lower the sum without a refork.
 func (m *Machine) decayCounted(at time.Time) (sum uint64, n int, ok bool) {
 	for _, s := range m.slots[:min(m.desired, len(m.slots))] {
 		w := s.worker
-		if s.index == 0 || w == nil || w.state != Ready || !w.forked() {
+		if s.index == 0 {
+			continue
+		}
+		if w == nil || w.state != Ready || s.next != nil {
+			return 0, 0, false
+		}
+		if !w.forked() {
 			continue
 		}
 		if w.memory == nil || !w.memory.At.Equal(at) {
@@ -167,7 +176,7 @@ func (m *Machine) decaySampled(e MemorySampled) {
 	if !d.measured || n != d.n {
 		d.measured, d.baseline, d.n, d.over = true, sum, n, 0
 		if d.fired {
-			m.judgeDecayRefork(p, sum)
+			m.judgeDecayRefork(p, sum, n)
 		}
 		return
 	}
@@ -186,16 +195,19 @@ func (m *Machine) decaySampled(e MemorySampled) {
 	m.log(slog.LevelInfo, fmt.Sprintf("the forked workers' private memory grew from %s to %s (refork_on_decay, threshold %s): automatic refork to generation %d",
 		mib(d.baseline), mib(sum), mib(threshold), m.generation+1), slog.String("event", "refork-start"),
 		slog.Int("generation", m.generation+1), slog.String("trigger", TriggerMemory))
-	d.fired, d.firedSum, d.firedGrowth = true, sum, threshold-d.baseline
+	d.fired, d.firedSum, d.firedN, d.firedGrowth = true, sum, n, threshold-d.baseline
 	m.opSeq++
 	m.startRollout(&op{kind: KindRefork, seq: m.opSeq, automatic: true, trigger: TriggerMemory})
 }
 
-// judgeDecayRefork compares the baseline after a refork the trigger started with the sum that
-// fired it.
-func (m *Machine) judgeDecayRefork(p *DecayPolicy, after uint64) {
+// judgeDecayRefork compares the baseline after a refork the trigger started, the sum of n
+// workers, with the sum that fired it, per worker (a scale may have changed their number).
+func (m *Machine) judgeDecayRefork(p *DecayPolicy, after uint64, n int) {
 	d := &m.decay
 	d.fired = false
+	if n != d.firedN {
+		after = after * uint64(d.firedN) / uint64(n)
+	}
 	wonBack := d.firedSum - min(after, d.firedSum)
 	j := DecayJudged{Before: d.firedSum, After: after, Fruitful: 2*wonBack >= d.firedGrowth}
 	if j.Fruitful {
