@@ -86,3 +86,73 @@ fork_worker {
 	assert.Regexp(t, `refork on decay: +\d+\.\d\dx: .* private in 2 forked workers, baseline .*, refork at `, out)
 	assert.Contains(t, out, "PRIVATE")
 }
+
+// waitRecycled sends GETs of path until a worker of f other than the template has been replaced
+// by a forked one for reason (in the log), and returns the status then. No request fails
+// meanwhile: the replacement is ready before the old worker drains.
+func waitRecycled(t *testing.T, f *forkd, path, reason string) control.Status {
+	t.Helper()
+	url := "http://" + f.addr()
+	client := &http.Client{Timeout: 10 * time.Second}
+	before := f.status()
+	end := time.Now().Add(deadline)
+	for !strings.Contains(f.output.String(), reason) {
+		require.True(t, time.Now().Before(end), "no worker recycled for %q; status %+v", reason, f.status().WorkerList)
+		resp, err := client.Get(url + path)
+		require.NoError(t, err, "a request failed while forkd recycles workers")
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+	return f.waitFor("the recycled worker's replacement serving", func(st control.Status) bool {
+		if st.Ready != len(before.WorkerList) || len(st.WorkerList) != len(before.WorkerList) {
+			return false
+		}
+		for i, w := range st.WorkerList[1:] {
+			if w.PID != before.WorkerList[i+1].PID && w.Forked {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestRecycleByRequestsAndByPrivateMemory: a worker is recycled after max_requests, and after its
+// private memory passes max_private (the app writes its copy-on-write ballast on GET /dirty), each
+// replaced by a worker forked from the template (the template itself, which serves too, by an
+// exec'd worker 0 that becomes the template), without a failed request.
+func TestRecycleByRequestsAndByPrivateMemory(t *testing.T) {
+	t.Parallel()
+	f := startPython(t, options{config: pythonApp(t, 2, nil, `
+fork_worker {
+  refork_after = []
+}
+recycle {
+  max_requests = 40
+  min_lifetime = "1s"
+}
+`)})
+	f.waitReady(2)
+	after := waitRecycled(t, f, "/", "recycling worker 1: it served")
+	assertForkTree(t, f, after)
+	assert.Equal(t, 1, after.Generation, "recycling is not a rollout")
+	assert.Regexp(t, `recycling worker 1: it served \d+ requests \(max_requests 40 with its jitter\); its replacement starts first`, f.output.String())
+
+	g := startPython(t, options{config: pythonApp(t, 2, map[string]string{"TESTAPP_ALLOC_MB": "64"}, `
+memory {
+  sample_interval = "1s"
+}
+fork_worker {
+  refork_after = []
+}
+recycle {
+  max_private = "32M"
+}
+`)})
+	g.waitReady(2)
+	st := waitRecycled(t, g, "/dirty?mb=4", "recycling worker 1: its private memory is")
+	for _, w := range st.WorkerList {
+		if w.Index == 1 && w.Memory != nil {
+			assert.Less(t, w.Memory.PrivateDirty, uint64(32<<20), "the new worker 1 shares the template's memory again")
+		}
+	}
+}

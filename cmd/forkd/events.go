@@ -167,6 +167,8 @@ var exitReasons = map[cluster.ExitReason]string{
 	cluster.ExitShutdownTimeout:  control.ExitShutdownTimeout,
 	cluster.ExitWatchdogTrigger:  control.ExitWatchdog,
 	cluster.ExitOOM:              control.ExitOOM,
+	cluster.ExitMaxRequests:      control.ExitMaxRequests,
+	cluster.ExitMemoryLimit:      control.ExitMemoryLimit,
 }
 
 func exitReason(r cluster.ExitReason) string {

@@ -218,8 +218,11 @@ func (o *observability) Close() {
 // The reasons the families have no label of their own for (a kill after timeouts.shutdown, or for
 // WATCHDOG=trigger) count as other.
 func metricsExitReason(r cluster.ExitReason) string {
-	if r == cluster.ExitRecycled {
-		return metrics.ExitStopped
+	switch r {
+	case cluster.ExitRecycled, cluster.ExitMaxRequests:
+		return metrics.ExitStopped // planned: the worker was replaced as it should be
+	case cluster.ExitMemoryLimit:
+		return metrics.ExitMemoryLimit
 	}
 	return exitReason(r)
 }

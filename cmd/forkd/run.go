@@ -289,6 +289,8 @@ func generation(cfg *config.Config) supervisor.Generation {
 		MaxSurge:         cfg.Rollout.MaxSurge,
 		MaxUnavailable:   cfg.Rollout.MaxUnavailable,
 		WatchdogMinReady: cfg.Systemd.WatchdogMinReady,
+		Recycle: cluster.RecyclePolicy{MaxRequests: uint64(cfg.Recycle.MaxRequests), MaxRequestsJitter: uint64(cfg.Recycle.MaxRequestsJitter),
+			MaxPrivate: cfg.Recycle.MaxPrivate, MinLifetime: cfg.Recycle.MinLifetime},
 		Hooks: cluster.Hooks{BeforeReload: cfg.Hooks.BeforeReload, AfterReload: cfg.Hooks.AfterReload,
 			BeforeRestart: cfg.Hooks.BeforeRestart, OnWorkerCrash: cfg.Hooks.OnWorkerCrash, Timeout: cfg.Hooks.Timeout},
 	}

@@ -36,6 +36,9 @@ type Config struct {
 	// memory has grown (decay.go); it needs MemorySampled events.
 	ReforkOnDecay *DecayPolicy
 
+	// Recycle replaces workers that served too many requests or hold too much private memory.
+	Recycle RecyclePolicy
+
 	// MaxSurge and MaxUnavailable shape rollouts: at most MaxSurge workers above the desired count,
 	// at most MaxUnavailable of the desired workers stopped before their replacement is ready.
 	MaxSurge, MaxUnavailable int
@@ -109,6 +112,9 @@ func (c *Config) validate() error {
 	}
 	if c.WatchdogMinReady < 0 || c.Hooks.Timeout < 0 {
 		return errors.New("cluster: WatchdogMinReady and the hooks' Timeout must not be negative")
+	}
+	if err := c.Recycle.validate(); err != nil {
+		return err
 	}
 	if p := c.ReforkOnDecay; p != nil {
 		if err := p.validate(); err != nil {

@@ -231,7 +231,9 @@ func (m *Machine) remove(w *worker, how string) {
 	m.record(WorkerExited{Slot: w.slot, Generation: w.generation, PID: w.pid, Reason: reason, Status: how})
 	s, current, replacement := m.forget(w)
 	if replacement {
-		if !w.expected {
+		if m.rollout == nil {
+			m.recycleFailed(s, how)
+		} else if !w.expected {
 			m.rolloutFailed(fmt.Sprintf("worker %d of generation %d did not become ready: %s", w.slot, w.generation, how))
 		}
 		return
@@ -255,6 +257,16 @@ func (m *Machine) remove(w *worker, how string) {
 	}
 	if m.rollout != nil && m.rollout.slotExited(s) {
 		return // its replacement is on the way
+	}
+	if w := s.next; m.rollout == nil && w != nil {
+		// Its recycling replacement is on the way: the slot's worker now, unless a crash series
+		// holds the slot back for a backoff, which the replacement must wait out too.
+		if !s.crashed || m.backoff(s.failures) == 0 {
+			s.worker, s.next = w, nil
+			return
+		}
+		s.next = nil
+		m.dismiss(w, "its slot is crash-looping")
 	}
 	m.respawn(s)
 }

@@ -123,6 +123,23 @@ func TestScripts(t *testing.T) {
 						}
 					case "watchdog-min-ready":
 						cfg.WatchdogMinReady = atoi(t, v)
+					case "recycle":
+						// recycle=(requests=N,jitter=N,private=MiB,lifetime=D)
+						for _, kv := range a.Vals {
+							k, v, _ := strings.Cut(kv, "=")
+							switch p := &cfg.Recycle; k {
+							case "requests":
+								p.MaxRequests = uint64(atoi(t, v))
+							case "jitter":
+								p.MaxRequestsJitter = uint64(atoi(t, v))
+							case "private":
+								p.MaxPrivate = uint64(atoi(t, v)) << 20
+							case "lifetime":
+								p.MinLifetime = duration(t, v)
+							default:
+								t.Fatalf("new: unknown recycle setting %s", k)
+							}
+						}
 					case "decay":
 						// refork_on_decay: growth=MiB, ratio=R, interval=D, confirm=N, fruitless=N.
 						cfg.ReforkOnDecay = &DecayPolicy{MinInterval: time.Minute}
@@ -364,6 +381,8 @@ func formatActions(actions []Action) string {
 				if r.Trigger == TriggerMemory {
 					fmt.Fprintf(&b, "%s started gen=%d trigger=%s\n", r.Kind, r.Generation, r.Trigger)
 				}
+			case WorkerRecycling:
+				fmt.Fprintf(&b, "recycling worker=%d pid=%d reason=%s\n", r.Slot, r.PID, r.Reason)
 			case DecayJudged:
 				fmt.Fprintf(&b, "decay judged before=%s after=%s fruitful=%v stopped=%v\n", mib(r.Before), mib(r.After), r.Fruitful, r.Stopped)
 			}

@@ -120,6 +120,7 @@ func (m *Machine) dispatch() {
 			return
 		}
 		m.ops = m.ops[1:]
+		m.cancelRecycling(fmt.Sprintf("recycling gives way to the %s", o.kind))
 		switch {
 		case o.kind == KindRefork:
 			if err := m.reforkRefusal(); err != nil {

@@ -60,6 +60,7 @@ type rollout struct {
 func (m *Machine) startRollout(o *op) {
 	r := &rollout{kind: o.kind, op: o, from: m.generation, to: m.generation + 1, early: map[int]bool{},
 		draining: map[WorkerID]bool{}, startedAt: m.now}
+	m.cancelRecycling(fmt.Sprintf("recycling gives way to the %s", o.kind))
 	m.record(RolloutStarted{Kind: o.kind, Generation: r.to, Automatic: o.automatic, Trigger: o.trigger})
 	m.decayRolloutStarted(o)
 	switch o.kind {
@@ -252,7 +253,7 @@ func (m *Machine) promote(s *slot) {
 		m.workerZeroReady(w) // the new template first, so stopping the old one fails nothing
 	}
 	r := m.rollout
-	if old != nil {
+	if old != nil && !m.recycledReplaced(s, old) {
 		m.dismiss(old, fmt.Sprintf("replaced by generation %d", w.generation))
 		if r != nil {
 			r.stopped(m, old)

@@ -105,6 +105,10 @@ func (m *Machine) resize(n int) int {
 		if w := s.worker; w != nil {
 			m.dismiss(w, "scaled down")
 		}
+		if w := s.next; w != nil && m.rollout == nil {
+			s.next = nil // a recycling replacement: detached, it drains on its own
+			m.dismiss(w, "scaled down")
+		}
 	}
 	if n != prev {
 		m.log(slog.LevelInfo, fmt.Sprintf("scaling from %d to %d workers", prev, n), slog.String("event", "scale"),
@@ -134,6 +138,7 @@ func (m *Machine) settle() {
 		if m.rollout != nil {
 			m.rollout.advance(m)
 		}
+		m.maybeRecycle()
 	}
 	// forkd never exits while a process it started still runs.
 	if m.phase == PhaseStopping && len(m.workers) == 0 && len(m.strays) == 0 {

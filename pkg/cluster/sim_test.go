@@ -29,7 +29,7 @@ func TestSimulation(t *testing.T) {
 		runSimulation(t, *simSeed)
 		return
 	}
-	simDecay = simDecayCounts{}
+	simDecay, simRecycled = simDecayCounts{}, 0
 	for i := range *simRuns {
 		seed := uint64(i + 1)
 		if !t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runSimulation(t, seed) }) {
@@ -40,6 +40,10 @@ func TestSimulation(t *testing.T) {
 	t.Logf("refork_on_decay: %d reforks started, %d judged fruitless, %d stops", simDecay.reforks, simDecay.fruitless, simDecay.stops)
 	if *simRuns >= 100 && (simDecay.reforks == 0 || simDecay.fruitless == 0 || simDecay.stops == 0) {
 		t.Fatalf("the simulation hardly exercises refork_on_decay: %+v", simDecay)
+	}
+	t.Logf("recycling: %d workers", simRecycled)
+	if *simRuns >= 100 && simRecycled == 0 {
+		t.Fatal("the simulation never recycles a worker")
 	}
 }
 
@@ -126,6 +130,8 @@ type simulation struct {
 	futile           bool
 	decayReforks     int
 	lastRolloutStart time.Time
+	// spawnedAt is when each worker's SpawnWorker was carried out.
+	spawnedAt map[WorkerID]time.Time
 }
 
 func runSimulation(t *testing.T, seed uint64) {
@@ -166,6 +172,16 @@ func runSimulation(t *testing.T, seed uint64) {
 			cfg.ReforkOnDecay = p
 		}
 	}
+	if rng.IntN(3) == 0 {
+		cfg.Recycle = RecyclePolicy{MinLifetime: time.Duration(rng.IntN(10)) * time.Second}
+		if rng.IntN(3) > 0 {
+			cfg.Recycle.MaxRequests = uint64(20 + rng.IntN(200))
+			cfg.Recycle.MaxRequestsJitter = uint64(rng.IntN(50))
+		}
+		if cfg.Recycle.MaxRequests == 0 || rng.IntN(2) == 0 {
+			cfg.Recycle.MaxPrivate = uint64(10+rng.IntN(60)) << 20
+		}
+	}
 	cfg.Spec = 1
 	m, err := NewMachine(cfg)
 	if err != nil {
@@ -185,6 +201,7 @@ func runSimulation(t *testing.T, seed uint64) {
 		requests:         make(map[RequestID]bool),
 		lastPID:          1000,
 		lastRolloutStart: epoch,
+		spawnedAt:        map[WorkerID]time.Time{},
 	}
 	defer func() {
 		if t.Failed() {
@@ -261,7 +278,7 @@ func (s *simulation) randomProc() *proc {
 }
 
 func (s *simulation) randomEvent() {
-	if s.cfg.ReforkOnDecay != nil && s.rng.IntN(6) > 0 {
+	if (s.cfg.ReforkOnDecay != nil || s.cfg.Recycle.MaxPrivate > 0) && s.rng.IntN(6) > 0 {
 		// Memory decays over calmer histories: time passes, and the sampler reads the workers.
 		s.advance(s.nextEventTime(time.Duration(s.rng.IntN(4000)) * time.Millisecond))
 		s.sampleMemory()
@@ -668,7 +685,7 @@ func (s *simulation) step(ev Event) {
 func (s *simulation) newProc(w WorkerID, slot int, channel bool) *proc {
 	s.lastPID++
 	p := &proc{pid: s.lastPID, worker: w, slot: slot, channel: channel, canFork: s.rng.IntN(5) > 0}
-	if s.cfg.ReforkOnDecay != nil {
+	if s.cfg.ReforkOnDecay != nil || s.cfg.Recycle.MaxPrivate > 0 {
 		// A new worker has written little yet, unless reforks are futile in this world.
 		p.private = uint64(s.rng.IntN(4)) << 20
 		if s.futile {
@@ -716,6 +733,7 @@ func (s *simulation) apply(a Action) {
 	s.trace = append(s.trace, fmt.Sprintf("    -> %T%+v", a, a))
 	switch a := a.(type) {
 	case SpawnWorker:
+		s.spawnedAt[a.Worker] = s.now
 		// Only a slot's own respawn waits out its backoff; a rollout's replacement does not (and
 		// may be detached again within the same step, if the rollout failed).
 		current := false
@@ -956,6 +974,9 @@ func (s *simulation) expectedBackoff(crashes int) time.Duration {
 // min_interval (counted from the start of the rollout before it, of any kind), and, where reforks
 // win nothing back, no more than MaxFruitless of them until new code rolls out.
 func (s *simulation) recorded(h Happening) {
+	if r, ok := h.(WorkerRecycling); ok {
+		s.checkRecycling(r)
+	}
 	if j, ok := h.(DecayJudged); ok {
 		simDecay.fruitless += btoi(!j.Fruitful)
 		simDecay.stops += btoi(j.Stopped)
@@ -979,6 +1000,35 @@ func (s *simulation) recorded(h Happening) {
 	}
 	s.lastRolloutStart = s.now
 }
+
+// checkRecycling checks a decision to recycle a worker against the policy: old enough, and past
+// its limit.
+func (s *simulation) checkRecycling(r WorkerRecycling) {
+	p := s.cfg.Recycle
+	simRecycled++
+	w := s.m.byPID[r.PID]
+	if w == nil {
+		s.t.Fatalf("recycling pid %d, which is no worker", r.PID)
+	}
+	if age := s.now.Sub(s.spawnedAt[w.id]); age < p.MinLifetime {
+		s.t.Fatalf("worker %d recycled %s after its spawn, min_lifetime %s", w.id, age, p.MinLifetime)
+	}
+	switch r.Reason {
+	case ExitMaxRequests:
+		if p.MaxRequests == 0 || r.Requests < p.MaxRequests || r.Requests > p.MaxRequests+p.MaxRequestsJitter && r.Requests < p.requestLimit(w) {
+			s.t.Fatalf("worker %d recycled at %d requests, max_requests %d jitter %d", w.id, r.Requests, p.MaxRequests, p.MaxRequestsJitter)
+		}
+	case ExitMemoryLimit:
+		if p.MaxPrivate == 0 || r.PrivateDirty <= p.MaxPrivate {
+			s.t.Fatalf("worker %d recycled at %d bytes private, max_private %d", w.id, r.PrivateDirty, p.MaxPrivate)
+		}
+	default:
+		s.t.Fatalf("recycling for %q", r.Reason)
+	}
+}
+
+// simRecycled counts the workers recycled over all the runs.
+var simRecycled int
 
 func (s *simulation) checkInvariants() {
 	t, m := s.t, s.m

@@ -106,6 +106,11 @@ func (m *Machine) Export(now time.Time) (State, error) {
 	if m.phase != PhaseRunning && m.phase != PhaseStarting {
 		return State{}, fmt.Errorf("%w: the cluster is %s", ErrNotQuiet, m.phase)
 	}
+	for _, s := range m.slots {
+		if s.next != nil {
+			return State{}, fmt.Errorf("%w: worker %d is being recycled", ErrNotQuiet, s.index)
+		}
+	}
 	ago := func(t time.Time) time.Duration {
 		if t.IsZero() {
 			return -1

@@ -72,6 +72,8 @@ type worker struct {
 	reforkBase uint64
 	// memory is the worker's memory at the last sample that read it; nil before.
 	memory *MemoryFigures
+	// recycled is why forkd recycles the worker (recycle.go), once it decided to; "" before.
+	recycled ExitReason
 }
 
 // servedSinceRefork is how many requests w served since the last refork, or since it started.
@@ -107,6 +109,10 @@ type slot struct {
 	crashed    bool
 	// retiring slots are beyond the desired worker count: their worker drains and none replaces it.
 	retiring bool
+	// recycleFailures counts the recycling replacements in a row that did not become ready, and
+	// recycleAfter is when the slot's worker may be recycled again after one.
+	recycleFailures int
+	recycleAfter    time.Time
 }
 
 // inBackoff reports whether the slot waits to respawn after consecutive crashes.

@@ -116,6 +116,7 @@ type Config struct {
 	// exec mode.
 	ForkWorker *ForkWorker
 	Rollout    Rollout
+	Recycle    Recycle
 	Hooks      Hooks
 	Systemd    Systemd
 	Notify     Notify
@@ -213,6 +214,17 @@ type Systemd struct {
 	// while at least this many workers are ready, so that systemd restarts a cluster that stays
 	// down; 0 (the default) pings while the master's loop runs, whatever the workers do.
 	WatchdogMinReady int
+}
+
+// Recycle replaces a worker gracefully (its replacement first, within rollout.max_surge) once it
+// has served MaxRequests (plus a jitter of its own in 0..MaxRequestsJitter) or its private memory
+// (Private_Dirty, never RSS) has passed MaxPrivate, but not before MinLifetime. Zero values turn
+// each off; the zero Recycle (the default) recycles nothing.
+type Recycle struct {
+	MaxRequests       int
+	MaxRequestsJitter int
+	MaxPrivate        uint64
+	MinLifetime       time.Duration
 }
 
 // Rollout shapes reforks and phased restarts as rolling updates.

@@ -33,6 +33,7 @@ type fileConfig struct {
 	Restart    *fileRestart    `hcl:"restart,block"`
 	ForkWorker *fileForkWorker `hcl:"fork_worker,block"`
 	Rollout    *fileRollout    `hcl:"rollout,block"`
+	Recycle    *fileRecycle    `hcl:"recycle,block"`
 	Hooks      *fileHooks      `hcl:"hooks,block"`
 	Systemd    *fileSystemd    `hcl:"systemd,block"`
 	Notify     *fileNotify     `hcl:"notify,block"`
@@ -83,6 +84,13 @@ type fileReforkOnDecay struct {
 type fileRollout struct {
 	MaxSurge       *hcl.Attribute `hcl:"max_surge,optional"`
 	MaxUnavailable *hcl.Attribute `hcl:"max_unavailable,optional"`
+}
+
+type fileRecycle struct {
+	MaxRequests       *hcl.Attribute `hcl:"max_requests,optional"`
+	MaxRequestsJitter *hcl.Attribute `hcl:"max_requests_jitter,optional"`
+	MaxPrivate        *hcl.Attribute `hcl:"max_private,optional"`
+	MinLifetime       *hcl.Attribute `hcl:"min_lifetime,optional"`
 }
 
 type fileHooks struct {
@@ -185,6 +193,12 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 	if r := fc.Rollout; r != nil {
 		b.decodeValue(r.MaxSurge, "rollout.max_surge", &c.Rollout.MaxSurge, &s.maxSurge)
 		b.decodeValue(r.MaxUnavailable, "rollout.max_unavailable", &c.Rollout.MaxUnavailable, &s.maxUnavailable)
+	}
+	if r := fc.Recycle; r != nil {
+		b.decodeValue(r.MaxRequests, "recycle.max_requests", &c.Recycle.MaxRequests, &s.maxRequests)
+		b.decodeValue(r.MaxRequestsJitter, "recycle.max_requests_jitter", &c.Recycle.MaxRequestsJitter, &s.maxRequestsJitter)
+		b.decodeSize(r.MaxPrivate, "recycle.max_private", &c.Recycle.MaxPrivate, &s.maxPrivate)
+		b.decodeDuration(r.MinLifetime, "recycle.min_lifetime", &c.Recycle.MinLifetime, &s.minLifetime)
 	}
 	if h := fc.Hooks; h != nil {
 		b.decodeValue(h.BeforeReload, "hooks.before_reload", &c.Hooks.BeforeReload, &s.beforeReload)

@@ -355,6 +355,17 @@ func TestReforkOnDecay(t *testing.T) {
 	assert.Nil(t, cfg.ForkWorker.ReforkOnDecay, "off without the block")
 }
 
+func TestRecycle(t *testing.T) {
+	sandbox(t)
+	cfg, err := Parse([]byte("command = [\"server\"]\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, Recycle{}, cfg.Recycle, "recycles nothing by default")
+	cfg, err = Parse([]byte("command = [\"server\"]\nrecycle {\n  max_requests = 10000\n  max_requests_jitter = 500\n"+
+		"  max_private = \"512M\"\n  min_lifetime = \"1m\"\n}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, Recycle{MaxRequests: 10000, MaxRequestsJitter: 500, MaxPrivate: 512 << 20, MinLifetime: time.Minute}, cfg.Recycle)
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]uint64{
 		"1048576": 1 << 20, "512K": 512 << 10, "512k": 512 << 10, "256M": 256 << 20, "256MiB": 256 << 20,

@@ -54,6 +54,8 @@ type sources struct {
 	decayGrowth, decayRatio            origin
 	decayInterval, decayFruitless      origin
 	maxSurge, maxUnavailable           origin
+	maxRequests, maxRequestsJitter     origin
+	maxPrivate, minLifetime            origin
 	beforeReload, afterReload          origin
 	beforeRestart, onWorkerCrash       origin
 	hookTimeout                        origin
@@ -85,6 +87,8 @@ func defaultSources(quick bool) sources {
 		decayGrowth: at("fork_worker.refork_on_decay.private_growth"), decayRatio: at("fork_worker.refork_on_decay.ratio"),
 		decayInterval: at("fork_worker.refork_on_decay.min_interval"), decayFruitless: at("fork_worker.refork_on_decay.max_fruitless"),
 		maxSurge: at("rollout.max_surge"), maxUnavailable: at("rollout.max_unavailable"),
+		maxRequests: at("recycle.max_requests"), maxRequestsJitter: at("recycle.max_requests_jitter"),
+		maxPrivate: at("recycle.max_private"), minLifetime: at("recycle.min_lifetime"),
 		beforeReload: at("hooks.before_reload"), afterReload: at("hooks.after_reload"),
 		beforeRestart: at("hooks.before_restart"), onWorkerCrash: at("hooks.on_worker_crash"),
 		hookTimeout:    at("hooks.timeout"),
@@ -189,6 +193,8 @@ func (b *builder) validate() {
 		}
 		b.report(o, "rollout.max_surge and rollout.max_unavailable cannot both be 0: a rollout could never replace a worker")
 	}
+
+	b.validateRecycle()
 
 	for _, h := range []struct {
 		argv []string
@@ -570,5 +576,25 @@ func (b *builder) validateReforkOnDecay(p *ReforkOnDecay) {
 	}
 	if p.MaxFruitless < 1 {
 		b.report(s.decayFruitless, "must be at least 1, not %d", p.MaxFruitless)
+	}
+}
+
+// validateRecycle checks the recycle block.
+func (b *builder) validateRecycle() {
+	r, s := b.cfg.Recycle, &b.src
+	if r.MaxRequests < 0 {
+		b.report(s.maxRequests, "must not be negative, not %d (0 never recycles for requests)", r.MaxRequests)
+	}
+	if r.MaxRequestsJitter < 0 {
+		b.report(s.maxRequestsJitter, "must not be negative, not %d", r.MaxRequestsJitter)
+	}
+	if r.MaxRequestsJitter > 0 && r.MaxRequests == 0 && !s.maxRequests.failed {
+		b.report(s.maxRequestsJitter, "has no meaning without recycle.max_requests")
+	}
+	if r.MaxPrivate != 0 && r.MaxPrivate < 1<<20 {
+		b.report(s.maxPrivate, "%d bytes is less than a worker can run in: give at least 1M (0 never recycles for memory)", r.MaxPrivate)
+	}
+	if r.MinLifetime < 0 {
+		b.report(s.minLifetime, "must not be negative, not %s", r.MinLifetime)
 	}
 }

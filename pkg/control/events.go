@@ -77,6 +77,10 @@ const (
 	ExitWatchdog = "watchdog"
 	// ExitOOM: the kernel's OOM killer killed a worker in its cgroup (cgroups.memory_max).
 	ExitOOM = "oom"
+	// ExitMaxRequests and ExitMemoryLimit: forkd recycled the worker (recycle.max_requests,
+	// recycle.max_private): its replacement was ready first, then it drained.
+	ExitMaxRequests = "max_requests"
+	ExitMemoryLimit = "memory_limit"
 )
 
 // How a worker process was started, in Event.Path.
