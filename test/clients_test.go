@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -35,7 +36,7 @@ type nodeClient struct {
 	t     *testing.T
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
-	out   *lockedBuffer
+	out   *proctest.Output
 }
 
 func requireNode(t *testing.T) string {
@@ -52,7 +53,7 @@ func requireNode(t *testing.T) string {
 func nodeRequests(t *testing.T, url string, connections, requests int) nodeResult {
 	t.Helper()
 	cmd := exec.Command(requireNode(t), "clients/keepalive.js", url, strconv.Itoa(connections), strconv.Itoa(requests))
-	var stderr lockedBuffer
+	var stderr proctest.Output
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	require.NoError(t, err, "%s%s", out, stderr.String())
@@ -64,7 +65,7 @@ func nodeRequests(t *testing.T, url string, connections, requests int) nodeResul
 // startNode runs Node's keep-alive client against url with connections connections until stop.
 func startNode(t *testing.T, url string, connections int) *nodeClient {
 	t.Helper()
-	c := &nodeClient{t: t, out: &lockedBuffer{}}
+	c := &nodeClient{t: t, out: &proctest.Output{}}
 	c.cmd = exec.Command(requireNode(t), "clients/keepalive.js", url, strconv.Itoa(connections))
 	c.cmd.Stdout = c.out
 	c.cmd.Stderr = c.out

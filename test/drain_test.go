@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/forkd/forkd/pkg/control"
 )
 
@@ -37,7 +38,7 @@ func startWrk(t *testing.T, url string, connections int, flags ...string) func()
 	if err != nil {
 		t.Skip("wrk is not installed (apt-get install wrk; .ci/run installs it)")
 	}
-	out := &lockedBuffer{}
+	out := &proctest.Output{}
 	cmd := exec.Command(path, append(append([]string{"-t2", "-c" + strconv.Itoa(connections), "-d10m"}, flags...), url)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/forkd/forkd/pkg/control"
 )
 
@@ -22,14 +23,14 @@ type eventsFollower struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr *lockedBuffer
+	stderr *proctest.Output
 }
 
 // followEvents starts `forkctl events` with args against f.
 func (f *forkd) followEvents(args ...string) *eventsFollower {
 	f.t.Helper()
 	cmd := exec.Command(filepath.Join(bin, "forkctl"), append([]string{"--socket", f.socket, "events"}, args...)...)
-	e := &eventsFollower{t: f.t, cmd: cmd, lines: make(chan string, 10000), stderr: &lockedBuffer{}}
+	e := &eventsFollower{t: f.t, cmd: cmd, lines: make(chan string, 10000), stderr: &proctest.Output{}}
 	cmd.Stderr = e.stderr
 	out, err := cmd.StdoutPipe()
 	require.NoError(f.t, err)

@@ -3,7 +3,6 @@
 package test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -14,11 +13,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/forkd/forkd/pkg/control"
 	"github.com/forkd/forkd/pkg/notify"
 )
@@ -61,31 +60,13 @@ func TestMain(m *testing.M) {
 // and a passing test never waits for it.
 const deadline = 60 * time.Second
 
-// lockedBuffer collects a process's output for assertions and failure reports.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // forkd is one master under test.
 type forkd struct {
 	t      *testing.T
 	dir    string
 	socket string
 	cmd    *exec.Cmd
-	output *lockedBuffer
+	output *proctest.Output
 	done   chan struct{}
 	err    error // Wait's result, valid after done is closed
 	client *control.Client
@@ -151,7 +132,7 @@ func startForkd(t *testing.T, o options) *forkd {
 			t.Fatal(err)
 		}
 	}
-	f := &forkd{t: t, dir: dir, socket: filepath.Join(dir, "control.sock"), output: &lockedBuffer{},
+	f := &forkd{t: t, dir: dir, socket: filepath.Join(dir, "control.sock"), output: &proctest.Output{},
 		done: make(chan struct{}), seen: map[int]bool{}}
 	cfg := o.config
 	if !strings.Contains(cfg, "control {") {
@@ -254,7 +235,7 @@ func startQuickMode(t *testing.T, dir, socket string, args ...string) *forkd {
 // socket is its control socket.
 func startCommand(t *testing.T, cmd *exec.Cmd, dir, socket string) *forkd {
 	t.Helper()
-	out := &lockedBuffer{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = diesWithTheTest()

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/forkd/forkd/pkg/control"
 )
 
@@ -376,7 +377,7 @@ func TestMasterSurvivesWorkersReachingTheProcessLimit(t *testing.T) {
 	t.Parallel()
 	requireProgram(t, "prlimit", "setpriv")
 	cmd, socket := asUserWithProcessLimit(t, 64102, 17, 4)
-	out := &lockedBuffer{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)

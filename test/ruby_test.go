@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/forkd/forkd/pkg/control"
 )
 
@@ -445,7 +446,7 @@ func TestRubySDKUnitTests(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ruby", "-I../sdk/ruby/lib", "-I../sdk/ruby/test", "../sdk/ruby/test/run.rb")
 	cmd.Env = append(os.Environ(), "FORKD_TEST_DEADLINE=150")
-	var buf lockedBuffer
+	var buf proctest.Output
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	start := time.Now()
 	err := cmd.Run()

@@ -9,7 +9,6 @@
 package promtest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -18,11 +17,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/prometheus/client_golang/api"
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
@@ -52,7 +51,7 @@ type Server struct {
 
 	cmd    *exec.Cmd
 	exited chan struct{}
-	logs   *lockedBuffer
+	logs   *proctest.Output
 }
 
 // Start starts Prometheus scraping targets, waits until it is ready, and stops it when the test
@@ -108,7 +107,7 @@ func start(bin, config, data string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{URL: "http://" + addr, exited: make(chan struct{}), logs: &lockedBuffer{}}
+	s := &Server{URL: "http://" + addr, exited: make(chan struct{}), logs: &proctest.Output{}}
 	s.cmd = exec.Command(bin,
 		"--config.file="+config,
 		"--storage.tsdb.path="+data,
@@ -218,21 +217,3 @@ func Equals(want float64) func(model.Vector) bool {
 
 // Present accepts a vector of at least one sample.
 func Present(v model.Vector) bool { return len(v) > 0 }
-
-// lockedBuffer collects the server's output from its two pipes' goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}

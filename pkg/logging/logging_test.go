@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/journal"
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -226,7 +227,7 @@ func TestJournalHandlerFallsBackToStderr(t *testing.T) {
 // TestJournalHandlerConcurrent is for the race detector: derived handlers share the fallback note.
 func TestJournalHandlerConcurrent(t *testing.T) {
 	j := &fakeJournal{err: errors.New("down")}
-	var stderr lockedBuffer
+	var stderr proctest.Output
 	logger := slog.New(newJournalHandler(j.send, "forkd", slog.LevelInfo, &stderr))
 	var wg sync.WaitGroup
 	for i := range 8 {
@@ -241,23 +242,6 @@ func TestJournalHandlerConcurrent(t *testing.T) {
 	out := stderr.String()
 	assert.Equal(t, 1, strings.Count(out, "cannot send to journald"))
 	assert.Equal(t, 8*50, strings.Count(out, "msg=tick"))
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // journalStreamOf returns the JOURNAL_STREAM value systemd would set if f were the journal stream.

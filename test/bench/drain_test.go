@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forkd/forkd/internal/proctest"
 )
 
 // Issue 10's figures, with wrk, which never retries (a connection closed before its answer is a
@@ -97,7 +99,7 @@ func startWrkRun(b *testing.B, url string, connections int) func() wrkRun {
 	if err != nil {
 		b.Skip("wrk is not installed: apt-get install -y wrk")
 	}
-	var out lockedOutput
+	var out proctest.Output
 	cmd := exec.Command(path, "-t2", "-c"+strconv.Itoa(connections), "-d10m", "--timeout", "10s", "--latency", url)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -119,23 +121,6 @@ func startWrkRun(b *testing.B, url string, connections int) func() wrkRun {
 		}
 		return r
 	}
-}
-
-type lockedOutput struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedOutput) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedOutput) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // A drainRunner is one kind of worker under BenchmarkDrain.
@@ -403,7 +388,7 @@ func startPlainGunicorn(b *testing.B, py string) (string, int) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	var out lockedOutput
+	var out proctest.Output
 	cmd := exec.Command(py, "-m", "gunicorn", "-w", strconv.Itoa(gunicornWorkers), "-k", "gthread",
 		"--threads", strconv.Itoa(gunicornThreads), "-b", addr, "app:app")
 	cmd.Dir = absPath(b, benchappDir)
