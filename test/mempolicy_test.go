@@ -156,3 +156,35 @@ recycle {
 		}
 	}
 }
+
+// TestReloadWarmsTheNewTemplateUp: with fork_worker.warm_up, a reload's new worker 0 serves alone
+// (beside the old worker 1) until it has served its requests; only then is worker 1 forked from
+// it.
+func TestReloadWarmsTheNewTemplateUp(t *testing.T) {
+	t.Parallel()
+	f := startPython(t, options{config: pythonApp(t, 2, nil, `
+fork_worker {
+  refork_after = []
+  warm_up {
+    requests = 20
+    max_wait = "120s"
+  }
+}
+`)})
+	before := f.waitReady(2)
+	out, code := f.forkctl("reload")
+	require.Equal(t, 0, code, out)
+	warming := f.waitFor("the new template warming up", func(st control.Status) bool {
+		return len(st.WorkerList) == 2 && st.WorkerList[0].Generation == 2 && st.WorkerList[0].Template
+	})
+	require.Equal(t, before.WorkerList[1].PID, warming.WorkerList[1].PID, "worker 1 is not forked before the warm-up")
+	assert.Contains(t, f.output.String(), "the new template warms up before the others are forked from it (20 requests, or 2m0s at most)")
+
+	url := "http://" + f.addr()
+	end := time.Now().Add(deadline)
+	for st := f.status(); st.Generation != 2 || st.Rollout != "" || st.WorkerList[1].Generation != 2; st = f.status() {
+		require.True(t, time.Now().Before(end), "worker 1 never forked from the warmed-up template; %+v", st.WorkerList)
+		get(t, url)
+	}
+	assert.Regexp(t, `the new template served (2\d|[3-9]\d|\d{3,}) requests while it warmed up: forking the others from it`, f.output.String())
+}

@@ -303,6 +303,9 @@ func generation(cfg *config.Config) supervisor.Generation {
 		machine.ForkWorker = true
 		machine.ForkTimeout = fw.Timeout
 		machine.ReforkAfter, machine.ReforkAfterRepeats = fw.ReforkAfter, fw.ReforkAfterRepeats
+		if w := fw.WarmUp; w != nil {
+			machine.WarmUp = cluster.WarmUp{Requests: uint64(w.Requests), MaxWait: w.MaxWait}
+		}
 		if p := fw.ReforkOnDecay; p != nil {
 			machine.ReforkOnDecay = &cluster.DecayPolicy{PrivateGrowth: p.PrivateGrowth, Ratio: p.Ratio, MinInterval: p.MinInterval,
 				Confirm: config.DecayConfirmSamples, MaxFruitless: p.MaxFruitless}

@@ -35,6 +35,9 @@ type Config struct {
 	// ReforkOnDecay, when set, also starts an automatic refork when the forked workers' private
 	// memory has grown (decay.go); it needs MemorySampled events.
 	ReforkOnDecay *DecayPolicy
+	// WarmUp holds a reload's (or a hot restart's) forks back until the new template has served
+	// a while (warm.go); zero: it forks at once.
+	WarmUp WarmUp
 
 	// Recycle replaces workers that served too many requests or hold too much private memory.
 	Recycle RecyclePolicy

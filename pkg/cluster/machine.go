@@ -245,6 +245,7 @@ func (m *Machine) NextDeadline() (time.Time, bool) {
 	}
 	if m.rollout != nil {
 		consider(m.rollout.deadline)
+		consider(m.rollout.warming.until)
 	}
 	for _, s := range m.strays {
 		consider(s.deadline)

@@ -123,6 +123,19 @@ func TestScripts(t *testing.T) {
 						}
 					case "watchdog-min-ready":
 						cfg.WatchdogMinReady = atoi(t, v)
+					case "warm-up":
+						// warm-up=(requests=N,max-wait=D)
+						for _, kv := range a.Vals {
+							k, v, _ := strings.Cut(kv, "=")
+							switch k {
+							case "requests":
+								cfg.WarmUp.Requests = uint64(atoi(t, v))
+							case "max-wait":
+								cfg.WarmUp.MaxWait = duration(t, v)
+							default:
+								t.Fatalf("new: unknown warm-up setting %s", k)
+							}
+						}
 					case "recycle":
 						// recycle=(requests=N,jitter=N,private=MiB,lifetime=D)
 						for _, kv := range a.Vals {

@@ -47,8 +47,9 @@ type rollout struct {
 	rolledBack bool
 	replaced   int
 	// zeroFirst: a reload in fork-worker mode replaces worker 0 alone first; the others are then
-	// forked from the new worker 0.
+	// forked from the new worker 0, once it has warmed up (warm.go) if warming.
 	zeroFirst bool
+	warming   warmUp
 	// prevCfg is the config to restore if a reload fails; workers is the reload's worker count,
 	// applied once it is done.
 	prevCfg *Config
@@ -92,6 +93,9 @@ func (r *rollout) stopped(m *Machine, w *worker) {
 func (r *rollout) advance(m *Machine) {
 	if r.failure != nil {
 		r.cancelReplacements(m)
+	}
+	if !r.warmedUp(m) {
+		return // the new template serves alone a while first; its replacements are not forked yet
 	}
 	if r.pause == pauseWanted && r.failure == nil {
 		m.emit(PauseTemplate{Worker: m.template.id})
@@ -271,6 +275,7 @@ func (m *Machine) promote(s *slot) {
 			r.zeroFirst = false
 			if m.template != nil {
 				r.pause = pauseWanted
+				r.startWarmUp(m)
 			}
 		}
 	}

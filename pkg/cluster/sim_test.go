@@ -29,7 +29,7 @@ func TestSimulation(t *testing.T) {
 		runSimulation(t, *simSeed)
 		return
 	}
-	simDecay, simRecycled = simDecayCounts{}, 0
+	simDecay, simRecycled, simWarmUps = simDecayCounts{}, 0, 0
 	for i := range *simRuns {
 		seed := uint64(i + 1)
 		if !t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runSimulation(t, seed) }) {
@@ -41,9 +41,9 @@ func TestSimulation(t *testing.T) {
 	if *simRuns >= 100 && (simDecay.reforks == 0 || simDecay.fruitless == 0 || simDecay.stops == 0) {
 		t.Fatalf("the simulation hardly exercises refork_on_decay: %+v", simDecay)
 	}
-	t.Logf("recycling: %d workers", simRecycled)
-	if *simRuns >= 100 && simRecycled == 0 {
-		t.Fatal("the simulation never recycles a worker")
+	t.Logf("recycling: %d workers; warm-ups of a new template: %d", simRecycled, simWarmUps)
+	if *simRuns >= 100 && (simRecycled == 0 || simWarmUps == 0) {
+		t.Fatal("the simulation never recycles a worker, or never warms a template up")
 	}
 }
 
@@ -160,6 +160,9 @@ func runSimulation(t *testing.T, seed uint64) {
 		if rng.IntN(2) == 0 {
 			cfg.ReforkAfter = []uint64{uint64(1 + rng.IntN(50)), uint64(1 + rng.IntN(100))}
 			cfg.ReforkAfterRepeats = rng.IntN(2) == 0
+		}
+		if rng.IntN(3) == 0 {
+			cfg.WarmUp = WarmUp{Requests: uint64(rng.IntN(30)), MaxWait: time.Duration(1+rng.IntN(10)) * time.Second}
 		}
 		if rng.IntN(2) == 0 {
 			p := &DecayPolicy{MinInterval: time.Duration(1+rng.IntN(30)) * time.Second, Confirm: rng.IntN(3), MaxFruitless: rng.IntN(4)}
@@ -883,6 +886,9 @@ func (s *simulation) apply(a Action) {
 	case Record:
 		s.recorded(a.What)
 	case Log:
+		if strings.Contains(a.Msg, "the new template warms up") {
+			simWarmUps++
+		}
 	default:
 		s.t.Fatalf("unknown action %T", a)
 	}
@@ -1027,8 +1033,9 @@ func (s *simulation) checkRecycling(r WorkerRecycling) {
 	}
 }
 
-// simRecycled counts the workers recycled over all the runs.
-var simRecycled int
+// simRecycled counts the workers recycled over all the runs, simWarmUps the warm-ups of new
+// templates.
+var simRecycled, simWarmUps int
 
 func (s *simulation) checkInvariants() {
 	t, m := s.t, s.m

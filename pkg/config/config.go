@@ -153,6 +153,19 @@ type ForkWorker struct {
 	// ReforkOnDecay, when set (a refork_on_decay block), also reforks when the forked workers'
 	// private memory has grown; nil (the default) does not.
 	ReforkOnDecay *ReforkOnDecay
+	// WarmUp, when set (a warm_up block), makes a reload's (or a hot restart's) new template serve
+	// alone before the other workers are forked from it; nil (the default) forks at once.
+	WarmUp *WarmUp
+}
+
+// DefaultWarmUpMaxWait is warm_up.max_wait when the block does not set it.
+const DefaultWarmUpMaxWait = 5 * time.Second
+
+// WarmUp holds the forks of a new release back until its template has served Requests requests
+// (0: none, it waits MaxWait), or MaxWait has passed, whichever comes first.
+type WarmUp struct {
+	Requests int
+	MaxWait  time.Duration
 }
 
 // Defaults of a refork_on_decay block, documented in docs/configuration.md.

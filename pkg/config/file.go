@@ -71,6 +71,12 @@ type fileForkWorker struct {
 	ReforkAfter   *hcl.Attribute     `hcl:"refork_after,optional"`
 	Timeout       *hcl.Attribute     `hcl:"timeout,optional"`
 	ReforkOnDecay *fileReforkOnDecay `hcl:"refork_on_decay,block"`
+	WarmUp        *fileWarmUp        `hcl:"warm_up,block"`
+}
+
+type fileWarmUp struct {
+	Requests *hcl.Attribute `hcl:"requests,optional"`
+	MaxWait  *hcl.Attribute `hcl:"max_wait,optional"`
 }
 
 type fileReforkOnDecay struct {
@@ -181,6 +187,11 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 		s.forkWorker = origin{what: "fork_worker", given: true, subject: fw.DefRange.Ptr()}
 		b.decodeReforkAfter(fw.ReforkAfter)
 		b.decodeDuration(fw.Timeout, "fork_worker.timeout", &c.ForkWorker.Timeout, &s.forkTimeout)
+		if w := fw.WarmUp; w != nil {
+			c.ForkWorker.WarmUp = &WarmUp{}
+			b.decodeValue(w.Requests, "fork_worker.warm_up.requests", &c.ForkWorker.WarmUp.Requests, &s.warmRequests)
+			b.decodeDuration(w.MaxWait, "fork_worker.warm_up.max_wait", &c.ForkWorker.WarmUp.MaxWait, &s.warmMaxWait)
+		}
 		if d := fw.ReforkOnDecay; d != nil {
 			p := &ReforkOnDecay{}
 			c.ForkWorker.ReforkOnDecay = p

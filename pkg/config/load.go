@@ -190,6 +190,9 @@ func (b *builder) fillDefaults() {
 		if !s.forkTimeout.given {
 			fw.Timeout = DefaultForkTimeout
 		}
+		if w := fw.WarmUp; w != nil && !s.warmMaxWait.given {
+			w.MaxWait = DefaultWarmUpMaxWait
+		}
 		if p := fw.ReforkOnDecay; p != nil {
 			if !s.decayGrowth.given && !s.decayRatio.given {
 				p.PrivateGrowth = DefaultDecayPrivateGrowth

@@ -366,6 +366,16 @@ func TestRecycle(t *testing.T) {
 	assert.Equal(t, Recycle{MaxRequests: 10000, MaxRequestsJitter: 500, MaxPrivate: 512 << 20, MinLifetime: time.Minute}, cfg.Recycle)
 }
 
+func TestWarmUp(t *testing.T) {
+	sandbox(t)
+	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {\n  warm_up {}\n}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, &WarmUp{MaxWait: 5 * time.Second}, cfg.ForkWorker.WarmUp, "an empty block: 5 s of warm-up")
+	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  warm_up {\n    requests = 200\n    max_wait = \"30s\"\n  }\n}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, &WarmUp{Requests: 200, MaxWait: 30 * time.Second}, cfg.ForkWorker.WarmUp)
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]uint64{
 		"1048576": 1 << 20, "512K": 512 << 10, "512k": 512 << 10, "256M": 256 << 20, "256MiB": 256 << 20,

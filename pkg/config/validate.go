@@ -53,6 +53,7 @@ type sources struct {
 	forkTimeout                        origin
 	decayGrowth, decayRatio            origin
 	decayInterval, decayFruitless      origin
+	warmRequests, warmMaxWait          origin
 	maxSurge, maxUnavailable           origin
 	maxRequests, maxRequestsJitter     origin
 	maxPrivate, minLifetime            origin
@@ -86,6 +87,7 @@ func defaultSources(quick bool) sources {
 		forkTimeout: at("fork_worker.timeout"),
 		decayGrowth: at("fork_worker.refork_on_decay.private_growth"), decayRatio: at("fork_worker.refork_on_decay.ratio"),
 		decayInterval: at("fork_worker.refork_on_decay.min_interval"), decayFruitless: at("fork_worker.refork_on_decay.max_fruitless"),
+		warmRequests: at("fork_worker.warm_up.requests"), warmMaxWait: at("fork_worker.warm_up.max_wait"),
 		maxSurge: at("rollout.max_surge"), maxUnavailable: at("rollout.max_unavailable"),
 		maxRequests: at("recycle.max_requests"), maxRequestsJitter: at("recycle.max_requests_jitter"),
 		maxPrivate: at("recycle.max_private"), minLifetime: at("recycle.min_lifetime"),
@@ -178,6 +180,14 @@ func (b *builder) validate() {
 	}
 	if fw := c.ForkWorker; fw != nil && fw.ReforkOnDecay != nil {
 		b.validateReforkOnDecay(fw.ReforkOnDecay)
+	}
+	if fw := c.ForkWorker; fw != nil && fw.WarmUp != nil {
+		if fw.WarmUp.Requests < 0 {
+			b.report(s.warmRequests, "must not be negative, not %d (0 waits max_wait)", fw.WarmUp.Requests)
+		}
+		if fw.WarmUp.MaxWait <= 0 {
+			b.report(s.warmMaxWait, "must be greater than 0, not %s (leave the warm_up block out for none)", fw.WarmUp.MaxWait)
+		}
 	}
 	ro := c.Rollout
 	if ro.MaxSurge < 0 {

@@ -241,6 +241,8 @@ var parseProblemTests = []struct {
 		"demo.hcl:3,21-23", `hooks.on_worker_crash: must not be empty`},
 	{"hook timeout", "command = [\"server\"]\nhooks {\n  timeout = \"-1s\"\n}",
 		"demo.hcl:3,13-18", `hooks.timeout: must be greater than 0, not -1s`},
+	{"warm_up max_wait zero", "command = [\"server\"]\nfork_worker {\n  warm_up {\n    max_wait = \"0s\"\n  }\n}",
+		"demo.hcl:4,16-20", `fork_worker.warm_up.max_wait: must be greater than 0, not 0s (leave the warm_up block out for none)`},
 	{"max_requests negative", "command = [\"server\"]\nrecycle {\n  max_requests = -5\n}",
 		"demo.hcl:3,18-20", `recycle.max_requests: must not be negative, not -5 (0 never recycles for requests)`},
 	{"max_requests_jitter alone", "command = [\"server\"]\nrecycle {\n  max_requests_jitter = 50\n}",
