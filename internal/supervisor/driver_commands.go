@@ -18,7 +18,9 @@ import (
 // request is a call from another goroutine into the loop: an event to step, or (with ev nil) a
 // status query or a kinship query (driver_peers.go).
 type request struct {
-	ev      cluster.Event
+	ev cluster.Event
+	// cmd is stepped carrying the RequestID whose Reply goes to reply.
+	cmd     cluster.Command
 	status  chan cluster.Status
 	kinship *kinshipQuery
 	reply   chan cluster.Reply
@@ -84,33 +86,16 @@ func (d *Driver) handleRequest(r request) {
 		d.answerKinship(r.kinship)
 		return
 	}
-	if r.ev == nil {
+	if r.ev == nil && r.cmd == nil {
 		r.status <- d.m.Status()
 		return
 	}
-	ev := r.ev
-	var id cluster.RequestID
-	if r.reply != nil {
-		id = d.expectReply(func(a cluster.Reply) { r.reply <- a })
-		switch e := ev.(type) {
-		case cluster.Stop:
-			e.Request = id
-			ev = e
-		case cluster.Scale:
-			e.Request = id
-			ev = e
-		case cluster.Refork:
-			e.Request = id
-			ev = e
-		case cluster.Reload:
-			e.Request = id
-			ev = e
-		case cluster.Restart:
-			e.Request = id
-			ev = e
-		}
+	if r.cmd == nil {
+		d.step(r.ev)
+		return
 	}
-	d.step(ev)
+	id := d.expectReply(func(a cluster.Reply) { r.reply <- a })
+	d.step(r.cmd.WithRequest(id))
 	if d.x.Awaiting(id) && r.early {
 		d.x.Forget(id)
 		r.reply <- cluster.Reply{}
@@ -137,10 +122,10 @@ func (d *Driver) notifySystemd(state string) {
 }
 
 // call sends an event into the loop and waits for its Reply, or for ctx.
-func (d *Driver) call(ctx context.Context, ev cluster.Event) (cluster.Reply, error) {
+func (d *Driver) call(ctx context.Context, cmd cluster.Command) (cluster.Reply, error) {
 	reply := make(chan cluster.Reply, 1)
 	select {
-	case d.requests <- request{ev: ev, reply: reply}:
+	case d.requests <- request{cmd: cmd, reply: reply}:
 	case <-ctx.Done():
 		return cluster.Reply{}, ctx.Err()
 	}
@@ -215,10 +200,10 @@ func (d *Driver) Reload(ctx context.Context, wait bool) error {
 
 // rollout starts a rollout and waits for its end, or only for its start (the machine refuses at
 // once a rollout it cannot start).
-func (d *Driver) rollout(ctx context.Context, ev cluster.Event, wait bool) error {
+func (d *Driver) rollout(ctx context.Context, cmd cluster.Command, wait bool) error {
 	c := make(chan cluster.Reply, 1)
 	select {
-	case d.requests <- request{ev: ev, reply: c, early: !wait}:
+	case d.requests <- request{cmd: cmd, reply: c, early: !wait}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -17,6 +17,14 @@ type RequestID uint64
 // Event is an input to Machine.Step.
 type Event interface{ isEvent() }
 
+// Command is an event a caller can ask a Reply to: WithRequest returns a copy of it that carries
+// the RequestID its Reply will name. The driver hands the machine a command it must answer only
+// as a Command, so a new command cannot lose its caller's Reply.
+type Command interface {
+	Event
+	WithRequest(RequestID) Command
+}
+
 // Start brings the cluster up: one worker per slot. It must be the first event.
 type Start struct{}
 
@@ -174,6 +182,12 @@ type Restart struct {
 	Request     RequestID
 	KeepWorkers bool
 }
+
+func (e Stop) WithRequest(id RequestID) Command    { e.Request = id; return e }
+func (e Scale) WithRequest(id RequestID) Command   { e.Request = id; return e }
+func (e Refork) WithRequest(id RequestID) Command  { e.Request = id; return e }
+func (e Reload) WithRequest(id RequestID) Command  { e.Request = id; return e }
+func (e Restart) WithRequest(id RequestID) Command { e.Request = id; return e }
 
 func (Start) isEvent()           {}
 func (Tick) isEvent()            {}
