@@ -87,6 +87,10 @@ type WorkerRecord struct {
 	Requests, ReforkBase    uint64
 	Heartbeat               time.Duration
 	SpawnedAgo, ReadyAgo    time.Duration
+	// KillReason and Recycled are why forkd ended the worker, so that its exit after the
+	// adoption is recorded as what it was (a recycled worker draining is not "stopped").
+	KillReason ExitReason `json:",omitempty"`
+	Recycled   ExitReason `json:",omitempty"`
 }
 
 // ErrNotQuiet: the machine cannot be exported now (a rollout runs, or a fork is under way).
@@ -169,6 +173,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 			Channel: w.channel, Hello: w.hello, CanFork: w.canFork, Expected: w.expected,
 			StopReason: w.stopReason, StopAsked: w.stopAsked, StatusLine: w.statusLine, Requests: w.requests, ReforkBase: w.reforkBase,
 			Heartbeat: w.heartbeat, SpawnedAgo: ago(w.spawnedAt), ReadyAgo: ago(w.readyAt),
+			KillReason: w.killReason, Recycled: w.recycled,
 		})
 	}
 	return st, nil
@@ -243,6 +248,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 			channel: r.Channel, hello: r.Hello, canFork: r.CanFork, expected: r.Expected,
 			stopReason: r.StopReason, stopAsked: r.StopAsked, statusLine: r.StatusLine, requests: r.Requests, reforkBase: r.ReforkBase,
 			heartbeat: r.Heartbeat, spawnedAt: at(r.SpawnedAgo), readyAt: at(r.ReadyAgo),
+			killReason: r.KillReason, recycled: r.Recycled,
 		}
 		switch state {
 		case Booting:
