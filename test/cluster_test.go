@@ -312,6 +312,7 @@ func TestNotificationFromStrangerIsDropped(t *testing.T) {
 	st := f.waitFor("the dropped datagram", func(st control.Status) bool { return st.DroppedNotifications == 1 })
 	assert.Equal(t, "serving", st.WorkerList[0].StatusLine)
 	assert.Equal(t, "ready", st.WorkerList[0].State)
+	assert.Contains(t, f.scrapeControlSocket(), `forkd_notify_dropped_total{reason="unknown_sender"} 1`+"\n")
 }
 
 func TestOrphansAreReaped(t *testing.T) {

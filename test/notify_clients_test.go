@@ -185,6 +185,7 @@ notify {
 			if abstract {
 				f.waitFor("the flood dropped", func(st control.Status) bool { return st.DroppedNotifications > 100 })
 				assert.Contains(t, f.output.String(), "sender uid 65534 is refused")
+				assert.Regexp(t, `forkd_notify_dropped_total\{reason="refused_uid"\} [1-9][0-9]{2,}\n`, f.scrapeControlSocket())
 			}
 			out, code := f.forkctl("reload", "--wait")
 			require.Equal(t, 0, code, "the new workers' READY=1 got through the flood: %s", out)
@@ -248,4 +249,7 @@ systemd-notify X_FORKD_REQUESTS=50 STATUS=counted && exec sleep 600`
 	assert.Equal(t, uint64(1), st.DroppedNotifications)
 	assert.Contains(t, f.output.String(), "more requests than a worker can have served")
 	assert.Contains(t, f.output.String(), "X_FORKD_REQUESTS=50 after 100: a cumulative count never goes back")
+	metrics := f.scrapeControlSocket()
+	assert.Contains(t, metrics, `forkd_notify_dropped_total{reason="unparsable"} 1`+"\n")
+	assert.Contains(t, metrics, `forkd_notify_dropped_total{reason="unknown_sender"} 0`+"\n")
 }

@@ -62,7 +62,7 @@ func TestEventsOfWorkerRecords(t *testing.T) {
 		Status: "killed by SIGKILL (heartbeat timeout)"})
 	tr.Observe(at.Add(3*time.Second), cluster.WorkerExited{Slot: 2, Generation: 2, Reason: cluster.ExitCrash,
 		Status: "spawn failed: fork/exec /srv/app: no such file or directory"})
-	tr.Observe(at.Add(4*time.Second), cluster.NotifyDropped{Reason: "not a worker", Count: 1})
+	tr.Observe(at.Add(4*time.Second), cluster.NotifyDropped{Reason: cluster.DropUnknownSender, Count: 1})
 
 	events := hub.Recent()
 	require.Equal(t, []string{control.EventWorkerSpawned, control.EventWorkerReady, control.EventWorkerExited, control.EventSpawnFailed},

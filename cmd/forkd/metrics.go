@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/forkd/forkd/internal/memsample"
@@ -174,7 +173,7 @@ func (o *observability) Observe(_ time.Time, what cluster.Happening) {
 	case cluster.RolloutEnded:
 		o.metrics.RolloutEnded(rolloutKind(h.Kind), rolloutResult(h.Err), h.Duration)
 	case cluster.NotifyDropped:
-		o.metrics.NotifyDropped(dropReason(h.Reason), h.Count)
+		o.metrics.NotifyDropped(h.Reason.String(), h.Count) // the metrics name the reasons as the machine does
 	}
 }
 
@@ -238,20 +237,6 @@ func rolloutResult(err error) string {
 		return metrics.ResultAborted
 	}
 	return metrics.ResultFailed
-}
-
-// dropReason is forkd_notify_dropped_total's reason for the driver's account of a drop.
-// TODO(issue 15): the driver says why in a sentence; a typed reason would spare this reading.
-func dropReason(why string) string {
-	switch {
-	case strings.HasPrefix(why, "too many notifications"):
-		return metrics.DropFlood
-	case strings.HasPrefix(why, "sender "):
-		return metrics.DropUnknownSender
-	case strings.HasPrefix(why, "notify: "), why == "datagram too large":
-		return metrics.DropMalformed
-	}
-	return metrics.DropOther
 }
 
 // masterSettingsChanged lists what a reload found changed in the settings that only a new master

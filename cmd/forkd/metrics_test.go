@@ -30,13 +30,14 @@ func TestObserveCountsWhatTheMachineRecords(t *testing.T) {
 		cluster.RolloutEnded{Kind: cluster.KindRefork, Generation: 2, Duration: 12 * time.Second},
 		cluster.RolloutEnded{Kind: cluster.KindReload, Generation: 2, Err: fmt.Errorf("%w: worker 1 did not become ready", cluster.ErrRolloutFailed)},
 		cluster.RolloutEnded{Kind: cluster.KindRestart, Generation: 3, Err: cluster.ErrStopping},
-		cluster.NotifyDropped{Reason: "sender pid 4242 is not a worker nor a worker's descendant", Count: 1},
-		cluster.NotifyDropped{Reason: "too many notifications from processes that are not workers: not traced", Count: 500},
-		cluster.NotifyDropped{Reason: `notify: line 1: "x" is not a KEY=VALUE assignment`, Count: 2},
-		cluster.NotifyDropped{Reason: "sender uid 1000 is refused (only root and forkd's uid 0 may notify)", Count: 1},
 	} {
 		o.Observe(now, h)
 	}
+	// Each reason the driver tells apart counts under a label of its own: reason i, i+1 times.
+	for i, reason := range cluster.DropReasons() {
+		o.Observe(now, cluster.NotifyDropped{Reason: reason, Count: uint64(i + 1)})
+	}
+	o.Observe(now, cluster.NotifyDropped{Reason: cluster.DropRateLimited, Count: 500})
 	w := httptest.NewRecorder()
 	o.metrics.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(w.Result().Body)
@@ -53,9 +54,12 @@ func TestObserveCountsWhatTheMachineRecords(t *testing.T) {
 		`forkd_rollout_duration_seconds_sum{kind="refork",result="succeeded"} 12`,
 		`forkd_rollout_duration_seconds_count{kind="reload",result="failed"} 1`,
 		`forkd_rollout_duration_seconds_count{kind="restart",result="aborted"} 1`,
-		`forkd_notify_dropped_total{reason="unknown_sender"} 2`,
-		`forkd_notify_dropped_total{reason="flood"} 500`,
-		`forkd_notify_dropped_total{reason="malformed"} 2`,
+		`forkd_notify_dropped_total{reason="refused_uid"} 1`,
+		`forkd_notify_dropped_total{reason="rate_limited"} 502`,
+		`forkd_notify_dropped_total{reason="oversize"} 3`,
+		`forkd_notify_dropped_total{reason="unknown_sender"} 4`,
+		`forkd_notify_dropped_total{reason="sender_exited"} 5`,
+		`forkd_notify_dropped_total{reason="unparsable"} 6`,
 	} {
 		assert.Contains(t, text, want)
 	}

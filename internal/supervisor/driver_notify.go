@@ -102,7 +102,7 @@ type notifyState struct {
 	// datagram. wake tells the loop there are some (lastWake is when it last did); the loop also
 	// takes them at every housekeeping tick, so that none waits longer than that.
 	drops    sync.Mutex
-	drop     cluster.NotifyRejected
+	drop     map[cluster.DropReason]cluster.NotifyRejected // by reason: each one is counted apart
 	lastWake time.Time
 	wake     chan struct{}
 	// inFlight counts datagrams a reader has taken from its socket and not yet handed to the loop
@@ -236,13 +236,14 @@ func (n *notifyState) read(ns *notifySocket) {
 func (n *notifyState) pass(ns *notifySocket, dg notify.Datagram) {
 	if dg.UID != 0 && dg.UID != n.euid {
 		dg.Release()
-		n.dropped(dg.PID, fmt.Sprintf("sender uid %d is refused (only root and forkd's uid %d may notify)", dg.UID, n.euid))
+		n.dropped(dg.PID, cluster.DropRefusedUID,
+			fmt.Sprintf("sender uid %d is refused (only root and forkd's uid %d may notify)", dg.UID, n.euid))
 		return
 	}
 	lineage, gone, ok := n.lineageOf(dg.PID)
 	dg.Release()
 	if !ok {
-		n.dropped(dg.PID, "too many notifications from processes that are not workers: not traced")
+		n.dropped(dg.PID, cluster.DropRateLimited, "too many notifications from processes that are not workers: not traced")
 		return
 	}
 	n.datagrams <- datagram{Datagram: dg, sock: ns, lineage: lineage, gone: gone}
@@ -265,13 +266,15 @@ func (n *notifyState) pending() bool {
 // dropReport is how often at most a flood of dropped datagrams wakes the loop.
 const dropReport = 100 * time.Millisecond
 
-// dropped counts a datagram a reader dropped, and wakes the loop to step it, unless it did so
-// less than dropReport ago.
-func (n *notifyState) dropped(pid int, reason string) {
+// dropped counts a datagram a reader dropped for reason (detail says it in words), and wakes the
+// loop to step it, unless it did so less than dropReport ago.
+func (n *notifyState) dropped(pid int, reason cluster.DropReason, detail string) {
 	now := time.Now()
 	n.drops.Lock()
-	n.drop.Count++
-	n.drop.PID, n.drop.Reason = pid, reason
+	if n.drop == nil {
+		n.drop = make(map[cluster.DropReason]cluster.NotifyRejected)
+	}
+	n.drop[reason] = cluster.NotifyRejected{PID: pid, Reason: reason, Detail: detail, Count: n.drop[reason].Count + 1}
 	wake := now.Sub(n.lastWake) >= dropReport
 	if wake {
 		n.lastWake = now
@@ -285,15 +288,17 @@ func (n *notifyState) dropped(pid int, reason string) {
 	}
 }
 
-// stepDrops steps the drops the readers counted since the last call, as one event.
+// stepDrops steps the drops the readers counted since the last call, as one event per reason.
 func (d *Driver) stepDrops() {
 	n := &d.notify
 	n.drops.Lock()
-	e := n.drop
-	n.drop = cluster.NotifyRejected{}
+	drops := n.drop
+	n.drop = nil
 	n.drops.Unlock()
-	if e.Count > 0 {
-		d.step(e)
+	for _, reason := range cluster.DropReasons() { // in a fixed order, for the log
+		if e := drops[reason]; e.Count > 0 {
+			d.step(e)
+		}
 	}
 }
 
@@ -338,9 +343,11 @@ func (l *walkLimiter) allow(now time.Time) bool {
 // descendants, or, when the sender is gone and the socket is a worker's own, that worker. What came
 // from a worker that has exited since is late, and ignored; anything else is dropped.
 func (d *Driver) handleDatagram(dg datagram) {
-	reject := func(reason string) { d.step(cluster.NotifyRejected{PID: dg.PID, Reason: reason}) }
+	reject := func(reason cluster.DropReason, detail string) {
+		d.step(cluster.NotifyRejected{PID: dg.PID, Reason: reason, Detail: detail})
+	}
 	if dg.Truncated {
-		reject("datagram too large")
+		reject(cluster.DropOversize, "datagram too large")
 		return
 	}
 	var id cluster.WorkerID
@@ -363,16 +370,16 @@ func (d *Driver) handleDatagram(dg datagram) {
 		id, found = dg.sock.owner, true
 	}
 	if !found {
-		reason := fmt.Sprintf("sender pid %d is not a worker nor a worker's descendant", dg.PID)
 		if dg.gone {
-			reason = fmt.Sprintf("sender pid %d exited before forkd could tell whose it is (a helper on a shared socket: use sd_notify_barrier)", dg.PID)
+			reject(cluster.DropSenderExited, fmt.Sprintf("sender pid %d exited before forkd could tell whose it is (a helper on a shared socket: use sd_notify_barrier)", dg.PID))
+		} else {
+			reject(cluster.DropUnknownSender, fmt.Sprintf("sender pid %d is not a worker nor a worker's descendant", dg.PID))
 		}
-		reject(reason)
 		return
 	}
 	msg, err := notify.Parse(dg.Data)
 	if err != nil {
-		reject(err.Error())
+		reject(cluster.DropUnparsable, err.Error())
 		return
 	}
 	d.step(cluster.Notified{Worker: id, Message: notification(msg)})

@@ -106,10 +106,11 @@ type Notification struct {
 // NotifyRejected reports datagrams on the notify sockets that were dropped: the sender's uid is
 // refused, it is not a worker nor a worker's descendant, or the datagram could not be parsed.
 // Count is how many were dropped for Reason (the driver adds up a flood into one event); 0 counts
-// as 1. PID is the sender of one of them.
+// as 1. PID is the sender of one of them; Detail says in words what was wrong with it, for the log.
 type NotifyRejected struct {
 	PID    int
-	Reason string
+	Reason DropReason
+	Detail string
 	Count  uint64
 }
 

@@ -283,7 +283,7 @@ func TestScripts(t *testing.T) {
 			case "group-empty":
 				return step(GroupEmptied{PGID: intArg(t, d, "pgid")})
 			case "reject":
-				return step(NotifyRejected{PID: intArg(t, d, "pid"), Reason: "sender is not a worker", Count: uint64(optIntArg(t, d, "count"))})
+				return step(NotifyRejected{PID: intArg(t, d, "pid"), Reason: DropUnknownSender, Detail: "sender is not a worker", Count: uint64(optIntArg(t, d, "count"))})
 			case "tick":
 				if len(d.CmdArgs) > 0 {
 					now = now.Add(duration(t, d.CmdArgs[0].Key))

@@ -98,7 +98,11 @@ func (m *Machine) notifyRejected(e NotifyRejected) {
 	m.record(NotifyDropped{Reason: e.Reason, Count: max(e.Count, 1)})
 	// At every power of two passed: a process flooding the socket cannot flood the log.
 	if bits.Len64(m.dropped) > bits.Len64(before) {
-		m.log(slog.LevelWarn, "dropped a notification: "+e.Reason, slog.String("event", "notify-dropped"),
-			slog.Int("pid", e.PID), slog.Uint64("dropped", m.dropped))
+		why := e.Detail
+		if why == "" {
+			why = e.Reason.String()
+		}
+		m.log(slog.LevelWarn, "dropped a notification: "+why, slog.String("event", "notify-dropped"),
+			slog.String("reason", e.Reason.String()), slog.Int("pid", e.PID), slog.Uint64("dropped", m.dropped))
 	}
 }

@@ -87,7 +87,7 @@ type RolloutEnded struct {
 
 // NotifyDropped: Count datagrams on the notify sockets were dropped, for Reason.
 type NotifyDropped struct {
-	Reason string
+	Reason DropReason
 	Count  uint64
 }
 

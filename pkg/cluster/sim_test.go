@@ -321,7 +321,7 @@ func (s *simulation) randomEvent() {
 			p.stubborn = true
 		}
 	case r < 79:
-		s.step(NotifyRejected{PID: 99999, Reason: "sender is not a worker"})
+		s.step(NotifyRejected{PID: 99999, Reason: DropUnknownSender, Detail: "sender is not a worker"})
 	case r < 80:
 		s.step(Exited{PID: 50000 + s.rng.IntN(100), Status: ExitStatus{}})
 	case r < 81:

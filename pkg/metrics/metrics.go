@@ -44,17 +44,22 @@ const (
 	ResultAborted = control.ResultAborted
 )
 
-// Why a notify datagram was dropped, in NotifyDropped and the reason label.
+// Why a notify datagram was dropped, in NotifyDropped and the reason label: the names of
+// cluster.DropReason's values.
 const (
-	// DropUnknownSender is a datagram from a process that is neither a worker nor one of its
-	// descendants.
+	// DropRefusedUID is a datagram from a uid that is neither root's nor forkd's.
+	DropRefusedUID = "refused_uid"
+	// DropRateLimited is one from a process that is not a worker, over the rate at which forkd
+	// traces such senders.
+	DropRateLimited = "rate_limited"
+	// DropOversize is one larger than the largest notification forkd reads.
+	DropOversize = "oversize"
+	// DropUnknownSender is one from a process that is neither a worker nor one of its descendants.
 	DropUnknownSender = "unknown_sender"
-	// DropMalformed is one that does not parse (sd_notify's KEY=VALUE lines).
-	DropMalformed = "malformed"
-	// DropFlood is one over a sender's rate limit.
-	DropFlood = "flood"
-	// DropOther is any other reason.
-	DropOther = "other"
+	// DropSenderExited is one whose sender exited before forkd could tell whose it is.
+	DropSenderExited = "sender_exited"
+	// DropUnparsable is one that is not sd_notify's KEY=VALUE lines, or has a bad value.
+	DropUnparsable = "unparsable"
 )
 
 var (
@@ -62,7 +67,7 @@ var (
 	spawnPaths    = []string{PathFork, PathExec}
 	rolloutKinds  = []string{control.RolloutRefork, control.RolloutReload, control.RolloutRestart}
 	results       = []string{ResultSucceeded, ResultFailed, ResultAborted}
-	dropReasons   = []string{DropUnknownSender, DropMalformed, DropFlood, DropOther}
+	dropReasons   = []string{DropRefusedUID, DropRateLimited, DropOversize, DropUnknownSender, DropSenderExited, DropUnparsable}
 	rolloutBucket = []float64{1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800}
 	readyBucket   = []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 )
@@ -159,9 +164,13 @@ func (m *Metrics) RolloutEnded(kind, result string, d time.Duration) {
 	m.rollouts.WithLabelValues(kind, known(result, results, ResultAborted)).Observe(d.Seconds())
 }
 
-// NotifyDropped records n dropped notify datagrams, for reason (a Drop* constant).
+// NotifyDropped records n dropped notify datagrams, for reason (a Drop* constant). An unknown
+// reason is not recorded: the reason label has no catch-all.
 func (m *Metrics) NotifyDropped(reason string, n uint64) {
-	m.dropped.WithLabelValues(known(reason, dropReasons, DropOther)).Add(float64(n))
+	if known(reason, dropReasons, "") == "" {
+		return
+	}
+	m.dropped.WithLabelValues(reason).Add(float64(n))
 }
 
 // known returns v if it is one of values, else fallback.
