@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -170,6 +171,10 @@ func TestBrokenReleaseFailsTheReloadAndKeepsTheOldWorkers(t *testing.T) {
 			}
 			ok, failed := l.stop()
 			assert.Zero(t, failed, "failed requests (%d ok): %v", ok, l.errs())
+			out, code = f.forkctl("status")
+			require.Equal(t, 0, code, out)
+			assert.Regexp(t, `(?m)^last rollout: +reload of generation 2 failed: worker \d of generation 2 `+
+				regexp.QuoteMeta(tc.reason)+`; rolled back to generation 1$`, out)
 
 			// Fixed: the next reload succeeds.
 			require.NoError(t, os.WriteFile(path, orig, 0o644))

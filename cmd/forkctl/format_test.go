@@ -280,3 +280,26 @@ INDEX  PID  GEN  ROLE  STATE  UPTIME  RESTARTS  REQUESTS  PSS  SHARED  PRIVATE  
 `)
 	requireFits(t, out.String())
 }
+
+// TestRolloutSummary: a failed rollout says which generation failed, why, and which one serves
+// now; one refused before it began says that nothing was rolled out.
+func TestRolloutSummary(t *testing.T) {
+	for _, tc := range []struct {
+		l    control.RolloutResult
+		want string
+	}{
+		{control.RolloutResult{Kind: control.RolloutRefork, Generation: 3, Target: 3},
+			"refork (generation 3): done"},
+		{control.RolloutResult{Kind: control.RolloutReload, Generation: 1, Target: 2,
+			Error: "rollout failed: worker 1 of generation 2 did not become ready: exit status 1"},
+			"reload of generation 2 failed: worker 1 of generation 2 did not become ready: exit status 1; rolled back to generation 1"},
+		{control.RolloutResult{Kind: control.RolloutRefork, Generation: 4, Target: 5,
+			Error: "rollout failed: worker 0, the template, went away"},
+			"refork of generation 5 failed: worker 0, the template, went away; rolled back to generation 4"},
+		{control.RolloutResult{Kind: control.RolloutReload, Generation: 2,
+			Error: "before_reload hook failed: exit status 1"},
+			"reload did not begin: before_reload hook failed: exit status 1; generation 2 serves as before"},
+	} {
+		assert.Equal(t, tc.want, rolloutSummary(tc.l))
+	}
+}

@@ -86,11 +86,7 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 		row("queued:", printable(strings.Join(st.Queued, ", ")))
 	}
 	if l := st.LastRollout; l != nil {
-		how := "done"
-		if l.Error != "" {
-			how = "failed: " + l.Error
-		}
-		row("last rollout:", printable(fmt.Sprintf("%s (generation %d): %s", l.Kind, l.Generation, how)))
+		row("last rollout:", printable(rolloutSummary(*l)))
 	}
 	row("mode:", modeSummary(st))
 	row("workers:", fmt.Sprintf("%d/%d ready", st.Ready, st.Workers))
@@ -318,6 +314,20 @@ func printable(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// rolloutSummary says how an operation ended: done, failed and rolled back to the generation that
+// serves (the one it rolled out failed), or refused before it began (nothing changed).
+func rolloutSummary(l control.RolloutResult) string {
+	switch {
+	case l.Error == "":
+		return fmt.Sprintf("%s (generation %d): done", l.Kind, l.Generation)
+	case l.Target == 0:
+		return fmt.Sprintf("%s did not begin: %s; generation %d serves as before", l.Kind, l.Error, l.Generation)
+	default:
+		reason := strings.TrimPrefix(l.Error, "rollout failed: ")
+		return fmt.Sprintf("%s of generation %d failed: %s; rolled back to generation %d", l.Kind, l.Target, reason, l.Generation)
+	}
 }
 
 // decaySummary says what the memory refork trigger watches: the forked workers' private memory

@@ -267,11 +267,7 @@ func renderTop(v topView, width, height int) []string {
 	}
 	head = append(head, phaseLine(st, v.events, v.at))
 	if l := st.LastRollout; l != nil {
-		how := "done"
-		if l.Error != "" {
-			how = "failed: " + l.Error
-		}
-		head = append(head, printable(fmt.Sprintf("last rollout: %s (generation %d): %s", l.Kind, l.Generation, how)))
+		head = append(head, "last rollout: "+printable(rolloutSummary(*l)))
 	}
 	head = append(head, fmt.Sprintf("workers: %d/%d ready; mode: %s", st.Ready, st.Workers, modeSummary(st)))
 	head = append(head, fmt.Sprintf("listeners: %s; dropped notifications: %d", listenersSummary(st), st.DroppedNotifications))

@@ -68,7 +68,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		out.Queued = append(out.Queued, rolloutKind(k))
 	}
 	if l := st.LastRollout; l.Seq != 0 {
-		out.LastRollout = &control.RolloutResult{Seq: l.Seq, Kind: rolloutKind(l.Kind), Generation: l.Generation}
+		out.LastRollout = &control.RolloutResult{Seq: l.Seq, Kind: rolloutKind(l.Kind), Generation: l.Generation, Target: l.Target}
 		if l.Err != nil {
 			out.LastRollout.Error = strings.TrimPrefix(l.Err.Error(), "cluster: ")
 		}

@@ -434,7 +434,10 @@ func formatStatus(st Status) string {
 	}
 	if l := st.LastRollout; l.Seq != 0 {
 		fmt.Fprintf(&b, " last=%s#%d", l.Kind, l.Seq)
-		if l.Err != nil {
+		switch {
+		case l.Err != nil && l.Target != 0:
+			fmt.Fprintf(&b, "(target=%d failed)", l.Target)
+		case l.Err != nil:
 			b.WriteString("(failed)")
 		}
 	}

@@ -42,8 +42,12 @@ type op struct {
 type RolloutResult struct {
 	// Seq numbers the operations in the order they were asked for, from 1; 0: none has ended.
 	Seq        int
-	Kind       RolloutKind
+	Kind RolloutKind
+	// Generation is the cluster's generation after it: Target when it succeeded, the generation it
+	// rolled back to when it failed.
 	Generation int
+	// Target is the generation it rolled out; 0 when it did not begin (nothing rolled out).
+	Target int
 	// Err is nil when it succeeded, else why it failed (or did not begin).
 	Err error
 }

@@ -150,7 +150,7 @@ func (m *Machine) adopted() {
 	how := "replacing the workers by a phased restart"
 	if r.KeepWorkers {
 		how = "keeping the workers as they are"
-		m.last = RolloutResult{Seq: r.Seq, Kind: KindRestart, Generation: m.generation}
+		m.last = RolloutResult{Seq: r.Seq, Kind: KindRestart, Generation: m.generation, Target: m.generation}
 		m.record(RolloutEnded{Kind: KindRestart, Generation: m.generation})
 	} else {
 		m.ops = append([]*op{{kind: KindRestart, seq: r.Seq}}, m.ops...)

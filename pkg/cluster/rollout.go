@@ -230,7 +230,7 @@ func (r *rollout) finish(m *Machine) {
 	if r.kind == KindReload {
 		m.afterReloadHook(hooks, r.to, r.failure)
 	}
-	m.last = RolloutResult{Seq: r.op.seq, Kind: r.kind, Generation: m.generation, Err: r.failure}
+	m.last = RolloutResult{Seq: r.op.seq, Kind: r.kind, Generation: m.generation, Target: r.to, Err: r.failure}
 	for _, req := range r.op.waiters {
 		m.emit(Reply{Request: req, Err: r.failure})
 	}

@@ -60,6 +60,7 @@ type RolloutRecord struct {
 	Seq        int
 	Kind       RolloutKind
 	Generation int
+	Target     int `json:",omitempty"`
 	Err        string
 }
 
@@ -128,7 +129,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 		Decay: DecayRecord{Raises: m.decay.raises, Fruitless: m.decay.fruitless, Stopped: m.decay.stopped},
 	}
 	if m.last.Seq != 0 {
-		st.Last = &RolloutRecord{Seq: m.last.Seq, Kind: m.last.Kind, Generation: m.last.Generation}
+		st.Last = &RolloutRecord{Seq: m.last.Seq, Kind: m.last.Kind, Generation: m.last.Generation, Target: m.last.Target}
 		if m.last.Err != nil {
 			st.Last.Err = m.last.Err.Error()
 		}
@@ -200,7 +201,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 	m.opSeq = st.OpSeq
 	m.decay = decayTrigger{raises: st.Decay.Raises, fruitless: st.Decay.Fruitless, stopped: st.Decay.Stopped, since: now}
 	if l := st.Last; l != nil {
-		m.last = RolloutResult{Seq: l.Seq, Kind: l.Kind, Generation: l.Generation}
+		m.last = RolloutResult{Seq: l.Seq, Kind: l.Kind, Generation: l.Generation, Target: l.Target}
 		if l.Err != "" {
 			m.last.Err = errors.New(l.Err)
 		}

@@ -99,8 +99,11 @@ type RolloutResult struct {
 	Seq int `json:"seq"`
 	// Kind is one of the Rollout* constants.
 	Kind string `json:"kind"`
-	// Generation is the cluster's generation after it.
+	// Generation is the cluster's generation after it: Target when it succeeded, the generation it
+	// rolled back to when it failed.
 	Generation int `json:"generation"`
+	// Target is the generation it rolled out; 0 (omitted) when it did not begin.
+	Target int `json:"target,omitempty"`
 	// Error is why it failed, or did not begin; empty (and omitted) when it succeeded.
 	Error string `json:"error,omitempty"`
 }
