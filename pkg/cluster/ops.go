@@ -41,7 +41,7 @@ type op struct {
 // RolloutResult says how the last operation (refork, reload, hot restart) ended.
 type RolloutResult struct {
 	// Seq numbers the operations in the order they were asked for, from 1; 0: none has ended.
-	Seq        int
+	Seq  int
 	Kind RolloutKind
 	// Generation is the cluster's generation after it: Target when it succeeded, the generation it
 	// rolled back to when it failed.
