@@ -105,9 +105,20 @@ module Forkd
     Worker.generation
   end
 
-  # True in worker 0 once the master has welcomed it as the template.
+  # True in worker 0 once the master has welcomed it as the template (a mold included).
   def template?
     Worker.template?
+  end
+
+  # True in a mold: a template forked from a serving worker, which never serves.
+  def mold?
+    Worker.mold?
+  end
+
+  # False in a template that does not serve (mold mode: a mold, or worker 0 welcomed with
+  # "serve": false); true otherwise.
+  def serving?
+    Worker.serving?
   end
 
   # A Forkd::Event set once the master is gone (#set?, #wait(timeout)).
@@ -166,6 +177,13 @@ module Forkd
   # READY=1.
   def after_worker_boot(callable = nil, &block)
     Hooks.register(Hooks.registry(:after_boot), callable, block, "after_worker_boot")
+  end
+
+  # Run in each template that does not serve, once it is one (a mold after its fork, its child
+  # hooks and the master's welcome; mold mode's worker 0 after the welcome), before it readies its
+  # heap and says READY=1. A hook that raises makes the process exit with status 1.
+  def after_mold(callable = nil, &block)
+    Hooks.register(Hooks.registry(:after_mold), callable, block, "after_mold")
   end
 
   # --- the runtime ------------------------------------------------------------------------------

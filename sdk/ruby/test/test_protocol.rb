@@ -77,7 +77,7 @@ class ProtocolTest < Minitest::Test
     msg = P.decode('{"v": 2, "op": "welcome", "worker": 1, "generation": 2, "future": [1]}'.b)
     assert_equal 2, msg["v"]
     refute P::OPS.include?("teleport")
-    assert_equal %w[hello welcome refuse spawn spawned spawn_failed pause paused resume resumed error stdio].sort, P::OPS.sort
+    assert_equal %w[hello welcome refuse spawn spawned spawn_failed pause paused resume resumed mold molded mold_failed error stdio].sort, P::OPS.sort
   end
 
   def test_message_with_a_descriptor

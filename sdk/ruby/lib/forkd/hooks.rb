@@ -10,7 +10,11 @@ module Forkd
   # - before_refork / after_refork: run in the template around a refork (forkd's pause ...
   #   resume), before_refork once no request is in flight;
   # - after_worker_boot: run in each worker once it is a worker: in an exec'd worker (worker 0)
-  #   at boot, in each forked worker after the fork and forkd's welcome, before READY=1.
+  #   at boot, in each forked worker after the fork and forkd's welcome, before READY=1; not in a
+  #   template that does not serve (mold mode);
+  # - after_mold: run in each template that does not serve, once it is one: a mold after its fork
+  #   (after the child hooks) and forkd's welcome, mold mode's worker 0 after the welcome; before
+  #   it readies its heap and says READY=1.
   #
   # The fork hooks sit on Process._fork (Ruby 3.1+, Feature #17795): a module prepended to
   # Process's singleton class wraps it, so they run around every Kernel#fork, Process.fork and
@@ -30,6 +34,7 @@ module Forkd
     @before_refork ||= []
     @after_refork ||= []
     @after_boot ||= []
+    @after_mold ||= []
 
     FLAG = :forkd_sdk_forking
 
@@ -54,6 +59,7 @@ module Forkd
         when :before_refork then @before_refork
         when :after_refork then @after_refork
         when :after_boot then @after_boot
+        when :after_mold then @after_mold
         else raise ArgumentError, kind.inspect
         end
       end
@@ -102,6 +108,10 @@ module Forkd
 
       def run_after_boot(strict: true)
         run("after_worker_boot", @after_boot.dup, strict)
+      end
+
+      def run_after_mold(strict: true)
+        run("after_mold", @after_mold.dup, strict)
       end
 
       # True while this thread is inside one of the SDK's own forks.

@@ -26,6 +26,7 @@ module Forkd
       hello welcome refuse
       spawn spawned spawn_failed
       pause paused resume resumed
+      mold molded mold_failed
       error stdio
     ].freeze
 

@@ -92,6 +92,11 @@ module Forkd
           nil
         end
 
+        # In a mold: close its pipe, whose other copies are the serving worker's.
+        def abandon
+          [@wake_r, @wake_w].each { |io| io.close unless io.closed? }
+        end
+
         # Until every held connection has been handed to pool (readable: its next request came)
         # or closed (its client closed it), and no thread of pool is busy (one may hold more), or
         # until the deadline; then close what is left. Runs in the server's thread, before Puma
@@ -311,6 +316,29 @@ module Forkd
         server = @server
         @server = nil
         server&.begin_restart(true)
+        nil
+      end
+
+      # In a mold, forked from a worker this server serves in (Forkd.serve calls it): Puma's
+      # threads do not exist here, and what they used is shared with that worker. So the server
+      # is forgotten without a stop (whose command would travel through the pipe the serving
+      # worker's Puma reads), and what it holds is closed, never shut down: its command pipe, its
+      # reactor's poller (nio4r's close releases this process's epoll descriptor and wake-up
+      # pipe; the epoll set itself lives on in the serving worker), the drain's pipe. The
+      # connections are the runtime's business (Forkd::Runtime.drop_serving_state). The next
+      # start, in a worker forked from the mold, makes a new Puma::Server.
+      def abandon
+        server = @server
+        @server = nil
+        return nil if server.nil?
+
+        selector = server.instance_variable_get(:@reactor)&.instance_variable_get(:@selector)
+        selector.close if selector.respond_to?(:close)
+        %i[@check @notify].each do |name|
+          io = server.instance_variable_get(name)
+          io.close if io.is_a?(IO) && !io.closed?
+        end
+        server.instance_variable_get(:@forkd_drain)&.abandon
         nil
       end
     end

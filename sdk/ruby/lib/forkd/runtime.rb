@@ -14,9 +14,11 @@ module Forkd
   # mode) and a self-pipe (signals). Serving is the server's business (forkd-rack's is Puma): the
   # runtime starts it, stops it gracefully whenever it must be quiet, and starts it again.
   #
-  # Forking happens on the main thread at a quiescent point: the server stopped (not accepting,
-  # no request in flight, no client connection open). See docs/protocol.md section 3 for what the
-  # master expects, and the Forkd module for what the application sees.
+  # A template forks its workers on the main thread at a quiescent point: the server stopped (not
+  # accepting, no request in flight, no client connection open). A serving worker asked for a mold
+  # forks at once, from the main thread, while its server's threads go on serving: the mold (a
+  # template that never serves) drops what it inherited of that server. See docs/protocol.md
+  # section 3 for what the master expects, and the Forkd module for what the application sees.
   module Runtime
     # Ops that need the server stopped before they are handled.
     QUIET_OPS = %w[spawn pause].freeze
@@ -40,8 +42,9 @@ module Forkd
       end
     end
 
-    # What the loop returns in the SDK's new worker (the grandchild of a spawn).
-    Reborn = Struct.new(:msg, :io)
+    # What the loop returns in the SDK's new process (the grandchild of a spawn, or of a mold
+    # when mold is true).
+    Reborn = Struct.new(:msg, :io, :mold)
 
     # One worker's loop: the template's, then, in a forked worker, that worker's own.
     class Loop
@@ -57,6 +60,7 @@ module Forkd
         @draining = true
         @done = false
         @readied = false
+        @serves = true # false in a template the master told not to serve (a mold, mold mode's worker 0)
         @wake_r, @wake_w = IO.pipe
         @wake_w.nonblock = true
         Runtime.wake_w = @wake_w
@@ -103,24 +107,29 @@ module Forkd
         end
       end
 
-      # In the SDK's new worker: drop the template's state, become worker rb.msg["worker"].
+      # In the SDK's new process: drop the forking process's state, become worker
+      # rebirth.msg["worker"] (a spawn) or the mold, worker 0 (a mold).
       def reborn(rebirth)
-        # Hello first: the master's answer travels while this process sheds the template's state.
-        hello_sent = Worker.send_forked_hello(rebirth.io)
-        # A signal the template got was the template's.
+        mold = rebirth.mold ? true : false
+        # Hello first: the master's answer travels while this process sheds the other's state.
+        hello_sent = Worker.send_forked_hello(rebirth.io, mold: mold)
+        # A signal the forking process got was its own.
         Runtime.stop_signal = nil
         [@wake_r, @wake_w, @pidfd].each { |io| close_quietly(io) }
         @ops.each { |_, ios| Protocol.close_all(ios) }
         @ops.clear
         remove_master_cb
-        Worker.become_forked_worker(rebirth.msg["worker"], rebirth.msg["generation"], rebirth.io, hello_sent: hello_sent)
+        Runtime.drop_serving_state(@server, @listeners, keep: [rebirth.io]) if mold
+        Worker.become_forked_worker(mold ? 0 : rebirth.msg["worker"], rebirth.msg["generation"], rebirth.io,
+                                    hello_sent: hello_sent, mold: mold,
+                                    notify_socket: mold ? rebirth.msg["notify_socket"] : nil)
         begin
           Hooks.run_child(strict: true)
         rescue Exception => e # rubocop:disable Lint/RescueException
           Worker.die("after_fork_child hook failed: #{e.class}: #{e.message}\n" \
                      "#{(e.backtrace || []).first(20).join("\n")}")
         end
-        Loop.new(@server, @listeners, fork: false, forked: true)
+        Loop.new(@server, @listeners, fork: mold, forked: true)
       end
 
       # After the loop: stop heartbeats, release the loop's descriptors.
@@ -155,11 +164,11 @@ module Forkd
           @master_cb = -> { wake }
           Worker.master_gone_callbacks << @master_cb
         end
-        begin
-          Hooks.run_after_boot(strict: true)
-        rescue Exception => e # rubocop:disable Lint/RescueException
-          Worker.die("after_worker_boot hook failed: #{e.class}: #{e.message}\n" \
-                     "#{(e.backtrace || []).first(20).join("\n")}")
+        @serves = st.serve
+        if @serves
+          boot_hook("after_worker_boot") { Hooks.run_after_boot(strict: true) }
+        else
+          become_template
         end
         Worker.requests_started = true
         step
@@ -169,6 +178,24 @@ module Forkd
         # After READY, which it would only delay: its first heartbeat is half WATCHDOG_USEC away.
         Worker.reporter.start
         true
+      end
+
+      def boot_hook(name)
+        yield
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        Worker.die("#{name} hook failed: #{e.class}: #{e.message}\n#{(e.backtrace || []).first(20).join("\n")}")
+      end
+
+      # A template that does not serve (a mold, mold mode's worker 0) readies itself for forks at
+      # once, before READY=1: nothing it does later changes its heap much, and the master may ask
+      # for a spawn as soon as it is ready. before_refork runs here, once (this template exists
+      # for the forks of one refork); after_refork never does (it never serves again).
+      def become_template
+        boot_hook("after_mold") { Hooks.run_after_mold(strict: true) }
+        Hooks.run_before_refork
+        done = Readying.run
+        Worker.log(done) if done
+        @readied = true
       end
 
       # Bring the state up to date: stop, quiesce or serve; handle the ops that can be handled.
@@ -186,7 +213,7 @@ module Forkd
         end
         if @stopping
           @done = true
-        elsif !@paused && !@serving
+        elsif !@paused && !@serving && @serves
           @server.start(@listeners)
           @readied = false
           @serving = true
@@ -290,6 +317,7 @@ module Forkd
         op = msg["op"]
         seq = msg["seq"]
         return spawn(msg, ios) if op == "spawn"
+        return mold(msg, ios) if op == "mold"
 
         take_stdio(msg, ios.first) if op == "stdio" && ios.length == 1
         Protocol.close_all(ios)
@@ -297,13 +325,13 @@ module Forkd
         when "pause"
           unless @paused
             @paused = true
-            Hooks.run_before_refork
+            Hooks.run_before_refork if @serves
           end
           reply({ "op" => "paused", "seq" => seq })
         when "resume"
           if @paused
             @paused = false
-            Hooks.run_after_refork
+            Hooks.run_after_refork if @serves
           end
           reply({ "op" => "resumed", "seq" => seq })
         else
@@ -356,35 +384,83 @@ module Forkd
         return failed.call("the template is stopping") if @stopping
         return failed.call("this worker is not the template") unless Worker.template?
 
+        fork_with_hooks(msg, ios[0], "spawned", "spawn_failed") do
+          # Once per batch of forks: the heap does not change between them.
+          unless @readied
+            done = Readying.run
+            Worker.log(done) if done
+            @readied = true
+          end
+        end
+      end
+
+      # A mold, forked at once: no quiesce, the server goes on serving in its own threads while
+      # the main thread forks (docs/protocol.md, molds). The mold drops what it inherited of the
+      # server in reborn.
+      def mold(msg, ios)
+        seq = msg["seq"]
+        if seq.nil?
+          Protocol.close_all(ios)
+          return nil
+        end
+        gen = msg["generation"]
+        notify_socket = msg["notify_socket"]
+        bad = if !gen.is_a?(Integer) || gen.negative?
+                "mold needs an integer generation"
+              elsif !notify_socket.nil? && !notify_socket.is_a?(String)
+                "mold's notify_socket must be a string"
+              else
+                begin
+                  SdNotify.address(notify_socket) unless notify_socket.to_s.empty?
+                  nil
+                rescue SystemCallError => e
+                  e.message
+                end
+              end
+        if bad
+          Protocol.close_all(ios)
+          reply({ "op" => "error", "seq" => seq, "error" => bad })
+          return nil
+        end
+        if ios.size != 1 || @stopping
+          Protocol.close_all(ios)
+          why = @stopping ? "this worker is stopping" : "mold carried #{ios.size} descriptors, want 1: the mold's channel"
+          reply({ "op" => "mold_failed", "seq" => seq, "error" => why })
+          return nil
+        end
+        fork_with_hooks(msg, ios[0], "molded", "mold_failed", mold: true)
+      end
+
+      # The SDK's fork of a spawn or a mold: the before_fork hooks (a failure fails the fork), then
+      # whatever the block readies, the double fork, the parent hooks, the reply (done or failed,
+      # ops) in this process. Returns the Reborn in the new process, nil here.
+      def fork_with_hooks(msg, channel_io, done, failed, mold: false)
+        seq = msg["seq"]
         begin
           Hooks.run_prepare(strict: true)
         rescue StandardError, ScriptError => e
           Worker.log("before_fork hook failed: #{e.class}: #{e.message}\n#{(e.backtrace || []).first(20).join("\n")}")
-          return failed.call("before_fork hook failed: #{e.class}: #{e.message}")
+          close_quietly(channel_io)
+          reply({ "op" => failed, "seq" => seq, "error" => "before_fork hook failed: #{e.class}: #{e.message}" })
+          return nil
         end
-        # Once per batch of forks: the heap does not change between them.
-        unless @readied
-          done = Readying.run
-          Worker.log(done) if done
-          @readied = true
-        end
-        channel_io = ios[0]
-        pid, err = double_fork(msg, channel_io)
+        yield if block_given?
+        pid, err = double_fork(msg, channel_io, mold: mold)
         return pid if pid.is_a?(Reborn)
 
         close_quietly(channel_io)
         Hooks.run_parent
         if pid.positive?
-          reply({ "op" => "spawned", "seq" => seq, "pid" => pid })
+          reply({ "op" => done, "seq" => seq, "pid" => pid })
         else
-          reply({ "op" => "spawn_failed", "seq" => seq, "error" => err })
+          reply({ "op" => failed, "seq" => seq, "error" => err })
         end
         nil
       end
 
-      # Fork the worker through a short-lived intermediate child. Returns [pid, nil] or
-      # [0, reason] in the template, and [Reborn, nil] in the new worker.
-      def double_fork(msg, channel_io)
+      # Fork the new process through a short-lived intermediate child. Returns [pid, nil] or
+      # [0, reason] in the forking process, and [Reborn, nil] in the new one.
+      def double_fork(msg, channel_io, mold: false)
         r, w = IO.pipe
         begin
           pid = Hooks.sdk_fork
@@ -393,7 +469,7 @@ module Forkd
           w.close
           return [0, "fork: #{e.message}"]
         end
-        return [intermediate(r, w, msg, channel_io), nil] if pid.nil?
+        return [intermediate(r, w, msg, channel_io, mold), nil] if pid.nil?
 
         w.close
         line = begin
@@ -416,7 +492,7 @@ module Forkd
 
       # In the intermediate child: fork the worker, tell the template its PID, exit at once (the
       # worker is re-parented to the master, a subreaper). Returns only in the worker.
-      def intermediate(r, w, msg, channel_io)
+      def intermediate(r, w, msg, channel_io, mold)
         begin
           r.close
           pid = Hooks.sdk_fork
@@ -434,7 +510,7 @@ module Forkd
         end
         own_process_group(0)
         close_quietly(w)
-        Reborn.new(msg, channel_io)
+        Reborn.new(msg, channel_io, mold)
       end
 
       # Make the new worker (pid, or 0 for this process) lead a process group of its own, as an
@@ -450,6 +526,71 @@ module Forkd
     end
 
     module_function
+
+    # A listener on one of these accepts connections to every address of the host.
+    ANY_ADDRESSES = %w[0.0.0.0 ::].freeze
+
+    # In a mold (forked from a serving worker, whose server's threads do not exist here): let the
+    # server forget what it ran (server.abandon, when it has one: forkd-rack's closes Puma's
+    # pipes and poller), then close every connection this process inherited that was accepted on
+    # one of the listeners. close(2) only: the serving worker holds the same connections, and
+    # shutdown(2) would cut them there too. Every Ruby IO object of such a connection is closed,
+    # so that no finalizer closes its descriptor's number later, when it may name another file.
+    # keep: IOs to leave open (the mold's channel). Returns how many connections it closed.
+    def drop_serving_state(server, listeners, keep: [])
+      begin
+        server.abandon if server.respond_to?(:abandon)
+      rescue StandardError => e
+        Worker.log("the server could not forget its state in the mold: #{e.class}: #{e.message}")
+      end
+      kept = (listeners + keep).map { |io| io.fileno rescue nil }.compact + [0, 1, 2] # rubocop:disable Style/RescueModifier
+      endpoints = listeners.map { |l| l.local_address rescue nil }.compact # rubocop:disable Style/RescueModifier
+      by_fd = Hash.new { |h, fd| h[fd] = [] }
+      ObjectSpace.each_object(IO) do |io|
+        next if io.closed?
+
+        fd = io.fileno
+        by_fd[fd] << io unless kept.include?(fd)
+      rescue IOError
+        next
+      end
+      closed = 0
+      by_fd.each_value do |ios|
+        sock = ios.find { |io| io.is_a?(BasicSocket) }
+        next unless sock && accepted_on?(sock, endpoints)
+
+        # The others share its descriptor: closed without closing it, which the first one does.
+        ios.each do |io|
+          next if io.equal?(sock)
+
+          io.autoclose = false
+          io.close
+        end
+        sock.close
+        closed += 1
+      rescue IOError, SystemCallError
+        next
+      end
+      closed
+    end
+
+    # Whether sock is a stream connection accepted on a listener at one of endpoints (its local
+    # address is the listener's: the same port on the listener's address or any, the same path).
+    def accepted_on?(sock, endpoints)
+      return false unless sock.getsockopt(:SOCKET, :TYPE).int == Socket::SOCK_STREAM
+      return false if sock.getsockopt(:SOCKET, :ACCEPTCONN).int == 1
+
+      mine = sock.local_address
+      endpoints.any? do |l|
+        if l.ip? && mine.ip?
+          l.ip_port == mine.ip_port && (ANY_ADDRESSES.include?(l.ip_address) || l.ip_address == mine.ip_address)
+        else
+          l.unix? && mine.unix? && !l.unix_path.empty? && l.unix_path == mine.unix_path
+        end
+      end
+    rescue SystemCallError, SocketError, IOError
+      false
+    end
 
     def serve(server, listeners: nil)
       unless Thread.current == Thread.main

@@ -111,7 +111,7 @@ module Forkd
     class State
       attr_reader :pid, :mine, :watchdog, :control_fd
       attr_accessor :index, :generation, :master_pid, :channel, :channel_error,
-                    :hello_sent, :welcomed, :template, :listeners, :names
+                    :hello_sent, :welcomed, :template, :listeners, :names, :mold, :serve
 
       def initialize(channel: nil)
         @pid = Process.pid
@@ -150,6 +150,11 @@ module Forkd
         @hello_sent = false
         @welcomed = false
         @template = false
+        # A mold: a template forked from a serving worker (docs/protocol.md, molds).
+        @mold = false
+        # Whether this worker serves: false in a template the master welcomed with "serve": false
+        # (mold mode's worker 0) and in every mold.
+        @serve = true
         @listeners = nil # made by Worker.listeners on first use
         @names = nil
       end
@@ -272,6 +277,14 @@ module Forkd
 
     def template?
       state.template
+    end
+
+    def mold?
+      state.mold
+    end
+
+    def serving?
+      state.serve
     end
 
     # --- request count and heartbeats -----------------------------------------------------------
@@ -427,7 +440,7 @@ module Forkd
         unless st.hello_sent
           st.hello_sent = true
           begin
-            ch.send_message({ "op" => "hello", "pid" => Process.pid, "fork" => fork ? true : false, "sdk" => SDK })
+            ch.send_message(hello_message(fork: fork, mold: st.mold))
           rescue SystemCallError, IOError => e
             die("cannot send hello to the forkd master: #{e.message}")
           end
@@ -458,7 +471,9 @@ module Forkd
             st.index = w if w.is_a?(Integer) && w >= 0
             st.generation = g if g.is_a?(Integer)
             st.welcomed = true
-            st.template = fork && st.index.zero?
+            st.template = st.mold || (fork && st.index.zero?)
+            # Only a template can be told not to serve: it still forks the workers that do.
+            st.serve = !st.mold && !(st.template && msg["serve"] == false)
           end
           return true
         when "refuse"
@@ -629,18 +644,26 @@ module Forkd
     # Say hello on a new worker's channel as soon as it is forked, before the process is made that
     # worker: the handshake then only waits for what is left of the master's answer. Returns false
     # when it could not be sent (the handshake tries again, and says why if it fails).
-    def send_forked_hello(channel)
-      Protocol::Channel.new(channel).send_message({ "op" => "hello", "pid" => Process.pid, "fork" => false, "sdk" => SDK })
+    def send_forked_hello(channel, mold: false)
+      Protocol::Channel.new(channel).send_message(hello_message(fork: mold, mold: mold))
       true
     rescue SystemCallError, IOError, ArgumentError
       false
     end
 
+    # The hello of this process: "fork" says it can be the template, "mold" that it is a mold.
+    def hello_message(fork:, mold:)
+      msg = { "op" => "hello", "pid" => Process.pid, "fork" => fork ? true : false, "sdk" => SDK }
+      msg["mold"] = true if mold
+      msg
+    end
+
     # Make this process (the SDK's grandchild) worker index of generation gen, whose channel is
     # channel (a Socket): the environment, this module's state, the random generator and the
-    # request count. The template's channel was closed by after_any_fork_in_child; hello_sent says
-    # send_forked_hello did its part.
-    def become_forked_worker(index, gen, channel, hello_sent: false)
+    # request count. The forking process's channel was closed by after_any_fork_in_child;
+    # hello_sent says send_forked_hello did its part. mold: this process is a mold (worker 0, a
+    # template that does not serve), whose notifications go to notify_socket when it is given.
+    def become_forked_worker(index, gen, channel, hello_sent: false, mold: false, notify_socket: nil)
       pid = Process.pid.to_s
       old = @state
       ENV["LISTEN_PID"] = pid
@@ -648,6 +671,7 @@ module Forkd
       ENV["FORKD_WORKER"] = index.to_s
       ENV["FORKD_GENERATION"] = gen.to_s
       ENV["FORKD_CONTROL_FD"] = channel.fileno.to_s
+      ENV["NOTIFY_SOCKET"] = notify_socket if notify_socket.is_a?(String) && !notify_socket.empty?
       channel.close_on_exec = true
       @requests_lock = Mutex.new
       @requests = 0
@@ -657,6 +681,8 @@ module Forkd
       @reporter = Reporter.new
       st = State.new(channel: Protocol::Channel.new(channel))
       st.hello_sent = hello_sent
+      st.mold = mold
+      st.serve = !mold
       st.master_pid = old.master_pid if old
       if old&.listeners
         # The same descriptors, now this worker's: LISTEN_PID says so.

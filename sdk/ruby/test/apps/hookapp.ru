@@ -26,6 +26,27 @@ Forkd.after_fork_child { record("child1", listen_pid: ENV.fetch("LISTEN_PID", ni
 Forkd.after_fork_child { record("child2") }
 Forkd.before_refork { record("before_refork") }
 Forkd.after_refork { record("after_refork") }
+# Whether descriptors opened now survive a full collection: a dropped connection whose Ruby object
+# was left unclosed would have its finalizer close the number, now one of these pipes.
+def fds_survive_gc
+  pipes = Array.new(16) { IO.pipe }
+  GC.start(full_mark: true, immediate_sweep: true)
+  pipes.all? do |r, w|
+    w.write("x")
+    r.read_nonblock(1) == "x"
+  rescue IOError, SystemCallError
+    false
+  end
+ensure
+  pipes&.flatten&.each { |io| io.close rescue nil } # rubocop:disable Style/RescueModifier
+end
+
+Forkd.after_mold do
+  env = %w[LISTEN_PID FORKD_WORKER FORKD_GENERATION NOTIFY_SOCKET WATCHDOG_PID].to_h { |k| [k, ENV.fetch(k, nil)] }
+  record("after_mold", env: env, template: Forkd.template?, mold: Forkd.mold?, serving: Forkd.serving?,
+                       index: Forkd.worker_index, generation: Forkd.generation, listeners: Forkd.listeners.size,
+                       fds_survive_gc: fds_survive_gc)
+end
 Forkd.after_worker_boot do
   env = %w[LISTEN_PID FORKD_WORKER FORKD_GENERATION FORKD_CONTROL_FD WATCHDOG_PID].to_h { |k| [k, ENV.fetch(k, nil)] }
   record("boot", env: env, template: Forkd.template?, index: Forkd.worker_index,
@@ -42,6 +63,12 @@ run(lambda do |env|
   case path
   when "/slow"
     sleep(Integer(query[/ms=(\d+)/, 1] || "500", 10) / 1000.0)
+  when "/wait"
+    # In flight until the test creates the file it names.
+    record("waiting")
+    file = query[/file=([^&]+)/, 1]
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+    sleep 0.01 until File.exist?(file) || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
   when "/fork"
     # A fork made by library code, not by the SDK.
     pid = fork do
