@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forkd/forkd/internal/memsample"
 	"github.com/forkd/forkd/internal/promtest"
 	"github.com/forkd/forkd/pkg/control"
 )
@@ -143,4 +146,49 @@ func TestMetricsListenInUse(t *testing.T) {
 	assert.Equal(t, 1, f.waitExit())
 	assert.Contains(t, f.output.String(), fmt.Sprintf("metrics.listen tcp://%s: ", taken.Addr()))
 	assert.Contains(t, f.output.String(), "address already in use")
+}
+
+// TestQuickModeServesMetrics: without a config file, --metrics-listen serves /metrics on a port of
+// its own and --memory-sample-interval sets how often the workers' memory is read; curl scrapes
+// it, promtool checks it.
+func TestQuickModeServesMetrics(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "control.sock")
+	addr := freeTCPAddress(t)
+	f := startQuickMode(t, dir, socket, "--workers", "2", "--listen", "tcp://127.0.0.1:0", "--socket", socket,
+		"--metrics-listen", "tcp://"+addr, "--memory-sample-interval", "1s", "--", filepath.Join(bin, "testworker"))
+	f.waitReady(2)
+
+	scrape := func() string {
+		out, err := exec.Command("curl", "-sSf", "--max-time", "10", "http://"+addr+"/metrics").CombinedOutput()
+		require.NoError(t, err, "curl: %s", out)
+		return string(out)
+	}
+	// Successive samples' times, as the scrapes see them (no status request wakes the sampler
+	// meanwhile): the interval between two of them is the flag's 1 s, not the default 10 s.
+	var sampledAt []float64
+	waitUntil(t, "three memory samples", func() bool {
+		text := scrape()
+		for _, line := range strings.Split(text, "\n") {
+			if v, ok := strings.CutPrefix(line, "forkd_memory_sample_timestamp_seconds "); ok {
+				at, err := strconv.ParseFloat(v, 64)
+				require.NoError(t, err, line)
+				if at > 0 && (len(sampledAt) == 0 || at != sampledAt[len(sampledAt)-1]) {
+					sampledAt = append(sampledAt, at)
+				}
+			}
+		}
+		return len(sampledAt) >= 3
+	})
+	gap := time.Duration((sampledAt[2] - sampledAt[1]) * float64(time.Second))
+	assert.Less(t, gap, memsample.DefaultInterval/2, "the interval between two samples (%v)", sampledAt)
+
+	text := scrape()
+	assert.Contains(t, text, `forkd_workers{state="ready"} 2`)
+	assert.Regexp(t, `(?m)^forkd_worker_pss_bytes\{.*\} [1-9]`, text)
+	check := exec.Command("promtool", "check", "metrics")
+	check.Stdin = strings.NewReader(text)
+	out, err := check.CombinedOutput()
+	assert.NoError(t, err, "promtool check metrics: %s", out)
 }

@@ -502,6 +502,12 @@ func (b *builder) decodeMetricsListen(a *hcl.Attribute) {
 	if !b.decodeValue(a, "metrics.listen", &url, &b.src.metricsListen) {
 		return
 	}
+	b.setMetricsListen(url, false)
+}
+
+// setMetricsListen sets metrics.listen from url, reported at b.src.metricsListen; a relative unix
+// path is resolved as resolvePath does for the file (fromFlag false) or a flag.
+func (b *builder) setMetricsListen(url string, fromFlag bool) {
 	network, address, err := parseListenURL(url)
 	if err != nil {
 		b.report(b.src.metricsListen, "%v", err)
@@ -509,7 +515,7 @@ func (b *builder) decodeMetricsListen(a *hcl.Attribute) {
 		return
 	}
 	if network == "unix" && !strings.HasPrefix(address, "@") {
-		address = b.resolvePath(address, false)
+		address = b.resolvePath(address, fromFlag)
 	}
 	b.cfg.Metrics = Metrics{Network: network, Address: address}
 }

@@ -31,6 +31,11 @@ type Flags struct {
 	// BootTimeout, WorkerTimeout and ShutdownTimeout override the timeouts block (--boot-timeout,
 	// --worker-timeout, --shutdown-timeout); they are parsed with time.ParseDuration.
 	BootTimeout, WorkerTimeout, ShutdownTimeout string
+	// MetricsListen overrides metrics.listen (--metrics-listen URL); a relative unix path is
+	// relative to forkd's working directory.
+	MetricsListen string
+	// MemorySampleInterval overrides memory.sample_interval (--memory-sample-interval).
+	MemorySampleInterval string
 	// ForkWorker turns on fork-worker mode with its defaults (--fork-worker), when the file has no
 	// fork_worker block.
 	ForkWorker bool
@@ -64,6 +69,10 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 		"fork-worker mode: fork workers 1..n-1 from a warmed-up worker 0 (the app needs a forkd SDK); refork once, after a worker has served 1000 requests")
 	fs.StringVar(&f.ShutdownTimeout, "shutdown-timeout", "",
 		"how long a worker may take to exit after SIGTERM before it gets SIGKILL, a `DURATION` (default 30s)")
+	fs.StringVar(&f.MetricsListen, "metrics-listen", "",
+		"serve Prometheus metrics at /metrics on `URL` too, a listen URL like tcp://127.0.0.1:9090 (default: on the control socket only)")
+	fs.StringVar(&f.MemorySampleInterval, "memory-sample-interval", "",
+		"read every worker's memory (smaps_rollup) every `DURATION`, at least 1s (default 10s)")
 }
 
 // workersFlag is the pflag.Value behind --workers; unlike an int flag it notes that the flag was
@@ -109,6 +118,11 @@ func (b *builder) applyFlags(f Flags) {
 	b.flagDuration(f.BootTimeout, "--boot-timeout", &c.Timeouts.Boot, &s.boot)
 	b.flagDuration(f.WorkerTimeout, "--worker-timeout", &c.Timeouts.Worker, &s.worker)
 	b.flagDuration(f.ShutdownTimeout, "--shutdown-timeout", &c.Timeouts.Shutdown, &s.shutdown)
+	if f.MetricsListen != "" {
+		s.metricsListen = given("--metrics-listen")
+		b.setMetricsListen(f.MetricsListen, true)
+	}
+	b.flagDuration(f.MemorySampleInterval, "--memory-sample-interval", &c.Memory.SampleInterval, &s.sampleInterval)
 	if f.ForkWorker && c.ForkWorker == nil {
 		c.ForkWorker = &ForkWorker{}
 		s.forkWorker = given("--fork-worker")

@@ -31,6 +31,7 @@ func TestRegister(t *testing.T) {
 		"--listen", "tcp://:8080", "--listen", "unix:///run/a,b.sock",
 		"--readiness", "started", "--socket", "/run/web.sock",
 		"--boot-timeout", "10s", "--worker-timeout", "5s", "--shutdown-timeout", "1s",
+		"--metrics-listen", "tcp://127.0.0.1:9090", "--memory-sample-interval", "2s",
 		"--", "server", "--port", "8080")
 	assert.Equal(t, Flags{
 		Config: "demo.hcl", Name: "web", Workers: 3,
@@ -38,6 +39,7 @@ func TestRegister(t *testing.T) {
 		Listen:    []string{"tcp://:8080", "unix:///run/a,b.sock"},
 		Readiness: "started", Socket: "/run/web.sock",
 		BootTimeout: "10s", WorkerTimeout: "5s", ShutdownTimeout: "1s",
+		MetricsListen: "tcp://127.0.0.1:9090", MemorySampleInterval: "2s",
 		Command:      []string{"server", "--port", "8080"},
 		workersGiven: true,
 	}, f)
@@ -79,6 +81,28 @@ func TestQuickMode(t *testing.T) {
 		Memory:   Memory{SampleInterval: DefaultMemorySampleInterval},
 		Log:      Log{Level: "info", Format: "auto"},
 	}, cfg)
+}
+
+// TestQuickModeMetricsAndMemory: quick mode has flags for metrics.listen and
+// memory.sample_interval; a relative unix path is relative to the working directory, as for
+// --listen.
+func TestQuickModeMetricsAndMemory(t *testing.T) {
+	dir := sandbox(t)
+	cfg, err := Load(parseFlags(t, "--metrics-listen", "tcp://127.0.0.1:9090", "--memory-sample-interval", "2s", "--", "server"))
+	require.NoError(t, err)
+	assert.Equal(t, Metrics{Network: "tcp", Address: "127.0.0.1:9090"}, cfg.Metrics)
+	assert.Equal(t, 2*time.Second, cfg.Memory.SampleInterval)
+
+	cfg, err = Load(parseFlags(t, "--metrics-listen", "unix://metrics.sock", "--", "server"))
+	require.NoError(t, err)
+	assert.Equal(t, Metrics{Network: "unix", Address: filepath.Join(dir, "metrics.sock")}, cfg.Metrics)
+
+	// Over a file, the flags replace its values.
+	file := writeConfig(t, "app.hcl", "command = [\"server\"]\nmetrics { listen = \"tcp://127.0.0.1:9091\" }\nmemory { sample_interval = \"30s\" }\n")
+	cfg, err = Load(parseFlags(t, "--config", file, "--metrics-listen", "tcp://127.0.0.1:9092", "--memory-sample-interval", "5s"))
+	require.NoError(t, err)
+	assert.Equal(t, "tcp://127.0.0.1:9092", cfg.Metrics.URL())
+	assert.Equal(t, 5*time.Second, cfg.Memory.SampleInterval)
 }
 
 // TestQuickModeReadiness: quick mode runs an app as it is, so its workers are ready once started,
@@ -139,6 +163,14 @@ func TestFlagProblems(t *testing.T) {
 			`--worker-timeout: must not be negative (0s turns heartbeats off), not -1s`},
 		{"shutdown timeout", []string{"--shutdown-timeout", "soon", "--", "server"},
 			`--shutdown-timeout: "soon" is not a duration`},
+		{"metrics listen bad scheme", []string{"--metrics-listen", "http://:9090", "--", "server"},
+			`--metrics-listen: "http://:9090" has the unknown scheme "http"`},
+		{"metrics listen on a worker listener", []string{"--listen", "tcp://127.0.0.1:8080", "--metrics-listen", "tcp://127.0.0.1:8080", "--", "server"},
+			`--metrics-listen: is the address of listen "listen0", where the workers serve`},
+		{"memory sample interval too short", []string{"--memory-sample-interval", "100ms", "--", "server"},
+			`--memory-sample-interval: must be at least 1s (each sample reads every worker's page tables), not 100ms`},
+		{"memory sample interval not a duration", []string{"--memory-sample-interval", "often", "--", "server"},
+			`--memory-sample-interval: "often" is not a duration`},
 		{"socket too long", []string{"--socket", "/" + strings.Repeat("s", 120), "--", "server"},
 			`--socket: "/` + strings.Repeat("s", 120) + `" is 121 bytes long`},
 		{"several", []string{"--workers", "0", "--readiness", "x"},
