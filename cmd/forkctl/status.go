@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,6 +99,9 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	if st.Cgroups != "" {
 		row("cgroups:", printable(st.Cgroups))
 	}
+	if st.KSM != "" {
+		row("ksm:", printable(st.KSM))
+	}
 	if st.Strays > 0 {
 		row("strays:", strconv.Itoa(st.Strays)+" (left behind by workers, being stopped)")
 	}
@@ -117,6 +121,13 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	header := []string{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "PSS", "SHARED", "PRIVATE", "STATUS"}
 	if withCgroups {
 		header = slices.Insert(header, len(header)-1, "CGROUP")
+	}
+	// With KSM (memory.ksm), KSM is what ksmd merged of each worker's pages (ksm_merging_pages).
+	withKSM := slices.ContainsFunc(st.WorkerList, func(wk control.Worker) bool {
+		return wk.Memory != nil && wk.Memory.KSM != nil && (wk.Memory.KSM.MergeAny || wk.Memory.KSM.MergingPages > 0)
+	})
+	if withKSM {
+		header = slices.Insert(header, len(header)-1, "KSM")
 	}
 	rows := [][]string{header}
 	for _, wk := range st.WorkerList {
@@ -141,6 +152,13 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 				cg = mebibytes(wk.Cgroup.Current)
 			}
 			cells = append(cells, cg)
+		}
+		if withKSM {
+			merged := "-"
+			if wk.Memory != nil && wk.Memory.KSM != nil {
+				merged = mebibytes(wk.Memory.KSM.MergingPages * uint64(os.Getpagesize()))
+			}
+			cells = append(cells, merged)
 		}
 		rows = append(rows, append(cells, workerStatus(wk, now)))
 	}

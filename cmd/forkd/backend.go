@@ -61,6 +61,12 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		StatusLine:           st.StatusLine,
 		Cgroups:              b.cgroups,
 	}
+	if b.cfg.Memory.KSM {
+		out.KSM = "on"
+		if problem := memsample.KSMProblem(); problem != "" {
+			out.KSM = "on, merging nothing: " + problem
+		}
+	}
 	if st.Rollout != cluster.NoRollout && st.Phase == cluster.PhaseRunning {
 		out.Phase = control.PhaseRolling
 	}
@@ -109,6 +115,9 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 			m, ok := sample.Of(w.PID, w.SpawnedAt)
 			if ok {
 				cw.Memory = &control.Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared, PrivateDirty: m.PrivateDirty}
+				if k := m.KSM; k != nil {
+					cw.Memory.KSM = &control.KSM{MergingPages: k.MergingPages, RmapItems: k.RmapItems, Profit: k.Profit, MergeAny: k.MergeAny}
+				}
 			}
 			if !ok || !w.ReadyAt.IsZero() && sample.At.Before(w.ReadyAt) {
 				// A process the sampler has not seen yet, or not since it loaded the app.

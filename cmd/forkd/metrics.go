@@ -250,9 +250,14 @@ func masterSettingsChanged(cfg, running *config.Config) []string {
 		}
 		warnings = append(warnings, fmt.Sprintf("metrics.listen changed: it stays %s until forkd is restarted (forkctl restart)", now))
 	}
-	if cfg.Memory != running.Memory {
+	if cfg.Memory.SampleInterval != running.Memory.SampleInterval {
 		warnings = append(warnings, fmt.Sprintf("memory.sample_interval changed: it stays %s until forkd is restarted (forkctl restart)",
 			running.Memory.SampleInterval))
+	}
+	if cfg.Memory.KSM != running.Memory.KSM {
+		// The status's ksm line and the check of ksmd are the master's, made once at its start.
+		warnings = append(warnings, fmt.Sprintf("memory.ksm changed: it stays %t until forkd is restarted (forkctl restart)",
+			running.Memory.KSM))
 	}
 	return warnings
 }

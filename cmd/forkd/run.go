@@ -17,6 +17,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/forkd/forkd/internal/fds"
+	"github.com/forkd/forkd/internal/memsample"
 	"github.com/forkd/forkd/internal/supervisor"
 	"github.com/forkd/forkd/internal/version"
 	"github.com/forkd/forkd/pkg/activation"
@@ -222,6 +223,14 @@ func supervise(cfg *config.Config, flags config.Flags, logger *slog.Logger, even
 	logger.Info(what, "event", "master-starting", "pid", os.Getpid(), "listeners", strings.Join(addrs, ", "),
 		"socket_activated", activated, "control_socket", cfg.Control.Socket)
 
+	if cfg.Memory.KSM {
+		// Once, before the first worker: the workers still run, opted in, and merge as soon as
+		// ksmd is started.
+		if problem := memsample.KSMProblem(); problem != "" {
+			logger.Warn(problem, "event", "ksm-unavailable")
+		}
+	}
+
 	b := &backend{driver: driver, cfg: cfg, startedAt: startedAt, listeners: listeners, activated: activated, events: events.hub,
 		cgroups: cgroupsLine, workerCgroups: cgroups}
 	// The memory samples reach the machine's memory policies too, until the driver stops.
@@ -311,7 +320,8 @@ func generation(cfg *config.Config) supervisor.Generation {
 				Confirm: config.DecayConfirmSamples, MaxFruitless: p.MaxFruitless}
 		}
 	}
-	return supervisor.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env}
+	return supervisor.Generation{Machine: machine, Command: cfg.Command, Directory: cfg.Directory, Env: cfg.Env,
+		KSM: cfg.Memory.KSM}
 }
 
 // reconfigure loads the config again for a reload, from the same file and flags as at start. What
@@ -329,8 +339,9 @@ func reconfigure(running *config.Config, flags config.Flags) (supervisor.Generat
 		return supervisor.Generation{}, nil, err
 	}
 	g := generation(cfg)
-	// The systemd block needs a new master, as the listeners do.
+	// The systemd block needs a new master, as the listeners do; so does memory (metrics.go).
 	g.Machine.WatchdogMinReady = running.Systemd.WatchdogMinReady
+	g.KSM = running.Memory.KSM
 	if !slices.Equal(cfg.Listeners, running.Listeners) {
 		g.Warnings = append(g.Warnings, "the listen blocks changed: the sockets stay as they are until forkd is restarted (systemctl restart)")
 	}

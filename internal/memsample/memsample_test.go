@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestReadThisProcess(t *testing.T) {
@@ -129,6 +131,48 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func TestParseKSMStat(t *testing.T) {
+	k := parseKSMStat([]byte("ksm_rmap_items 120\nksm_zero_pages 0\nksm_merging_pages 90\nksm_process_profit -1024\n" +
+		"ksm_merge_any: yes\nksm_mergeable: yes\nsome_later_field 7\n"))
+	if *k != (KSM{MergingPages: 90, RmapItems: 120, Profit: -1024, MergeAny: true}) {
+		t.Fatalf("parsed %+v", *k)
+	}
+	m, err := Read(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, statErr := os.Stat("/proc/self/ksm_stat"); (statErr == nil) != (m.KSM != nil) {
+		t.Fatalf("Read's KSM is %+v, but /proc/self/ksm_stat: %v", m.KSM, statErr)
+	}
+}
+
+// KSMProblem names what keeps KSM from merging: no kernel support, then a stopped ksmd.
+func TestKSMProblem(t *testing.T) {
+	dir := t.TempDir()
+	ok := func() error { return nil }
+	run := func(v string) {
+		if err := os.WriteFile(dir+"/run", []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name, dir, run string
+		getMerge       func() error
+		want           string
+	}{
+		{"no sysfs directory", dir + "/absent", "1", ok, KSMNoKernelSupport},
+		{"prctl unknown", dir, "1", func() error { return unix.EINVAL }, KSMNoKernelSupport},
+		{"ksmd stopped", dir, "0", ok, KSMDaemonOff},
+		{"ksmd stopped and unmerged", dir, "2", ok, KSMDaemonOff},
+		{"ksmd running", dir, "1", ok, ""},
+	} {
+		run(tc.run)
+		if got := ksmProblem(tc.dir, tc.getMerge); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }

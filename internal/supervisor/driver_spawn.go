@@ -35,6 +35,9 @@ type Generation struct {
 	Directory string
 	// Env is added to the environment workers inherit from forkd; an entry here wins over forkd's.
 	Env map[string]string
+	// KSM opts the workers in to the kernel's same-page merging (memory.ksm): the shim calls
+	// prctl(PR_SET_MEMORY_MERGE) before it execs the app (shim.EnvKSM).
+	KSM bool
 	// Warnings are changes in the config that a reload cannot apply (listeners, the control
 	// socket): they are logged.
 	Warnings []string
@@ -45,6 +48,7 @@ type spec struct {
 	command []string
 	dir     string
 	env     map[string]string
+	ksm     bool
 }
 
 func newSpec(g Generation) (*spec, error) {
@@ -56,7 +60,7 @@ func newSpec(g Generation) (*spec, error) {
 		}
 		dir = resolved
 	}
-	return &spec{command: g.Command, dir: dir, env: g.Env}, nil
+	return &spec{command: g.Command, dir: dir, env: g.Env, ksm: g.KSM}, nil
 }
 
 // register keeps sp under a new handle, which cfg names from now on.
@@ -251,6 +255,9 @@ func (d *Driver) workerEnv(sp *spec, slot, generation int, heartbeat time.Durati
 	)
 	if heartbeat > 0 {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(heartbeat.Microseconds(), 10))
+	}
+	if sp.ksm {
+		env = append(env, shim.EnvKSM+"=1")
 	}
 	return env
 }

@@ -370,6 +370,10 @@ type Memory struct {
 	// status and the metrics report the last sample. Defaults to DefaultMemorySampleInterval; at
 	// least MinMemorySampleInterval.
 	SampleInterval time.Duration
+	// KSM opts every worker in to the kernel's same-page merging (prctl PR_SET_MEMORY_MERGE, Linux
+	// 6.4+): forkd's shim sets it before it execs the app, and a forked worker inherits it from
+	// its template. It merges only while ksmd runs (/sys/kernel/mm/ksm/run). Off by default.
+	KSM bool
 }
 
 // Log configures forkd's own log records.

@@ -134,6 +134,7 @@ type fileMetrics struct {
 
 type fileMemory struct {
 	SampleInterval *hcl.Attribute `hcl:"sample_interval,optional"`
+	KSM            *hcl.Attribute `hcl:"ksm,optional"`
 }
 
 type fileLog struct {
@@ -244,6 +245,7 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 	}
 	if m := fc.Memory; m != nil {
 		b.decodeDuration(m.SampleInterval, "memory.sample_interval", &c.Memory.SampleInterval, &s.sampleInterval)
+		b.decodeValue(m.KSM, "memory.ksm", &c.Memory.KSM, &s.ksm)
 	}
 	if l := fc.Log; l != nil {
 		b.decodeValue(l.Level, "log.level", &c.Log.Level, &s.level)

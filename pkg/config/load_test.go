@@ -92,6 +92,7 @@ metrics {
 
 memory {
   sample_interval = "30s"
+  ksm             = true
 }
 
 log {
@@ -133,7 +134,7 @@ func TestParseFullConfig(t *testing.T) {
 		Control: Control{Socket: filepath.Join(dir, "run", "control.sock"), WorkerAccess: WorkerAccessStatus},
 		Cgroups: Cgroups{Mode: CgroupsOn, MemoryMax: 512 << 20, MemoryHigh: 384 << 20},
 		Metrics: Metrics{Network: "unix", Address: filepath.Join(dir, "run", "metrics.sock")},
-		Memory:  Memory{SampleInterval: 30 * time.Second},
+		Memory:  Memory{SampleInterval: 30 * time.Second, KSM: true},
 		Log:     Log{Level: "debug", Format: "json"},
 	}, cfg)
 }

@@ -63,7 +63,7 @@ type sources struct {
 	notifyAbstract, notifyDirectory    origin
 	socket, workerAccess               origin
 	cgroupsMode, memoryMax, memoryHigh origin
-	metricsListen, sampleInterval      origin
+	metricsListen, sampleInterval, ksm origin
 	level, format                      origin
 }
 
@@ -97,7 +97,7 @@ func defaultSources(quick bool) sources {
 		notifyAbstract: at("notify.abstract"), notifyDirectory: at("notify.directory"),
 		socket: at("control.socket"), workerAccess: at("control.worker_access"),
 		cgroupsMode: at("cgroups.mode"), memoryMax: at("cgroups.memory_max"), memoryHigh: at("cgroups.memory_high"),
-		metricsListen: at("metrics.listen"), sampleInterval: at("memory.sample_interval"),
+		metricsListen: at("metrics.listen"), sampleInterval: at("memory.sample_interval"), ksm: at("memory.ksm"),
 		level: at("log.level"), format: at("log.format"),
 	}
 }

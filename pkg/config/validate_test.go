@@ -219,6 +219,8 @@ var parseProblemTests = []struct {
 		"demo.hcl:3,21-28", `memory.sample_interval: must be at least 1s (each sample reads every worker's page tables), not 100ms`},
 	{"memory sample interval not a duration", "command = [\"server\"]\nmemory {\n  sample_interval = \"10\"\n}",
 		"demo.hcl:3,21-25", `memory.sample_interval: "10" is not a duration`},
+	{"memory ksm not a bool", "command = [\"server\"]\nmemory {\n  ksm = \"yes\"\n}",
+		"demo.hcl:3,9-14", `memory.ksm: must be true or false`},
 
 	// log
 	{"log level unknown", "command = [\"server\"]\nlog {\n  level = \"verbose\"\n}",

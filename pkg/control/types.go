@@ -84,6 +84,10 @@ type Status struct {
 	// forkd's cgroup and the controllers the workers' have (and which are missing, and why), or
 	// "off (REASON)", with what keeps forkd from creating them and what to change.
 	Cgroups string `json:"cgroups,omitempty"`
+	// KSM says whether the workers are opted in to the kernel's same-page merging (memory.ksm):
+	// "on", or "on, merging nothing: REASON" while the kernel cannot merge (ksmd stopped, no
+	// PR_SET_MEMORY_MERGE), as it stands at the request. Empty (and omitted) with memory.ksm off.
+	KSM string `json:"ksm,omitempty"`
 	// MemorySampledAt is when the workers' memory (Worker.Memory) was read: the master samples
 	// it on its own schedule (memory.sample_interval), not for each request. Zero (and omitted)
 	// before the first sample.
@@ -171,6 +175,22 @@ type Memory struct {
 	// PrivateDirty is what the process wrote and shares with no other (Private_Dirty): in
 	// fork-worker mode, what copy-on-write copied since the fork, which a refork wins back.
 	PrivateDirty uint64 `json:"private_dirty"`
+	// KSM is the process's share in the kernel's same-page merging (/proc/PID/ksm_stat); nil (and
+	// omitted) when the kernel has no such file.
+	KSM *KSM `json:"ksm,omitempty"`
+}
+
+// KSM is a process's share in the kernel's same-page merging, from /proc/PID/ksm_stat.
+type KSM struct {
+	// MergingPages is how many of its pages ksmd merged with identical ones (ksm_merging_pages).
+	MergingPages uint64 `json:"merging_pages"`
+	// RmapItems is how many of its pages ksmd tracks (ksm_rmap_items), at a cost in kernel memory.
+	RmapItems uint64 `json:"rmap_items"`
+	// Profit is the bytes merging saved less what tracking cost (ksm_process_profit); it may be
+	// negative.
+	Profit int64 `json:"profit"`
+	// MergeAny is true when the whole process is opted in (PR_SET_MEMORY_MERGE: ksm_merge_any).
+	MergeAny bool `json:"merge_any"`
 }
 
 // DecayTrigger is the state of fork_worker.refork_on_decay, the refork trigger that watches the

@@ -24,6 +24,7 @@ type clusterCollector struct {
 	requests, startTime, restarts, busy               *prometheus.Desc
 	rss, pss, shared, private                         *prometheus.Desc
 	cgroupCurrent, cgroupStat                         *prometheus.Desc
+	ksmMerging, ksmRmapItems, ksmProfit               *prometheus.Desc
 	listenerInfo, listenerBacklog, listenerBacklogMax *prometheus.Desc
 }
 
@@ -50,6 +51,9 @@ func newClusterCollector(source Source) *clusterCollector {
 		shared:             w("forkd_worker_shared_bytes", "The worker's resident memory shared with other processes (Shared_Clean + Shared_Dirty)."),
 		private:            w("forkd_worker_private_bytes", "The worker's resident memory no other process shares (Rss - Shared)."),
 		cgroupCurrent:      w("forkd_worker_cgroup_memory_bytes", "Memory charged to the worker's cgroup (memory.current)."),
+		ksmMerging:         w("forkd_worker_ksm_merging_pages", "The worker's pages the kernel's ksmd merged with identical ones (ksm_merging_pages); where the kernel has /proc/PID/ksm_stat."),
+		ksmRmapItems:       w("forkd_worker_ksm_rmap_items", "The worker's pages ksmd tracks (ksm_rmap_items), each at a cost in kernel memory."),
+		ksmProfit:          w("forkd_worker_ksm_profit_bytes", "What KSM saved on the worker, less what tracking its pages cost (ksm_process_profit); may be negative."),
 		cgroupStat:         d("forkd_worker_cgroup_memory_stat_bytes", "Parts of the worker cgroup's memory (memory.stat): anon, file, shmem, kernel.", append(workerLabels, "type")...),
 		listenerInfo:       d("forkd_listener_info", "A socket the workers accept on; always 1.", "listener", "address"),
 		listenerBacklog:    d("forkd_listener_backlog", "Connections in the listener's accept queue that no worker has accepted yet.", "listener"),
@@ -60,7 +64,7 @@ func newClusterCollector(source Source) *clusterCollector {
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.info, c.generation, c.desired, c.workers, c.rolloutInProgress, c.cgroups, c.sampledAt,
-		c.requests, c.startTime, c.restarts, c.busy, c.rss, c.pss, c.shared, c.private,
+		c.requests, c.startTime, c.restarts, c.busy, c.rss, c.pss, c.shared, c.private, c.ksmMerging, c.ksmRmapItems, c.ksmProfit,
 		c.cgroupCurrent, c.cgroupStat, c.listenerInfo, c.listenerBacklog, c.listenerBacklogMax,
 	} {
 		ch <- d
@@ -121,6 +125,11 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(c.pss, float64(m.PSS), l...)
 			gauge(c.shared, float64(m.Shared), l...)
 			gauge(c.private, float64(m.Private), l...)
+			if k := m.KSM; k != nil {
+				gauge(c.ksmMerging, float64(k.MergingPages), l...)
+				gauge(c.ksmRmapItems, float64(k.RmapItems), l...)
+				gauge(c.ksmProfit, float64(k.Profit), l...)
+			}
 		}
 		if m := w.Cgroup; m != nil {
 			gauge(c.cgroupCurrent, float64(m.Current), l...)

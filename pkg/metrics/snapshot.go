@@ -77,6 +77,16 @@ type Memory struct {
 	// sharing it; Shared the pages shared with other processes (Shared_Clean + Shared_Dirty),
 	// Private the others (RSS - Shared).
 	RSS, PSS, Shared, Private uint64
+	// KSM is the process's share in the kernel's same-page merging (/proc/PID/ksm_stat); nil
+	// where the kernel has none.
+	KSM *KSM
+}
+
+// KSM is a process's share in the kernel's same-page merging: pages merged, pages tracked, and
+// the bytes saved less the tracking's cost.
+type KSM struct {
+	MergingPages, RmapItems uint64
+	Profit                  int64
 }
 
 // CgroupMemory is a worker cgroup's memory in bytes (memory.current, memory.stat).
@@ -142,6 +152,9 @@ func FromStatus(st control.Status, version string) Snapshot {
 		}
 		if m := w.Memory; m != nil {
 			sw.Memory = &Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared, Private: m.RSS - min(m.Shared, m.RSS)}
+			if k := m.KSM; k != nil {
+				sw.Memory.KSM = &KSM{MergingPages: k.MergingPages, RmapItems: k.RmapItems, Profit: k.Profit}
+			}
 		}
 		if m := w.Cgroup; m != nil {
 			sw.Cgroup = &CgroupMemory{Current: m.Current, Anon: m.Anon, File: m.File, Shmem: m.Shmem, Kernel: m.Kernel}

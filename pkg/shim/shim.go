@@ -22,6 +22,14 @@ package shim
 // is likely to collide with it.
 const Arg = "__forkd-shim"
 
+// EnvKSM, set to "1" in a worker's environment (memory.ksm), makes the shim opt the worker in to
+// the kernel's same-page merging (prctl PR_SET_MEMORY_MERGE) before it execs the app. Since Linux
+// 6.4 the flag is inherited across fork, and recent kernels (checked on 6.18) keep it across
+// execve as well, so the app runs with it and so does every worker its template forks; the SDKs
+// set it again in the template, for kernels that drop it at the exec. The variable stays in the
+// app's environment for them.
+const EnvKSM = "FORKD_KSM"
+
 // Exit statuses of a shim that could not exec the app, as a shell reports them.
 const (
 	// ExitNotFound: the command does not exist (not in PATH, or no such file).

@@ -20,7 +20,8 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // Run turns the current process into the worker app args (its argv) with the
 // sd_listen_fds(3) contract fulfilled: it sets LISTEN_PID to its own PID when LISTEN_FDS is set
 // (removing any LISTEN_PID otherwise), sets WATCHDOG_PID likewise when WATCHDOG_USEC is set, makes
-// sure fds 3 to 3+LISTEN_FDS-1 are open and survive the exec, and execs args[0] in place: the app
+// sure fds 3 to 3+LISTEN_FDS-1 are open and survive the exec, opts the process in to KSM when
+// EnvKSM is "1", and execs args[0] in place: the app
 // keeps the PID the master spawned. args[0] is looked up in the PATH of the environment (systemd's
 // default path when PATH is unset), or taken relative to the working directory when it contains a
 // '/', as execvp(3) does; argv[0] is passed on as written.
@@ -56,6 +57,11 @@ func runShim(args, environ []string, pid int) (exitCode int, err error) {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
 			return ExitCannotExec, fmt.Errorf("fd %d: clearing close-on-exec: %w", fd, err)
 		}
+	}
+	if v, _ := lookupEnv(environ, EnvKSM); v == "1" {
+		// A kernel without it (EINVAL) runs the app without KSM: the master has said so once,
+		// and a worker must not fail to start for it.
+		_ = unix.Prctl(unix.PR_SET_MEMORY_MERGE, 1, 0, 0, 0)
 	}
 	return execApp(args, env)
 }

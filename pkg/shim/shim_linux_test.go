@@ -259,3 +259,23 @@ func TestShimFailures(t *testing.T) {
 		})
 	}
 }
+
+// With FORKD_KSM=1 the app runs opted in to KSM as a whole (ksm_merge_any), which it inherits
+// across the shim's exec; without it, it does not.
+func TestShimOptsInToKSM(t *testing.T) {
+	if _, err := os.Stat("/proc/self/ksm_stat"); err != nil {
+		t.Skip("this kernel has no /proc/PID/ksm_stat (Linux 6.1+ with CONFIG_KSM)")
+	}
+	if _, err := unix.PrctlRetInt(unix.PR_GET_MEMORY_MERGE, 0, 0, 0, 0); err != nil {
+		t.Skipf("this kernel has no PR_SET_MEMORY_MERGE (Linux 6.4+): %v", err)
+	}
+	for _, tc := range []struct {
+		env, want string
+	}{{"1", "ksm_merge_any: yes"}, {"", "ksm_merge_any: no"}} {
+		env := proctest.Env(shim.EnvKSM, tc.env)
+		c := spawnWorker(t, []string{"/bin/cat", "/proc/self/ksm_stat"}, env, "", nil)
+		code, stdout, stderr := c.Wait(t)
+		require.Equal(t, 0, code, "stderr:\n%s", stderr)
+		assert.Contains(t, stdout, tc.want, "FORKD_KSM=%q", tc.env)
+	}
+}

@@ -154,9 +154,30 @@ def state():
     """The _State of this process, read once per PID (a forked child reads it anew)."""
     global _state
     with _lock:
+        if _state is None:
+            _opt_in_to_ksm()
         if _state is None or _state.pid != os.getpid():
             _state = _State()
         return _state
+
+
+#: prctl(2)'s option that opts a whole process in to KSM (Linux 6.4+).
+PR_SET_MEMORY_MERGE = 67
+
+
+def _opt_in_to_ksm():
+    """With memory.ksm (FORKD_KSM=1), forkd's shim opts the worker in to the kernel's same-page
+    merging before it execs the app; kernels before 6.16 drop the flag at the exec, so the exec'd
+    process (the template, or an exec-mode worker) opts in again, and its forks inherit it. A
+    kernel without it merges nothing: the master said so once."""
+    if os.environ.get("FORKD_KSM") != "1":
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MEMORY_MERGE, ctypes.c_ulong(1), ctypes.c_ulong(0),
+                                                ctypes.c_ulong(0), ctypes.c_ulong(0))
+    except (OSError, AttributeError):
+        pass
 
 
 # --- listeners ----------------------------------------------------------------------------------

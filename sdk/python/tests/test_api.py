@@ -17,6 +17,21 @@ class PlainAPITest(MasterTestCase):
         lines = [ln for ln in log.splitlines() if ln.startswith("{")]
         return os.WEXITSTATUS(status), (json.loads(lines[-1]) if lines else None), log
 
+    def test_ksm_opt_in(self):
+        """With FORKD_KSM=1 (memory.ksm) the SDK opts its process in to KSM whole, as kernels
+        before 6.16 drop the shim's opt-in at the exec; without it, it leaves the process as is."""
+        if not os.path.exists("/proc/self/ksm_stat"):
+            self.skipTest("no /proc/self/ksm_stat (Linux 6.1+ with CONFIG_KSM)")
+        for value, merge_any in (("1", "yes"), ("", "no")):
+            code, out, log = self.run_script(
+                "import json, re, forkd\n"
+                "forkd.listeners()\n"
+                "stat = open('/proc/self/ksm_stat').read()\n"
+                "print(json.dumps({'merge_any': re.search(r'ksm_merge_any: ([a-z]+)', stat).group(1)}))\n",
+                env={"FORKD_KSM": value})
+            self.assertEqual(code, 0, log)
+            self.assertEqual(out, {"merge_any": merge_any}, "FORKD_KSM=%r" % value)
+
     def test_listeners_and_environment(self):
         code, out, log = self.run_script(
             "import fcntl, json, os, forkd\n"

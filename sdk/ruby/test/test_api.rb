@@ -12,6 +12,24 @@ class APITest < ForkdTest::MasterTest
     [status, JSON.parse(line), log]
   end
 
+  # With FORKD_KSM=1 (memory.ksm) the SDK opts its process in to KSM whole, as kernels before
+  # 6.16 drop the shim's opt-in at the exec; without it, it leaves the process as it is.
+  def test_ksm_opt_in
+    skip "no /proc/self/ksm_stat (Linux 6.1+ with CONFIG_KSM)" unless File.exist?("/proc/self/ksm_stat")
+    [["1", "yes"], ["", "no"]].each do |value, merge_any|
+      m = master
+      w = m.start(["-e", <<~RUBY], control: false, env: { "FORKD_KSM" => value })
+        require "forkd"; require "json"
+        Forkd.listeners
+        puts JSON.generate(merge_any: File.read("/proc/self/ksm_stat")[/ksm_merge_any: ([a-z]+)/, 1])
+      RUBY
+      status, out, log = result_of(w)
+      assert status.success?, log
+      skip "this kernel has no PR_SET_MEMORY_MERGE (Linux 6.4+)" if value == "1" && out["merge_any"].nil?
+      assert_equal merge_any, out["merge_any"], "FORKD_KSM=#{value.inspect}"
+    end
+  end
+
   def test_listeners_and_environment
     m = master(watchdog_usec: 3_000_000)
     w = m.start(["-e", <<~RUBY], index: 2, generation: 5, control: false)

@@ -188,9 +188,29 @@ module Forkd
     # The State of this process, read once per PID (a forked child reads it anew).
     def state
       @lock.synchronize do
+        opt_in_to_ksm if @state.nil?
         @state = State.new if @state.nil? || @state.pid != Process.pid
         @state
       end
+    end
+
+    # prctl(2)'s option that opts a whole process in to KSM (Linux 6.4+).
+    PR_SET_MEMORY_MERGE = 67
+
+    # With memory.ksm, forkd's shim opts the worker in to the kernel's same-page merging before
+    # it execs the app; kernels before 6.16 drop the flag at the exec, so the exec'd process
+    # (the template, or an exec-mode worker) opts in again, and its forks inherit it. A kernel
+    # without it merges nothing: the master said so once.
+    def opt_in_to_ksm
+      return unless ENV["FORKD_KSM"] == "1"
+
+      require "fiddle"
+      prctl = Fiddle::Function.new(Fiddle.dlopen(nil)["prctl"],
+                                   [Fiddle::TYPE_INT, Fiddle::TYPE_LONG, Fiddle::TYPE_LONG, Fiddle::TYPE_LONG,
+                                    Fiddle::TYPE_LONG], Fiddle::TYPE_INT)
+      prctl.call(PR_SET_MEMORY_MERGE, 1, 0, 0, 0)
+    rescue LoadError, StandardError
+      nil
     end
 
     # --- listeners ------------------------------------------------------------------------------
