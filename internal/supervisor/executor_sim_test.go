@@ -20,7 +20,7 @@ var (
 var simEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // simCovered counts what the histories went through, to show the faults happen.
-var simCovered struct{ execs, twoOrMore, stalls, late int }
+var simCovered struct{ execs, twoOrMore, stalls, late, molds int }
 
 // TestExecutorSimulation drives the real Executor, over seams that fake a world of processes
 // (they boot, hang, crash, ignore SIGTERM; templates fork late or not at all; hooks and checks
@@ -49,9 +49,12 @@ func TestExecutorSimulation(t *testing.T) {
 			t.Fatalf("history %d: %v\nreplay: go test ./internal/supervisor -run TestExecutorSimulation -sim.seed=%d -v", seed, err, seed)
 		}
 	}
-	t.Logf("%d histories in %s (%.0f/s): %d hot restarts exec'd (%d histories with two or more), %d stalls, %d late datagrams",
+	t.Logf("%d histories in %s (%.0f/s): %d hot restarts exec'd (%d histories with two or more), %d stalls, %d late datagrams, %d molds",
 		n, time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds(),
-		simCovered.execs, simCovered.twoOrMore, simCovered.stalls, simCovered.late)
+		simCovered.execs, simCovered.twoOrMore, simCovered.stalls, simCovered.late, simCovered.molds)
+	if n >= 1000 && simCovered.molds == 0 {
+		t.Fatal("no history forked a mold")
+	}
 }
 
 // fakeProc is a process of the fake world.
@@ -59,6 +62,7 @@ type fakeProc struct {
 	pid       int
 	worker    cluster.WorkerID
 	channel   bool
+	mold      bool // forked as a mold: its hello says so
 	hung      bool // sends nothing any more
 	stubborn  bool // ignores SIGTERM
 	exited    bool // its exit is scheduled or delivered
@@ -195,6 +199,7 @@ func runHistory(seed uint64, verbose bool) error {
 		if rng.IntN(2) == 0 {
 			cfg.ReforkAfter = []uint64{uint64(20 + rng.IntN(200))}
 		}
+		cfg.Mold = rng.IntN(3) == 0
 	}
 	w := &world{rng: rng, cfg: cfg, now: simEpoch, procs: map[int]*fakeProc{}, byWorker: map[cluster.WorkerID]*fakeProc{},
 		specs: map[cluster.SpecHandle]bool{1: true}, lastSpec: 1, requests: map[cluster.RequestID]bool{},

@@ -39,7 +39,7 @@ func (w *world) live(p *fakeProc) {
 	alive := func() bool { return !p.exited && !p.hung && !p.cancelled }
 	w.after(w.delay(w.cfg.BootTimeout*5/4), func() {
 		if p.channel && alive() {
-			w.step(cluster.Hello{Worker: p.worker, PID: p.pid, Fork: w.rng.IntN(5) > 0})
+			w.step(cluster.Hello{Worker: p.worker, PID: p.pid, Fork: p.mold || w.rng.IntN(5) > 0, Mold: p.mold})
 		}
 		var requests uint64
 		var beat func()
@@ -94,13 +94,25 @@ func (w *world) Spawn(a cluster.SpawnWorker) {
 	w.x.Learn(cluster.Spawned{Worker: a.Worker, PID: p.pid})
 }
 
-// fork plays a template: it forks late, fails, or never answers.
+// fork plays a template, or a serving worker asked for a mold: it forks late, fails, never
+// answers, or (asked for a mold by an SDK without them) answers error.
 func (w *world) fork(a cluster.SpawnWorker) {
-	switch r := w.rng.IntN(10); {
+	r := w.rng.IntN(10)
+	if a.Mold && r == 9 {
+		w.learnLater(w.delay(time.Second), func() cluster.Event {
+			return cluster.MoldRefused{Worker: a.Worker, Err: `unknown op "mold"`}
+		})
+		return
+	}
+	switch {
 	case r < 7:
 		image := w.image
 		w.after(w.delay(w.cfg.ForkTimeout*5/4), func() {
+			if a.Mold {
+				simCovered.molds++
+			}
 			p := w.newProc(a.Worker, true)
+			p.mold = a.Mold
 			if w.image != image {
 				w.exit(p, cluster.ExitStatus{Code: 1}) // its channel closed with the old image
 				return

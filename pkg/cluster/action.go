@@ -20,11 +20,16 @@ type Action interface{ isAction() }
 // With Template set, the driver asks that template to fork the worker (a spawn request carrying
 // the worker's new control channel) and answers later: Spawned with the template's reply, or
 // SpawnFailed. The worker's Hello may come first.
+//
+// With Mold set (mold mode, mold.go), Template is a serving worker, asked to fork a mold: a new
+// template for slot 0 (a mold request instead of a spawn request). Spawned, SpawnFailed or
+// MoldRefused answers.
 type SpawnWorker struct {
 	Worker     WorkerID
 	Slot       int
 	Generation int
 	Template   WorkerID
+	Mold       bool
 	Channel    bool
 	Spec       SpecHandle
 	Heartbeat  time.Duration
@@ -44,10 +49,12 @@ type CancelSpawn struct {
 }
 
 // SendWelcome answers a worker's Hello on its control channel: it is worker Slot of Generation.
+// NonServing, in mold mode, tells a template-to-be (worker 0, a mold) that it must not serve.
 type SendWelcome struct {
 	Worker     WorkerID
 	Slot       int
 	Generation int
+	NonServing bool
 }
 
 // SendRefuse refuses a worker on its control channel, saying why (Reason); the driver then closes

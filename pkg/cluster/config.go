@@ -26,6 +26,10 @@ type Config struct {
 	ForkWorker bool
 	// ForkTimeout bounds a fork (from spawn request to the template's reply) and a pause.
 	ForkTimeout time.Duration
+	// Mold turns on mold mode (mold.go): slot 0 is a template that never serves, Workers counts
+	// the serving workers beside it, and a refork forks the new template from the warmest serving
+	// worker. Without it, worker 0 serves and is the template (Puma's fork_worker).
+	Mold bool
 	// ReforkAfter lists, for each automatic refork in turn, how many requests the busiest worker
 	// serves since the previous one (since the workers were replaced, for the first); empty
 	// disables automatic reforks. Past the end of the list, the last entry repeats if
@@ -112,6 +116,9 @@ func (c *Config) validate() error {
 		return errors.New("cluster: ForkTimeout must be positive in fork-worker mode")
 	case c.MaxSurge < 0 || c.MaxUnavailable < 0 || c.MaxSurge+c.MaxUnavailable < 1:
 		return errors.New("cluster: MaxSurge and MaxUnavailable must not be negative, and not both zero")
+	}
+	if c.Mold && (!c.ForkWorker || c.WarmUp.MaxWait > 0) {
+		return errors.New("cluster: Mold needs ForkWorker, and no WarmUp (the template does not serve)")
 	}
 	if c.WatchdogMinReady < 0 || c.Hooks.Timeout < 0 {
 		return errors.New("cluster: WatchdogMinReady and the hooks' Timeout must not be negative")

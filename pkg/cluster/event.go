@@ -136,11 +136,21 @@ type Scale struct {
 // is why the worker's protocol is not the master's (the driver checks the version where it decodes
 // the message): the machine refuses the worker with it.
 type Hello struct {
-	Worker   WorkerID
-	PID      int
-	Fork     bool
+	Worker WorkerID
+	PID    int
+	Fork   bool
+	// Mold: the worker says it is a mold (mold.go), forked by a serving worker to be the template.
+	Mold     bool
 	SDK      string
 	Mismatch string
+}
+
+// MoldRefused reports that the serving worker asked to fork a mold (SpawnWorker with Mold)
+// answered that it cannot: its SDK does not know the op (Err is its answer). The refork then
+// forks from the template as it is.
+type MoldRefused struct {
+	Worker WorkerID
+	Err    string
 }
 
 // TemplatePaused is the template's answer to PauseTemplate: it serves nothing until resumed.
@@ -201,6 +211,7 @@ func (Stop) isEvent()            {}
 func (Scale) isEvent()           {}
 func (Hello) isEvent()           {}
 func (TemplatePaused) isEvent()  {}
+func (MoldRefused) isEvent()     {}
 func (TemplateResumed) isEvent() {}
 func (Refork) isEvent()          {}
 func (Reload) isEvent()          {}

@@ -34,9 +34,15 @@ func (m *Machine) hello(e Hello) {
 	if w.hello {
 		return
 	}
+	if w.mold && !(e.Fork && e.Mold) {
+		// It would be taken for a serving worker: the refork fails when it exits.
+		m.log(slog.LevelError, "refusing the mold: its hello does not say fork and mold", m.workerAttrs(w, "worker-refused")...)
+		m.emit(SendRefuse{Worker: w.id, Reason: `a mold says hello with "fork": true and "mold": true`})
+		return
+	}
 	w.hello = true
-	w.canFork = e.Fork && w.slot == 0 && !w.forked()
-	m.emit(SendWelcome{Worker: w.id, Slot: w.slot, Generation: w.generation})
+	w.canFork = e.Fork && w.slot == 0 && (!w.forked() || w.mold)
+	m.emit(SendWelcome{Worker: w.id, Slot: w.slot, Generation: w.generation, NonServing: !m.cfg.serves(w.slot)})
 }
 
 // workerZeroReady decides, when a worker 0 becomes ready as its slot's current worker, whether the
@@ -96,6 +102,10 @@ func (m *Machine) loseTemplate() {
 // not answer in time) and execs the worker instead. It is not the worker's crash: the slot's
 // crash count does not move.
 func (m *Machine) forkFailed(w *worker, reason string) {
+	if w.mold {
+		m.moldFailed(w, reason)
+		return
+	}
 	m.log(slog.LevelWarn, fmt.Sprintf("cannot fork worker %d: %s; starting it with exec instead", w.slot, reason),
 		slog.String("event", "fork-failed"), slog.Int("worker", w.slot), slog.Int("generation", w.generation))
 	m.emit(CancelSpawn{Worker: w.id})

@@ -53,6 +53,12 @@ func (m *Machine) place(s *slot, replacement bool) {
 }
 
 func (m *Machine) spawn(s *slot, replacement bool, template *worker) {
+	m.spawnFrom(s, replacement, template, false)
+}
+
+// spawnFrom spawns the slot's worker: exec'd (template nil), forked by the template, or, with
+// mold, a mold forked by the serving worker template names.
+func (m *Machine) spawnFrom(s *slot, replacement bool, template *worker, mold bool) *worker {
 	m.lastID++
 	w := &worker{
 		id:         m.lastID,
@@ -62,6 +68,7 @@ func (m *Machine) spawn(s *slot, replacement bool, template *worker) {
 		spawnedAt:  m.now,
 		heartbeat:  m.cfg.HeartbeatTimeout,
 		channel:    m.cfg.ForkWorker && (s.index == 0 || template != nil),
+		mold:       mold,
 	}
 	if template != nil {
 		w.template = template.id
@@ -73,9 +80,10 @@ func (m *Machine) spawn(s *slot, replacement bool, template *worker) {
 	} else {
 		s.worker = w
 	}
-	m.emit(SpawnWorker{Worker: w.id, Slot: s.index, Generation: w.generation, Template: w.template,
+	m.emit(SpawnWorker{Worker: w.id, Slot: s.index, Generation: w.generation, Template: w.template, Mold: mold,
 		Spec: m.cfg.Spec, Heartbeat: m.cfg.HeartbeatTimeout,
 		Channel: w.channel && template == nil})
+	return w
 }
 
 // ownerSlot returns the slot w belongs to and whether w is its current worker or its replacement.
@@ -116,7 +124,10 @@ func (m *Machine) started(w *worker, pid int) {
 	w.state = Booting
 	w.deadline = m.now.Add(m.cfg.BootTimeout)
 	how := "exec"
-	if w.forked() {
+	switch {
+	case w.mold:
+		how = "a mold, forked by a serving worker"
+	case w.forked():
 		how = "forked"
 	}
 	m.log(slog.LevelInfo, "worker spawned ("+how+")", m.workerAttrs(w, "worker-spawned")...)
@@ -135,6 +146,10 @@ func (m *Machine) spawnFailed(e SpawnFailed) error {
 	w, ok := m.workers[e.Worker]
 	if !ok || w.state != Spawning {
 		return fmt.Errorf("cluster: SpawnFailed for worker %d, which is not spawning", e.Worker)
+	}
+	if w.mold {
+		m.moldFailed(w, "the serving worker could not fork it: "+e.Err)
+		return nil
 	}
 	if w.forked() {
 		m.forkFailed(w, "worker 0 could not fork it: "+e.Err)
@@ -202,6 +217,7 @@ func (m *Machine) forget(w *worker) (s *slot, current, replacement bool) {
 	if m.template == w {
 		m.loseTemplate()
 	}
+	m.moldSourceGone(w)
 	return s, current, replacement
 }
 
@@ -304,6 +320,12 @@ func (m *Machine) backoff(failures int) time.Duration {
 }
 
 func (m *Machine) becomeReady(w *worker) {
+	if w.mold && !w.canFork {
+		// Taken as the template, it would put the cluster in exec mode: the refork fails instead.
+		m.log(slog.LevelError, "the mold said READY=1 before its hello", m.workerAttrs(w, "mold-failed")...)
+		m.kill(w, "a mold ready before its hello")
+		return
+	}
 	w.state = Ready
 	w.readyAt = m.now
 	w.deadline = time.Time{}
@@ -382,6 +404,10 @@ func (m *Machine) tick() {
 		}
 		switch w.state {
 		case Spawning:
+			if w.mold {
+				m.moldFailed(w, fmt.Sprintf("the serving worker asked for it did not answer within %s", m.cfg.ForkTimeout))
+				continue
+			}
 			m.forkFailed(w, fmt.Sprintf("worker 0 did not fork it within %s", m.cfg.ForkTimeout))
 		case Booting:
 			hint := ""

@@ -65,6 +65,9 @@ type Machine struct {
 	// execMode is set when worker 0 became ready without declaring it can fork: workers are
 	// exec'd until a worker 0 that can fork comes along.
 	execMode bool
+	// moldRefusals counts the reforks that fell back to the template because the source's SDK
+	// could not fork a mold; the first one is logged as a warning.
+	moldRefusals int
 	// reforks counts the reforks completed since the workers were last replaced (a reload), for
 	// ReforkAfter.
 	reforks int
@@ -126,7 +129,7 @@ func NewMachine(cfg Config) (*Machine, error) {
 	return &Machine{
 		cfg:         cfg,
 		generation:  1,
-		desired:     cfg.Workers,
+		desired:     cfg.slotsFor(cfg.Workers),
 		workers:     make(map[WorkerID]*worker),
 		byPID:       make(map[int]*worker),
 		strays:      make(map[strayKey]*stray),
@@ -169,6 +172,8 @@ func (m *Machine) Step(now time.Time, ev Event) error {
 		m.notifyRejected(e)
 	case Hello:
 		m.hello(e)
+	case MoldRefused:
+		m.moldRefused(e)
 	case TemplatePaused:
 		m.templateReplied(e.Worker, true)
 	case TemplateResumed:

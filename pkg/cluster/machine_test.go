@@ -97,6 +97,8 @@ func TestScripts(t *testing.T) {
 						cfg.ForkWorker = v == "true"
 					case "fork-timeout":
 						cfg.ForkTimeout = duration(t, v)
+					case "mold":
+						cfg.Mold = v == "true"
 					case "refork-after":
 						// As in the config file: the last count repeats, unless false ends the list.
 						cfg.ReforkAfterRepeats = true
@@ -217,12 +219,14 @@ func TestScripts(t *testing.T) {
 				if d.HasArg("v") {
 					v = intArg(t, d, "v")
 				}
-				hello := Hello{Worker: WorkerID(intArg(t, d, "id")), PID: optIntArg(t, d, "pid"), Fork: d.HasArg("fork")}
+				hello := Hello{Worker: WorkerID(intArg(t, d, "id")), PID: optIntArg(t, d, "pid"), Fork: d.HasArg("fork"), Mold: d.HasArg("mold")}
 				if v != 1 {
 					// What the driver says when it decodes a hello of another version.
 					hello.Mismatch = fmt.Sprintf("this forkd master speaks protocol 1, the worker speaks %d: upgrade the worker's SDK or forkd", v)
 				}
 				return step(hello)
+			case "mold-refused":
+				return step(MoldRefused{Worker: WorkerID(intArg(t, d, "id")), Err: `unknown op "mold"`})
 			case "replied":
 				var op string
 				d.ScanArgs(t, "op", &op)
@@ -332,7 +336,9 @@ func formatActions(actions []Action) string {
 		switch a := a.(type) {
 		case SpawnWorker:
 			fmt.Fprintf(&b, "spawn id=%d slot=%d gen=%d", a.Worker, a.Slot, a.Generation)
-			if a.Template != 0 {
+			if a.Mold {
+				fmt.Fprintf(&b, " mold-from=%d", a.Template)
+			} else if a.Template != 0 {
 				fmt.Fprintf(&b, " fork-from=%d", a.Template)
 			} else if a.Spec != 1 {
 				fmt.Fprintf(&b, " spec=%d", a.Spec)
@@ -344,7 +350,11 @@ func formatActions(actions []Action) string {
 		case CancelSpawn:
 			fmt.Fprintf(&b, "cancel-spawn id=%d\n", a.Worker)
 		case SendWelcome:
-			fmt.Fprintf(&b, "control id=%d welcome worker=%d gen=%d\n", a.Worker, a.Slot, a.Generation)
+			fmt.Fprintf(&b, "control id=%d welcome worker=%d gen=%d", a.Worker, a.Slot, a.Generation)
+			if a.NonServing {
+				b.WriteString(" serve=false")
+			}
+			b.WriteString("\n")
 		case SendRefuse:
 			fmt.Fprintf(&b, "control id=%d refuse error=%q\n", a.Worker, a.Reason)
 		case PauseTemplate:
@@ -476,10 +486,13 @@ func formatStatus(st Status) string {
 		if w.Retiring {
 			b.WriteString(" retiring")
 		}
+		if s := w.Source; s != nil {
+			fmt.Fprintf(&b, " mold-of=(worker=%d,pid=%d,requests=%d)", s.Slot, s.PID, s.Requests)
+		}
 		for _, flag := range []struct {
 			on   bool
 			name string
-		}{{w.Template, "template"}, {w.Forked, "forked"}, {w.Replacement, "replacement"}, {w.Detached, "detached"}} {
+		}{{w.Template, "template"}, {w.Forked, "forked"}, {w.NonServing, "non-serving"}, {w.Replacement, "replacement"}, {w.Detached, "detached"}} {
 			if flag.on {
 				b.WriteString(" " + flag.name)
 			}

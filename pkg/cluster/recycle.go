@@ -111,6 +111,9 @@ func (m *Machine) maybeRecycle() {
 		if w == nil || w.state != Ready || s.next != nil || s.retiring || w.recycled != "" || m.now.Before(s.recycleAfter) {
 			continue
 		}
+		if !m.cfg.serves(s.index) {
+			continue // the template in mold mode: no request ages it, and its memory is what the others share
+		}
 		reason, why := m.recycleReason(w)
 		if reason == "" {
 			continue

@@ -70,7 +70,17 @@ func (m *Machine) configLoaded(e ConfigLoaded) {
 	// one, the config says how many.
 	next, workers := m.cfg, m.desired
 	if e.Config != nil {
-		next, workers = *e.Config, e.Config.Workers
+		next = *e.Config
+		if next.Mold != m.cfg.Mold {
+			// The template's slot comes and goes with the mode: a phased restart keeps it.
+			m.log(slog.LevelWarn, "reload: fork_worker.refork_from applies when forkd starts again, not on a reload: keeping the current one",
+				slog.String("event", "reload-warning"))
+			next.Mold = m.cfg.Mold
+			if next.Mold {
+				next.WarmUp = WarmUp{}
+			}
+		}
+		workers = next.slotsFor(e.Config.Workers)
 		next.ReforkAfter = slices.Clone(e.Config.ReforkAfter)
 		next.ReforkOnDecay = clonePolicy(e.Config.ReforkOnDecay)
 	}

@@ -50,6 +50,9 @@ type rollout struct {
 	// forked from the new worker 0, once it has warmed up (warm.go) if warming.
 	zeroFirst bool
 	warming   warmUp
+	// mold is the mold a refork in mold mode asked for (mold.go); nil when the refork forks from
+	// the template as it is, and in any other rollout.
+	mold *moldRequest
 	// prevCfg is the config to restore if a reload fails; workers is the reload's worker count,
 	// applied once it is done.
 	prevCfg *Config
@@ -66,6 +69,10 @@ func (m *Machine) startRollout(o *op) {
 	m.decayRolloutStarted(o)
 	switch o.kind {
 	case KindRefork:
+		if m.cfg.Mold {
+			r.startMoldRefork(m) // the template serves nothing: no pause
+			break
+		}
 		for i := 1; i < m.desired; i++ {
 			r.queue = append(r.queue, i)
 		}
@@ -115,10 +122,18 @@ func (r *rollout) advance(m *Machine) {
 			r.queue = r.queue[1:]
 			continue // respawned since the rollout began: already of the new generation
 		}
+		if !m.cfg.serves(i) {
+			// The template serves nothing: its replacement is no surge above the serving
+			// workers, and stopping it first would leave nothing to fork from.
+			r.queue = r.queue[1:]
+			r.active = append(r.active, i)
+			r.placeTemplate(m, s)
+			continue
+		}
 		// A replacement is a surge while its old worker serves, and an old worker is one until it
 		// has exited; past max_surge, an old worker may stop first, up to max_unavailable of them;
 		// past both, wait.
-		switch surging := len(r.active) - len(r.early) + len(r.draining); {
+		switch surging := r.surging(m); {
 		case surging < m.cfg.MaxSurge:
 		case len(r.early) < m.cfg.MaxUnavailable && s.worker.state != Spawning:
 			r.early[i] = true
@@ -147,6 +162,23 @@ func (r *rollout) advance(m *Machine) {
 		return // the old workers drain; the rollout ends when they have exited
 	}
 	r.finish(m)
+}
+
+// surging counts the serving processes above the desired ones: replacements whose old worker
+// serves, and old workers that have not exited. In mold mode the template's are not counted.
+func (r *rollout) surging(m *Machine) int {
+	n := 0
+	for _, i := range r.active {
+		if m.cfg.serves(i) && !r.early[i] {
+			n++
+		}
+	}
+	for id := range r.draining {
+		if w := m.workers[id]; w == nil || m.cfg.serves(w.slot) {
+			n++
+		}
+	}
+	return n
 }
 
 // cancelReplacements rolls a failed rollout back, once: its replacements in flight stop, and so do
@@ -273,7 +305,7 @@ func (m *Machine) promote(s *slot) {
 			// The new worker 0 is the template now (if it can fork): pause it, then fork the
 			// others from it.
 			r.zeroFirst = false
-			if m.template != nil {
+			if m.template != nil && !m.cfg.Mold {
 				r.pause = pauseWanted
 				r.startWarmUp(m)
 			}
@@ -328,11 +360,11 @@ func (r *rollout) tick(m *Machine) {
 	}
 }
 
-// onTarget counts the desired slots whose current worker is of the rollout's generation.
+// onTarget counts the desired serving slots whose current worker is of the rollout's generation.
 func (r *rollout) onTarget(m *Machine) int {
 	n := 0
 	for _, s := range m.slots[:min(m.desired, len(m.slots))] {
-		if s.worker != nil && s.worker.generation == r.to {
+		if m.cfg.serves(s.index) && s.worker != nil && s.worker.generation == r.to {
 			n++
 		}
 	}

@@ -66,16 +66,16 @@ func (m *Machine) scale(e Scale) {
 		m.emit(Reply{Request: e.Request, Err: fmt.Errorf("%w (%s): scale after it", ErrBusy, m.current())})
 		return
 	}
-	n := e.Workers
+	n := e.Workers // serving workers: in mold mode, the template's slot comes on top
 	if n == 0 {
-		n = m.desired + e.Delta
+		n = m.cfg.servingOf(m.desired) + e.Delta
 	}
 	if n < 1 || n > m.cfg.MaxWorkers {
 		m.emit(Reply{Request: e.Request, Err: fmt.Errorf("%w: %d workers asked, the range is 1..%d", ErrScaleRange, n, m.cfg.MaxWorkers)})
 		return
 	}
-	prev := m.resize(n)
-	m.emit(Reply{Request: e.Request, Result: ScaleResult{Previous: prev, Workers: n}})
+	prev := m.resize(m.cfg.slotsFor(n))
+	m.emit(Reply{Request: e.Request, Result: ScaleResult{Previous: m.cfg.servingOf(prev), Workers: n}})
 }
 
 // resize changes the desired number of workers to n, spawning new slots or retiring the highest
@@ -111,6 +111,7 @@ func (m *Machine) resize(n int) int {
 		}
 	}
 	if n != prev {
+		n, prev := m.cfg.servingOf(n), m.cfg.servingOf(prev)
 		m.log(slog.LevelInfo, fmt.Sprintf("scaling from %d to %d workers", prev, n), slog.String("event", "scale"),
 			slog.Int("workers", n), slog.Int("previous", prev))
 	}
@@ -134,9 +135,17 @@ func (m *Machine) settle() {
 		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
 	}
 	if (m.phase == PhaseStarting || m.phase == PhaseRunning) && !m.busy() {
-		m.dispatch()
-		if m.rollout != nil {
+		// A rollout with nothing to do (a refork in mold mode whose workers are all booting)
+		// ends as it begins: the next operation's turn comes in the same step.
+		for {
+			m.dispatch()
+			if m.rollout == nil {
+				break
+			}
 			m.rollout.advance(m)
+			if m.busy() || len(m.ops) == 0 {
+				break
+			}
 		}
 		m.maybeRecycle()
 	}
@@ -155,6 +164,17 @@ func (m *Machine) settle() {
 		m.lastStatus = line
 		m.emit(NotifySystemd{State: "STATUS=" + line})
 	}
+}
+
+// servingReady counts the desired serving slots whose current worker is ready, and the desired
+// serving slots: in mold mode, the template's slot is not one.
+func (m *Machine) servingReady() (ready, desired int) {
+	for _, s := range m.slots[:min(m.desired, len(m.slots))] {
+		if m.cfg.serves(s.index) && s.worker != nil && s.worker.state == Ready {
+			ready++
+		}
+	}
+	return ready, m.cfg.servingOf(m.desired)
 }
 
 // readyCount counts the desired slots whose current worker is ready.
@@ -179,14 +199,18 @@ func (m *Machine) statusLine() string {
 		return fmt.Sprintf("stopping: %s left", plural(len(m.workers), "worker"))
 	}
 	var b strings.Builder
+	ready, desired := m.servingReady()
 	switch {
 	case m.phase == PhaseStarting:
-		fmt.Fprintf(&b, "starting: %d/%d workers ready, generation %d", m.readyCount(), m.desired, m.generation)
+		fmt.Fprintf(&b, "starting: %d/%d workers ready, generation %d", ready, desired, m.generation)
 	case m.rollout != nil:
 		fmt.Fprintf(&b, "rolling (%s): %d/%d workers on generation %d, %d ready", m.rollout.kind,
-			m.rollout.onTarget(m), m.desired, m.rollout.to, m.readyCount())
+			m.rollout.onTarget(m), desired, m.rollout.to, ready)
 	default:
-		fmt.Fprintf(&b, "%d/%d workers ready, generation %d", m.readyCount(), m.desired, m.generation)
+		fmt.Fprintf(&b, "%d/%d workers ready, generation %d", ready, desired, m.generation)
+	}
+	if m.cfg.Mold && (m.template == nil || m.template.state != Ready) && m.phase == PhaseRunning {
+		b.WriteString("; no template")
 	}
 	var looping []string
 	for _, s := range m.slots {

@@ -17,6 +17,7 @@ var (
 	simRuns  = flag.Int("sim.runs", 400, "number of seeded simulation runs")
 	simSteps = flag.Int("sim.steps", 400, "random events per simulation run")
 	simTrace = flag.Int("sim.trace", 60, "events shown for a failed run")
+	simFrom  = flag.Uint64("sim.from", 1, "the first seed of the runs")
 )
 
 // TestSimulation drives the machine with seeded random event orders on a simulated clock, against
@@ -31,7 +32,7 @@ func TestSimulation(t *testing.T) {
 	}
 	simDecay, simRecycled, simWarmUps = simDecayCounts{}, 0, 0
 	for i := range *simRuns {
-		seed := uint64(i + 1)
+		seed := uint64(i) + *simFrom
 		if !t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runSimulation(t, seed) }) {
 			return
 		}
@@ -44,6 +45,63 @@ func TestSimulation(t *testing.T) {
 	t.Logf("recycling: %d workers; warm-ups of a new template: %d", simRecycled, simWarmUps)
 	if *simRuns >= 100 && (simRecycled == 0 || simWarmUps == 0) {
 		t.Fatal("the simulation never recycles a worker, or never warms a template up")
+	}
+}
+
+// TestMoldReforkCapacity runs reforks in mold mode in a world without faults, at random moments
+// and with random request counts and timings, and checks after every step that a refork that
+// began with every serving worker ready keeps every one of them ready until it ends, with a
+// surge of 1 or more: the mold serves nothing and is forked while the others serve.
+func TestMoldReforkCapacity(t *testing.T) {
+	reforks := 0
+	for i := range *simRuns / 4 {
+		seed := uint64(i + 1)
+		if !t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, seed^0x5851f42d4c957f2d))
+			cfg := Config{
+				Workers: 1 + rng.IntN(5), MaxWorkers: 8, BootTimeout: time.Duration(2+rng.IntN(10)) * time.Second,
+				ShutdownTimeout: time.Duration(1+rng.IntN(5)) * time.Second, BackoffMin: time.Second, BackoffMax: time.Minute,
+				ResetAfter: time.Minute, MaxSurge: 1 + rng.IntN(3), // max_unavailable 0: no old worker stops first
+				ForkWorker: true, ForkTimeout: time.Duration(1+rng.IntN(5)) * time.Second, Mold: true, Spec: 1,
+			}
+			m, err := NewMachine(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &simulation{calm: true, t: t, rng: rng, m: m, cfg: cfg, now: epoch,
+				specs: map[SpecHandle]bool{1: true}, lastSpec: 1, hooks: map[HookID]bool{},
+				procs: map[int]*proc{}, cancelled: map[WorkerID]bool{}, leftovers: map[strayKey]*leftover{},
+				lastExit: map[int]exitRecord{}, maxDesired: cfg.Workers, requests: map[RequestID]bool{},
+				lastPID: 1000, lastRolloutStart: epoch, spawnedAt: map[WorkerID]time.Time{}}
+			defer func() {
+				if t.Failed() {
+					t.Logf("seed %d, config %+v; last events:\n%s", seed, cfg, strings.Join(s.trace[max(0, len(s.trace)-*simTrace):], "\n"))
+				}
+			}()
+			s.run()
+			reforks += s.moldReforks
+		}) {
+			return
+		}
+	}
+	t.Logf("%d reforks in mold mode began with every serving worker ready and ended well", reforks)
+	if *simRuns >= 100 && reforks < *simRuns/4 {
+		t.Fatalf("only %d reforks in mold mode were checked", reforks)
+	}
+}
+
+// calmEvent is what happens in a world without faults: time passes, workers report requests,
+// reforks are asked for.
+func (s *simulation) calmEvent() {
+	switch r := s.rng.IntN(10); {
+	case r < 6:
+		s.advance(s.nextEventTime(time.Duration(s.rng.IntN(2000)) * time.Millisecond))
+	case r < 8:
+		if p := s.randomProc(); p != nil {
+			s.step(Notified{Worker: p.worker, Message: Notification{HasRequests: true, Requests: uint64(s.rng.IntN(500))}})
+		}
+	default:
+		s.step(Refork{Request: s.newRequest()})
 	}
 }
 
@@ -60,8 +118,9 @@ type proc struct {
 	hung   bool // sends nothing any more (SIGSTOP, deadlock)
 	// stubborn processes ignore SIGTERM.
 	stubborn bool
-	// channel: it has a control channel; canFork: as worker 0, it would declare it can fork.
-	channel, canFork bool
+	// channel: it has a control channel; canFork: as worker 0, it would declare it can fork;
+	// mold: forked as a mold, it says so in its hello.
+	channel, canFork, mold bool
 	// stray: forked for a spawn the machine gave up on; the driver kills it, the machine never
 	// hears of it but as an orphan.
 	stray bool
@@ -132,6 +191,12 @@ type simulation struct {
 	lastRolloutStart time.Time
 	// spawnedAt is when each worker's SpawnWorker was carried out.
 	spawnedAt map[WorkerID]time.Time
+	// calm: a world without faults (TestMoldReforkCapacity); fullRefork: a refork in mold mode
+	// runs that began with every serving worker ready, and has not failed; moldReforks counts
+	// those that ended well.
+	calm        bool
+	fullRefork  bool
+	moldReforks int
 }
 
 func runSimulation(t *testing.T, seed uint64) {
@@ -162,6 +227,8 @@ func runSimulation(t *testing.T, seed uint64) {
 			cfg.ReforkAfterRepeats = rng.IntN(2) == 0
 		}
 		if rng.IntN(3) == 0 {
+			cfg.Mold = true
+		} else if rng.IntN(3) == 0 {
 			cfg.WarmUp = WarmUp{Requests: uint64(rng.IntN(30)), MaxWait: time.Duration(1+rng.IntN(10)) * time.Second}
 		}
 		if rng.IntN(2) == 0 {
@@ -212,9 +279,19 @@ func runSimulation(t *testing.T, seed uint64) {
 		}
 	}()
 
+	s.run()
+}
+
+// run plays the history: Start, random events, a stop, and the drain until Exit.
+func (s *simulation) run() {
+	t, cfg, rng := s.t, s.cfg, s.rng
 	s.step(Start{})
 	for i := 0; i < *simSteps && s.exitCode == nil && !t.Failed(); i++ {
-		s.randomEvent()
+		if s.calm {
+			s.calmEvent()
+		} else {
+			s.randomEvent()
+		}
 	}
 	if s.exitCode == nil && !t.Failed() {
 		s.step(Stop{Request: s.newRequest(), Immediate: rng.IntN(3) == 0})
@@ -223,7 +300,7 @@ func runSimulation(t *testing.T, seed uint64) {
 	limit := s.now.Add(cfg.ShutdownTimeout + time.Minute)
 	for s.exitCode == nil && !t.Failed() {
 		if s.now.After(limit) {
-			t.Fatalf("cluster did not stop by +%s; status %+v", limit.Sub(epoch), m.Status())
+			t.Fatalf("cluster did not stop by +%s; status %+v", limit.Sub(epoch), s.m.Status())
 		}
 		s.advance(s.nextEventTime(time.Second))
 	}
@@ -298,7 +375,7 @@ func (s *simulation) randomEvent() {
 	case r < 64:
 		if p := s.randomProc(); p != nil && p.channel && !p.hung {
 			// A hello, perhaps a duplicate, perhaps of another version.
-			h := Hello{Worker: p.worker, PID: p.pid, Fork: p.canFork}
+			h := Hello{Worker: p.worker, PID: p.pid, Fork: p.canFork, Mold: p.mold}
 			if s.rng.IntN(20) == 0 {
 				h.Mismatch = "this forkd master speaks protocol 1, the worker speaks 2"
 			}
@@ -687,7 +764,7 @@ func (s *simulation) step(ev Event) {
 
 func (s *simulation) newProc(w WorkerID, slot int, channel bool) *proc {
 	s.lastPID++
-	p := &proc{pid: s.lastPID, worker: w, slot: slot, channel: channel, canFork: s.rng.IntN(5) > 0}
+	p := &proc{pid: s.lastPID, worker: w, slot: slot, channel: channel, canFork: s.calm || s.rng.IntN(5) > 0}
 	if s.cfg.ReforkOnDecay != nil || s.cfg.Recycle.MaxPrivate > 0 {
 		// A new worker has written little yet, unless reforks are futile in this world.
 		p.private = uint64(s.rng.IntN(4)) << 20
@@ -706,12 +783,16 @@ func (s *simulation) newProc(w WorkerID, slot int, channel bool) *proc {
 // hello (with a channel), READY=1 within the boot timeout mostly, then heartbeats and requests.
 func (s *simulation) live(p *proc) {
 	alive := func() bool { q, ok := s.procs[p.pid]; return ok && q == p && !p.hung && !p.stray }
-	s.after(s.randomDelay(s.cfg.BootTimeout*5/4), func() {
+	boot := s.cfg.BootTimeout * 5 / 4
+	if s.calm {
+		boot = s.cfg.BootTimeout / 2
+	}
+	s.after(s.randomDelay(boot), func() {
 		if !alive() {
 			return
 		}
 		if p.channel {
-			s.step(Hello{Worker: p.worker, PID: p.pid, Fork: p.canFork})
+			s.step(Hello{Worker: p.worker, PID: p.pid, Fork: p.canFork, Mold: p.mold})
 		}
 		if alive() {
 			s.step(Notified{Worker: p.worker, Message: Notification{Ready: true}})
@@ -749,6 +830,10 @@ func (s *simulation) apply(a Action) {
 					a.Slot, s.now.Sub(epoch), rec.crashes, earliest.Sub(epoch))
 			}
 		}
+		if a.Mold {
+			s.mold(a)
+			return
+		}
 		if a.Template != 0 {
 			s.fork(a)
 			return
@@ -756,7 +841,7 @@ func (s *simulation) apply(a Action) {
 		if !s.specs[a.Spec] {
 			s.t.Fatalf("spawn of worker %d from spec %d, which is not registered (or released)", a.Worker, a.Spec)
 		}
-		if s.rng.IntN(20) == 0 {
+		if s.rng.IntN(20) == 0 && !s.calm {
 			s.step(SpawnFailed{Worker: a.Worker, Err: "fork: resource temporarily unavailable"})
 			return
 		}
@@ -902,7 +987,11 @@ func (s *simulation) fork(a SpawnWorker) {
 		s.t.Fatalf("fork of worker %d through template %d, which has no process", a.Worker, a.Template)
 	}
 	delay := s.randomDelay(s.cfg.ForkTimeout * 3 / 2)
-	switch r := s.rng.IntN(10); {
+	r := s.rng.IntN(10)
+	if s.calm {
+		delay, r = s.randomDelay(s.cfg.ForkTimeout/2), 0
+	}
+	switch {
 	case r < 6: // forks; the reply and the new worker's hello race
 		s.after(delay, func() {
 			if _, alive := s.procs[template.pid]; !alive {
@@ -926,6 +1015,60 @@ func (s *simulation) fork(a SpawnWorker) {
 		s.after(delay, func() {
 			if !s.cancelled[a.Worker] && s.m.workers[a.Worker] != nil {
 				s.step(SpawnFailed{Worker: a.Worker, Err: "fork: out of memory"})
+			}
+		})
+	default: // never answers
+	}
+}
+
+// mold plays a serving worker asked to fork a mold: it answers molded (late, after the mold's
+// hello at times, or lost), mold_failed, error (its SDK does not know the op), or never; the
+// mold may say a hello without "mold".
+func (s *simulation) mold(a SpawnWorker) {
+	src := s.m.workers[a.Template]
+	if src == nil || src.pid == 0 || !s.cfg.Mold || a.Slot != 0 {
+		s.t.Fatalf("mold for slot %d through worker %d, which has no process (mold mode %v)", a.Slot, a.Template, s.cfg.Mold)
+	}
+	if src.slot == 0 || src.state != Ready {
+		s.t.Fatalf("mold asked of worker %d in slot %d (%s)", src.id, src.slot, src.state)
+	}
+	for _, sl := range s.m.slots[1:] {
+		if w := sl.worker; w != nil && w != src && w.state == Ready && w.generation == src.generation && w.requests > src.requests {
+			s.t.Fatalf("mold asked of worker %d (%d requests), worker %d served %d", src.id, src.requests, w.id, w.requests)
+		}
+	}
+	delay := s.randomDelay(s.cfg.ForkTimeout * 3 / 2)
+	r := s.rng.IntN(12)
+	if s.calm {
+		delay, r = s.randomDelay(s.cfg.ForkTimeout/2), 0
+	}
+	switch {
+	case r < 7:
+		s.after(delay, func() {
+			if _, alive := s.procs[src.pid]; !alive {
+				return // the source died before forking
+			}
+			p := s.newProc(a.Worker, a.Slot, true)
+			p.mold = s.calm || s.rng.IntN(10) > 0
+			if s.cancelled[a.Worker] {
+				p.stray = true
+				s.after(0, func() { s.exitNow(p.pid, ExitStatus{Signal: syscall.SIGKILL}) })
+				return
+			}
+			if s.rng.IntN(8) > 0 || s.calm {
+				s.step(Spawned{Worker: a.Worker, PID: p.pid})
+			}
+		})
+	case r < 9:
+		s.after(delay, func() {
+			if !s.cancelled[a.Worker] && s.m.workers[a.Worker] != nil {
+				s.step(SpawnFailed{Worker: a.Worker, Err: "fork: out of memory"})
+			}
+		})
+	case r < 11:
+		s.after(delay, func() {
+			if !s.cancelled[a.Worker] && s.m.workers[a.Worker] != nil {
+				s.step(MoldRefused{Worker: a.Worker, Err: `unknown op "mold"`})
 			}
 		})
 	default: // never answers
@@ -987,9 +1130,18 @@ func (s *simulation) recorded(h Happening) {
 		simDecay.fruitless += btoi(!j.Fruitful)
 		simDecay.stops += btoi(j.Stopped)
 	}
+	if e, ok := h.(RolloutEnded); ok && e.Kind == KindRefork {
+		if s.fullRefork && e.Err == nil {
+			s.moldReforks++
+		}
+		s.fullRefork = false
+	}
 	r, ok := h.(RolloutStarted)
 	if !ok {
 		return
+	}
+	if ready, desired := s.m.servingReady(); r.Kind == KindRefork && s.cfg.Mold && s.cfg.MaxSurge > 0 {
+		s.fullRefork = ready == desired
 	}
 	if p := s.cfg.ReforkOnDecay; r.Trigger == TriggerMemory {
 		if since := s.now.Sub(s.lastRolloutStart); since < p.MinInterval {
@@ -1072,7 +1224,8 @@ func (s *simulation) checkInvariants() {
 			serving++
 		}
 	}
-	if serving > s.maxDesired+m.cfg.MaxSurge || len(m.slots) > m.cfg.MaxWorkers {
+	molds := btoi(m.cfg.Mold) // the template's replacement is no surge: it serves nothing
+	if serving > s.maxDesired+m.cfg.MaxSurge+molds || len(m.slots) > m.cfg.slotsFor(m.cfg.MaxWorkers) {
 		t.Fatalf("%d serving workers, %d slots; at most %d workers were ever asked for, surge %d",
 			serving, len(m.slots), s.maxDesired, m.cfg.MaxSurge)
 	}
@@ -1090,6 +1243,29 @@ func (s *simulation) checkInvariants() {
 		if m.template == w && (w.state != Ready || w.slot != 0 || !w.canFork) {
 			t.Fatalf("template %d is %s in slot %d", w.id, w.state, w.slot)
 		}
+	}
+	// At most one template-to-be per generation in slot 0 (in mold mode, never two molds), and
+	// never a serving worker there.
+	zeros := map[int]int{}
+	for _, w := range m.workers {
+		if w.slot == 0 && !w.state.gone() && m.cfg.Mold {
+			if zeros[w.generation]++; zeros[w.generation] > 1 {
+				t.Fatalf("two processes of generation %d in slot 0", w.generation)
+			}
+		}
+		if w.mold && (w.slot != 0 || !m.cfg.Mold) {
+			t.Fatalf("mold %d in slot %d, mold mode %v", w.id, w.slot, m.cfg.Mold)
+		}
+	}
+	// A refork in mold mode that began with every serving worker ready keeps them all serving,
+	// unless it fails: the mold is forked while they serve, and each is replaced with a surge.
+	if r := m.rollout; s.calm && s.fullRefork && r != nil && r.kind == KindRefork && r.failure == nil {
+		if ready, desired := m.servingReady(); ready < desired {
+			t.Fatalf("%d of %d serving workers ready during a refork in mold mode", ready, desired)
+		}
+	}
+	if r := m.rollout; r != nil && r.failure != nil {
+		s.fullRefork = false
 	}
 	// No slot stuck: a desired slot has a process, a respawn time, or a bounded wait for a template.
 	if m.phase == PhaseStarting || m.phase == PhaseRunning {

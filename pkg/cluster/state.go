@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -17,10 +18,12 @@ type State struct {
 	Late       uint64
 	Reforks    int
 	ExecMode   bool
-	LastID     WorkerID
-	Slots      []SlotState
-	Workers    []WorkerRecord
-	Strays     []StrayRecord
+	// Mold: the cluster runs in mold mode (its slot 0 is the template's, Desired counts it).
+	Mold    bool `json:",omitempty"`
+	LastID  WorkerID
+	Slots   []SlotState
+	Workers []WorkerRecord
+	Strays  []StrayRecord
 	// OpSeq numbers the operations; Last is how the last one ended.
 	OpSeq int
 	Last  *RolloutRecord `json:",omitempty"`
@@ -92,6 +95,8 @@ type WorkerRecord struct {
 	// adoption is recorded as what it was (a recycled worker draining is not "stopped").
 	KillReason ExitReason `json:",omitempty"`
 	Recycled   ExitReason `json:",omitempty"`
+	// Source is where a template made by a mold came from.
+	Source *MoldSource `json:",omitempty"`
 }
 
 // ErrNotQuiet: the machine cannot be exported now (a rollout runs, or a fork is under way).
@@ -124,7 +129,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 	}
 	st := State{
 		Generation: m.generation, Desired: m.desired, Running: m.phase == PhaseRunning,
-		Dropped: m.dropped, Late: m.late, Reforks: m.reforks, ExecMode: m.execMode, LastID: m.lastID,
+		Dropped: m.dropped, Late: m.late, Reforks: m.reforks, ExecMode: m.execMode, Mold: m.cfg.Mold, LastID: m.lastID,
 		OpSeq: m.opSeq,
 		Decay: DecayRecord{Raises: m.decay.raises, Fruitless: m.decay.fruitless, Stopped: m.decay.stopped},
 	}
@@ -174,7 +179,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 			Channel: w.channel, Hello: w.hello, CanFork: w.canFork, Expected: w.expected,
 			StopReason: w.stopReason, StopAsked: w.stopAsked, StatusLine: w.statusLine, Requests: w.requests, ReforkBase: w.reforkBase,
 			Heartbeat: w.heartbeat, SpawnedAgo: ago(w.spawnedAt), ReadyAgo: ago(w.readyAt),
-			KillReason: w.killReason, Recycled: w.recycled,
+			KillReason: w.killReason, Recycled: w.recycled, Source: w.source,
 		})
 	}
 	return st, nil
@@ -185,6 +190,15 @@ func (m *Machine) Export(now time.Time) (State, error) {
 // whole heartbeat timeout, a stopping one a whole shutdown timeout. No Start event follows: the
 // workers are already running. The first event is Adopted: nothing queued begins before it.
 func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
+	modeChanged := cfg.Mold != st.Mold
+	if modeChanged {
+		// The slots are laid out for the mode the workers run in: it changes with a restart
+		// that replaces every process, not with an adoption.
+		cfg.Mold = st.Mold
+		if cfg.Mold {
+			cfg.WarmUp = WarmUp{}
+		}
+	}
 	m, err := NewMachine(cfg)
 	if err != nil {
 		return nil, err
@@ -217,7 +231,11 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 	if st.Running {
 		m.phase = PhaseRunning
 	}
-	if m.desired < 1 || m.desired > cfg.MaxWorkers {
+	if modeChanged {
+		m.log(slog.LevelWarn, "hot restart: fork_worker.refork_from differs from the running cluster's; it applies when forkd starts again",
+			slog.String("event", "restart-warning"))
+	}
+	if m.desired < 1 || m.desired > cfg.slotsFor(cfg.MaxWorkers) {
 		return nil, fmt.Errorf("cluster: restored state asks for %d workers", m.desired)
 	}
 	for i, ss := range st.Slots {
@@ -249,7 +267,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 			channel: r.Channel, hello: r.Hello, canFork: r.CanFork, expected: r.Expected,
 			stopReason: r.StopReason, stopAsked: r.StopAsked, statusLine: r.StatusLine, requests: r.Requests, reforkBase: r.ReforkBase,
 			heartbeat: r.Heartbeat, spawnedAt: at(r.SpawnedAgo), readyAt: at(r.ReadyAgo),
-			killReason: r.KillReason, recycled: r.Recycled,
+			killReason: r.KillReason, recycled: r.Recycled, source: r.Source,
 		}
 		switch state {
 		case Booting:

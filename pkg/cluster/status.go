@@ -18,8 +18,9 @@ type Status struct {
 	Generation  int
 	Desired     int
 	Ready       int
-	// Forking reports fork-worker mode with a template to fork from.
-	Forking bool
+	// Forking reports fork-worker mode with a template to fork from. Mold: mold mode, where
+	// Desired and Ready count the serving workers, the template aside.
+	Forking, Mold bool
 	// Dropped counts datagrams on the notify sockets that came from no worker (or another uid) or
 	// did not parse; Late those from workers that had exited when they were read.
 	Dropped uint64
@@ -45,8 +46,11 @@ type WorkerStatus struct {
 	// for a template to fork from, else "exited".
 	State string
 	// Template: this worker is the template the others are forked from. Forked: the template forked
-	// it (else it was exec'd).
-	Template, Forked bool
+	// it (else it was exec'd). NonServing: it serves no request (the template in mold mode, or
+	// its replacement).
+	Template, Forked, NonServing bool
+	// Source is where a template made by a mold was forked from; nil for one that was exec'd.
+	Source *MoldSource
 	// Replacement: a rollout's new worker for the slot, not yet ready. Detached: an old worker
 	// draining after its slot was given to another.
 	Replacement, Detached bool
@@ -68,15 +72,15 @@ func (m *Machine) Status() Status {
 	st := Status{
 		Phase:      m.phase,
 		Generation: m.generation,
-		Desired:    m.desired,
-		Ready:      m.readyCount(),
 		Forking:    m.template != nil,
+		Mold:       m.cfg.Mold,
 		Dropped:    m.dropped,
 		Strays:     len(m.strays),
 		Late:       m.late,
 		StatusLine: m.lastStatus,
 		Decay:      m.decayStatus(),
 	}
+	st.Ready, st.Desired = m.servingReady()
 	st.Rollout, st.LastRollout = m.current(), m.last
 	for _, o := range m.ops {
 		st.Queued = append(st.Queued, o.kind)
@@ -127,7 +131,11 @@ func (m *Machine) Status() Status {
 
 func (m *Machine) describe(ws *WorkerStatus, w *worker) {
 	ws.ID, ws.PID, ws.Generation, ws.State = w.id, w.pid, w.generation, w.state.String()
-	ws.Template, ws.Forked = w == m.template, w.forked()
+	ws.Template, ws.Forked, ws.NonServing = w == m.template, w.forked(), !m.cfg.serves(w.slot)
+	if w.source != nil {
+		src := *w.source
+		ws.Source = &src
+	}
 	ws.SpawnedAt, ws.ReadyAt = w.spawnedAt, w.readyAt
 	ws.StatusLine, ws.Requests = w.statusLine, w.requests
 	if w.memory != nil {

@@ -74,6 +74,10 @@ type worker struct {
 	memory *MemoryFigures
 	// recycled is why forkd recycles the worker (recycle.go), once it decided to; "" before.
 	recycled ExitReason
+	// mold: a mold (mold.go), forked by the serving worker template names; source is where the
+	// mold came from, kept while it is the template.
+	mold   bool
+	source *MoldSource
 }
 
 // servedSinceRefork is how many requests w served since the last refork, or since it started.
@@ -84,7 +88,7 @@ func (w *worker) servedSinceRefork() uint64 {
 	return w.requests - w.reforkBase
 }
 
-// forked reports whether the template forked this worker.
+// forked reports whether the template (or, for a mold, a serving worker) forked this worker.
 func (w *worker) forked() bool { return w.template != 0 }
 
 // slot is a worker's place in the cluster: index i is the worker that sees FORKD_WORKER=i. A slot

@@ -59,6 +59,11 @@ const (
 	OpResumed     = "resumed"      // template → master
 	OpError       = "error"        // either way: the request with Seq was not understood
 	OpStdio       = "stdio"        // master → forked worker: one fd, its own stdout and stderr; JournalStream
+	// Molds (refork_from = "warmest"): a serving worker forks a new template at once, without
+	// quiescing; the mold says hello on the channel that travels with the request, with Mold set.
+	OpMold       = "mold"        // master → serving worker: fork a mold of Generation; NotifySocket; one fd
+	OpMolded     = "molded"      // serving worker → master: PID of the mold
+	OpMoldFailed = "mold_failed" // serving worker → master: Error
 )
 
 // Message is one control-channel message. Which fields mean something depends on Op (see the Op
@@ -76,6 +81,13 @@ type Message struct {
 	// JournalStream, with OpStdio, is the new stdout's "DEV:INO" for JOURNAL_STREAM when it is a
 	// journal stream.
 	JournalStream string `json:"journal_stream,omitempty"`
+	// Mold, in a hello, says the sender is a mold: forked by a serving worker to be the template.
+	Mold bool `json:"mold,omitempty"`
+	// NotifySocket, with OpMold, is the mold's own NOTIFY_SOCKET; empty: keep the inherited one.
+	NotifySocket string `json:"notify_socket,omitempty"`
+	// Serve, in a welcome, is false for a template that must not serve (worker 0 and molds with
+	// refork_from = "warmest"); nil (left out): serve, as every worker did before molds.
+	Serve *bool `json:"serve,omitempty"`
 }
 
 // Errors of Decode, matched with errors.Is.
@@ -87,10 +99,11 @@ var (
 )
 
 // requests are the ops that must carry a Seq, so their reply can name them.
-var requests = map[string]bool{OpSpawn: true, OpPause: true, OpResume: true}
+var requests = map[string]bool{OpSpawn: true, OpPause: true, OpResume: true, OpMold: true}
 
 // replies are the ops that answer a request and so carry its Seq.
-var replies = map[string]bool{OpSpawned: true, OpSpawnFailed: true, OpPaused: true, OpResumed: true, OpError: true}
+var replies = map[string]bool{OpSpawned: true, OpSpawnFailed: true, OpPaused: true, OpResumed: true, OpError: true,
+	OpMolded: true, OpMoldFailed: true}
 
 // Decode parses one packet. It returns:
 //   - (msg, nil): a well-formed version-1 message with a known op and the fields that op needs;
@@ -126,9 +139,11 @@ func (m Message) validate() error {
 		return errors.New(`hello needs "pid"`)
 	case m.Op == OpSpawn && m.Generation <= 0:
 		return errors.New(`spawn needs "worker" and "generation"`)
-	case m.Op == OpSpawned && m.PID <= 0:
-		return errors.New(`spawned needs "pid"`)
-	case (m.Op == OpSpawnFailed || m.Op == OpRefuse) && m.Error == "":
+	case m.Op == OpMold && m.Generation <= 0:
+		return errors.New(`mold needs "generation"`)
+	case (m.Op == OpSpawned || m.Op == OpMolded) && m.PID <= 0:
+		return fmt.Errorf(`%s needs "pid"`, m.Op)
+	case (m.Op == OpSpawnFailed || m.Op == OpMoldFailed || m.Op == OpRefuse) && m.Error == "":
 		return fmt.Errorf(`%s needs "error"`, m.Op)
 	case (requests[m.Op] || replies[m.Op]) && m.Seq == 0 && m.Op != OpError:
 		return fmt.Errorf(`%s needs "seq"`, m.Op)
@@ -136,7 +151,8 @@ func (m Message) validate() error {
 		return errors.New("worker and generation cannot be negative")
 	}
 	switch m.Op {
-	case OpHello, OpWelcome, OpRefuse, OpSpawn, OpSpawned, OpSpawnFailed, OpPause, OpPaused, OpResume, OpResumed, OpError, OpStdio:
+	case OpHello, OpWelcome, OpRefuse, OpSpawn, OpSpawned, OpSpawnFailed, OpPause, OpPaused, OpResume, OpResumed, OpError, OpStdio,
+		OpMold, OpMolded, OpMoldFailed:
 		return nil
 	}
 	return fmt.Errorf("unknown op %q", m.Op)

@@ -25,6 +25,14 @@ func TestDecode(t *testing.T) {
 		{`{"v":1,"op":"spawn_failed","seq":7,"error":"fork: ENOMEM"}`, Message{V: 1, Op: OpSpawnFailed, Seq: 7, Error: "fork: ENOMEM"}, nil},
 		{`{"v":1,"op":"paused","seq":8,"extra":"ignored"}`, Message{V: 1, Op: OpPaused, Seq: 8}, nil},
 		{`{"v":1,"op":"error","error":"what?"}`, Message{V: 1, Op: OpError, Error: "what?"}, nil},
+		{`{"v":1,"op":"mold","seq":9,"generation":3,"notify_socket":"/run/n/0"}`, Message{V: 1, Op: OpMold, Seq: 9, Generation: 3, NotifySocket: "/run/n/0"}, nil},
+		{`{"v":1,"op":"molded","seq":9,"pid":77}`, Message{V: 1, Op: OpMolded, Seq: 9, PID: 77}, nil},
+		{`{"v":1,"op":"mold_failed","seq":9,"error":"fork: EAGAIN"}`, Message{V: 1, Op: OpMoldFailed, Seq: 9, Error: "fork: EAGAIN"}, nil},
+		{`{"v":1,"op":"hello","pid":77,"fork":true,"mold":true}`, Message{V: 1, Op: OpHello, PID: 77, Fork: true, Mold: true}, nil},
+		{`{"v":1,"op":"mold","generation":3}`, Message{V: 1, Op: OpMold, Generation: 3}, ErrMalformed},
+		{`{"v":1,"op":"mold","seq":9}`, Message{V: 1, Op: OpMold, Seq: 9}, ErrMalformed},
+		{`{"v":1,"op":"molded","seq":9}`, Message{V: 1, Op: OpMolded, Seq: 9}, ErrMalformed},
+		{`{"v":1,"op":"mold_failed","seq":9}`, Message{V: 1, Op: OpMoldFailed, Seq: 9}, ErrMalformed},
 		{`{"v":2,"op":"hello","pid":42}`, Message{V: 2, Op: OpHello, PID: 42}, ErrVersion},
 		{`{"v":1,"op":"hello"}`, Message{V: 1, Op: OpHello}, ErrMalformed},
 		{`{"v":1,"op":"spawn","worker":3,"generation":2}`, Message{V: 1, Op: OpSpawn, Worker: 3, Generation: 2}, ErrMalformed},
@@ -56,6 +64,8 @@ func TestEncodeRoundTrip(t *testing.T) {
 		{Op: OpSpawn, Seq: 1, Worker: 5, Generation: 3},
 		{Op: OpRefuse, Error: "protocol 2 is not supported"},
 		{Op: OpResume, Seq: 99},
+		{Op: OpWelcome, Generation: 2, Serve: new(false)},
+		{Op: OpMold, Seq: 4, Generation: 2, NotifySocket: "@forkd/notify/0"},
 	} {
 		b, err := Encode(m)
 		require.NoError(t, err)
