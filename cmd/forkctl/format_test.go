@@ -303,3 +303,13 @@ func TestRolloutSummary(t *testing.T) {
 		assert.Equal(t, tc.want, rolloutSummary(tc.l))
 	}
 }
+
+func TestModeSummarySaysWhereTheTemplateCameFrom(t *testing.T) {
+	st := control.Status{Mode: control.ModeFork, WorkerList: []control.Worker{
+		{Index: 0, PID: 901, Template: true, Forked: true, NonServing: true, MoldOf: &control.MoldSource{Index: 2, PID: 912, Requests: 5400}},
+		{Index: 1, PID: 910, Forked: true},
+	}}
+	assert.Equal(t, "fork, template: worker 0 (pid 901, serves nothing; forked from worker 2, pid 912, after 5400 requests)", modeSummary(st))
+	st.WorkerList[0].MoldOf, st.WorkerList[0].NonServing = nil, false
+	assert.Equal(t, "fork, template: worker 0 (pid 901)", modeSummary(st))
+}

@@ -221,9 +221,17 @@ func truncate(s string, n int) string {
 func modeSummary(st control.Status) string {
 	mode := printable(st.Mode)
 	for _, wk := range st.WorkerList {
-		if wk.Template {
-			return fmt.Sprintf("%s, template: worker %d (pid %d)", mode, wk.Index, wk.PID)
+		if !wk.Template {
+			continue
 		}
+		line := fmt.Sprintf("%s, template: worker %d (pid %d", mode, wk.Index, wk.PID)
+		if wk.NonServing {
+			line += ", serves nothing"
+		}
+		if s := wk.MoldOf; s != nil {
+			line += fmt.Sprintf("; forked from worker %d, pid %d, after %d requests", s.Index, s.PID, s.Requests)
+		}
+		return line + ")"
 	}
 	return mode
 }

@@ -106,8 +106,12 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 			NextRestart: w.NextSpawn,
 			Template:    w.Template,
 			Forked:      w.Forked,
+			NonServing:  w.NonServing,
 			Replacement: w.Replacement,
 			Detached:    w.Detached,
+		}
+		if s := w.Source; s != nil {
+			cw.MoldOf = &control.MoldSource{Index: s.Slot, PID: s.PID, Requests: s.Requests}
 		}
 		if w.PID != 0 {
 			cw.StartedAt = w.SpawnedAt

@@ -311,6 +311,7 @@ func generation(cfg *config.Config) supervisor.Generation {
 	if fw := cfg.ForkWorker; fw != nil {
 		machine.ForkWorker = true
 		machine.ForkTimeout = fw.Timeout
+		machine.Mold = fw.ReforkFrom == config.ReforkFromWarmest
 		machine.ReforkAfter, machine.ReforkAfterRepeats = fw.ReforkAfter, fw.ReforkAfterRepeats
 		if w := fw.WarmUp; w != nil {
 			machine.WarmUp = cluster.WarmUp{Requests: uint64(w.Requests), MaxWait: w.MaxWait}

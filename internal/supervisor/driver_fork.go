@@ -30,6 +30,8 @@ type channels struct {
 type pendingSpawn struct {
 	worker    cluster.WorkerID
 	cancelled bool
+	// mold: a mold request to a serving worker, whose error answer is MoldRefused.
+	mold bool
 }
 
 // controlMessage is one packet from a worker's channel, or the end of the channel (eof).
@@ -65,8 +67,9 @@ func (c *channels) read(worker cluster.WorkerID, conn *protocol.Conn) {
 	}()
 }
 
-// forkWorker asks the template to fork a worker: a fresh channel, whose worker end travels with the
-// spawn request. The answer comes later, on the template's channel.
+// forkWorker asks the template to fork a worker, or a serving worker to fork a mold (a.Mold): a
+// fresh channel, whose worker end travels with the request. The answer comes later, on the
+// template's (the serving worker's) channel.
 func (d *Driver) forkWorker(a cluster.SpawnWorker) {
 	t := d.procs[a.Template]
 	if t == nil || t.conn == nil {
@@ -81,18 +84,28 @@ func (d *Driver) forkWorker(a cluster.SpawnWorker) {
 	defer unix.Close(workerEnd)
 	seq := d.channels.nextSeq()
 	msg := protocol.Message{Op: protocol.OpSpawn, Seq: seq, Worker: a.Slot, Generation: a.Generation}
+	// A forked worker inherits the template's NOTIFY_SOCKET; a mold gets one of its own, so that
+	// its datagrams are told from its source's, which the workers forked from it inherit.
+	ns := t.notify
+	if a.Mold {
+		if ns, err = d.notify.open(a.Worker, true); err != nil {
+			conn.Close()
+			d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
+			return
+		}
+		msg = protocol.Message{Op: protocol.OpMold, Seq: seq, Generation: a.Generation, NotifySocket: ns.sock.Addr()}
+	} else if ns != nil {
+		ns.share()
+	}
 	if err := t.conn.Send(msg, workerEnd); err != nil {
 		conn.Close()
+		ns.release()
 		d.learn(cluster.SpawnFailed{Worker: a.Worker, Err: err.Error()})
 		return
 	}
-	d.channels.spawns[seq] = &pendingSpawn{worker: a.Worker}
-	d.cgroupFork(a)
-	// The forked worker inherits the template's NOTIFY_SOCKET.
-	d.procs[a.Worker] = &process{pidfd: -1, conn: conn, forked: true, slot: a.Slot, notify: t.notify}
-	if t.notify != nil {
-		t.notify.share()
-	}
+	d.channels.spawns[seq] = &pendingSpawn{worker: a.Worker, mold: a.Mold}
+	d.cgroupFork(a) // a mold is born in its source's cgroup, and moved to one of slot 0's own
+	d.procs[a.Worker] = &process{pidfd: -1, conn: conn, forked: true, slot: a.Slot, notify: ns}
 	d.channels.read(a.Worker, conn)
 }
 
@@ -186,13 +199,13 @@ func (d *Driver) handleControl(cm controlMessage) {
 			p.pid, p.pidfd = msg.PID, pidfd
 			d.cgroupPlace(cm.worker, p)
 		}
-		hello := cluster.Hello{Worker: cm.worker, PID: msg.PID, Fork: msg.Fork, SDK: msg.SDK}
+		hello := cluster.Hello{Worker: cm.worker, PID: msg.PID, Fork: msg.Fork, Mold: msg.Mold, SDK: msg.SDK}
 		if msg.V != protocol.Version {
 			hello.Mismatch = fmt.Sprintf("this forkd master speaks protocol %d, the worker speaks %d: upgrade the worker's SDK or forkd",
 				protocol.Version, msg.V)
 		}
 		d.step(hello)
-	case protocol.OpSpawned, protocol.OpSpawnFailed:
+	case protocol.OpSpawned, protocol.OpSpawnFailed, protocol.OpMolded, protocol.OpMoldFailed:
 		d.spawnReply(msg)
 	case protocol.OpPaused, protocol.OpResumed:
 		if _, ok := d.channels.requests[msg.Seq]; !ok {
@@ -205,6 +218,14 @@ func (d *Driver) handleControl(cm controlMessage) {
 			d.step(cluster.TemplateResumed{Worker: cm.worker})
 		}
 	case protocol.OpError:
+		if s, ok := d.channels.spawns[msg.Seq]; ok && s.mold {
+			// An SDK without molds: the machine forks from the template instead, and says so.
+			delete(d.channels.spawns, msg.Seq)
+			if !s.cancelled {
+				d.step(cluster.MoldRefused{Worker: s.worker, Err: msg.Error})
+			}
+			return
+		}
 		d.log.Warn("worker could not handle a control message: "+msg.Error, "event", "control-error", "pid", p.pid)
 		if op, ok := d.channels.requests[msg.Seq]; ok {
 			delete(d.channels.requests, msg.Seq)
@@ -225,7 +246,7 @@ func (d *Driver) spawnReply(msg protocol.Message) {
 		return
 	}
 	delete(d.channels.spawns, msg.Seq)
-	if msg.Op == protocol.OpSpawnFailed {
+	if msg.Op == protocol.OpSpawnFailed || msg.Op == protocol.OpMoldFailed {
 		if !s.cancelled {
 			d.step(cluster.SpawnFailed{Worker: s.worker, Err: msg.Error})
 		}

@@ -22,7 +22,11 @@ func (s seams) CancelSpawn(id cluster.WorkerID) { s.d.cancelSpawn(id) }
 func (s seams) Control(a cluster.Action) {
 	switch a := a.(type) {
 	case cluster.SendWelcome:
-		s.d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpWelcome, Worker: a.Slot, Generation: a.Generation})
+		msg := protocol.Message{Op: protocol.OpWelcome, Worker: a.Slot, Generation: a.Generation}
+		if a.NonServing {
+			msg.Serve = new(false)
+		}
+		s.d.controlWorker(a.Worker, msg)
 	case cluster.SendRefuse:
 		s.d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpRefuse, Error: a.Reason})
 	case cluster.PauseTemplate:

@@ -156,7 +156,25 @@ type ForkWorker struct {
 	// WarmUp, when set (a warm_up block), makes a reload's (or a hot restart's) new template serve
 	// alone before the other workers are forked from it; nil (the default) forks at once.
 	WarmUp *WarmUp
+	// ReforkFrom says what a refork forks the new workers from. Defaults to DefaultReforkFrom.
+	ReforkFrom ReforkFrom
 }
+
+// ReforkFrom is fork_worker.refork_from.
+type ReforkFrom string
+
+const (
+	// ReforkFromTemplate: worker 0 serves and is the template, paused while it forks (Puma's
+	// fork_worker): a refork copies worker 0's heap as it is.
+	ReforkFromTemplate ReforkFrom = "template"
+	// ReforkFromWarmest: worker 0 is a template that serves nothing, beside `workers` serving
+	// workers; a refork asks the serving worker that served the most to fork a new template (a
+	// mold), without pausing it.
+	ReforkFromWarmest ReforkFrom = "warmest"
+	// DefaultReforkFrom is refork_from when the block does not set it (docs/configuration.md
+	// says why).
+	DefaultReforkFrom = ReforkFromTemplate
+)
 
 // DefaultWarmUpMaxWait is warm_up.max_wait when the block does not set it.
 const DefaultWarmUpMaxWait = 5 * time.Second

@@ -72,6 +72,7 @@ type fileForkWorker struct {
 	Timeout       *hcl.Attribute     `hcl:"timeout,optional"`
 	ReforkOnDecay *fileReforkOnDecay `hcl:"refork_on_decay,block"`
 	WarmUp        *fileWarmUp        `hcl:"warm_up,block"`
+	ReforkFrom    *hcl.Attribute     `hcl:"refork_from,optional"`
 }
 
 type fileWarmUp struct {
@@ -188,6 +189,10 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 		s.forkWorker = origin{what: "fork_worker", given: true, subject: fw.DefRange.Ptr()}
 		b.decodeReforkAfter(fw.ReforkAfter)
 		b.decodeDuration(fw.Timeout, "fork_worker.timeout", &c.ForkWorker.Timeout, &s.forkTimeout)
+		var from string
+		if b.decodeValue(fw.ReforkFrom, "fork_worker.refork_from", &from, &s.reforkFrom) {
+			c.ForkWorker.ReforkFrom = ReforkFrom(from)
+		}
 		if w := fw.WarmUp; w != nil {
 			c.ForkWorker.WarmUp = &WarmUp{}
 			b.decodeValue(w.Requests, "fork_worker.warm_up.requests", &c.ForkWorker.WarmUp.Requests, &s.warmRequests)

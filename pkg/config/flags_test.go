@@ -285,5 +285,6 @@ func TestForkWorkerFlag(t *testing.T) {
 	sandbox(t)
 	cfg, err := Load(parseFlags(t, "--fork-worker", "--", "server"))
 	require.NoError(t, err)
-	assert.Equal(t, &ForkWorker{ReforkAfter: DefaultReforkAfter, ReforkAfterRepeats: DefaultReforkAfterRepeats, Timeout: DefaultForkTimeout}, cfg.ForkWorker)
+	assert.Equal(t, &ForkWorker{ReforkAfter: DefaultReforkAfter, ReforkAfterRepeats: DefaultReforkAfterRepeats, Timeout: DefaultForkTimeout,
+		ReforkFrom: DefaultReforkFrom}, cfg.ForkWorker)
 }

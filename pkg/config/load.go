@@ -190,6 +190,9 @@ func (b *builder) fillDefaults() {
 		if !s.forkTimeout.given {
 			fw.Timeout = DefaultForkTimeout
 		}
+		if !s.reforkFrom.given {
+			fw.ReforkFrom = DefaultReforkFrom
+		}
 		if w := fw.WarmUp; w != nil && !s.warmMaxWait.given {
 			w.MaxWait = DefaultWarmUpMaxWait
 		}

@@ -49,6 +49,7 @@ restart {
 }
 
 fork_worker {
+  refork_from  = "warmest"
   refork_after = [100, 2000]
   timeout      = "5s"
 }
@@ -118,10 +119,11 @@ func TestParseFullConfig(t *testing.T) {
 			{Name: "admin", Network: "unix", Address: filepath.Join(dir, "admin.sock"), Backlog: DefaultBacklog, Mode: 0o660},
 			{Name: "abstract", Network: "unix", Address: "@demo", Backlog: DefaultBacklog},
 		},
-		Timeouts:   Timeouts{Boot: 2 * time.Minute, Worker: 10 * time.Second, Shutdown: 90 * time.Second},
-		Restart:    Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
-		ForkWorker: &ForkWorker{ReforkAfter: []uint64{100, 2000}, ReforkAfterRepeats: true, Timeout: 5 * time.Second},
-		Rollout:    Rollout{MaxSurge: 2, MaxUnavailable: 1},
+		Timeouts: Timeouts{Boot: 2 * time.Minute, Worker: 10 * time.Second, Shutdown: 90 * time.Second},
+		Restart:  Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
+		ForkWorker: &ForkWorker{ReforkAfter: []uint64{100, 2000}, ReforkAfterRepeats: true, Timeout: 5 * time.Second,
+			ReforkFrom: ReforkFromWarmest},
+		Rollout: Rollout{MaxSurge: 2, MaxUnavailable: 1},
 		Hooks: Hooks{
 			BeforeReload:  []string{"/bin/sh", "-c", "exit 0"},
 			AfterReload:   []string{"/bin/sh", "-c", "echo done"},
@@ -314,7 +316,8 @@ func TestForkWorkerDefaults(t *testing.T) {
 	sandbox(t)
 	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {}\n"), "web.hcl")
 	require.NoError(t, err)
-	assert.Equal(t, &ForkWorker{ReforkAfter: []uint64{1000}, ReforkAfterRepeats: false, Timeout: DefaultForkTimeout}, cfg.ForkWorker,
+	assert.Equal(t, &ForkWorker{ReforkAfter: []uint64{1000}, ReforkAfterRepeats: false, Timeout: DefaultForkTimeout,
+		ReforkFrom: DefaultReforkFrom}, cfg.ForkWorker,
 		"one refork after 1000 requests, as Puma's fork_worker")
 
 	for src, want := range map[string]ForkWorker{
@@ -327,7 +330,7 @@ func TestForkWorkerDefaults(t *testing.T) {
 	} {
 		cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_after = "+src+"\n}\n"), "web.hcl")
 		require.NoError(t, err, src)
-		want.Timeout = DefaultForkTimeout
+		want.Timeout, want.ReforkFrom = DefaultForkTimeout, DefaultReforkFrom
 		assert.Equal(t, &want, cfg.ForkWorker, src)
 	}
 
@@ -375,6 +378,16 @@ func TestWarmUp(t *testing.T) {
 	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  warm_up {\n    requests = 200\n    max_wait = \"30s\"\n  }\n}\n"), "web.hcl")
 	require.NoError(t, err)
 	assert.Equal(t, &WarmUp{Requests: 200, MaxWait: 30 * time.Second}, cfg.ForkWorker.WarmUp)
+}
+
+func TestReforkFrom(t *testing.T) {
+	sandbox(t)
+	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, ReforkFromTemplate, cfg.ForkWorker.ReforkFrom, "the default keeps worker 0 serving")
+	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_from = \"warmest\"\n}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, ReforkFromWarmest, cfg.ForkWorker.ReforkFrom)
 }
 
 func TestParseSize(t *testing.T) {

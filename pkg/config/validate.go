@@ -50,7 +50,7 @@ type sources struct {
 	boot, worker, shutdown             origin
 	backoffMin, backoffMax, resetAfter origin
 	forkWorker, reforkAfter            origin
-	forkTimeout                        origin
+	forkTimeout, reforkFrom            origin
 	decayGrowth, decayRatio            origin
 	decayInterval, decayFruitless      origin
 	warmRequests, warmMaxWait          origin
@@ -84,7 +84,7 @@ func defaultSources(quick bool) sources {
 		backoffMin: at("restart.backoff_min"), backoffMax: at("restart.backoff_max"),
 		resetAfter: at("restart.reset_after"),
 		forkWorker: at("fork_worker"), reforkAfter: at("fork_worker.refork_after"),
-		forkTimeout: at("fork_worker.timeout"),
+		forkTimeout: at("fork_worker.timeout"), reforkFrom: at("fork_worker.refork_from"),
 		decayGrowth: at("fork_worker.refork_on_decay.private_growth"), decayRatio: at("fork_worker.refork_on_decay.ratio"),
 		decayInterval: at("fork_worker.refork_on_decay.min_interval"), decayFruitless: at("fork_worker.refork_on_decay.max_fruitless"),
 		warmRequests: at("fork_worker.warm_up.requests"), warmMaxWait: at("fork_worker.warm_up.max_wait"),
@@ -177,6 +177,18 @@ func (b *builder) validate() {
 
 	if fw := c.ForkWorker; fw != nil && fw.Timeout <= 0 {
 		b.report(s.forkTimeout, "must be greater than 0, not %s", fw.Timeout)
+	}
+	if fw := c.ForkWorker; fw != nil {
+		switch fw.ReforkFrom {
+		case ReforkFromTemplate:
+		case ReforkFromWarmest:
+			if fw.WarmUp != nil {
+				b.report(s.reforkFrom, "%q cannot go with a warm_up block: the template serves nothing, so it cannot warm up by serving; "+
+					"leave warm_up out (the first refork after a reload copies a worker that has served)", fw.ReforkFrom)
+			}
+		default:
+			b.report(s.reforkFrom, "%q is not one of %q, %q", fw.ReforkFrom, ReforkFromWarmest, ReforkFromTemplate)
+		}
 	}
 	if fw := c.ForkWorker; fw != nil && fw.ReforkOnDecay != nil {
 		b.validateReforkOnDecay(fw.ReforkOnDecay)

@@ -133,8 +133,14 @@ type Worker struct {
 	// Template is true for the worker the others are forked from (fork-worker mode: worker 0).
 	Template bool `json:"template,omitempty"`
 	// Forked is true for a worker the template forked; false for one that was exec'd (every worker
-	// in exec mode, and the template itself).
+	// in exec mode, and the template itself, unless a mold made it).
 	Forked bool `json:"forked,omitempty"`
+	// NonServing is true for a process that serves no request: the template with
+	// fork_worker.refork_from = "warmest", and its replacement.
+	NonServing bool `json:"non_serving,omitempty"`
+	// MoldOf, for a template made by a refork from the warmest worker, is the serving worker it
+	// was forked from (a mold): nil (and omitted) for an exec'd template.
+	MoldOf *MoldSource `json:"mold_of,omitempty"`
 	// Replacement is true for a rollout's new worker for this slot while it is not yet ready; the
 	// slot's current worker has an entry of its own.
 	Replacement bool `json:"replacement,omitempty"`
@@ -160,6 +166,14 @@ type Worker struct {
 	LastExit string `json:"last_exit,omitempty"`
 	// NextRestart is when a slot in WorkerBackoff spawns again; zero (and omitted) otherwise.
 	NextRestart time.Time `json:"next_restart,omitzero"`
+}
+
+// MoldSource is the serving worker a template was forked from, as it was when asked.
+type MoldSource struct {
+	Index int `json:"index"`
+	PID   int `json:"pid"`
+	// Requests is how many requests it had served (X_FORKD_REQUESTS=).
+	Requests uint64 `json:"requests"`
 }
 
 // Memory is a worker process's memory use in bytes, from /proc/PID/smaps_rollup.

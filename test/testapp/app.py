@@ -11,6 +11,8 @@ Environment knobs:
   TESTAPP_ALLOC_MB      allocate (and touch) this many MiB at import, to measure sharing
   TESTAPP_HANG_FORK     seconds the template's before-fork hook sleeps, to make forks time out
   TESTAPP_HOOK_LOG      a file each process appends its hook calls to
+  TESTAPP_NO_MOLD       a serving worker answers the master's mold request with error, as an SDK
+                        without molds does (forkd.gunicorn's forked workers)
 """
 import os
 import time
@@ -26,6 +28,20 @@ for i in range(0, len(BALLAST), 4096):
 
 # dirtied is how far this process has written the ballast since it was forked.
 dirtied = 0
+
+if os.environ.get("TESTAPP_NO_MOLD"):
+    from forkd import runtime
+
+    _answer_worker_op = runtime.answer_worker_op
+
+    def _refuse_mold(channel, msg, fds):
+        if msg.get("op") != "mold":
+            return _answer_worker_op(channel, msg, fds)
+        for fd in fds:
+            os.close(fd)
+        runtime.reply(channel, {"op": "error", "seq": msg.get("seq"), "error": "unknown op 'mold'"})
+
+    runtime.answer_worker_op = _refuse_mold
 
 HANG = float(os.environ.get("TESTAPP_HANG_FORK", "0"))
 HOOK_LOG = os.environ.get("TESTAPP_HOOK_LOG")
