@@ -548,6 +548,19 @@ class StopTest(GunicornTestCase):
                 self.assertEqual(events(m.hooks(), w.pid)[-1], "g.worker_exit")
                 self.assertEqual(get(m.port)[0], 200)  # the template serves on
 
+    def test_sigterm_before_gunicorn_handlers_stops_the_template_after_a_spawn(self):
+        # After a spawn the template serves again with a new gunicorn worker; a stop signal that
+        # came before that worker's handlers were in went to the template's own (which only
+        # remember it), and the template served on until forkd's shutdown timeout killed it.
+        for args in (GTHREAD, SYNC):
+            with self.subTest(args[-2]):
+                m = self.master()
+                t = m.boot(args, env={"TEST_SIGTERM_IN": "template_init_signals"})
+                seq, ch = m.spawn(t, index=1)
+                m.adopt(t.expect("spawned")["pid"], ch)
+                self.assertEqual(os.WEXITSTATUS(waitpid_timeout(t.pid)), 0, t.read_log())
+                self.assertEqual(events(m.hooks(), t.pid)[-2:], ["g.worker_exit", "g.on_exit"])
+
     def test_forked_worker_stops_on_eof(self):
         m = self.master()
         t = m.boot(GTHREAD)

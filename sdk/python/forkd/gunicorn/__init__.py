@@ -366,7 +366,7 @@ class Runner:
                                    "channel: stopping")
                     self.reader = None
                     break
-                if not self.quiescing:
+                if not self.quiescing and not self.stop_requested:
                     self._serve(w)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -387,6 +387,10 @@ class Runner:
             # May raise runtime.Forked: in the new worker, main() catches it.
             if self.template.quiet(lambda: self.stop_requested, self.wake_r) == "stop":
                 break
+            # A stop signal from now on is the next period's: blocked until its gunicorn worker's
+            # handlers are in (ForkdWorker.init_signals), since the template's (on_stop) would
+            # only remember it, and gunicorn's worker would serve on.
+            signal.pthread_sigmask(signal.SIG_BLOCK, self.workers.STOP_SIGNALS)
             nr, max_requests = w.nr, w.max_requests
             w = self._new_worker(later=True)
             # One process, one count: gunicorn's --max-requests counts across periods.

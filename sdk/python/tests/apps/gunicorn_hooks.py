@@ -70,3 +70,15 @@ elif os.environ.get("TEST_SIGTERM_IN") == "init_signals":
         return sigterm_then_init_signals
 
     Worker.init_signals = _sigterm_first(Worker.init_signals)
+elif os.environ.get("TEST_SIGTERM_IN") == "template_init_signals":
+    # In the template's second serving period (after a spawn), as gunicorn's init_signals begins.
+    from gunicorn.workers.base import Worker
+
+    def _template_sigterm_first(init_signals):
+        def sigterm_then_init_signals(worker):
+            if forkd.is_template() and worker.age > 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            init_signals(worker)
+        return sigterm_then_init_signals
+
+    Worker.init_signals = _template_sigterm_first(Worker.init_signals)
