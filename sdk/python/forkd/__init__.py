@@ -108,7 +108,13 @@ Where the worker stands
     The cluster generation it belongs to, or 0 when not under forkd.
 ``is_template()``
     True in worker 0 once the master has welcomed it as the template (it runs forkd.gunicorn in
-    fork-worker mode); False anywhere else, including every forked worker.
+    fork-worker mode), and in a mold; False anywhere else, including every forked worker.
+``is_mold()``
+    True in a mold: a template forked from a serving worker (refork from the warmest worker),
+    which never serves.
+``is_serving()``
+    False in a template that does not serve: a mold, or worker 0 when the master's welcome says
+    ``"serve": false`` (mold mode); True anywhere else.
 ``master_gone()`` -> threading.Event
     Set once the master is gone: end of file on the control channel (fork-worker mode), or the
     parent, forkd's master, has exited (exec mode: watched with a pidfd, else by checking getppid()
@@ -137,8 +143,15 @@ Fork hooks
     gunicorn.conf.py), turns that off; anything but True or False raises TypeError.
 ``after_worker_boot(fn)``
     In each worker once it is one: in an exec'd worker after the master's welcome, in a forked
-    worker after its child hooks and welcome; always before READY=1. Only under forkd.gunicorn. A
-    hook that raises makes the worker exit with status 1.
+    worker after its child hooks and welcome; always before READY=1. Not in a template that does
+    not serve (after_mold runs there). Only under forkd.gunicorn. A hook that raises makes the
+    worker exit with status 1.
+``after_mold(fn)``
+    In each template that does not serve, once it is one: a mold after its fork, its child hooks
+    and the master's welcome; mold mode's worker 0 after the welcome. Then before_refork, the
+    readying (gc.collect, gc.freeze) and READY=1. pitchfork's after_mold_fork: drop here what the
+    workers must not inherit from the serving worker the mold was forked from. A hook that raises
+    makes the mold exit with status 1 (the refork fails; the old template stays).
 
 Each returns fn, so each works as a decorator: ``@forkd.after_fork_child``.
 
@@ -151,6 +164,7 @@ _worker.check_protocol()
 from .hooks import (  # noqa: E402
     after_fork_child,
     after_fork_parent,
+    after_mold,
     after_refork,
     after_worker_boot,
     before_fork,
@@ -164,6 +178,8 @@ from .worker import (  # noqa: E402
     __version__,
     add_requests,
     generation,
+    is_mold,
+    is_serving,
     is_template,
     listeners,
     listeners_by_name,
@@ -181,7 +197,7 @@ __all__ = [
     "listeners", "listeners_by_name",
     "ready", "status", "stopping", "notify", "notify_barrier",
     "add_requests", "requests",
-    "worker_index", "generation", "is_template", "master_gone",
+    "worker_index", "generation", "is_template", "is_mold", "is_serving", "master_gone",
     "before_fork", "after_fork_parent", "after_fork_child",
-    "before_refork", "after_refork", "after_worker_boot", "set_gc_freeze",
+    "before_refork", "after_refork", "after_worker_boot", "after_mold", "set_gc_freeze",
 ]

@@ -33,6 +33,7 @@ _child = []
 _before_refork = []
 _after_refork = []
 _after_boot = []
+_after_mold = []
 
 # True while the SDK forks on its own (see sdk_forking): the os.register_at_fork dispatchers then
 # leave the user's hooks alone. Inherited by the intermediate child and the new worker, which
@@ -77,6 +78,13 @@ def after_worker_boot(fn):
     return _register(_after_boot, fn)
 
 
+def after_mold(fn):
+    """Run fn() in each template that does not serve, once it is one (a mold after its fork, child
+    hooks and welcome; mold mode's worker 0 after its welcome), before it readies its heap and
+    says READY=1. Returns fn."""
+    return _register(_after_mold, fn)
+
+
 def _report(kind, fn):
     sys.stderr.write("forkd: %s hook %r failed:\n%s" % (kind, fn, traceback.format_exc()))
     sys.stderr.flush()
@@ -116,6 +124,10 @@ def run_after_refork():
 
 def run_after_boot(strict=True):
     _run("after_worker_boot", list(_after_boot), strict)
+
+
+def run_after_mold(strict=True):
+    _run("after_mold", list(_after_mold), strict)
 
 
 class sdk_forking:

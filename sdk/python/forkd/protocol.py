@@ -31,6 +31,7 @@ OPS = frozenset({
     "hello", "welcome", "refuse",
     "spawn", "spawned", "spawn_failed",
     "pause", "paused", "resume", "resumed",
+    "mold", "molded", "mold_failed",
     "error", "stdio",
 })
 

@@ -16,6 +16,12 @@ client connection and no thread is inherited by a new worker.
   it may serve again or must stop. In the new worker of a spawn, :func:`double_fork` raises
   :class:`Forked`, which the caller catches at its top level to carry on as that worker.
 
+A serving worker (a forked one, or worker 0 while it serves) asked for a *mold* forks it at once,
+from the reader's thread, while the server goes on serving in the main thread: no quiesce
+(:func:`fork_mold`). In the mold, only that thread exists; it drops what it inherited of the
+server (:func:`drop_connections`, and the runner's own state), becomes a template that never
+serves and spends the rest of its life on that thread.
+
 Heartbeats are the process's, not a thread's (forkd.worker.beat): whoever runs (the server's
 loop, the reader while a period drains, the template between forks) keeps to one schedule, so a
 template that forks often never misses one.
@@ -26,6 +32,7 @@ import gc
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -34,8 +41,8 @@ from . import hooks
 from . import protocol
 from . import worker
 
-__all__ = ["Forked", "Reader", "Template", "double_fork", "apply_stdio", "reply", "set_gc_freeze",
-           "thaw_heap"]
+__all__ = ["Forked", "Reader", "Template", "double_fork", "fork_mold", "drop_connections",
+           "apply_stdio", "reply", "set_gc_freeze", "ready_heap", "thaw_heap"]
 
 
 class Forked(BaseException):
@@ -43,11 +50,12 @@ class Forked(BaseException):
     top level, which goes on as worker ``msg["worker"]`` with the channel at ``fd``. A
     BaseException, so that no ``except Exception`` on the way catches it."""
 
-    def __init__(self, msg, fd, hello_sent):
+    def __init__(self, msg, fd, hello_sent, mold=False):
         super().__init__()
         self.msg = msg
         self.fd = fd
         self.hello_sent = hello_sent
+        self.mold = mold  # this process is a mold (the grandchild of a mold request)
 
 
 def reply(channel, msg):
@@ -141,6 +149,12 @@ class Reader:
             t.join()
         self._close_pipe()
 
+    def abandon(self):
+        """In a mold forked from this reader's thread: release the pipe without a word (the
+        serving process's reader reads the same pipe) and forget the thread."""
+        self.thread = None
+        self._close_pipe()
+
     def _close_pipe(self):
         for fd in (self.stop_r, self.stop_w):
             if fd >= 0:
@@ -213,10 +227,16 @@ class Template:
     becomes the spawn_failed reason, and raises Forked in the new worker (double_fork does).
     """
 
-    def __init__(self, channel, quiesce, spawn):
+    def __init__(self, channel, quiesce, spawn, serves=True, mold=None):
         self.channel = channel
         self.quiesce = quiesce
         self.spawn = spawn
+        # False in a template that does not serve (a mold, mold mode's worker 0): quiet() never
+        # returns "serve", and pause/resume run no refork hook (the mold ran before_refork when it
+        # readied itself).
+        self.serves = serves
+        # mold(msg, fds), the caller's: answer a mold request (fork_mold), from either thread.
+        self.mold = mold
         self.ops = collections.deque()
         self.lock = threading.Lock()
         self.paused = False
@@ -242,6 +262,9 @@ class Template:
             with self.lock:
                 self.ops.append((msg, fds))
             self.quiesce()
+            return
+        if op == "mold" and self.mold is not None:
+            self.mold(msg, fds)
             return
         if op == "resume":
             with self.lock:
@@ -274,7 +297,7 @@ class Template:
                 self._handle(msg, fds)
             if self.gone or stop_requested():
                 return "stop"
-            if not self.paused:
+            if not self.paused and self.serves:
                 thaw_heap()
                 return "serve"
             try:
@@ -316,12 +339,14 @@ class Template:
         if op == "pause":
             if not self.paused:
                 self.paused = True
-                hooks.run_before_refork()
+                if self.serves:
+                    hooks.run_before_refork()
             reply(self.channel, {"op": "paused", "seq": seq})
         elif op == "resume":
             if self.paused:
                 self.paused = False
-                hooks.run_after_refork()
+                if self.serves:
+                    hooks.run_after_refork()
             reply(self.channel, {"op": "resumed", "seq": seq})
 
     def _spawn(self, msg, fds):
@@ -361,19 +386,22 @@ class Template:
         reply(self.channel, {"op": "spawned", "seq": seq, "pid": pid})
 
 
-def double_fork(msg, channel_fd):
-    """Fork the worker of spawn msg through a short-lived intermediate child, so that it is
-    re-parented to the master (a subreaper). In the template, returns the new worker's PID, or
-    raises RuntimeError with the reason; the before_fork hooks run first (an exception there fails
-    the spawn), the after_fork_parent hooks after. In the new worker, which leads a process group
-    of its own (so that forkd stopping its group never reaches worker 0 or a sibling), it says
-    hello on channel_fd and raises Forked; the caller runs the child hooks (see become_forked)."""
+def double_fork(msg, channel_fd, mold=False):
+    """Fork the worker of spawn msg (or the mold of mold msg) through a short-lived intermediate
+    child, so that it is re-parented to the master (a subreaper). In the forking process, returns
+    the new process's PID, or raises RuntimeError with the reason; the before_fork hooks run first
+    (an exception there fails the fork), the after_fork_parent hooks after. In the new process,
+    which leads a process group of its own (so that forkd stopping its group never reaches worker 0
+    or a sibling), it says hello on channel_fd and raises Forked; the caller runs the child hooks
+    (see become_forked). A template's heap is frozen first; a serving worker's, for a mold, is
+    not (it goes on serving: the mold readies its own heap)."""
     try:
         hooks.run_prepare(strict=True)
     except Exception as e:
         worker.log("before_fork hook failed:\n%s" % traceback.format_exc().rstrip())
         raise RuntimeError("before_fork hook failed: %s" % e) from None
-    _freeze_heap()
+    if not mold:
+        _freeze_heap()
     r, w = os.pipe()
     hooks._sdk_forking = True
     try:
@@ -385,7 +413,7 @@ def double_fork(msg, channel_fd):
         hooks.run_parent()
         raise RuntimeError("fork: %s" % e) from None
     if pid == 0:
-        _intermediate(r, w, msg, channel_fd)
+        _intermediate(r, w, msg, channel_fd, mold)
     hooks._sdk_forking = False
     os.close(w)
     data = b""
@@ -422,6 +450,11 @@ def set_gc_freeze(on):
     _gc_freeze = on
 
 
+def ready_heap():
+    """A template that does not serve readies its heap once, before READY=1: collect, freeze."""
+    _freeze_heap()
+
+
 def _freeze_heap():
     """Ready the template's heap for a fork: collect the garbage (so that no freed hole in a shared
     page is filled in a child), then freeze what survives, so that no child's collector ever
@@ -454,7 +487,7 @@ def _own_process_group(pid):
         pass
 
 
-def _intermediate(r, w, msg, channel_fd):
+def _intermediate(r, w, msg, channel_fd, mold):
     try:
         os.close(r)
         pid = os.fork()
@@ -469,8 +502,8 @@ def _intermediate(r, w, msg, channel_fd):
         os._exit(0)
     _own_process_group(0)
     _close_quietly(w)
-    # Hello first: the master's answer travels while this process sheds the template's state.
-    raise Forked(msg, channel_fd, worker.send_forked_hello(channel_fd))
+    # Hello first: the master's answer travels while this process sheds the forking one's state.
+    raise Forked(msg, channel_fd, worker.send_forked_hello(channel_fd, mold), mold)
 
 
 def become_forked(forked):
@@ -482,11 +515,153 @@ def become_forked(forked):
         signal.set_wakeup_fd(-1)
     except (ValueError, OSError):
         pass
-    worker.become_forked_worker(forked.msg.get("worker", 0), forked.msg["generation"], forked.fd,
-                                forked.hello_sent)
+    if forked.mold:
+        worker.become_forked_worker(0, forked.msg["generation"], forked.fd, forked.hello_sent,
+                                    mold=True, notify_socket=forked.msg.get("notify_socket"))
+    else:
+        worker.become_forked_worker(forked.msg.get("worker", 0), forked.msg["generation"],
+                                    forked.fd, forked.hello_sent)
     try:
         hooks.run_child(strict=True)
     except Exception:
         worker.die("after_fork_child hook failed:\n%s" % traceback.format_exc().rstrip())
     finally:
         hooks._sdk_forking = False
+
+
+def _bad_mold(msg):
+    """Why mold msg cannot even be tried (answered with error), or None."""
+    gen, notify_socket = msg.get("generation"), msg.get("notify_socket")
+    if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
+        return "mold needs an integer generation"
+    if notify_socket is not None and not isinstance(notify_socket, str):
+        return "mold's notify_socket must be a string"
+    if notify_socket:
+        from . import sdnotify
+        try:
+            sdnotify.notify_address(notify_socket)
+        except OSError as e:
+            return str(e)
+    return None
+
+
+def fork_mold(channel, msg, fds, stopping=False):
+    """Answer the master's mold: fork the mold at once, from this thread, without quiescing (the
+    server goes on serving in its own threads), with the same double fork as a spawn, and reply
+    molded with its PID or mold_failed with the reason. The stop signals stay blocked in the new
+    process until it has handlers of its own. In the mold, raises Forked (mold=True)."""
+    seq = msg.get("seq")
+    if seq is None:
+        for fd in fds:
+            _close_quietly(fd)
+        return
+    bad = _bad_mold(msg)
+    if bad is None and (len(fds) != 1 or stopping):
+        failed = ("this worker is stopping" if stopping else
+                  "mold carried %d descriptors, want 1: the mold's channel" % len(fds))
+    else:
+        failed = None
+    if bad is not None or failed is not None:
+        for fd in fds:
+            _close_quietly(fd)
+        if bad is not None:
+            reply(channel, {"op": "error", "seq": seq, "error": bad})
+        else:
+            reply(channel, {"op": "mold_failed", "seq": seq, "error": failed})
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pid = double_fork(msg, fds[0], mold=True)
+    except Forked:
+        raise
+    except Exception as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _close_quietly(fds[0])
+        reply(channel, {"op": "mold_failed", "seq": seq, "error": str(e) or repr(e)})
+        return
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _close_quietly(fds[0])
+    reply(channel, {"op": "molded", "seq": seq, "pid": pid})
+
+
+#: The signals that stop a worker, blocked in a mold until it has handlers of its own.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+#: A listener on one of these accepts connections to every address of the host.
+_ANY_ADDRESSES = ("0.0.0.0", "::")
+
+
+def _endpoint(sock):
+    try:
+        return sock.family, sock.getsockname()
+    except OSError:
+        return None
+
+
+def _accepted_on(sock, endpoints):
+    """Whether sock is a stream connection accepted on a listener at one of endpoints (its local
+    address is the listener's: the same port on the listener's address or any, the same path)."""
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+            return False
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return False
+        family, name = sock.family, sock.getsockname()
+    except OSError:
+        return False
+    for lfamily, lname in endpoints:
+        if family != lfamily:
+            continue
+        if family in (socket.AF_INET, socket.AF_INET6):
+            if name[1] == lname[1] and (lname[0] in _ANY_ADDRESSES or lname[0] == name[0]):
+                return True
+        elif family == socket.AF_UNIX and lname and name == lname:
+            return True
+    return False
+
+
+def drop_connections(listeners, keep=()):
+    """In a mold: close every connection this process inherited that was accepted on one of the
+    listeners. close(2) only: the serving process holds the same connections, and shutdown(2)
+    would cut them there too; and a connection left open here would keep the client's connection
+    alive after the serving process closed it (a "Connection: close" client would wait for an end
+    of file that never comes). Each Python socket object that owns such a descriptor is detached
+    first, so that no finalizer closes the number later, when it may name another file (sockets
+    that only the server's dead threads referenced are never freed, but a socket kept elsewhere
+    may be). keep: descriptors to leave alone (the mold's channel). Returns how many it closed."""
+    endpoints = [e for e in (_endpoint(s) for s in listeners) if e is not None]
+    kept = {0, 1, 2} | set(keep)
+    for s in listeners:
+        try:
+            kept.add(s.fileno())
+        except (OSError, ValueError):
+            pass
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in kept:
+            continue
+        try:
+            if not os.readlink("/proc/self/fd/%d" % fd).startswith("socket:"):
+                continue
+            probe = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if _accepted_on(probe, endpoints):
+                found.append(fd)
+        finally:
+            probe.detach()
+    if not found:
+        return 0
+    wanted = set(found)
+    for obj in gc.get_objects():
+        if isinstance(obj, socket.socket):
+            try:
+                if obj.fileno() in wanted:
+                    obj.detach()
+            except (OSError, ValueError):
+                pass
+    for fd in found:
+        _close_quietly(fd)
+    return len(found)

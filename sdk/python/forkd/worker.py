@@ -126,6 +126,11 @@ class _State:
         self.hello_sent = False
         self.welcomed = False
         self.template = False
+        # A mold: a template forked from a serving worker (docs/protocol.md, molds).
+        self.mold = False
+        # Whether this worker serves: False in a template the master welcomed with "serve": false
+        # (mold mode's worker 0) and in every mold.
+        self.serve = True
         self.listeners = None  # made by listeners() on first use
         self.names = None
 
@@ -252,6 +257,14 @@ def generation():
 
 def is_template():
     return state().template
+
+
+def is_mold():
+    return state().mold
+
+
+def is_serving():
+    return state().serve
 
 
 # --- request count and heartbeats ---------------------------------------------------------------
@@ -456,7 +469,7 @@ def handshake(fork, interrupt_fd=None, interrupted=None):
         if not st.hello_sent:
             st.hello_sent = True
             try:
-                ch.send({"op": "hello", "pid": os.getpid(), "fork": bool(fork), "sdk": SDK})
+                ch.send(_hello(fork, st.mold))
             except OSError as e:
                 die("cannot send hello to the forkd master: %s" % e)
     while True:
@@ -487,7 +500,9 @@ def handshake(fork, interrupt_fd=None, interrupted=None):
                 if isinstance(g, int) and not isinstance(g, bool):
                     st.generation = g
                 st.welcomed = True
-                st.template = bool(fork) and st.index == 0
+                st.template = st.mold or (bool(fork) and st.index == 0)
+                # Only a template can be told not to serve: it still forks the workers that do.
+                st.serve = not st.mold and not (st.template and msg.get("serve") is False)
             return True
         if op == "refuse":
             die("the forkd master refused this worker: %s" % msg.get("error", "(no reason given)"))
@@ -613,13 +628,22 @@ def _watch_master(master_pid):
 
 # --- after the SDK's fork, in the new worker ----------------------------------------------------
 
-def send_forked_hello(channel_fd):
-    """Say hello on a new worker's channel as soon as it is forked, before the process is made
-    that worker: the handshake then only waits for what is left of the master's answer. Returns
-    False when it could not be sent (the handshake tries again, and says why if it fails)."""
+def _hello(fork, mold):
+    """This process's hello: "fork" says it can be the template, "mold" that it is a mold."""
+    msg = {"op": "hello", "pid": os.getpid(), "fork": bool(fork), "sdk": SDK}
+    if mold:
+        msg["mold"] = True
+    return msg
+
+
+def send_forked_hello(channel_fd, mold=False):
+    """Say hello on a new worker's (or mold's) channel as soon as it is forked, before the process
+    is made that worker: the handshake then only waits for what is left of the master's answer.
+    Returns False when it could not be sent (the handshake tries again, and says why if it
+    fails)."""
     sock = socket.socket(fileno=channel_fd)
     try:
-        protocol.Channel(sock).send({"op": "hello", "pid": os.getpid(), "fork": False, "sdk": SDK})
+        protocol.Channel(sock).send(_hello(mold, mold))
         return True
     except (OSError, ValueError):
         return False
@@ -627,10 +651,12 @@ def send_forked_hello(channel_fd):
         sock.detach()
 
 
-def become_forked_worker(index, gen, channel_fd, hello_sent=False):
+def become_forked_worker(index, gen, channel_fd, hello_sent=False, mold=False, notify_socket=None):
     """Make this process (the SDK's grandchild) worker index of generation gen, whose channel is
     channel_fd: the environment, this module's state, the random generator and the request count.
-    The caller has closed the template's channel; hello_sent says send_forked_hello did its part."""
+    The caller has closed the forking process's channel; hello_sent says send_forked_hello did its
+    part. mold: this process is a mold (worker 0, a template that does not serve), whose
+    notifications go to notify_socket when it is given."""
     global _state, _requests, _requests_lock, _master_gone, _master_watch_started, reporter
     global _requests_started, _beats
     pid = str(os.getpid())
@@ -643,6 +669,8 @@ def become_forked_worker(index, gen, channel_fd, hello_sent=False):
     os.environ["FORKD_WORKER"] = str(index)
     os.environ["FORKD_GENERATION"] = str(gen)
     os.environ["FORKD_CONTROL_FD"] = str(channel_fd)
+    if isinstance(notify_socket, str) and notify_socket:
+        os.environ["NOTIFY_SOCKET"] = notify_socket
     _requests_lock = threading.Lock()
     _requests = 0
     _requests_started = False
@@ -652,6 +680,8 @@ def become_forked_worker(index, gen, channel_fd, hello_sent=False):
     reporter = _Reporter()
     st = _State()
     st.hello_sent = hello_sent and st.channel is not None
+    st.mold = mold
+    st.serve = not mold
     if old is not None:
         st.master_pid = old.master_pid
     if old is not None and old.listeners is not None:

@@ -38,10 +38,18 @@ new worker keeps them blocked until then (its after_fork_child hooks and post_fo
 worker classes (uvicorn's, gevent, ...) run in exec mode: worker 0 says it cannot be the
 template, and forkd execs every worker.
 
+Mold mode (the refork from the warmest worker, docs/protocol.md): a serving sync or gthread
+worker asked for a mold forks it at once from its control-channel thread, while gunicorn's worker
+serves on in the main thread. The mold, on that thread, drops the gunicorn worker and the
+connections it inherited (close(2), never shutdown(2)), and is a template that never serves:
+after_fork_child, after_mold, before_refork, gc.collect() and gc.freeze(), READY=1, then spawns.
+Worker 0 welcomed with "serve": false is such a template from boot. sdk/python/README.md has the
+details.
+
 Server hooks (gunicorn.conf.py), and where they run:
 
 - ``on_starting(server)``, ``when_ready(server)``: once in each process that plays the arbiter's
-  part: every worker in exec mode, worker 0 (the template) in fork-worker mode.
+  part: every worker in exec mode, worker 0 (the template) in fork-worker mode; not in a mold.
 - ``pre_fork(server, worker)``: in the template before it forks each worker; in exec mode in the
   worker itself, just before post_fork.
 - ``post_fork(server, worker)``: in each worker, before it serves (after the fork in fork-worker
@@ -179,16 +187,23 @@ class Runner:
         self.server = Server(self)
         cfg.on_starting(self.server)
         cfg.when_ready(self.server)
-        try:
-            hooks.run_after_boot(strict=True)
-        except Exception:
-            log.error("forkd.gunicorn: after_worker_boot hook failed:\n%s",
-                      traceback.format_exc().rstrip())
-            return 1
+        serving = core.is_serving()
+        if serving:
+            try:
+                hooks.run_after_boot(strict=True)
+            except Exception:
+                log.error("forkd.gunicorn: after_worker_boot hook failed:\n%s",
+                          traceback.format_exc().rstrip())
+                return 1
         core.take_heartbeats()
         log.info("forkd.gunicorn: worker %d (pid %d, generation %d): gunicorn %s, %s%s",
                  st.index, os.getpid(), st.generation, _gunicorn_version(),
-                 cfg.worker_class_str, ", the template" if template else "")
+                 cfg.worker_class_str, ", the template" + ("" if serving else " (not serving)")
+                 if template else "")
+        if template and not serving:
+            code = self._run_idle_template()  # raises runtime.Forked in a forked worker
+            self._exit(None, worker_hooks=False, server_hooks=True)
+            return code
         if template:
             return self._run_template()
         w = self._new_worker()
@@ -263,6 +278,8 @@ class Runner:
             def handle(msg, fds):
                 if msg is None:
                     self._stop_self()
+                elif msg["op"] == "mold" and self.workers.can_fork(self.worker_class):
+                    self._mold(msg, fds)
                 else:
                     runtime.answer_worker_op(st.channel, msg, fds)
             self.reader = runtime.Reader(st.channel, handle)
@@ -347,7 +364,7 @@ class Runner:
 
     def _run_template(self):
         st = core.state()
-        self.template = runtime.Template(st.channel, self._quiesce, self._spawn)
+        self.template = runtime.Template(st.channel, self._quiesce, self._spawn, mold=self._mold)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         w = self._new_worker()
         exec_hooks = True
@@ -437,6 +454,99 @@ class Runner:
         w.pid = pid
         self.workers.close_period(w)
         return pid
+
+    # --- molds ---------------------------------------------------------------------------------
+
+    def _mold(self, msg, fds):
+        """The master's mold, in a serving worker (the reader's thread; the template's main
+        thread between two periods): fork the mold at once. In the mold, never returns."""
+        try:
+            runtime.fork_mold(core.state().channel, msg, fds, stopping=self.stop_requested)
+        except runtime.Forked as forked:
+            self._live_as_mold(forked)
+
+    def _live_as_mold(self, forked):
+        """The mold's whole life, on the thread that forked it (the only one it has: the rest of
+        the serving process's stack is not ours to return to), then its exit. A worker forked from
+        the mold lives and exits here too."""
+        code = 1
+        try:
+            try:
+                code = self._become_mold(forked)
+            except runtime.Forked as child:
+                code = self.run_forked(child)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            self.log.error("forkd.gunicorn: the mold failed:\n%s", traceback.format_exc().rstrip())
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    def _become_mold(self, forked):
+        """In the mold: drop the serving process's server (its gunicorn worker, reader, pipes,
+        connections), become worker 0 of the mold's generation, then run as a template that
+        never serves. Raises runtime.Forked in a worker forked from it."""
+        w, self.current = self.current, None
+        if self.reader is not None:
+            self.reader.abandon()
+            self.reader = None
+        for fd in (self.wake_r, self.wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.wake_r = self.wake_w = -1
+        if w is not None:
+            self.workers.abandon_period(w)
+        runtime.drop_connections(self.listeners, keep=[forked.fd])
+        runtime.become_forked(forked)
+        self.server = Server(self)
+        self.age = 0
+        self.ready_sent = False
+        self.stop_requested = False
+        self.quiescing = False
+        self.unsafe_to_fork = None
+        try:
+            core.handshake(True)
+        except core.Error as e:
+            self.log.error("forkd.gunicorn: %s", e)
+            return 1
+        st = core.state()
+        self._map_timeout(st)
+        self.log.info("forkd.gunicorn: worker 0 (pid %d, generation %d): a mold, the template",
+                      os.getpid(), st.generation)
+        code = self._run_idle_template()  # raises runtime.Forked in a forked worker
+        self._exit(None, worker_hooks=False, server_hooks=False)
+        return code
+
+    def _run_idle_template(self):
+        """A template that does not serve (a mold, mold mode's worker 0): after_mold,
+        before_refork, the readying, READY=1, then spawns until it must stop. Its exit status."""
+        try:
+            hooks.run_after_mold(strict=True)
+        except Exception:
+            core.die("after_mold hook failed:\n%s" % traceback.format_exc().rstrip())
+        hooks.run_before_refork()
+        runtime.ready_heap()
+        st = core.state()
+        self.template = runtime.Template(st.channel, self._quiesce, self._spawn, serves=False,
+                                         mold=self._mold)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._between_periods()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.workers.STOP_SIGNALS)
+        core.take_heartbeats()
+        self.ready_sent = True
+        text = "READY=1"
+        if self.watchdog_usec:
+            text += "\nWATCHDOG_USEC=%d" % self.watchdog_usec
+        self._notify(text)
+        self.template.quiet(lambda: self.stop_requested, self.wake_r)
+        return 0
 
     # --- a forked worker ----------------------------------------------------------------------
 

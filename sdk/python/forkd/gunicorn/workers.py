@@ -490,3 +490,52 @@ def close_period(w):
     if tpool is not None:
         tpool.shutdown(wait=not in_flight(w))
 
+
+
+def abandon_period(w):
+    """In a mold forked while w served (w's threads do not exist here, and what they used is
+    shared with the serving process): release what w holds without stopping it or taking any of
+    its locks, which a dead thread may hold. close(2) on each descriptor, never a word to anyone:
+    its signal pipe, heartbeat file, listener duplicates, its poller (the epoll set lives on in the
+    serving process; closing this copy deregisters nothing there), gunicorn >= 24's method queue,
+    forkd's wake-up pipe. Its thread pool is left as it is (its threads are gone; shutting it
+    down would wait for them). The connections are runtime.drop_connections' business."""
+    pipe = w.PIPE
+    if isinstance(pipe, tuple):
+        w.PIPE = []
+        for fd in pipe:
+            _close_fd(fd)
+    for fd in (w._forkd_wake_r, w._forkd_wake_w):
+        if fd >= 0:
+            _close_fd(fd)
+    w._forkd_wake_r = w._forkd_wake_w = -1
+    mq = getattr(w, "method_queue", None)
+    for name in ("_read_fd", "_write_fd"):
+        fd = getattr(mq, name, None) if mq is not None else None
+        if isinstance(fd, int) and fd >= 0:
+            _close_fd(fd)
+            setattr(mq, name, None)
+    poller = getattr(w, "poller", None)
+    sel = getattr(poller, "_sel", poller)  # a _LoopPoller's lock may be held: go round it
+    inner = getattr(sel, "_selector", None)  # select.epoll, which closes its descriptor once
+    if inner is not None and hasattr(inner, "close"):
+        try:
+            inner.close()
+        except (OSError, ValueError):
+            pass
+    try:
+        w.tmp.close()
+    except (OSError, ValueError, AttributeError):
+        pass
+    for s in getattr(w, "sockets", None) or ():
+        try:
+            s.close()
+        except (OSError, AttributeError):
+            pass
+
+
+def _close_fd(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -50,6 +50,15 @@ def after_refork():
     record("after_refork")
 
 
+@forkd.after_mold
+def after_mold():
+    record("after_mold", env={k: os.environ.get(k) for k in (
+        "LISTEN_PID", "FORKD_WORKER", "FORKD_GENERATION", "NOTIFY_SOCKET", "WATCHDOG_PID")},
+        template=forkd.is_template(), mold=forkd.is_mold(), serving=forkd.is_serving(),
+        index=forkd.worker_index(), generation=forkd.generation(),
+        listeners=len(forkd.listeners()))
+
+
 @forkd.after_worker_boot
 def boot():
     record("boot", env={k: os.environ.get(k) for k in (
@@ -63,6 +72,12 @@ def app(environ, start_response):
     query = urllib.parse.parse_qs(environ["QUERY_STRING"])
     if path == "/slow":
         time.sleep(int(query.get("ms", ["500"])[0]) / 1000)
+    elif path == "/wait":
+        # In flight until the test creates the file it names.
+        record("waiting")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(query["file"][0]) and time.monotonic() < deadline:
+            time.sleep(0.01)
     elif path == "/hang":
         time.sleep(3600)
     elif path == "/fork":
