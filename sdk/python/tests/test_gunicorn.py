@@ -76,6 +76,18 @@ def get(port, path="/"):
         c.close()
 
 
+def _epoll_fds(pid):
+    """The epoll descriptors pid holds (gunicorn's gthread poller)."""
+    out = []
+    for name in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, name)) == "anon_inode:[eventpoll]":
+                out.append(int(name))
+        except OSError:
+            pass
+    return out
+
+
 def events(hooks, pid):
     return [e for p, e, _ in hooks if p == pid]
 
@@ -501,6 +513,33 @@ class StopTest(GunicornTestCase):
                     slow.close()
                 self.assertEqual(os.WEXITSTATUS(waitpid_timeout(t.pid, 10)), 0)
                 idle.close()
+
+    def test_sigterm_answers_a_request_that_waited_past_the_keepalive_timeout(self):
+        # gthread: a request in flight outlasts the idle connection's keep-alive timeout, and
+        # that connection's next request, sent while the loop waited for it, is already there
+        # when the drain begins. It was closed unanswered (wrk counts a read error).
+        m = self.master()
+        t = m.boot(GTHREAD, env={"TEST_KEEPALIVE": "1"})
+        idle = Client(m.port)
+        self.assertEqual(idle.get("/")[0].status, 200)
+        parked_at = time.monotonic()
+        release = os.path.join(m.dir, "release")
+        slow = Client(m.port).get_in_thread("/wait?file=" + release)
+        wait_until(lambda: "waiting" in events(m.hooks(), t.pid), what="the request in flight")
+        os.kill(t.pid, signal.SIGTERM)
+        # The loop has ended once its poller is closed: the request comes after that.
+        wait_until(lambda: not _epoll_fds(t.pid), what="gunicorn's loop to end")
+        nxt = idle.get_in_thread("/next")
+        # Past the keep-alive deadline (1 s after the first answer), with margin.
+        wait_until(lambda: time.monotonic() > parked_at + 2.5, what="the keep-alive deadline")
+        with open(release, "w"):
+            pass
+        self.assertEqual(slow.join()[0], 200)
+        status, data = nxt.join()
+        self.assertEqual(status, 200, data)
+        self.assertEqual(os.WEXITSTATUS(waitpid_timeout(t.pid, 10)), 0)
+        idle.close()
+        slow.close()
 
     def test_sigterm_with_a_connection_that_sent_nothing(self):
         # The forked worker of the report: a client had a connection open on it that carried no

@@ -333,7 +333,13 @@ def _drain_legacy_keepalive(w):
             if not sel.get_map() and not callbacks_due:
                 break
             now = time.time()  # TConn.timeout is time.time() based before 24.0
+            # A connection whose next request is already there is not idle, whatever its
+            # keep-alive deadline: its client sent that request while the loop waited for the
+            # requests in flight (which may outlast the deadline), and gets its answer.
+            waiting = {key.fileobj for key, _ in sel.select(0)} if sel.get_map() else set()
             for key in list(sel.get_map().values()):
+                if key.fileobj in waiting:
+                    continue
                 if key.data.timeout is None or key.data.timeout <= now:
                     sel.unregister(key.fileobj)
                     key.data.close()
