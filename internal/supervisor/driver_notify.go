@@ -39,8 +39,10 @@ import (
 // What a flood can cost is bounded: a datagram from a uid other than forkd's own and root's is
 // dropped before anything else is looked at (a socket file already keeps other users out; an
 // abstract one does not), drops are counted in bulk, walks of /proc beyond a direct child of the
-// master are rate-limited, and each socket has a reader of its own, so a flood on one socket only
-// delays that socket's datagrams.
+// master are rate-limited, the readers take the next datagram at a bounded rate after one they
+// dropped (a sender that can reach a socket would otherwise keep its reader busy as fast as it
+// can send), and each socket has a reader of its own, so a flood on one socket only delays that
+// socket's datagrams.
 
 // NotifyConfig says where the driver binds the workers' notify sockets.
 type NotifyConfig struct {
@@ -61,6 +63,20 @@ const notifyDrainGrace = 200 * time.Millisecond
 const (
 	walkRate  = 500
 	walkBurst = 500
+)
+
+// After a datagram from a sender that is not the master's child (one it drops, or a worker's
+// helper, traced further up), a reader takes a token of a bucket all readers share, paceRate a
+// second in bursts of paceBurst, and waits when it is in debt by paceSleep: however cheap a drop,
+// each datagram costs the master a receive and a read of /proc, and a flood from a process of
+// forkd's own user (which can reach every socket) or from any user on an abstract socket would
+// cost it a CPU. A worker's own datagram takes no token: it waits in the socket behind the flood,
+// and its sender waits for room (the kernel queues only net.unix.max_dgram_qlen datagrams), for
+// a few milliseconds at this rate.
+const (
+	paceRate  = 1000
+	paceBurst = 1000
+	paceSleep = 10 * time.Millisecond
 )
 
 // notifySocket is one worker's NOTIFY_SOCKET.
@@ -94,7 +110,8 @@ type notifyState struct {
 	sockets     []*notifySocket // live ones, for the hot restart
 	datagrams   chan datagram
 	euid        int
-	walks       walkLimiter
+	walks       tokenBucket
+	strangers   tokenBucket
 	log         *slog.Logger
 
 	// Datagrams dropped by the readers, before they reach the loop: counted here and stepped in
@@ -112,7 +129,8 @@ type notifyState struct {
 
 func newNotifyState(log *slog.Logger) notifyState {
 	return notifyState{datagrams: make(chan datagram, 256), euid: os.Geteuid(), wake: make(chan struct{}, 1),
-		walks: walkLimiter{tokens: walkBurst}, log: log}
+		walks: tokenBucket{rate: walkRate, burst: walkBurst, tokens: walkBurst}, strangers: tokenBucket{rate: paceRate, burst: paceBurst, tokens: paceBurst},
+		log: log}
 }
 
 // prepareNotifyDir makes the master's directory of notify sockets in cfg.Dir, or the prefix of its
@@ -232,21 +250,35 @@ func (n *notifyState) read(ns *notifySocket) {
 	}
 }
 
-// pass drops dg, or hands it to the loop with its sender's ancestry.
+// pass drops dg, or hands it to the loop with its sender's ancestry. After a datagram that is not
+// from a direct child of the master, it paces the reader (paceRate).
 func (n *notifyState) pass(ns *notifySocket, dg notify.Datagram) {
 	if dg.UID != 0 && dg.UID != n.euid {
 		dg.Release()
 		n.dropped(dg.PID, cluster.DropRefusedUID,
 			fmt.Sprintf("sender uid %d is refused (only root and forkd's uid %d may notify)", dg.UID, n.euid))
+		n.pace()
 		return
 	}
 	lineage, gone, ok := n.lineageOf(dg.PID)
 	dg.Release()
 	if !ok {
 		n.dropped(dg.PID, cluster.DropRateLimited, "too many notifications from processes that are not workers: not traced")
+		n.pace()
 		return
 	}
 	n.datagrams <- datagram{Datagram: dg, sock: ns, lineage: lineage, gone: gone}
+	if len(lineage) > 1 {
+		n.pace()
+	}
+}
+
+// pace takes a token of strangers for the reader, and holds it back while the bucket is in debt by
+// paceSleep or more.
+func (n *notifyState) pace() {
+	if wait := n.strangers.take(time.Now()); wait >= paceSleep {
+		time.Sleep(wait)
+	}
 }
 
 // pending reports a datagram waiting in a worker's socket, or read from one and not yet handed to
@@ -318,25 +350,45 @@ func (n *notifyState) lineageOf(pid int) (lineage []int, gone, ok bool) {
 	return lineage, err != nil && len(lineage) == 1, true
 }
 
-// walkLimiter is a token bucket: walkRate tokens a second, at most walkBurst saved.
-type walkLimiter struct {
-	mu     sync.Mutex
-	tokens float64
-	last   time.Time
+// tokenBucket: rate tokens a second, at most burst saved.
+type tokenBucket struct {
+	rate, burst float64
+	mu          sync.Mutex
+	tokens      float64
+	last        time.Time
 }
 
-func (l *walkLimiter) allow(now time.Time) bool {
+func (l *tokenBucket) refill(now time.Time) {
+	if !l.last.IsZero() && now.After(l.last) {
+		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	}
+	if now.After(l.last) {
+		l.last = now
+	}
+}
+
+// allow takes a token if there is one.
+func (l *tokenBucket) allow(now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.last.IsZero() {
-		l.tokens = min(walkBurst, l.tokens+now.Sub(l.last).Seconds()*walkRate)
-	}
-	l.last = now
+	l.refill(now)
 	if l.tokens < 1 {
 		return false
 	}
 	l.tokens--
 	return true
+}
+
+// take takes a token, in debt if there is none, and returns how long from now until it is due.
+func (l *tokenBucket) take(now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.refill(now)
+	l.tokens--
+	if l.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-l.tokens / l.rate * float64(time.Second))
 }
 
 // handleDatagram attributes a notification to a worker: its sender is the worker or one of its
