@@ -45,14 +45,17 @@
 //	restart-broken-release     hot restart; hot restart onto a release whose workers fail to
 //	                           boot (the config's command swapped for one that exits); hot
 //	                           restart of the good release
-//	flood-notify               sd_notify datagrams from the user nobody, as fast as it can send
+//	flood-notify               sd_notify datagrams as fast as they go: from the user nobody to
+//	                           worker 0's socket (refused: the file is forkd's), and from a
+//	                           process of forkd's own user that is not a worker to another
+//	                           worker's socket (read, traced, dropped)
 //	flood-control              connections to the control socket from the user nobody
 //	stalled-control            more control connections than the master's descriptor limit,
 //	                           each with a partial request body
 //
 // The floods and the stalled connections also SIGKILL a worker meanwhile: supervision must go on.
-// The floods run in a helper process, a copy of the test binary run as nobody
-// (SysProcAttr.Credential; helpers_test.go).
+// The floods run in helper processes, copies of the test binary run as nobody
+// (SysProcAttr.Credential; helpers_test.go), or as the suite's own user, which is forkd's.
 //
 // The seed decides everything the suite injects: which faults, in which order, at which event,
 // which worker, how long a stall (plan in chaos_test.go). It is printed first; the timing of the
@@ -83,9 +86,12 @@
 //	          killed itself) is a violation; the report says which it was
 //	dropped   outside a flood of the notify socket, no notification is counted as dropped (not
 //	          from a worker): a worker's own, even one sent just before it exits, is its own
-//	fault     what the fault itself tests: a flood by another user costs the master at most 25%
-//	          of a CPU; with the connections stalled, a killed worker comes back, the master stays
-//	          below its descriptor limit, and forkd closes a stalled request within 30s
+//	fault     what the fault itself tests: a flood by another user, or by a process of forkd's
+//	          user that is not a worker, costs the master at most 25% of a CPU; the flooded
+//	          worker's own notifications (its request counts) still get through, and forkd counts
+//	          every datagram of the flood as dropped; with the connections stalled, a killed worker
+//	          comes back, the master stays below its descriptor limit, and forkd closes a stalled
+//	          request within 30s
 //
 // A round that leaves the cluster unsettled, or a worker on a generation above the cluster's, is
 // reported, and the next round starts a new master.

@@ -77,7 +77,7 @@ var faults = []*fault{
 	{
 		name:     "flood-notify",
 		asNobody: true,
-		about:    "flood the notify socket from another uid (nobody); SIGKILL a worker meanwhile",
+		about:    "flood a notify socket from another uid (nobody) and another from forkd's own uid (not a worker); SIGKILL a worker meanwhile",
 		plan: func(r *rand.Rand) injection {
 			return flood{socket: "notify", duration: 4 * time.Second, victim: r.IntN(workers), seed: r.Uint64()}
 		},
@@ -349,8 +349,9 @@ func (f brokenRelease) inject(rd *roundRun) {
 
 // ---- flood-notify, flood-control
 
-// floodCPUShare bounds the master's CPU use during a flood from a user that is not a worker's,
-// as a share of one CPU: such a sender must be refused before any costly work.
+// floodCPUShare bounds the master's CPU use during a flood, as a share of one CPU: a sender from
+// another user must be refused before any costly work, and one of forkd's own user that is not a
+// worker (it can reach every socket) is traced at a bounded rate and its drops counted in bulk.
 const floodCPUShare = 0.25
 
 type flood struct {
@@ -360,17 +361,28 @@ type flood struct {
 	seed     uint64
 }
 
+// local is the worker whose notify socket the flood from forkd's own user targets: never the
+// victim, whose socket may be closed under the flood.
+func (f flood) local() int { return (f.victim + 1 + int(f.seed%uint64(workers-1))) % workers }
+
 func (f flood) String() string {
+	if f.socket == "notify" {
+		return fmt.Sprintf("flood worker 0's notify socket as nobody and worker %d's as forkd's uid for %s, SIGKILL worker %d meanwhile",
+			f.local(), f.duration, f.victim)
+	}
 	return fmt.Sprintf("flood the %s socket as nobody for %s, SIGKILL worker %d meanwhile", f.socket, f.duration, f.victim)
 }
 
 func (f flood) inject(rd *roundRun) {
 	target := rd.c.socket
+	var localTarget string
 	if f.socket == "notify" {
 		rd.floodsNotify = true
-		var err error
-		if target, err = notifySocket(rd.before.WorkerList[0].PID); err != nil {
-			rd.note("cannot learn the notify socket: %v", err)
+		var err, lerr error
+		target, err = notifySocket(rd.before.WorkerList[0].PID)
+		localTarget, lerr = notifySocket(rd.before.WorkerList[f.local()].PID)
+		if err != nil || lerr != nil {
+			rd.note("cannot learn the notify sockets: %v %v", err, lerr)
 			return
 		}
 	}
@@ -386,23 +398,107 @@ func (f flood) inject(rd *roundRun) {
 		rd.note("cannot start the flood: %v", err)
 		return
 	}
+	var local *helper
+	var heard chan bool
+	if localTarget != "" {
+		if local, err = startLocalHelper("flood-notify", localTarget, f.duration.String(), fmt.Sprint(f.seed+1)); err != nil {
+			rd.note("cannot start the flood from forkd's uid: %v", err)
+		} else {
+			heard = make(chan bool, 1)
+			go func() { heard <- rd.reportsDuring(rd.before.WorkerList[f.local()].PID, start.Add(f.duration)) }()
+		}
+	}
 	rd.injected()
 	time.Sleep(f.duration / 4)
 	rd.killAndSettle(rd.before.WorkerList[f.victim].PID, fmt.Sprintf("worker %d", f.victim),
 		fmt.Sprintf("during a flood of the %s socket", f.socket))
 	summary, err := h.wait(f.duration + 30*time.Second)
+	var localSummary string
+	var lerr error
+	if local != nil {
+		localSummary, lerr = local.wait(f.duration + 30*time.Second)
+	}
 	elapsed := time.Since(start)
 	cpu1, cerr := cpuTime(master)
-	if err != nil || cerr != nil {
-		rd.note("the flood: %v %v", err, cerr)
+	if err != nil || lerr != nil || cerr != nil {
+		rd.note("the flood: %v %v %v", err, lerr, cerr)
 		return
 	}
 	share := float64(cpu1-cpu0) / float64(elapsed)
-	rd.note("flood of the %s socket: %s; the master used %.0f%% of a CPU meanwhile", f.socket, summary, 100*share)
-	if share > floodCPUShare {
-		rd.violate(invFault, "the master used %.0f%% of a CPU during a flood of its %s socket by another user (%s); at most %.0f%%",
-			100*share, f.socket, summary, 100*floodCPUShare)
+	if local == nil {
+		rd.note("flood of the %s socket: %s; the master used %.0f%% of a CPU meanwhile", f.socket, summary, 100*share)
+		if share > floodCPUShare {
+			rd.violate(invFault, "the master used %.0f%% of a CPU during a flood of its %s socket by another user (%s); at most %.0f%%",
+				100*share, f.socket, summary, 100*floodCPUShare)
+		}
+		return
 	}
+	rd.note("flood of the notify sockets: as nobody %s; as forkd's uid %s; the master used %.0f%% of a CPU meanwhile",
+		summary, localSummary, 100*share)
+	if share > floodCPUShare {
+		rd.violate(invFault, "the master used %.0f%% of a CPU during a flood of its notify sockets by another user (%s) and by a process of its own user that is not a worker (%s); at most %.0f%%",
+			100*share, summary, localSummary, 100*floodCPUShare)
+	}
+	if !<-heard {
+		rd.violate(invFault, "worker %d (pid %d) reported no request count while a process of forkd's user that is not a worker flooded its notify socket (%s): its own notifications did not get through",
+			f.local(), rd.before.WorkerList[f.local()].PID, localSummary)
+	}
+	rd.checkDropsCounted(localSummary)
+}
+
+// reportsDuring reports whether worker pid's request count, which it reports on its notify
+// socket at least once a second under the suite's load, moves before end.
+func (rd *roundRun) reportsDuring(pid int, end time.Time) bool {
+	requests := func() (uint64, bool) {
+		st, err := rd.c.status()
+		if err != nil {
+			return 0, false
+		}
+		for _, w := range st.WorkerList {
+			if w.PID == pid {
+				return w.Requests, true
+			}
+		}
+		return 0, false
+	}
+	first, ok := requests()
+	for !ok && time.Now().Before(end) {
+		time.Sleep(100 * time.Millisecond)
+		first, ok = requests()
+	}
+	for time.Now().Before(end) {
+		time.Sleep(200 * time.Millisecond)
+		if n, ok := requests(); ok && n > first {
+			return true
+		}
+	}
+	return false
+}
+
+// checkDropsCounted: every datagram the flood from forkd's own user sent reached the master (a
+// socket of forkd's reads them all) and none was a worker's, so forkd counts each as dropped.
+func (rd *roundRun) checkDropsCounted(localSummary string) {
+	var sent uint64
+	if _, err := fmt.Sscanf(localSummary, "%d datagrams sent", &sent); err != nil {
+		rd.note("cannot read the flood's count: %q", localSummary)
+		return
+	}
+	var dropped uint64
+	end := time.Now().Add(10 * time.Second)
+	for {
+		st, err := rd.c.status()
+		if err == nil && st.MasterPID == rd.before.MasterPID {
+			dropped = st.DroppedNotifications - rd.before.DroppedNotifications
+			if dropped >= sent {
+				return
+			}
+		}
+		if time.Now().After(end) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	rd.violate(invFault, "forkd counted %d notifications dropped, but the process of its own user that is not a worker sent %d", dropped, sent)
 }
 
 // notifySocket reads the NOTIFY_SOCKET forkd gave a worker.

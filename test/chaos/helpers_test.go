@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Helpers are processes the suite runs as another user: a copy of this test binary (bin/helper)
@@ -53,11 +55,23 @@ func startHelper(name string, args ...string) (*helper, error) {
 	}
 	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return startHelperAs(&syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, name, args...)
+}
+
+// startLocalHelper runs the helper name as the suite's own user, which is forkd's: a process
+// that may reach every socket forkd binds, but is not a worker nor a worker's descendant.
+func startLocalHelper(name string, args ...string) (*helper, error) {
+	return startHelperAs(nil, name, args...)
+}
+
+func startHelperAs(cred *syscall.Credential, name string, args ...string) (*helper, error) {
 	h := &helper{cmd: exec.Command(filepath.Join(bin, "helper"), args...), done: make(chan error, 1)}
 	h.cmd.Env = []string{helperEnv + "=" + name, "PATH=/usr/bin:/bin"}
 	h.cmd.Dir = "/"
 	h.cmd.Stdout, h.cmd.Stderr = &h.out, &h.out
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	if cred != nil {
+		h.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	if err := startChild(h.cmd); err != nil {
 		return nil, err
 	}
@@ -115,7 +129,10 @@ var notifyPayloads = [][]byte{
 }
 
 // floodNotify sends sd_notify datagrams to the socket as fast as it can for the duration; a
-// sender that cannot even reach the socket keeps trying.
+// sender that cannot even reach the socket keeps trying. Its summary starts with the count sent:
+// "N datagrams sent". It exits only once the master has read what it sent (or 10s after the
+// flood), so that forkd can trace every datagram to it: a datagram whose sender is gone when it is
+// read is its socket's worker's (only a worker's processes are expected to know its socket).
 func floodNotify(args []string) (string, error) {
 	target, d, r, err := floodArgs(args)
 	if err != nil {
@@ -124,6 +141,7 @@ func floodNotify(args []string) (string, error) {
 	addr := &net.UnixAddr{Name: target, Net: "unixgram"}
 	var sent, refused int
 	var lastErr error
+	var unread bool
 	end := time.Now().Add(d)
 	for time.Now().Before(end) {
 		conn, err := net.DialUnix("unixgram", nil, addr)
@@ -141,13 +159,41 @@ func floodNotify(args []string) (string, error) {
 			}
 			sent++
 		}
+		unread = !waitRead(conn, end.Add(10*time.Second))
 		conn.Close()
 	}
 	summary := fmt.Sprintf("%d datagrams sent, %d refused", sent, refused)
+	if unread {
+		summary += ", some still unread at exit"
+	}
 	if lastErr != nil && !isTimeout(lastErr) {
 		summary += fmt.Sprintf(" (%v)", lastErr)
 	}
 	return summary, nil
+}
+
+// waitRead waits until the receiver has read every datagram sent on conn (its send queue is
+// empty: SIOCOUTQ), or until the deadline; it reports whether it has.
+func waitRead(conn *net.UnixConn, deadline time.Time) bool {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	for {
+		queued := -1
+		raw.Control(func(fd uintptr) {
+			if n, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+				queued = n
+			}
+		})
+		if queued == 0 {
+			return true
+		}
+		if queued < 0 || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // floodControl connects to the control socket and asks for the status, as fast as it can for the
