@@ -61,8 +61,9 @@ fork_worker {
 		resp.Body.Close()
 	}
 	require.Greater(t, forkedPrivate(dirtied), baseline+16<<20, "the workers' private memory had grown before the refork")
-	assert.Contains(t, f.output.String(), "(refork_on_decay, threshold")
-	assert.Contains(t, f.output.String(), "automatic refork to generation 2")
+	// The status can show generation 2 before the master's log line has been copied out of its pipe.
+	waitOutput(t, f, "(refork_on_decay, threshold")
+	waitOutput(t, f, "automatic refork to generation 2")
 
 	after := f.waitFor("the baseline after the refork", func(st control.Status) bool {
 		return st.Generation == 2 && st.Rollout == "" && st.ReforkOnDecay.Measured

@@ -12,7 +12,7 @@ Environment knobs:
   TESTAPP_HANG_FORK     seconds the template's before-fork hook sleeps, to make forks time out
   TESTAPP_HOOK_LOG      a file each process appends its hook calls to
   TESTAPP_NO_MOLD       a serving worker answers the master's mold request with error, as an SDK
-                        without molds does (forkd.gunicorn's forked workers)
+                        without molds does
 """
 import os
 import time
@@ -32,16 +32,13 @@ dirtied = 0
 if os.environ.get("TESTAPP_NO_MOLD"):
     from forkd import runtime
 
-    _answer_worker_op = runtime.answer_worker_op
-
-    def _refuse_mold(channel, msg, fds):
-        if msg.get("op") != "mold":
-            return _answer_worker_op(channel, msg, fds)
+    def _refuse_mold(channel, msg, fds, stopping=False):
         for fd in fds:
             os.close(fd)
         runtime.reply(channel, {"op": "error", "seq": msg.get("seq"), "error": "unknown op 'mold'"})
 
-    runtime.answer_worker_op = _refuse_mold
+    # The SDK answers mold with runtime.fork_mold, looked up at each request.
+    runtime.fork_mold = _refuse_mold
 
 HANG = float(os.environ.get("TESTAPP_HANG_FORK", "0"))
 HOOK_LOG = os.environ.get("TESTAPP_HOOK_LOG")
