@@ -216,6 +216,7 @@ class FakeMaster:
         self.channels = []
         self.seq = 0
         self.hook_log = os.path.join(self.dir, "hooks.log")
+        self.request_log = os.path.join(self.dir, "requests.log")
         test.addCleanup(self.cleanup)
 
     def env(self, index=0, generation=1, control=True, protocol_version="1", extra=None):
@@ -230,6 +231,7 @@ class FakeMaster:
             "FORKD_WORKER": str(index),
             "FORKD_GENERATION": str(generation),
             "HOOK_LOG": self.hook_log,
+            "REQUEST_LOG": self.request_log,
         }
         if "PYTHONWARNINGS" in os.environ:
             env["PYTHONWARNINGS"] = os.environ["PYTHONWARNINGS"]
@@ -309,6 +311,18 @@ class FakeMaster:
         msg = template.expect(op, timeout)
         self.test.assertEqual(msg["seq"], seq)
         return msg
+
+    def wait_began(self, path, count=1):
+        """Wait until the app has begun count requests for path (apps/hookapp.py's REQUEST_LOG):
+        they are in flight. Returns the PIDs serving them."""
+        def began():
+            try:
+                with open(self.request_log) as f:
+                    pids = [int(pid) for pid, p in (ln.split() for ln in f) if p == path]
+            except FileNotFoundError:
+                return None
+            return pids if len(pids) >= count else None
+        return wait_until(began, what="%d request(s) for %s in flight" % (count, path))
 
     def hooks(self):
         """The hook log: list of (pid, event, data)."""

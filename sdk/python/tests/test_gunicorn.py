@@ -29,6 +29,7 @@ class Client:
     def __init__(self, port, timeout=10):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         self.results = []
+        self.response = None  # the threaded request's, for its headers
         self.started_at = None
         self.thread = None
 
@@ -43,6 +44,7 @@ class Client:
         def run():
             try:
                 resp, data = self.get(path)
+                self.response = resp
                 self.results.append((resp.status, data))
             except Exception as e:  # reported by the test's assertions
                 self.results.append((None, repr(e)))
@@ -86,6 +88,30 @@ def _epoll_fds(pid):
         except OSError:
             pass
     return out
+
+
+def _listener_fds(m, pid):
+    """How many descriptors pid holds of the fake master's listener. A serving gunicorn worker
+    holds forkd's and its serving period's duplicate (forkd/gunicorn/workers.py
+    period_listeners), which gunicorn's threaded worker closes as soon as its loop ends."""
+    want = "socket:[%d]" % os.fstat(m.listener.fileno()).st_ino
+    n = 0
+    for name in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, name)) == want:
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def stop_and_wait_for_the_loop_to_end(m, pid, stop):
+    """Call stop() (a signal, a pause), then wait until pid's gunicorn loop has ended: its drain
+    answers what comes from now on."""
+    serving = _listener_fds(m, pid)
+    assert serving >= 2, "pid %d holds %d descriptors of the listener" % (pid, serving)
+    stop()
+    wait_until(lambda: _listener_fds(m, pid) < serving, what="the gunicorn loop of pid %d to end" % pid)
 
 
 def events(hooks, pid):
@@ -273,7 +299,7 @@ class SpawnTest(GunicornTestCase):
         m = self.master()
         t = m.boot(GTHREAD)
         slow = Client(m.port).get_in_thread("/slow?ms=700")
-        time.sleep(0.25)
+        m.wait_began("/slow")
         seq, ch = m.spawn(t, index=1)
         spawned = t.expect("spawned")
         got_at = time.monotonic()
@@ -396,10 +422,9 @@ class PauseTest(GunicornTestCase):
         for c in (talker, silent):
             self.assertEqual(c.get("/")[0].status, 200)
         slow = Client(m.port).get_in_thread("/slow?ms=700")
-        time.sleep(0.25)
+        m.wait_began("/slow")
         seq = m.next_seq()
-        t.send({"op": "pause", "seq": seq})
-        time.sleep(0.2)
+        stop_and_wait_for_the_loop_to_end(m, t.pid, lambda: t.send({"op": "pause", "seq": seq}))
         # A keep-alive connection that sends its next request while the template drains gets an
         # answer, with Connection: close.
         resp, data = talker.get("/again")
@@ -478,7 +503,7 @@ class StopTest(GunicornTestCase):
         m = self.master()
         t = m.boot(GTHREAD)
         slow = Client(m.port).get_in_thread("/slow?ms=700")
-        time.sleep(0.25)
+        m.wait_began("/slow")
         os.kill(t.pid, signal.SIGTERM)
         status, body = slow.join()
         self.assertEqual(status, 200, body)
@@ -500,16 +525,20 @@ class StopTest(GunicornTestCase):
                     self.assertEqual(resp.getheader("Connection"), "close")
                     os.kill(t.pid, signal.SIGTERM)
                 else:
-                    # A slow request keeps the worker draining after its loop has ended; the
-                    # idle connection's next request comes then, and gets its answer.
-                    slow = Client(m.port).get_in_thread("/slow?ms=1500")
-                    time.sleep(0.25)
-                    os.kill(t.pid, signal.SIGTERM)
-                    time.sleep(0.5)
-                    resp, data = idle.get("/next")
-                    self.assertEqual(resp.status, 200)
-                    self.assertEqual(resp.getheader("Connection"), "close")
+                    # A request in flight keeps the worker draining after its loop has ended;
+                    # the idle connection's next request comes then, and gets its answer.
+                    release = os.path.join(m.dir, "release")
+                    slow = Client(m.port).get_in_thread("/wait?file=" + release)
+                    wait_until(lambda: "waiting" in events(m.hooks(), t.pid),
+                               what="the request in flight")
+                    stop_and_wait_for_the_loop_to_end(
+                        m, t.pid, lambda: os.kill(t.pid, signal.SIGTERM))
+                    nxt = idle.get_in_thread("/next")
+                    with open(release, "w"):
+                        pass
                     self.assertEqual(slow.join()[0], 200)
+                    self.assertEqual(nxt.join()[0], 200)
+                    self.assertEqual(nxt.response.getheader("Connection"), "close")
                     slow.close()
                 self.assertEqual(os.WEXITSTATUS(waitpid_timeout(t.pid, 10)), 0)
                 idle.close()
@@ -561,8 +590,7 @@ class StopTest(GunicornTestCase):
         silent = Client(m.port)
         silent.conn.connect()
         self.assertEqual(get(m.port)[0], 200)  # accepted after the silent one: the worker has it
-        os.kill(pid, signal.SIGTERM)
-        time.sleep(0.5)  # the worker's loop has ended: its drain answers what comes now
+        stop_and_wait_for_the_loop_to_end(m, pid, lambda: os.kill(pid, signal.SIGTERM))
         resp, _ = idle.get("/next")
         self.assertEqual(resp.status, 200)
         self.assertEqual(resp.getheader("Connection"), "close")

@@ -231,6 +231,7 @@ module ForkdTest
       @channels = []
       @seq = 0
       @hook_log = File.join(@dir, "hooks.log")
+      @request_log = File.join(@dir, "requests.log")
     end
 
     def env(index: 0, generation: 1, control: true, protocol_version: "1", extra: {})
@@ -245,6 +246,7 @@ module ForkdTest
         "FORKD_WORKER" => index.to_s,
         "FORKD_GENERATION" => generation.to_s,
         "HOOK_LOG" => @hook_log,
+        "REQUEST_LOG" => @request_log,
       }
       env["FORKD_CONTROL_FD"] = "4" if control
       env["WATCHDOG_USEC"] = @watchdog_usec.to_s if @watchdog_usec
@@ -323,6 +325,18 @@ module ForkdTest
       raise Minitest::Assertion, "#{want} for seq #{msg["seq"]}, want #{seq}" unless msg["seq"] == seq
 
       msg
+    end
+
+    # Waits until the app has begun count requests for path (apps/hookapp.ru's REQUEST_LOG): they
+    # are in flight. Returns the PIDs serving them.
+    def wait_began(path, count: 1)
+      ForkdTest.wait_until("#{count} request(s) for #{path} in flight") do
+        began = File.readlines(@request_log).map(&:split).select { |_, p| p == path }
+        pids = began.map { |pid, _| Integer(pid, 10) }
+        pids if pids.size >= count
+      rescue Errno::ENOENT
+        nil
+      end
     end
 
     # The hook log: [[pid, event, data], ...].

@@ -133,7 +133,7 @@ class RuntimeTest < ForkdTest::MasterTest
     m = master
     t = m.boot_rack
     slow = Client.new(m.port).get_in_thread("/slow?ms=700")
-    sleep 0.25
+    m.wait_began("/slow")
     seq, ch = m.spawn(t, index: 1)
     spawned = t.expect("spawned")
     got_at = now
@@ -185,7 +185,7 @@ class RuntimeTest < ForkdTest::MasterTest
     idle = Client.new(m.port)
     assert_equal 200, idle.get("/")[0]
     slow = Client.new(m.port).get_in_thread("/slow?ms=700")
-    sleep 0.25
+    m.wait_began("/slow")
     m.request(t, "pause", "paused")
     paused_at = now
     code, _, res = slow.join
@@ -282,7 +282,7 @@ class RuntimeTest < ForkdTest::MasterTest
     m = master
     t = m.boot_rack
     slow = Client.new(m.port).get_in_thread("/slow?ms=700")
-    sleep 0.25
+    m.wait_began("/slow")
     Process.kill(:TERM, t.pid)
     m.notify.wait_for(t.pid, "STOPPING=1")
     Process.kill(:TERM, t.pid) # absorbed

@@ -10,11 +10,18 @@ import urllib.parse
 import forkd
 
 LOG = os.environ.get("HOOK_LOG", os.devnull)
+# REQUEST_LOG: "PID PATH" of each request as it begins, for tests that wait for one in flight.
+REQUESTS = os.environ.get("REQUEST_LOG", os.devnull)
 
 
 def record(event, **data):
     with open(LOG, "a") as f:
         f.write("%d %s %s\n" % (os.getpid(), event, json.dumps(data)))
+
+
+def began(path):
+    with open(REQUESTS, "a") as f:
+        f.write("%d %s\n" % (os.getpid(), path))
 
 
 if os.environ.get("TEST_GC_FREEZE") == "off":
@@ -71,6 +78,7 @@ def app(environ, start_response):
     path = environ["PATH_INFO"]
     query = urllib.parse.parse_qs(environ["QUERY_STRING"])
     if path == "/slow":
+        began(path)
         time.sleep(int(query.get("ms", ["500"])[0]) / 1000)
     elif path == "/wait":
         # In flight until the test creates the file it names.

@@ -7,9 +7,15 @@ require "json"
 require "forkd"
 
 LOG = ENV.fetch("HOOK_LOG", File::NULL)
+# REQUEST_LOG: "PID PATH" of each request as it begins, for tests that wait for one in flight.
+REQUESTS = ENV.fetch("REQUEST_LOG", File::NULL)
 
 def record(event, **data)
   File.open(LOG, "a") { |f| f.syswrite("#{Process.pid} #{event} #{JSON.generate(data)}\n") }
+end
+
+def began(path)
+  File.open(REQUESTS, "a") { |f| f.syswrite("#{Process.pid} #{path}\n") }
 end
 
 # prepare1 runs last before a fork, parent1 first after it: between them, the SDK's own work
@@ -62,6 +68,7 @@ run(lambda do |env|
   query = env["QUERY_STRING"].to_s
   case path
   when "/slow"
+    began(path)
     sleep(Integer(query[/ms=(\d+)/, 1] || "500", 10) / 1000.0)
   when "/wait"
     # In flight until the test creates the file it names.
