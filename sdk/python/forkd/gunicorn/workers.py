@@ -167,7 +167,7 @@ class ForkdWorker:
         if legacy:
             if not hasattr(self, "on_client_socket_readable"):
                 self._forkd_fresh = set()
-            self.poller = _LoopPoller(self.poller)
+            self.poller = _LoopPoller(self.poller, on_close=self._forkd_start_drain)
             self._forkd_wake_r, self._forkd_wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self.poller.register(self._forkd_wake_r, selectors.EVENT_READ, _drain_pipe)
         try:
@@ -179,11 +179,29 @@ class ForkdWorker:
                 for fd in fds:
                     os.close(fd)
         if legacy:
-            _drain_legacy_keepalive(self)
+            drain = self._forkd_drain
+            if drain is None:
+                _drain_legacy_keepalive(self)
+            else:
+                drain.join()
+
+    def _forkd_start_drain(self):
+        # gunicorn < 24 closes its poller as its loop ends, then waits for the requests in
+        # flight (up to the graceful timeout): the drain serves the idle keep-alive connections
+        # meanwhile, so that their next requests do not wait for the slowest request in flight.
+        # Without a thread (refused by the system), it runs after that wait.
+        t = threading.Thread(target=_drain_legacy_keepalive, args=(self,), name="forkd-drain",
+                             daemon=True)
+        try:
+            t.start()
+        except RuntimeError:
+            return
+        self._forkd_drain = t
 
     _forkd_wake_r = _forkd_wake_w = -1
     _forkd_submitted = _forkd_finished = 0
     _forkd_fresh = None  # gunicorn < 21: new connections waiting for their first request
+    _forkd_drain = None  # gunicorn < 24: the drain's thread, once the loop has ended
 
 
 class _LoopPoller:
@@ -196,10 +214,11 @@ class _LoopPoller:
     registrations without complaint: the connection stays open in _keep, for the drain after the
     loop (_drain_legacy_keepalive)."""
 
-    def __init__(self, sel):
+    def __init__(self, sel, on_close=None):
         self._sel = sel
         self._lock = threading.Lock()
         self._closed = False
+        self._on_close = on_close  # called once closed, on the loop's thread
 
     def register(self, fileobj, events, data=None):
         with self._lock:
@@ -218,8 +237,12 @@ class _LoopPoller:
 
     def close(self):
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self._sel.close()
+        if self._on_close is not None:
+            self._on_close()
 
     def __getattr__(self, name):
         return getattr(self._sel, name)
@@ -297,9 +320,11 @@ def in_flight(w):
 
 
 def _drain_legacy_keepalive(w):
-    """gunicorn < 24's threaded worker, after its loop: answer the next request on each idle
-    keep-alive connection (alive is False, so gunicorn answers it with Connection: close) until
-    the connection's keep-alive timeout, then close it; bounded by the graceful timeout.
+    """gunicorn < 24's threaded worker, once its loop has ended (in a thread of its own, started
+    when the loop closes its poller, while the loop's end waits for the requests in flight):
+    answer the next request on each idle keep-alive connection (alive is False, so gunicorn
+    answers it with Connection: close) until the connection's keep-alive timeout, then close it;
+    bounded by the graceful timeout.
 
     The loop's end waits for the requests in flight, but not for their done callbacks
     (finish_request, which keeps a connection answered keep-alive: see _keep_for_drain): until
