@@ -1,12 +1,24 @@
 package test
 
 import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forkd/forkd/internal/proctest"
 	"github.com/forkd/forkd/pkg/control"
 )
 
@@ -52,4 +64,212 @@ func TestMoldReforkFallsBackToTheTemplate(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, strings.Count(f.output.String(), "cannot fork a mold"), "the fallback is said once:\n%s", f.output.String())
+}
+
+// moldRack is the config body running test/moldrack under forkd-rack in mold mode, with n
+// serving workers.
+func moldRack(t *testing.T, n int, env map[string]string) string {
+	t.Helper()
+	lib, forkdRack := rubySDK(t)
+	dir, err := filepath.Abs("moldrack")
+	require.NoError(t, err)
+	vars := []string{}
+	for k, v := range env {
+		vars = append(vars, fmt.Sprintf("%s = %q", k, v))
+	}
+	sort.Strings(vars)
+	return fmt.Sprintf(`
+command   = [%s]
+directory = %q
+env       = { %s }
+workers   = %d
+%s
+`, quoteAll([]string{"ruby", "-I", lib, forkdRack, "--threads", "4", "config.ru"}), dir, strings.Join(vars, ", "), n, moldBlock)
+}
+
+// waitMoldCluster waits for the template and n ready serving workers of generation gen, none
+// draining, and checks that the template serves nothing and is the master's child.
+func waitMoldCluster(t *testing.T, f *forkd, n, gen int) control.Status {
+	t.Helper()
+	st := f.waitFor(fmt.Sprintf("the template and %d serving workers of generation %d", n, gen), func(st control.Status) bool {
+		return st.Phase == control.PhaseRunning && st.Generation == gen && st.Ready == n && st.Workers == n && len(st.WorkerList) == n+1
+	})
+	tmpl := st.WorkerList[0]
+	require.True(t, tmpl.Template && tmpl.NonServing, "worker 0 is a template that serves nothing: %+v", tmpl)
+	assert.Equal(t, f.cmd.Process.Pid, parentOf(t, tmpl.PID), "the template is the master's child")
+	return st
+}
+
+// bodyOf asks url on a connection of its own (so that the kernel may give it to any worker).
+func bodyOf(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: deadline, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+	return strings.TrimSpace(string(b))
+}
+
+// TestMoldReforkFromTheWarmestWorker sends one keep-alive client's requests, so that one serving
+// worker serves far more than the others and marks its heap (test/moldrack: on its 20th
+// request), then reforks: the new template is a mold of that worker (the status says so, and it
+// is the master's child), and every new worker is forked from it, since each answers with that
+// worker's mark. Reforked from the template instead, they would say "warm=none".
+func TestMoldReforkFromTheWarmestWorker(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	const n = 3
+	f := startRuby(t, options{config: moldRack(t, n, nil)})
+	before := waitMoldCluster(t, f, n, 1)
+	url := "http://" + f.addr() + "/"
+
+	// One keep-alive connection: every request goes to the worker that accepted it.
+	c := &http.Client{Timeout: deadline, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	var busy string
+	for i := range 60 {
+		resp, err := c.Get(url)
+		require.NoError(t, err)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		fields := strings.Fields(string(b))
+		if i == 0 {
+			busy = strings.TrimPrefix(fields[0], "pid=")
+		}
+		require.Equal(t, "pid="+busy, fields[0], "the keep-alive connection stays with one worker")
+	}
+	busyPID, err := strconv.Atoi(busy)
+	require.NoError(t, err)
+	require.NotEqual(t, before.WorkerList[0].PID, busyPID, "the template serves nothing")
+	f.waitFor("the busy worker's requests reported", func(st control.Status) bool {
+		for _, w := range st.WorkerList {
+			if w.PID == busyPID {
+				return w.Requests >= 60
+			}
+		}
+		return false
+	})
+
+	out, code := f.forkctl("refork", "--wait")
+	require.Equal(t, 0, code, out)
+	after := waitMoldCluster(t, f, n, 2)
+	tmpl := after.WorkerList[0]
+	assert.NotEqual(t, before.WorkerList[0].PID, tmpl.PID, "a new template")
+	require.NotNil(t, tmpl.MoldOf, "the template says where it was forked from: %+v", tmpl)
+	assert.Equal(t, busyPID, tmpl.MoldOf.PID, "the mold was forked from the busiest worker")
+	assert.GreaterOrEqual(t, tmpl.MoldOf.Requests, uint64(60))
+	assert.True(t, processGone(before.WorkerList[0].PID) || parentOf(t, before.WorkerList[0].PID) == f.cmd.Process.Pid, "the old template retires")
+	statusOut, code := f.forkctl("status")
+	require.Equal(t, 0, code, statusOut)
+	assert.Contains(t, statusOut, fmt.Sprintf("serves nothing; forked from worker %d, pid %d", tmpl.MoldOf.Index, busyPID))
+
+	// Every new worker answers with the busy worker's mark: they were forked from its heap.
+	want := map[int]bool{}
+	for _, w := range after.WorkerList[1:] {
+		want[w.PID] = true
+	}
+	marks := map[string]string{}
+	for end := time.Now().Add(deadline); len(marks) < len(want); {
+		require.True(t, time.Now().Before(end), "not every new worker answered: %v", marks)
+		fields := strings.Fields(bodyOf(t, url))
+		pid, err := strconv.Atoi(strings.TrimPrefix(fields[0], "pid="))
+		require.NoError(t, err)
+		if want[pid] {
+			marks[fields[0]] = fields[1]
+		}
+	}
+	for pid, mark := range marks {
+		assert.Equal(t, "warm=pid-"+busy, mark, "worker %s was forked from the mold of pid %s", pid, busy)
+	}
+}
+
+// TestMoldReforkDoesNotWaitForASlowRequest holds a request in flight (curl) on a serving worker
+// until the test releases it: forkctl refork --wait returns while it is held, so the refork
+// waited neither for it nor for the worker that serves it to drain; then the request completes
+// with 200. Meanwhile Node's http client, which never retries, sends requests throughout, and
+// every status read during the refork shows every serving worker ready.
+func TestMoldReforkDoesNotWaitForASlowRequest(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed")
+	}
+	const n = 2
+	f := startRuby(t, options{config: moldRack(t, n, nil)})
+	waitMoldCluster(t, f, n, 1)
+	base := "http://" + f.addr()
+	release := filepath.Join(t.TempDir(), "release")
+	held := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120", base+"/hold?until="+release)
+	heldOut := &proctest.Output{}
+	held.Stdout = heldOut
+	require.NoError(t, held.Start())
+	heldDone := make(chan error, 1)
+	go func() { heldDone <- held.Wait() }()
+	t.Cleanup(func() { held.Process.Kill() })
+	waitOutput(t, f, "held by pid=")
+
+	served := func(st control.Status) (n uint64) {
+		for _, w := range st.WorkerList {
+			n += w.Requests
+		}
+		return n
+	}
+	start := served(f.status())
+	node := startNode(t, base+"/", 4)
+	f.waitFor("node's requests served", func(st control.Status) bool { return served(st) >= start+200 })
+	var minReady atomic.Int64
+	minReady.Store(n)
+	stopPolling := make(chan struct{})
+	polled := make(chan int)
+	go func() {
+		polls := 0
+		for {
+			select {
+			case <-stopPolling:
+				polled <- polls
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			st, err := f.client.Status(ctx)
+			cancel()
+			if err == nil {
+				polls++
+				if int64(st.Ready) < minReady.Load() {
+					minReady.Store(int64(st.Ready))
+				}
+			}
+		}
+	}()
+
+	out, code := f.forkctl("refork", "--wait")
+	close(stopPolling)
+	polls := <-polled
+	require.Equal(t, 0, code, out)
+	select {
+	case err := <-heldDone:
+		t.Fatalf("the held request ended (%v, %s) before the refork returned", err, heldOut.String())
+	default:
+	}
+	require.NoError(t, os.WriteFile(release, nil, 0o644))
+	select {
+	case err := <-heldDone:
+		require.NoError(t, err)
+	case <-time.After(deadline):
+		t.Fatal("the held request did not complete once released")
+	}
+	assert.Equal(t, "200", heldOut.String(), "the held request completes")
+	// Node goes on against the new workers while the old ones drain.
+	after := served(waitMoldCluster(t, f, n, 2))
+	f.waitFor("node's requests to the new workers", func(st control.Status) bool { return served(st) >= after+200 })
+	r := node.stop()
+	t.Logf("refork: %d status polls, at least %d of %d serving workers ready; node %d ok, %d failed %v", polls, minReady.Load(), n, r.OK, r.failed(), r.Samples)
+	assert.Greater(t, polls, 0)
+	assert.Equal(t, int64(n), minReady.Load(), "every serving worker ready throughout the refork")
+	assert.Greater(t, r.OK, 0, "node ran")
+	assert.Zero(t, r.failed(), "node's failed requests: %v", r.Samples)
 }

@@ -11,7 +11,8 @@ import (
 // surge, as Kubernetes does. A replacement starts, becomes ready, and only then is the old worker
 // stopped (max_surge); with max_unavailable, some old workers may stop first. An old worker counts
 // against max_surge until it has exited, and the rollout ends only once every worker it stopped
-// has exited, so that a command waiting for it returns when the old code no longer runs. The first
+// has exited, so that a command waiting for it returns when the old code no longer runs (a refork
+// in mold mode excepted: drainsDetached). The first
 // replacement is a canary: any replacement that fails stops the rollout, the old workers keep
 // serving, and the command that asked for it gets the reason.
 
@@ -86,6 +87,12 @@ func (m *Machine) startRollout(o *op) {
 	m.generation = r.to
 	m.rollout = r
 }
+
+// drainsDetached reports a rollout whose old workers drain on their own once replaced, neither
+// holding it up nor counting against max_surge: a refork in mold mode, whose point is that a slow
+// request delays nothing (the workers run the same code, forked from a newer heap). A reload
+// waits for its old workers, so that the old code no longer runs when it ends.
+func (r *rollout) drainsDetached(m *Machine) bool { return r.kind == KindRefork && m.cfg.Mold }
 
 // stopped records that the rollout stopped w, which it waits for before it ends.
 func (r *rollout) stopped(m *Machine, w *worker) {
@@ -291,7 +298,7 @@ func (m *Machine) promote(s *slot) {
 	r := m.rollout
 	if old != nil && !m.recycledReplaced(s, old) {
 		m.dismiss(old, fmt.Sprintf("replaced by generation %d", w.generation))
-		if r != nil {
+		if r != nil && !r.drainsDetached(m) {
 			r.stopped(m, old)
 		}
 	}
