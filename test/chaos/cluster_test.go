@@ -117,11 +117,14 @@ func (c *cluster) writeConfig(command []string) error {
 	for _, k := range keys {
 		env = append(env, fmt.Sprintf("%s = %q", k, r.env(repo)[k]))
 	}
-	fork := ""
+	blocks := ""
 	if r.fork {
 		// No automatic refork: the suite's own reforks are the only ones, so that a generation
 		// moves only when the suite asked for it.
-		fork = "fork_worker {\n  refork_after = []\n  timeout      = \"10s\"\n}\n"
+		blocks = "fork_worker {\n  refork_after = []\n  timeout      = \"10s\"\n}\n"
+	}
+	if r.abstract {
+		blocks += "notify { abstract = true }\n"
 	}
 	cfg := fmt.Sprintf(`# written by test/chaos
 name      = %q
@@ -142,7 +145,7 @@ restart { backoff_max = "2s" }
 control { socket = %q }
 log { format = "json" }
 %s`, fmt.Sprintf("chaos-%d-%s", os.Getpid(), r.name), quoteAll(command), r.dir(repo), strings.Join(env, ", "), workers,
-		heartbeatTimeout.String(), shutdownTimeout.String(), c.socket, fork)
+		heartbeatTimeout.String(), shutdownTimeout.String(), c.socket, blocks)
 	tmp := c.config + ".new"
 	if err := os.WriteFile(tmp, []byte(cfg), 0o644); err != nil {
 		return err

@@ -16,8 +16,9 @@
 // # What runs
 //
 // TestMain builds forkd, forkctl and the hello worker (without -race: the suite measures the
-// master's memory). Each runner (runners_test.go: the Go hello worker in exec mode, the Python
-// SDK's runner and forkd-rack on Puma::Server in fork-worker mode) gets a cluster of its own: 3
+// master's memory). Each runner (runners_test.go: the Go hello worker in exec mode, with its
+// notify sockets at abstract addresses (notify.abstract), the Python SDK's runner and forkd-rack
+// on Puma::Server in fork-worker mode) gets a cluster of its own: 3
 // workers, a heartbeat timeout of 6s, a shutdown timeout of 10s, crash backoff at most 2s (the
 // suite kills workers often), forkd's log as JSON. The suite
 // plays systemd: it binds the listening socket on 127.0.0.1 and passes it to the master
@@ -46,9 +47,10 @@
 //	                           boot (the config's command swapped for one that exits); hot
 //	                           restart of the good release
 //	flood-notify               sd_notify datagrams as fast as they go: from the user nobody to
-//	                           worker 0's socket (refused: the file is forkd's), and from a
-//	                           process of forkd's own user that is not a worker to another
-//	                           worker's socket (read, traced, dropped)
+//	                           worker 0's socket (refused by the socket file's mode; read and
+//	                           dropped where the runner's sockets are abstract: go-hello), and
+//	                           from a process of forkd's own user that is not a worker to
+//	                           another worker's socket (read, traced, dropped)
 //	flood-control              connections to the control socket from the user nobody
 //	stalled-control            more control connections than the master's descriptor limit,
 //	                           each with a partial request body

@@ -443,7 +443,7 @@ func (f flood) inject(rd *roundRun) {
 		rd.violate(invFault, "worker %d (pid %d) reported no request count while a process of forkd's user that is not a worker flooded its notify socket (%s): its own notifications did not get through",
 			f.local(), rd.before.WorkerList[f.local()].PID, localSummary)
 	}
-	rd.checkDropsCounted(localSummary)
+	rd.checkDropsCounted(summary, localSummary)
 }
 
 // reportsDuring reports whether worker pid's request count, which it reports on its notify
@@ -475,13 +475,18 @@ func (rd *roundRun) reportsDuring(pid int, end time.Time) bool {
 	return false
 }
 
-// checkDropsCounted: every datagram the flood from forkd's own user sent reached the master (a
-// socket of forkd's reads them all) and none was a worker's, so forkd counts each as dropped.
-func (rd *roundRun) checkDropsCounted(localSummary string) {
+// checkDropsCounted: every datagram the floods sent reached the master (a socket of forkd's
+// reads them all: the one from forkd's own user, and nobody's on an abstract socket) and none was
+// a worker's, so forkd counts each as dropped, before the next round begins.
+func (rd *roundRun) checkDropsCounted(summaries ...string) {
 	var sent uint64
-	if _, err := fmt.Sscanf(localSummary, "%d datagrams sent", &sent); err != nil {
-		rd.note("cannot read the flood's count: %q", localSummary)
-		return
+	for _, s := range summaries {
+		var n uint64
+		if _, err := fmt.Sscanf(s, "%d datagrams sent", &n); err != nil {
+			rd.note("cannot read the flood's count: %q", s)
+			return
+		}
+		sent += n
 	}
 	var dropped uint64
 	end := time.Now().Add(10 * time.Second)
@@ -498,7 +503,7 @@ func (rd *roundRun) checkDropsCounted(localSummary string) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	rd.violate(invFault, "forkd counted %d notifications dropped, but the process of its own user that is not a worker sent %d", dropped, sent)
+	rd.violate(invFault, "forkd counted %d notifications dropped, but the floods sent %d", dropped, sent)
 }
 
 // notifySocket reads the NOTIFY_SOCKET forkd gave a worker.

@@ -14,6 +14,9 @@ type runner struct {
 	name string
 	// fork runs the cluster in fork-worker mode (a fork_worker block): worker 0 is the template.
 	fork bool
+	// abstract binds the workers' notify sockets at abstract addresses (notify.abstract), which
+	// no file permission guards: a flood from another user reaches the master.
+	abstract bool
 	// command is the workers' argv; dir their working directory; env what forkd adds to their
 	// environment. Paths are absolute: repo is the repository's root, bin the suite's binaries.
 	command func(repo, bin string) []string
@@ -30,12 +33,13 @@ type runner struct {
 var runners = []*runner{
 	{
 		// The Go SDK's demo, in exec mode (Go cannot fork a running runtime).
-		name:    "go-hello",
-		command: func(_, bin string) []string { return []string{filepath.Join(bin, "hello")} },
-		dir:     func(repo string) string { return repo },
-		env:     func(string) map[string]string { return nil },
-		path:    "/slow?ms=20",
-		missing: func() string { return "" },
+		name:     "go-hello",
+		abstract: true,
+		command:  func(_, bin string) []string { return []string{filepath.Join(bin, "hello")} },
+		dir:      func(repo string) string { return repo },
+		env:      func(string) map[string]string { return nil },
+		path:     "/slow?ms=20",
+		missing:  func() string { return "" },
 	},
 	{
 		// The Python SDK's runner, forkd.gunicorn on gunicorn's threaded worker, on the WSGI test
