@@ -214,3 +214,34 @@ class MoldTest < ForkdTest::MasterTest
     assert_equal 200, get(m.port)[0]
   end
 end
+
+# A puma.rb's hooks in mold mode, through forkd-rack -C: on_refork in the mold (it forks the
+# refork's workers), on_worker_boot only in the workers that serve.
+class MoldPumaConfigTest < ForkdTest::MasterTest
+  include ForkdTest
+
+  def test_a_puma_rb_on_refork_runs_in_the_mold_and_on_worker_boot_in_its_workers
+    require_puma
+    m = master
+    log = File.join(m.dir, "puma-hooks.log")
+    conf = File.join(m.dir, "puma.rb")
+    File.write(conf, <<~RUBY)
+      on_worker_boot { |i| File.write(#{log.inspect}, "boot \#{i} \#{Process.pid}\\n", mode: "a") }
+      on_refork { File.write(#{log.inspect}, "refork \#{Process.pid}\\n", mode: "a") }
+    RUBY
+    t = m.boot_rack(args: ["-C", conf])
+    ours, theirs = UNIXSocket.pair(:SEQPACKET)
+    t.send_message({ "op" => "mold", "seq" => m.next_seq, "generation" => 2 }, [theirs])
+    theirs.close
+    mold = m.adopt(t.expect("molded")["pid"], Forkd::Protocol::Channel.new(ours))
+    mold.expect("hello")
+    mold.send_message({ "op" => "welcome", "worker" => 0, "generation" => 2, "serve" => false })
+    m.notify.wait_for(mold.pid, "READY=1")
+    _, ch = m.spawn(mold, index: 1, generation: 2)
+    w = m.adopt(mold.expect("spawned")["pid"], ch)
+    w.expect("hello")
+    w.send_message({ "op" => "welcome", "worker" => 1, "generation" => 2 })
+    m.notify.wait_for(w.pid, "READY=1")
+    assert_equal ["boot 0 #{t.pid}", "refork #{mold.pid}", "boot 1 #{w.pid}"], File.readlines(log, chomp: true)
+  end
+end
