@@ -53,6 +53,7 @@ type master struct {
 	cmd     *exec.Cmd
 	pid     int
 	socket  string
+	config  string          // the config file, which a benchmark may change before a reload
 	client  *control.Client // for commands (scale); status goes through getStatus
 	out     *logLines
 	done    chan struct{}
@@ -96,7 +97,7 @@ func startMaster(tb testing.TB, c masterConfig) *master {
 		tb.Fatal(err)
 	}
 
-	m := &master{tb: tb, argv: c.command, socket: socket, client: control.NewClient(socket), out: newLogLines(), done: make(chan struct{})}
+	m := &master{tb: tb, argv: c.command, socket: socket, config: path, client: control.NewClient(socket), out: newLogLines(), done: make(chan struct{})}
 	m.cmd = exec.Command(filepath.Join(bin, "forkd"), "--config", path)
 	m.cmd.Stdout, m.cmd.Stderr = m.out, m.out
 	// The workers share forkd's stderr: should one outlive forkd, Wait must not block on the pipe.
@@ -344,7 +345,15 @@ func (m *master) settled(n int) control.Status {
 
 func settledCond(n int) func(control.Status) bool {
 	return func(st control.Status) bool {
-		return st.Phase == control.PhaseRunning && st.Ready == n && st.Workers == n && len(st.WorkerList) == n
+		// With fork_worker.refork_from = "warmest", a template that serves nothing comes on top
+		// of the n serving workers (the status's Workers and Ready count those).
+		nonServing := 0
+		for _, w := range st.WorkerList {
+			if w.NonServing {
+				nonServing++
+			}
+		}
+		return st.Phase == control.PhaseRunning && st.Ready == n && st.Workers == n && nonServing <= 1 && len(st.WorkerList) == n+nonServing
 	}
 }
 

@@ -8,28 +8,40 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forkd/forkd/internal/memsample"
 )
 
 // Memory that stays shared (issue 14): test/benchrack/memory.ru, an app that builds 150 MB of
 // Ruby objects at boot and 100 MB more over each process's first 20 requests, under forkd-rack in
 // fork-worker mode and under `puma -w 4 --fork-worker=1000`, side by side, 4 workers x 5 threads
-// each, both alive for the whole run. Both refork on their own once, after 1000 requests (forkd's
-// refork_after = [1000, false] counts the busiest worker's, Puma worker 0's); the benchmark
-// reforks each once more itself, then loads each with wrk (-t2 -c16, keep-alive, never retries)
-// in turns, which side goes first alternating, and reads every process's smaps_rollup (master
-// included) after each stage:
+// each, all alive for the whole run. The forkd sides (rackMemForkd): the template mode as it is
+// by default, with fork_worker.refork_on_decay, with memory.ksm (ksmd switched on for the
+// rounds, its settings restored at the end), and with refork_from = "warmest" (the mold). All refork on their own once, after 1000 requests
+// (forkd's refork_after = [1000, false] counts the busiest worker's, Puma worker 0's); the
+// benchmark reforks each once more itself, then loads each with wrk (-t2 -c16, keep-alive, never
+// retries) in turns, which side goes first rotating, and reads every process's smaps_rollup
+// (master included) after each stage:
 //
 //   - boot: both settled, before any request;
 //   - warm-up: rackMemWarmup of load (each worker builds its lazy 100 MB; the automatic refork
 //     comes during it, and the new workers build nothing: they inherit worker 0's);
 //   - refork: right after a refork the benchmark asks for (forkctl refork --wait; Puma: SIGURG);
 //   - then after each of rackMemLoad more of load, counted from the refork.
+//
+// Each stage is a round: every side does it in turn, and with FORKD_BENCH_LOCK set (the path of
+// the heavy lock, /tmp/forkd-heavy.lock) the round holds that lock, released between rounds, so
+// that a run of many minutes lets other heavy runs go between them. The rollout rounds follow
+// (rackmem_rollout_test.go): a refork under load, a phased restart under load, and one with
+// fork_worker.warm_up.
 //
 // The printed table has each side's total PSS (the median of rackMemStageSamples samples), the ratio,
 // and each side's growth over its own figure after the refork; under it, the evidence: every
@@ -88,7 +100,7 @@ type benchMemStats struct {
 	MajorBy  string           `json:"major_by"`
 }
 
-// rackMemSide is one server under measurement: Puma, or a forkd-rack with its environment.
+// rackMemSide is one server under measurement: Puma, or a forkd-rack with its config.
 type rackMemSide struct {
 	*rackSide
 	version string
@@ -100,18 +112,142 @@ type rackMemSide struct {
 	// logged of their readying (Readying.run).
 	ready   string
 	readied []string
-	stages  []rackMemStage
+	// ksm is true for the side with memory.ksm; fm is forkd's master (nil for Puma).
+	ksm      bool
+	fm       *master
+	stages   []rackMemStage
+	rollouts rackRolloutResult
 }
 
-// rackMemForkd are the forkd-rack servers of the benchmark, each with its --ready-template: the
-// SDK's default, and the template's readying turned off, to show what it does.
-// FORKD_BENCH_MEM_FORKD replaces them: "NAME:STEPS;..." (empty STEPS: the default).
-var rackMemForkd = []struct{ name, ready string }{{"forkd", ""}, {"forkd-unreadied", "off"}}
+// rackMemVariant is one forkd side: its name, forkd-rack's --ready-template, more of the
+// fork_worker block, more blocks, memory.ksm.
+type rackMemVariant struct {
+	name, ready, forkWorker, extra string
+	ksm                            bool
+	env                            string
+}
+
+// rackMemForkd are the forkd-rack servers of the benchmark: the template mode as it is by
+// default (Puma's fork_worker: worker 0 serves and is the template), with refork_on_decay, with
+// KSM, and the mold mode (a template that serves nothing, forked at each refork from the worker
+// that served the most). FORKD_BENCH_MEM_FORKD replaces them: "NAME:STEPS;..." (forkd-rack's --ready-template,
+// empty: the default; the template mode otherwise).
+var rackMemForkd = []rackMemVariant{
+	{name: "forkd", env: "template mode (refork_after = [1000, false])"},
+	{name: "forkd-decay", forkWorker: "  refork_on_decay {\n    private_growth = \"64M\"\n    min_interval   = \"20s\"\n  }\n",
+		extra: "memory {\n  sample_interval = \"2s\"\n}\n", env: "refork_on_decay { private_growth = 64M, min_interval = 20s }, sample_interval 2s"},
+	{name: "forkd-ksm", extra: "memory {\n  ksm = true\n}\n", ksm: true, env: "memory.ksm = true"},
+	{name: "forkd-mold", forkWorker: "  refork_from = \"warmest\"\n", env: "refork_from = \"warmest\" (a mold of the busiest worker; 4 serving + the mold)"},
+}
+
+// rackKSMPagesToScan and rackKSMSleep are ksmd's pace while the benchmark holds the machine
+// (the kernel's defaults are 100 and 20 ms: 20 MB/s, too slow to see within its stages).
+// FORKD_BENCH_KSM_PAGES sets the first.
+const (
+	rackKSMPagesToScan = "1000"
+	rackKSMSleep       = "20"
+)
 
 var (
 	rackMemSides []*rackMemSide
 	rackMemInfo  string
+	rackKSMInfo  string
 )
+
+// heavyLock is the lock the project's heavy runs share (FORKD_BENCH_LOCK names its file, e.g.
+// /tmp/forkd-heavy.lock); round holds it for one round of the benchmark, so that a run of
+// several minutes lets others' tests run between its rounds. Without FORKD_BENCH_LOCK, rounds
+// take no lock (run the whole benchmark under flock then).
+func round(b *testing.B, name string, during func()) {
+	b.Helper()
+	path := os.Getenv("FORKD_BENCH_LOCK")
+	if path != "" {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o666)
+		if err != nil {
+			b.Fatalf("FORKD_BENCH_LOCK: %v", err)
+		}
+		t0 := time.Now()
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			b.Fatalf("FORKD_BENCH_LOCK: flock: %v", err)
+		}
+		if waited := time.Since(t0); waited > time.Second {
+			b.Logf("round %q waited %s for %s", name, waited.Round(time.Second), path)
+		}
+		defer f.Close() // releases the lock
+	}
+	ksmdRun("1")
+	defer ksmdRun("0")
+	during()
+}
+
+// ksmdFiles are ksmd's settings the benchmark changes, with their values before it; nil when it
+// does not (no side with memory.ksm, or not writable).
+var ksmdFiles map[string]string
+
+// setupKSM saves ksmd's settings and restores them when the benchmark ends; between rounds ksmd
+// stays stopped (round starts it), so that it neither merges idle memory nor takes CPU from the
+// tests of others. It says why not, when ksmd cannot be set.
+func setupKSM(b *testing.B) string {
+	b.Helper()
+	pages := rackKSMPagesToScan
+	if v := os.Getenv("FORKD_BENCH_KSM_PAGES"); v != "" {
+		pages = v
+	}
+	saved := map[string]string{}
+	for _, name := range []string{"run", "pages_to_scan", "sleep_millisecs"} {
+		v, err := os.ReadFile(filepath.Join(memsample.KSMDir, name))
+		if err != nil {
+			return fmt.Sprintf("no ksmd (%v)", err)
+		}
+		saved[name] = strings.TrimSpace(string(v))
+	}
+	b.Cleanup(func() {
+		for _, name := range []string{"pages_to_scan", "sleep_millisecs", "run"} {
+			if err := os.WriteFile(filepath.Join(memsample.KSMDir, name), []byte(saved[name]), 0o644); err != nil {
+				b.Errorf("restoring ksmd's %s to %s: %v", name, saved[name], err)
+			}
+		}
+		ksmdFiles = nil
+	})
+	for name, v := range map[string]string{"pages_to_scan": pages, "sleep_millisecs": rackKSMSleep, "run": "0"} {
+		if err := os.WriteFile(filepath.Join(memsample.KSMDir, name), []byte(v), 0o644); err != nil {
+			return fmt.Sprintf("cannot set ksmd's %s: %v", name, err)
+		}
+	}
+	ksmdFiles = saved
+	return fmt.Sprintf("ksmd run only during the rounds, pages_to_scan %s, sleep_millisecs %s (before: run %s, %s, %s)",
+		pages, rackKSMSleep, saved["run"], saved["pages_to_scan"], saved["sleep_millisecs"])
+}
+
+func ksmdRun(v string) {
+	if ksmdFiles != nil {
+		os.WriteFile(filepath.Join(memsample.KSMDir, "run"), []byte(v), 0o644)
+	}
+}
+
+// ksmdCPU is the CPU time of the kernel's ksmd thread so far, or 0.
+func ksmdCPU() time.Duration {
+	matches, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, m := range matches {
+		if b, err := os.ReadFile(m); err == nil && strings.TrimSpace(string(b)) == "ksmd" {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(m)))
+			return processCPU(pid)
+		}
+	}
+	return 0
+}
+
+// ksmMergedMB sums what ksmd merged of pids' pages (ksm_merging_pages), in MB.
+func ksmMergedMB(pids []int) float64 {
+	var pages uint64
+	for _, pid := range pids {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/ksm_merging_pages", pid)); err == nil {
+			n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+			pages += n
+		}
+	}
+	return mb(pages * uint64(os.Getpagesize()))
+}
 
 // BenchmarkRackMemory: see the top of this file.
 func BenchmarkRackMemory(b *testing.B) {
@@ -144,29 +280,23 @@ func BenchmarkRackMemory(b *testing.B) {
 			if !ok || name == "" || name == "puma" {
 				b.Fatalf("FORKD_BENCH_MEM_FORKD: %q: want NAME:STEPS;... (STEPS: forkd-rack's --ready-template; NAME not puma)", v)
 			}
-			variants = append(variants, struct{ name, ready string }{name, ready})
+			variants = append(variants, rackMemVariant{name: name, ready: ready, env: "--ready-template " + orDash(ready)})
+		}
+	}
+	rackKSMInfo = ""
+	if slices.ContainsFunc(variants, func(v rackMemVariant) bool { return v.ksm }) {
+		rackKSMInfo = setupKSM(b)
+		if ksmdFiles == nil {
+			b.Logf("the KSM side is left out: %s", rackKSMInfo)
+			variants = slices.DeleteFunc(slices.Clone(variants), func(v rackMemVariant) bool { return v.ksm })
 		}
 	}
 	load := loadAvg()
 	started := time.Now()
+	ksm0 := ksmdCPU()
 
 	var sides []*rackMemSide
-	for _, v := range variants {
-		app := rackMemApp
-		env := "the SDK's defaults"
-		if v.ready != "" {
-			app.forkdRackArgs = []string{"--ready-template", v.ready}
-			env = "--ready-template " + v.ready
-		}
-		fm := startForkdRack(b, ruby, app)
-		s := forkdRackSide(b, fm)
-		s.name = v.name
-		sides = append(sides, &rackMemSide{rackSide: s, version: forkdVersion(fm), env: env, ready: v.ready,
-			reforks: func() int { return len(fm.out.since("refork-done", time.Time{})) }, output: fm.out.String})
-	}
-	pc := startPuma(b, puma, rackMemApp)
-	sides = append(sides, &rackMemSide{rackSide: pc.side(), version: pc.version, env: "--fork-worker=1000",
-		reforks: func() int { return pumaPhase(pc) }, output: pc.out.String})
+	var pc *pumaCluster
 	fatal := func(s *rackMemSide, what string, err error) {
 		b.Helper()
 		b.Fatalf("%s: %s: %v\noutput:\n%s", s.name, what, err, s.output())
@@ -186,11 +316,15 @@ func BenchmarkRackMemory(b *testing.B) {
 		if err != nil {
 			fatal(s, "settling", err)
 		}
+		if s.ksm {
+			st.note = strings.TrimPrefix(st.note+fmt.Sprintf("; ksm merged %.1f MB", ksmMergedMB(pids)), "; ")
+		}
 		st.gc = benchMemGC(s.url, pids)
 		st.top = topDirtyMappings(pids[1], 5)
 		s.stages = append(s.stages, st)
 	}
-	loadStage := func(s *rackMemSide, d time.Duration, requests int) *wrkLoad {
+	loadStage := func(s *rackMemSide, d time.Duration, requests int) (*wrkLoad, string) {
+		before := s.reforks()
 		w, err := runWrk(wrk, s.url+"/", rackMemConns, d, requests)
 		if err != nil {
 			fatal(s, "wrk", err)
@@ -198,41 +332,107 @@ func BenchmarkRackMemory(b *testing.B) {
 		if _, err := s.workers(); err != nil {
 			fatal(s, "settling after the load", err)
 		}
-		return w
+		note := ""
+		if n := s.reforks() - before; n > 0 {
+			note = fmt.Sprintf("%d automatic refork(s) during it", n)
+		}
+		return w, note
 	}
 
-	for _, s := range sides {
-		measure(s, "after boot", nil, "")
-	}
-	for _, s := range turn(0) {
-		before := s.reforks()
-		w := loadStage(s, rackMemWarmup, 0)
-		measure(s, "after warm-up", w, fmt.Sprintf("%d automatic refork(s) during it", s.reforks()-before))
-	}
-	for _, s := range turn(1) {
-		r, err := s.refork(true)
-		if err != nil {
-			fatal(s, "refork", err)
+	round(b, "boot", func() {
+		for _, v := range variants {
+			app := rackMemApp
+			app.forkBlock = "fork_worker {\n  refork_after = [1000, false]\n" + v.forkWorker + "}\n" + v.extra
+			if v.ready != "" {
+				app.forkdRackArgs = []string{"--ready-template", v.ready}
+			}
+			fm := startForkdRack(b, ruby, app)
+			s := forkdRackSide(b, fm)
+			s.name = v.name
+			sides = append(sides, &rackMemSide{rackSide: s, version: forkdVersion(fm), env: v.env, ready: v.ready, ksm: v.ksm, fm: fm,
+				reforks: func() int { return len(fm.out.since("refork-done", time.Time{})) }, output: fm.out.String})
 		}
-		measure(s, "after a refork", nil, fmt.Sprintf("refork took %s", fmtMS(r.took)))
-	}
+		pc = startPuma(b, puma, rackMemApp)
+		sides = append(sides, &rackMemSide{rackSide: pc.side(), version: pc.version, env: "--fork-worker=1000",
+			reforks: func() int { return pumaPhase(pc) }, output: pc.out.String})
+		for _, s := range sides {
+			measure(s, "after boot", nil, "")
+		}
+	})
+	round(b, "warm-up", func() {
+		for _, s := range turn(0) {
+			w, note := loadStage(s, rackMemWarmup, 0)
+			measure(s, "after warm-up", w, note)
+		}
+	})
+	round(b, "refork", func() {
+		for _, s := range turn(1) {
+			r, err := s.refork(true)
+			if err != nil {
+				fatal(s, "refork", err)
+			}
+			s.rollouts.reforkIdle = r.took
+			measure(s, "after a refork", nil, fmt.Sprintf("refork took %s", fmtMS(r.took)))
+		}
+	})
 	if counts != nil {
 		done := 0
 		for i, n := range counts {
-			for _, s := range turn(i + 2) {
-				measure(s, fmt.Sprintf("after %d requests of load", n), loadStage(s, 0, n-done), "")
-			}
+			round(b, fmt.Sprintf("%d requests", n), func() {
+				for _, s := range turn(i + 2) {
+					w, note := loadStage(s, 0, n-done)
+					measure(s, fmt.Sprintf("after %d requests of load", n), w, note)
+				}
+			})
 			done = n
 		}
 	} else {
 		var done time.Duration
 		for i, d := range stages {
-			for _, s := range turn(i + 2) {
-				measure(s, fmt.Sprintf("after %s of load", d), loadStage(s, d-done, 0), "")
-			}
+			round(b, d.String()+" of load", func() {
+				for _, s := range turn(i + 2) {
+					w, note := loadStage(s, d-done, 0)
+					measure(s, fmt.Sprintf("after %s of load", d), w, note)
+				}
+			})
 			done = d
 		}
 	}
+	// The rollout rounds (rackmem_rollout_test.go).
+	round(b, "refork under load", func() {
+		for _, s := range turn(0) {
+			idle := s.rollouts.reforkIdle
+			r, err := reforkUnderLoad(wrk, s)
+			if err != nil {
+				fatal(s, "refork under load", err)
+			}
+			r.reforkIdle = idle
+			s.rollouts = r
+		}
+	})
+	round(b, "phased restart", func() {
+		for _, s := range turn(1) {
+			p, err := phasedUnderLoad(wrk, "phased restart", s)
+			if err != nil {
+				fatal(s, "phased restart under load", err)
+			}
+			s.rollouts.phased = append(s.rollouts.phased, p)
+		}
+	})
+	round(b, "phased restart with warm_up", func() {
+		s := sides[0]
+		if s.fm == nil || strings.Contains(s.env, "refork_from") { // a mold cannot warm up
+			return
+		}
+		if err := addWarmUp(s.fm); err != nil {
+			fatal(s, "warm_up", err)
+		}
+		p, err := phasedUnderLoad(wrk, "with warm_up", s)
+		if err != nil {
+			fatal(s, "phased restart with warm_up", err)
+		}
+		s.rollouts.phased = append(s.rollouts.phased, p)
+	})
 	for _, s := range sides {
 		b.ReportMetric(0, "ns/op")
 		for _, st := range s.stages {
@@ -251,6 +451,12 @@ func BenchmarkRackMemory(b *testing.B) {
 		if off := s.ready == "off"; off != (len(s.readied) == 0) {
 			b.Errorf("%s (%s): its templates logged %d readyings", s.name, s.env, len(s.readied))
 		}
+		if st := s.fm.status(); s.ksm != strings.HasPrefix(st.KSM, "on") {
+			b.Errorf("%s: the status says ksm %q", s.name, st.KSM)
+		}
+	}
+	if rackKSMInfo != "" && ksmdFiles != nil {
+		rackKSMInfo += fmt.Sprintf("; ksmd's CPU over the run: %.1f s", (ksmdCPU() - ksm0).Seconds())
 	}
 	rackMemSides = sides
 	rackMemInfo = fmt.Sprintf("%d workers x %d threads, test/benchrack/%s (%d MB at boot, %d MB lazily over %d requests), wrk -t2 -c%d keep-alive, on 127.0.0.1; %s vs %s; %s in %s",
@@ -388,6 +594,7 @@ func printRackMemorySummary(w io.Writer) {
 	puma := sides[len(sides)-1]
 	forkds := sides[:len(sides)-1]
 	fmt.Fprintf(w, "\n=== Rack memory: forkd-rack vs puma --fork-worker=1000, total PSS with the master, MB (issue 14) ===\n%s\n", rackMemInfo)
+	fmt.Fprintf(w, "(each stage is one round: every side in turn, which goes first rotating; FORKD_BENCH_LOCK held per round)\n")
 	for _, s := range sides {
 		fmt.Fprintf(w, "  %s: %s\n", s.name, s.env)
 	}
@@ -444,6 +651,10 @@ func printRackMemorySummary(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "puma's growth after the last stage: %.2fx\n", growth[puma.name])
+	if rackKSMInfo != "" {
+		fmt.Fprintf(w, "KSM: %s\n", rackKSMInfo)
+	}
+	printRackRollouts(w, sides)
 	for _, s := range forkds {
 		fmt.Fprintf(w, "target: %s at most %.1fx puma's total at every stage: %s; at most %.1fx growth after the last stage: %s (%.2fx)\n",
 			s.name, rackMemRatioTarget, verdict(ratioMet[s.name]), rackMemGrowthTarget, verdict(growth[s.name] <= rackMemGrowthTarget), growth[s.name])
