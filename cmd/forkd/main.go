@@ -41,6 +41,9 @@ func main() {
 	// another thread, which it could not survive (limits.go). After a hot restart the workers run
 	// and count against the limit: the check would only stop them all.
 	master := len(os.Args) == 1 || strings.HasPrefix(os.Args[1], "-")
+	if master {
+		tuneGC()
+	}
 	if master && os.Getenv(restart.EnvHandoverFD) == "" {
 		if err := checkProcessLimit(); err != nil {
 			fmt.Fprintln(os.Stderr, "forkd:", err)

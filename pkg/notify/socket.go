@@ -11,27 +11,26 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/forkd/forkd/internal/fds"
+	"github.com/forkd/forkd/internal/recvpool"
 )
 
 // Socket is the master's datagram socket that workers get as NOTIFY_SOCKET. Every datagram it
 // receives carries its sender's credentials, whether the sender attached them or not.
 //
-// Receive and Close may be called from different goroutines; concurrent Receive calls take turns.
+// Receive and Close may be called from different goroutines; concurrent Receive calls each get a datagram of their own.
 type Socket struct {
 	conn *net.UnixConn
 	addr string
 	// file is the socket file Close removes; "" for an abstract address.
 	file string
-
-	receiving sync.Mutex // guards buf and oob, reused by every Receive
-	buf       []byte
-	oob       []byte
 }
+
+// receiveBuffers lends every Socket's Receive its buffers, only while it reads a datagram.
+var receiveBuffers = recvpool.New(MaxMessageSize+1, oobSize)
 
 // Datagram is one datagram received on a Socket, with its sender's credentials.
 type Datagram struct {
@@ -124,8 +123,6 @@ func Listen(addr string) (*Socket, error) {
 		conn: pc.(*net.UnixConn),
 		addr: addr,
 		file: file,
-		buf:  make([]byte, MaxMessageSize+1),
-		oob:  make([]byte, oobSize),
 	}, nil
 }
 
@@ -163,7 +160,7 @@ func FromFD(fd int, addr string) (*Socket, error) {
 	if !strings.HasPrefix(addr, "@") {
 		file = addr
 	}
-	return &Socket{conn: uc, addr: addr, file: file, buf: make([]byte, MaxMessageSize+1), oob: make([]byte, oobSize)}, nil
+	return &Socket{conn: uc, addr: addr, file: file}, nil
 }
 
 // Receive waits for the next datagram and returns it. Descriptors passed with it stay open
@@ -174,20 +171,14 @@ func FromFD(fd int, addr string) (*Socket, error) {
 //   - (Datagram{}, err): the socket is closed (errors.Is(err, net.ErrClosed), also when Close is
 //     called while Receive waits), or receiving failed.
 func (s *Socket) Receive() (Datagram, error) {
-	s.receiving.Lock()
-	defer s.receiving.Unlock()
-
-	// net sets MSG_CMSG_CLOEXEC on Linux, so that passed descriptors cannot leak into a worker
-	// spawned before they are released.
-	n, oobn, flags, _, err := s.conn.ReadMsgUnix(s.buf, s.oob)
+	// With MSG_CMSG_CLOEXEC, so that passed descriptors cannot leak into a worker spawned before
+	// they are released.
+	m, err := receiveBuffers.Recv(s.conn)
 	if err != nil {
 		return Datagram{}, fmt.Errorf("notify: receive: %w", err)
 	}
-	d := Datagram{
-		Data:      append([]byte(nil), s.buf[:n]...),
-		Truncated: flags&syscall.MSG_TRUNC != 0,
-	}
-	d.PID, d.UID, d.GID, d.passed = parseControl(s.oob[:oobn])
+	d := Datagram{Data: m.Data, Truncated: m.Flags&syscall.MSG_TRUNC != 0}
+	d.PID, d.UID, d.GID, d.passed = parseControl(m.OOB)
 	d.FDs = len(d.passed)
 	return d, nil
 }

@@ -11,15 +11,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/forkd/forkd/internal/fds"
+	"github.com/forkd/forkd/internal/recvpool"
 )
 
 // Conn is one end of a control channel: a SOCK_SEQPACKET unix socket on which every packet is one
 // message. Receive and Send may be used from different goroutines; Close unblocks a Receive.
 type Conn struct {
-	c   *net.UnixConn
-	buf []byte
-	oob []byte
+	c *net.UnixConn
 }
+
+// receiveBuffers lends every Conn's Receive its buffers, only while it reads a packet: the master
+// waits on one channel per worker.
+var receiveBuffers = recvpool.New(MaxMessageSize+1, unix.CmsgSpace(4*4))
 
 // Socketpair creates a control channel. The master keeps the first end as a Conn; the second is a
 // raw close-on-exec descriptor for the worker, to pass at exec (syscall.ProcAttr.Files) or in a
@@ -51,7 +54,7 @@ func NewConn(fd int) (*Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("protocol: control channel is a %T, not a unix socket", c)
 	}
-	return &Conn{c: uc, buf: make([]byte, MaxMessageSize+1), oob: make([]byte, unix.CmsgSpace(4*4))}, nil
+	return &Conn{c: uc}, nil
 }
 
 // Send writes one message, with fds passed as SCM_RIGHTS (a spawn request carries exactly one).
@@ -82,7 +85,7 @@ type Received struct {
 // exited), and an error matching net.ErrClosed after Close. A packet that does not decode is not an
 // error of Receive: it comes back with Received.Err set.
 func (c *Conn) Receive() (Received, error) {
-	n, oobn, flags, _, err := c.c.ReadMsgUnix(c.buf, c.oob)
+	m, err := receiveBuffers.Recv(c.c)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNRESET) {
 			return Received{}, io.EOF
@@ -90,11 +93,12 @@ func (c *Conn) Receive() (Received, error) {
 		return Received{}, fmt.Errorf("protocol: receive: %w", err)
 	}
 	var r Received
-	r.FDs = parseRights(c.oob[:oobn])
+	n, flags := len(m.Data), m.Flags
+	r.FDs = parseRights(m.OOB)
 	if flags&unix.MSG_CTRUNC != 0 {
 		r.Err = fmt.Errorf("%w: too many descriptors", ErrMalformed)
 	}
-	if n == 0 && oobn == 0 {
+	if n == 0 && len(m.OOB) == 0 {
 		// A zero-length read on a SOCK_SEQPACKET socket is the peer's end of file.
 		return Received{}, io.EOF
 	}
@@ -102,7 +106,7 @@ func (c *Conn) Receive() (Received, error) {
 		r.Err = fmt.Errorf("%w: larger than %d bytes", ErrMalformed, MaxMessageSize)
 		return r, nil
 	}
-	msg, err := Decode(c.buf[:n])
+	msg, err := Decode(m.Data)
 	r.Message = msg
 	if r.Err == nil {
 		r.Err = err
