@@ -234,22 +234,28 @@ restart {
 }
 
 // TestRequestCountIsBounded: X_FORKD_REQUESTS is a cumulative count: 2^64-1 is refused (the
-// datagram is dropped, saying why), and a count that goes back is ignored.
+// datagram is dropped, saying why), and a count that goes back is ignored. X_FORKD_BUSY is bounded
+// too: one over a million is dropped the same way.
 func TestRequestCountIsBounded(t *testing.T) {
 	t.Parallel()
 	requireTool(t, exec.Command("systemd-notify", "--version"), "systemd")
 	script := `systemd-notify --ready --status=up X_FORKD_REQUESTS=100 &&
 systemd-notify X_FORKD_REQUESTS=18446744073709551615 &&
+systemd-notify X_FORKD_BUSY=2 && systemd-notify X_FORKD_BUSY=1000001 &&
 systemd-notify X_FORKD_REQUESTS=50 STATUS=counted && exec sleep 600`
 	f := startForkd(t, options{config: fmt.Sprintf("command = [\"/bin/sh\", \"-c\", %q]\nworkers = 1\n", script)})
 	st := f.waitFor("the last status", func(st control.Status) bool {
 		return st.Ready == 1 && st.WorkerList[0].StatusLine == "counted"
 	})
 	assert.Equal(t, uint64(100), st.WorkerList[0].Requests)
-	assert.Equal(t, uint64(1), st.DroppedNotifications)
+	require.NotNil(t, st.WorkerList[0].BusyThreads, "X_FORKD_BUSY=2 taken")
+	assert.Equal(t, 2, *st.WorkerList[0].BusyThreads, "X_FORKD_BUSY=1000001 dropped")
+	assert.Equal(t, uint64(2), st.DroppedNotifications)
+	assert.Contains(t, f.output.String(), "more requests at once than a worker can serve")
 	assert.Contains(t, f.output.String(), "more requests than a worker can have served")
 	assert.Contains(t, f.output.String(), "X_FORKD_REQUESTS=50 after 100: a cumulative count never goes back")
 	metrics := f.scrapeControlSocket()
-	assert.Contains(t, metrics, `forkd_notify_dropped_total{reason="unparsable"} 1`+"\n")
+	assert.Contains(t, metrics, `forkd_notify_dropped_total{reason="unparsable"} 2`+"\n")
+	assert.Regexp(t, `forkd_worker_busy_threads\{generation="1",index="0",role="worker"\} 2\n`, metrics)
 	assert.Contains(t, metrics, `forkd_notify_dropped_total{reason="unknown_sender"} 0`+"\n")
 }

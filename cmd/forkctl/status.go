@@ -118,7 +118,12 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 
 	// With cgroups, CGROUP is each worker's memory.current: its whole tree's memory, exact.
 	withCgroups := slices.ContainsFunc(st.WorkerList, func(wk control.Worker) bool { return wk.Cgroup != nil })
+	// BUSY, where a runner reports its threads serving a request (X_FORKD_BUSY=).
+	withBusy := reportsBusy(st.WorkerList)
 	header := []string{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "PSS", "SHARED", "PRIVATE", "STATUS"}
+	if withBusy {
+		header = slices.Insert(header, 8, "BUSY")
+	}
 	if withCgroups {
 		header = slices.Insert(header, len(header)-1, "CGROUP")
 	}
@@ -146,6 +151,9 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 		cells := []string{strconv.Itoa(wk.Index), pid, strconv.Itoa(wk.Generation), workerRole(wk),
 			printable(wk.State), uptime, strconv.Itoa(wk.Restarts), strconv.FormatUint(wk.Requests, 10),
 			pss, shared, private}
+		if withBusy {
+			cells = slices.Insert(cells, 8, busyThreads(wk))
+		}
 		if withCgroups {
 			cg := "-"
 			if wk.Cgroup != nil {
@@ -163,6 +171,19 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 		rows = append(rows, append(cells, workerStatus(wk, now)))
 	}
 	return writeTable(w, rows)
+}
+
+// reportsBusy reports whether any of workers says how many of its threads are busy.
+func reportsBusy(workers []control.Worker) bool {
+	return slices.ContainsFunc(workers, func(wk control.Worker) bool { return wk.BusyThreads != nil })
+}
+
+// busyThreads is a worker's BUSY cell: "-" for one that does not say.
+func busyThreads(wk control.Worker) string {
+	if wk.BusyThreads == nil {
+		return "-"
+	}
+	return strconv.Itoa(*wk.BusyThreads)
 }
 
 // writeTable prints rows as formatTable lays them out in tableWidth.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,8 +35,10 @@ every worker that maps them.
 In a terminal, top takes the whole screen and refreshes every --interval; q or Ctrl-C quits.
 When its output is not a terminal, it prints one plain snapshot per interval instead, separated
 by a blank line, -n times (without -n, until interrupted), so that it can be piped or logged.
---timeout bounds each status request. Each refresh is one status request, in which forkd reads
-every worker's memory from /proc: keep --interval reasonable on a large cluster.`,
+--timeout bounds each status request. Each refresh is one status request, which forkd answers
+from what it holds: the workers' memory comes from the samples it takes on its own schedule
+(memory.sample_interval, 10s by default), so the memory columns change when a sample is taken,
+not at every refresh, and a short --interval costs forkd little.`,
 		Example: "  forkctl top\n  forkctl top --interval 5s\n  forkctl top -n 1 > snapshot.txt",
 		Args:    noArgs,
 		RunE: c.action(func(cmd *cobra.Command, _ []string) error {
@@ -384,6 +387,10 @@ func clusterLine(v topView) string {
 func workerRows(v topView) [][]string {
 	rows := [][]string{{"INDEX", "PID", "GEN", "ROLE", "STATE", "UPTIME", "REQ/S", "REQUESTS", "RSS", "PSS", "SHARED",
 		"PRIVATE", "SHARE", "STATUS"}}
+	withBusy := reportsBusy(v.status.WorkerList)
+	if withBusy {
+		rows[0] = slices.Insert(rows[0], 8, "BUSY")
+	}
 	for _, wk := range v.status.WorkerList {
 		pid, uptime, rate := "-", "-", "-"
 		if wk.PID != 0 {
@@ -398,9 +405,13 @@ func workerRows(v topView) [][]string {
 			rss, pss, shared = mebibytes(m.RSS), mebibytes(m.PSS), mebibytes(m.Shared)
 			private, ratio = mebibytes(m.RSS-min(m.Shared, m.RSS)), share(m.Shared, m.RSS)
 		}
-		rows = append(rows, []string{strconv.Itoa(wk.Index), pid, strconv.Itoa(wk.Generation), workerRole(wk),
+		row := []string{strconv.Itoa(wk.Index), pid, strconv.Itoa(wk.Generation), workerRole(wk),
 			printable(wk.State), uptime, rate, strconv.FormatUint(wk.Requests, 10), rss, pss, shared, private, ratio,
-			workerStatus(wk, v.at)})
+			workerStatus(wk, v.at)}
+		if withBusy {
+			row = slices.Insert(row, 8, busyThreads(wk))
+		}
+		rows = append(rows, row)
 	}
 	return rows
 }

@@ -102,6 +102,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 			Restarts:    w.Restarts,
 			StatusLine:  w.StatusLine,
 			Requests:    w.Requests,
+			BusyThreads: w.Busy,
 			LastExit:    w.LastExit,
 			NextRestart: w.NextSpawn,
 			Template:    w.Template,

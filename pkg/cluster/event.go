@@ -98,6 +98,9 @@ type Notification struct {
 	// Requests is X_FORKD_REQUESTS=, the worker's cumulative count of requests, when HasRequests.
 	Requests    uint64
 	HasRequests bool
+	// Busy is X_FORKD_BUSY=, the threads serving a request now, when HasBusy.
+	Busy    int
+	HasBusy bool
 	// WatchdogTimeout is WATCHDOG_USEC= (a new heartbeat timeout), ExtendTimeout
 	// EXTEND_TIMEOUT_USEC=; zero when absent.
 	WatchdogTimeout, ExtendTimeout time.Duration

@@ -474,6 +474,9 @@ func formatStatus(st Status) string {
 		if w.Requests != 0 {
 			fmt.Fprintf(&b, " requests=%d", w.Requests)
 		}
+		if w.Busy != nil {
+			fmt.Fprintf(&b, " busy=%d", *w.Busy)
+		}
 		if w.Memory != nil {
 			fmt.Fprintf(&b, " private=%s", mib(w.Memory.PrivateDirty))
 		}
@@ -543,6 +546,12 @@ func parseNotification(t *testing.T, text string) Notification {
 					t.Fatal(err)
 				}
 				n.Requests, n.HasRequests = v, true
+			case "X_FORKD_BUSY":
+				v, err := strconv.Atoi(value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n.Busy, n.HasBusy = v, true
 			case "WATCHDOG_USEC", "EXTEND_TIMEOUT_USEC":
 				us, err := strconv.ParseInt(value, 10, 64)
 				if err != nil {

@@ -25,6 +25,10 @@ func (m *Machine) notified(e Notified) {
 	if msg.HasRequests {
 		m.countRequests(w, msg.Requests)
 	}
+	if msg.HasBusy {
+		busy := msg.Busy
+		w.busy = &busy
+	}
 	if msg.WatchdogTimeout > 0 {
 		w.heartbeat = msg.WatchdogTimeout
 	}

@@ -89,6 +89,7 @@ type WorkerRecord struct {
 	StopReason, StopAsked   string
 	StatusLine              string
 	Requests, ReforkBase    uint64
+	Busy                    *int `json:",omitempty"`
 	Heartbeat               time.Duration
 	SpawnedAgo, ReadyAgo    time.Duration
 	// KillReason and Recycled are why forkd ended the worker, so that its exit after the
@@ -178,7 +179,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 			State: w.state.String(), Role: role, IsTemplate: w == m.template,
 			Channel: w.channel, Hello: w.hello, CanFork: w.canFork, Expected: w.expected,
 			StopReason: w.stopReason, StopAsked: w.stopAsked, StatusLine: w.statusLine, Requests: w.requests, ReforkBase: w.reforkBase,
-			Heartbeat: w.heartbeat, SpawnedAgo: ago(w.spawnedAt), ReadyAgo: ago(w.readyAt),
+			Busy: w.busy, Heartbeat: w.heartbeat, SpawnedAgo: ago(w.spawnedAt), ReadyAgo: ago(w.readyAt),
 			KillReason: w.killReason, Recycled: w.recycled, Source: w.source,
 		})
 	}
@@ -266,7 +267,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 			id: r.ID, slot: r.Slot, generation: r.Generation, pid: r.PID, state: state, template: r.Template,
 			channel: r.Channel, hello: r.Hello, canFork: r.CanFork, expected: r.Expected,
 			stopReason: r.StopReason, stopAsked: r.StopAsked, statusLine: r.StatusLine, requests: r.Requests, reforkBase: r.ReforkBase,
-			heartbeat: r.Heartbeat, spawnedAt: at(r.SpawnedAgo), readyAt: at(r.ReadyAgo),
+			busy: r.Busy, heartbeat: r.Heartbeat, spawnedAt: at(r.SpawnedAgo), readyAt: at(r.ReadyAgo),
 			killReason: r.KillReason, recycled: r.Recycled, source: r.Source,
 		}
 		switch state {

@@ -60,9 +60,12 @@ type WorkerStatus struct {
 	Crashes               int // consecutive
 	StatusLine            string
 	Requests              uint64
-	LastExit              string
-	NextSpawn             time.Time
-	Retiring              bool
+	// Busy is the worker's threads serving a request, as it last said (X_FORKD_BUSY); nil when it
+	// never did.
+	Busy      *int
+	LastExit  string
+	NextSpawn time.Time
+	Retiring  bool
 	// Memory is the process's memory at the last sample that read it; nil before.
 	Memory *MemoryFigures
 }
@@ -138,6 +141,10 @@ func (m *Machine) describe(ws *WorkerStatus, w *worker) {
 	}
 	ws.SpawnedAt, ws.ReadyAt = w.spawnedAt, w.readyAt
 	ws.StatusLine, ws.Requests = w.statusLine, w.requests
+	if w.busy != nil {
+		busy := *w.busy
+		ws.Busy = &busy
+	}
 	if w.memory != nil {
 		mem := *w.memory
 		ws.Memory = &mem

@@ -68,6 +68,8 @@ type worker struct {
 	requests    uint64
 	requestsAt  time.Time
 	badRequests bool
+	// busy is the worker's last X_FORKD_BUSY (its threads serving a request), nil until it sent one.
+	busy *int
 	// reforkBase is requests at the last refork (0 for a worker spawned since), for ReforkAfter.
 	reforkBase uint64
 	// memory is the worker's memory at the last sample that read it; nil before.

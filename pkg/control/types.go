@@ -155,6 +155,9 @@ type Worker struct {
 	StatusLine string `json:"status_line"`
 	// Requests is the worker's cumulative request count, as it reports it (X_FORKD_REQUESTS=).
 	Requests uint64 `json:"requests"`
+	// BusyThreads is how many of the worker's threads serve a request, as its runner last said
+	// (X_FORKD_BUSY=: forkd-rack, forkd.gunicorn); nil (and omitted) when it never did.
+	BusyThreads *int `json:"busy_threads,omitempty"`
 	// Memory is the process's memory use at the last sample (Status.MemorySampledAt); nil (and
 	// omitted) when there is no process, or none that the last sample read (one spawned since).
 	Memory *Memory `json:"memory,omitempty"`

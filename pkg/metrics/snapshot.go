@@ -61,7 +61,7 @@ type Worker struct {
 	// Requests is the worker's cumulative request count, as it reports it (X_FORKD_REQUESTS=).
 	Requests uint64
 	// BusyThreads is how many of the worker's threads are serving a request, where the runner
-	// says (a proposed X_FORKD_BUSY= field); nil when it does not.
+	// says (X_FORKD_BUSY=); nil when it does not.
 	BusyThreads *int
 	// Memory is the process's memory at the last sample, from /proc/PID/smaps_rollup; nil when
 	// there is none.
@@ -148,7 +148,7 @@ func FromStatus(st control.Status, version string) Snapshot {
 		}
 		sw := Worker{
 			Index: w.Index, Generation: w.Generation, Role: role, State: w.State,
-			StartedAt: w.StartedAt, Restarts: w.Restarts, Requests: w.Requests,
+			StartedAt: w.StartedAt, Restarts: w.Restarts, Requests: w.Requests, BusyThreads: w.BusyThreads,
 		}
 		if m := w.Memory; m != nil {
 			sw.Memory = &Memory{RSS: m.RSS, PSS: m.PSS, Shared: m.Shared, Private: m.RSS - min(m.Shared, m.RSS)}

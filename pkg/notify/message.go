@@ -87,7 +87,15 @@ const (
 	// KeyRequests is the cumulative number of requests the worker has served since it started
 	// (a forkd extension, for refork after N requests), at most MaxRequests.
 	KeyRequests = ForkdPrefix + "REQUESTS"
+
+	// KeyBusy is how many of the worker's threads (or tasks) serve a request now (a forkd
+	// extension, for the status and forkd_worker_busy_threads), at most MaxBusy.
+	KeyBusy = ForkdPrefix + "BUSY"
 )
+
+// MaxBusy is the largest X_FORKD_BUSY= Parse accepts. A worker serves that many requests at once
+// only as an event loop does, and no runner spawns a million threads: a larger value is a bug.
+const MaxBusy = 1_000_000
 
 // MaxRequests is the largest X_FORKD_REQUESTS= Parse accepts: 2^53-1, the largest count a JSON
 // reader that uses doubles (JavaScript, jq) still shows exactly. A worker serving a million
@@ -134,6 +142,10 @@ type Message struct {
 	Requests    uint64
 	HasRequests bool
 
+	// Busy is X_FORKD_BUSY=, when HasBusy is set.
+	Busy    int
+	HasBusy bool
+
 	// Fields are all the assignments in the order sent, the interpreted ones included, so that
 	// unknown keys (MAINPID=, FDSTORE=, BUSERROR=, other X_FORKD_ keys ...) reach the caller too.
 	// nil when the message has none.
@@ -151,8 +163,9 @@ type Field struct {
 // WATCHDOG "1" or "trigger"; STATUS valid UTF-8; WATCHDOG_USEC and EXTEND_TIMEOUT_USEC positive
 // decimal microseconds that fit a uint64 (values beyond time.Duration's range, such as systemd's
 // infinity 18446744073709551615, become the longest Duration); MONOTONIC_USEC a decimal uint64;
-// X_FORKD_REQUESTS a decimal integer up to MaxRequests; ERRNO a non-negative decimal int. When a valued key repeats, the first assignment wins,
-// as in systemd; every one must be valid.
+// X_FORKD_REQUESTS a decimal integer up to MaxRequests; X_FORKD_BUSY one up to MaxBusy; ERRNO a
+// non-negative decimal int. When a valued key repeats, the first assignment wins, as in systemd;
+// every one must be valid.
 //
 // It returns one of the following:
 //   - (msg, nil): every line is a valid assignment. A datagram with no assignments (empty, or
@@ -205,6 +218,7 @@ var (
 	errNotUTF8         = errors.New("not valid UTF-8")
 	errWatchdogValue   = errors.New(`the valid values are "1" and "trigger"`)
 	errTooManyRequests = fmt.Errorf("more requests than a worker can have served (at most %d)", MaxRequests)
+	errTooBusy         = fmt.Errorf("more requests at once than a worker can serve (at most %d)", MaxBusy)
 )
 
 // apply interprets one assignment of a known key and checks its value; other keys pass.
@@ -275,6 +289,17 @@ func (m *Message) apply(key, value string, seen *seenKeys) error {
 		}
 		if !m.HasRequests {
 			m.Requests, m.HasRequests = n, true
+		}
+	case KeyBusy:
+		n, err := parseUint(value)
+		if err != nil {
+			return err
+		}
+		if n > MaxBusy {
+			return fmt.Errorf("%s: %w", quote(value), errTooBusy)
+		}
+		if !m.HasBusy {
+			m.Busy, m.HasBusy = int(n), true
 		}
 	}
 	return nil

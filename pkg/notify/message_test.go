@@ -74,6 +74,18 @@ func TestParse(t *testing.T) {
 		{"request count at the bound", "X_FORKD_REQUESTS=9007199254740991", notify.Message{
 			Requests: notify.MaxRequests, HasRequests: true, Fields: fields("X_FORKD_REQUESTS=9007199254740991"),
 		}},
+		{"busy threads", "X_FORKD_REQUESTS=7\nX_FORKD_BUSY=3", notify.Message{
+			Requests: 7, HasRequests: true, Busy: 3, HasBusy: true, Fields: fields("X_FORKD_REQUESTS=7", "X_FORKD_BUSY=3"),
+		}},
+		{"busy threads at the bound", "X_FORKD_BUSY=1000000", notify.Message{
+			Busy: notify.MaxBusy, HasBusy: true, Fields: fields("X_FORKD_BUSY=1000000"),
+		}},
+		{"no busy thread", "X_FORKD_BUSY=0", notify.Message{
+			HasBusy: true, Fields: fields("X_FORKD_BUSY=0"),
+		}},
+		{"busy threads: the first wins", "X_FORKD_BUSY=2\nX_FORKD_BUSY=5", notify.Message{
+			Busy: 2, HasBusy: true, Fields: fields("X_FORKD_BUSY=2", "X_FORKD_BUSY=5"),
+		}},
 		{"request count zero", "X_FORKD_REQUESTS=0", notify.Message{
 			HasRequests: true, Fields: fields("X_FORKD_REQUESTS=0"),
 		}},
@@ -125,6 +137,10 @@ func TestParseErrors(t *testing.T) {
 		{"ERRNO too large", "ERRNO=4294967296", "line 1: ERRNO:"},
 		{"X_FORKD_REQUESTS negative", "X_FORKD_REQUESTS=-1", "line 1: X_FORKD_REQUESTS:"},
 		{"X_FORKD_REQUESTS not a number", "X_FORKD_REQUESTS=many", "line 1: X_FORKD_REQUESTS:"},
+		{"X_FORKD_BUSY negative", "X_FORKD_BUSY=-1", "line 1: X_FORKD_BUSY:"},
+		{"X_FORKD_BUSY not a number", "X_FORKD_BUSY=some", "line 1: X_FORKD_BUSY:"},
+		{"X_FORKD_BUSY over the bound", "X_FORKD_BUSY=1000001", "more requests at once than a worker can serve (at most 1000000)"},
+		{"X_FORKD_BUSY 2^64", "X_FORKD_BUSY=18446744073709551616", "line 1: X_FORKD_BUSY:"},
 		{"X_FORKD_REQUESTS 2^64-1", "X_FORKD_REQUESTS=18446744073709551615", "more requests than a worker can have served (at most 9007199254740991)"},
 		{"X_FORKD_REQUESTS 2^53", "X_FORKD_REQUESTS=9007199254740992", "line 1: X_FORKD_REQUESTS:"},
 		{"second of several lines", "READY=1\nSTATUS=ok\nbogus\n", `line 3: "bogus" is not`},

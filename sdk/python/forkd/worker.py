@@ -285,6 +285,28 @@ def requests():
     return _requests
 
 
+#: The largest X_FORKD_BUSY= forkd takes (docs/protocol.md): a larger one loses the whole datagram.
+MAX_BUSY = 1000000
+
+#: The least time between two datagrams that set_busy(send=True) sends.
+BUSY_INTERVAL = 0.25
+
+_busy = None  # the runner's threads serving a request now (set_busy); None: it does not say
+
+
+def set_busy(n, send=False):
+    """For a runner: n of this process's threads serve a request now. Reported as X_FORKD_BUSY=
+    with the next heartbeat or request count when it changed; with send, at once too, unless a
+    datagram went out for it less than BUSY_INTERVAL ago (for a runner whose main loop, which
+    beats, does not come by while it serves: gunicorn's sync worker). A value forkd would refuse
+    (not an int from 0 to MAX_BUSY) is not reported."""
+    global _busy
+    if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_BUSY:
+        _busy = n
+        if send:
+            _beats.send_busy()
+
+
 def beat_interval():
     """How often the heartbeats go out: every WATCHDOG_USEC/4, at most a second apart. A runner
     that beats from its main loop (see beat) must come by at least this often."""
@@ -305,16 +327,20 @@ class _Beats:
         self.last = 0.0       # monotonic time of the last WATCHDOG=1 sent; 0: none yet
         self.next = 0.0       # when beat() sends again
         self.reported = 0
+        self.reported_busy = None
+        self.busy_sent = 0.0  # monotonic time send_busy() last sent
 
     def send(self, watchdog, force=False):
-        """WATCHDOG=1 when watchdog, and X_FORKD_REQUESTS when the count changed. Returns whether
-        a datagram went out."""
-        total = _requests
+        """WATCHDOG=1 when watchdog, and X_FORKD_REQUESTS and X_FORKD_BUSY when they changed.
+        Returns whether a datagram went out."""
+        total, busy = _requests, _busy
         lines = []
         if watchdog:
             lines.append("WATCHDOG=1")
         if total != self.reported or (force and not lines):
             lines.append("X_FORKD_REQUESTS=%d" % total)
+        if busy is not None and busy != self.reported_busy:
+            lines.append("X_FORKD_BUSY=%d" % busy)
         if not lines:
             return False
         try:
@@ -325,9 +351,21 @@ class _Beats:
             return False
         if sent:
             self.reported = total
+            if busy is not None:
+                self.reported_busy = busy
             if watchdog:
                 self.last = time.monotonic()
         return sent
+
+    def send_busy(self):
+        """The busy count (and the request count, when it changed) at once, unless it is the
+        one reported, or send_busy sent less than BUSY_INTERVAL ago."""
+        now = time.monotonic()
+        with self.lock:
+            if _busy == self.reported_busy or now - self.busy_sent < BUSY_INTERVAL:
+                return False
+            self.busy_sent = now
+            return self.send(0)
 
 
 _beats = _Beats()

@@ -249,6 +249,9 @@ class Runner:
                 text += "\nWATCHDOG_USEC=%d" % self.watchdog_usec
             self._notify(text)
         self._count(w)
+        busy = self.workers.busy_threads(w)
+        if busy is not None:
+            core.set_busy(busy)
         core.beat()
 
     def _count(self, w):

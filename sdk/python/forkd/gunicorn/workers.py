@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover
 
 from .. import worker as core
 
-__all__ = ["worker_class_for", "can_fork", "counts_requests", "period_listeners", "interrupt"]
+__all__ = ["worker_class_for", "can_fork", "counts_requests", "period_listeners", "interrupt", "busy_threads"]
 
 #: The signals that stop a worker. The template blocks them across a fork: the new worker
 #: inherits the template's handlers, which would take a stop meant for it, and it keeps them
@@ -107,6 +107,20 @@ class ForkdWorker:
     def handle_quit(self, sig, frame):
         self.forkd.stop_requested = True
         super().handle_quit(sig, frame)
+
+    def handle(self, *args):
+        # gunicorn's sync worker serves in its main loop, which beats only between two requests:
+        # say busy at once (at most every core.BUSY_INTERVAL), and idle, with the next beat, once
+        # done. The threaded worker's busy threads are its requests in flight (busy_threads).
+        if not isinstance(self, SyncWorker):
+            return super().handle(*args)
+        self._forkd_busy = 1
+        core.set_busy(1, send=True)
+        try:
+            return super().handle(*args)
+        finally:
+            self._forkd_busy = 0
+            core.set_busy(0)
 
     def finish_request(self, *args):
         # gunicorn's threaded worker closes a connection whose request ends while it drains, even
@@ -198,6 +212,7 @@ class ForkdWorker:
             return
         self._forkd_drain = t
 
+    _forkd_busy = 0  # the sync worker: 1 while it serves a request
     _forkd_wake_r = _forkd_wake_w = -1
     _forkd_submitted = _forkd_finished = 0
     _forkd_fresh = None  # gunicorn < 21: new connections waiting for their first request
@@ -307,6 +322,18 @@ def interrupt(w):
             os.write(w.PIPE[1], b"!")  # the sync worker's select() watches PIPE[0]
     except (OSError, TypeError, ValueError):
         pass  # the loop has not started, or has ended: it sees alive = False when it runs
+
+
+def busy_threads(w):
+    """w's threads serving a request now, for X_FORKD_BUSY=: the threaded worker's requests in
+    flight, the sync worker's one request or none; None for a worker class that does not say
+    (uvicorn's: its event loop's tasks are not threads)."""
+    if ThreadWorker is not None and isinstance(w, ThreadWorker):
+        pending = getattr(w, "futures", None)
+        return sum(1 for f in list(pending) if not f.done()) if pending is not None else None
+    if isinstance(w, SyncWorker):
+        return w._forkd_busy
+    return None
 
 
 def in_flight(w):

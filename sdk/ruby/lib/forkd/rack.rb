@@ -260,6 +260,16 @@ module Forkd
         end
       end
 
+      # The pool's threads serving a request, for X_FORKD_BUSY=: spawned minus waiting, what
+      # Puma's stats report as max_threads - pool_capacity (busy_threads from Puma 6.5), without
+      # the requests queued for a thread; 0 before the pool exists.
+      module BusyThreads
+        def forkd_busy_threads
+          pool = @thread_pool
+          pool ? [pool.spawned - pool.waiting, 0].max : 0
+        end
+      end
+
       # The stop command first, then the wake-up, so that the loop, once awake, reads it.
       module StopWakesAcceptLoop
         def begin_restart(sync = false)
@@ -277,6 +287,7 @@ module Forkd
           Class.new(::Puma::Server) do
             include KeepAliveDrain
             include StopWakesAcceptLoop
+            include BusyThreads
           end
         end
       end
@@ -309,12 +320,14 @@ module Forkd
         end
         server.run
         @server = server
+        Worker.busy_source = -> { server.forkd_busy_threads }
         nil
       end
 
       def stop
         server = @server
         @server = nil
+        Worker.busy_source = nil
         server&.begin_restart(true)
         nil
       end

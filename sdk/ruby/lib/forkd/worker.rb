@@ -315,7 +315,23 @@ module Forkd
 
     class << self
       attr_accessor :requests_started
+      # A callable returning how many of this process's threads serve a request now, reported as
+      # X_FORKD_BUSY= with the request count when it changed; nil (the default) reports nothing.
+      # forkd-rack sets it to its Puma server's count.
+      attr_accessor :busy_source
     end
+
+    # The busy threads busy_source says, or nil: without one, or when it fails or says nonsense
+    # (the master would drop the whole datagram).
+    def busy_threads
+      n = @busy_source&.call
+      n.is_a?(Integer) && n >= 0 && n <= MAX_BUSY ? n : nil
+    rescue StandardError
+      nil
+    end
+
+    # The largest X_FORKD_BUSY= forkd takes (docs/protocol.md).
+    MAX_BUSY = 1_000_000
 
     def add_requests(count = 1)
       raise TypeError, "add_requests wants an Integer, not #{count.inspect}" unless count.is_a?(Integer)
@@ -329,13 +345,14 @@ module Forkd
       @requests
     end
 
-    # A thread: WATCHDOG=1 every half WATCHDOG_USEC, X_FORKD_REQUESTS= when it changed (with the
-    # next heartbeat, or on its own at most once a second).
+    # A thread: WATCHDOG=1 every half WATCHDOG_USEC, X_FORKD_REQUESTS= and X_FORKD_BUSY= when they
+    # changed (with the next heartbeat, or on their own at most once a second).
     class Reporter
       def initialize
         @thread = nil
         @stop = Event.new
         @reported = 0
+        @reported_busy = nil
       end
 
       def running?
@@ -365,10 +382,15 @@ module Forkd
 
       def deliver(text)
         total = Worker.requests
-        text = (text.empty? ? "" : "#{text}\n") + "X_FORKD_REQUESTS=#{total}" if total != @reported
-        return if text.empty?
+        busy = Worker.busy_threads
+        lines = text.empty? ? [] : [text]
+        lines << "X_FORKD_REQUESTS=#{total}" if total != @reported
+        lines << "X_FORKD_BUSY=#{busy}" if busy && busy != @reported_busy
+        return if lines.empty?
+        return unless SdNotify.notify(lines.join("\n"))
 
-        @reported = total if SdNotify.notify(text)
+        @reported = total
+        @reported_busy = busy if busy
       rescue SystemCallError, IOError
         # The master judges a worker by the heartbeats that arrive; a master that is gone is
         # master_gone's business.
