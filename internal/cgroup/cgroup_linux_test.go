@@ -326,3 +326,13 @@ func TestMemoryMaxOOMKill(t *testing.T) {
 	eventually(t, "the cgroup to empty", func() bool { p, _ := w.Populated(); return !p })
 	require.NoError(t, w.Remove())
 }
+
+// A controller /proc/cgroups gives a v1 hierarchy is one cgroup v2 never offers; the status says
+// so instead of only "not offered".
+func TestBoundToV1(t *testing.T) {
+	hybrid := "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t3\t1\t1\nmemory\t4\t50\t1\npids\t0\t1\t1\n"
+	assert.True(t, boundToV1("memory", hybrid))
+	assert.False(t, boundToV1("pids", hybrid), "hierarchy 0: cgroup v2's, or none")
+	assert.False(t, boundToV1("io", hybrid), "not listed")
+	assert.False(t, boundToV1("memory", ""))
+}

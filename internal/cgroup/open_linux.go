@@ -182,7 +182,12 @@ func (t *Tree) enable(wanted []string) {
 		case slices.Contains(enabled, c):
 			t.controllers = append(t.controllers, c)
 		case !slices.Contains(offered, c):
-			t.missing = append(t.missing, c+": not offered by "+t.dir)
+			why := c + ": not offered by " + t.dir
+			if procCgroups, err := os.ReadFile("/proc/cgroups"); err == nil && boundToV1(c, string(procCgroups)) {
+				why += " (this host binds the " + c + " controller to a cgroup v1 hierarchy, and a controller " +
+					"belongs to one hierarchy only: boot with systemd.unified_cgroup_hierarchy=1 for cgroup v2)"
+			}
+			t.missing = append(t.missing, why)
 		default:
 			err := writeFile(filepath.Join(t.dir, "cgroup.subtree_control"), "+"+c)
 			switch {
@@ -213,4 +218,17 @@ func (t *Tree) Workers() ([]string, error) {
 		}
 	}
 	return names, nil
+}
+
+// boundToV1 reports whether controller is bound to a cgroup v1 hierarchy, as /proc/cgroups (the
+// kernel's, the same in every namespace) says: a non-zero hierarchy ID. Such a controller is
+// never offered in cgroup v2: a hybrid host's memory controller, say.
+func boundToV1(controller, procCgroups string) bool {
+	for _, line := range strings.Split(procCgroups, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[0] == controller {
+			return f[1] != "0"
+		}
+	}
+	return false
 }
