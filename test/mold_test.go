@@ -117,14 +117,45 @@ func bodyOf(t *testing.T, url string) string {
 // worker serves far more than the others and marks its heap (test/moldrack: on its 20th
 // request), then reforks: the new template is a mold of that worker (the status says so, and it
 // is the master's child), and every new worker is forked from it, since each answers with that
-// worker's mark. Reforked from the template instead, they would say "warm=none".
+// worker's mark. Reforked from the template instead, they would say "warm=none". The mold stays
+// the template across a hot restart that keeps the workers; a reload execs a new one.
 func TestMoldReforkFromTheWarmestWorker(t *testing.T) {
 	t.Parallel()
 	requireRuby(t)
 	const n = 3
 	f := startRuby(t, options{config: moldRack(t, n, nil)})
+	tmpl := reforkFromTheWarmest(t, f, n)
+
+	out, code := f.forkctl("restart", "--keep-workers", "--wait")
+	require.Equal(t, 0, code, out)
+	st := waitMoldCluster(t, f, n, 2)
+	assert.Equal(t, tmpl.PID, st.WorkerList[0].PID, "the adopted mold is the template")
+	assert.Equal(t, tmpl.MoldOf, st.WorkerList[0].MoldOf, "and says where it came from")
+
+	out, code = f.forkctl("reload", "--wait")
+	require.Equal(t, 0, code, out)
+	st = waitMoldCluster(t, f, n, 3)
+	assert.Nil(t, st.WorkerList[0].MoldOf, "a reload's template is exec'd")
+	assert.False(t, st.WorkerList[0].Forked)
+}
+
+// TestGunicornMoldReforkFromTheWarmestWorker is the same with forkd.gunicorn (gthread) and
+// test/testapp's /warm.
+func TestGunicornMoldReforkFromTheWarmestWorker(t *testing.T) {
+	t.Parallel()
+	requirePython(t)
+	const n = 2
+	f := startPython(t, options{config: pythonApp(t, n, nil, moldBlock)})
+	reforkFromTheWarmest(t, f, n)
+}
+
+// reforkFromTheWarmest makes one of f's n serving workers the busiest (one keep-alive client),
+// reforks, and checks that the new template is a mold of it and that the new workers were forked
+// from it. It returns the new template.
+func reforkFromTheWarmest(t *testing.T, f *forkd, n int) control.Worker {
+	t.Helper()
 	before := waitMoldCluster(t, f, n, 1)
-	url := "http://" + f.addr() + "/"
+	url := "http://" + f.addr() + "/warm"
 
 	// One keep-alive connection: every request goes to the worker that accepted it.
 	c := &http.Client{Timeout: deadline, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
@@ -161,7 +192,6 @@ func TestMoldReforkFromTheWarmestWorker(t *testing.T) {
 	require.NotNil(t, tmpl.MoldOf, "the template says where it was forked from: %+v", tmpl)
 	assert.Equal(t, busyPID, tmpl.MoldOf.PID, "the mold was forked from the busiest worker")
 	assert.GreaterOrEqual(t, tmpl.MoldOf.Requests, uint64(60))
-	assert.True(t, processGone(before.WorkerList[0].PID) || parentOf(t, before.WorkerList[0].PID) == f.cmd.Process.Pid, "the old template retires")
 	statusOut, code := f.forkctl("status")
 	require.Equal(t, 0, code, statusOut)
 	assert.Contains(t, statusOut, fmt.Sprintf("serves nothing; forked from worker %d, pid %d", tmpl.MoldOf.Index, busyPID))
@@ -184,6 +214,7 @@ func TestMoldReforkFromTheWarmestWorker(t *testing.T) {
 	for pid, mark := range marks {
 		assert.Equal(t, "warm=pid-"+busy, mark, "worker %s was forked from the mold of pid %s", pid, busy)
 	}
+	return tmpl
 }
 
 // TestMoldReforkDoesNotWaitForASlowRequest holds a request in flight (curl) on a serving worker

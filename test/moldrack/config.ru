@@ -8,7 +8,8 @@
 # says "none".
 #
 #   GET /                  "pid=<pid> warm=<mark>"
-#   GET /slow?ms=N         the same, after N milliseconds
+#   GET /slow?ms=N         the same, after N milliseconds; from 1000 on, it prints "slow N ms by
+#                          pid=<pid>" on stdout when it begins
 #   GET /hold?until=PATH   the same, once PATH exists (60 s at most); it prints "held by pid=<pid>"
 #                          on stdout when it begins
 
@@ -36,7 +37,10 @@ run(lambda do |env|
   query = env["QUERY_STRING"].to_s
   case env["PATH_INFO"]
   when "/slow"
-    sleep(Integer(query[/ms=(\d+)/, 1] || "0", 10) / 1000.0)
+    ms = Integer(query[/ms=(\d+)/, 1] || "0", 10)
+    $stdout.puts("slow #{ms} ms by pid=#{Process.pid}") if ms >= 1000
+    $stdout.flush
+    sleep(ms / 1000.0)
   when "/hold"
     path = query[/until=([^&]+)/, 1].to_s
     $stdout.puts("held by pid=#{Process.pid}")

@@ -3,6 +3,10 @@
 GET /        "worker=<FORKD_WORKER> pid=<pid> generation=<FORKD_GENERATION> token=<token>"
 GET /slow?ms=N   the same after N milliseconds
 GET /token   the token made when the app was imported: forked workers share worker 0's
+GET /warm    "pid=<pid> warm=<mark>": each process counts the requests it serves, and on its
+             TESTAPP_WARM_AFTER-th (default 20) marks its heap, "pid-<its pid>"; a process forked
+             from it (a mold, and the workers forked from the mold) inherits the mark ("none"
+             before)
 GET /dirty?mb=N  write N MiB more of the ballast (TESTAPP_ALLOC_MB) than this process wrote
                  before, so that copy-on-write copies them: its private memory grows by N MiB
                  (until it has written the whole ballast)
@@ -15,6 +19,7 @@ Environment knobs:
                         without molds does
 """
 import os
+import threading
 import time
 import urllib.parse
 import uuid
@@ -41,6 +46,10 @@ if os.environ.get("TESTAPP_NO_MOLD"):
     runtime.fork_mold = _refuse_mold
 
 HANG = float(os.environ.get("TESTAPP_HANG_FORK", "0"))
+WARM_AFTER = int(os.environ.get("TESTAPP_WARM_AFTER", "20"))
+served_lock = threading.Lock()
+served = 0
+warm = "none"
 HOOK_LOG = os.environ.get("TESTAPP_HOOK_LOG")
 
 
@@ -59,8 +68,11 @@ def _before_fork():
 
 @forkd.after_fork_child
 def _after_fork_child():
-    global dirtied
+    global dirtied, served_lock
     dirtied = 0
+    # A request thread may have held it when a serving worker forked a mold: the copy would stay
+    # locked in the mold and in every worker forked from it (docs/fork-safety.md).
+    served_lock = threading.Lock()
     record("after_fork_child")
 
 
@@ -73,7 +85,16 @@ def dirty(mb):
     dirtied = end
 
 
+def serve_one():
+    global served, warm
+    with served_lock:
+        served += 1
+        if served == WARM_AFTER:
+            warm = "pid-%d" % os.getpid()
+
+
 def app(environ, start_response):
+    serve_one()
     path = environ.get("PATH_INFO", "/")
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
     if path == "/slow":
@@ -82,6 +103,8 @@ def app(environ, start_response):
         dirty(int(query.get("mb", ["1"])[0]))
     if path == "/token":
         body = TOKEN + "\n"
+    elif path == "/warm":
+        body = "pid=%d warm=%s\n" % (os.getpid(), warm)
     else:
         body = "worker=%s pid=%d generation=%s token=%s\n" % (
             os.environ.get("FORKD_WORKER"), os.getpid(), os.environ.get("FORKD_GENERATION"), TOKEN)
