@@ -315,3 +315,21 @@ func TestMoldReforkDoesNotWaitForASlowRequest(t *testing.T) {
 	assert.Greater(t, r.OK, 0, "node ran")
 	assert.Zero(t, r.failed(), "node's failed requests: %v", r.Samples)
 }
+
+// TestMoldGetsACgroupOfSlotZero: with a cgroup per worker, the mold, born in its source's
+// cgroup, is moved to one of slot 0's own, and the workers forked from it to their slots'.
+func TestMoldGetsACgroupOfSlotZero(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	_, fd := cgroupForForkd(t)
+	const n = 2
+	f := startRuby(t, options{cgroupFD: fd, config: moldRack(t, n, nil)})
+	waitMoldCluster(t, f, n, 1)
+	out, code := f.forkctl("refork", "--wait")
+	require.Equal(t, 0, code, out)
+	st := waitMoldCluster(t, f, n, 2)
+	require.NotNil(t, st.WorkerList[0].MoldOf)
+	for _, w := range st.WorkerList {
+		assert.Regexp(t, fmt.Sprintf(`^worker-%d-\d+$`, w.Index), cgroupOfPID(w.PID), "worker %d (pid %d)'s cgroup", w.Index, w.PID)
+	}
+}
