@@ -162,6 +162,7 @@ type rackPhasedResult struct {
 	took                  time.Duration
 	steady, during, after float64 // requests/s
 	run                   wrkRun
+	note                  string // what forkd logged of it (the warm-up's requests)
 }
 
 func (p rackPhasedResult) ratio() float64 {
@@ -277,6 +278,9 @@ func printRackRollouts(w io.Writer, sides []*rackMemSide) {
 		fmt.Fprintf(w, "  %s wrk: refork window %d requests, %d socket errors, %d non-2xx;", s.name, r.reforkRun.requests, r.reforkRun.socketErrors(), r.reforkRun.non2xx)
 		for _, p := range r.phased {
 			fmt.Fprintf(w, " %s window %d requests, %d socket errors, %d non-2xx;", p.name, p.run.requests, p.run.socketErrors(), p.run.non2xx)
+			if p.note != "" {
+				fmt.Fprintf(w, " (%s)", p.note)
+			}
 		}
 		fmt.Fprintln(w)
 	}

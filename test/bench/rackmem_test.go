@@ -431,6 +431,15 @@ func BenchmarkRackMemory(b *testing.B) {
 		if err != nil {
 			fatal(s, "phased restart with warm_up", err)
 		}
+		// A row that says warm_up must have had one.
+		if !strings.Contains(s.output(), "the new template warms up before the others are forked from it") {
+			fatal(s, "phased restart with warm_up", fmt.Errorf("forkd logged no warm-up"))
+		}
+		for _, line := range strings.Split(s.output(), "\n") {
+			if i := strings.Index(line, "the new template served"); i >= 0 {
+				p.note, _, _ = strings.Cut(line[i:], "\"")
+			}
+		}
 		s.rollouts.phased = append(s.rollouts.phased, p)
 	})
 	for _, s := range sides {
