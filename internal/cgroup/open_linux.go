@@ -184,8 +184,9 @@ func (t *Tree) enable(wanted []string) {
 		case !slices.Contains(offered, c):
 			why := c + ": not offered by " + t.dir
 			if procCgroups, err := os.ReadFile("/proc/cgroups"); err == nil && boundToV1(c, string(procCgroups)) {
-				why += " (this host binds the " + c + " controller to a cgroup v1 hierarchy, and a controller " +
-					"belongs to one hierarchy only: boot with systemd.unified_cgroup_hierarchy=1 for cgroup v2)"
+				// Worded for any controller, so that String says it once for all of them.
+				why += " (bound to a cgroup v1 hierarchy on this host, and a controller belongs to one " +
+					"hierarchy only: boot with systemd.unified_cgroup_hierarchy=1 for cgroup v2)"
 			}
 			t.missing = append(t.missing, why)
 		default:
