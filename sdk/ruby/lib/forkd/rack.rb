@@ -345,6 +345,9 @@ module Forkd
         @server = nil
         return nil if server.nil?
 
+        # The pool's counts were copied at the fork: none of its threads exists here.
+        Worker.busy_source = nil
+
         selector = server.instance_variable_get(:@reactor)&.instance_variable_get(:@selector)
         selector.close if selector.respond_to?(:close)
         %i[@check @notify].each do |name|
