@@ -215,19 +215,49 @@ func (m *Machine) judgeDecayRefork(p *DecayPolicy, after uint64, n int) {
 		m.log(slog.LevelInfo, fmt.Sprintf("refork_on_decay: the refork won back %s of private memory (%s -> %s)", mib(wonBack), mib(d.firedSum), mib(after)),
 			slog.String("event", "decay-refork-fruitful"))
 	} else {
-		d.raises++
-		d.fruitless++
-		d.stopped = d.fruitless >= max(p.MaxFruitless, 1)
-		j.Stopped = d.stopped
+		j.Stopped = m.decayFruitless(p)
 		what := fmt.Sprintf("the next one waits for %s", mib(p.threshold(after, d.n, d.raises)))
-		if d.stopped {
-			what = fmt.Sprintf("the trigger stops after %d such reforks in a row (until the next reload or hot restart): "+
-				"the template does not hold what the workers build (readying it before it forks may help; refork_after still applies)", d.fruitless)
+		if j.Stopped {
+			what = m.decayStopsBecause("the template does not hold what the workers build (readying it before it forks may help; refork_after still applies)")
 		}
 		m.log(slog.LevelWarn, fmt.Sprintf("refork_on_decay: the refork won back %s of private memory (%s -> %s), less than half the growth that started it; %s",
 			mib(wonBack), mib(d.firedSum), mib(after), what), slog.String("event", "decay-refork-fruitless"))
 	}
 	m.record(j)
+}
+
+// decayReforkFailed judges a refork the trigger started that failed: it won nothing back, so it
+// counts as fruitless. Judged on the next baseline instead, it would be compared with workers that
+// the failure's respawns replaced, and a cluster whose reforks keep failing would refork forever.
+func (m *Machine) decayReforkFailed() {
+	p, d := m.cfg.ReforkOnDecay, &m.decay
+	if p == nil || !d.fired {
+		return
+	}
+	d.fired = false
+	j := DecayJudged{Before: d.firedSum, Stopped: m.decayFruitless(p)}
+	what := "the next one waits for twice the growth"
+	if j.Stopped {
+		what = m.decayStopsBecause("its reforks fail")
+	}
+	m.log(slog.LevelWarn, "refork_on_decay: the refork it started failed, which wins nothing back; "+what,
+		slog.String("event", "decay-refork-fruitless"))
+	m.record(j)
+}
+
+// decayFruitless counts a fruitless refork: the growth waited for doubles, and the trigger stops
+// after MaxFruitless in a row. It reports whether the trigger stopped.
+func (m *Machine) decayFruitless(p *DecayPolicy) bool {
+	d := &m.decay
+	d.raises++
+	d.fruitless++
+	d.stopped = d.fruitless >= max(p.MaxFruitless, 1)
+	return d.stopped
+}
+
+// decayStopsBecause says that the trigger stops, and why.
+func (m *Machine) decayStopsBecause(why string) string {
+	return fmt.Sprintf("the trigger stops after %d such reforks in a row (until the next reload or hot restart): %s", m.decay.fruitless, why)
 }
 
 // decayRolloutStarted forgets the baseline: the workers are being replaced. New code (a reload, a

@@ -266,6 +266,9 @@ func (r *rollout) finish(m *Machine) {
 		m.emit(NotifySystemd{State: "READY=1\nSTATUS=" + m.lastStatus})
 	}
 	m.record(RolloutEnded{Kind: r.kind, Generation: r.to, Err: r.failure, Duration: m.now.Sub(r.startedAt)})
+	if r.kind == KindRefork && r.failure != nil {
+		m.decayReforkFailed()
+	}
 	if r.kind == KindReload {
 		m.afterReloadHook(hooks, r.to, r.failure)
 	}

@@ -598,11 +598,30 @@ func (s *simulation) stall() {
 	backlog := s.backlog
 	s.backlog = nil
 	for _, ev := range backlog {
+		if s.cancelledMeanwhile(ev) {
+			continue
+		}
 		s.step(ev)
 	}
 	s.replaying = false
 	s.checkInvariants()
 	s.step(Tick{})
+}
+
+// cancelledMeanwhile reports whether ev came from a spawn the machine gave up on while forkd read
+// the backlog (Stalled can cancel one): the driver closed that worker's channel, so its hello
+// never arrives, and it kills the worker when the template's late reply names it, instead of
+// stepping it.
+func (s *simulation) cancelledMeanwhile(ev Event) bool {
+	switch e := ev.(type) {
+	case Hello:
+		return s.cancelled[e.Worker]
+	case Spawned:
+		return s.cancelled[e.Worker]
+	case SpawnFailed:
+		return s.cancelled[e.Worker]
+	}
+	return false
 }
 
 // runWorld moves the clock to t, running what the world does by then in order.
