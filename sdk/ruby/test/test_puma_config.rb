@@ -41,6 +41,7 @@ class PumaConfigTest < Minitest::Test
       bind_to_activated_sockets
       lowlevel_error_handler { |_e| [500, {}, ["oops"]] }
       out_of_band { :gc }
+      wait_for_less_busy_worker 0.01
     RUBY
     assert_empty c.refusals.map(&:to_s)
     assert_empty c.warnings
@@ -50,6 +51,8 @@ class PumaConfigTest < Minitest::Test
     assert_equal [30.0, 10.0, 4.0, true, true], opts.values_at(:persistent_timeout, :first_data_timeout, :max_fast_inline, :queue_requests, :early_hints)
     assert_equal [500, {}, ["oops"]], opts[:lowlevel_error_handler].call(nil)
     assert_equal [:gc], opts[:out_of_band].map(&:call)
+    assert_equal 0.01, opts[:wait_for_less_busy_worker]
+    assert_equal 0.005, config("wait_for_less_busy_worker\n").server_options[:wait_for_less_busy_worker], "Puma's value when none is given"
   end
 
   def test_hooks_in_pumas_spellings

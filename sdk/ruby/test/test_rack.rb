@@ -244,6 +244,46 @@ class RackTest < ForkdTest::MasterTest
     assert stopper.join(TIMEOUT), "stop returned once every connection was answered, long before the drain timeout"
   end
 
+  # Two workers on one listener, one of them busy with a request in flight: the idle one takes
+  # the new connections (wait_for_less_busy_worker, on by default as in Puma 6's cluster mode).
+  # Without the delay the busy worker's accept loop, woken by the same connection, takes about
+  # half of them. A reload's new template, idle beside busy old workers, warms up only with
+  # connections it gets this way.
+  def test_an_idle_worker_takes_the_new_connections_before_a_busy_one
+    require_puma
+    require "forkd/rack"
+    entered = Queue.new
+    release = Queue.new
+    listener = TCPServer.new("127.0.0.1", 0)
+    servers = %w[first second].map do |name|
+      app = lambda do |env|
+        if env["PATH_INFO"] == "/hold"
+          entered << name
+          release.pop
+        end
+        [200, { "content-type" => "text/plain", "content-length" => name.bytesize.to_s }, [name]]
+      end
+      Forkd::Rack::PumaServer.new(app, threads: 5, environment: "test").tap { |s| s.start([listener]) }
+    end
+    assert_equal [0.005, 0.005], servers.map { |s| s.options[:wait_for_less_busy_worker] }
+    held = TCPSocket.new("127.0.0.1", listener.addr[1])
+    held.write(http_get("/hold"))
+    busy = entered.pop
+    tries = 30
+    took = Array.new(tries) do
+      s = TCPSocket.new("127.0.0.1", listener.addr[1])
+      s.write("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+      read_response(s)[1].tap { s.close }
+    end
+    assert_operator took.count { |name| name != busy }, :>=, tries * 3 / 4,
+                    "the idle worker took most new connections: #{took.tally} (busy: #{busy})"
+  ensure
+    release&.push(true)
+    held&.close
+    servers&.each { |s| s.stop if s.running? }
+    listener&.close
+  end
+
   # A connection that stays silent is closed at the drain timeout; one its client closes ends the
   # wait for it at once.
   def test_stop_closes_silent_connections_at_the_drain_timeout

@@ -27,7 +27,7 @@ module Forkd
       HOOKS = %i[before_fork worker_boot worker_shutdown before_refork after_refork].freeze
       # Options handed to Puma::Server as they are.
       SERVER_OPTIONS = %i[persistent_timeout first_data_timeout max_fast_inline queue_requests early_hints
-                          lowlevel_error_handler out_of_band].freeze
+                          lowlevel_error_handler out_of_band wait_for_less_busy_worker].freeze
 
       attr_reader :settings, :hooks, :binds, :refusals, :warnings
 
@@ -187,7 +187,6 @@ module Forkd
           force_shutdown_after: "forkd's `timeouts { shutdown = \"30s\" }` (SIGKILL after it)",
           worker_check_interval: "forkd watches heartbeats itself: `timeouts { worker = \"60s\" }`",
           worker_culling_strategy: "forkd picks the worker to stop on `forkctl scale -1`",
-          wait_for_less_busy_worker: "forkd's workers accept on shared sockets; the kernel spreads the connections",
           restart_command: "forkd's hot restart re-executes forkd itself (`forkctl restart`); the app's command " \
                            "is forkd's `command`",
           on_restart: "runs in Puma's master before a hot restart: forkd's `hooks { before_restart = [...] }` " \
@@ -321,6 +320,13 @@ module Forkd
 
         def max_fast_inline(count)
           @config[:max_fast_inline] = Float(count)
+        end
+
+        # Seconds a worker with a request in flight waits before it accepts, so that an idle one
+        # takes the connection; 0 accepts at once. forkd-rack waits 0.005 s unless told
+        # (PumaServer::LESS_BUSY_DELAY), as Puma 6 does; the call without a value means that too.
+        def wait_for_less_busy_worker(seconds = 0.005)
+          @config[:wait_for_less_busy_worker] = Float(seconds)
         end
 
         def queue_requests(answer = true)
