@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -125,13 +126,17 @@ type rackMemVariant struct {
 	name, ready, forkWorker, extra string
 	ksm                            bool
 	env                            string
+	// appEnv adds to the app's environment (e.g. RUBY_GC_* variables).
+	appEnv map[string]string
 }
 
 // rackMemForkd are the forkd-rack servers of the benchmark: the template mode as it is by
 // default (Puma's fork_worker: worker 0 serves and is the template), with refork_on_decay, with
 // KSM, and the mold mode (a template that serves nothing, forked at each refork from the worker
-// that served the most). FORKD_BENCH_MEM_FORKD replaces them: "NAME:STEPS;..." (forkd-rack's --ready-template,
-// empty: the default; the template mode otherwise).
+// that served the most). FORKD_BENCH_MEM_FORKD replaces them: "NAME:STEPS[:K=V,...];..." (forkd-rack's
+// --ready-template, empty: the default; then variables added to the app's environment, such as
+// RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO=0.20,RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO=0.40 for Ruby's own
+// defaults; the template mode otherwise). FORKD_BENCH_PUMA_ENV="K=V,..." adds variables to Puma's.
 var rackMemForkd = []rackMemVariant{
 	{name: "forkd", env: "template mode (refork_after = [1000, false])"},
 	{name: "forkd-decay", forkWorker: "  refork_on_decay {\n    private_growth = \"64M\"\n    min_interval   = \"20s\"\n  }\n",
@@ -153,6 +158,22 @@ var (
 	rackMemInfo  string
 	rackKSMInfo  string
 )
+
+// parseEnvList reads "K=V,K=V" (empty: none).
+func parseEnvList(s string) (map[string]string, error) {
+	vars := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%q: want K=V", kv)
+		}
+		vars[k] = v
+	}
+	return vars, nil
+}
 
 // heavyLock is the lock the project's heavy runs share (FORKD_BENCH_LOCK names its file, e.g.
 // /tmp/forkd-heavy.lock); round holds it for one round of the benchmark, so that a run of
@@ -276,11 +297,17 @@ func BenchmarkRackMemory(b *testing.B) {
 	if s := os.Getenv("FORKD_BENCH_MEM_FORKD"); s != "" {
 		variants = nil
 		for _, v := range strings.Split(s, ";") {
-			name, ready, ok := strings.Cut(v, ":")
-			if !ok || name == "" || name == "puma" {
-				b.Fatalf("FORKD_BENCH_MEM_FORKD: %q: want NAME:STEPS;... (STEPS: forkd-rack's --ready-template; NAME not puma)", v)
+			name, rest, ok := strings.Cut(v, ":")
+			ready, vars, _ := strings.Cut(rest, ":")
+			appEnv, err := parseEnvList(vars)
+			if !ok || name == "" || name == "puma" || err != nil {
+				b.Fatalf("FORKD_BENCH_MEM_FORKD: %q: want NAME:STEPS[:K=V,...];... (STEPS: forkd-rack's --ready-template; NAME not puma)", v)
 			}
-			variants = append(variants, rackMemVariant{name: name, ready: ready, env: "--ready-template " + orDash(ready)})
+			desc := "--ready-template " + orDash(ready)
+			if vars != "" {
+				desc += ", " + vars
+			}
+			variants = append(variants, rackMemVariant{name: name, ready: ready, env: desc, appEnv: appEnv})
 		}
 	}
 	rackKSMInfo = ""
@@ -346,14 +373,27 @@ func BenchmarkRackMemory(b *testing.B) {
 			if v.ready != "" {
 				app.forkdRackArgs = []string{"--ready-template", v.ready}
 			}
+			app.env = maps.Clone(app.env)
+			maps.Copy(app.env, v.appEnv)
 			fm := startForkdRack(b, ruby, app)
 			s := forkdRackSide(b, fm)
 			s.name = v.name
 			sides = append(sides, &rackMemSide{rackSide: s, version: forkdVersion(fm), env: v.env, ready: v.ready, ksm: v.ksm, fm: fm,
 				reforks: func() int { return len(fm.out.since("refork-done", time.Time{})) }, output: fm.out.String})
 		}
-		pc = startPuma(b, puma, rackMemApp)
-		sides = append(sides, &rackMemSide{rackSide: pc.side(), version: pc.version, env: "--fork-worker=1000",
+		pumaApp := rackMemApp
+		pumaDesc := "--fork-worker=1000"
+		if s := os.Getenv("FORKD_BENCH_PUMA_ENV"); s != "" {
+			vars, err := parseEnvList(s)
+			if err != nil {
+				b.Fatalf("FORKD_BENCH_PUMA_ENV: %v", err)
+			}
+			pumaApp.env = maps.Clone(pumaApp.env)
+			maps.Copy(pumaApp.env, vars)
+			pumaDesc += ", " + s
+		}
+		pc = startPuma(b, puma, pumaApp)
+		sides = append(sides, &rackMemSide{rackSide: pc.side(), version: pc.version, env: pumaDesc,
 			reforks: func() int { return pumaPhase(pc) }, output: pc.out.String})
 		for _, s := range sides {
 			measure(s, "after boot", nil, "")
