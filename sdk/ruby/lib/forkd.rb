@@ -134,8 +134,8 @@ module Forkd
 
   # What the template runs before each batch of forks, so that its workers keep more of its heap
   # shared: a list of "gc" (a full collection), "promote" (every survivor old), "compact"
-  # (GC.compact) and "warmup" (Process.warmup, Ruby 3.3+). Default: ["warmup"] where
-  # Process.warmup exists, else ["gc", "promote"]; forkd-rack's --ready-template sets it.
+  # (GC.compact), "trim" (malloc_trim) and "warmup" (Process.warmup, Ruby 3.3+). Default: ["warmup"] where
+  # Process.warmup exists, else ["compact", "promote"]; forkd-rack's --ready-template sets it.
   def ready_template
     Readying.steps
   end

@@ -138,6 +138,41 @@ class RackTest < ForkdTest::MasterTest
     FileUtils.rm_rf(dir) if dir
   end
 
+  # Forkd::GCTuning: the template of fork-worker mode runs with Ruby's free-slot ratios lowered.
+  # forkd-rack execs itself once more for it (Ruby reads them only when it starts): same pid, its
+  # listener and control channel kept, and its forks inherit them. A variable the environment sets
+  # means the user chose; an exec-mode worker (no control channel) is left as Ruby starts it.
+  def test_the_template_runs_with_rubys_gc_tuned_for_copy_on_write
+    environ = ->(pid) { File.binread("/proc/#{pid}/environ").split("\0").grep(/\ARUBY_GC_/).sort }
+    tuned = %w[RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO=0.06 RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO=0.03]
+
+    m = master
+    t = m.boot_rack
+    assert_equal tuned, environ.call(t.pid)
+    assert_includes t.read_log, "Ruby's GC: RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO=0.03 RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO=0.06 " \
+                                "(forkd-rack's defaults for fork-worker mode)"
+    _, ch = m.spawn(t, index: 1)
+    pid = t.expect("spawned")["pid"]
+    w = m.adopt(pid, ch)
+    w.expect("hello")
+    w.send_message({ "op" => "welcome", "worker" => 1, "generation" => 1 })
+    m.notify.wait_for(pid, "READY=1")
+    assert_equal tuned, environ.call(pid)
+    Process.kill(:TERM, t.pid)
+    assert_equal 0, waitpid_timeout(t.pid).exitstatus, t.read_log
+    Process.kill(:TERM, pid)
+
+    chosen = master.boot_rack(env: { "RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO" => "0.5" })
+    assert_equal %w[RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO=0.5], environ.call(chosen.pid)
+    assert_includes chosen.read_log, "Ruby's GC: RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO=0.5 (from the environment)"
+
+    m = master
+    exec_mode = m.start_rack(control: false)
+    m.notify.wait_for(exec_mode.pid, "READY=1")
+    assert_empty environ.call(exec_mode.pid)
+    refute_includes exec_mode.read_log, "Ruby's GC"
+  end
+
   def test_missing_config_ru
     require_puma
     m = master

@@ -252,7 +252,7 @@ class RuntimeTest < ForkdTest::MasterTest
   end
 
   # Readying (Forkd::Readying): before the first fork of a refork, one full collection and three
-  # minor ones in the template (gc, promote); none before the second fork of the same refork,
+  # minor ones in the template (compact, promote); none before the second fork of the same refork,
   # since the heap has not changed; none at all with forkd-rack --ready-template off.
   def test_template_readies_its_heap_once_per_refork
     [[[], [[1, 4], [0, 0]]], [%w[--ready-template off], [[0, 0], [0, 0]]]].each do |args, want|

@@ -214,8 +214,8 @@ module Forkd
           prune_bundler: "forkd's master is not Ruby: each reload starts a fresh worker 0 from `command`",
           extra_runtime_dependencies: "forkd's master is not Ruby: each reload starts a fresh worker 0 from `command`",
           ssl_bind: "TLS: forkd passes plain sockets; terminate TLS in front of forkd (nginx, HAProxy, a load balancer)",
-          nakayoshi_fork: "the SDK readies the template before each refork itself (a full GC, every survivor " \
-                          "promoted; forkd-rack --ready-template gc,promote,compact adds GC.compact: docs/fork-safety.md)",
+          nakayoshi_fork: "the SDK readies the template before each refork itself (GC.compact, every survivor " \
+                          "promoted: forkd-rack --ready-template, docs/fork-safety.md)",
           raise_exception_on_sigterm: "forkd-rack stops gracefully on SIGTERM (docs/signals.md)",
           drain_on_shutdown: "a stopping forkd-rack worker serves the requests in flight and the next one on " \
                              "each open connection (forkd-rack --drain-timeout)",

@@ -5,6 +5,7 @@ require "socket"
 
 require_relative "../forkd"
 require_relative "puma_config"
+require_relative "gc_tuning"
 
 module Forkd
   # forkd-rack: serve a Rack app (config.ru) as a forkd worker, with Puma::Server.
@@ -540,6 +541,8 @@ module Forkd
         return 1
       end
       config.check_binds(socks)
+      tuned = GCTuning.describe
+      Worker.log(tuned) if tuned && !ENV["FORKD_CONTROL_FD"].to_s.empty?
       config.warnings.each { |w| warn "forkd-rack: #{w}" }
       unless config.refusals.empty?
         config.refusals.each { |r| warn "forkd-rack: #{r}" }

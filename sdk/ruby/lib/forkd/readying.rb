@@ -13,13 +13,15 @@ module Forkd
   #   gc       a full collection, swept at once: nothing half done, the garbage freed
   #   promote  minor collections until no object is promoted any more: every survivor is old
   #   compact  GC.compact: the survivors packed into as few pages as can hold them
+  #   trim     malloc_trim(0): the malloc heap's free pages given back to the kernel, so that no
+  #            worker inherits them resident (glibc only; skipped where it is not found)
   #   warmup   Process.warmup (Ruby 3.3+), which does all three (and more) by itself
   #
-  # The default is warmup where Process.warmup exists, else gc and promote. Forkd.ready_template=
+  # The default is warmup where Process.warmup exists, else compact and promote. Forkd.ready_template=
   # (a list, or false) and forkd-rack's --ready-template (STEPS or off) choose otherwise. (Not an
   # environment variable: forkd reserves FORKD_* for itself and passes none to its workers.)
   module Readying
-    STEPS = %w[gc promote compact warmup].freeze
+    STEPS = %w[gc promote compact trim warmup].freeze
     OFF = %w[off none false no 0].freeze
     # Ruby makes an object old once it has survived three collections (RVALUE_OLD_AGE): after
     # the full one of gc, three minor ones promote even an object born just before.
@@ -40,10 +42,11 @@ module Forkd
       def default_steps
         return %w[warmup].freeze if Process.respond_to?(:warmup)
 
-        # Not compact: on Ruby 3.1 the workers kept less shared with it than without it (make
-        # bench, BenchmarkRackMemory: docs/fork-safety.md), and compaction is where a C extension
-        # that does not support it breaks.
-        %w[gc promote].freeze
+        # compact, not gc: GC.compact is a full collection too, and packing the survivors leaves
+        # the free slots in pages of their own, so that a worker's allocations copy no page of
+        # live shared objects (make bench, BenchmarkRackMemory: docs/fork-safety.md). Not trim:
+        # it won nothing measurable there.
+        %w[compact promote].freeze
       end
 
       # Read a command-line value: a comma-separated list of STEPS, or "off".
@@ -99,6 +102,22 @@ module Forkd
         GC.compact if GC.respond_to?(:compact)
       rescue NotImplementedError
         nil
+      end
+
+      def step_trim
+        malloc_trim&.call(0)
+      end
+
+      # glibc's malloc_trim, through Fiddle; nil where either is missing.
+      def malloc_trim
+        return @malloc_trim if defined?(@malloc_trim)
+
+        @malloc_trim = begin
+          require "fiddle"
+          Fiddle::Function.new(Fiddle.dlopen(nil)["malloc_trim"], [Fiddle::TYPE_SIZE_T], Fiddle::TYPE_INT)
+        rescue LoadError, StandardError
+          nil
+        end
       end
 
       def step_warmup
