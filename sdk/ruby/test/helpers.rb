@@ -318,6 +318,18 @@ module ForkdTest
       [seq, ch]
     end
 
+    # Spawn a worker from the template, welcome it and wait for its READY=1; returns [pid, the
+    # master's end of its channel].
+    def spawn_ready(template, index:, generation: 1)
+      _, ch = spawn(template, index: index, generation: generation)
+      pid = template.expect("spawned")["pid"]
+      w = adopt(pid, ch)
+      w.expect("hello")
+      w.send_message({ "op" => "welcome", "worker" => index, "generation" => generation })
+      @notify.wait_for(pid, "READY=1")
+      [pid, ch]
+    end
+
     def request(template, op, want, timeout: TIMEOUT)
       seq = next_seq
       template.send_message({ "op" => op, "seq" => seq })

@@ -151,12 +151,7 @@ class RackTest < ForkdTest::MasterTest
     assert_equal tuned, environ.call(t.pid)
     assert_includes t.read_log, "Ruby's GC: RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO=0.03 RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO=0.06 " \
                                 "(forkd-rack's defaults for fork-worker mode)"
-    _, ch = m.spawn(t, index: 1)
-    pid = t.expect("spawned")["pid"]
-    w = m.adopt(pid, ch)
-    w.expect("hello")
-    w.send_message({ "op" => "welcome", "worker" => 1, "generation" => 1 })
-    m.notify.wait_for(pid, "READY=1")
+    pid, = m.spawn_ready(t, index: 1)
     assert_equal tuned, environ.call(pid)
     Process.kill(:TERM, t.pid)
     assert_equal 0, waitpid_timeout(t.pid).exitstatus, t.read_log
@@ -187,12 +182,7 @@ class RackTest < ForkdTest::MasterTest
     assert_equal true, t.expect("hello")["fork"]
     t.send_message({ "op" => "welcome", "worker" => 0, "generation" => 1 })
     m.notify.wait_for(t.pid, "READY=1")
-    _, ch = m.spawn(t, index: 1)
-    pid = t.expect("spawned")["pid"]
-    w = m.adopt(pid, ch)
-    w.expect("hello")
-    w.send_message({ "op" => "welcome", "worker" => 1, "generation" => 1 })
-    m.notify.wait_for(pid, "READY=1")
+    pid, = m.spawn_ready(t, index: 1)
     Process.kill(:TERM, t.pid)
     assert_equal 0, waitpid_timeout(t.pid).exitstatus, t.read_log
     s = TCPSocket.new("127.0.0.1", m.port)

@@ -310,12 +310,7 @@ class RuntimeTest < ForkdTest::MasterTest
   def test_forked_worker_stops_on_eof
     m = master
     t = m.boot_rack
-    _, ch = m.spawn(t, index: 1)
-    pid = t.expect("spawned")["pid"]
-    w = m.adopt(pid, ch)
-    w.expect("hello")
-    w.send_message({ "op" => "welcome", "worker" => 1, "generation" => 1 })
-    m.notify.wait_for(pid, "READY=1")
+    pid, ch = m.spawn_ready(t, index: 1)
     ch.close
     assert_equal 0, waitpid_timeout(pid).exitstatus
     assert alive?(t.pid)
