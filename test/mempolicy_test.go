@@ -1,7 +1,10 @@
 package test
 
 import (
+	"io"
 	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -160,7 +163,7 @@ recycle {
 
 // TestReloadWarmsTheNewTemplateUp: with fork_worker.warm_up, a reload's new worker 0 serves alone
 // (beside the old worker 1) until it has served its requests; only then is worker 1 forked from
-// it.
+// it. A trickle of traffic runs throughout, so that the cluster does not count as idle.
 func TestReloadWarmsTheNewTemplateUp(t *testing.T) {
 	t.Parallel()
 	f := startPython(t, options{config: pythonApp(t, 2, nil, `
@@ -173,6 +176,10 @@ fork_worker {
 }
 `)})
 	before := f.waitReady(2)
+	url := "http://" + f.addr()
+	stop := trickle(t, url, 500*time.Millisecond)
+	defer stop()
+	f.waitFor("a request count reported", func(st control.Status) bool { return st.WorkerList[0].Requests+st.WorkerList[1].Requests > 0 })
 	out, code := f.forkctl("reload")
 	require.Equal(t, 0, code, out)
 	warming := f.waitFor("the new template warming up", func(st control.Status) bool {
@@ -181,11 +188,88 @@ fork_worker {
 	require.Equal(t, before.WorkerList[1].PID, warming.WorkerList[1].PID, "worker 1 is not forked before the warm-up")
 	assert.Contains(t, f.output.String(), "the new template warms up before the others are forked from it (20 requests, or 2m0s at most)")
 
-	url := "http://" + f.addr()
 	end := time.Now().Add(deadline)
 	for st := f.status(); st.Generation != 2 || st.Rollout != "" || st.WorkerList[1].Generation != 2; st = f.status() {
 		require.True(t, time.Now().Before(end), "worker 1 never forked from the warmed-up template; %+v", st.WorkerList)
 		get(t, url)
 	}
 	assert.Regexp(t, `the new template served (2\d|[3-9]\d|\d{3,}) requests while it warmed up: forking the others from it`, f.output.String())
+}
+
+// TestReloadWarmUpByDefault: without a warm_up block, a reload in fork-worker mode warms its new
+// template up (1000 requests, or 5 s at most), unless no traffic comes: an idle cluster forks at
+// once. A warm-up that served refork_after's first count stands for that refork: with
+// refork_after = [40, false], no automatic refork follows the reload, however much the workers
+// serve (before, one did, within a second of the reload's end; after the idle reload, whose
+// warm-up served nothing, one still does once traffic comes).
+func TestReloadWarmUpByDefault(t *testing.T) {
+	t.Parallel()
+	f := startPython(t, options{config: pythonApp(t, 2, nil, `
+fork_worker {
+  refork_after = [40, false]
+}
+`)})
+	f.waitReady(2)
+	out, code := f.forkctl("reload", "--wait")
+	require.Equal(t, 0, code, out)
+	assert.Contains(t, f.output.String(), "reload: no worker reported a request for 3s, so nothing warms the new template up: forking the others from it",
+		"an idle cluster does not wait for a warm-up")
+
+	url := "http://" + f.addr()
+	stop := trickle(t, url, 0)
+	defer stop()
+	f.waitFor("a request count reported", func(st control.Status) bool { return st.WorkerList[0].Requests+st.WorkerList[1].Requests > 0 })
+	out, code = f.forkctl("reload", "--wait")
+	require.Equal(t, 0, code, out)
+	log := f.output.String()
+	assert.Contains(t, log, "reload: the new template warms up before the others are forked from it (1000 requests, or 5s at most)")
+	served := regexp.MustCompile(`reload: the new template served (\d+) requests while it warmed up`).FindStringSubmatch(log)
+	require.NotNil(t, served, "the warm-up ended with requests served")
+	n, err := strconv.Atoi(served[1])
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, n, 40, "the warm-up served refork_after's first count")
+	reloaded := f.status()
+	f.waitFor("the workers serving more than refork_after's count since the reload", func(st control.Status) bool {
+		for _, w := range st.WorkerList {
+			for _, r := range reloaded.WorkerList {
+				if w.PID == r.PID && w.Requests >= r.Requests+200 {
+					return true
+				}
+			}
+		}
+		return false
+	})
+	time.Sleep(2 * time.Second) // a refork it would start comes with the next count: at most a second later
+	assert.NotContains(t, f.output.String()[len(log):], "automatic refork", "the warm-up was the list's refork")
+	assert.Equal(t, reloaded.Generation, f.status().Generation, "no refork since the reload")
+}
+
+// trickle sends GET requests to url on new connections, every pause, until the returned func
+// is called; a failed request fails the test.
+func trickle(t *testing.T, url string, pause time.Duration) func() {
+	t.Helper()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(pause):
+			}
+			resp, err := httpClient.Get(url)
+			if err != nil {
+				t.Errorf("GET %s: %v", url, err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("GET %s: %s", url, resp.Status)
+				return
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }

@@ -71,6 +71,9 @@ type Machine struct {
 	// reforks counts the reforks completed since the workers were last replaced (a reload), for
 	// ReforkAfter.
 	reforks int
+	// trafficAt is when a worker last reported more requests than before (the warm-up's idle
+	// rule, warm.go).
+	trafficAt time.Time
 	// decay is the refork trigger that follows the workers' memory (decay.go).
 	decay   decayTrigger
 	rollout *rollout
@@ -250,7 +253,7 @@ func (m *Machine) NextDeadline() (time.Time, bool) {
 	}
 	if m.rollout != nil {
 		consider(m.rollout.deadline)
-		consider(m.rollout.warming.until)
+		consider(m.rollout.warmUpDeadline(m))
 	}
 	for _, s := range m.strays {
 		consider(s.deadline)

@@ -86,6 +86,9 @@ func (m *Machine) countRequests(w *worker, n uint64) {
 		why = fmt.Sprintf("X_FORKD_REQUESTS=%d after %d in %s: more than %d requests a second", n, w.requests,
 			elapsed-time.Second, maxRequestRate)
 	default:
+		if n > w.requests {
+			m.trafficAt = m.now
+		}
 		w.requests, w.requestsAt = n, m.now
 		return
 	}

@@ -248,8 +248,14 @@ func (r *rollout) finish(m *Machine) {
 				t.generation = r.to
 			}
 		default:
-			// New code warms up from scratch: refork_after starts over.
+			// New code warms up from scratch: refork_after starts over, counting from now. A
+			// warm-up that served the list's first count stands for its first refork: the
+			// workers were forked from a template that served as much (warm.go).
 			m.reforks = 0
+			if after := m.cfg.ReforkAfter; len(after) > 0 && r.warming.served >= after[0] {
+				m.reforks = 1
+			}
+			m.countRequestsAfresh()
 		}
 		how := ""
 		if r.cutShort {

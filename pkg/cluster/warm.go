@@ -12,6 +12,16 @@ import (
 // caches at once, all n of them; with WarmUp, the new template serves alone first (the old
 // workers serve beside it), until it has served Requests requests since it became the template
 // or MaxWait has passed, whichever comes first, so that what it built is shared by every fork.
+// A cluster without traffic has nothing to warm up with: once no worker has reported a new
+// request for WarmUpIdle, the warm-up ends, so that an idle cluster reloads without waiting.
+//
+// A warm-up that served refork_after's first count stands for the list's first refork: the new
+// workers were forked from a template that served what that refork waits for, so the next
+// automatic refork is the list's second (finish, in rollout.go).
+
+// WarmUpIdle is how long no worker may have reported a new request (X_FORKD_REQUESTS, sent at most
+// once a second while requests come) before a warm-up counts the cluster as idle and ends.
+const WarmUpIdle = 3 * time.Second
 
 // WarmUp configures the warm-up; MaxWait zero turns it off.
 type WarmUp struct {
@@ -23,10 +33,12 @@ type WarmUp struct {
 }
 
 // warmUp is a rollout's warm-up under way: from the template's count of requests at its start,
-// until the time it ends at the latest; zero until: none.
+// until the time it ends at the latest; zero until: none. served is what the template served by
+// its end.
 type warmUp struct {
-	from  uint64
-	until time.Time
+	from   uint64
+	until  time.Time
+	served uint64
 }
 
 // startWarmUp begins the new template's warm-up, if the config asks for one.
@@ -57,13 +69,30 @@ func (r *rollout) warmedUp(m *Machine) bool {
 		served = t.requests - min(t.requests, w.from)
 	}
 	need := m.cfg.WarmUp.Requests
+	idle := !m.now.Before(m.trafficAt.Add(WarmUpIdle))
 	switch {
-	case t != nil && r.failure == nil && m.now.Before(w.until) && (need == 0 || served < need):
+	case t != nil && r.failure == nil && m.now.Before(w.until) && (need == 0 || served < need) && !idle:
 		return false
+	case t != nil && r.failure == nil && idle && (need == 0 || served < need) && m.now.Before(w.until):
+		m.log(slog.LevelInfo, fmt.Sprintf("%s: no worker reported a request for %s, so nothing warms the new template up: forking the others from it (it served %d)",
+			r.kind, WarmUpIdle, served), m.workerAttrs(t, "warm-up-done")...)
 	case t != nil && r.failure == nil:
 		m.log(slog.LevelInfo, fmt.Sprintf("%s: the new template served %d requests while it warmed up: forking the others from it", r.kind, served),
 			m.workerAttrs(t, "warm-up-done")...)
 	}
-	*w = warmUp{}
+	*w = warmUp{served: served}
 	return true
+}
+
+// warmUpDeadline is when the warm-up under way ends at the latest: its max_wait, or the moment the
+// cluster counts as idle; zero when none runs.
+func (r *rollout) warmUpDeadline(m *Machine) time.Time {
+	w := r.warming
+	if w.until.IsZero() {
+		return time.Time{}
+	}
+	if idle := m.trafficAt.Add(WarmUpIdle); idle.Before(w.until) {
+		return idle
+	}
+	return w.until
 }

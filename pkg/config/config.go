@@ -153,8 +153,9 @@ type ForkWorker struct {
 	// ReforkOnDecay, when set (a refork_on_decay block), also reforks when the forked workers'
 	// private memory has grown; nil (the default) does not.
 	ReforkOnDecay *ReforkOnDecay
-	// WarmUp, when set (a warm_up block), makes a reload's (or a hot restart's) new template serve
-	// alone before the other workers are forked from it; nil (the default) forks at once.
+	// WarmUp makes a reload's (or a hot restart's) new template serve alone before the other
+	// workers are forked from it. Defaults to DefaultWarmUpRequests and DefaultWarmUpMaxWait with
+	// refork_from = "template", nil (none) with "warmest"; MaxWait zero turns it off.
 	WarmUp *WarmUp
 	// ReforkFrom says what a refork forks the new workers from. Defaults to DefaultReforkFrom.
 	ReforkFrom ReforkFrom
@@ -176,11 +177,17 @@ const (
 	DefaultReforkFrom = ReforkFromTemplate
 )
 
-// DefaultWarmUpMaxWait is warm_up.max_wait when the block does not set it.
-const DefaultWarmUpMaxWait = 5 * time.Second
+// DefaultWarmUpRequests and DefaultWarmUpMaxWait are warm_up's when the config does not set
+// them (docs/configuration.md says why): as many requests as the default refork_after's first
+// refork waits for, so that the warm-up stands for it, and at most 5 s.
+const (
+	DefaultWarmUpRequests = 1000
+	DefaultWarmUpMaxWait  = 5 * time.Second
+)
 
 // WarmUp holds the forks of a new release back until its template has served Requests requests
-// (0: none, it waits MaxWait), or MaxWait has passed, whichever comes first.
+// (0: none, it waits MaxWait), or MaxWait has passed, whichever comes first; the cluster's
+// machine also ends it when no worker reports traffic (cluster.WarmUpIdle). MaxWait zero: none.
 type WarmUp struct {
 	Requests int
 	MaxWait  time.Duration

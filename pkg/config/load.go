@@ -193,8 +193,14 @@ func (b *builder) fillDefaults() {
 		if !s.reforkFrom.given {
 			fw.ReforkFrom = DefaultReforkFrom
 		}
+		if fw.WarmUp == nil && fw.ReforkFrom == ReforkFromTemplate {
+			fw.WarmUp = &WarmUp{} // on by default where the template serves
+		}
 		if w := fw.WarmUp; w != nil && !s.warmMaxWait.given {
 			w.MaxWait = DefaultWarmUpMaxWait
+		}
+		if w := fw.WarmUp; w != nil && !s.warmRequests.given {
+			w.Requests = DefaultWarmUpRequests
 		}
 		if p := fw.ReforkOnDecay; p != nil {
 			if !s.decayGrowth.given && !s.decayRatio.given {

@@ -317,8 +317,8 @@ func TestForkWorkerDefaults(t *testing.T) {
 	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {}\n"), "web.hcl")
 	require.NoError(t, err)
 	assert.Equal(t, &ForkWorker{ReforkAfter: []uint64{1000}, ReforkAfterRepeats: false, Timeout: DefaultForkTimeout,
-		ReforkFrom: DefaultReforkFrom}, cfg.ForkWorker,
-		"one refork after 1000 requests, as Puma's fork_worker")
+		ReforkFrom: DefaultReforkFrom, WarmUp: &WarmUp{Requests: 1000, MaxWait: 5 * time.Second}}, cfg.ForkWorker,
+		"one refork after 1000 requests, as Puma's fork_worker; a reload's template warms up")
 
 	for src, want := range map[string]ForkWorker{
 		"[]":                {ReforkAfter: []uint64{}, ReforkAfterRepeats: true},
@@ -331,6 +331,7 @@ func TestForkWorkerDefaults(t *testing.T) {
 		cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_after = "+src+"\n}\n"), "web.hcl")
 		require.NoError(t, err, src)
 		want.Timeout, want.ReforkFrom = DefaultForkTimeout, DefaultReforkFrom
+		want.WarmUp = &WarmUp{Requests: DefaultWarmUpRequests, MaxWait: DefaultWarmUpMaxWait}
 		assert.Equal(t, &want, cfg.ForkWorker, src)
 	}
 
@@ -372,9 +373,22 @@ func TestRecycle(t *testing.T) {
 
 func TestWarmUp(t *testing.T) {
 	sandbox(t)
-	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {\n  warm_up {}\n}\n"), "web.hcl")
+	defaults := &WarmUp{Requests: 1000, MaxWait: 5 * time.Second}
+	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {}\n"), "web.hcl")
 	require.NoError(t, err)
-	assert.Equal(t, &WarmUp{MaxWait: 5 * time.Second}, cfg.ForkWorker.WarmUp, "an empty block: 5 s of warm-up")
+	assert.Equal(t, defaults, cfg.ForkWorker.WarmUp, "on by default: 1000 requests, 5 s at most")
+	assert.Equal(t, DefaultReforkAfter[0], uint64(DefaultWarmUpRequests), "the default warm-up stands for the default first refork")
+	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  warm_up {}\n}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, defaults, cfg.ForkWorker.WarmUp, "an empty block: the defaults")
+	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  warm_up {\n    max_wait = \"0s\"\n  }\n}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Equal(t, &WarmUp{Requests: 1000}, cfg.ForkWorker.WarmUp, "max_wait 0s: off")
+	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_from = \"warmest\"\n}\n"), "web.hcl")
+	require.NoError(t, err)
+	assert.Nil(t, cfg.ForkWorker.WarmUp, "none where the template serves nothing")
+	_, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_from = \"warmest\"\n  warm_up {\n    max_wait = \"0s\"\n  }\n}\n"), "web.hcl")
+	require.NoError(t, err, "a warm-up switched off goes with a template that serves nothing")
 	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  warm_up {\n    requests = 200\n    max_wait = \"30s\"\n  }\n}\n"), "web.hcl")
 	require.NoError(t, err)
 	assert.Equal(t, &WarmUp{Requests: 200, MaxWait: 30 * time.Second}, cfg.ForkWorker.WarmUp)

@@ -182,8 +182,8 @@ func (b *builder) validate() {
 		switch fw.ReforkFrom {
 		case ReforkFromTemplate:
 		case ReforkFromWarmest:
-			if fw.WarmUp != nil {
-				b.report(s.reforkFrom, "%q cannot go with a warm_up block: the template serves nothing, so it cannot warm up by serving; "+
+			if fw.WarmUp != nil && fw.WarmUp.MaxWait > 0 {
+				b.report(s.reforkFrom, "%q cannot go with a warm_up: the template serves nothing, so it cannot warm up by serving; "+
 					"leave warm_up out (the first refork after a reload copies a worker that has served)", fw.ReforkFrom)
 			}
 		default:
@@ -197,8 +197,8 @@ func (b *builder) validate() {
 		if fw.WarmUp.Requests < 0 {
 			b.report(s.warmRequests, "must not be negative, not %d (0 waits max_wait)", fw.WarmUp.Requests)
 		}
-		if fw.WarmUp.MaxWait <= 0 {
-			b.report(s.warmMaxWait, "must be greater than 0, not %s (leave the warm_up block out for none)", fw.WarmUp.MaxWait)
+		if fw.WarmUp.MaxWait < 0 {
+			b.report(s.warmMaxWait, "must not be negative, not %s (\"0s\" turns the warm-up off)", fw.WarmUp.MaxWait)
 		}
 	}
 	ro := c.Rollout

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,11 +25,14 @@ import (
 //     those 10 s against the 5 s before;
 //   - phased restart: 3 s of steady load, a phased restart (forkctl reload --wait; SIGUSR1), and
 //     the requests/s of the 3 s after it ended against the 3 s before (target: at least 80 %), with
-//     the requests/s during it;
-//   - warm_up: the same phased restart of the plain forkd side again, its config given
-//     fork_worker.warm_up first (the reload loads it and warms its own new template up).
+//     the requests/s during it; forkd's new template warms up first (fork_worker.warm_up's
+//     defaults);
+//   - without warm_up: the same phased restart of the plain forkd side again, its config given
+//     fork_worker.warm_up { max_wait = "0s" } first (the reload loads it: no warm-up).
 //
-// Only whole seconds count: a window's first and last partial seconds are left out.
+// Only whole seconds count: a window's first and last partial seconds are left out. Each phased
+// restart's timeline is printed too, second by second: the responses, and which process served
+// them (the app's "pid=" in each body), marked when the process was still building its lazy half.
 
 // rackReforkSteady and the others are the windows of the rollout rounds.
 const (
@@ -37,7 +41,7 @@ const (
 	rackPhasedSteady  = 3 * time.Second
 	rackPhasedAfter   = 3 * time.Second
 	rackPhasedTarget  = 0.8
-	rackWarmUpBlock   = "  warm_up {\n    requests = 200\n    max_wait = \"5s\"\n  }\n"
+	rackWarmUpOff     = "  warm_up {\n    max_wait = \"0s\"\n  }\n"
 	rackTimelineLimit = 180 * time.Second
 )
 
@@ -53,18 +57,22 @@ function init(args)
 end
 function response(status, headers, body)
   local s = os.time()
-  seconds[s] = (seconds[s] or 0) + 1
+  local pid, steps = string.match(body or "", "pid=(%d+) steps=(%d+)")
+  local k = s .. " " .. (pid or "0") .. " " .. (steps or "-1")
+  seconds[k] = (seconds[k] or 0) + 1
 end
 function done(summary, latency, requests)
   for _, t in ipairs(threads) do
-    for s, n in pairs(t:get("seconds")) do
-      io.write(string.format("forkd-bench-second %d %d\n", s, n))
+    for k, n in pairs(t:get("seconds")) do
+      io.write(string.format("forkd-bench-second %s %d\n", k, n))
     end
   end
 end
 `
 
-var wrkSecondRE = regexp.MustCompile(`(?m)^forkd-bench-second (\d+) (\d+)$`)
+// wrkSecondRE: a second, the process that answered (0: the body said no pid), its lazy steps
+// built (-1: not said), and how many responses.
+var wrkSecondRE = regexp.MustCompile(`(?m)^forkd-bench-second (\d+) (\d+) (-?\d+) (\d+)$`)
 
 // wrkTimeline is a wrk run under way: its responses per second once it is done.
 type wrkTimeline struct {
@@ -75,6 +83,10 @@ type wrkTimeline struct {
 	run     wrkRun
 	err     error
 	seconds map[int64]int
+	// byPID: each second's responses by the process that answered; building: those of them
+	// from a process that had not built its lazy half yet.
+	byPID    map[int64]map[int]int
+	building map[int64]map[int]int
 }
 
 // startWrkTimeline starts wrk against url with CONNS keep-alive connections, for at most
@@ -88,7 +100,7 @@ func startWrkTimeline(wrk, url string) (*wrkTimeline, error) {
 		return nil, err
 	}
 	script.Close()
-	w := &wrkTimeline{done: make(chan struct{}), seconds: map[int64]int{}}
+	w := &wrkTimeline{done: make(chan struct{}), seconds: map[int64]int{}, byPID: map[int64]map[int]int{}, building: map[int64]map[int]int{}}
 	w.cmd = exec.Command(wrk, "-t2", "-c"+strconv.Itoa(rackMemConns), "--timeout", "30s",
 		"-d"+strconv.Itoa(int(rackTimelineLimit/time.Second))+"s", "-s", script.Name(), url)
 	pipe, err := w.cmd.StdoutPipe()
@@ -116,8 +128,17 @@ func startWrkTimeline(wrk, url string) (*wrkTimeline, error) {
 		}
 		for _, m := range wrkSecondRE.FindAllStringSubmatch(w.out.String(), -1) {
 			s, _ := strconv.ParseInt(m[1], 10, 64)
-			n, _ := strconv.Atoi(m[2])
+			pid, _ := strconv.Atoi(m[2])
+			steps, _ := strconv.Atoi(m[3])
+			n, _ := strconv.Atoi(m[4])
 			w.seconds[s] += n
+			if w.byPID[s] == nil {
+				w.byPID[s], w.building[s] = map[int]int{}, map[int]int{}
+			}
+			w.byPID[s][pid] += n
+			if steps >= 0 && steps < rackMemSteps {
+				w.building[s][pid] += n
+			}
 		}
 	}()
 	return w, nil
@@ -163,6 +184,7 @@ type rackPhasedResult struct {
 	steady, during, after float64 // requests/s
 	run                   wrkRun
 	note                  string // what forkd logged of it (the warm-up's requests)
+	timeline              []string
 }
 
 func (p rackPhasedResult) ratio() float64 {
@@ -230,11 +252,62 @@ func phasedUnderLoad(wrk, name string, s *rackMemSide) (rackPhasedResult, error)
 	p.during, _ = w.rate(t0, t1)
 	p.after, _ = w.rate(t1, t1.Add(rackPhasedAfter))
 	p.run = w.run
+	p.timeline = w.timeline(t0, t1, t1.Add(rackPhasedAfter))
 	return p, nil
 }
 
-// addWarmUp gives m's config file a fork_worker.warm_up block, for its next reload.
-func addWarmUp(m *master) error {
+// timeline prints the seconds from the one before t0 to the one after end: the responses, and
+// the processes that answered them in order of their first answer, each with its count ("*":
+// some of them while it was still building its lazy half); "<" marks t0's second, ">" t1's.
+func (w *wrkTimeline) timeline(t0, t1, end time.Time) []string {
+	first := map[int]int64{}
+	var pids []int
+	for s := t0.Unix() - 1; s <= end.Unix()+1; s++ {
+		for pid := range w.byPID[s] {
+			if _, ok := first[pid]; !ok {
+				first[pid] = s
+				pids = append(pids, pid)
+			}
+		}
+	}
+	sort.Slice(pids, func(i, j int) bool {
+		if first[pids[i]] != first[pids[j]] {
+			return first[pids[i]] < first[pids[j]]
+		}
+		return pids[i] < pids[j]
+	})
+	head := fmt.Sprintf("%6s %6s", "s", "total")
+	for _, pid := range pids {
+		head += fmt.Sprintf(" %7d", pid)
+	}
+	out := []string{head}
+	for s := t0.Unix() - 1; s <= end.Unix()+1; s++ {
+		mark := " "
+		switch s {
+		case t0.Unix():
+			mark = "<"
+		case t1.Unix():
+			mark = ">"
+		}
+		line := fmt.Sprintf("%5.0f%s %6d", float64(s)-float64(t0.UnixNano())/1e9+0.5, mark, w.seconds[s])
+		for _, pid := range pids {
+			cell := "."
+			if n := w.byPID[s][pid]; n > 0 {
+				cell = strconv.Itoa(n)
+				if w.building[s][pid] > 0 {
+					cell += "*"
+				}
+			}
+			line += fmt.Sprintf(" %7s", cell)
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// switchWarmUpOff gives m's config file fork_worker.warm_up { max_wait = "0s" }, for its next
+// reload.
+func switchWarmUpOff(m *master) error {
 	b, err := os.ReadFile(m.config)
 	if err != nil {
 		return err
@@ -243,7 +316,7 @@ func addWarmUp(m *master) error {
 	if !strings.Contains(cfg, "fork_worker {\n") {
 		return fmt.Errorf("%s has no fork_worker block", filepath.Base(m.config))
 	}
-	return os.WriteFile(m.config, []byte(strings.Replace(cfg, "fork_worker {\n", "fork_worker {\n"+rackWarmUpBlock, 1)), 0o644)
+	return os.WriteFile(m.config, []byte(strings.Replace(cfg, "fork_worker {\n", "fork_worker {\n"+rackWarmUpOff, 1)), 0o644)
 }
 
 // printRackRollouts prints the rollout rounds: one line per side, then the targets.
@@ -272,7 +345,7 @@ func printRackRollouts(w io.Writer, sides []*rackMemSide) {
 			s.name, verdict(r.reforkLoaded <= r.reforkIdle), fmtMS(r.reforkLoaded), fmtMS(r.reforkIdle), rackPhasedTarget*100,
 			verdict(r.phased[0].ratio() >= rackPhasedTarget), r.phased[0].ratio()*100)
 		if len(r.phased) > 1 {
-			fmt.Fprintf(w, "; with warm_up: %s (%.0f%%)", verdict(r.phased[1].ratio() >= rackPhasedTarget), r.phased[1].ratio()*100)
+			fmt.Fprintf(w, "; without warm_up: %s (%.0f%%)", verdict(r.phased[1].ratio() >= rackPhasedTarget), r.phased[1].ratio()*100)
 		}
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "  %s wrk: refork window %d requests, %d socket errors, %d non-2xx;", s.name, r.reforkRun.requests, r.reforkRun.socketErrors(), r.reforkRun.non2xx)
@@ -283,6 +356,14 @@ func printRackRollouts(w io.Writer, sides []*rackMemSide) {
 			}
 		}
 		fmt.Fprintln(w)
+	}
+	for _, s := range sides {
+		for _, p := range s.rollouts.phased {
+			fmt.Fprintf(w, "  %s %s, second by second (rel: seconds since the reload began; responses by PID, * still building):\n", s.name, p.name)
+			for _, line := range p.timeline {
+				fmt.Fprintf(w, "    %s\n", line)
+			}
+		}
 	}
 }
 

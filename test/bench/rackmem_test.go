@@ -452,33 +452,37 @@ func BenchmarkRackMemory(b *testing.B) {
 	})
 	round(b, "phased restart", func() {
 		for _, s := range turn(1) {
+			since := 0
+			if s.fm != nil {
+				since = strings.Count(s.output(), warmUpStarted)
+			}
 			p, err := phasedUnderLoad(wrk, "phased restart", s)
 			if err != nil {
 				fatal(s, "phased restart under load", err)
 			}
+			if s.fm != nil && !strings.Contains(s.env, "refork_from") {
+				// The default warm-up: the row says what it served, or that it did not run.
+				p.note = warmUpNote(s.output(), since)
+			}
 			s.rollouts.phased = append(s.rollouts.phased, p)
 		}
 	})
-	round(b, "phased restart with warm_up", func() {
+	round(b, "phased restart without warm_up", func() {
 		s := sides[0]
-		if s.fm == nil || strings.Contains(s.env, "refork_from") { // a mold cannot warm up
+		if s.fm == nil || strings.Contains(s.env, "refork_from") { // a mold never warms up
 			return
 		}
-		if err := addWarmUp(s.fm); err != nil {
+		if err := switchWarmUpOff(s.fm); err != nil {
 			fatal(s, "warm_up", err)
 		}
-		p, err := phasedUnderLoad(wrk, "with warm_up", s)
+		since := strings.Count(s.output(), warmUpStarted)
+		p, err := phasedUnderLoad(wrk, "without warm_up", s)
 		if err != nil {
-			fatal(s, "phased restart with warm_up", err)
+			fatal(s, "phased restart without warm_up", err)
 		}
-		// A row that says warm_up must have had one.
-		if !strings.Contains(s.output(), "the new template warms up before the others are forked from it") {
-			fatal(s, "phased restart with warm_up", fmt.Errorf("forkd logged no warm-up"))
-		}
-		for _, line := range strings.Split(s.output(), "\n") {
-			if i := strings.Index(line, "the new template served"); i >= 0 {
-				p.note, _, _ = strings.Cut(line[i:], "\"")
-			}
+		// A row that says no warm_up must have had none.
+		if strings.Count(s.output(), warmUpStarted) != since {
+			fatal(s, "phased restart without warm_up", fmt.Errorf("forkd warmed up all the same"))
 		}
 		s.rollouts.phased = append(s.rollouts.phased, p)
 	})
@@ -512,6 +516,28 @@ func BenchmarkRackMemory(b *testing.B) {
 		rackWorkers, rackThreads, rackMemRackup, rackMemBootMB, rackMemLazyMB, rackMemSteps, rackMemConns, sides[0].version, pc.version,
 		busy(load), time.Since(started).Round(time.Second))
 	b.Logf("\n%s", rackMemInfo)
+}
+
+// warmUpStarted is what forkd logs when a reload's new template begins its warm-up.
+const warmUpStarted = "the new template warms up before the others are forked from it"
+
+// warmUpNote says how the warm-up after the first since log lines of warmUpStarted in out ended.
+func warmUpNote(out string, since int) string {
+	if strings.Count(out, warmUpStarted) <= since {
+		return "no warm-up"
+	}
+	for _, line := range strings.Split(out, "\n") {
+		for _, end := range []string{"the new template served", "nothing warms the new template up"} {
+			if i := strings.Index(line, end); i >= 0 {
+				since--
+				if since < 0 {
+					note, _, _ := strings.Cut(line[i:], "\"")
+					return "warm-up: " + note
+				}
+			}
+		}
+	}
+	return "warm-up did not end"
 }
 
 // parseWindows reads a comma-separated list of increasing durations (parseWindow's forms).
