@@ -97,6 +97,8 @@ type Driver struct {
 	helperEvents chan helperEvent
 	// adopted: this image took the cluster over from the previous one.
 	adopted bool
+	// priority is what the driver lowered for reforks (driver_priority.go).
+	priority priorityState
 }
 
 // process is a worker's live process, tracked by pidfd so that signals never reach a recycled PID.

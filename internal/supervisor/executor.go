@@ -35,6 +35,8 @@ type Seams interface {
 	// Signal signals a worker's process group; SignalStray a stray.
 	Signal(cluster.SignalWorker)
 	SignalStray(cluster.SignalStray)
+	// Priority lowers a worker's CPU priority, or puts it back.
+	Priority(cluster.SetPriority)
 	// Systemd sends a state string to systemd's NOTIFY_SOCKET (a no-op when not under systemd).
 	Systemd(state string)
 	// RunHook runs a hook, and learns HookFinished.
@@ -172,6 +174,8 @@ func (x *Executor) carry(a cluster.Action) {
 		x.seams.Signal(a)
 	case cluster.SignalStray:
 		x.seams.SignalStray(a)
+	case cluster.SetPriority:
+		x.seams.Priority(a)
 	case cluster.NotifySystemd:
 		x.seams.Systemd(a.State)
 	case cluster.Reply:

@@ -200,6 +200,7 @@ func runHistory(seed uint64, verbose bool) error {
 			cfg.ReforkAfter = []uint64{uint64(20 + rng.IntN(200))}
 		}
 		cfg.Mold = rng.IntN(3) == 0
+		cfg.ReforkNice = int(seed%2) * 10 // no draw of rng: the seeds keep their histories
 	}
 	w := &world{rng: rng, cfg: cfg, now: simEpoch, procs: map[int]*fakeProc{}, byWorker: map[cluster.WorkerID]*fakeProc{},
 		specs: map[cluster.SpecHandle]bool{1: true}, lastSpec: 1, requests: map[cluster.RequestID]bool{},

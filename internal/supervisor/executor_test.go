@@ -30,6 +30,7 @@ func (r *recorder) CancelSpawn(cluster.WorkerID)      {}
 func (r *recorder) Control(cluster.Action)            {}
 func (r *recorder) Signal(cluster.SignalWorker)       {}
 func (r *recorder) SignalStray(cluster.SignalStray)   {}
+func (r *recorder) Priority(cluster.SetPriority)      {}
 func (r *recorder) RunHook(cluster.RunHook)           {}
 func (r *recorder) LoadConfig(cluster.LoadConfig)     {}
 func (r *recorder) ReleaseSpec(cluster.SpecHandle)    {}

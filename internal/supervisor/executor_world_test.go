@@ -146,6 +146,12 @@ func (w *world) Control(a cluster.Action) {
 	}
 }
 
+func (w *world) Priority(a cluster.SetPriority) {
+	if p := w.procs[a.PID]; p == nil || p.worker != a.Worker {
+		w.fail("priority %d for pid %d of worker %d, which is not that worker's process", a.Nice, a.PID, a.Worker)
+	}
+}
+
 func (w *world) Signal(a cluster.SignalWorker) {
 	p := w.procs[a.PID]
 	if p == nil || p.worker != a.Worker {

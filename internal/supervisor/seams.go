@@ -37,6 +37,7 @@ func (s seams) Control(a cluster.Action) {
 }
 
 func (s seams) Signal(a cluster.SignalWorker)       { s.d.signal(a) }
+func (s seams) Priority(a cluster.SetPriority)      { s.d.setPriority(a) }
 func (s seams) SignalStray(a cluster.SignalStray)   { s.d.signalStray(a) }
 func (s seams) Systemd(state string)                { s.d.notifySystemd(state) }
 func (s seams) RunHook(a cluster.RunHook)           { s.d.runHook(a) }

@@ -83,6 +83,15 @@ type SignalWorker struct {
 	Signal syscall.Signal
 }
 
+// SetPriority asks the driver to run every thread of a worker's process Nice steps below the
+// priority it had (Nice 0: the priority it had, back): a refork lowers the workers it is about to
+// replace (priority.go). The driver does it only where it can undo it.
+type SetPriority struct {
+	Worker WorkerID
+	PID    int
+	Nice   int
+}
+
 // NotifySystemd asks the driver to send a state string to systemd's NOTIFY_SOCKET, e.g.
 // "READY=1\nSTATUS=4/4 workers ready, generation 1". It is a no-op when not under systemd.
 type NotifySystemd struct {
@@ -124,6 +133,7 @@ func (SendRefuse) isAction()     {}
 func (PauseTemplate) isAction()  {}
 func (ResumeTemplate) isAction() {}
 func (SignalWorker) isAction()   {}
+func (SetPriority) isAction()    {}
 func (NotifySystemd) isAction()  {}
 func (Reply) isAction()          {}
 func (Log) isAction()            {}

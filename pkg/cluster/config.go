@@ -30,6 +30,9 @@ type Config struct {
 	// the serving workers beside it, and a refork forks the new template from the warmest serving
 	// worker. Without it, worker 0 serves and is the template (Puma's fork_worker).
 	Mold bool
+	// ReforkNice, above 0, lowers the CPU priority of the serving workers a refork replaces by
+	// that many nice steps while it runs (priority.go); 0 leaves it alone.
+	ReforkNice int
 	// ReforkAfter lists, for each automatic refork in turn, how many requests the busiest worker
 	// serves since the previous one (since the workers were replaced, for the first); empty
 	// disables automatic reforks. Past the end of the list, the last entry repeats if
@@ -119,6 +122,9 @@ func (c *Config) validate() error {
 	}
 	if c.Mold && (!c.ForkWorker || c.WarmUp.MaxWait > 0) {
 		return errors.New("cluster: Mold needs ForkWorker, and no WarmUp (the template does not serve)")
+	}
+	if c.ReforkNice < 0 || c.ReforkNice > 19 {
+		return errors.New("cluster: ReforkNice must be in 0..19")
 	}
 	if c.WatchdogMinReady < 0 || c.Hooks.Timeout < 0 {
 		return errors.New("cluster: WatchdogMinReady and the hooks' Timeout must not be negative")

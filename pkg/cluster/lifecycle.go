@@ -132,6 +132,9 @@ func (m *Machine) started(w *worker, pid int) {
 	}
 	m.log(slog.LevelInfo, "worker spawned ("+how+")", m.workerAttrs(w, "worker-spawned")...)
 	m.record(WorkerSpawned{Slot: w.slot, Generation: w.generation, PID: pid, Forked: w.forked()})
+	if r := m.rollout; w.mold && r != nil && r.mold != nil {
+		m.lowerReplaced(r) // the mold exists: its source's priority is no longer passed on
+	}
 	switch {
 	case w.pendingStop && m.immediate:
 		m.kill(w, w.stopReason)

@@ -99,6 +99,8 @@ func TestScripts(t *testing.T) {
 						cfg.ForkTimeout = duration(t, v)
 					case "mold":
 						cfg.Mold = v == "true"
+					case "refork-nice":
+						cfg.ReforkNice = atoi(t, v)
 					case "refork-after":
 						// As in the config file: the last count repeats, unless false ends the list.
 						cfg.ReforkAfterRepeats = true
@@ -363,6 +365,8 @@ func formatActions(actions []Action) string {
 			fmt.Fprintf(&b, "control id=%d resume\n", a.Worker)
 		case SignalWorker:
 			fmt.Fprintf(&b, "signal id=%d pid=%d %s\n", a.Worker, a.PID, signalName(a.Signal))
+		case SetPriority:
+			fmt.Fprintf(&b, "priority id=%d pid=%d nice=%d\n", a.Worker, a.PID, a.Nice)
 		case SignalStray:
 			what := "pid"
 			if a.Group {

@@ -78,6 +78,7 @@ func (r *rollout) startMoldRefork(m *Machine) {
 		for i := 1; i < m.desired; i++ {
 			r.queue = append(r.queue, i)
 		}
+		m.lowerReplaced(r)
 		return
 	}
 	r.mold = &moldRequest{source: src.id, from: MoldSource{Slot: src.slot, PID: src.pid, Requests: src.requests}}
@@ -157,4 +158,5 @@ func (m *Machine) moldRefused(e MoldRefused) {
 	if k := slices.Index(r.active, 0); k >= 0 {
 		r.active = slices.Delete(r.active, k, k+1)
 	}
+	m.lowerReplaced(r)
 }

@@ -99,6 +99,7 @@ func (m *Machine) ask(kind RolloutKind, req RequestID, keepWorkers bool) {
 	if r := m.rollout; r != nil && r.op.automatic && kind != KindRefork && !r.cutShort {
 		r.cutShort = true
 		r.queue = nil
+		m.restoreKept(r)
 		m.log(slog.LevelInfo, fmt.Sprintf("automatic refork cut short: the %s asked for goes first, once the forks under way are done", kind),
 			slog.String("event", "refork-cut-short"))
 	}

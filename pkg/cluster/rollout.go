@@ -78,6 +78,7 @@ func (m *Machine) startRollout(o *op) {
 			r.queue = append(r.queue, i)
 		}
 		r.pause = pauseWanted
+		m.lowerReplaced(r)
 	case KindReload, KindRestart:
 		for i := 0; i < m.desired; i++ {
 			r.queue = append(r.queue, i)
@@ -146,6 +147,7 @@ func (r *rollout) advance(m *Machine) {
 			r.early[i] = true
 			s.worker.expected = true
 			m.terminate(s.worker, fmt.Sprintf("replaced by generation %d", r.to))
+			m.restorePriority(s.worker) // the rollout waits for it to drain and exit
 		default:
 			return
 		}
@@ -219,10 +221,12 @@ func (r *rollout) cancelReplacements(m *Machine) {
 		}
 	}
 	r.queue, r.active = nil, nil
+	m.restoreKept(r)
 }
 
 func (r *rollout) finish(m *Machine) {
 	m.rollout = nil
+	m.restoreKept(nil)
 	m.decay.since = m.now
 	hooks := m.cfg.Hooks // the reload's own: after_reload comes with the config it brought
 	if r.failure != nil {
@@ -309,6 +313,7 @@ func (m *Machine) promote(s *slot) {
 		m.dismiss(old, fmt.Sprintf("replaced by generation %d", w.generation))
 		if r != nil && !r.drainsDetached(m) {
 			r.stopped(m, old)
+			m.restorePriority(old) // the rollout waits for it to drain and exit
 		}
 	}
 	if r != nil {

@@ -128,6 +128,8 @@ type proc struct {
 	signalled syscall.Signal
 	// private is its Private_Dirty, which grows as it serves.
 	private uint64
+	// nice is how far SetPriority lowered it, inherited by what it forks.
+	nice int
 }
 
 // leftover is a stray in the world: an orphan or what is left of a process group after its
@@ -252,6 +254,7 @@ func runSimulation(t *testing.T, seed uint64) {
 			cfg.Recycle.MaxPrivate = uint64(10+rng.IntN(60)) << 20
 		}
 	}
+	cfg.ReforkNice = int(seed%2) * 10 // no draw of rng: the seeds keep their histories
 	cfg.Spec = 1
 	m, err := NewMachine(cfg)
 	if err != nil {
@@ -891,6 +894,19 @@ func (s *simulation) apply(a Action) {
 		if _, status, ok := strings.Cut(a.State, "STATUS="); ok {
 			s.lastStatus = status
 		}
+	case SetPriority:
+		p, ok := s.procs[a.PID]
+		if !ok && s.replaying {
+			return // its exit is still in the backlog
+		}
+		if !ok || p.worker != a.Worker || p.stray || s.cfg.ReforkNice == 0 {
+			s.t.Fatalf("priority %d for pid %d of worker %d, which is not that worker's live process (refork nice %d)",
+				a.Nice, a.PID, a.Worker, s.cfg.ReforkNice)
+		}
+		if (a.Nice > 0) == (p.nice > 0) {
+			s.t.Fatalf("priority %d for worker %d, which runs at %d already", a.Nice, a.Worker, p.nice)
+		}
+		p.nice = a.Nice
 	case SignalWorker:
 		p, ok := s.procs[a.PID]
 		if !ok && s.replaying {
@@ -1017,6 +1033,7 @@ func (s *simulation) fork(a SpawnWorker) {
 				return // the template died before forking
 			}
 			p := s.newProc(a.Worker, a.Slot, true)
+			p.nice = s.procs[template.pid].nice
 			if s.cancelled[a.Worker] {
 				// The driver kills a worker whose spawn it gave up on.
 				p.stray = true
@@ -1068,6 +1085,7 @@ func (s *simulation) mold(a SpawnWorker) {
 				return // the source died before forking
 			}
 			p := s.newProc(a.Worker, a.Slot, true)
+			p.nice = s.procs[src.pid].nice
 			p.mold = s.calm || s.rng.IntN(10) > 0
 			if s.cancelled[a.Worker] {
 				p.stray = true
@@ -1233,6 +1251,24 @@ func (s *simulation) checkInvariants() {
 	for pid, w := range m.byPID {
 		if p, ok := s.procs[pid]; !ok || p.stray {
 			t.Fatalf("machine holds worker %d with pid %d, which has exited", w.id, pid)
+		}
+	}
+	// A refork lowers only what it replaces: never the template (nor the mold it forks, which
+	// inherits its source's priority), and nothing that goes on serving once it has ended.
+	for _, sl := range m.slots {
+		w := sl.worker
+		if w == nil || w.pid == 0 || w.state.gone() {
+			continue
+		}
+		p := s.procs[w.pid]
+		if p == nil || p.nice == 0 {
+			continue
+		}
+		if w == m.template {
+			t.Fatalf("the template, worker %d (pid %d), runs lowered by %d", w.id, w.pid, p.nice)
+		}
+		if m.rollout == nil || m.rollout.kind != KindRefork {
+			t.Fatalf("worker %d (pid %d) of slot %d runs lowered by %d with no refork under way", w.id, w.pid, sl.index, p.nice)
 		}
 	}
 	// Never more serving processes than configured, plus the rollout surge; draining ones are

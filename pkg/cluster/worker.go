@@ -62,6 +62,9 @@ type worker struct {
 	// WATCHDOG=trigger), for the record of its exit; empty otherwise.
 	killReason ExitReason
 
+	// lowered: a refork lowered its CPU priority (priority.go), not given back yet.
+	lowered bool
+
 	statusLine string
 	// requests is the worker's last X_FORKD_REQUESTS that made sense, reported at requestsAt;
 	// badRequests is set once one did not (logged once per worker).

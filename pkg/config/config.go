@@ -159,7 +159,15 @@ type ForkWorker struct {
 	WarmUp *WarmUp
 	// ReforkFrom says what a refork forks the new workers from. Defaults to DefaultReforkFrom.
 	ReforkFrom ReforkFrom
+	// ReforkNice is how many nice steps lower the serving workers a refork replaces run while it
+	// runs, so that its readying, forks and new workers get the CPU first; 0 leaves them alone.
+	// Defaults to DefaultReforkNice.
+	ReforkNice int
 }
+
+// DefaultReforkNice is refork_nice when the block does not set it (docs/configuration.md says
+// why).
+const DefaultReforkNice = 10
 
 // ReforkFrom is fork_worker.refork_from.
 type ReforkFrom string

@@ -73,6 +73,7 @@ type fileForkWorker struct {
 	ReforkOnDecay *fileReforkOnDecay `hcl:"refork_on_decay,block"`
 	WarmUp        *fileWarmUp        `hcl:"warm_up,block"`
 	ReforkFrom    *hcl.Attribute     `hcl:"refork_from,optional"`
+	ReforkNice    *hcl.Attribute     `hcl:"refork_nice,optional"`
 }
 
 type fileWarmUp struct {
@@ -193,6 +194,7 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 		if b.decodeValue(fw.ReforkFrom, "fork_worker.refork_from", &from, &s.reforkFrom) {
 			c.ForkWorker.ReforkFrom = ReforkFrom(from)
 		}
+		b.decodeValue(fw.ReforkNice, "fork_worker.refork_nice", &c.ForkWorker.ReforkNice, &s.reforkNice)
 		if w := fw.WarmUp; w != nil {
 			c.ForkWorker.WarmUp = &WarmUp{}
 			b.decodeValue(w.Requests, "fork_worker.warm_up.requests", &c.ForkWorker.WarmUp.Requests, &s.warmRequests)

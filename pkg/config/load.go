@@ -193,6 +193,9 @@ func (b *builder) fillDefaults() {
 		if !s.reforkFrom.given {
 			fw.ReforkFrom = DefaultReforkFrom
 		}
+		if !s.reforkNice.given {
+			fw.ReforkNice = DefaultReforkNice
+		}
 		if fw.WarmUp == nil && fw.ReforkFrom == ReforkFromTemplate {
 			fw.WarmUp = &WarmUp{} // on by default where the template serves
 		}

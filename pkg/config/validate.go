@@ -51,6 +51,7 @@ type sources struct {
 	backoffMin, backoffMax, resetAfter origin
 	forkWorker, reforkAfter            origin
 	forkTimeout, reforkFrom            origin
+	reforkNice                         origin
 	decayGrowth, decayRatio            origin
 	decayInterval, decayFruitless      origin
 	warmRequests, warmMaxWait          origin
@@ -85,6 +86,7 @@ func defaultSources(quick bool) sources {
 		resetAfter: at("restart.reset_after"),
 		forkWorker: at("fork_worker"), reforkAfter: at("fork_worker.refork_after"),
 		forkTimeout: at("fork_worker.timeout"), reforkFrom: at("fork_worker.refork_from"),
+		reforkNice:  at("fork_worker.refork_nice"),
 		decayGrowth: at("fork_worker.refork_on_decay.private_growth"), decayRatio: at("fork_worker.refork_on_decay.ratio"),
 		decayInterval: at("fork_worker.refork_on_decay.min_interval"), decayFruitless: at("fork_worker.refork_on_decay.max_fruitless"),
 		warmRequests: at("fork_worker.warm_up.requests"), warmMaxWait: at("fork_worker.warm_up.max_wait"),
@@ -189,6 +191,9 @@ func (b *builder) validate() {
 		default:
 			b.report(s.reforkFrom, "%q is not one of %q, %q", fw.ReforkFrom, ReforkFromWarmest, ReforkFromTemplate)
 		}
+	}
+	if fw := c.ForkWorker; fw != nil && (fw.ReforkNice < 0 || fw.ReforkNice > 19) {
+		b.report(s.reforkNice, "must be in 0..19 (nice steps; 0 leaves the workers' priority alone), not %d", fw.ReforkNice)
 	}
 	if fw := c.ForkWorker; fw != nil && fw.ReforkOnDecay != nil {
 		b.validateReforkOnDecay(fw.ReforkOnDecay)

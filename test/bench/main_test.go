@@ -90,6 +90,7 @@ func TestMain(m *testing.M) {
 		printDrainSummary(os.Stdout)
 		printGCFreezeSummary(os.Stdout)
 		printRackMemorySummary(os.Stdout)
+		printRackReforkNiceSummary(os.Stdout)
 		return code
 	}()
 	os.Exit(code)

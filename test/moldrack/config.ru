@@ -12,6 +12,19 @@
 #                          pid=<pid>" on stdout when it begins
 #   GET /hold?until=PATH   the same, once PATH exists (60 s at most); it prints "held by pid=<pid>"
 #                          on stdout when it begins
+#
+# With MOLDRACK_HOLD_REFORK=PATH, the template's before_refork hook (template mode: at each
+# refork's pause; mold mode: in each template, at its boot) waits until PATH exists (60 s at most)
+# and prints "refork held by pid=<pid>" on stdout when it begins (test/priority_test.go).
+
+if (hold = ENV["MOLDRACK_HOLD_REFORK"])
+  Forkd.before_refork do
+    $stdout.puts("refork held by pid=#{Process.pid}")
+    $stdout.flush
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
+    sleep(0.05) until File.exist?(hold) || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+  end
+end
 
 WARM_AFTER = Integer(ENV.fetch("MOLDRACK_WARM_AFTER", "20"), 10)
 

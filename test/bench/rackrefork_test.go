@@ -1,0 +1,200 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkRackReforkNice measures fork_worker.refork_nice (issue 14's target "refork duration
+// under load no slower than idle"): on BenchmarkRackMemory's app (test/benchrack/memory.ru, 150 MB
+// built at boot, 100 MB lazily over each process's first 20 requests, 4 workers x 5 threads),
+// forkd-rack in template mode and in mold mode (refork_from = "warmest"), each with
+// refork_nice = 0 (off) and with the default, next to `puma -w 4 --fork-worker=1000`, all alive
+// for the whole run. After a warm-up of load (rackMemWarmup, so that every heap holds its lazy
+// half), each round does, side by side in turns: an idle refork (forkctl refork --wait; Puma:
+// SIGURG), then a refork under wrk -t2 -c16 keep-alive (rackmem_rollout_test.go's
+// reforkUnderLoad: 5 s of steady load, the refork, the 10 s after it). The table gives each
+// side's median idle and loaded refork, loaded over idle, each against Puma's, and the
+// requests/s of the 10 s after the refork against the 5 s before; with the templates'
+// readying times logged during the loaded reforks.
+//
+//	FORKD_BENCH_LOCK=/tmp/forkd-heavy.lock go test -run XXX -bench BenchmarkRackReforkNice -benchtime 1x ./test/bench/
+//
+// FORKD_BENCH_REFORK_ROUNDS sets the rounds (default 3); each holds the heavy lock
+// (FORKD_BENCH_LOCK), released between rounds.
+
+var rackReforkNiceSides = []rackMemVariant{
+	{name: "template nice 0", forkWorker: "  refork_nice = 0\n", env: "template mode, refork_nice = 0"},
+	{name: "template nice 10", env: "template mode, refork_nice default (10)"},
+	{name: "mold nice 0", forkWorker: "  refork_from = \"warmest\"\n  refork_nice = 0\n", env: "refork_from = \"warmest\", refork_nice = 0"},
+	{name: "mold nice 10", forkWorker: "  refork_from = \"warmest\"\n", env: "refork_from = \"warmest\", refork_nice default (10)"},
+}
+
+// rackReforkNiceRun is one side's figures over the rounds.
+type rackReforkNiceRun struct {
+	name, env      string
+	idle, loaded   []time.Duration
+	steady, after  []float64
+	errors, non2xx int
+	readied        []string
+	output         func() string
+	side           *rackMemSide
+}
+
+var (
+	rackReforkNiceRuns []*rackReforkNiceRun
+	rackReforkNiceInfo string
+)
+
+func BenchmarkRackReforkNice(b *testing.B) {
+	ruby, puma := requireRackTools(b)
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("wrk is not installed: apt-get install -y wrk")
+	}
+	rounds := 3
+	if s := os.Getenv("FORKD_BENCH_REFORK_ROUNDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("FORKD_BENCH_REFORK_ROUNDS: %q: want a positive count", s)
+		}
+		rounds = n
+	}
+	load := loadAvg()
+	started := time.Now()
+	var runs []*rackReforkNiceRun
+	var pc *pumaCluster
+	fatal := func(r *rackReforkNiceRun, what string, err error) {
+		b.Helper()
+		b.Fatalf("%s: %s: %v\noutput:\n%s", r.name, what, err, r.output())
+	}
+	turn := func(i int) []*rackReforkNiceRun {
+		i %= len(runs)
+		return append(append([]*rackReforkNiceRun{}, runs[i:]...), runs[:i]...)
+	}
+	round(b, "boot", func() {
+		for _, v := range rackReforkNiceSides {
+			app := rackMemApp
+			app.forkBlock = "fork_worker {\n  refork_after = [1000, false]\n" + v.forkWorker + "}\n"
+			fm := startForkdRack(b, ruby, app)
+			s := forkdRackSide(b, fm)
+			s.name = v.name
+			runs = append(runs, &rackReforkNiceRun{name: v.name, env: v.env, output: fm.out.String,
+				side: &rackMemSide{rackSide: s, output: fm.out.String, fm: fm}})
+		}
+		pc = startPuma(b, puma, rackMemApp)
+		runs = append(runs, &rackReforkNiceRun{name: "puma", env: "--fork-worker=1000", output: pc.out.String,
+			side: &rackMemSide{rackSide: pc.side(), output: pc.out.String}})
+	})
+	round(b, "warm-up", func() {
+		for _, r := range runs {
+			if _, err := runWrk(wrk, r.side.url+"/", rackMemConns, rackMemWarmup, 0); err != nil {
+				fatal(r, "wrk", err)
+			}
+		}
+	})
+	for i := range rounds {
+		round(b, fmt.Sprintf("round %d", i+1), func() {
+			for _, r := range turn(i) {
+				ro, err := r.side.refork(true)
+				if err != nil {
+					fatal(r, "idle refork", err)
+				}
+				r.idle = append(r.idle, ro.took)
+			}
+			for _, r := range turn(i + 1) {
+				before := strings.Count(r.output(), "readied the template")
+				res, err := reforkUnderLoad(wrk, r.side)
+				if err != nil {
+					fatal(r, "refork under load", err)
+				}
+				r.loaded = append(r.loaded, res.reforkLoaded)
+				r.steady = append(r.steady, res.reforkSteady)
+				r.after = append(r.after, res.reforkAfter)
+				r.errors += res.reforkRun.socketErrors()
+				r.non2xx += res.reforkRun.non2xx
+				r.readied = append(r.readied, readiedSince(r.output(), before)...)
+			}
+		})
+	}
+	b.ReportMetric(0, "ns/op")
+	for _, r := range runs {
+		b.ReportMetric(ms(median(r.idle)), strings.ReplaceAll(r.name, " ", "-")+"-idle-ms")
+		b.ReportMetric(ms(median(r.loaded)), strings.ReplaceAll(r.name, " ", "-")+"-loaded-ms")
+	}
+	rackReforkNiceRuns = runs
+	rackReforkNiceInfo = fmt.Sprintf("%d workers x %d threads, test/benchrack/%s, wrk -t2 -c%d keep-alive, %d rounds; %s vs %s; %s in %s",
+		rackWorkers, rackThreads, rackMemRackup, rackMemConns, rounds, forkdVersion(runs[0].side.fm), pc.version, busy(load),
+		time.Since(started).Round(time.Second))
+}
+
+// readiedSince returns the readying lines the output logged after its first n.
+func readiedSince(out string, n int) []string {
+	var lines []string
+	for _, line := range strings.Split(out, "\n") {
+		if i := strings.Index(line, "readied the template"); i >= 0 {
+			if n > 0 {
+				n--
+				continue
+			}
+			line = line[i:]
+			if j := strings.Index(line, ":"); j >= 0 {
+				line = line[:j]
+			}
+			lines = append(lines, strings.TrimSuffix(line, "\""))
+		}
+	}
+	return lines
+}
+
+func medianRate(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func printRackReforkNiceSummary(w io.Writer) {
+	if len(rackReforkNiceRuns) == 0 {
+		return
+	}
+	runs := rackReforkNiceRuns
+	puma := runs[len(runs)-1]
+	fmt.Fprintf(w, "\nBenchmarkRackReforkNice: refork idle and under load, medians (%s)\n", rackReforkNiceInfo)
+	fmt.Fprintf(w, "%-18s %-34s %18s %18s %14s %26s %s\n", "side", "config", "idle (x Puma)", "loaded (x Puma)", "loaded/idle",
+		"r/s 10 s after / 5 s before", "wrk errors")
+	for _, r := range runs {
+		idle, loaded := median(r.idle), median(r.loaded)
+		ratios := make([]string, len(r.after))
+		for i := range r.after {
+			ratios[i] = fmt.Sprintf("%.2f", ratioOf(r.after[i], r.steady[i]))
+		}
+		fmt.Fprintf(w, "%-18s %-34s %18s %18s %14s %26s %d socket, %d non-2xx\n", r.name, r.env,
+			fmt.Sprintf("%.0f ms (%.2fx)", ms(idle), ratioOf(ms(idle), ms(median(puma.idle)))),
+			fmt.Sprintf("%.0f ms (%.2fx)", ms(loaded), ratioOf(ms(loaded), ms(median(puma.loaded)))),
+			fmt.Sprintf("%.2fx", ratioOf(ms(loaded), ms(idle))),
+			fmt.Sprintf("%.0f/%.0f (%s)", medianRate(r.after), medianRate(r.steady), strings.Join(ratios, " ")),
+			r.errors, r.non2xx)
+		fmt.Fprintf(w, "%-18s   each: idle %s; loaded %s\n", "", fmtDurations(r.idle), fmtDurations(r.loaded))
+		for _, line := range r.readied {
+			fmt.Fprintf(w, "%-18s   under load: %s\n", "", line)
+		}
+	}
+}
+
+func fmtDurations(ds []time.Duration) string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = fmt.Sprintf("%.0f ms", ms(d))
+	}
+	return strings.Join(s, ", ")
+}
