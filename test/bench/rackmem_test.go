@@ -41,8 +41,8 @@ import (
 // Each stage is a round: every side does it in turn, and with FORKD_BENCH_LOCK set (the path of
 // the heavy lock, /tmp/forkd-heavy.lock) the round holds that lock, released between rounds, so
 // that a run of many minutes lets other heavy runs go between them. The rollout rounds follow
-// (rackmem_rollout_test.go): a refork under load, a phased restart under load, and one with
-// fork_worker.warm_up.
+// (rackmem_rollout_test.go): a refork under load, a phased restart under load (forkd's default
+// warm-up included), and one without a warm-up (fork_worker.warm_up { max_wait = "0s" }).
 //
 // The printed table has each side's total PSS (the median of rackMemStageSamples samples), the ratio,
 // and each side's growth over its own figure after the refork; under it, the evidence: every
