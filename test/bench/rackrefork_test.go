@@ -28,13 +28,34 @@ import (
 //	FORKD_BENCH_LOCK=/tmp/forkd-heavy.lock go test -run XXX -bench BenchmarkRackReforkNice -benchtime 1x ./test/bench/
 //
 // FORKD_BENCH_REFORK_ROUNDS sets the rounds (default 3); each holds the heavy lock
-// (FORKD_BENCH_LOCK), released between rounds.
+// (FORKD_BENCH_LOCK), released between rounds. FORKD_BENCH_REFORK_NICE lists the refork_nice
+// values to compare (default "0,10").
 
-var rackReforkNiceSides = []rackMemVariant{
-	{name: "template nice 0", forkWorker: "  refork_nice = 0\n", env: "template mode, refork_nice = 0"},
-	{name: "template nice 10", env: "template mode, refork_nice default (10)"},
-	{name: "mold nice 0", forkWorker: "  refork_from = \"warmest\"\n  refork_nice = 0\n", env: "refork_from = \"warmest\", refork_nice = 0"},
-	{name: "mold nice 10", forkWorker: "  refork_from = \"warmest\"\n", env: "refork_from = \"warmest\", refork_nice default (10)"},
+// rackReforkNiceSides are the forkd sides: template mode and mold mode, each with every nice
+// value of FORKD_BENCH_REFORK_NICE (a comma-separated list; default "0,10": off, and the default).
+func rackReforkNiceSides(b *testing.B) []rackMemVariant {
+	nices := []int{0, 10}
+	if s := os.Getenv("FORKD_BENCH_REFORK_NICE"); s != "" {
+		nices = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 0 || n > 19 {
+				b.Fatalf("FORKD_BENCH_REFORK_NICE: %q: want nice values in 0..19", s)
+			}
+			nices = append(nices, n)
+		}
+	}
+	var sides []rackMemVariant
+	for _, mode := range []struct{ name, block, env string }{
+		{"template", "", "template mode"},
+		{"mold", "  refork_from = \"warmest\"\n", "refork_from = \"warmest\""},
+	} {
+		for _, n := range nices {
+			sides = append(sides, rackMemVariant{name: fmt.Sprintf("%s nice %d", mode.name, n),
+				forkWorker: mode.block + fmt.Sprintf("  refork_nice = %d\n", n), env: fmt.Sprintf("%s, refork_nice = %d", mode.env, n)})
+		}
+	}
+	return sides
 }
 
 // rackReforkNiceRun is one side's figures over the rounds.
@@ -80,7 +101,7 @@ func BenchmarkRackReforkNice(b *testing.B) {
 		return append(append([]*rackReforkNiceRun{}, runs[i:]...), runs[:i]...)
 	}
 	round(b, "boot", func() {
-		for _, v := range rackReforkNiceSides {
+		for _, v := range rackReforkNiceSides(b) {
 			app := rackMemApp
 			app.forkBlock = "fork_worker {\n  refork_after = [1000, false]\n" + v.forkWorker + "}\n"
 			fm := startForkdRack(b, ruby, app)
