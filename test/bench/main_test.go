@@ -19,7 +19,10 @@
 //
 // FORKD_BENCH_IDLE sets the idle window (a Go duration, or seconds; default 10s).
 // FORKD_BENCH_MEM_LOAD, FORKD_BENCH_MEM_REQUESTS and FORKD_BENCH_MEM_FORKD set
-// BenchmarkRackMemory's load stages and its forkd-rack variants (rackmem_test.go).
+// BenchmarkRackMemory's load stages and its forkd-rack variants (rackmem_test.go);
+// FORKD_BENCH_PUMA_ENV adds variables to Puma's environment. FORKD_BENCH_SETSID=1 starts each
+// server (forkd's master, Puma) in a session of its own, as systemd starts a service
+// (serverSession, master_test.go).
 package bench
 
 import (

@@ -107,6 +107,7 @@ func startMaster(tb testing.TB, c masterConfig) *master {
 		tb.Fatal(err)
 	}
 	m.cmd = exec.Command(exe, "--config", path)
+	m.cmd.SysProcAttr = serverSession()
 	m.cmd.Stdout, m.cmd.Stderr = m.out, m.out
 	// The workers share forkd's stderr: should one outlive forkd, Wait must not block on the pipe.
 	m.cmd.WaitDelay = 5 * time.Second
@@ -712,6 +713,18 @@ func statFields(path string) ([]int64, error) {
 func kB(v string) int64 {
 	n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 	return n
+}
+
+// serverSession is how a server under test (forkd's master, Puma) starts: in the benchmark's
+// session by default; with FORKD_BENCH_SETSID=1 in a session of its own, as systemd starts a
+// service, so that the kernel's autogroup scheduling (sched_autogroup_enabled) shares the CPU
+// between the server and the load generator first, and between the server's own processes (and
+// their nice values: fork_worker.refork_nice) within its share.
+func serverSession() *syscall.SysProcAttr {
+	if os.Getenv("FORKD_BENCH_SETSID") == "1" {
+		return &syscall.SysProcAttr{Setsid: true}
+	}
+	return nil
 }
 
 // copyFile copies the executable from to a new file to (not a link: a copy of its own).

@@ -525,6 +525,7 @@ func startPuma(b *testing.B, puma string, app rackApp) *pumaCluster {
 		"--workers", strconv.Itoa(rackWorkers), "--threads", fmt.Sprintf("0:%d", rackThreads), "--fork-worker="+strconv.Itoa(app.pumaForkWorker),
 		"--bind", "tcp://127.0.0.1:0", "--control-url", "unix://"+p.ctl, "--control-token", pumaToken, app.rackup)
 	p.cmd.Dir = absPath(b, rackDir)
+	p.cmd.SysProcAttr = serverSession()
 	p.cmd.Env = os.Environ()
 	for k, v := range app.env {
 		p.cmd.Env = append(p.cmd.Env, k+"="+v)
