@@ -159,6 +159,12 @@ var (
 	rackKSMInfo  string
 )
 
+// rotated is s, starting from its element i (modulo its length): whose turn comes first.
+func rotated[T any](s []T, i int) []T {
+	i %= len(s)
+	return append(append([]T{}, s[i:]...), s[:i]...)
+}
+
 // parseEnvList reads "K=V,K=V" (empty: none).
 func parseEnvList(s string) (map[string]string, error) {
 	vars := map[string]string{}
@@ -329,10 +335,7 @@ func BenchmarkRackMemory(b *testing.B) {
 		b.Fatalf("%s: %s: %v\noutput:\n%s", s.name, what, err, s.output())
 	}
 	// turn rotates which side goes first.
-	turn := func(i int) []*rackMemSide {
-		i %= len(sides)
-		return append(append([]*rackMemSide{}, sides[i:]...), sides[:i]...)
-	}
+	turn := func(i int) []*rackMemSide { return rotated(sides, i) }
 	measure := func(s *rackMemSide, name string, w *wrkLoad, note string) {
 		mem, err := sampleRackMem(s.rackSide, rackMemStageSamples, 500*time.Millisecond)
 		if err != nil {

@@ -96,10 +96,7 @@ func BenchmarkRackReforkNice(b *testing.B) {
 		b.Helper()
 		b.Fatalf("%s: %s: %v\noutput:\n%s", r.name, what, err, r.output())
 	}
-	turn := func(i int) []*rackReforkNiceRun {
-		i %= len(runs)
-		return append(append([]*rackReforkNiceRun{}, runs[i:]...), runs[:i]...)
-	}
+	turn := func(i int) []*rackReforkNiceRun { return rotated(runs, i) }
 	round(b, "boot", func() {
 		for _, v := range rackReforkNiceSides(b) {
 			app := rackMemApp
