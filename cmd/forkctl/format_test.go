@@ -313,3 +313,35 @@ func TestModeSummarySaysWhereTheTemplateCameFrom(t *testing.T) {
 	st.WorkerList[0].MoldOf, st.WorkerList[0].NonServing = nil, false
 	assert.Equal(t, "fork, template: worker 0 (pid 901)", modeSummary(st))
 }
+
+// A reload's warm-up: what the new template served of what the warm-up waits for, and when the
+// others fork from it: at max_wait, or earlier by the idle rule.
+func TestWriteStatusTableWarmUp(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	st := control.Status{
+		Name: "shop", Version: "forkd 1.1.0", MasterPID: 900, Phase: control.PhaseRolling, Rollout: control.RolloutReload,
+		Generation: 6, Workers: 2, Ready: 2, Mode: control.ModeFork,
+		StatusLine: "rolling (reload): 1/2 workers on generation 6, 2 ready; warming up: 340/1000 requests",
+		WarmUp: &control.WarmUp{Index: 0, PID: 950, Served: 340, Requests: 1000, Until: now.Add(4210 * time.Millisecond),
+			IdleUntil: now.Add(2100 * time.Millisecond)},
+		WorkerList: []control.Worker{
+			{Index: 0, PID: 950, Generation: 6, State: control.WorkerReady, Template: true, Requests: 340},
+			{Index: 1, PID: 910, Generation: 5, State: control.WorkerReady, Forked: true, Requests: 40000},
+		},
+	}
+	var out bytes.Buffer
+	require.NoError(t, writeStatusTable(&out, st, now))
+	assert.Contains(t, out.String(), "\nwarm-up:               worker 0 (pid 950) served 340/1000 requests; forks in 4.2s at most (max_wait), 2.1s if idle\n")
+	requireFits(t, out.String())
+
+	// Without a count to reach, and with max_wait nearer than the idle rule's end.
+	st.WarmUp = &control.WarmUp{Index: 0, PID: 950, Served: 12, Until: now.Add(time.Second), IdleUntil: now.Add(3 * time.Second)}
+	out.Reset()
+	require.NoError(t, writeStatusTable(&out, st, now))
+	assert.Contains(t, out.String(), "\nwarm-up:               worker 0 (pid 950) served 12 requests; forks in 1s at most (max_wait)\n")
+
+	st.WarmUp = nil
+	out.Reset()
+	require.NoError(t, writeStatusTable(&out, st, now))
+	assert.NotContains(t, out.String(), "warm-up:")
+}

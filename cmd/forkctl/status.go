@@ -25,7 +25,10 @@ func (c *cli) statusCommand() *cobra.Command {
 		Long: `Show forkd and its workers: a summary of the master, then one row per worker slot.
 
 The STATUS column is the worker's last STATUS= line; for a worker in crash-loop backoff it says
-how the last process ended and when the next one starts. -o json prints the API's status object.`,
+how the last process ended and when the next one starts. During a reload's warm-up
+(fork_worker.warm_up), the warm-up line says what the new template served of the requests it
+waits for, and when the others fork from it: at max_wait at the latest, or earlier "if idle", once
+no worker has reported a request for 3 s. -o json prints the API's status object.`,
 		Args: noArgs,
 		RunE: c.action(func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
@@ -107,6 +110,9 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	}
 	if d := st.ReforkOnDecay; d != nil {
 		row("refork on decay:", decaySummary(*d))
+	}
+	if wu := st.WarmUp; wu != nil {
+		row("warm-up:", warmUpSummary(*wu, now))
 	}
 	if st.StatusLine != "" {
 		row("status:", printable(st.StatusLine))
@@ -375,6 +381,30 @@ func rolloutSummary(l control.RolloutResult) string {
 		reason := strings.TrimPrefix(l.Error, "rollout failed: ")
 		return fmt.Sprintf("%s of generation %d failed: %s; rolled back to generation %d", l.Kind, l.Target, reason, l.Generation)
 	}
+}
+
+// warmUpSummary says how far a rollout's warm-up is (the new template's requests), and when the
+// others are forked from it: at max_wait at the latest, or earlier once no worker has reported a
+// request for 3 s.
+func warmUpSummary(w control.WarmUp, now time.Time) string {
+	s := fmt.Sprintf("worker %d (pid %d) served %d", w.Index, w.PID, w.Served)
+	if w.Requests > 0 {
+		s += fmt.Sprintf("/%d", w.Requests)
+	}
+	s += " requests; forks in " + countdown(w.Until.Sub(now)) + " at most (max_wait)"
+	if w.IdleUntil.Before(w.Until) {
+		s += ", " + countdown(w.IdleUntil.Sub(now)) + " if idle"
+	}
+	return s
+}
+
+// countdown is d for a deadline seconds away: to a tenth of a second, which humanDuration would
+// round to 0s.
+func countdown(d time.Duration) string {
+	if d < time.Minute {
+		return max(d, 0).Round(100 * time.Millisecond).String()
+	}
+	return humanDuration(d)
 }
 
 // decaySummary says what the memory refork trigger watches: the forked workers' private memory

@@ -269,6 +269,9 @@ func renderTop(v topView, width, height int) []string {
 			v.statusErr, v.at.Local().Format("15:04:05"))))
 	}
 	head = append(head, phaseLine(st, v.events, v.at))
+	if wu := st.WarmUp; wu != nil {
+		head = append(head, "warm-up: "+warmUpSummary(*wu, v.at))
+	}
 	if l := st.LastRollout; l != nil {
 		head = append(head, "last rollout: "+printable(rolloutSummary(*l)))
 	}

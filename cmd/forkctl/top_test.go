@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,6 +128,17 @@ func TestRenderTopMemory(t *testing.T) {
 	require.Contains(t, text, "requests: 12.5/s; memory: PSS 800.0M (the workers' total), RSS 2000.0M, shared 1500.0M (75%), private 500.0M")
 	row := workerRow(t, text, 5002)
 	require.Equal(t, []string{"2", "5002", "3", "exec", "ready", "0s", "12.5", "100", "200.0M", "80.0M", "150.0M", "50.0M", "75%", "-"}, row)
+}
+
+// During a reload's warm-up, top says how far it is under the phase.
+func TestRenderTopWarmUp(t *testing.T) {
+	v := sampleTopView()
+	v.status.WarmUp = &control.WarmUp{Index: 0, PID: 5000, Served: 7, Requests: 1000, Until: v.at.Add(5 * time.Second),
+		IdleUntil: v.at.Add(3 * time.Second)}
+	lines := renderTop(v, 200, 0)
+	i := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "phase: ") })
+	require.Positive(t, i, lines)
+	require.Equal(t, "warm-up: worker 0 (pid 5000) served 7/1000 requests; forks in 5s at most (max_wait), 3s if idle", lines[i+1])
 }
 
 func TestRateTracker(t *testing.T) {

@@ -86,6 +86,9 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 		out.ReforkOnDecay = &control.DecayTrigger{Measured: d.Measured, Baseline: d.Baseline, Current: d.Current, Ratio: d.Ratio(),
 			Threshold: d.Threshold, Workers: d.Workers, Fruitless: d.Fruitless, Stopped: d.Stopped}
 	}
+	if w := st.WarmUp; w != nil {
+		out.WarmUp = &control.WarmUp{Index: w.Slot, PID: w.PID, Served: w.Served, Requests: w.Requests, Until: w.Until, IdleUntil: w.IdleUntil}
+	}
 	for _, l := range b.listeners {
 		out.Listeners = append(out.Listeners, control.Listener{Name: l.Name, Address: l.Network + "://" + l.Address})
 	}

@@ -469,6 +469,10 @@ func formatStatus(st Status) string {
 		}
 		fmt.Fprintf(&b, " fruitless=%d stopped=%v\n", dc.Fruitless, dc.Stopped)
 	}
+	if wu := st.WarmUp; wu != nil {
+		fmt.Fprintf(&b, "warm-up: worker=%d slot=%d pid=%d served=%d requests=%d until=+%s idle-until=+%s\n",
+			wu.Worker, wu.Slot, wu.PID, wu.Served, wu.Requests, wu.Until.Sub(epoch), wu.IdleUntil.Sub(epoch))
+	}
 	fmt.Fprintf(&b, "status: %s\n", st.StatusLine)
 	for _, w := range st.Workers {
 		fmt.Fprintf(&b, "worker %d: id=%d pid=%d state=%s restarts=%d crashes=%d", w.Index, w.ID, w.PID, w.State, w.Restarts, w.Crashes)

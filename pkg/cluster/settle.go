@@ -209,6 +209,15 @@ func (m *Machine) statusLine() string {
 	default:
 		fmt.Fprintf(&b, "%d/%d workers ready, generation %d", ready, desired, m.generation)
 	}
+	if m.rollout != nil {
+		if p, ok := m.rollout.warmUpProgress(m); ok {
+			fmt.Fprintf(&b, "; warming up: %d", p.served)
+			if p.need > 0 {
+				fmt.Fprintf(&b, "/%d", p.need)
+			}
+			b.WriteString(" requests")
+		}
+	}
 	if m.cfg.Mold && (m.template == nil || m.template.state != Ready) && m.phase == PhaseRunning {
 		b.WriteString("; no template")
 	}

@@ -1407,4 +1407,16 @@ func (s *simulation) checkInvariants() {
 	if st := m.Status(); st.Ready > st.Desired {
 		t.Fatalf("%d ready of %d desired", st.Ready, st.Desired)
 	}
+	// A warm-up the status shows is one the rollout still waits for: its template's, its
+	// requests not yet served, its time not up.
+	if wu := m.Status().WarmUp; wu != nil {
+		switch {
+		case m.template == nil || wu.Worker != m.template.id:
+			t.Fatalf("the status shows worker %d warming up; the template is %v", wu.Worker, m.template)
+		case wu.Requests > 0 && wu.Served >= wu.Requests:
+			t.Fatalf("the status shows a warm-up that served %d of %d requests", wu.Served, wu.Requests)
+		case !m.now.Before(wu.Until) || !m.now.Before(wu.IdleUntil):
+			t.Fatalf("the status shows a warm-up that ended at +%s (idle at +%s)", wu.Until.Sub(epoch), wu.IdleUntil.Sub(epoch))
+		}
+	}
 }

@@ -29,9 +29,23 @@ type Status struct {
 	// worker's process group) that it is stopping.
 	Strays int
 	// Decay is the state of the refork trigger that follows the workers' memory.
-	Decay      DecayStatus
+	Decay DecayStatus
+	// WarmUp is the rollout's warm-up under way (fork_worker.warm_up); nil when none runs.
+	WarmUp     *WarmUpStatus
 	StatusLine string
 	Workers    []WorkerStatus
+}
+
+// WarmUpStatus is a warm-up under way: the new template serves alone, and the rollout forks the
+// others from it once the worker counted (Slot, PID; ID 0 once it is gone) has served Requests
+// since the warm-up began (Served so far; Requests 0: none, it waits Until), at Until at the
+// latest (max_wait), or at IdleUntil if no worker reports a new request before (WarmUpIdle after
+// the last report).
+type WarmUpStatus struct {
+	Worker           WorkerID
+	Slot, PID        int
+	Served, Requests uint64
+	Until, IdleUntil time.Time
 }
 
 // WorkerStatus describes one worker process, or a slot without one. During a rollout a slot may
@@ -84,6 +98,14 @@ func (m *Machine) Status() Status {
 		Decay:      m.decayStatus(),
 	}
 	st.Ready, st.Desired = m.servingReady()
+	if m.rollout != nil {
+		if p, ok := m.rollout.warmUpProgress(m); ok {
+			st.WarmUp = &WarmUpStatus{Served: p.served, Requests: p.need, Until: p.until, IdleUntil: p.idleAt}
+			if w := p.worker; w != nil {
+				st.WarmUp.Worker, st.WarmUp.Slot, st.WarmUp.PID = w.id, w.slot, w.pid
+			}
+		}
+	}
 	st.Rollout, st.LastRollout = m.current(), m.last
 	for _, o := range m.ops {
 		st.Queued = append(st.Queued, o.kind)

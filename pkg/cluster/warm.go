@@ -56,43 +56,69 @@ func (r *rollout) startWarmUp(m *Machine) {
 		m.workerAttrs(m.template, "warm-up-start")...)
 }
 
+// warmUpProgress is where a warm-up under way stands: the worker whose requests count (the new
+// template; nil once it is gone), what it served since the warm-up began of the need to serve
+// (zero: none, the warm-up waits until), until the time it ends at the latest (max_wait), and
+// idleAt, when it ends unless a worker reports a new request before (WarmUpIdle after the last).
+type warmUpProgress struct {
+	worker       *worker
+	served, need uint64
+	until        time.Time
+	idleAt       time.Time
+}
+
+// warmUpProgress reports the warm-up under way; ok is false when none runs. Both the decision
+// (warmedUp) and the status read it, so that what forkctl shows is what the rollout waits for.
+func (r *rollout) warmUpProgress(m *Machine) (p warmUpProgress, ok bool) {
+	w := r.warming
+	if w.until.IsZero() {
+		return warmUpProgress{}, false
+	}
+	p = warmUpProgress{worker: m.template, need: m.cfg.WarmUp.Requests, until: w.until, idleAt: m.trafficAt.Add(WarmUpIdle)}
+	if t := p.worker; t != nil {
+		p.served = t.requests - min(t.requests, w.from)
+	}
+	return p, true
+}
+
 // warmedUp reports whether the rollout may fork from the new template: no warm-up runs, or it
 // has ended (its requests served, its time up, the template gone, the rollout failed).
 func (r *rollout) warmedUp(m *Machine) bool {
-	w := &r.warming
-	if w.until.IsZero() {
+	p, ok := r.warmUpProgress(m)
+	if !ok {
 		return true
 	}
-	t := m.template
-	served := uint64(0)
-	if t != nil {
-		served = t.requests - min(t.requests, w.from)
-	}
-	need := m.cfg.WarmUp.Requests
-	idle := !m.now.Before(m.trafficAt.Add(WarmUpIdle))
+	t, served, need := p.worker, p.served, p.need
+	idle := !m.now.Before(p.idleAt)
 	switch {
-	case t != nil && r.failure == nil && m.now.Before(w.until) && (need == 0 || served < need) && !idle:
+	case t != nil && r.failure == nil && m.now.Before(p.until) && (need == 0 || served < need) && !idle:
 		return false
-	case t != nil && r.failure == nil && idle && (need == 0 || served < need) && m.now.Before(w.until):
+	case t != nil && r.failure == nil && idle && (need == 0 || served < need) && m.now.Before(p.until):
 		m.log(slog.LevelInfo, fmt.Sprintf("%s: no worker reported a request for %s, so nothing warms the new template up: forking the others from it (it served %d)",
 			r.kind, WarmUpIdle, served), m.workerAttrs(t, "warm-up-done")...)
 	case t != nil && r.failure == nil:
 		m.log(slog.LevelInfo, fmt.Sprintf("%s: the new template served %d requests while it warmed up: forking the others from it", r.kind, served),
 			m.workerAttrs(t, "warm-up-done")...)
 	}
-	*w = warmUp{served: served}
+	r.warming = warmUp{served: served}
 	return true
 }
 
 // warmUpDeadline is when the warm-up under way ends at the latest: its max_wait, or the moment the
 // cluster counts as idle; zero when none runs.
 func (r *rollout) warmUpDeadline(m *Machine) time.Time {
-	w := r.warming
-	if w.until.IsZero() {
+	p, ok := r.warmUpProgress(m)
+	if !ok {
 		return time.Time{}
 	}
-	if idle := m.trafficAt.Add(WarmUpIdle); idle.Before(w.until) {
-		return idle
+	return p.ends()
+}
+
+// ends is when the warm-up ends at the latest, as things stand: at max_wait, or earlier by the
+// idle rule.
+func (p warmUpProgress) ends() time.Time {
+	if p.idleAt.Before(p.until) {
+		return p.idleAt
 	}
-	return w.until
+	return p.until
 }

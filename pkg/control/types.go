@@ -94,7 +94,26 @@ type Status struct {
 	MemorySampledAt time.Time `json:"memory_sampled_at,omitzero"`
 	// ReforkOnDecay is the memory refork trigger's state; nil (and omitted) when it is off.
 	ReforkOnDecay *DecayTrigger `json:"refork_on_decay,omitempty"`
-	WorkerList    []Worker      `json:"worker_list"`
+	// WarmUp is the rollout's warm-up under way (fork_worker.warm_up): a reload's new template
+	// serves alone before the others are forked from it. Nil (and omitted) when none runs.
+	WarmUp     *WarmUp  `json:"warm_up,omitempty"`
+	WorkerList []Worker `json:"worker_list"`
+}
+
+// WarmUp is a warm-up under way. The rollout forks the others from the new template once the
+// worker counted (Index, PID: the new template) has served Requests since the warm-up began, at
+// Until at the latest (max_wait), or at IdleUntil if no worker reports a request before then
+// (3 s after the last report: a cluster without traffic has nothing to warm up with).
+type WarmUp struct {
+	Index int `json:"index"`
+	PID   int `json:"pid"`
+	// Served is what the worker served since the warm-up began, as it reports it
+	// (X_FORKD_REQUESTS=, at most once a second); Requests what the warm-up waits for (0: none,
+	// it waits until Until).
+	Served    uint64    `json:"served"`
+	Requests  uint64    `json:"requests"`
+	Until     time.Time `json:"until"`
+	IdleUntil time.Time `json:"idle_until"`
 }
 
 // RolloutResult says how an operation (refork, reload, hot restart) ended.
