@@ -208,8 +208,18 @@ func reforkFromTheWarmest(t *testing.T, f *forkd, n int) control.Worker {
 	assert.Contains(t, statusOut, fmt.Sprintf("serves nothing; forked from worker %d, pid %d", tmpl.MoldOf.Index, busyPID))
 
 	// Every new worker answers with the busy worker's mark: they were forked from its heap.
+	for pid, mark := range heapMarks(t, url, after.WorkerList[1:]) {
+		assert.Equal(t, "warm=pid-"+busy, mark, "worker %s was forked from the mold of pid %s", pid, busy)
+	}
+	return tmpl
+}
+
+// heapMarks asks url on new connections until each of workers has answered, and returns the heap
+// mark each answered with (test/moldrack: "warm=..."), by "pid=<pid>".
+func heapMarks(t *testing.T, url string, workers []control.Worker) map[string]string {
+	t.Helper()
 	want := map[int]bool{}
-	for _, w := range after.WorkerList[1:] {
+	for _, w := range workers {
 		want[w.PID] = true
 	}
 	marks := map[string]string{}
@@ -222,10 +232,7 @@ func reforkFromTheWarmest(t *testing.T, f *forkd, n int) control.Worker {
 			marks[fields[0]] = fields[1]
 		}
 	}
-	for pid, mark := range marks {
-		assert.Equal(t, "warm=pid-"+busy, mark, "worker %s was forked from the mold of pid %s", pid, busy)
-	}
-	return tmpl
+	return marks
 }
 
 // TestMoldReforkDoesNotWaitForASlowRequest holds a request in flight (curl) on a serving worker
@@ -263,34 +270,10 @@ func TestMoldReforkDoesNotWaitForASlowRequest(t *testing.T) {
 	start := served(f.status())
 	node := startNode(t, base+"/", 4)
 	f.waitFor("node's requests served", func(st control.Status) bool { return served(st) >= start+200 })
-	var minReady atomic.Int64
-	minReady.Store(n)
-	stopPolling := make(chan struct{})
-	polled := make(chan int)
-	go func() {
-		polls := 0
-		for {
-			select {
-			case <-stopPolling:
-				polled <- polls
-				return
-			default:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			st, err := f.client.Status(ctx)
-			cancel()
-			if err == nil {
-				polls++
-				if int64(st.Ready) < minReady.Load() {
-					minReady.Store(int64(st.Ready))
-				}
-			}
-		}
-	}()
+	stopPolling := pollReady(f, n)
 
 	out, code := f.forkctl("refork", "--wait")
-	close(stopPolling)
-	polls := <-polled
+	polls, minReady := stopPolling()
 	require.Equal(t, 0, code, out)
 	select {
 	case err := <-heldDone:
@@ -309,9 +292,9 @@ func TestMoldReforkDoesNotWaitForASlowRequest(t *testing.T) {
 	after := served(waitMoldCluster(t, f, n, 2))
 	f.waitFor("node's requests to the new workers", func(st control.Status) bool { return served(st) >= after+200 })
 	r := node.stop()
-	t.Logf("refork: %d status polls, at least %d of %d serving workers ready; node %d ok, %d failed %v", polls, minReady.Load(), n, r.OK, r.failed(), r.Samples)
+	t.Logf("refork: %d status polls, at least %d of %d serving workers ready; node %d ok, %d failed %v", polls, minReady, n, r.OK, r.failed(), r.Samples)
 	assert.Greater(t, polls, 0)
-	assert.Equal(t, int64(n), minReady.Load(), "every serving worker ready throughout the refork")
+	assert.Equal(t, n, minReady, "every serving worker ready throughout the refork")
 	assert.Greater(t, r.OK, 0, "node ran")
 	assert.Zero(t, r.failed(), "node's failed requests: %v", r.Samples)
 }
@@ -331,5 +314,104 @@ func TestMoldGetsACgroupOfSlotZero(t *testing.T) {
 	require.NotNil(t, st.WorkerList[0].MoldOf)
 	for _, w := range st.WorkerList {
 		assert.Regexp(t, fmt.Sprintf(`^worker-%d-\d+$`, w.Index), cgroupOfPID(w.PID), "worker %d (pid %d)'s cgroup", w.Index, w.PID)
+	}
+}
+
+// TestMoldReloadWarmsAServingWorkerUp: with a warm_up in mold mode, a reload's cold template forks
+// one serving worker first, which serves beside the old workers until it has served the warm-up's
+// requests (and marked its heap, test/moldrack: on its 20th), then forks the mold that becomes the
+// new template; every other new worker is forked from that mold, so each answers with the warmed
+// worker's mark. Forked from the cold template, as before the warm-up came to this mode, they
+// would say "warm=none" (and the template would be exec'd, no mold). Node's keep-alive client and
+// new connections run throughout: none fails, and every status read shows n serving workers ready.
+func TestMoldReloadWarmsAServingWorkerUp(t *testing.T) {
+	t.Parallel()
+	requireRuby(t)
+	const n = 3
+	cfg := strings.Replace(moldRack(t, n, nil), moldBlock, `
+fork_worker {
+  refork_from  = "warmest"
+  refork_after = []
+  timeout      = "10s"
+  warm_up {
+    requests = 30
+    max_wait = "120s"
+  }
+}
+`, 1)
+	f := startRuby(t, options{config: cfg})
+	before := waitMoldCluster(t, f, n, 1)
+	base := "http://" + f.addr()
+	node := startNode(t, base+"/", 4)
+	stopTrickle := trickle(t, base+"/", 20*time.Millisecond) // new connections, which the idle new worker takes
+	f.waitFor("requests reported", func(st control.Status) bool { return st.WorkerList[1].Requests > 0 })
+
+	stopPolling := pollReady(f, n)
+	out, code := f.forkctl("reload", "--wait")
+	polls, minReady := stopPolling()
+	require.Equal(t, 0, code, out)
+	stopTrickle()
+	r := node.stop()
+
+	st := waitMoldCluster(t, f, n, 2)
+	tmpl := st.WorkerList[0]
+	assert.NotEqual(t, before.WorkerList[0].PID, tmpl.PID, "a new template")
+	require.NotNil(t, tmpl.MoldOf, "the reload's template is a mold of the warmed worker: %+v\n%s", tmpl, f.output.String())
+	assert.GreaterOrEqual(t, tmpl.MoldOf.Requests, uint64(30), "the warmed worker served the warm-up's requests before the mold")
+	warmed := tmpl.MoldOf.PID
+	var warmedSlot control.Worker
+	for _, w := range st.WorkerList[1:] {
+		if w.PID == warmed {
+			warmedSlot = w
+		}
+	}
+	require.Equal(t, warmed, warmedSlot.PID, "the warmed worker serves on: %+v", st.WorkerList)
+	log := f.output.String()
+	assert.Contains(t, log, fmt.Sprintf("reload: the new worker %d warms up, then forks the new template (a mold) the others are forked from (30 requests, or 2m0s at most)", warmedSlot.Index))
+	assert.Regexp(t, fmt.Sprintf(`reload: the new worker %d served \d+ requests while it warmed up: it forks the mold`, warmedSlot.Index), log)
+
+	// Every new worker answers with the warmed worker's mark: the others were forked from its heap.
+	for pid, mark := range heapMarks(t, base+"/", st.WorkerList[1:]) {
+		assert.Equal(t, fmt.Sprintf("warm=pid-%d", warmed), mark, "worker %s carries the warmed worker's heap", pid)
+	}
+	t.Logf("reload: %d status polls, at least %d of %d serving workers ready; node %d ok, %d failed %v", polls, minReady, n, r.OK, r.failed(), r.Samples)
+	assert.Greater(t, polls, 0)
+	assert.Equal(t, n, minReady, "every serving worker ready throughout the reload")
+	assert.Greater(t, r.OK, 0, "node ran")
+	assert.Zero(t, r.failed(), "node's failed requests: %v", r.Samples)
+}
+
+// pollReady reads f's status over and over until the returned func is called, which returns how
+// many reads succeeded and the fewest ready serving workers one of them showed (n if fewer
+// showed none).
+func pollReady(f *forkd, n int) func() (polls, minReady int) {
+	var fewest atomic.Int64
+	fewest.Store(int64(n))
+	stop := make(chan struct{})
+	polled := make(chan int)
+	go func() {
+		polls := 0
+		for {
+			select {
+			case <-stop:
+				polled <- polls
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			st, err := f.client.Status(ctx)
+			cancel()
+			if err == nil {
+				polls++
+				if int64(st.Ready) < fewest.Load() {
+					fewest.Store(int64(st.Ready))
+				}
+			}
+		}
+	}()
+	return func() (int, int) {
+		close(stop)
+		polls := <-polled
+		return polls, int(fewest.Load())
 	}
 }

@@ -26,7 +26,8 @@ func (c *cli) statusCommand() *cobra.Command {
 
 The STATUS column is the worker's last STATUS= line; for a worker in crash-loop backoff it says
 how the last process ended and when the next one starts. During a reload's warm-up
-(fork_worker.warm_up), the warm-up line says what the new template served of the requests it
+(fork_worker.warm_up), the warm-up line says what the new template (with refork_from =
+"warmest", the first new serving worker, which then forks the mold) served of the requests it
 waits for, and when the others fork from it: at max_wait at the latest, or earlier "if idle", once
 no worker has reported a request for 3 s. -o json prints the API's status object.`,
 		Args: noArgs,

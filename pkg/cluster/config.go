@@ -43,7 +43,8 @@ type Config struct {
 	// memory has grown (decay.go); it needs MemorySampled events.
 	ReforkOnDecay *DecayPolicy
 	// WarmUp holds a reload's (or a hot restart's) forks back until the new template has served
-	// a while (warm.go); zero: it forks at once.
+	// a while (in mold mode: until a new serving worker has, and forked the mold; warm.go); zero:
+	// it forks at once.
 	WarmUp WarmUp
 
 	// Recycle replaces workers that served too many requests or hold too much private memory.
@@ -120,8 +121,8 @@ func (c *Config) validate() error {
 	case c.MaxSurge < 0 || c.MaxUnavailable < 0 || c.MaxSurge+c.MaxUnavailable < 1:
 		return errors.New("cluster: MaxSurge and MaxUnavailable must not be negative, and not both zero")
 	}
-	if c.Mold && (!c.ForkWorker || c.WarmUp.MaxWait > 0) {
-		return errors.New("cluster: Mold needs ForkWorker, and no WarmUp (the template does not serve)")
+	if c.Mold && !c.ForkWorker {
+		return errors.New("cluster: Mold needs ForkWorker")
 	}
 	if c.ReforkNice < 0 || c.ReforkNice > 19 {
 		return errors.New("cluster: ReforkNice must be in 0..19")

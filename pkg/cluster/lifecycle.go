@@ -252,7 +252,7 @@ func (m *Machine) remove(w *worker, how string) {
 	if replacement {
 		if m.rollout == nil {
 			m.recycleFailed(s, how)
-		} else if !w.expected {
+		} else if !w.expected && !(w.mold && m.rollout.moldLost(m, "the mold exited before it was ready: "+how)) {
 			m.rolloutFailed(fmt.Sprintf("worker %d of generation %d did not become ready: %s", w.slot, w.generation, how))
 		}
 		return

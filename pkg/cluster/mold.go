@@ -16,7 +16,8 @@ import (
 // never waits for a slow request. Every failure (no molded in time, mold_failed, the mold's
 // death before READY=1, the source's before the mold exists) ends the refork with the old
 // template kept; a source whose SDK does not know the op (it answers error) makes this refork
-// fork from the old template instead, as in template mode.
+// fork from the old template instead, as in template mode. A reload's warm-up asks for a mold too
+// (warm.go), and forks from the cold new template on any of these failures.
 
 // MoldSource is where a template made by a mold was forked from: the serving worker's slot and
 // PID, and the requests it had served when it was asked for the mold.
@@ -115,7 +116,10 @@ func (m *Machine) moldSourceGone(src *worker) {
 		if w.mold && w.template == src.id && w.state == Spawning {
 			m.emit(CancelSpawn{Worker: w.id})
 			m.forget(w)
-			m.rolloutFailed(fmt.Sprintf("worker %d, which was forking the mold, exited before the mold existed", src.slot))
+			reason := fmt.Sprintf("worker %d, which was forking the mold, exited before the mold existed", src.slot)
+			if !m.rollout.moldLost(m, reason) {
+				m.rolloutFailed(reason)
+			}
 		}
 	}
 }
@@ -125,7 +129,9 @@ func (m *Machine) moldSourceGone(src *worker) {
 func (m *Machine) moldFailed(w *worker, reason string) {
 	m.emit(CancelSpawn{Worker: w.id})
 	m.forget(w)
-	m.rolloutFailed("no mold: " + reason)
+	if !m.rollout.moldLost(m, reason) {
+		m.rolloutFailed("no mold: " + reason)
+	}
 }
 
 // moldRefused takes a source's answer that it cannot fork a mold (its SDK does not know the op):
@@ -146,6 +152,9 @@ func (m *Machine) moldRefused(e MoldRefused) {
 	slotName := "the source"
 	if src != nil {
 		slotName = fmt.Sprintf("worker %d", src.slot)
+	}
+	if m.rollout.moldLost(m, fmt.Sprintf("%s cannot fork one, its SDK answered: %s", slotName, e.Err)) {
+		return
 	}
 	m.log(level, fmt.Sprintf("refork: %s cannot fork a mold (its SDK answered: %s): forking the workers from the template as it is, "+
 		"which is worker 0 of the previous refork or release; upgrade the SDK for reforks from the warmest worker", slotName, e.Err),

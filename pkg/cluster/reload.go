@@ -76,9 +76,6 @@ func (m *Machine) configLoaded(e ConfigLoaded) {
 			m.log(slog.LevelWarn, "reload: fork_worker.refork_from applies when forkd starts again, not on a reload: keeping the current one",
 				slog.String("event", "reload-warning"))
 			next.Mold = m.cfg.Mold
-			if next.Mold {
-				next.WarmUp = WarmUp{}
-			}
 		}
 		workers = next.slotsFor(e.Config.Workers)
 		next.ReforkAfter = slices.Clone(e.Config.ReforkAfter)

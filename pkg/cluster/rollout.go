@@ -51,6 +51,10 @@ type rollout struct {
 	// forked from the new worker 0, once it has warmed up (warm.go) if warming.
 	zeroFirst bool
 	warming   warmUp
+	// moldStep is how far a reload in mold mode with a warm-up has come (warm.go); warmSlot is
+	// the serving slot it replaces first, whose new worker warms up and forks the mold.
+	moldStep moldStep
+	warmSlot int
 	// mold is the mold a refork in mold mode asked for (mold.go); nil when the refork forks from
 	// the template as it is, and in any other rollout.
 	mold *moldRequest
@@ -84,6 +88,9 @@ func (m *Machine) startRollout(o *op) {
 			r.queue = append(r.queue, i)
 		}
 		r.zeroFirst = m.cfg.ForkWorker && !m.execMode
+		if r.zeroFirst && m.cfg.Mold && m.cfg.WarmUp.MaxWait > 0 {
+			r.moldStep = moldStepFirst
+		}
 	}
 	m.generation = r.to
 	m.rollout = r
@@ -112,6 +119,9 @@ func (r *rollout) advance(m *Machine) {
 	if !r.warmedUp(m) {
 		return // the new template serves alone a while first; its replacements are not forked yet
 	}
+	if r.moldStep == moldStepWarming {
+		r.askMold(m)
+	}
 	if r.pause == pauseWanted && r.failure == nil {
 		m.emit(PauseTemplate{Worker: m.template.id})
 		r.pause = pausePending
@@ -137,6 +147,9 @@ func (r *rollout) advance(m *Machine) {
 			r.active = append(r.active, i)
 			r.placeTemplate(m, s)
 			continue
+		}
+		if r.waitsForMold(i) {
+			return // the others are forked from the mold of a warmed-up new worker
 		}
 		// A replacement is a surge while its old worker serves, and an old worker is one until it
 		// has exited; past max_surge, an old worker may stop first, up to max_unavailable of them;
@@ -221,6 +234,7 @@ func (r *rollout) cancelReplacements(m *Machine) {
 		}
 	}
 	r.queue, r.active = nil, nil
+	r.moldStep = moldStepNone
 	m.restoreKept(r)
 }
 
@@ -320,16 +334,27 @@ func (m *Machine) promote(s *slot) {
 		if k := slices.Index(r.active, s.index); k >= 0 {
 			r.active = slices.Delete(r.active, k, k+1)
 			delete(r.early, s.index)
-			r.replaced++
-		}
-		if r.zeroFirst && s.index == 0 {
-			// The new worker 0 is the template now (if it can fork): pause it, then fork the
-			// others from it.
-			r.zeroFirst = false
-			if m.template != nil && !m.cfg.Mold {
-				r.pause = pauseWanted
-				r.startWarmUp(m)
+			if r.moldStep == moldStepForking && s.index == 0 {
+				r.moldStep = moldStepNone // the mold replaces the new template, counted already
+			} else {
+				r.replaced++
 			}
+		}
+		switch {
+		case r.zeroFirst && s.index == 0:
+			// The new worker 0 is the template now (if it can fork): pause it, then fork the
+			// others from it; in mold mode, it forks one serving worker first, to warm up.
+			r.zeroFirst = false
+			switch {
+			case m.template == nil:
+				r.moldStep = moldStepNone
+			case !m.cfg.Mold:
+				r.pause = pauseWanted
+				r.startWarmUp(m, m.template)
+			}
+		case r.moldStep == moldStepFirst && s.index == r.warmSlot:
+			r.moldStep = moldStepWarming
+			r.startWarmUp(m, w)
 		}
 	}
 }

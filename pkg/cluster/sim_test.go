@@ -30,7 +30,7 @@ func TestSimulation(t *testing.T) {
 		runSimulation(t, *simSeed)
 		return
 	}
-	simDecay, simRecycled, simWarmUps = simDecayCounts{}, 0, 0
+	simDecay, simRecycled, simWarmUps, simMoldWarmUps = simDecayCounts{}, 0, 0, 0
 	for i := range *simRuns {
 		seed := uint64(i) + *simFrom
 		if !t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runSimulation(t, seed) }) {
@@ -42,9 +42,9 @@ func TestSimulation(t *testing.T) {
 	if *simRuns >= 100 && (simDecay.reforks == 0 || simDecay.fruitless == 0 || simDecay.stops == 0) {
 		t.Fatalf("the simulation hardly exercises refork_on_decay: %+v", simDecay)
 	}
-	t.Logf("recycling: %d workers; warm-ups of a new template: %d", simRecycled, simWarmUps)
-	if *simRuns >= 100 && (simRecycled == 0 || simWarmUps == 0) {
-		t.Fatal("the simulation never recycles a worker, or never warms a template up")
+	t.Logf("recycling: %d workers; warm-ups of a new template: %d, of a new worker that forks a mold: %d", simRecycled, simWarmUps, simMoldWarmUps)
+	if *simRuns >= 100 && (simRecycled == 0 || simWarmUps == 0 || simMoldWarmUps == 0) {
+		t.Fatal("the simulation never recycles a worker, or never warms a template (or a mold's source) up")
 	}
 }
 
@@ -55,39 +55,77 @@ func TestSimulation(t *testing.T) {
 func TestMoldReforkCapacity(t *testing.T) {
 	reforks := 0
 	for i := range *simRuns / 4 {
-		seed := uint64(i + 1)
-		if !t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(seed, seed^0x5851f42d4c957f2d))
-			cfg := Config{
-				Workers: 1 + rng.IntN(5), MaxWorkers: 8, BootTimeout: time.Duration(2+rng.IntN(10)) * time.Second,
-				ShutdownTimeout: time.Duration(1+rng.IntN(5)) * time.Second, BackoffMin: time.Second, BackoffMax: time.Minute,
-				ResetAfter: time.Minute, MaxSurge: 1 + rng.IntN(3), // max_unavailable 0: no old worker stops first
-				ForkWorker: true, ForkTimeout: time.Duration(1+rng.IntN(5)) * time.Second, Mold: true, Spec: 1,
-			}
-			m, err := NewMachine(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s := &simulation{calm: true, t: t, rng: rng, m: m, cfg: cfg, now: epoch,
-				specs: map[SpecHandle]bool{1: true}, lastSpec: 1, hooks: map[HookID]bool{},
-				procs: map[int]*proc{}, cancelled: map[WorkerID]bool{}, leftovers: map[strayKey]*leftover{},
-				lastExit: map[int]exitRecord{}, maxDesired: cfg.Workers, requests: map[RequestID]bool{},
-				lastPID: 1000, lastRolloutStart: epoch, spawnedAt: map[WorkerID]time.Time{}}
-			defer func() {
-				if t.Failed() {
-					t.Logf("seed %d, config %+v; last events:\n%s", seed, cfg, strings.Join(s.trace[max(0, len(s.trace)-*simTrace):], "\n"))
-				}
-			}()
-			s.run()
-			reforks += s.moldReforks
-		}) {
+		s := runCalmMold(t, uint64(i+1), false)
+		if s == nil {
 			return
 		}
+		reforks += s.moldReforks
 	}
 	t.Logf("%d reforks in mold mode began with every serving worker ready and ended well", reforks)
 	if *simRuns >= 100 && reforks < *simRuns/4 {
 		t.Fatalf("only %d reforks in mold mode were checked", reforks)
 	}
+}
+
+// TestMoldReloadWarmUpCapacity runs reloads (and reforks) in mold mode with a warm-up, in a world
+// where only the molds fail (their source's SDK refuses, the fork fails, no answer, a hello
+// without "mold"), and checks after every step that a reload that began with every serving worker
+// ready keeps every one ready until it ends; that every reload ends well, with a template in slot
+// 0; and that every serving worker is forked from that template, but the one that warmed up and
+// forked it when it is a mold.
+func TestMoldReloadWarmUpCapacity(t *testing.T) {
+	var total simulation
+	for i := range *simRuns / 4 {
+		s := runCalmMold(t, uint64(i+1), true)
+		if s == nil {
+			return
+		}
+		total.moldReforks += s.moldReforks
+		total.moldReloads += s.moldReloads
+		total.moldedReloads += s.moldedReloads
+	}
+	t.Logf("%d rollouts in mold mode began with every serving worker ready and ended well; %d reloads, %d of them from a mold",
+		total.moldReforks, total.moldReloads, total.moldedReloads)
+	if *simRuns >= 100 && (total.moldedReloads == 0 || total.moldReloads == total.moldedReloads) {
+		t.Fatalf("reloads in mold mode with a warm-up hardly exercised: %d reloads, %d from a mold", total.moldReloads, total.moldedReloads)
+	}
+}
+
+// runCalmMold plays one calm history in mold mode (reloads with a warm-up, if reloads), and
+// returns it; nil when it failed.
+func runCalmMold(t *testing.T, seed uint64, reloads bool) *simulation {
+	var s *simulation
+	ok := t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(seed, seed^0x5851f42d4c957f2d))
+		cfg := Config{
+			Workers: 1 + rng.IntN(5), MaxWorkers: 8, BootTimeout: time.Duration(2+rng.IntN(10)) * time.Second,
+			ShutdownTimeout: time.Duration(1+rng.IntN(5)) * time.Second, BackoffMin: time.Second, BackoffMax: time.Minute,
+			ResetAfter: time.Minute, MaxSurge: 1 + rng.IntN(3), // max_unavailable 0: no old worker stops first
+			ForkWorker: true, ForkTimeout: time.Duration(1+rng.IntN(5)) * time.Second, Mold: true, Spec: 1,
+		}
+		if reloads {
+			cfg.WarmUp = WarmUp{Requests: uint64(rng.IntN(40)), MaxWait: time.Duration(1+rng.IntN(8)) * time.Second}
+		}
+		m, err := NewMachine(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s = &simulation{calm: true, calmReloads: reloads, t: t, rng: rng, m: m, cfg: cfg, now: epoch,
+			specs: map[SpecHandle]bool{1: true}, lastSpec: 1, hooks: map[HookID]bool{},
+			procs: map[int]*proc{}, cancelled: map[WorkerID]bool{}, leftovers: map[strayKey]*leftover{},
+			lastExit: map[int]exitRecord{}, maxDesired: cfg.Workers, requests: map[RequestID]bool{},
+			lastPID: 1000, lastRolloutStart: epoch, spawnedAt: map[WorkerID]time.Time{}}
+		defer func() {
+			if t.Failed() {
+				t.Logf("seed %d, config %+v; last events:\n%s", seed, cfg, strings.Join(s.trace[max(0, len(s.trace)-*simTrace):], "\n"))
+			}
+		}()
+		s.run()
+	})
+	if !ok {
+		return nil
+	}
+	return s
 }
 
 // calmEvent is what happens in a world without faults: time passes, workers report requests,
@@ -101,6 +139,10 @@ func (s *simulation) calmEvent() {
 			s.step(Notified{Worker: p.worker, Message: Notification{HasRequests: true, Requests: uint64(s.rng.IntN(500))}})
 		}
 	default:
+		if s.calmReloads && s.rng.IntN(2) == 0 {
+			s.step(Reload{Request: s.newRequest()})
+			return
+		}
 		s.step(Refork{Request: s.newRequest()})
 	}
 }
@@ -193,12 +235,17 @@ type simulation struct {
 	lastRolloutStart time.Time
 	// spawnedAt is when each worker's SpawnWorker was carried out.
 	spawnedAt map[WorkerID]time.Time
-	// calm: a world without faults (TestMoldReforkCapacity); fullRefork: a refork in mold mode
-	// runs that began with every serving worker ready, and has not failed; moldReforks counts
-	// those that ended well.
+	// calm: a world without faults (TestMoldReforkCapacity); fullRefork: a refork (or a reload)
+	// in mold mode runs that began with every serving worker ready, and has not failed;
+	// moldReforks counts those that ended well.
 	calm        bool
 	fullRefork  bool
 	moldReforks int
+	// calmReloads: the calm world reloads too, and its reloads' molds fail at times; moldReloads
+	// counts the reloads that ended, moldedReloads those whose template is a mold; reloading: a
+	// reload's rollout runs.
+	calmReloads, reloading     bool
+	moldReloads, moldedReloads int
 }
 
 func runSimulation(t *testing.T, seed uint64) {
@@ -230,6 +277,9 @@ func runSimulation(t *testing.T, seed uint64) {
 		}
 		if rng.IntN(3) == 0 {
 			cfg.Mold = true
+			if rng.IntN(3) > 0 {
+				cfg.WarmUp = WarmUp{Requests: uint64(rng.IntN(30)), MaxWait: time.Duration(1+rng.IntN(10)) * time.Second}
+			}
 		} else if rng.IntN(3) == 0 {
 			cfg.WarmUp = WarmUp{Requests: uint64(rng.IntN(30)), MaxWait: time.Duration(1+rng.IntN(10)) * time.Second}
 		}
@@ -1009,6 +1059,9 @@ func (s *simulation) apply(a Action) {
 		if strings.Contains(a.Msg, "the new template warms up") {
 			simWarmUps++
 		}
+		if strings.Contains(a.Msg, "warms up, then forks the new template") {
+			simMoldWarmUps++
+		}
 	default:
 		s.t.Fatalf("unknown action %T", a)
 	}
@@ -1076,7 +1129,10 @@ func (s *simulation) mold(a SpawnWorker) {
 	delay := s.randomDelay(s.cfg.ForkTimeout * 3 / 2)
 	r := s.rng.IntN(12)
 	if s.calm {
-		delay, r = s.randomDelay(s.cfg.ForkTimeout/2), 0
+		delay = s.randomDelay(s.cfg.ForkTimeout / 2)
+		if ro := s.m.rollout; !s.calmReloads || ro == nil || ro.kind == KindRefork {
+			r = 0
+		}
 	}
 	switch {
 	case r < 7:
@@ -1086,13 +1142,13 @@ func (s *simulation) mold(a SpawnWorker) {
 			}
 			p := s.newProc(a.Worker, a.Slot, true)
 			p.nice = s.procs[src.pid].nice
-			p.mold = s.calm || s.rng.IntN(10) > 0
+			p.mold = (s.calm && !s.calmReloads) || s.rng.IntN(10) > 0
 			if s.cancelled[a.Worker] {
 				p.stray = true
 				s.after(0, func() { s.exitNow(p.pid, ExitStatus{Signal: syscall.SIGKILL}) })
 				return
 			}
-			if s.rng.IntN(8) > 0 || s.calm {
+			if s.rng.IntN(8) > 0 || (s.calm && !s.calmReloads) {
 				s.step(Spawned{Worker: a.Worker, PID: p.pid})
 			}
 		})
@@ -1167,17 +1223,22 @@ func (s *simulation) recorded(h Happening) {
 		simDecay.fruitless += btoi(!j.Fruitful)
 		simDecay.stops += btoi(j.Stopped)
 	}
-	if e, ok := h.(RolloutEnded); ok && e.Kind == KindRefork {
+	if e, ok := h.(RolloutEnded); ok && (e.Kind == KindRefork || s.calmReloads) {
 		if s.fullRefork && e.Err == nil {
 			s.moldReforks++
 		}
 		s.fullRefork = false
+		if e.Kind == KindReload && s.reloading {
+			s.checkCalmReload(e)
+		}
+		s.reloading = false
 	}
 	r, ok := h.(RolloutStarted)
 	if !ok {
 		return
 	}
-	if ready, desired := s.m.servingReady(); r.Kind == KindRefork && s.cfg.Mold && s.cfg.MaxSurge > 0 {
+	s.reloading = r.Kind == KindReload
+	if ready, desired := s.m.servingReady(); (r.Kind == KindRefork || s.calmReloads) && s.cfg.Mold && s.cfg.MaxSurge > 0 {
 		s.fullRefork = ready == desired
 	}
 	if p := s.cfg.ReforkOnDecay; r.Trigger == TriggerMemory {
@@ -1194,6 +1255,34 @@ func (s *simulation) recorded(h Happening) {
 		s.decayReforks = 0
 	}
 	s.lastRolloutStart = s.now
+}
+
+// checkCalmReload checks the end of a reload in the calm world, where only molds fail: it ended
+// well, with a template of its generation in slot 0, and every forked serving worker is forked
+// from that template, but, when it is a mold, the one that warmed up and forked it.
+func (s *simulation) checkCalmReload(e RolloutEnded) {
+	m := s.m
+	if m.phase == PhaseStopping {
+		return // the stop deals with every process
+	}
+	if e.Err != nil {
+		s.t.Fatalf("reload to generation %d failed in a calm world: %v", e.Generation, e.Err)
+	}
+	t := m.template
+	if t == nil || m.slots[0].worker != t || t.generation != e.Generation {
+		s.t.Fatalf("reload to generation %d ended without a template of its generation in slot 0 (%+v)", e.Generation, t)
+	}
+	s.moldReloads++
+	s.moldedReloads += btoi(t.mold)
+	others := 0
+	for _, sl := range m.slots[1:] {
+		if w := sl.worker; w != nil && w.forked() && w.template != t.id { // exec'd: a fork that did not answer
+			others++
+		}
+	}
+	if others > btoi(t.mold) {
+		s.t.Fatalf("reload to generation %d: %d serving workers not forked from the template (a mold: %v)", e.Generation, others, t.mold)
+	}
 }
 
 // checkRecycling checks a decision to recycle a worker against the policy: old enough, and past
@@ -1223,8 +1312,8 @@ func (s *simulation) checkRecycling(r WorkerRecycling) {
 }
 
 // simRecycled counts the workers recycled over all the runs, simWarmUps the warm-ups of new
-// templates.
-var simRecycled, simWarmUps int
+// templates, simMoldWarmUps those of a reload's first new worker in mold mode.
+var simRecycled, simWarmUps, simMoldWarmUps int
 
 func (s *simulation) checkInvariants() {
 	t, m := s.t, s.m
@@ -1299,13 +1388,18 @@ func (s *simulation) checkInvariants() {
 			t.Fatalf("template %d is %s in slot %d", w.id, w.state, w.slot)
 		}
 	}
-	// At most one template-to-be per generation in slot 0 (in mold mode, never two molds), and
-	// never a serving worker there.
-	zeros := map[int]int{}
+	// At most one template-to-be per generation in slot 0 (in mold mode, never two molds; a
+	// reload's warm-up has its cold template and the mold that replaces it), and never a serving
+	// worker there.
+	type zero struct {
+		generation int
+		mold       bool
+	}
+	zeros := map[zero]int{}
 	for _, w := range m.workers {
-		if w.slot == 0 && !w.state.gone() && m.cfg.Mold {
-			if zeros[w.generation]++; zeros[w.generation] > 1 {
-				t.Fatalf("two processes of generation %d in slot 0", w.generation)
+		if z := (zero{w.generation, w.mold}); w.slot == 0 && !w.state.gone() && m.cfg.Mold {
+			if zeros[z]++; zeros[z] > 1 {
+				t.Fatalf("two processes of generation %d in slot 0 (molds: %v)", w.generation, w.mold)
 			}
 		}
 		if w.mold && (w.slot != 0 || !m.cfg.Mold) {
@@ -1314,9 +1408,9 @@ func (s *simulation) checkInvariants() {
 	}
 	// A refork in mold mode that began with every serving worker ready keeps them all serving,
 	// unless it fails: the mold is forked while they serve, and each is replaced with a surge.
-	if r := m.rollout; s.calm && s.fullRefork && r != nil && r.kind == KindRefork && r.failure == nil {
+	if r := m.rollout; s.calm && s.fullRefork && r != nil && (r.kind == KindRefork || s.calmReloads) && r.failure == nil {
 		if ready, desired := m.servingReady(); ready < desired {
-			t.Fatalf("%d of %d serving workers ready during a refork in mold mode", ready, desired)
+			t.Fatalf("%d of %d serving workers ready during a %s in mold mode", ready, desired, r.kind)
 		}
 	}
 	if r := m.rollout; r != nil && r.failure != nil {
@@ -1407,12 +1501,16 @@ func (s *simulation) checkInvariants() {
 	if st := m.Status(); st.Ready > st.Desired {
 		t.Fatalf("%d ready of %d desired", st.Ready, st.Desired)
 	}
-	// A warm-up the status shows is one the rollout still waits for: its template's, its
-	// requests not yet served, its time not up.
+	// A warm-up the status shows is one the rollout still waits for: its template's (in mold
+	// mode, the first new serving worker's), its requests not yet served, its time not up.
 	if wu := m.Status().WarmUp; wu != nil {
+		warming := m.template
+		if r := m.rollout; r != nil && r.moldStep == moldStepWarming {
+			warming = m.slots[r.warmSlot].worker
+		}
 		switch {
-		case m.template == nil || wu.Worker != m.template.id:
-			t.Fatalf("the status shows worker %d warming up; the template is %v", wu.Worker, m.template)
+		case warming == nil || wu.Worker != warming.id:
+			t.Fatalf("the status shows worker %d warming up; the warming worker is %v", wu.Worker, warming)
 		case wu.Requests > 0 && wu.Served >= wu.Requests:
 			t.Fatalf("the status shows a warm-up that served %d of %d requests", wu.Served, wu.Requests)
 		case !m.now.Before(wu.Until) || !m.now.Before(wu.IdleUntil):

@@ -196,9 +196,6 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 		// The slots are laid out for the mode the workers run in: it changes with a restart
 		// that replaces every process, not with an adoption.
 		cfg.Mold = st.Mold
-		if cfg.Mold {
-			cfg.WarmUp = WarmUp{}
-		}
 	}
 	m, err := NewMachine(cfg)
 	if err != nil {

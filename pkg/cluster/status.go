@@ -36,8 +36,9 @@ type Status struct {
 	Workers    []WorkerStatus
 }
 
-// WarmUpStatus is a warm-up under way: the new template serves alone, and the rollout forks the
-// others from it once the worker counted (Slot, PID; ID 0 once it is gone) has served Requests
+// WarmUpStatus is a warm-up under way: the new template serves alone (in mold mode, the first new
+// serving worker, which then forks the mold), and the rollout forks the others from it once the
+// worker counted (Slot, PID; ID 0 once it is gone) has served Requests
 // since the warm-up began (Served so far; Requests 0: none, it waits Until), at Until at the
 // latest (max_wait), or at IdleUntil if no worker reports a new request before (WarmUpIdle after
 // the last report).

@@ -154,8 +154,9 @@ type ForkWorker struct {
 	// private memory has grown; nil (the default) does not.
 	ReforkOnDecay *ReforkOnDecay
 	// WarmUp makes a reload's (or a hot restart's) new template serve alone before the other
-	// workers are forked from it. Defaults to DefaultWarmUpRequests and DefaultWarmUpMaxWait with
-	// refork_from = "template", nil (none) with "warmest"; MaxWait zero turns it off.
+	// workers are forked from it; with refork_from = "warmest", one new serving worker serves
+	// first, then forks the template the others are forked from. Defaults to
+	// DefaultWarmUpRequests and DefaultWarmUpMaxWait; MaxWait zero turns it off.
 	WarmUp *WarmUp
 	// ReforkFrom says what a refork forks the new workers from. Defaults to DefaultReforkFrom.
 	ReforkFrom ReforkFrom

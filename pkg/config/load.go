@@ -196,8 +196,8 @@ func (b *builder) fillDefaults() {
 		if !s.reforkNice.given {
 			fw.ReforkNice = DefaultReforkNice
 		}
-		if fw.WarmUp == nil && fw.ReforkFrom == ReforkFromTemplate {
-			fw.WarmUp = &WarmUp{} // on by default where the template serves
+		if fw.WarmUp == nil {
+			fw.WarmUp = &WarmUp{} // on by default
 		}
 		if w := fw.WarmUp; w != nil && !s.warmMaxWait.given {
 			w.MaxWait = DefaultWarmUpMaxWait

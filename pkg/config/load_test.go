@@ -123,7 +123,7 @@ func TestParseFullConfig(t *testing.T) {
 		Timeouts: Timeouts{Boot: 2 * time.Minute, Worker: 10 * time.Second, Shutdown: 90 * time.Second},
 		Restart:  Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
 		ForkWorker: &ForkWorker{ReforkAfter: []uint64{100, 2000}, ReforkAfterRepeats: true, Timeout: 5 * time.Second,
-			ReforkFrom: ReforkFromWarmest, ReforkNice: 5},
+			ReforkFrom: ReforkFromWarmest, ReforkNice: 5, WarmUp: &WarmUp{Requests: DefaultWarmUpRequests, MaxWait: DefaultWarmUpMaxWait}},
 		Rollout: Rollout{MaxSurge: 2, MaxUnavailable: 1},
 		Hooks: Hooks{
 			BeforeReload:  []string{"/bin/sh", "-c", "exit 0"},
@@ -387,9 +387,10 @@ func TestWarmUp(t *testing.T) {
 	assert.Equal(t, &WarmUp{Requests: 1000}, cfg.ForkWorker.WarmUp, "max_wait 0s: off")
 	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_from = \"warmest\"\n}\n"), "web.hcl")
 	require.NoError(t, err)
-	assert.Nil(t, cfg.ForkWorker.WarmUp, "none where the template serves nothing")
-	_, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_from = \"warmest\"\n  warm_up {\n    max_wait = \"0s\"\n  }\n}\n"), "web.hcl")
-	require.NoError(t, err, "a warm-up switched off goes with a template that serves nothing")
+	assert.Equal(t, defaults, cfg.ForkWorker.WarmUp, "on by default in mold mode too: a new serving worker warms up and forks the mold")
+	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_from = \"warmest\"\n  warm_up {\n    requests = 50\n  }\n}\n"), "web.hcl")
+	require.NoError(t, err, "a warm-up goes with a template that serves nothing")
+	assert.Equal(t, &WarmUp{Requests: 50, MaxWait: 5 * time.Second}, cfg.ForkWorker.WarmUp)
 	cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  warm_up {\n    requests = 200\n    max_wait = \"30s\"\n  }\n}\n"), "web.hcl")
 	require.NoError(t, err)
 	assert.Equal(t, &WarmUp{Requests: 200, MaxWait: 30 * time.Second}, cfg.ForkWorker.WarmUp)

@@ -184,10 +184,6 @@ func (b *builder) validate() {
 		switch fw.ReforkFrom {
 		case ReforkFromTemplate:
 		case ReforkFromWarmest:
-			if fw.WarmUp != nil && fw.WarmUp.MaxWait > 0 {
-				b.report(s.reforkFrom, "%q cannot go with a warm_up: the template serves nothing, so it cannot warm up by serving; "+
-					"leave warm_up out (the first refork after a reload copies a worker that has served)", fw.ReforkFrom)
-			}
 		default:
 			b.report(s.reforkFrom, "%q is not one of %q, %q", fw.ReforkFrom, ReforkFromWarmest, ReforkFromTemplate)
 		}

@@ -249,8 +249,6 @@ var parseProblemTests = []struct {
 		"demo.hcl:3,17-19", `fork_worker.refork_nice: must be in 0..19`},
 	{"refork_from unknown", "command = [\"server\"]\nfork_worker {\n  refork_from = \"hottest\"\n}",
 		"demo.hcl:3,17-26", `fork_worker.refork_from: "hottest" is not one of "warmest", "template"`},
-	{"refork_from warmest with warm_up", "command = [\"server\"]\nfork_worker {\n  refork_from = \"warmest\"\n  warm_up {}\n}",
-		"demo.hcl:3,17-26", `fork_worker.refork_from: "warmest" cannot go with a warm_up: the template serves nothing`},
 	{"warm_up max_wait negative", "command = [\"server\"]\nfork_worker {\n  warm_up {\n    max_wait = \"-1s\"\n  }\n}",
 		"demo.hcl:4,16-21", `fork_worker.warm_up.max_wait: must not be negative, not -1s ("0s" turns the warm-up off)`},
 	{"max_requests negative", "command = [\"server\"]\nrecycle {\n  max_requests = -5\n}",
