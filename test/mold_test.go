@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -70,6 +71,13 @@ func TestMoldReforkFallsBackToTheTemplate(t *testing.T) {
 // serving workers.
 func moldRack(t *testing.T, n int, env map[string]string) string {
 	t.Helper()
+	return moldrackConfig(t, n, env, moldBlock)
+}
+
+// moldrackConfig is the config body running test/moldrack under forkd-rack with n workers and
+// the fork_worker block given.
+func moldrackConfig(t *testing.T, n int, env map[string]string, forkWorker string) string {
+	t.Helper()
 	lib, forkdRack := rubySDK(t)
 	dir, err := filepath.Abs("moldrack")
 	require.NoError(t, err)
@@ -84,7 +92,7 @@ directory = %q
 env       = { %s }
 workers   = %d
 %s
-`, quoteAll([]string{"ruby", "-I", lib, forkdRack, "--threads", "4", "config.ru"}), dir, strings.Join(vars, ", "), n, moldBlock)
+`, quoteAll([]string{"ruby", "-I", lib, forkdRack, "--threads", "4", "config.ru"}), dir, strings.Join(vars, ", "), n, forkWorker)
 }
 
 // waitMoldCluster waits for the template and n ready serving workers of generation gen, none
@@ -242,24 +250,79 @@ func heapMarks(t *testing.T, url string, workers []control.Worker) map[string]st
 // every status read during the refork shows every serving worker ready.
 func TestMoldReforkDoesNotWaitForASlowRequest(t *testing.T) {
 	t.Parallel()
+	reforkPastASlowRequest(t, true)
+}
+
+// TestTemplateReforkDoesNotWaitForASlowRequest is the same in template mode (the default), with
+// the request held on a worker other than worker 0, the template, which pauses for the refork and
+// so waits for its own requests in flight: the old worker that holds it drains on its own, and
+// the refork, which forks its replacement and then the next worker's, does not wait for it.
+// Before the old workers drained detached in this mode too, max_surge counted that old worker
+// until it exited, and the refork waited for the held request.
+func TestTemplateReforkDoesNotWaitForASlowRequest(t *testing.T) {
+	t.Parallel()
+	reforkPastASlowRequest(t, false)
+}
+
+const templateBlock = `
+fork_worker {
+  refork_after = []
+  timeout      = "10s"
+}
+`
+
+func reforkPastASlowRequest(t *testing.T, mold bool) {
 	requireRuby(t)
 	curl, err := exec.LookPath("curl")
 	if err != nil {
 		t.Skip("curl is not installed")
 	}
-	const n = 2
-	f := startRuby(t, options{config: moldRack(t, n, nil)})
-	waitMoldCluster(t, f, n, 1)
+	n, block := 2, moldBlock
+	if !mold {
+		n, block = 3, templateBlock // worker 0 and two others, to hold a request on
+	}
+	f := startRuby(t, options{config: moldrackConfig(t, n, nil, block)})
+	settled := func(gen int) control.Status {
+		if mold {
+			return waitMoldCluster(t, f, n, gen)
+		}
+		return f.waitFor(fmt.Sprintf("%d workers of generation %d", n, gen), func(st control.Status) bool {
+			return st.Phase == control.PhaseRunning && st.Generation == gen && st.Ready == n && len(st.WorkerList) == n
+		})
+	}
+	template := settled(1).WorkerList[0].PID
 	base := "http://" + f.addr()
-	release := filepath.Join(t.TempDir(), "release")
-	held := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120", base+"/hold?until="+release)
-	heldOut := &proctest.Output{}
-	held.Stdout = heldOut
-	require.NoError(t, held.Start())
-	heldDone := make(chan error, 1)
-	go func() { heldDone <- held.Wait() }()
-	t.Cleanup(func() { held.Process.Kill() })
-	waitOutput(t, f, "held by pid=")
+
+	// The held request, on a worker that serves and is not the template (in template mode, the
+	// template finishes its requests in flight before it forks: a request held there is one the
+	// refork must wait for).
+	var heldDone chan error
+	var heldOut *proctest.Output
+	var release string
+	for try := 1; ; try++ {
+		require.LessOrEqual(t, try, 20, "every held request landed on the template")
+		release = filepath.Join(t.TempDir(), "release")
+		heldOut = &proctest.Output{}
+		held := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120", base+"/hold?until="+release)
+		held.Stdout = heldOut
+		require.NoError(t, held.Start())
+		heldDone = make(chan error, 1)
+		go func() { heldDone <- held.Wait() }()
+		t.Cleanup(func() { held.Process.Kill() })
+		var by string
+		for end := time.Now().Add(deadline); by == ""; {
+			if all := heldByRE.FindAllStringSubmatch(f.output.String(), -1); len(all) >= try {
+				by = all[try-1][1]
+			}
+			require.True(t, time.Now().Before(end), "try %d: no request held:\n%s", try, f.output.String())
+			time.Sleep(20 * time.Millisecond)
+		}
+		if by != strconv.Itoa(template) {
+			break
+		}
+		require.NoError(t, os.WriteFile(release, nil, 0o644)) // on the template: let it go, try again
+		<-heldDone
+	}
 
 	served := func(st control.Status) (n uint64) {
 		for _, w := range st.WorkerList {
@@ -289,15 +352,17 @@ func TestMoldReforkDoesNotWaitForASlowRequest(t *testing.T) {
 	}
 	assert.Equal(t, "200", heldOut.String(), "the held request completes")
 	// Node goes on against the new workers while the old ones drain.
-	after := served(waitMoldCluster(t, f, n, 2))
+	after := served(settled(2))
 	f.waitFor("node's requests to the new workers", func(st control.Status) bool { return served(st) >= after+200 })
 	r := node.stop()
-	t.Logf("refork: %d status polls, at least %d of %d serving workers ready; node %d ok, %d failed %v", polls, minReady, n, r.OK, r.failed(), r.Samples)
+	t.Logf("refork: %d status polls, at least %d of %d workers ready; node %d ok, %d failed %v", polls, minReady, n, r.OK, r.failed(), r.Samples)
 	assert.Greater(t, polls, 0)
-	assert.Equal(t, n, minReady, "every serving worker ready throughout the refork")
+	assert.Equal(t, n, minReady, "every worker ready throughout the refork (in template mode, worker 0 paused)")
 	assert.Greater(t, r.OK, 0, "node ran")
 	assert.Zero(t, r.failed(), "node's failed requests: %v", r.Samples)
 }
+
+var heldByRE = regexp.MustCompile(`held by pid=(\d+)`)
 
 // TestMoldGetsACgroupOfSlotZero: with a cgroup per worker, the mold, born in its source's
 // cgroup, is moved to one of slot 0's own, and the workers forked from it to their slots'.

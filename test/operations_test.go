@@ -17,14 +17,17 @@ import (
 
 // The operator's commands under forkd's one-operation-at-a-time rule: nothing is refused or
 // dropped for arriving during another operation, --wait returns when the operation has ended
-// (old workers gone) and fails when it failed, and the hot restart comes in two kinds.
+// (a reload's old workers gone; a refork's drain on their own) and fails when it failed, and the
+// hot restart comes in two kinds.
 
 // TestDeploysDuringAutomaticReforks: under load, refork_after reforks every few hundred requests.
 // Ten SIGUSR1 and ten `forkctl reload --wait`, each sent while an automatic refork runs, each end
-// in a completed phased restart: the refork gives way instead of the deploy being refused.
+// in a completed phased restart: the refork gives way instead of the deploy being refused. Each
+// fork takes 0.3 s (the template's before_fork hook sleeps), so that a refork, which waits for no
+// old worker's drain, lasts long enough for the deploy to arrive while it runs.
 func TestDeploysDuringAutomaticReforks(t *testing.T) {
 	t.Parallel()
-	f := startForkd(t, options{config: pythonApp(t, 3, nil, `
+	f := startForkd(t, options{config: pythonApp(t, 3, map[string]string{"TESTAPP_HANG_FORK": "0.3"}, `
 fork_worker {
   refork_after = [150]
   timeout      = "10s"
@@ -61,8 +64,10 @@ fork_worker {
 	assert.Zero(t, failed, "failed requests: %v", l.errs())
 }
 
-// TestReforkWaitThenReloadWait: refork --wait returns once the old workers are gone, so a reload
-// --wait right after it starts at once, and succeeds.
+// TestReforkWaitThenReloadWait: refork --wait returns once every slot's worker is of the new
+// generation (the old workers, which run the same code, may still drain, detached), so a reload
+// --wait right after it starts at once, succeeds, and returns once the workers it replaced are
+// gone: a reload waits for its old workers, which run the old code.
 func TestReforkWaitThenReloadWait(t *testing.T) {
 	t.Parallel()
 	f := startForkd(t, options{config: pythonApp(t, 4, nil, forkWorkerBlock)})
@@ -71,13 +76,23 @@ func TestReforkWaitThenReloadWait(t *testing.T) {
 		out, code := f.forkctl("refork", "--wait")
 		require.Equal(t, 0, code, out)
 		st := f.status()
-		assert.Len(t, st.WorkerList, 4, "refork --wait returned with old workers still there: %+v", st.WorkerList)
+		current := 0
 		for _, w := range st.WorkerList {
+			if w.Detached {
+				assert.Less(t, w.Generation, st.Generation, "detached worker %d (pid %d)", w.Index, w.PID)
+				continue
+			}
+			current++
 			assert.Equal(t, st.Generation, w.Generation, "worker %d (pid %d) is of generation %d", w.Index, w.PID, w.Generation)
 		}
+		assert.Equal(t, 4, current, "refork --wait returned before every slot was on the new generation: %+v", st.WorkerList)
+		reforked := st.Generation
 		out, code = f.forkctl("reload", "--wait")
 		require.Equal(t, 0, code, out)
-		assert.Len(t, f.status().WorkerList, 4, "reload --wait returned with old workers still there")
+		st = f.status()
+		for _, w := range st.WorkerList {
+			assert.NotEqual(t, reforked, w.Generation, "reload --wait returned with worker %d (pid %d) of the generation it replaced", w.Index, w.PID)
+		}
 	}
 }
 

@@ -16,9 +16,20 @@ const waitHelp = `forkd runs one of refork, reload and restart at a time: a %[1]
 waits for it (one asked for during an automatic refork cuts that refork short), and joins a %[1]s
 that waits already. Without --wait, forkctl returns once the %[1]s has begun or is queued, or
 exits 1 at once if it cannot (forkd is stopping, the mode does not allow it). With --wait, it
-returns when the %[1]s has ended, every old worker it replaced gone, and exits 1 with the reason
-if it failed. --wait waits as long as that takes unless --timeout is given; a forkctl that gives
-up or is interrupted leaves the %[1]s going on in forkd.`
+returns when the %[1]s has ended, and exits 1 with the reason if it failed. %[2]s
+--wait waits as long as that takes unless --timeout is given; a forkctl that gives up or is
+interrupted leaves the %[1]s going on in forkd.`
+
+// What --wait waits for: a reload's old workers run the old code, so it waits for their exit; a
+// refork's run the same code, forked from an older heap, and drain on their own.
+const (
+	replacedGone = `It has ended
+once every old worker it replaced has exited.`
+	reforkEnd = `It has ended
+once every new worker serves (and worker 0 again, in template mode): the old ones are told to
+stop and drain on their own (they run the same code), so a slow request in one of them delays
+nothing.`
+)
 
 func (c *cli) reforkCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -31,7 +42,7 @@ the refork with the old workers serving on. The template itself is not replaced;
 every worker, use forkctl reload. Needs fork-worker mode (a fork_worker block in the config, and
 an app whose SDK can fork).
 
-` + fmt.Sprintf(waitHelp, "refork"),
+` + fmt.Sprintf(waitHelp, "refork", reforkEnd),
 	}
 	return c.rolloutCommand(cmd, "refork", func(ctx context.Context, client *control.Client, wait bool) (string, error) {
 		resp, err := client.Refork(ctx, control.ReforkRequest{Wait: wait})
@@ -58,7 +69,7 @@ the workers run the app as it is on disk now. It is a rolling update (the config
 block): old workers stop as their replacements become ready, so the service keeps serving
 throughout, and a replacement that fails stops the reload with the old workers serving on.
 
-` + fmt.Sprintf(waitHelp, "reload") + `
+` + fmt.Sprintf(waitHelp, "reload", replacedGone) + `
 
 Under systemd, ExecReload=forkctl reload --wait makes systemctl reload wait for the reload and
 fail when it fails.`,
@@ -91,7 +102,7 @@ service (the old workers serve until their replacements are ready). SIGUSR2 does
 With --keep-workers, only the master is upgraded: the new image adopts the running workers and
 keeps them as they are (for a new forkd binary without a new release of the app).
 
-` + fmt.Sprintf(waitHelp, "restart") + `
+` + fmt.Sprintf(waitHelp, "restart", replacedGone) + `
 
 The exec closes forkctl's connection; with --wait, forkctl reconnects and returns once the new
 master has ended the restart (its phased restart done, unless --keep-workers), printing its

@@ -119,6 +119,11 @@ func (m *Machine) forkFailed(w *worker, reason string) {
 // templateReplied takes the template's answer to a pause (paused) or a resume.
 func (m *Machine) templateReplied(worker WorkerID, paused bool) {
 	if m.rollout != nil && m.template != nil && m.template.id == worker {
+		what, event := "resumed", "template-resumed"
+		if paused {
+			what, event = "paused", "template-paused"
+		}
+		m.log(slog.LevelDebug, "refork: the template "+what, m.workerAttrs(m.template, event)...)
 		m.rollout.replied(paused)
 	}
 }

@@ -362,6 +362,7 @@ func (m *Machine) terminate(w *worker, reason string) {
 	}
 	w.state = Stopping
 	w.stopAsked = "SIGTERM"
+	m.log(slog.LevelDebug, "stopping worker: "+reason, m.workerAttrs(w, "worker-stop")...)
 	w.deadline = m.now.Add(m.cfg.ShutdownTimeout)
 	if m.template == w {
 		m.loseTemplate()

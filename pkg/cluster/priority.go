@@ -40,9 +40,9 @@ func (m *Machine) restoreKept(r *rollout) {
 }
 
 // restorePriority gives a lowered worker its priority back: one that goes on serving, or one
-// whose exit a rollout waits for (template mode's max_surge counts an old worker until it has
-// exited, so its drain is on the refork's critical path; in mold mode, old workers drain
-// detached, and stay lowered until they exit).
+// whose exit a rollout waits for (one stopped before its replacement was ready, within
+// max_unavailable, whose drain is on the refork's critical path). The old workers a refork
+// replaced drain detached, and stay lowered until they exit.
 func (m *Machine) restorePriority(w *worker) {
 	if !w.lowered || w.pid == 0 {
 		return

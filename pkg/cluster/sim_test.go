@@ -48,22 +48,29 @@ func TestSimulation(t *testing.T) {
 	}
 }
 
-// TestMoldReforkCapacity runs reforks in mold mode in a world without faults, at random moments
-// and with random request counts and timings, and checks after every step that a refork that
-// began with every serving worker ready keeps every one of them ready until it ends, with a
-// surge of 1 or more: the mold serves nothing and is forked while the others serve.
-func TestMoldReforkCapacity(t *testing.T) {
-	reforks := 0
+// TestReforkCapacity runs reforks in a world without faults, at random moments and with random
+// request counts and timings, half of the runs in mold mode and half in template mode, and checks
+// after every step that a refork that began with every serving worker ready keeps every slot's
+// worker ready until it ends, with a surge of 1 or more: in mold mode the mold serves nothing and
+// is forked while the others serve; in template mode worker 0 is paused (ready, not serving) and
+// every other slot keeps its old worker until its replacement is ready. In both modes the old
+// workers drain detached: the refork waits for no drain.
+func TestReforkCapacity(t *testing.T) {
+	reforks := map[bool]int{}
 	for i := range *simRuns / 4 {
-		s := runCalmMold(t, uint64(i+1), false)
+		mold := i%2 == 0
+		s := runCalm(t, uint64(i+1), mold, false)
 		if s == nil {
 			return
 		}
-		reforks += s.moldReforks
+		reforks[mold] += s.fullReforks
 	}
-	t.Logf("%d reforks in mold mode began with every serving worker ready and ended well", reforks)
-	if *simRuns >= 100 && reforks < *simRuns/4 {
-		t.Fatalf("only %d reforks in mold mode were checked", reforks)
+	t.Logf("reforks that began with every serving worker ready and ended well: %d in mold mode, %d in template mode",
+		reforks[true], reforks[false])
+	for _, mold := range []bool{true, false} {
+		if *simRuns >= 100 && reforks[mold] < *simRuns/8 {
+			t.Fatalf("only %d reforks were checked (mold mode %v)", reforks[mold], mold)
+		}
 	}
 }
 
@@ -76,24 +83,24 @@ func TestMoldReforkCapacity(t *testing.T) {
 func TestMoldReloadWarmUpCapacity(t *testing.T) {
 	var total simulation
 	for i := range *simRuns / 4 {
-		s := runCalmMold(t, uint64(i+1), true)
+		s := runCalm(t, uint64(i+1), true, true)
 		if s == nil {
 			return
 		}
-		total.moldReforks += s.moldReforks
+		total.fullReforks += s.fullReforks
 		total.moldReloads += s.moldReloads
 		total.moldedReloads += s.moldedReloads
 	}
 	t.Logf("%d rollouts in mold mode began with every serving worker ready and ended well; %d reloads, %d of them from a mold",
-		total.moldReforks, total.moldReloads, total.moldedReloads)
+		total.fullReforks, total.moldReloads, total.moldedReloads)
 	if *simRuns >= 100 && (total.moldedReloads == 0 || total.moldReloads == total.moldedReloads) {
 		t.Fatalf("reloads in mold mode with a warm-up hardly exercised: %d reloads, %d from a mold", total.moldReloads, total.moldedReloads)
 	}
 }
 
-// runCalmMold plays one calm history in mold mode (reloads with a warm-up, if reloads), and
+// runCalm plays one calm history, in mold mode if mold (reloads with a warm-up, if reloads), and
 // returns it; nil when it failed.
-func runCalmMold(t *testing.T, seed uint64, reloads bool) *simulation {
+func runCalm(t *testing.T, seed uint64, mold, reloads bool) *simulation {
 	var s *simulation
 	ok := t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(seed, seed^0x5851f42d4c957f2d))
@@ -101,7 +108,7 @@ func runCalmMold(t *testing.T, seed uint64, reloads bool) *simulation {
 			Workers: 1 + rng.IntN(5), MaxWorkers: 8, BootTimeout: time.Duration(2+rng.IntN(10)) * time.Second,
 			ShutdownTimeout: time.Duration(1+rng.IntN(5)) * time.Second, BackoffMin: time.Second, BackoffMax: time.Minute,
 			ResetAfter: time.Minute, MaxSurge: 1 + rng.IntN(3), // max_unavailable 0: no old worker stops first
-			ForkWorker: true, ForkTimeout: time.Duration(1+rng.IntN(5)) * time.Second, Mold: true, Spec: 1,
+			ForkWorker: true, ForkTimeout: time.Duration(1+rng.IntN(5)) * time.Second, Mold: mold, Spec: 1,
 		}
 		if reloads {
 			cfg.WarmUp = WarmUp{Requests: uint64(rng.IntN(40)), MaxWait: time.Duration(1+rng.IntN(8)) * time.Second}
@@ -235,12 +242,12 @@ type simulation struct {
 	lastRolloutStart time.Time
 	// spawnedAt is when each worker's SpawnWorker was carried out.
 	spawnedAt map[WorkerID]time.Time
-	// calm: a world without faults (TestMoldReforkCapacity); fullRefork: a refork (or a reload)
-	// in mold mode runs that began with every serving worker ready, and has not failed;
-	// moldReforks counts those that ended well.
+	// calm: a world without faults (TestReforkCapacity); fullRefork: a refork (or, in mold mode,
+	// a reload) runs that began with every serving worker ready, and has not failed;
+	// fullReforks counts those that ended well.
 	calm        bool
 	fullRefork  bool
-	moldReforks int
+	fullReforks int
 	// calmReloads: the calm world reloads too, and its reloads' molds fail at times; moldReloads
 	// counts the reloads that ended, moldedReloads those whose template is a mold; reloading: a
 	// reload's rollout runs.
@@ -1225,7 +1232,7 @@ func (s *simulation) recorded(h Happening) {
 	}
 	if e, ok := h.(RolloutEnded); ok && (e.Kind == KindRefork || s.calmReloads) {
 		if s.fullRefork && e.Err == nil {
-			s.moldReforks++
+			s.fullReforks++
 		}
 		s.fullRefork = false
 		if e.Kind == KindReload && s.reloading {
@@ -1238,7 +1245,7 @@ func (s *simulation) recorded(h Happening) {
 		return
 	}
 	s.reloading = r.Kind == KindReload
-	if ready, desired := s.m.servingReady(); (r.Kind == KindRefork || s.calmReloads) && s.cfg.Mold && s.cfg.MaxSurge > 0 {
+	if ready, desired := s.m.servingReady(); (r.Kind == KindRefork || (s.calmReloads && s.cfg.Mold)) && s.cfg.MaxSurge > 0 {
 		s.fullRefork = ready == desired
 	}
 	if p := s.cfg.ReforkOnDecay; r.Trigger == TriggerMemory {
@@ -1406,11 +1413,17 @@ func (s *simulation) checkInvariants() {
 			t.Fatalf("mold %d in slot %d, mold mode %v", w.id, w.slot, m.cfg.Mold)
 		}
 	}
-	// A refork in mold mode that began with every serving worker ready keeps them all serving,
-	// unless it fails: the mold is forked while they serve, and each is replaced with a surge.
+	// A refork (or a reload in mold mode) that began with every serving worker ready keeps each
+	// slot's worker ready, unless it fails: the mold is forked while they serve (in template
+	// mode, worker 0 is paused, not gone), and each is replaced with a surge.
 	if r := m.rollout; s.calm && s.fullRefork && r != nil && (r.kind == KindRefork || s.calmReloads) && r.failure == nil {
 		if ready, desired := m.servingReady(); ready < desired {
-			t.Fatalf("%d of %d serving workers ready during a %s in mold mode", ready, desired, r.kind)
+			t.Fatalf("%d of %d serving workers ready during a %s (mold mode %v)", ready, desired, r.kind, m.cfg.Mold)
+		}
+		// Nor does a refork wait for an old worker's drain (max_unavailable is 0 here: none
+		// stops before its replacement is ready), which would hold the next fork and its end back.
+		if r.kind == KindRefork && len(r.draining) > 0 {
+			t.Fatalf("a refork (mold mode %v) waits for %d old workers to exit", m.cfg.Mold, len(r.draining))
 		}
 	}
 	if r := m.rollout; r != nil && r.failure != nil {

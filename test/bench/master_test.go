@@ -91,7 +91,11 @@ func startMaster(tb testing.TB, c masterConfig) *master {
 	cfg.WriteString("}\n")
 	fmt.Fprintf(&cfg, "control {\n  socket = %q\n}\n", socket)
 	// Text, explicitly: the spawn benchmark reads boot= from the "worker ready" records.
-	cfg.WriteString("log {\n  format = \"text\"\n}\n")
+	level := "info"
+	if os.Getenv("FORKD_BENCH_REFORK_TRACE") != "" {
+		level = "debug" // the refork's every step (pause, paused, each stop), for the trace
+	}
+	fmt.Fprintf(&cfg, "log {\n  format = \"text\"\n  level = %q\n}\n", level)
 	path := filepath.Join(dir, "forkd.hcl")
 	if err := os.WriteFile(path, []byte(cfg.String()), 0o644); err != nil {
 		tb.Fatal(err)

@@ -118,6 +118,9 @@ type rackSide struct {
 type rackRollout struct {
 	took, logged time.Duration
 	timeline     string
+	// started and done are when forkd's start and done records of the rollout arrived (zero when
+	// either is missing).
+	started, done time.Time
 	// settle is how long the rollout waited for the cluster to settle before it started.
 	settle time.Duration
 }
@@ -451,6 +454,7 @@ func forkdRackSide(b *testing.B, m *master) *rackSide {
 			}
 			if start != nil && done != nil {
 				out.logged = done.at.Sub(start.at)
+				out.started, out.done = start.at, done.at
 				out.timeline = fmt.Sprintf("forkctl started 0.0, start record %.1f: %s", ms(start.at.Sub(t0)),
 					rolloutTimeline(m.out.since("", start.at), start.at, done.at))
 			}

@@ -175,6 +175,8 @@ type rackRolloutResult struct {
 	// reforkSeconds is how many whole seconds the 10 s after the refork counted.
 	reforkSeconds int
 	reforkRun     wrkRun
+	// reforkSpan is the loaded refork's start and done records (rackRollout's).
+	reforkSpan [2]time.Time
 }
 
 // rackPhasedResult is one phased restart under load.
@@ -219,6 +221,7 @@ func reforkUnderLoad(wrk string, s *rackMemSide) (rackRolloutResult, error) {
 		return r, rerr
 	}
 	r.reforkLoaded = ro.took
+	r.reforkSpan = [2]time.Time{ro.started, ro.done}
 	r.reforkSteady, _ = w.rate(steadyFrom, t0)
 	r.reforkAfter, r.reforkSeconds = w.rate(t0, t0.Add(rackReforkAfter))
 	r.reforkRun = w.run

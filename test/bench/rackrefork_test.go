@@ -29,7 +29,9 @@ import (
 //
 // FORKD_BENCH_REFORK_ROUNDS sets the rounds (default 3); each holds the heavy lock
 // (FORKD_BENCH_LOCK), released between rounds. FORKD_BENCH_REFORK_NICE lists the refork_nice
-// values to compare (default "0,10").
+// values to compare (default "0,10"). FORKD_BENCH_REFORK_TRACE=1 runs the forkd masters at log
+// level debug and prints, for each loaded refork, every line forkd and its workers logged from its
+// start record to its done record, each with its offset in ms: the refork's critical path.
 
 // rackReforkNiceSides are the forkd sides: template mode and mold mode, each with every nice
 // value of FORKD_BENCH_REFORK_NICE (a comma-separated list; default "0,10": off, and the default).
@@ -65,6 +67,7 @@ type rackReforkNiceRun struct {
 	steady, after  []float64
 	errors, non2xx int
 	readied        []string
+	traces         [][]string
 	output         func() string
 	side           *rackMemSide
 }
@@ -139,6 +142,9 @@ func BenchmarkRackReforkNice(b *testing.B) {
 				r.errors += res.reforkRun.socketErrors()
 				r.non2xx += res.reforkRun.non2xx
 				r.readied = append(r.readied, readiedSince(r.output(), before)...)
+				if span := res.reforkSpan; os.Getenv("FORKD_BENCH_REFORK_TRACE") != "" && r.side.fm != nil && !span[0].IsZero() {
+					r.traces = append(r.traces, r.side.fm.out.between(span[0], span[1], 1000))
+				}
 			}
 		})
 	}
@@ -205,6 +211,12 @@ func printRackReforkNiceSummary(w io.Writer) {
 		fmt.Fprintf(w, "%-18s   each: idle %s; loaded %s\n", "", fmtDurations(r.idle), fmtDurations(r.loaded))
 		for _, line := range r.readied {
 			fmt.Fprintf(w, "%-18s   under load: %s\n", "", line)
+		}
+		for i, trace := range r.traces {
+			fmt.Fprintf(w, "%-18s   trace of loaded refork %d:\n", "", i+1)
+			for _, line := range trace {
+				fmt.Fprintf(w, "%-18s     %s\n", "", line)
+			}
 		}
 	}
 }
