@@ -12,8 +12,8 @@ import (
 // stopped (max_surge); with max_unavailable, some old workers may stop first. An old worker counts
 // against max_surge until it has exited, and the rollout ends only once every worker it stopped
 // has exited, so that a command waiting for it returns when the old code no longer runs (a refork
-// excepted: drainsDetached). The first replacement is a canary: any replacement that fails stops the rollout, the old workers keep
-// serving, and the command that asked for it gets the reason.
+// excepted: drainsDetached). The first replacement is a canary: any replacement that fails stops
+// the rollout, the old workers keep serving, and the command that asked for it gets the reason.
 
 type pauseState int
 
