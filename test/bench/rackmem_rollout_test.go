@@ -26,9 +26,10 @@ import (
 //   - phased restart: 3 s of steady load, a phased restart (forkctl reload --wait; SIGUSR1), and
 //     the requests/s of the 3 s after it ended against the 3 s before (target: at least 80 %), with
 //     the requests/s during it; forkd's new template warms up first (fork_worker.warm_up's
-//     defaults);
-//   - without warm_up: the same phased restart of the plain forkd side again, its config given
-//     fork_worker.warm_up { max_wait = "0s" } first (the reload loads it: no warm-up).
+//     defaults; in mold mode, its first new serving worker, which then forks the mold);
+//   - without warm_up: the same phased restart of the first forkd side and of the mold side
+//     again, each config given fork_worker.warm_up { max_wait = "0s" } first (the reload loads
+//     it: no warm-up).
 //
 // Only whole seconds count: a window's first and last partial seconds are left out. Each phased
 // restart's timeline is printed too, second by second: the responses, and which process served

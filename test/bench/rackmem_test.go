@@ -42,7 +42,8 @@ import (
 // the heavy lock, /tmp/forkd-heavy.lock) the round holds that lock, released between rounds, so
 // that a run of many minutes lets other heavy runs go between them. The rollout rounds follow
 // (rackmem_rollout_test.go): a refork under load, a phased restart under load (forkd's default
-// warm-up included), and one without a warm-up (fork_worker.warm_up { max_wait = "0s" }).
+// warm-up included), and one without a warm-up (fork_worker.warm_up { max_wait = "0s" }; the
+// first forkd side and the mold's).
 //
 // The printed table has each side's total PSS (the median of rackMemStageSamples samples), the ratio,
 // and each side's growth over its own figure after the refork; under it, the evidence: every
@@ -136,7 +137,8 @@ type rackMemVariant struct {
 // that served the most). FORKD_BENCH_MEM_FORKD replaces them: "NAME:STEPS[:K=V,...];..." (forkd-rack's
 // --ready-template, empty: the default; then variables added to the app's environment, such as
 // RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO=0.20,RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO=0.40 for Ruby's own
-// defaults; the template mode otherwise). FORKD_BENCH_PUMA_ENV="K=V,..." adds variables to Puma's.
+// defaults; a NAME of the sides above, such as forkd-mold, runs that side's config, any other
+// the template mode). FORKD_BENCH_PUMA_ENV="K=V,..." adds variables to Puma's.
 var rackMemForkd = []rackMemVariant{
 	{name: "forkd", env: "template mode (refork_after = [1000, false])"},
 	{name: "forkd-decay", forkWorker: "  refork_on_decay {\n    private_growth = \"64M\"\n    min_interval   = \"20s\"\n  }\n",
@@ -313,7 +315,14 @@ func BenchmarkRackMemory(b *testing.B) {
 			if vars != "" {
 				desc += ", " + vars
 			}
-			variants = append(variants, rackMemVariant{name: name, ready: ready, env: desc, appEnv: appEnv})
+			// A name of one of rackMemForkd's sides starts from its config (forkd-mold: the mold).
+			v := rackMemVariant{name: name}
+			if i := slices.IndexFunc(rackMemForkd, func(d rackMemVariant) bool { return d.name == name }); i >= 0 {
+				v = rackMemForkd[i]
+				desc = v.env + ", " + desc
+			}
+			v.ready, v.env, v.appEnv = ready, desc, appEnv
+			variants = append(variants, v)
 		}
 	}
 	rackKSMInfo = ""
@@ -457,13 +466,13 @@ func BenchmarkRackMemory(b *testing.B) {
 		for _, s := range turn(1) {
 			since := 0
 			if s.fm != nil {
-				since = strings.Count(s.output(), warmUpStarted)
+				since = countWarmUps(s.output())
 			}
 			p, err := phasedUnderLoad(wrk, "phased restart", s)
 			if err != nil {
 				fatal(s, "phased restart under load", err)
 			}
-			if s.fm != nil && !strings.Contains(s.env, "refork_from") {
+			if s.fm != nil {
 				// The default warm-up: the row says what it served, or that it did not run.
 				p.note = warmUpNote(s.output(), since)
 			}
@@ -471,23 +480,25 @@ func BenchmarkRackMemory(b *testing.B) {
 		}
 	})
 	round(b, "phased restart without warm_up", func() {
-		s := sides[0]
-		if s.fm == nil || strings.Contains(s.env, "refork_from") { // a mold never warms up
-			return
+		// The first forkd side, and the mold's: each mode's reload without a warm-up.
+		for _, s := range sides {
+			if s.fm == nil || (s != sides[0] && !strings.Contains(s.env, "refork_from")) {
+				continue
+			}
+			if err := switchWarmUpOff(s.fm); err != nil {
+				fatal(s, "warm_up", err)
+			}
+			since := countWarmUps(s.output())
+			p, err := phasedUnderLoad(wrk, "without warm_up", s)
+			if err != nil {
+				fatal(s, "phased restart without warm_up", err)
+			}
+			// A row that says no warm_up must have had none.
+			if countWarmUps(s.output()) != since {
+				fatal(s, "phased restart without warm_up", fmt.Errorf("forkd warmed up all the same"))
+			}
+			s.rollouts.phased = append(s.rollouts.phased, p)
 		}
-		if err := switchWarmUpOff(s.fm); err != nil {
-			fatal(s, "warm_up", err)
-		}
-		since := strings.Count(s.output(), warmUpStarted)
-		p, err := phasedUnderLoad(wrk, "without warm_up", s)
-		if err != nil {
-			fatal(s, "phased restart without warm_up", err)
-		}
-		// A row that says no warm_up must have had none.
-		if strings.Count(s.output(), warmUpStarted) != since {
-			fatal(s, "phased restart without warm_up", fmt.Errorf("forkd warmed up all the same"))
-		}
-		s.rollouts.phased = append(s.rollouts.phased, p)
 	})
 	for _, s := range sides {
 		b.ReportMetric(0, "ns/op")
@@ -521,26 +532,59 @@ func BenchmarkRackMemory(b *testing.B) {
 	b.Logf("\n%s", rackMemInfo)
 }
 
-// warmUpStarted is what forkd logs when a reload's new template begins its warm-up.
-const warmUpStarted = "the new template warms up before the others are forked from it"
+// warmUpStarted is what forkd logs when a reload's warm-up begins: the new template's, or in mold
+// mode the first new serving worker's.
+var warmUpStarted = []string{"the new template warms up before the others are forked from it",
+	"warms up, then forks the new template (a mold)"}
 
-// warmUpNote says how the warm-up after the first since log lines of warmUpStarted in out ended.
+// countWarmUps counts the warm-ups that began in out.
+func countWarmUps(out string) int {
+	n := 0
+	for _, started := range warmUpStarted {
+		n += strings.Count(out, started)
+	}
+	return n
+}
+
+// warmUpNote says how the warm-up after the first since warm-ups in out (countWarmUps) ended
+// (what the warming worker served), and in mold mode what came of the mold.
 func warmUpNote(out string, since int) string {
-	if strings.Count(out, warmUpStarted) <= since {
+	if countWarmUps(out) <= since {
 		return "no warm-up"
 	}
+	msg := func(line, what string) string {
+		i := strings.Index(line, "reload: ")
+		if i < 0 || !strings.Contains(line[i:], what) {
+			return ""
+		}
+		m, _, _ := strings.Cut(line[i+len("reload: "):], "\"")
+		return m
+	}
+	note := ""
 	for _, line := range strings.Split(out, "\n") {
-		for _, end := range []string{"the new template served", "nothing warms the new template up"} {
-			if i := strings.Index(line, end); i >= 0 {
-				since--
-				if since < 0 {
-					note, _, _ := strings.Cut(line[i:], "\"")
-					return "warm-up: " + note
+		if note == "" {
+			m := msg(line, "while it warmed up")
+			if m == "" {
+				m = msg(line, "so nothing warms")
+			}
+			if m != "" {
+				if since--; since < 0 {
+					note = "warm-up: " + m
 				}
 			}
+			continue
+		}
+		if m := msg(line, "(a mold)"); m != "" && !strings.Contains(m, "warms up") {
+			return note + "; " + m
+		}
+		if m := msg(line, "no mold"); m != "" {
+			return note + "; " + m
 		}
 	}
-	return "warm-up did not end"
+	if note == "" {
+		return "warm-up did not end"
+	}
+	return note
 }
 
 // parseWindows reads a comma-separated list of increasing durations (parseWindow's forms).
