@@ -37,7 +37,8 @@ fork_worker {
 
 // TestMoldReforkFallsBackToTheTemplate runs an SDK that does not know the mold op (it answers
 // error, as the protocol asks of any unknown op): the refork forks the serving workers from the
-// template as it is, and says why once, not at every refork.
+// template as it is, and says why once, not at every refork; a reload's warm-up forks them from
+// its new template.
 func TestMoldReforkFallsBackToTheTemplate(t *testing.T) {
 	t.Parallel()
 	requirePython(t)
@@ -65,6 +66,25 @@ func TestMoldReforkFallsBackToTheTemplate(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, strings.Count(f.output.String(), "cannot fork a mold"), "the fallback is said once:\n%s", f.output.String())
+
+	// A reload under traffic warms a new serving worker up (the default warm_up), whose SDK cannot
+	// fork the mold either: the others are forked from the new template as it is, and the reload
+	// succeeds.
+	stop := trickle(t, "http://"+f.addr()+"/", 0)
+	f.waitFor("a request count reported", func(st control.Status) bool { return st.WorkerList[1].Requests+st.WorkerList[2].Requests > 0 })
+	out, code := f.forkctl("reload", "--wait")
+	stop()
+	require.Equal(t, 0, code, out)
+	after := f.waitFor("the reload settled", func(st control.Status) bool {
+		return st.Generation == 4 && st.Ready == 2 && len(st.WorkerList) == 3
+	})
+	assert.Nil(t, after.WorkerList[0].MoldOf, "no mold made it")
+	log := f.output.String()
+	assert.Contains(t, log, "reload: the new worker 1 warms up, then forks the new template (a mold)")
+	assert.Regexp(t, `reload: no mold \(worker 1 cannot fork one, its SDK answered: [^)]*\): forking the others from the new template as it is`, log)
+	for _, w := range after.WorkerList[1:] {
+		assert.Equal(t, 4, w.Generation)
+	}
 }
 
 // moldRack is the config body running test/moldrack under forkd-rack in mold mode, with n
@@ -389,6 +409,7 @@ func TestMoldGetsACgroupOfSlotZero(t *testing.T) {
 // worker's mark. Forked from the cold template, as before the warm-up came to this mode, they
 // would say "warm=none" (and the template would be exec'd, no mold). Node's keep-alive client and
 // new connections run throughout: none fails, and every status read shows n serving workers ready.
+// A hot restart's phased restart warms up the same way.
 func TestMoldReloadWarmsAServingWorkerUp(t *testing.T) {
 	t.Parallel()
 	requireRuby(t)
@@ -405,23 +426,35 @@ fork_worker {
 }
 `, 1)
 	f := startRuby(t, options{config: cfg})
-	before := waitMoldCluster(t, f, n, 1)
+	waitMoldCluster(t, f, n, 1)
+	warmedRollout(t, f, n, 2, "reload")
+	warmedRollout(t, f, n, 3, "restart")
+}
+
+// warmedRollout runs forkctl cmd --wait (reload, restart) on f's n serving workers under traffic,
+// to generation gen, and checks that it warmed a new serving worker up, whose mold is the new
+// template and whose heap every new worker carries, with n serving workers ready throughout.
+func warmedRollout(t *testing.T, f *forkd, n, gen int, cmd string) {
+	t.Helper()
+	before := f.status()
 	base := "http://" + f.addr()
 	node := startNode(t, base+"/", 4)
 	stopTrickle := trickle(t, base+"/", 20*time.Millisecond) // new connections, which the idle new worker takes
-	f.waitFor("requests reported", func(st control.Status) bool { return st.WorkerList[1].Requests > 0 })
+	served := before.WorkerList[1].Requests
+	f.waitFor("requests reported", func(st control.Status) bool { return st.WorkerList[1].Requests > served })
+	log0 := len(f.output.String())
 
 	stopPolling := pollReady(f, n)
-	out, code := f.forkctl("reload", "--wait")
+	out, code := f.forkctl(cmd, "--wait")
 	polls, minReady := stopPolling()
 	require.Equal(t, 0, code, out)
 	stopTrickle()
 	r := node.stop()
 
-	st := waitMoldCluster(t, f, n, 2)
+	st := waitMoldCluster(t, f, n, gen)
 	tmpl := st.WorkerList[0]
 	assert.NotEqual(t, before.WorkerList[0].PID, tmpl.PID, "a new template")
-	require.NotNil(t, tmpl.MoldOf, "the reload's template is a mold of the warmed worker: %+v\n%s", tmpl, f.output.String())
+	require.NotNil(t, tmpl.MoldOf, "the %s's template is a mold of the warmed worker: %+v\n%s", cmd, tmpl, f.output.String()[log0:])
 	assert.GreaterOrEqual(t, tmpl.MoldOf.Requests, uint64(30), "the warmed worker served the warm-up's requests before the mold")
 	warmed := tmpl.MoldOf.PID
 	var warmedSlot control.Worker
@@ -431,17 +464,17 @@ fork_worker {
 		}
 	}
 	require.Equal(t, warmed, warmedSlot.PID, "the warmed worker serves on: %+v", st.WorkerList)
-	log := f.output.String()
-	assert.Contains(t, log, fmt.Sprintf("reload: the new worker %d warms up, then forks the new template (a mold) the others are forked from (30 requests, or 2m0s at most)", warmedSlot.Index))
-	assert.Regexp(t, fmt.Sprintf(`reload: the new worker %d served \d+ requests while it warmed up: it forks the mold`, warmedSlot.Index), log)
+	log := f.output.String()[log0:]
+	assert.Contains(t, log, fmt.Sprintf("%s: the new worker %d warms up, then forks the new template (a mold) the others are forked from (30 requests, or 2m0s at most)", cmd, warmedSlot.Index))
+	assert.Regexp(t, fmt.Sprintf(`%s: the new worker %d served \d+ requests while it warmed up: it forks the mold`, cmd, warmedSlot.Index), log)
 
 	// Every new worker answers with the warmed worker's mark: the others were forked from its heap.
 	for pid, mark := range heapMarks(t, base+"/", st.WorkerList[1:]) {
 		assert.Equal(t, fmt.Sprintf("warm=pid-%d", warmed), mark, "worker %s carries the warmed worker's heap", pid)
 	}
-	t.Logf("reload: %d status polls, at least %d of %d serving workers ready; node %d ok, %d failed %v", polls, minReady, n, r.OK, r.failed(), r.Samples)
+	t.Logf("%s: %d status polls, at least %d of %d serving workers ready; node %d ok, %d failed %v", cmd, polls, minReady, n, r.OK, r.failed(), r.Samples)
 	assert.Greater(t, polls, 0)
-	assert.Equal(t, n, minReady, "every serving worker ready throughout the reload")
+	assert.Equal(t, n, minReady, "every serving worker ready throughout the %s", cmd)
 	assert.Greater(t, r.OK, 0, "node ran")
 	assert.Zero(t, r.failed(), "node's failed requests: %v", r.Samples)
 }

@@ -538,6 +538,11 @@ func (s *simulation) hotRestart() {
 		s.t.Fatalf("Restore(Export()) failed: %v", err)
 	}
 	s.trace = append(s.trace, fmt.Sprintf("+%s hot restart", s.now.Sub(epoch)))
+	// The warm-up's idle rule knows when traffic last came, so that the phased restart after an
+	// exec does not take a busy cluster for an idle one.
+	if !m.trafficAt.Equal(s.m.trafficAt) {
+		s.t.Fatalf("the last traffic was at %v before a hot restart, %v after", s.m.trafficAt, m.trafficAt)
+	}
 	s.m = m
 	after := s.m.Status()
 	if before.Generation != after.Generation || before.Desired != after.Desired || before.Ready != after.Ready ||

@@ -34,6 +34,10 @@ type State struct {
 	// Decay is what the memory refork trigger learned of the app's reforks; the baseline is
 	// measured again after the exec.
 	Decay DecayRecord `json:",omitzero"`
+	// TrafficAgo is how long before the export a worker last reported a new request (-1: never),
+	// for the warm-up's idle rule (warm.go) of the phased restart that follows the exec. An image
+	// that does not export it gives 0: traffic just now, so the idle rule waits its WarmUpIdle.
+	TrafficAgo time.Duration `json:",omitempty"`
 }
 
 // DecayRecord is the memory refork trigger's verdicts in a State (decay.go).
@@ -131,7 +135,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 	st := State{
 		Generation: m.generation, Desired: m.desired, Running: m.phase == PhaseRunning,
 		Dropped: m.dropped, Late: m.late, Reforks: m.reforks, ExecMode: m.execMode, Mold: m.cfg.Mold, LastID: m.lastID,
-		OpSeq: m.opSeq,
+		OpSeq: m.opSeq, TrafficAgo: ago(m.trafficAt),
 		Decay: DecayRecord{Raises: m.decay.raises, Fruitless: m.decay.fruitless, Stopped: m.decay.stopped},
 	}
 	if m.last.Seq != 0 {
@@ -211,6 +215,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 	m.generation, m.desired, m.dropped, m.late = st.Generation, st.Desired, st.Dropped, st.Late
 	m.reforks, m.execMode, m.lastID = st.Reforks, st.ExecMode, st.LastID
 	m.opSeq = st.OpSeq
+	m.trafficAt = at(st.TrafficAgo)
 	m.decay = decayTrigger{raises: st.Decay.Raises, fruitless: st.Decay.Fruitless, stopped: st.Decay.Stopped, since: now}
 	if l := st.Last; l != nil {
 		m.last = RolloutResult{Seq: l.Seq, Kind: l.Kind, Generation: l.Generation, Target: l.Target}
