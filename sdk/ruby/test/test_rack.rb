@@ -168,6 +168,30 @@ class RackTest < ForkdTest::MasterTest
     refute_includes exec_mode.read_log, "Ruby's GC"
   end
 
+  # A template whose app built a big heap says, once, what RUBY_GC_HEAP_INIT_SLOTS would lay its
+  # pages out before the app loads; one that runs with it set says nothing.
+  def test_the_template_advises_rubys_initial_heap_size
+    skip "Ruby #{RUBY_VERSION} sizes its heaps per size pool" if (RUBY_VERSION.split(".").map(&:to_i) <=> [3, 3]) >= 0
+
+    advice = /RUBY_GC_HEAP_INIT_SLOTS=(\d+) in forkd's environment/
+    m = master
+    t = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000" })
+    m.spawn_ready(t, index: 1)
+    m.spawn_ready(t, index: 2)
+    log = t.read_log
+    assert_equal 1, log.scan(advice).size, log
+    live = Integer(log[/the app's heap holds (\d+) objects/, 1], 10)
+    assert_operator live, :>=, 600_000
+    suggested = Integer(log[advice, 1], 10)
+    assert_operator suggested, :<, live
+    assert_operator suggested, :>, live / 2
+
+    m = master
+    sized = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000", "RUBY_GC_HEAP_INIT_SLOTS" => "800000" })
+    m.spawn_ready(sized, index: 1)
+    refute_match(/RUBY_GC_HEAP_INIT_SLOTS/, sized.read_log)
+  end
+
   def test_missing_config_ru
     require_puma
     m = master

@@ -21,6 +21,10 @@ module Forkd
       "RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO" => "0.06",
     }.freeze
 
+    # Below this many heap pages (16 KB each: ~16 MB of objects, some 400,000) the bookkeeping is too
+    # small to be worth an advice.
+    ADVICE_MIN_PAGES = 1000
+
     # The variables that, set, say the user tuned the free slots.
     CHOSEN = %w[RUBY_GC_HEAP_FREE_SLOTS RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO
                 RUBY_GC_HEAP_FREE_SLOTS_MAX_RATIO].freeze
@@ -65,6 +69,40 @@ module Forkd
         ours = DEFAULTS.all? { |k, v| env[k] == v } && (set - DEFAULTS.keys).empty?
         "Ruby's GC: #{set.map { |k| "#{k}=#{env[k]}" }.join(" ")} " \
           "(#{ours ? "forkd-rack's defaults for fork-worker mode" : "from the environment"})"
+      end
+
+      # Advice on the heap's initial size, logged once by a template that has loaded the app
+      # (docs/fork-safety.md, "Ruby's heap pages"): Ruby allocates each heap page's bookkeeping
+      # (its struct and mark bitmaps) with malloc as the heap grows, so while an app loads, those
+      # small blocks land between the app's own strings, one in every few malloc pages. Every
+      # collection in every worker writes to them, and each write copies a shared 4 KB page of the
+      # app's strings with it: ~15-18 MB per worker on a heap of 2.5 million objects. With
+      # RUBY_GC_HEAP_INIT_SLOTS about as large as the heap the app builds, Ruby allocates the
+      # pages, bookkeeping and all, at once before the app runs, side by side. forkd-rack cannot know that
+      # size before the app has loaded, so it says what to set. Nil when there is nothing to say:
+      # the variable is set, the heap is small, or Ruby sizes its heaps per size pool (3.3+, other
+      # variables, not measured here).
+      def heap_advice(stat = GC.stat, env = ENV, ruby = RUBY_VERSION)
+        return nil if (ruby.split(".").map(&:to_i) <=> [3, 3]) >= 0
+        return nil if env.keys.any? { |k| k.start_with?("RUBY_GC_HEAP_INIT") }
+
+        live = stat[:heap_live_slots].to_i
+        return nil if stat[:heap_allocated_pages].to_i < ADVICE_MIN_PAGES
+
+        slots = suggested_slots(live)
+        "Ruby's GC: the app's heap holds #{live} objects; with RUBY_GC_HEAP_INIT_SLOTS=#{slots} in " \
+          "forkd's environment (e.g. Environment= in its unit), Ruby lays out its heap pages before the app " \
+          "loads, and each worker copies less of the template's memory (docs/fork-safety.md, \"Ruby's heap pages\")"
+      end
+
+      # Nine tenths of the live objects, rounded down to two digits: below what the app holds, so
+      # that the heap it builds fills the pages Ruby laid out at start. Past it, the spare slots
+      # cost twice: the template holds them empty, and each worker's first objects copy their
+      # shared pages (make bench: docs/fork-safety.md).
+      def suggested_slots(live)
+        want = (live * 9) / 10
+        unit = 10**[Math.log10([want, 1].max).floor - 1, 0].max
+        (want / unit) * unit
       end
 
       # This process's argv, as the kernel holds it (the interpreter's own options included).

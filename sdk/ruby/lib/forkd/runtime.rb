@@ -2,6 +2,7 @@
 
 require "io/nonblock"
 
+require_relative "gc_tuning"
 require_relative "hooks"
 require_relative "protocol"
 require_relative "readying"
@@ -184,6 +185,15 @@ module Forkd
         yield
       rescue Exception => e # rubocop:disable Lint/RescueException
         Worker.die("#{name} hook failed: #{e.class}: #{e.message}\n#{(e.backtrace || []).first(20).join("\n")}")
+      end
+
+      # Once per process, in the template that loaded the app: a mold inherits its heap's layout.
+      def advise_heap_size
+        return if @advised
+
+        @advised = true
+        advice = GCTuning.heap_advice
+        Worker.log(advice) if advice
       end
 
       # A template that does not serve (a mold, mold mode's worker 0) readies itself for forks at
@@ -390,6 +400,7 @@ module Forkd
             done = Readying.run
             Worker.log(done) if done
             @readied = true
+            advise_heap_size
           end
         end
       end

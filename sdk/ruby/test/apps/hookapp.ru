@@ -10,6 +10,9 @@ LOG = ENV.fetch("HOOK_LOG", File::NULL)
 # REQUEST_LOG: "PID PATH" of each request as it begins, for tests that wait for one in flight.
 REQUESTS = ENV.fetch("REQUEST_LOG", File::NULL)
 
+# HOOKAPP_OBJECTS: objects the app keeps from its boot on, for tests of the heap's size.
+RETAINED = Array.new(Integer(ENV.fetch("HOOKAPP_OBJECTS", "0"), 10)) { |i| "o#{i}" }.freeze
+
 def record(event, **data)
   File.open(LOG, "a") { |f| f.syswrite("#{Process.pid} #{event} #{JSON.generate(data)}\n") }
 end
