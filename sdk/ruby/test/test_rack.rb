@@ -173,7 +173,7 @@ class RackTest < ForkdTest::MasterTest
   def test_the_template_advises_rubys_initial_heap_size
     skip "Ruby #{RUBY_VERSION} sizes its heaps per size pool" if (RUBY_VERSION.split(".").map(&:to_i) <=> [3, 3]) >= 0
 
-    advice = /RUBY_GC_HEAP_INIT_SLOTS=(\d+) in forkd's environment/
+    advice = /RUBY_GC_HEAP_INIT_SLOTS=(\d+) in the app's environment/
     m = master
     t = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000" })
     m.spawn_ready(t, index: 1)

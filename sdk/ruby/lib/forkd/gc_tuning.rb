@@ -91,7 +91,7 @@ module Forkd
 
         slots = suggested_slots(live)
         "Ruby's GC: the app's heap holds #{live} objects; with RUBY_GC_HEAP_INIT_SLOTS=#{slots} in " \
-          "forkd's environment (e.g. Environment= in its unit), Ruby lays out its heap pages before the app " \
+          "the app's environment (forkd's env, or Environment= in its unit), Ruby lays out its heap pages before the app " \
           "loads, and each worker copies less of the template's memory (docs/fork-safety.md, \"Ruby's heap pages\")"
       end
 
