@@ -147,7 +147,9 @@ func bodyOf(t *testing.T, url string) string {
 // is the master's child), and every new worker is forked from it, since each answers with that
 // worker's mark. Reforked from the template instead, they would say "warm=none". The mold stays
 // the template across a hot restart that keeps the workers; a reload, and a hot restart that
-// replaces them, exec a new one, and the next refork forks a mold again.
+// replaces them, exec a new one (without traffic, their warm-up has nothing to make a mold of:
+// TestMoldReloadWarmsAServingWorkerUp has the one under traffic), and the next refork forks a mold
+// again.
 func TestMoldReforkFromTheWarmestWorker(t *testing.T) {
 	t.Parallel()
 	requireRuby(t)
@@ -164,14 +166,14 @@ func TestMoldReforkFromTheWarmestWorker(t *testing.T) {
 	out, code = f.forkctl("reload", "--wait")
 	require.Equal(t, 0, code, out)
 	st = waitMoldCluster(t, f, n, 3)
-	assert.Nil(t, st.WorkerList[0].MoldOf, "a reload's template is exec'd")
+	assert.Nil(t, st.WorkerList[0].MoldOf, "an idle reload's template is exec'd")
 	assert.False(t, st.WorkerList[0].Forked)
 
 	// A hot restart's phased restart, likewise, then a refork from the warmest again.
 	out, code = f.forkctl("restart", "--wait")
 	require.Equal(t, 0, code, out)
 	st = waitMoldCluster(t, f, n, 4)
-	assert.Nil(t, st.WorkerList[0].MoldOf, "a hot restart's template is exec'd")
+	assert.Nil(t, st.WorkerList[0].MoldOf, "an idle hot restart's template is exec'd")
 	out, code = f.forkctl("refork", "--wait")
 	require.Equal(t, 0, code, out)
 	st = waitMoldCluster(t, f, n, 5)
