@@ -3,7 +3,6 @@ package cluster
 import (
 	"fmt"
 	"log/slog"
-	"slices"
 )
 
 // This file holds mold mode (Config.Mold, refork_from = "warmest"): slot 0 holds a template that
@@ -164,8 +163,6 @@ func (m *Machine) moldRefused(e MoldRefused) {
 		return
 	}
 	r.mold, r.zeroFirst = nil, false
-	if k := slices.Index(r.active, 0); k >= 0 {
-		r.active = slices.Delete(r.active, k, k+1)
-	}
+	r.deactivate(0)
 	m.lowerReplaced(r)
 }

@@ -334,8 +334,7 @@ func (m *Machine) promote(s *slot) {
 		}
 	}
 	if r != nil {
-		if k := slices.Index(r.active, s.index); k >= 0 {
-			r.active = slices.Delete(r.active, k, k+1)
+		if r.deactivate(s.index) {
 			delete(r.early, s.index)
 			if r.moldStep == moldStepForking && s.index == 0 {
 				r.moldStep = moldStepNone // the mold replaces the new template, counted already
@@ -360,6 +359,16 @@ func (m *Machine) promote(s *slot) {
 			r.startWarmUp(m, w)
 		}
 	}
+}
+
+// deactivate takes slot i off the slots being replaced; false when it was not one.
+func (r *rollout) deactivate(i int) bool {
+	k := slices.Index(r.active, i)
+	if k < 0 {
+		return false
+	}
+	r.active = slices.Delete(r.active, k, k+1)
+	return true
 }
 
 // slotExited tells the rollout a slot lost its current worker. It reports true when the slot needs

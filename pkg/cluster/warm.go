@@ -3,7 +3,6 @@ package cluster
 import (
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 )
 
@@ -207,9 +206,7 @@ func (r *rollout) moldLost(m *Machine, reason string) bool {
 	}
 	r.moldStep, r.mold = moldStepNone, nil
 	r.warming.served = 0 // the others are not forked from what the warmed worker served
-	if k := slices.Index(r.active, 0); k >= 0 {
-		r.active = slices.Delete(r.active, k, k+1)
-	}
+	r.deactivate(0)
 	if r.failure == nil {
 		m.log(slog.LevelWarn, fmt.Sprintf("%s: no mold (%s): forking the others from the new template as it is", r.kind, reason),
 			slog.String("event", "mold-fallback"), slog.Int("generation", r.to))
