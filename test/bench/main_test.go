@@ -8,7 +8,7 @@
 // template's gc.freeze() before it forks, off and on (gcfreeze_test.go); and memory that stays
 // shared (rackmem_test.go): an app that builds memory at boot and lazily, under forkd-rack (its
 // template readied and not) and `puma --fork-worker=1000`, after boot, a warm-up, a refork and
-// minutes of load.
+// minutes of load, beside a bare fork of the same app (rackmem_floor_test.go), the floor of its totals.
 //
 //	make bench    # go test -run='^$' -bench=. -benchtime=1x -count=1 ./test/bench/...
 //

@@ -1373,16 +1373,18 @@ func printRackSummary(w io.Writer) {
 func rollupTable(m rackMem) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "workers %.1f + master %.1f = %.1f (samples %s)", mb(m.workers), mb(m.master), mb(m.total()), mbList(m.totals))
-	line := func(name string, r rollup) {
-		fmt.Fprintf(&b, "\n    %-9s pss %5.1f (anon %5.1f file %4.1f)  rss %5.1f  shared clean %4.1f dirty %5.1f  private clean %3.1f dirty %4.1f (heap %4.2f anon %4.2f stack %4.2f file %4.2f)",
-			name, mb(r.pss), mb(r.pssAnon), mb(r.pssFile), mb(r.rss), mb(r.sharedClean), mb(r.sharedDirty), mb(r.privateClean), mb(r.privateDirty),
-			mb(r.dirtyHeap), mb(r.dirtyAnon), mb(r.dirtyStack), mb(r.dirtyFile))
-	}
-	line("master", m.masterRollup)
+	b.WriteString(rollupLine("master", m.masterRollup))
 	for i, r := range m.perWorker {
-		line(fmt.Sprintf("worker %d", i), r)
+		b.WriteString(rollupLine(fmt.Sprintf("worker %d", i), r))
 	}
 	return b.String()
+}
+
+// rollupLine is one process's line of rollupTable.
+func rollupLine(name string, r rollup) string {
+	return fmt.Sprintf("\n    %-9s pss %5.1f (anon %5.1f file %4.1f)  rss %5.1f  shared clean %4.1f dirty %5.1f  private clean %3.1f dirty %4.1f (heap %4.2f anon %4.2f stack %4.2f file %4.2f)",
+		name, mb(r.pss), mb(r.pssAnon), mb(r.pssFile), mb(r.rss), mb(r.sharedClean), mb(r.sharedDirty), mb(r.privateClean), mb(r.privateDirty),
+		mb(r.dirtyHeap), mb(r.dirtyAnon), mb(r.dirtyStack), mb(r.dirtyFile))
 }
 
 func mbList(vs []uint64) string {

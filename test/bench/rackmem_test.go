@@ -45,6 +45,11 @@ import (
 // warm-up included), and one without a warm-up (fork_worker.warm_up { max_wait = "0s" }; the
 // first forkd side and the mold's).
 //
+// Beside them, in the boot and refork rounds only, the bare fork (rackmem_floor_test.go): no
+// server, one Ruby process holding the app and 4 children that only wait, the floor of the total
+// at those two stages, printed with its ratio to Puma and 0.8x Puma's total beside it, then what
+// each side holds beyond it (master, private, shared).
+//
 // The printed table has each side's total PSS (the median of rackMemStageSamples samples), the ratio,
 // and each side's growth over its own figure after the refork; under it, the evidence: every
 // process's memory by kind and by mapping, and each worker's GC counts (GC.stat, from the app's
@@ -157,8 +162,11 @@ const (
 
 var (
 	rackMemSides []*rackMemSide
-	rackMemInfo  string
-	rackKSMInfo  string
+	// rackMemFloorMem is the bare fork's memory by stage (rackmem_floor_test.go).
+	rackMemFloorMem  map[string]rackMem
+	rackMemFloorInfo string
+	rackMemInfo      string
+	rackKSMInfo      string
 )
 
 // rotated is s, starting from its element i (modulo its length): whose turn comes first.
@@ -339,6 +347,7 @@ func BenchmarkRackMemory(b *testing.B) {
 
 	var sides []*rackMemSide
 	var pc *pumaCluster
+	var floor *rackMemFloor
 	fatal := func(s *rackMemSide, what string, err error) {
 		b.Helper()
 		b.Fatalf("%s: %s: %v\noutput:\n%s", s.name, what, err, s.output())
@@ -407,8 +416,12 @@ func BenchmarkRackMemory(b *testing.B) {
 		pc = startPuma(b, puma, pumaApp)
 		sides = append(sides, &rackMemSide{rackSide: pc.side(), version: pc.version, env: pumaDesc,
 			reforks: func() int { return pumaPhase(pc) }, output: pc.out.String})
+		floor = startRackMemFloor(b, scriptInterpreter(puma, ruby), pumaApp.env)
 		for _, s := range sides {
 			measure(s, "after boot", nil, "")
+		}
+		if err := floor.measure("after boot"); err != nil {
+			b.Fatalf("%s: memory after boot: %v", rackMemFloorName, err)
 		}
 	})
 	round(b, "warm-up", func() {
@@ -425,6 +438,19 @@ func BenchmarkRackMemory(b *testing.B) {
 			}
 			s.rollouts.reforkIdle = r.took
 			measure(s, "after a refork", nil, fmt.Sprintf("refork took %s", fmtMS(r.took)))
+		}
+		// The floor last (it builds its lazy half now, while the sides are idle), then gone before
+		// the load stages.
+		if err := floor.refork(); err != nil {
+			b.Fatalf("%s: refork: %v", rackMemFloorName, err)
+		}
+		if err := floor.measure("after a refork"); err != nil {
+			b.Fatalf("%s: memory after a refork: %v", rackMemFloorName, err)
+		}
+		floor.stop()
+		// A floor without the lazy half would put the target above it for nothing.
+		if grew := mb(floor.stages["after a refork"].total()) - mb(floor.stages["after boot"].total()); grew < 0.8*rackMemLazyMB {
+			b.Errorf("%s: %.1f MB more after the refork than after boot: it did not build its lazy %d MB", rackMemFloorName, grew, rackMemLazyMB)
 		}
 	})
 	if counts != nil {
@@ -500,6 +526,9 @@ func BenchmarkRackMemory(b *testing.B) {
 			s.rollouts.phased = append(s.rollouts.phased, p)
 		}
 	})
+	for _, stage := range rackMemFloorStages {
+		b.ReportMetric(mb(floor.stages[stage].total()), "floor-pss-"+strings.ReplaceAll(strings.TrimPrefix(stage, "after "), " ", "-")+"-MB")
+	}
 	for _, s := range sides {
 		b.ReportMetric(0, "ns/op")
 		for _, st := range s.stages {
@@ -526,6 +555,9 @@ func BenchmarkRackMemory(b *testing.B) {
 		rackKSMInfo += fmt.Sprintf("; ksmd's CPU over the run: %.1f s", (ksmdCPU() - ksm0).Seconds())
 	}
 	rackMemSides = sides
+	rackMemFloorMem = floor.stages
+	rackMemFloorInfo = fmt.Sprintf("%s %s, %d children that only wait, its heap readied by GC.compact (Puma's interpreter and environment)",
+		floor.interpreter, filepath.Join("test/benchrack", "floor.rb"), rackWorkers)
 	rackMemInfo = fmt.Sprintf("%d workers x %d threads, test/benchrack/%s (%d MB at boot, %d MB lazily over %d requests), wrk -t2 -c%d keep-alive, on 127.0.0.1; %s vs %s; %s in %s",
 		rackWorkers, rackThreads, rackMemRackup, rackMemBootMB, rackMemLazyMB, rackMemSteps, rackMemConns, sides[0].version, pc.version,
 		busy(load), time.Since(started).Round(time.Second))
@@ -736,6 +768,10 @@ func printRackMemorySummary(w io.Writer) {
 	for _, s := range forkds {
 		fmt.Fprintf(w, " %22s", s.name+"/puma")
 	}
+	floor := rackMemFloorMem
+	if len(floor) > 0 {
+		fmt.Fprintf(w, " %18s %11s %10s", rackMemFloorName, "floor/puma", fmt.Sprintf("%.1fx puma", rackMemRatioTarget))
+	}
 	fmt.Fprintln(w)
 	ratioMet := map[string]bool{}
 	growth := map[string]float64{}
@@ -757,7 +793,21 @@ func printRackMemorySummary(w io.Writer) {
 			ratioMet[s.name] = ratioMet[s.name] && r <= rackMemRatioTarget
 			fmt.Fprintf(w, " %21.2fx", r)
 		}
+		if m, ok := floor[st.name]; ok {
+			fmt.Fprintf(w, " %18.1f %10.2fx %10.1f", mb(m.total()), mb(m.total())/total(puma, i), rackMemRatioTarget*total(puma, i))
+		}
 		fmt.Fprintln(w)
+	}
+	for i, st := range puma.stages {
+		if m, ok := floor[st.name]; ok {
+			f, target := mb(m.total()), rackMemRatioTarget*total(puma, i)
+			under := "above"
+			if target < f {
+				under = "under"
+			}
+			fmt.Fprintf(w, "floor %s: the bare fork holds %.1f MB, %.2fx puma's; %.1fx puma's is %.1f MB, %.1f MB %s the floor\n",
+				st.name, f, f/total(puma, i), rackMemRatioTarget, target, max(f-target, target-f), under)
+		}
 	}
 	fmt.Fprintf(w, "  (in parentheses: the growth over the side's own total right after the refork; each figure the median of %d samples 0.5 s apart)\n", rackMemStageSamples)
 	fmt.Fprintf(w, "requests served in each load stage (wrk; socket errors + non-2xx):\n")
@@ -773,6 +823,7 @@ func printRackMemorySummary(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "puma's growth after the last stage: %.2fx\n", growth[puma.name])
+	printRackMemFloor(w, sides, floor, rackMemFloorInfo)
 	if rackKSMInfo != "" {
 		fmt.Fprintf(w, "KSM: %s\n", rackKSMInfo)
 	}
