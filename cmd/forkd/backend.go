@@ -89,6 +89,9 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 	if w := st.WarmUp; w != nil {
 		out.WarmUp = &control.WarmUp{Index: w.Slot, PID: w.PID, Served: w.Served, Requests: w.Requests, Until: w.Until, IdleUntil: w.IdleUntil}
 	}
+	if h := st.HeapSize; h != nil {
+		out.HeapSize = &control.HeapSize{Variable: h.Variable, Value: h.Value, Generation: h.Generation, Carried: st.HeapSizeCarried}
+	}
 	for _, l := range b.listeners {
 		out.Listeners = append(out.Listeners, control.Listener{Name: l.Name, Address: l.Network + "://" + l.Address})
 	}

@@ -313,6 +313,7 @@ func generation(cfg *config.Config) supervisor.Generation {
 		machine.ForkTimeout = fw.Timeout
 		machine.Mold = fw.ReforkFrom == config.ReforkFromWarmest
 		machine.ReforkNice = fw.ReforkNice
+		machine.CarryHeapSize = fw.CarryHeapSize
 		machine.ReforkAfter, machine.ReforkAfterRepeats = fw.ReforkAfter, fw.ReforkAfterRepeats
 		if w := fw.WarmUp; w != nil {
 			machine.WarmUp = cluster.WarmUp{Requests: uint64(w.Requests), MaxWait: w.MaxWait}

@@ -442,7 +442,7 @@ func notification(msg notify.Message) cluster.Notification {
 	return cluster.Notification{
 		Ready: msg.Ready, Stopping: msg.Stopping, Watchdog: msg.Watchdog, WatchdogTrigger: msg.WatchdogTrigger,
 		Status: msg.Status, HasStatus: msg.HasStatus, Requests: msg.Requests, HasRequests: msg.HasRequests,
-		Busy: msg.Busy, HasBusy: msg.HasBusy,
+		Busy: msg.Busy, HasBusy: msg.HasBusy, HeapSize: msg.HeapSize, HasHeapSize: msg.HasHeapSize,
 		WatchdogTimeout: msg.WatchdogTimeout, ExtendTimeout: msg.ExtendTimeout,
 	}
 }

@@ -3,8 +3,10 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,6 +70,25 @@ func (d *Driver) register(sp *spec, cfg *cluster.Config) {
 	d.lastSpec++
 	d.specs[d.lastSpec] = sp
 	cfg.Spec = d.lastSpec
+	cfg.HeapSizeSet = heapSizeSet(d.baseEnv, sp.env)
+}
+
+// heapSizeSet is the variable of the app's environment (the config's env, then forkd's own) that
+// sizes Ruby's heap at start, as NAME=VALUE; "" when none does. The operator's choice wins over
+// the size a template reports (cluster.HeapSize).
+func heapSizeSet(base []string, env map[string]string) string {
+	keys := slices.Sorted(maps.Keys(env))
+	for _, k := range keys {
+		if strings.HasPrefix(k, cluster.HeapSizePrefix) {
+			return k + "=" + env[k]
+		}
+	}
+	for _, kv := range base {
+		if strings.HasPrefix(kv, cluster.HeapSizePrefix) {
+			return kv
+		}
+	}
+	return ""
 }
 
 func (d *Driver) spawn(a cluster.SpawnWorker) {
@@ -85,6 +106,9 @@ func (d *Driver) spawn(a cluster.SpawnWorker) {
 		return
 	}
 	env := d.workerEnv(sp, a.Slot, a.Generation, a.Heartbeat, ns.sock.Addr())
+	if h := a.HeapSize; h != nil {
+		env = append(env, h.String())
+	}
 	if out, stream := d.workerOutput(a.Slot); out != nil {
 		defer out.Close()
 		files[1], files[2] = out.Fd(), out.Fd()

@@ -26,6 +26,7 @@ func (s seams) Control(a cluster.Action) {
 		if a.NonServing {
 			msg.Serve = new(false)
 		}
+		msg.ReportHeap = a.ReportHeap
 		s.d.controlWorker(a.Worker, msg)
 	case cluster.SendRefuse:
 		s.d.controlWorker(a.Worker, protocol.Message{Op: protocol.OpRefuse, Error: a.Reason})

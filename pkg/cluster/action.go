@@ -24,6 +24,9 @@ type Action interface{ isAction() }
 // With Mold set (mold mode, mold.go), Template is a serving worker, asked to fork a mold: a new
 // template for slot 0 (a mold request instead of a spawn request). Spawned, SpawnFailed or
 // MoldRefused answers.
+//
+// HeapSize, on an exec'd worker 0, is the heap size an earlier template reported (heapsize.go):
+// the driver adds it to the worker's environment.
 type SpawnWorker struct {
 	Worker     WorkerID
 	Slot       int
@@ -33,6 +36,7 @@ type SpawnWorker struct {
 	Channel    bool
 	Spec       SpecHandle
 	Heartbeat  time.Duration
+	HeapSize   *HeapSize
 }
 
 // ReleaseSpec tells the driver that no worker will be spawned from the spec any more: the config
@@ -55,6 +59,9 @@ type SendWelcome struct {
 	Slot       int
 	Generation int
 	NonServing bool
+	// ReportHeap asks an exec'd worker 0 to report its heap's size once the app has loaded
+	// (X_FORKD_HEAP_SIZE, heapsize.go): fork_worker.carry_heap_size is on.
+	ReportHeap bool
 }
 
 // SendRefuse refuses a worker on its control channel, saying why (Reason); the driver then closes

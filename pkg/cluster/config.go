@@ -46,6 +46,13 @@ type Config struct {
 	// a while (in mold mode: until a new serving worker has, and forked the mold; warm.go); zero:
 	// it forks at once.
 	WarmUp WarmUp
+	// CarryHeapSize carries the heap size an exec'd template reports to the next worker 0 forkd
+	// execs (heapsize.go), unless HeapSizeSet.
+	CarryHeapSize bool
+	// HeapSizeSet is the variable of the app's environment (forkd's or the config's env) that
+	// sizes Ruby's heap at start (HeapSizePrefix...), as NAME=VALUE; empty: none. The driver fills
+	// it in for each spec it registers: the operator's choice wins over a carried size.
+	HeapSizeSet string
 
 	// Recycle replaces workers that served too many requests or hold too much private memory.
 	Recycle RecyclePolicy

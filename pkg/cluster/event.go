@@ -101,6 +101,10 @@ type Notification struct {
 	// Busy is X_FORKD_BUSY=, the threads serving a request now, when HasBusy.
 	Busy    int
 	HasBusy bool
+	// HeapSize is X_FORKD_HEAP_SIZE=, as sent (the machine checks it: heapsize.go), when
+	// HasHeapSize.
+	HeapSize    string
+	HasHeapSize bool
 	// WatchdogTimeout is WATCHDOG_USEC= (a new heartbeat timeout), ExtendTimeout
 	// EXTEND_TIMEOUT_USEC=; zero when absent.
 	WatchdogTimeout, ExtendTimeout time.Duration

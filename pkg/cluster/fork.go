@@ -42,7 +42,8 @@ func (m *Machine) hello(e Hello) {
 	}
 	w.hello = true
 	w.canFork = e.Fork && w.slot == 0 && (!w.forked() || w.mold)
-	m.emit(SendWelcome{Worker: w.id, Slot: w.slot, Generation: w.generation, NonServing: !m.cfg.serves(w.slot)})
+	m.emit(SendWelcome{Worker: w.id, Slot: w.slot, Generation: w.generation, NonServing: !m.cfg.serves(w.slot),
+		ReportHeap: m.cfg.CarryHeapSize && w.canFork && !w.forked()})
 }
 
 // workerZeroReady decides, when a worker 0 becomes ready as its slot's current worker, whether the

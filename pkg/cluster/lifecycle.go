@@ -80,9 +80,13 @@ func (m *Machine) spawnFrom(s *slot, replacement bool, template *worker, mold bo
 	} else {
 		s.worker = w
 	}
-	m.emit(SpawnWorker{Worker: w.id, Slot: s.index, Generation: w.generation, Template: w.template, Mold: mold,
+	a := SpawnWorker{Worker: w.id, Slot: s.index, Generation: w.generation, Template: w.template, Mold: mold,
 		Spec: m.cfg.Spec, Heartbeat: m.cfg.HeartbeatTimeout,
-		Channel: w.channel && template == nil})
+		Channel: w.channel && template == nil}
+	if a.Channel {
+		a.HeapSize = m.carriedHeapSize(w)
+	}
+	m.emit(a)
 	return w
 }
 

@@ -74,6 +74,9 @@ type Machine struct {
 	// trafficAt is when a worker last reported more requests than before (the warm-up's idle
 	// rule, warm.go).
 	trafficAt time.Time
+	// heapSize is the heap size the last exec'd template reported (heapsize.go), which the next
+	// worker 0 forkd execs boots with; nil before any did.
+	heapSize *HeapSize
 	// decay is the refork trigger that follows the workers' memory (decay.go).
 	decay   decayTrigger
 	rollout *rollout

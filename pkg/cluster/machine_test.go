@@ -101,6 +101,11 @@ func TestScripts(t *testing.T) {
 						cfg.Mold = v == "true"
 					case "refork-nice":
 						cfg.ReforkNice = atoi(t, v)
+					case "carry-heap":
+						cfg.CarryHeapSize = v == "true"
+					case "heap-set":
+						// The app's environment sets RUBY_GC_HEAP_INIT_SLOTS=v.
+						cfg.HeapSizeSet = "RUBY_GC_HEAP_INIT_SLOTS=" + v
 					case "refork-after":
 						// As in the config file: the last count repeats, unless false ends the list.
 						cfg.ReforkAfterRepeats = true
@@ -348,6 +353,9 @@ func formatActions(actions []Action) string {
 			if a.Channel {
 				b.WriteString(" channel")
 			}
+			if a.HeapSize != nil {
+				fmt.Fprintf(&b, " env=%s(from-gen=%d)", a.HeapSize, a.HeapSize.Generation)
+			}
 			b.WriteString("\n")
 		case CancelSpawn:
 			fmt.Fprintf(&b, "cancel-spawn id=%d\n", a.Worker)
@@ -355,6 +363,9 @@ func formatActions(actions []Action) string {
 			fmt.Fprintf(&b, "control id=%d welcome worker=%d gen=%d", a.Worker, a.Slot, a.Generation)
 			if a.NonServing {
 				b.WriteString(" serve=false")
+			}
+			if a.ReportHeap {
+				b.WriteString(" report-heap")
 			}
 			b.WriteString("\n")
 		case SendRefuse:
@@ -461,6 +472,9 @@ func formatStatus(st Status) string {
 	if st.Strays > 0 {
 		fmt.Fprintf(&b, " strays=%d", st.Strays)
 	}
+	if h := st.HeapSize; h != nil {
+		fmt.Fprintf(&b, " heap=%s(gen=%d,carried=%v)", h, h.Generation, st.HeapSizeCarried)
+	}
 	b.WriteString("\n")
 	if dc := st.Decay; dc.Enabled {
 		fmt.Fprintf(&b, "decay: measured=%v", dc.Measured)
@@ -519,12 +533,23 @@ func prepared(t *testing.T, d *datadriven.TestData, m *Machine, specs *SpecHandl
 	if d.HasArg("bad-config") {
 		return ConfigLoaded{Err: errors.New("cluster: invalid config: forkd.hcl:2,11-12: workers: 0 is out of range 1..1024")}
 	}
-	if !d.HasArg("workers") {
+	if !d.HasArg("workers") && !d.HasArg("heap-set") {
 		return ConfigLoaded{}
 	}
 	*specs++
 	cfg := m.cfg
-	cfg.Workers = intArg(t, d, "workers")
+	if d.HasArg("workers") {
+		cfg.Workers = intArg(t, d, "workers")
+	}
+	if d.HasArg("heap-set") {
+		// The new config's env sets RUBY_GC_HEAP_INIT_SLOTS (heap-set=none: no longer).
+		var v string
+		d.ScanArgs(t, "heap-set", &v)
+		cfg.HeapSizeSet = ""
+		if v != "none" {
+			cfg.HeapSizeSet = "RUBY_GC_HEAP_INIT_SLOTS=" + v
+		}
+	}
 	cfg.Spec = *specs
 	return ConfigLoaded{Config: &cfg}
 }
@@ -554,6 +579,8 @@ func parseNotification(t *testing.T, text string) Notification {
 					t.Fatal(err)
 				}
 				n.Requests, n.HasRequests = v, true
+			case "X_FORKD_HEAP_SIZE":
+				n.HeapSize, n.HasHeapSize = value, true
 			case "X_FORKD_BUSY":
 				v, err := strconv.Atoi(value)
 				if err != nil {

@@ -29,6 +29,9 @@ func (m *Machine) notified(e Notified) {
 		busy := msg.Busy
 		w.busy = &busy
 	}
+	if msg.HasHeapSize {
+		m.heapReported(w, msg.HeapSize)
+	}
 	if msg.WatchdogTimeout > 0 {
 		w.heartbeat = msg.WatchdogTimeout
 	}

@@ -38,6 +38,9 @@ type State struct {
 	// for the warm-up's idle rule (warm.go) of the phased restart that follows the exec. An image
 	// that does not export it gives 0: traffic just now, so the idle rule waits its WarmUpIdle.
 	TrafficAgo time.Duration `json:",omitempty"`
+	// HeapSize is the heap size the last exec'd template reported (heapsize.go), which the new
+	// image carries to the next worker 0 it execs; an image that does not export it gives none.
+	HeapSize *HeapSize `json:",omitempty"`
 }
 
 // DecayRecord is the memory refork trigger's verdicts in a State (decay.go).
@@ -135,7 +138,7 @@ func (m *Machine) Export(now time.Time) (State, error) {
 	st := State{
 		Generation: m.generation, Desired: m.desired, Running: m.phase == PhaseRunning,
 		Dropped: m.dropped, Late: m.late, Reforks: m.reforks, ExecMode: m.execMode, Mold: m.cfg.Mold, LastID: m.lastID,
-		OpSeq: m.opSeq, TrafficAgo: ago(m.trafficAt),
+		OpSeq: m.opSeq, TrafficAgo: ago(m.trafficAt), HeapSize: m.heapSize,
 		Decay: DecayRecord{Raises: m.decay.raises, Fruitless: m.decay.fruitless, Stopped: m.decay.stopped},
 	}
 	if m.last.Seq != 0 {
@@ -216,6 +219,7 @@ func Restore(cfg Config, st State, now time.Time) (*Machine, error) {
 	m.reforks, m.execMode, m.lastID = st.Reforks, st.ExecMode, st.LastID
 	m.opSeq = st.OpSeq
 	m.trafficAt = at(st.TrafficAgo)
+	m.heapSize = st.HeapSize
 	m.decay = decayTrigger{raises: st.Decay.Raises, fruitless: st.Decay.Fruitless, stopped: st.Decay.Stopped, since: now}
 	if l := st.Last; l != nil {
 		m.last = RolloutResult{Seq: l.Seq, Kind: l.Kind, Generation: l.Generation, Target: l.Target}

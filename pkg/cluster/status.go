@@ -31,9 +31,13 @@ type Status struct {
 	// Decay is the state of the refork trigger that follows the workers' memory.
 	Decay DecayStatus
 	// WarmUp is the rollout's warm-up under way (fork_worker.warm_up); nil when none runs.
-	WarmUp     *WarmUpStatus
-	StatusLine string
-	Workers    []WorkerStatus
+	WarmUp *WarmUpStatus
+	// HeapSize is the heap size the last exec'd template reported (nil: none did), and
+	// HeapSizeCarried whether the next worker 0 forkd execs boots with it (heapsize.go).
+	HeapSize        *HeapSize
+	HeapSizeCarried bool
+	StatusLine      string
+	Workers         []WorkerStatus
 }
 
 // WarmUpStatus is a warm-up under way: the new template serves alone (in mold mode, the first new
@@ -99,6 +103,10 @@ func (m *Machine) Status() Status {
 		Decay:      m.decayStatus(),
 	}
 	st.Ready, st.Desired = m.servingReady()
+	if h := m.heapSize; h != nil {
+		reported := *h
+		st.HeapSize, st.HeapSizeCarried = &reported, m.cfg.CarryHeapSize && m.cfg.HeapSizeSet == ""
+	}
 	if m.rollout != nil {
 		if p, ok := m.rollout.warmUpProgress(m); ok {
 			st.WarmUp = &WarmUpStatus{Served: p.served, Requests: p.need, Until: p.until, IdleUntil: p.idleAt}

@@ -71,6 +71,9 @@ type worker struct {
 	requests    uint64
 	requestsAt  time.Time
 	badRequests bool
+	// badHeapSize is set once the worker sent an X_FORKD_HEAP_SIZE the machine ignored (logged
+	// once per worker).
+	badHeapSize bool
 	// busy is the worker's last X_FORKD_BUSY (its threads serving a request), nil until it sent one.
 	busy *int
 	// reforkBase is requests at the last refork (0 for a worker spawned since), for ReforkAfter.

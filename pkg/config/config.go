@@ -164,7 +164,17 @@ type ForkWorker struct {
 	// runs, so that its readying, forks and new workers get the CPU first; 0 leaves them alone.
 	// Defaults to DefaultReforkNice.
 	ReforkNice int
+	// CarryHeapSize carries the heap size an exec'd template reports (Ruby's
+	// RUBY_GC_HEAP_INIT_SLOTS, from forkd-rack) to the next template forkd execs: a reload's, a
+	// hot restart's. A RUBY_GC_HEAP_INIT* variable in the app's environment wins. Defaults to
+	// DefaultCarryHeapSize.
+	CarryHeapSize bool
 }
+
+// DefaultCarryHeapSize is carry_heap_size when the block does not set it: on, since the next
+// template boots faster and its workers copy less of it (docs/fork-safety.md, "Ruby's heap
+// pages"), and an operator's own setting wins.
+const DefaultCarryHeapSize = true
 
 // DefaultReforkNice is refork_nice when the block does not set it (docs/configuration.md says
 // why).

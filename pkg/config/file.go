@@ -74,6 +74,7 @@ type fileForkWorker struct {
 	WarmUp        *fileWarmUp        `hcl:"warm_up,block"`
 	ReforkFrom    *hcl.Attribute     `hcl:"refork_from,optional"`
 	ReforkNice    *hcl.Attribute     `hcl:"refork_nice,optional"`
+	CarryHeap     *hcl.Attribute     `hcl:"carry_heap_size,optional"`
 }
 
 type fileWarmUp struct {
@@ -195,6 +196,7 @@ func (b *builder) decodeFile(src []byte, filename string) bool {
 			c.ForkWorker.ReforkFrom = ReforkFrom(from)
 		}
 		b.decodeValue(fw.ReforkNice, "fork_worker.refork_nice", &c.ForkWorker.ReforkNice, &s.reforkNice)
+		b.decodeValue(fw.CarryHeap, "fork_worker.carry_heap_size", &c.ForkWorker.CarryHeapSize, &s.carryHeap)
 		if w := fw.WarmUp; w != nil {
 			c.ForkWorker.WarmUp = &WarmUp{}
 			b.decodeValue(w.Requests, "fork_worker.warm_up.requests", &c.ForkWorker.WarmUp.Requests, &s.warmRequests)

@@ -286,5 +286,6 @@ func TestForkWorkerFlag(t *testing.T) {
 	cfg, err := Load(parseFlags(t, "--fork-worker", "--", "server"))
 	require.NoError(t, err)
 	assert.Equal(t, &ForkWorker{ReforkAfter: DefaultReforkAfter, ReforkAfterRepeats: DefaultReforkAfterRepeats, Timeout: DefaultForkTimeout,
-		ReforkFrom: DefaultReforkFrom, ReforkNice: DefaultReforkNice, WarmUp: &WarmUp{Requests: DefaultWarmUpRequests, MaxWait: DefaultWarmUpMaxWait}}, cfg.ForkWorker)
+		ReforkFrom: DefaultReforkFrom, ReforkNice: DefaultReforkNice, WarmUp: &WarmUp{Requests: DefaultWarmUpRequests, MaxWait: DefaultWarmUpMaxWait},
+		CarryHeapSize: DefaultCarryHeapSize}, cfg.ForkWorker)
 }

@@ -196,6 +196,9 @@ func (b *builder) fillDefaults() {
 		if !s.reforkNice.given {
 			fw.ReforkNice = DefaultReforkNice
 		}
+		if !s.carryHeap.given {
+			fw.CarryHeapSize = DefaultCarryHeapSize
+		}
 		if fw.WarmUp == nil {
 			fw.WarmUp = &WarmUp{} // on by default
 		}

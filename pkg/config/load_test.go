@@ -49,10 +49,11 @@ restart {
 }
 
 fork_worker {
-  refork_from  = "warmest"
-  refork_nice  = 5
-  refork_after = [100, 2000]
-  timeout      = "5s"
+  refork_from     = "warmest"
+  refork_nice     = 5
+  refork_after    = [100, 2000]
+  timeout         = "5s"
+  carry_heap_size = false
 }
 
 rollout {
@@ -123,7 +124,8 @@ func TestParseFullConfig(t *testing.T) {
 		Timeouts: Timeouts{Boot: 2 * time.Minute, Worker: 10 * time.Second, Shutdown: 90 * time.Second},
 		Restart:  Restart{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute, ResetAfter: 5 * time.Minute},
 		ForkWorker: &ForkWorker{ReforkAfter: []uint64{100, 2000}, ReforkAfterRepeats: true, Timeout: 5 * time.Second,
-			ReforkFrom: ReforkFromWarmest, ReforkNice: 5, WarmUp: &WarmUp{Requests: DefaultWarmUpRequests, MaxWait: DefaultWarmUpMaxWait}},
+			ReforkFrom: ReforkFromWarmest, ReforkNice: 5, WarmUp: &WarmUp{Requests: DefaultWarmUpRequests, MaxWait: DefaultWarmUpMaxWait},
+			CarryHeapSize: false},
 		Rollout: Rollout{MaxSurge: 2, MaxUnavailable: 1},
 		Hooks: Hooks{
 			BeforeReload:  []string{"/bin/sh", "-c", "exit 0"},
@@ -318,8 +320,9 @@ func TestForkWorkerDefaults(t *testing.T) {
 	cfg, err := Parse([]byte("command = [\"server\"]\nfork_worker {}\n"), "web.hcl")
 	require.NoError(t, err)
 	assert.Equal(t, &ForkWorker{ReforkAfter: []uint64{1000}, ReforkAfterRepeats: false, Timeout: DefaultForkTimeout,
-		ReforkFrom: DefaultReforkFrom, ReforkNice: DefaultReforkNice, WarmUp: &WarmUp{Requests: 1000, MaxWait: 5 * time.Second}}, cfg.ForkWorker,
-		"one refork after 1000 requests, as Puma's fork_worker; a reload's template warms up")
+		ReforkFrom: DefaultReforkFrom, ReforkNice: DefaultReforkNice, WarmUp: &WarmUp{Requests: 1000, MaxWait: 5 * time.Second},
+		CarryHeapSize: true}, cfg.ForkWorker,
+		"one refork after 1000 requests, as Puma's fork_worker; a reload's template warms up; the heap size carried")
 
 	for src, want := range map[string]ForkWorker{
 		"[]":                {ReforkAfter: []uint64{}, ReforkAfterRepeats: true},
@@ -332,6 +335,7 @@ func TestForkWorkerDefaults(t *testing.T) {
 		cfg, err = Parse([]byte("command = [\"server\"]\nfork_worker {\n  refork_after = "+src+"\n}\n"), "web.hcl")
 		require.NoError(t, err, src)
 		want.Timeout, want.ReforkFrom, want.ReforkNice = DefaultForkTimeout, DefaultReforkFrom, DefaultReforkNice
+		want.CarryHeapSize = DefaultCarryHeapSize
 		want.WarmUp = &WarmUp{Requests: DefaultWarmUpRequests, MaxWait: DefaultWarmUpMaxWait}
 		assert.Equal(t, &want, cfg.ForkWorker, src)
 	}

@@ -51,7 +51,7 @@ type sources struct {
 	backoffMin, backoffMax, resetAfter origin
 	forkWorker, reforkAfter            origin
 	forkTimeout, reforkFrom            origin
-	reforkNice                         origin
+	reforkNice, carryHeap              origin
 	decayGrowth, decayRatio            origin
 	decayInterval, decayFruitless      origin
 	warmRequests, warmMaxWait          origin
@@ -86,7 +86,7 @@ func defaultSources(quick bool) sources {
 		resetAfter: at("restart.reset_after"),
 		forkWorker: at("fork_worker"), reforkAfter: at("fork_worker.refork_after"),
 		forkTimeout: at("fork_worker.timeout"), reforkFrom: at("fork_worker.refork_from"),
-		reforkNice:  at("fork_worker.refork_nice"),
+		reforkNice: at("fork_worker.refork_nice"), carryHeap: at("fork_worker.carry_heap_size"),
 		decayGrowth: at("fork_worker.refork_on_decay.private_growth"), decayRatio: at("fork_worker.refork_on_decay.ratio"),
 		decayInterval: at("fork_worker.refork_on_decay.min_interval"), decayFruitless: at("fork_worker.refork_on_decay.max_fruitless"),
 		warmRequests: at("fork_worker.warm_up.requests"), warmMaxWait: at("fork_worker.warm_up.max_wait"),

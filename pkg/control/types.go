@@ -96,8 +96,22 @@ type Status struct {
 	ReforkOnDecay *DecayTrigger `json:"refork_on_decay,omitempty"`
 	// WarmUp is the rollout's warm-up under way (fork_worker.warm_up): a reload's new template
 	// serves alone before the others are forked from it. Nil (and omitted) when none runs.
-	WarmUp     *WarmUp  `json:"warm_up,omitempty"`
-	WorkerList []Worker `json:"worker_list"`
+	WarmUp *WarmUp `json:"warm_up,omitempty"`
+	// HeapSize is the heap size the last exec'd template reported (fork_worker.carry_heap_size);
+	// nil (and omitted) before any did.
+	HeapSize   *HeapSize `json:"heap_size,omitempty"`
+	WorkerList []Worker  `json:"worker_list"`
+}
+
+// HeapSize is a heap size a template reported once its app had loaded: the variable that sizes
+// the heap at start and its value (RUBY_GC_HEAP_INIT_SLOTS, 1300000), the generation of that
+// template, and whether the next worker 0 forkd execs boots with it (Carried: false when
+// fork_worker.carry_heap_size is off or the app's environment sets a RUBY_GC_HEAP_INIT* variable).
+type HeapSize struct {
+	Variable   string `json:"variable"`
+	Value      uint64 `json:"value"`
+	Generation int    `json:"generation"`
+	Carried    bool   `json:"carried"`
 }
 
 // WarmUp is a warm-up under way. The rollout forks the others from the new template once the

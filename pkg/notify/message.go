@@ -91,6 +91,13 @@ const (
 	// KeyBusy is how many of the worker's threads (or tasks) serve a request now (a forkd
 	// extension, for the status and forkd_worker_busy_threads), at most MaxBusy.
 	KeyBusy = ForkdPrefix + "BUSY"
+
+	// KeyHeapSize is the heap size a template reports once its app has loaded, as the variable
+	// that would pre-size the next template's heap: RUBY_GC_HEAP_INIT_SLOTS=1300000 (a forkd
+	// extension, docs/fork-safety.md "Ruby's heap pages"). Parse keeps it as sent: the master
+	// checks it (cluster.ParseHeapSize) and ignores a bad one, with the rest of the datagram
+	// applied.
+	KeyHeapSize = ForkdPrefix + "HEAP_SIZE"
 )
 
 // MaxBusy is the largest X_FORKD_BUSY= Parse accepts. A worker serves that many requests at once
@@ -145,6 +152,10 @@ type Message struct {
 	// Busy is X_FORKD_BUSY=, when HasBusy is set.
 	Busy    int
 	HasBusy bool
+
+	// HeapSize is X_FORKD_HEAP_SIZE=, as sent, when HasHeapSize is set.
+	HeapSize    string
+	HasHeapSize bool
 
 	// Fields are all the assignments in the order sent, the interpreted ones included, so that
 	// unknown keys (MAINPID=, FDSTORE=, BUSERROR=, other X_FORKD_ keys ...) reach the caller too.
@@ -300,6 +311,10 @@ func (m *Message) apply(key, value string, seen *seenKeys) error {
 		}
 		if !m.HasBusy {
 			m.Busy, m.HasBusy = int(n), true
+		}
+	case KeyHeapSize:
+		if !m.HasHeapSize {
+			m.HeapSize, m.HasHeapSize = value, true
 		}
 	}
 	return nil

@@ -86,6 +86,13 @@ func TestParse(t *testing.T) {
 		{"busy threads: the first wins", "X_FORKD_BUSY=2\nX_FORKD_BUSY=5", notify.Message{
 			Busy: 2, HasBusy: true, Fields: fields("X_FORKD_BUSY=2", "X_FORKD_BUSY=5"),
 		}},
+		{"heap size, kept as sent for the master to check, the first wins", "READY=1\nX_FORKD_HEAP_SIZE=RUBY_GC_HEAP_INIT_SLOTS=1300000\nX_FORKD_HEAP_SIZE=x", notify.Message{
+			Ready: true, HeapSize: "RUBY_GC_HEAP_INIT_SLOTS=1300000", HasHeapSize: true,
+			Fields: fields("READY=1", "X_FORKD_HEAP_SIZE=RUBY_GC_HEAP_INIT_SLOTS=1300000", "X_FORKD_HEAP_SIZE=x"),
+		}},
+		{"a bad heap size fails nothing else", "X_FORKD_HEAP_SIZE=PATH=/tmp\nREADY=1", notify.Message{
+			Ready: true, HeapSize: "PATH=/tmp", HasHeapSize: true, Fields: fields("X_FORKD_HEAP_SIZE=PATH=/tmp", "READY=1"),
+		}},
 		{"request count zero", "X_FORKD_REQUESTS=0", notify.Message{
 			HasRequests: true, Fields: fields("X_FORKD_REQUESTS=0"),
 		}},

@@ -88,6 +88,9 @@ type Message struct {
 	// Serve, in a welcome, is false for a template that must not serve (worker 0 and molds with
 	// refork_from = "warmest"); nil (left out): serve, as every worker did before molds.
 	Serve *bool `json:"serve,omitempty"`
+	// ReportHeap, in a welcome to an exec'd worker 0, asks it to report its heap's size once the
+	// app has loaded (X_FORKD_HEAP_SIZE on its notify socket), for the next template forkd execs.
+	ReportHeap bool `json:"report_heap,omitempty"`
 }
 
 // Errors of Decode, matched with errors.Is.

@@ -287,16 +287,16 @@ module ForkdTest
       Worker.new(pid, channel, nil)
     end
 
-    def welcome(worker, index: 0, generation: 1)
+    def welcome(worker, index: 0, generation: 1, extra: {})
       hello = worker.expect("hello")
-      worker.send_message({ "op" => "welcome", "worker" => index, "generation" => generation })
+      worker.send_message({ "op" => "welcome", "worker" => index, "generation" => generation, **extra })
       hello
     end
 
-    # Start forkd-rack, welcome it and wait for its READY=1.
-    def boot_rack(index: 0, generation: 1, args: [], **kw)
+    # Start forkd-rack, welcome it (with the welcome's extra fields) and wait for its READY=1.
+    def boot_rack(index: 0, generation: 1, args: [], welcome: {}, **kw)
       w = start_rack(args, index: index, generation: generation, **kw)
-      hello = welcome(w, index: index, generation: generation)
+      hello = welcome(w, index: index, generation: generation, extra: welcome)
       raise Minitest::Assertion, "hello from #{hello["pid"]}, want #{w.pid}" unless hello["pid"] == w.pid
 
       @notify.wait_for(w.pid, "READY=1")

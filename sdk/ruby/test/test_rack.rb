@@ -192,6 +192,44 @@ class RackTest < ForkdTest::MasterTest
     refute_match(/RUBY_GC_HEAP_INIT_SLOTS/, sized.read_log)
   end
 
+  # Asked in its welcome ("report_heap": true), the template reports the heap its app loaded
+  # (X_FORKD_HEAP_SIZE) once, at its first readying, whatever its environment sets (so that the
+  # size follows the app across releases), and its advice says the next template starts with it.
+  # Not asked, it reports nothing.
+  def test_the_template_reports_its_heap_size_when_asked
+    skip "Ruby #{RUBY_VERSION} sizes its heaps per size pool" if (RUBY_VERSION.split(".").map(&:to_i) <=> [3, 3]) >= 0
+
+    report = "X_FORKD_HEAP_SIZE="
+    m = master
+    t = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000" }, welcome: { "report_heap" => true })
+    m.spawn_ready(t, index: 1)
+    m.spawn_ready(t, index: 2)
+    m.notify.wait_for(t.pid, report)
+    reports = m.notify.lines(t.pid).select { |l| l.start_with?(report) }
+    assert_equal 1, reports.size, reports.inspect
+    slots = Integer(reports[0][/\AX_FORKD_HEAP_SIZE=RUBY_GC_HEAP_INIT_SLOTS=(\d+)\z/, 1], 10)
+    log = t.read_log
+    live = Integer(log[/the app's heap holds (\d+) objects/, 1], 10)
+    assert_operator live, :>=, 600_000
+    assert_equal Forkd::GCTuning.suggested_slots(live), slots
+    assert_includes log, "forkd starts the next template (a reload, a hot restart) with RUBY_GC_HEAP_INIT_SLOTS=#{slots}"
+
+    # Started with a size (one the master carried, or the operator's): it reports again, and
+    # advises nothing.
+    m = master
+    sized = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000", "RUBY_GC_HEAP_INIT_SLOTS" => slots.to_s },
+                        welcome: { "report_heap" => true })
+    m.spawn_ready(sized, index: 1)
+    m.notify.wait_for(sized.pid, report)
+    refute_match(/the app's heap holds/, sized.read_log)
+
+    m = master
+    quiet = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000" })
+    m.spawn_ready(quiet, index: 1)
+    assert_empty(m.notify.lines(quiet.pid).select { |l| l.start_with?(report) })
+    assert_match(/RUBY_GC_HEAP_INIT_SLOTS=\d+ in the app's environment/, quiet.read_log)
+  end
+
   def test_missing_config_ru
     require_puma
     m = master

@@ -21,9 +21,13 @@ module Forkd
       "RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO" => "0.06",
     }.freeze
 
-    # Below this many heap pages (16 KB each: ~16 MB of objects, some 400,000) the bookkeeping is too
-    # small to be worth an advice.
-    ADVICE_MIN_PAGES = 1000
+    # Below this many live objects (some 1,000 heap pages of 16 KB, ~16 MB) the bookkeeping is too
+    # small to be worth an advice or a report.
+    ADVICE_MIN_OBJECTS = 400_000
+
+    # The variable a template reports (docs/protocol.md, X_FORKD_HEAP_SIZE), which the master
+    # carries to the next template it execs.
+    HEAP_SIZE_VARIABLE = "RUBY_GC_HEAP_INIT_SLOTS"
 
     # The variables that, set, say the user tuned the free slots.
     CHOSEN = %w[RUBY_GC_HEAP_FREE_SLOTS RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO
@@ -78,21 +82,41 @@ module Forkd
       # collection in every worker writes to them, and each write copies a shared 4 KB page of the
       # app's strings with it: ~15-18 MB per worker on a heap of 2.5 million objects. With
       # RUBY_GC_HEAP_INIT_SLOTS about as large as the heap the app builds, Ruby allocates the
-      # pages, bookkeeping and all, at once before the app runs, side by side. forkd-rack cannot know that
-      # size before the app has loaded, so it says what to set. Nil when there is nothing to say:
-      # the variable is set, the heap is small, or Ruby sizes its heaps per size pool (3.3+, other
-      # variables, not measured here).
-      def heap_advice(stat = GC.stat, env = ENV, ruby = RUBY_VERSION)
-        return nil if (ruby.split(".").map(&:to_i) <=> [3, 3]) >= 0
+      # pages, bookkeeping and all, at once before the app runs, side by side. forkd-rack cannot
+      # know that size before the app has loaded: it says what to set, and, when the master
+      # carries it (carried: it asked for the report, fork_worker.carry_heap_size), that the next
+      # template starts with it. Nil when there is nothing to say: a RUBY_GC_HEAP_INIT* variable
+      # is set (the operator's, or one the master carried), or there is no size (heap_slots).
+      def heap_advice(stat = GC.stat, env = ENV, ruby = RUBY_VERSION, carried: false)
         return nil if env.keys.any? { |k| k.start_with?("RUBY_GC_HEAP_INIT") }
 
-        live = stat[:heap_live_slots].to_i
-        return nil if stat[:heap_allocated_pages].to_i < ADVICE_MIN_PAGES
+        slots = heap_slots(stat, ruby)
+        return nil if slots.nil?
 
-        slots = suggested_slots(live)
-        "Ruby's GC: the app's heap holds #{live} objects; with RUBY_GC_HEAP_INIT_SLOTS=#{slots} in " \
+        live = stat[:heap_live_slots].to_i
+        if carried
+          return "Ruby's GC: the app's heap holds #{live} objects; forkd starts the next template (a reload, " \
+                 "a hot restart) with #{HEAP_SIZE_VARIABLE}=#{slots}, so that Ruby lays out its heap pages before " \
+                 "the app loads, and each worker copies less of the template's memory; set #{HEAP_SIZE_VARIABLE} " \
+                 "in the app's environment (forkd's env, or Environment= in its unit) to choose it yourself " \
+                 "(docs/fork-safety.md, \"Ruby's heap pages\")"
+        end
+        "Ruby's GC: the app's heap holds #{live} objects; with #{HEAP_SIZE_VARIABLE}=#{slots} in " \
           "the app's environment (forkd's env, or Environment= in its unit), Ruby lays out its heap pages before the app " \
           "loads, and each worker copies less of the template's memory (docs/fork-safety.md, \"Ruby's heap pages\")"
+      end
+
+      # The initial heap size that suits the app loaded now (suggested_slots of its live objects),
+      # which a template reports to the master whatever its environment sets, so that the size
+      # follows the app from release to release. Nil when the heap is small (ADVICE_MIN_OBJECTS)
+      # or Ruby sizes its heaps per size pool (3.3+, other variables, not measured here).
+      def heap_slots(stat = GC.stat, ruby = RUBY_VERSION)
+        return nil if (ruby.split(".").map(&:to_i) <=> [3, 3]) >= 0
+
+        live = stat[:heap_live_slots].to_i
+        return nil if live < ADVICE_MIN_OBJECTS
+
+        suggested_slots(live)
       end
 
       # Nine tenths of the live objects, rounded down to two digits: below what the app holds, so

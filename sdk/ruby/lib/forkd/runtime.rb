@@ -187,12 +187,20 @@ module Forkd
         Worker.die("#{name} hook failed: #{e.class}: #{e.message}\n#{(e.backtrace || []).first(20).join("\n")}")
       end
 
-      # Once per process, in the template that loaded the app: a mold inherits its heap's layout.
+      # Once per process, in the template that loaded the app (exec'd: a mold inherits its heap's
+      # layout, and its heap is a serving worker's, warmed up past what the app loads): report the
+      # heap's size when the master asked (it carries it to the next template it execs), and say
+      # what RUBY_GC_HEAP_INIT_SLOTS would do when the environment sets none.
       def advise_heap_size
-        return if @advised
+        return if @advised || @forked
 
         @advised = true
-        advice = GCTuning.heap_advice
+        report = Worker.state.report_heap
+        stat = GC.stat
+        if report && (slots = GCTuning.heap_slots(stat))
+          notify("X_FORKD_HEAP_SIZE=#{GCTuning::HEAP_SIZE_VARIABLE}=#{slots}")
+        end
+        advice = GCTuning.heap_advice(stat, carried: report)
         Worker.log(advice) if advice
       end
 
@@ -206,6 +214,7 @@ module Forkd
         done = Readying.run
         Worker.log(done) if done
         @readied = true
+        advise_heap_size
       end
 
       # Bring the state up to date: stop, quiesce or serve; handle the ops that can be handled.

@@ -111,7 +111,7 @@ module Forkd
     class State
       attr_reader :pid, :mine, :watchdog, :control_fd
       attr_accessor :index, :generation, :master_pid, :channel, :channel_error,
-                    :hello_sent, :welcomed, :template, :listeners, :names, :mold, :serve
+                    :hello_sent, :welcomed, :template, :listeners, :names, :mold, :serve, :report_heap
 
       def initialize(channel: nil)
         @pid = Process.pid
@@ -155,6 +155,10 @@ module Forkd
         # Whether this worker serves: false in a template the master welcomed with "serve": false
         # (mold mode's worker 0) and in every mold.
         @serve = true
+        # Whether the master asked this template to report its heap's size once the app has
+        # loaded ("report_heap": true in the welcome of an exec'd worker 0): it carries it to the
+        # next template it execs (docs/fork-safety.md, "Ruby's heap pages").
+        @report_heap = false
         @listeners = nil # made by Worker.listeners on first use
         @names = nil
       end
@@ -516,6 +520,7 @@ module Forkd
             st.template = st.mold || (fork && st.index.zero?)
             # Only a template can be told not to serve: it still forks the workers that do.
             st.serve = !st.mold && !(st.template && msg["serve"] == false)
+            st.report_heap = st.template && !st.mold && msg["report_heap"] == true
           end
           return true
         when "refuse"
