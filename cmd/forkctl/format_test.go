@@ -344,4 +344,27 @@ func TestWriteStatusTableWarmUp(t *testing.T) {
 	out.Reset()
 	require.NoError(t, writeStatusTable(&out, st, now))
 	assert.NotContains(t, out.String(), "warm-up:")
+	assert.NotContains(t, out.String(), "heap size:")
+}
+
+// The heap size the last template reported (fork_worker.carry_heap_size), and whether the next
+// worker 0 boots with it.
+func TestWriteStatusTableHeapSize(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	st := control.Status{
+		Name: "shop", Version: "forkd 1.1.0", MasterPID: 900, Phase: control.PhaseRunning, Generation: 6, Workers: 1, Ready: 1,
+		Mode:       control.ModeFork,
+		HeapSize:   &control.HeapSize{Variable: "RUBY_GC_HEAP_INIT_SLOTS", Value: 1300000, Generation: 6, Carried: true},
+		WorkerList: []control.Worker{{Index: 0, PID: 950, Generation: 6, State: control.WorkerReady, Template: true}},
+	}
+	var out bytes.Buffer
+	require.NoError(t, writeStatusTable(&out, st, now))
+	assert.Contains(t, out.String(), "\nheap size:             RUBY_GC_HEAP_INIT_SLOTS=1300000 from generation 6, for the next worker 0\n")
+	requireFits(t, out.String())
+
+	st.HeapSize.Carried = false
+	out.Reset()
+	require.NoError(t, writeStatusTable(&out, st, now))
+	assert.Contains(t, out.String(), "\nheap size:             RUBY_GC_HEAP_INIT_SLOTS=1300000 from generation 6, not carried (fork_worker.carry_heap_size)\n")
+	requireFits(t, out.String())
 }

@@ -29,7 +29,9 @@ how the last process ended and when the next one starts. During a reload's warm-
 (fork_worker.warm_up), the warm-up line says what the new template (with refork_from =
 "warmest", the first new serving worker, which then forks the mold) served of the requests it
 waits for, and when the others fork from it: at max_wait at the latest, or earlier "if idle", once
-no worker has reported a request for 3 s. -o json prints the API's status object.`,
+no worker has reported a request for 3 s. The heap size line (Ruby) is what the last template
+reported of its heap, which the next worker 0 forkd execs boots with (fork_worker.carry_heap_size).
+-o json prints the API's status object.`,
 		Args: noArgs,
 		RunE: c.action(func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
@@ -114,6 +116,9 @@ func writeStatusTable(w io.Writer, st control.Status, now time.Time) error {
 	}
 	if wu := st.WarmUp; wu != nil {
 		row("warm-up:", warmUpSummary(*wu, now))
+	}
+	if h := st.HeapSize; h != nil {
+		row("heap size:", heapSizeSummary(*h))
 	}
 	if st.StatusLine != "" {
 		row("status:", printable(st.StatusLine))
@@ -382,6 +387,17 @@ func rolloutSummary(l control.RolloutResult) string {
 		reason := strings.TrimPrefix(l.Error, "rollout failed: ")
 		return fmt.Sprintf("%s of generation %d failed: %s; rolled back to generation %d", l.Kind, l.Target, reason, l.Generation)
 	}
+}
+
+// heapSizeSummary says what the last template reported of its heap (fork_worker.carry_heap_size)
+// and whether the next worker 0 forkd execs boots with it.
+func heapSizeSummary(h control.HeapSize) string {
+	s := fmt.Sprintf("%s=%d from generation %d", printable(h.Variable), h.Value, h.Generation)
+	if h.Carried {
+		return s + ", for the next worker 0"
+	}
+	// carry_heap_size is off, or the app's environment sets a RUBY_GC_HEAP_INIT* variable.
+	return s + ", not carried (fork_worker.carry_heap_size)"
 }
 
 // warmUpSummary says how far a rollout's warm-up is (the new template's requests), and when the
