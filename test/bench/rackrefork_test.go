@@ -32,6 +32,7 @@ import (
 // values to compare (default "0,10"). FORKD_BENCH_REFORK_TRACE=1 runs the forkd masters at log
 // level debug and prints, for each loaded refork, every line forkd and its workers logged from its
 // start record to its done record, each with its offset in ms: the refork's critical path.
+// FORKD_BENCH_REFORK_SURGE lists rollout.max_surge values to compare (default: the default, 1).
 
 // rackReforkNiceSides are the forkd sides: template mode and mold mode, each with every nice
 // value of FORKD_BENCH_REFORK_NICE (a comma-separated list; default "0,10": off, and the default).
@@ -47,14 +48,33 @@ func rackReforkNiceSides(b *testing.B) []rackMemVariant {
 			nices = append(nices, n)
 		}
 	}
+	surges := []int{0} // 0: the default rollout block
+	if s := os.Getenv("FORKD_BENCH_REFORK_SURGE"); s != "" {
+		surges = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || n > 8 {
+				b.Fatalf("FORKD_BENCH_REFORK_SURGE: %q: want max_surge values in 1..8", s)
+			}
+			surges = append(surges, n)
+		}
+	}
 	var sides []rackMemVariant
 	for _, mode := range []struct{ name, block, env string }{
 		{"template", "", "template mode"},
 		{"mold", "  refork_from = \"warmest\"\n", "refork_from = \"warmest\""},
 	} {
 		for _, n := range nices {
-			sides = append(sides, rackMemVariant{name: fmt.Sprintf("%s nice %d", mode.name, n),
-				forkWorker: mode.block + fmt.Sprintf("  refork_nice = %d\n", n), env: fmt.Sprintf("%s, refork_nice = %d", mode.env, n)})
+			for _, surge := range surges {
+				v := rackMemVariant{name: fmt.Sprintf("%s nice %d", mode.name, n),
+					forkWorker: mode.block + fmt.Sprintf("  refork_nice = %d\n", n), env: fmt.Sprintf("%s, refork_nice = %d", mode.env, n)}
+				if surge > 0 {
+					v.name += fmt.Sprintf(" surge %d", surge)
+					v.extra = fmt.Sprintf("rollout {\n  max_surge = %d\n}\n", surge)
+					v.env += fmt.Sprintf(", max_surge = %d", surge)
+				}
+				sides = append(sides, v)
+			}
 		}
 	}
 	return sides
