@@ -86,7 +86,8 @@ type rackReforkNiceRun struct {
 	idle, loaded   []time.Duration
 	steady, after  []float64
 	errors, non2xx int
-	readied        []string
+	readied        []string // during the loaded reforks
+	readiedIdle    []string
 	traces         [][]string
 	output         func() string
 	side           *rackMemSide
@@ -144,11 +145,13 @@ func BenchmarkRackReforkNice(b *testing.B) {
 	for i := range rounds {
 		round(b, fmt.Sprintf("round %d", i+1), func() {
 			for _, r := range turn(i) {
+				before := strings.Count(r.output(), "readied the template")
 				ro, err := r.side.refork(true)
 				if err != nil {
 					fatal(r, "idle refork", err)
 				}
 				r.idle = append(r.idle, ro.took)
+				r.readiedIdle = append(r.readiedIdle, readiedSince(r.output(), before)...)
 			}
 			for _, r := range turn(i + 1) {
 				before := strings.Count(r.output(), "readied the template")
@@ -229,6 +232,9 @@ func printRackReforkNiceSummary(w io.Writer) {
 			fmt.Sprintf("%.0f/%.0f (%s)", medianRate(r.after), medianRate(r.steady), strings.Join(ratios, " ")),
 			r.errors, r.non2xx)
 		fmt.Fprintf(w, "%-18s   each: idle %s; loaded %s\n", "", fmtDurations(r.idle), fmtDurations(r.loaded))
+		for _, line := range r.readiedIdle {
+			fmt.Fprintf(w, "%-18s   idle: %s\n", "", line)
+		}
 		for _, line := range r.readied {
 			fmt.Fprintf(w, "%-18s   under load: %s\n", "", line)
 		}
