@@ -355,7 +355,7 @@ func reforkPastASlowRequest(t *testing.T, mold bool) {
 	start := served(f.status())
 	node := startNode(t, base+"/", 4)
 	f.waitFor("node's requests served", func(st control.Status) bool { return served(st) >= start+200 })
-	stopPolling := pollReady(f, n)
+	stopPolling := pollReady(f, n, nil)
 
 	out, code := f.forkctl("refork", "--wait")
 	polls, minReady := stopPolling()
@@ -446,7 +446,12 @@ func warmedRollout(t *testing.T, f *forkd, n, gen int, cmd string) {
 	f.waitFor("requests reported", func(st control.Status) bool { return st.WorkerList[1].Requests > served })
 	log0 := len(f.output.String())
 
-	stopPolling := pollReady(f, n)
+	var moldWarmUps atomic.Int64 // status reads that showed the warm-up of a worker that forks the mold
+	stopPolling := pollReady(f, n, func(st control.Status) {
+		if wu := st.WarmUp; wu != nil && wu.Mold && wu.Index != 0 {
+			moldWarmUps.Add(1)
+		}
+	})
 	out, code := f.forkctl(cmd, "--wait")
 	polls, minReady := stopPolling()
 	require.Equal(t, 0, code, out)
@@ -477,14 +482,15 @@ func warmedRollout(t *testing.T, f *forkd, n, gen int, cmd string) {
 	t.Logf("%s: %d status polls, at least %d of %d serving workers ready; node %d ok, %d failed %v", cmd, polls, minReady, n, r.OK, r.failed(), r.Samples)
 	assert.Greater(t, polls, 0)
 	assert.Equal(t, n, minReady, "every serving worker ready throughout the %s", cmd)
+	assert.Positive(t, moldWarmUps.Load(), "a status read during the %s showed a serving worker's warm-up that forks the mold", cmd)
 	assert.Greater(t, r.OK, 0, "node ran")
 	assert.Zero(t, r.failed(), "node's failed requests: %v", r.Samples)
 }
 
 // pollReady reads f's status over and over until the returned func is called, which returns how
 // many reads succeeded and the fewest ready serving workers one of them showed (n if fewer
-// showed none).
-func pollReady(f *forkd, n int) func() (polls, minReady int) {
+// showed none). Each status read is handed to seen, if not nil.
+func pollReady(f *forkd, n int, seen func(control.Status)) func() (polls, minReady int) {
 	var fewest atomic.Int64
 	fewest.Store(int64(n))
 	stop := make(chan struct{})
@@ -503,6 +509,9 @@ func pollReady(f *forkd, n int) func() (polls, minReady int) {
 			cancel()
 			if err == nil {
 				polls++
+				if seen != nil {
+					seen(st)
+				}
 				if int64(st.Ready) < fewest.Load() {
 					fewest.Store(int64(st.Ready))
 				}

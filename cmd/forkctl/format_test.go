@@ -340,6 +340,12 @@ func TestWriteStatusTableWarmUp(t *testing.T) {
 	require.NoError(t, writeStatusTable(&out, st, now))
 	assert.Contains(t, out.String(), "\nwarm-up:               worker 0 (pid 950) served 12 requests; forks in 1s at most (max_wait)\n")
 
+	// In mold mode, the worker warming up forks the mold the others are forked from.
+	st.WarmUp = &control.WarmUp{Index: 2, PID: 952, Served: 12, Requests: 1000, Until: now.Add(time.Second), IdleUntil: now.Add(3 * time.Second), Mold: true}
+	out.Reset()
+	require.NoError(t, writeStatusTable(&out, st, now))
+	assert.Contains(t, out.String(), "\nwarm-up:               worker 2 (pid 952) served 12/1000 requests; forks the mold in 1s at most (max_wait)\n")
+
 	st.WarmUp = nil
 	out.Reset()
 	require.NoError(t, writeStatusTable(&out, st, now))

@@ -408,7 +408,11 @@ func warmUpSummary(w control.WarmUp, now time.Time) string {
 	if w.Requests > 0 {
 		s += fmt.Sprintf("/%d", w.Requests)
 	}
-	s += " requests; forks in " + countdown(w.Until.Sub(now)) + " at most (max_wait)"
+	what := "forks"
+	if w.Mold {
+		what = "forks the mold"
+	}
+	s += " requests; " + what + " in " + countdown(w.Until.Sub(now)) + " at most (max_wait)"
 	if w.IdleUntil.Before(w.Until) {
 		s += ", " + countdown(w.IdleUntil.Sub(now)) + " if idle"
 	}

@@ -87,7 +87,7 @@ func (b *backend) Status(ctx context.Context) (control.Status, error) {
 			Threshold: d.Threshold, Workers: d.Workers, Fruitless: d.Fruitless, Stopped: d.Stopped}
 	}
 	if w := st.WarmUp; w != nil {
-		out.WarmUp = &control.WarmUp{Index: w.Slot, PID: w.PID, Served: w.Served, Requests: w.Requests, Until: w.Until, IdleUntil: w.IdleUntil}
+		out.WarmUp = &control.WarmUp{Index: w.Slot, PID: w.PID, Served: w.Served, Requests: w.Requests, Until: w.Until, IdleUntil: w.IdleUntil, Mold: w.Mold}
 	}
 	if h := st.HeapSize; h != nil {
 		out.HeapSize = &control.HeapSize{Variable: h.Variable, Value: h.Value, Generation: h.Generation, Carried: st.HeapSizeCarried}

@@ -484,8 +484,12 @@ func formatStatus(st Status) string {
 		fmt.Fprintf(&b, " fruitless=%d stopped=%v\n", dc.Fruitless, dc.Stopped)
 	}
 	if wu := st.WarmUp; wu != nil {
-		fmt.Fprintf(&b, "warm-up: worker=%d slot=%d pid=%d served=%d requests=%d until=+%s idle-until=+%s\n",
+		fmt.Fprintf(&b, "warm-up: worker=%d slot=%d pid=%d served=%d requests=%d until=+%s idle-until=+%s",
 			wu.Worker, wu.Slot, wu.PID, wu.Served, wu.Requests, wu.Until.Sub(epoch), wu.IdleUntil.Sub(epoch))
+		if wu.Mold {
+			b.WriteString(" then=mold")
+		}
+		b.WriteString("\n")
 	}
 	fmt.Fprintf(&b, "status: %s\n", st.StatusLine)
 	for _, w := range st.Workers {

@@ -45,12 +45,14 @@ type Status struct {
 // worker counted (Slot, PID; ID 0 once it is gone) has served Requests
 // since the warm-up began (Served so far; Requests 0: none, it waits Until), at Until at the
 // latest (max_wait), or at IdleUntil if no worker reports a new request before (WarmUpIdle after
-// the last report).
+// the last report). Mold says the worker warming up is a serving worker that forks a mold when it
+// ends, which the others are forked from.
 type WarmUpStatus struct {
 	Worker           WorkerID
 	Slot, PID        int
 	Served, Requests uint64
 	Until, IdleUntil time.Time
+	Mold             bool
 }
 
 // WorkerStatus describes one worker process, or a slot without one. During a rollout a slot may
@@ -109,7 +111,8 @@ func (m *Machine) Status() Status {
 	}
 	if m.rollout != nil {
 		if p, ok := m.rollout.warmUpProgress(m); ok {
-			st.WarmUp = &WarmUpStatus{Served: p.served, Requests: p.need, Until: p.until, IdleUntil: p.idleAt}
+			st.WarmUp = &WarmUpStatus{Served: p.served, Requests: p.need, Until: p.until, IdleUntil: p.idleAt,
+				Mold: m.rollout.moldStep == moldStepWarming}
 			if w := p.worker; w != nil {
 				st.WarmUp.Worker, st.WarmUp.Slot, st.WarmUp.PID = w.id, w.slot, w.pid
 			}

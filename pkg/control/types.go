@@ -128,6 +128,9 @@ type WarmUp struct {
 	Requests  uint64    `json:"requests"`
 	Until     time.Time `json:"until"`
 	IdleUntil time.Time `json:"idle_until"`
+	// Mold: the worker warming up is a serving worker (refork_from = "warmest") that forks a mold
+	// when the warm-up ends, and the others are forked from the mold.
+	Mold bool `json:"mold,omitempty"`
 }
 
 // RolloutResult says how an operation (refork, reload, hot restart) ended.
