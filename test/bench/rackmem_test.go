@@ -142,14 +142,22 @@ type rackMemVariant struct {
 // that served the most). FORKD_BENCH_MEM_FORKD replaces them: "NAME:STEPS[:K=V,...];..." (forkd-rack's
 // --ready-template, empty: the default; then variables added to the app's environment, such as
 // RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO=0.20,RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO=0.40 for Ruby's own
-// defaults; a NAME of the sides above, such as forkd-mold, runs that side's config, any other
-// the template mode). FORKD_BENCH_PUMA_ENV="K=V,..." adds variables to Puma's.
+// defaults; a NAME of the sides above, such as forkd-mold, or of rackMemOptional's, such as
+// forkd-nocarry, runs that side's config, any other the template mode). FORKD_BENCH_PUMA_ENV="K=V,..."
+// adds variables to Puma's.
 var rackMemForkd = []rackMemVariant{
 	{name: "forkd", env: "template mode (refork_after = [1000, false])"},
 	{name: "forkd-decay", forkWorker: "  refork_on_decay {\n    private_growth = \"64M\"\n    min_interval   = \"20s\"\n  }\n",
 		extra: "memory {\n  sample_interval = \"2s\"\n}\n", env: "refork_on_decay { private_growth = 64M, min_interval = 20s }, sample_interval 2s"},
 	{name: "forkd-ksm", extra: "memory {\n  ksm = true\n}\n", ksm: true, env: "memory.ksm = true"},
 	{name: "forkd-mold", forkWorker: "  refork_from = \"warmest\"\n", env: "refork_from = \"warmest\" (a mold of the busiest worker; 4 serving + the mold)"},
+}
+
+// rackMemOptional are sides that only FORKD_BENCH_MEM_FORKD runs: forkd-nocarry's phased restart
+// execs its new template without the heap size the first one reported (fork_worker.carry_heap_size),
+// to compare with the default side's, which has it.
+var rackMemOptional = []rackMemVariant{
+	{name: "forkd-nocarry", forkWorker: "  carry_heap_size = false\n", env: "carry_heap_size = false (the phased restart's template boots without RUBY_GC_HEAP_INIT_SLOTS)"},
 }
 
 // rackKSMPagesToScan and rackKSMSleep are ksmd's pace while the benchmark holds the machine
@@ -323,10 +331,12 @@ func BenchmarkRackMemory(b *testing.B) {
 			if vars != "" {
 				desc += ", " + vars
 			}
-			// A name of one of rackMemForkd's sides starts from its config (forkd-mold: the mold).
+			// A name of one of rackMemForkd's or rackMemOptional's sides starts from its config
+			// (forkd-mold: the mold).
 			v := rackMemVariant{name: name}
-			if i := slices.IndexFunc(rackMemForkd, func(d rackMemVariant) bool { return d.name == name }); i >= 0 {
-				v = rackMemForkd[i]
+			known := slices.Concat(rackMemForkd, rackMemOptional)
+			if i := slices.IndexFunc(known, func(d rackMemVariant) bool { return d.name == name }); i >= 0 {
+				v = known[i]
 				desc = v.env + ", " + desc
 			}
 			v.ready, v.env, v.appEnv = ready, desc, appEnv
