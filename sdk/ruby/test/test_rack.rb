@@ -223,6 +223,13 @@ class RackTest < ForkdTest::MasterTest
     m.notify.wait_for(sized.pid, report)
     refute_match(/the app's heap holds/, sized.read_log)
 
+    # Mold mode's worker 0 (welcomed with "serve": false) readies itself before READY=1, and
+    # reports then.
+    m = master
+    cold = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000" }, welcome: { "serve" => false, "report_heap" => true })
+    m.notify.wait_for(cold.pid, report)
+    assert_includes cold.read_log, "forkd starts the next template (a reload, a hot restart) with RUBY_GC_HEAP_INIT_SLOTS="
+
     m = master
     quiet = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000" })
     m.spawn_ready(quiet, index: 1)
