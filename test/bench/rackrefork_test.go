@@ -32,7 +32,8 @@ import (
 // values to compare (default "0,10"). FORKD_BENCH_REFORK_TRACE=1 runs the forkd masters at log
 // level debug and prints, for each loaded refork, every line forkd and its workers logged from its
 // start record to its done record, each with its offset in ms: the refork's critical path.
-// FORKD_BENCH_REFORK_SURGE lists rollout.max_surge values to compare (default: the default, 1).
+// FORKD_BENCH_REFORK_SURGE lists rollout.max_surge values to compare (default: the default, 1);
+// FORKD_BENCH_REFORK_MODES the modes (default "template,mold").
 
 // rackReforkNiceSides are the forkd sides: template mode and mold mode, each with every nice
 // value of FORKD_BENCH_REFORK_NICE (a comma-separated list; default "0,10": off, and the default).
@@ -59,11 +60,18 @@ func rackReforkNiceSides(b *testing.B) []rackMemVariant {
 			surges = append(surges, n)
 		}
 	}
+	modes := "template,mold"
+	if s := os.Getenv("FORKD_BENCH_REFORK_MODES"); s != "" {
+		modes = s
+	}
 	var sides []rackMemVariant
 	for _, mode := range []struct{ name, block, env string }{
 		{"template", "", "template mode"},
 		{"mold", "  refork_from = \"warmest\"\n", "refork_from = \"warmest\""},
 	} {
+		if !slices.Contains(strings.Split(modes, ","), mode.name) {
+			continue
+		}
 		for _, n := range nices {
 			for _, surge := range surges {
 				v := rackMemVariant{name: fmt.Sprintf("%s nice %d", mode.name, n),
