@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forkd/forkd/pkg/config"
 	"github.com/forkd/forkd/pkg/control"
 )
 
@@ -163,7 +164,7 @@ func TestReforkNiceLowersTheReplacedWorkers(t *testing.T) {
 	require.True(t, allAt(append(old, tmpl), 0, 2), "before the refork: %s", describeNices(append(old, tmpl)))
 
 	done := startRefork(f)
-	waitUntil(t, "the replaced workers' threads at nice 10", func() bool { return allAt(old, 10, 2) })
+	waitUntil(t, "the replaced workers' threads at the default refork_nice", func() bool { return allAt(old, config.DefaultReforkNice, 2) })
 	assert.True(t, allAt([]int{tmpl}, 0, 1), "the template, which readies and forks, is not lowered: %s", describeNices([]int{tmpl}))
 	require.NoError(t, os.WriteFile(hold, nil, 0o644))
 	require.Equal(t, 0, <-done, "the refork succeeds")
@@ -176,7 +177,7 @@ func TestReforkNiceLowersTheReplacedWorkers(t *testing.T) {
 	require.NoError(t, os.Remove(hold))
 	busyThreads(t, f)
 	done = startRefork(f)
-	waitUntil(t, "the replaced workers' threads at nice 10", func() bool { return allAt(fresh, 10, 2) })
+	waitUntil(t, "the replaced workers' threads at the default refork_nice", func() bool { return allAt(fresh, config.DefaultReforkNice, 2) })
 	waitUntil(t, "the template to hold the refork", func() bool {
 		return strings.Count(f.output.String(), fmt.Sprintf("refork held by pid=%d", tmpl)) == 2
 	})
@@ -221,7 +222,7 @@ func TestReforkNiceInMoldMode(t *testing.T) {
 		m = mold()
 		return m != 0 && strings.Contains(f.output.String(), fmt.Sprintf("refork held by pid=%d", m))
 	})
-	waitUntil(t, "the replaced workers' threads at nice 10", func() bool { return allAt(old, 10, 2) })
+	waitUntil(t, "the replaced workers' threads at the default refork_nice", func() bool { return allAt(old, config.DefaultReforkNice, 2) })
 	assert.True(t, allAt([]int{m, st.WorkerList[0].PID}, 0, 1), "the mold and the old template are not lowered: %s",
 		describeNices([]int{m, st.WorkerList[0].PID}))
 	require.NoError(t, os.WriteFile(hold, nil, 0o644))
@@ -241,7 +242,7 @@ func TestReforkNiceInMoldMode(t *testing.T) {
 		m2 = mold()
 		return m2 != 0 && strings.Contains(f.output.String(), fmt.Sprintf("refork held by pid=%d", m2))
 	})
-	waitUntil(t, "the replaced workers' threads at nice 10", func() bool { return allAt(fresh, 10, 2) })
+	waitUntil(t, "the replaced workers' threads at the default refork_nice", func() bool { return allAt(fresh, config.DefaultReforkNice, 2) })
 	require.NoError(t, syscall.Kill(m2, syscall.SIGKILL))
 	assert.NotEqual(t, 0, <-done, "the refork fails without its mold")
 	waitUntil(t, "the old workers' threads back at nice 0", func() bool { return allAt(fresh, 0, 2) })

@@ -178,7 +178,7 @@ const DefaultCarryHeapSize = true
 
 // DefaultReforkNice is refork_nice when the block does not set it (docs/configuration.md says
 // why).
-const DefaultReforkNice = 10
+const DefaultReforkNice = 19
 
 // ReforkFrom is fork_worker.refork_from.
 type ReforkFrom string

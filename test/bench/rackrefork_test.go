@@ -29,16 +29,16 @@ import (
 //
 // FORKD_BENCH_REFORK_ROUNDS sets the rounds (default 3); each holds the heavy lock
 // (FORKD_BENCH_LOCK), released between rounds. FORKD_BENCH_REFORK_NICE lists the refork_nice
-// values to compare (default "0,10"). FORKD_BENCH_REFORK_TRACE=1 runs the forkd masters at log
+// values to compare (default "10,19": the old default and the new). FORKD_BENCH_REFORK_TRACE=1 runs the forkd masters at log
 // level debug and prints, for each loaded refork, every line forkd and its workers logged from its
 // start record to its done record, each with its offset in ms: the refork's critical path.
 // FORKD_BENCH_REFORK_SURGE lists rollout.max_surge values to compare (default: the default, 1);
 // FORKD_BENCH_REFORK_MODES the modes (default "template,mold").
 
 // rackReforkNiceSides are the forkd sides: template mode and mold mode, each with every nice
-// value of FORKD_BENCH_REFORK_NICE (a comma-separated list; default "0,10": off, and the default).
+// value of FORKD_BENCH_REFORK_NICE (a comma-separated list; default "10,19").
 func rackReforkNiceSides(b *testing.B) []rackMemVariant {
-	nices := []int{0, 10}
+	nices := []int{10, 19}
 	if s := os.Getenv("FORKD_BENCH_REFORK_NICE"); s != "" {
 		nices = nil
 		for _, f := range strings.Split(s, ",") {
