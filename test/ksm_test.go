@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,4 +141,25 @@ func TestKSMWithKsmdOff(t *testing.T) {
 	out, code := f.forkctl("status")
 	require.Zero(t, code, out)
 	assert.Contains(t, out, "merging nothing")
+}
+
+// TestKSMSurvivesAHotRestart: a hot restart that keeps the workers hands the way they are started
+// to the new image, memory.ksm included, so a worker that respawns afterwards is opted in too
+// (FORKD_KSM=1, which makes the shim call prctl(PR_SET_MEMORY_MERGE) before it execs the app).
+// The handover once dropped it: the template that replaced a crashed one ran without KSM.
+func TestKSMSurvivesAHotRestart(t *testing.T) {
+	requirePython(t)
+	f := startPython(t, options{config: pythonApp(t, 2, nil, ksmConfig)})
+	st := f.waitReady(2)
+	require.Equal(t, "FORKD_KSM=1", envEntry(t, st.WorkerList[0].PID, "FORKD_KSM"), "before the restart")
+
+	out, code := f.forkctl("restart", "--keep-workers", "--wait")
+	require.Equal(t, 0, code, out)
+	old := st.WorkerList[0].PID
+	require.NoError(t, syscall.Kill(old, syscall.SIGKILL))
+	st = f.waitFor("worker 0 respawned", func(st control.Status) bool {
+		return st.Ready == 2 && len(st.WorkerList) == 2 && st.WorkerList[0].PID != old && st.WorkerList[0].PID != 0
+	})
+	assert.Equal(t, "FORKD_KSM=1", envEntry(t, st.WorkerList[0].PID, "FORKD_KSM"),
+		"the template exec'd after a hot restart keeps memory.ksm\n%s", f.output.String())
 }

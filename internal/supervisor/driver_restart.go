@@ -54,11 +54,14 @@ type Handover struct {
 	Extra json.RawMessage
 }
 
-// SpecRecord is how workers are started, in a Handover.
+// SpecRecord is how workers are started, in a Handover. KSM is optional: a handover from a
+// master that did not write it is read as off, which is what that master's spec said when its
+// handover dropped it.
 type SpecRecord struct {
 	Command []string
 	Dir     string
 	Env     map[string]string
+	KSM     bool `json:",omitempty"`
 }
 
 // ProcRecord is a worker's process in a Handover: its pidfd, its control channel (-1: none), and
@@ -141,7 +144,7 @@ func (d *Driver) execRestart(a cluster.ExecRestart) {
 		Listeners: d.cfg.Listeners, NotifyDir: d.notify.dir, NotifyPrefix: d.notify.prefix,
 	}
 	for handle, sp := range d.specs {
-		h.Specs[handle] = SpecRecord{Command: sp.command, Dir: sp.dir, Env: sp.env}
+		h.Specs[handle] = SpecRecord{Command: sp.command, Dir: sp.dir, Env: sp.env, KSM: sp.ksm}
 	}
 	var keep []int
 	for _, l := range d.cfg.Listeners {
@@ -221,7 +224,7 @@ func (d *Driver) adopt(h *Handover) error {
 	d.lastRan = now
 	d.specs = map[cluster.SpecHandle]*spec{}
 	for handle, r := range h.Specs {
-		d.specs[handle] = &spec{command: r.Command, dir: r.Dir, env: r.Env}
+		d.specs[handle] = &spec{command: r.Command, dir: r.Dir, env: r.Env, ksm: r.KSM}
 		d.lastSpec = max(d.lastSpec, handle)
 	}
 	if d.specs[h.Config.Spec] == nil {
