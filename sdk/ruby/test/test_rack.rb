@@ -230,6 +230,16 @@ class RackTest < ForkdTest::MasterTest
     m.notify.wait_for(cold.pid, report)
     assert_includes cold.read_log, "forkd starts the next template (a reload, a hot restart) with RUBY_GC_HEAP_INIT_SLOTS="
 
+    # A small app (a release that shrank, started with the bigger one's size) reports too, so
+    # that its size replaces the bigger one's; it logs no advice.
+    m = master
+    small = m.boot_rack(env: { "RUBY_GC_HEAP_INIT_SLOTS" => slots.to_s }, welcome: { "report_heap" => true })
+    m.spawn_ready(small, index: 1)
+    m.notify.wait_for(small.pid, report)
+    small_slots = Integer(m.notify.lines(small.pid).grep(/\AX_FORKD_HEAP_SIZE=/)[0][/=(\d+)\z/, 1], 10)
+    assert_operator small_slots, :<, Forkd::GCTuning::ADVICE_MIN_OBJECTS, "the small app's own size"
+    refute_match(/the app's heap holds/, small.read_log)
+
     m = master
     quiet = m.boot_rack(env: { "HOOKAPP_OBJECTS" => "600000" })
     m.spawn_ready(quiet, index: 1)

@@ -108,15 +108,18 @@ module Forkd
 
       # The initial heap size that suits the app loaded now (suggested_slots of its live objects),
       # which a template reports to the master whatever its environment sets, so that the size
-      # follows the app from release to release. Nil when the heap is small (ADVICE_MIN_OBJECTS)
-      # or Ruby sizes its heaps per size pool (3.3+, other variables, not measured here).
-      def heap_slots(stat = GC.stat, ruby = RUBY_VERSION)
+      # follows the app from release to release. Nil when the heap is smaller than min (the
+      # advice's ADVICE_MIN_OBJECTS; the report's is 1, so that a release that shrank replaces
+      # the size an earlier one left) or Ruby sizes its heaps per size pool (3.3+, other
+      # variables, not measured here).
+      def heap_slots(stat = GC.stat, ruby = RUBY_VERSION, min: ADVICE_MIN_OBJECTS)
         return nil if (ruby.split(".").map(&:to_i) <=> [3, 3]) >= 0
 
         live = stat[:heap_live_slots].to_i
-        return nil if live < ADVICE_MIN_OBJECTS
+        return nil if live < min
 
-        suggested_slots(live)
+        slots = suggested_slots(live)
+        slots.positive? ? slots : nil
       end
 
       # Nine tenths of the live objects, rounded down to two digits: below what the app holds, so

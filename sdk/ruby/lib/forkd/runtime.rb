@@ -197,7 +197,7 @@ module Forkd
         @advised = true
         report = Worker.state.report_heap
         stat = GC.stat
-        if report && (slots = GCTuning.heap_slots(stat))
+        if report && (slots = GCTuning.heap_slots(stat, min: 1))
           notify("X_FORKD_HEAP_SIZE=#{GCTuning::HEAP_SIZE_VARIABLE}=#{slots}")
         end
         advice = GCTuning.heap_advice(stat, carried: report)
