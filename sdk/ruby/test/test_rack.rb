@@ -168,6 +168,46 @@ class RackTest < ForkdTest::MasterTest
     refute_includes exec_mode.read_log, "Ruby's GC"
   end
 
+  # Forkd::GCTuning.preload: with jemalloc installed, the template of fork-worker mode runs on it
+  # (preloaded in the same exec as the GC's tuning), and so do its forks; LD_PRELOAD is taken out
+  # of the environment the app's children inherit. --malloc=system, an LD_PRELOAD the user set,
+  # and an exec-mode worker are left on the system's malloc.
+  def test_the_template_runs_on_jemalloc_where_installed
+    lib = Forkd::GCTuning::JEMALLOC_PATHS.find { |path| File.file?(path) }
+    skip "no jemalloc installed (apt-get install libjemalloc2)" unless lib
+    jemalloc = ->(pid) { File.read("/proc/#{pid}/maps").include?("libjemalloc") }
+
+    dir = Dir.mktmpdir
+    m = master
+    t = m.boot_rack(env: { "HOOKAPP_ENV_FILE" => File.join(dir, "env") })
+    assert jemalloc.call(t.pid), "the template maps jemalloc"
+    assert_includes t.read_log, "malloc: jemalloc (#{lib})"
+    pid, = m.spawn_ready(t, index: 1)
+    assert jemalloc.call(pid), "a forked worker runs on the template's jemalloc"
+    app_env = File.read(File.join(dir, "env")).split("\n")
+    assert_includes app_env, "RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO=0.03", "the app's ENV was written"
+    refute(app_env.any? { |kv| kv.start_with?("LD_PRELOAD=", "#{Forkd::GCTuning::PRELOADED}=") }, "the app's ENV: #{app_env}")
+    Process.kill(:TERM, t.pid)
+    assert_equal 0, waitpid_timeout(t.pid).exitstatus, t.read_log
+    Process.kill(:TERM, pid)
+
+    system_malloc = master.boot_rack(args: ["--malloc=system"])
+    refute jemalloc.call(system_malloc.pid), "--malloc=system"
+    assert_includes system_malloc.read_log, "malloc: the system's (glibc)"
+    assert_includes File.binread("/proc/#{system_malloc.pid}/environ").split("\0"), "RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO=0.03",
+                    "the GC is tuned all the same"
+
+    users = master.boot_rack(env: { "LD_PRELOAD" => "libm.so.6" })
+    refute jemalloc.call(users.pid), "the user's LD_PRELOAD wins"
+
+    m = master
+    exec_mode = m.start_rack(control: false)
+    m.notify.wait_for(exec_mode.pid, "READY=1")
+    refute jemalloc.call(exec_mode.pid), "an exec-mode worker"
+  ensure
+    FileUtils.rm_rf(dir) if dir
+  end
+
   # A template whose app built a big heap says, once, what RUBY_GC_HEAP_INIT_SLOTS would lay its
   # pages out before the app loads; one that runs with it set says nothing.
   def test_the_template_advises_rubys_initial_heap_size

@@ -33,35 +33,116 @@ module Forkd
     CHOSEN = %w[RUBY_GC_HEAP_FREE_SLOTS RUBY_GC_HEAP_FREE_SLOTS_MIN_RATIO RUBY_GC_HEAP_FREE_SLOTS_GOAL_RATIO
                 RUBY_GC_HEAP_FREE_SLOTS_MAX_RATIO].freeze
 
-    class << self
-      # Exec this process again with DEFAULTS added when it should (tune?); returns only when it
-      # does not, or when the exec failed (then it says why: the worker runs untuned).
-      def reexec(env = ENV)
-        return unless tune?(env)
+    # jemalloc, where a package installed it (Debian's and Ubuntu's libjemalloc2, Fedora's and
+    # RHEL's jemalloc): the first of these that exists.
+    JEMALLOC_PATHS = %w[/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2
+                        /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 /usr/local/lib/libjemalloc.so.2].freeze
 
-        argv = command_line
-        if argv.nil? || argv.empty?
-          warn "forkd-rack: Ruby's GC left untuned: /proc/self/cmdline is unreadable"
+    # Set, with LD_PRELOAD, in the exec that preloads jemalloc: LD_PRELOAD is forkd-rack's, and
+    # the app's own child processes (a shell, git, ImageMagick) do not get it.
+    PRELOADED = "FORKD_RACK_PRELOADED_MALLOC"
+
+    # forkd-rack's --malloc values: auto (jemalloc where installed, else the system's), system.
+    MALLOCS = %w[auto system].freeze
+
+    class << self
+      # Exec this process again with what the template of fork-worker mode should start with and
+      # does not: DEFAULTS (tune?), and jemalloc preloaded (preload). Returns only when it does
+      # not, or when the exec failed (then it says why: the worker runs as it started).
+      def reexec(env = ENV, argv = ARGV)
+        return unless template?(env)
+
+        unpreload(env)
+        add = tune?(env) ? DEFAULTS.dup : {}
+        if (lib = preload(env, argv))
+          add["LD_PRELOAD"] = lib
+          add[PRELOADED] = lib
+        end
+        return if add.empty?
+
+        cmdline = command_line
+        if cmdline.nil? || cmdline.empty?
+          warn "forkd-rack: Ruby's GC left untuned, its malloc the system's: /proc/self/cmdline is unreadable"
           return
         end
         begin
           # Same executable (the one running now, not a PATH lookup), same argv; descriptors stay
           # open (the listeners, the control channel): exec closes none of them.
-          exec(DEFAULTS, ["/proc/self/exe", argv.first], *argv.drop(1), close_others: false)
+          exec(add, ["/proc/self/exe", cmdline.first], *cmdline.drop(1), close_others: false)
         rescue SystemCallError => e
-          warn "forkd-rack: Ruby's GC left untuned: cannot exec again: #{e.message}"
+          warn "forkd-rack: Ruby's GC left untuned, its malloc the system's: cannot exec again: #{e.message}"
         end
       end
 
-      # Whether this process is a fork-worker template that the user did not tune: forkd gave it a
-      # control channel (FORKD_CONTROL_FD) and the passed sockets are its own (LISTEN_PID).
-      def tune?(env = ENV)
+      # Whether this process is a fork-worker template: forkd gave it a control channel
+      # (FORKD_CONTROL_FD) and the passed sockets are its own (LISTEN_PID).
+      def template?(env = ENV)
         return false if env["FORKD_CONTROL_FD"].to_s.empty?
 
         listen_pid = env["LISTEN_PID"].to_s
-        return false unless listen_pid.empty? || listen_pid == Process.pid.to_s
+        listen_pid.empty? || listen_pid == Process.pid.to_s
+      end
 
-        CHOSEN.none? { |k| env.key?(k) }
+      # Whether the user left Ruby's free-slot ratios alone in a template (template?).
+      def tune?(env = ENV)
+        template?(env) && CHOSEN.none? { |k| env.key?(k) }
+      end
+
+      # The jemalloc to preload (docs/fork-safety.md, "malloc"), or nil: with --malloc=auto (the
+      # default), where one is installed, and when nothing is preloaded yet (LD_PRELOAD unset:
+      # the user's choice wins) and this Ruby does not already run on jemalloc (built with it).
+      def preload(env = ENV, argv = ARGV)
+        return nil unless malloc_option(argv) == "auto"
+        return nil unless env["LD_PRELOAD"].to_s.empty?
+        return nil if jemalloc_loaded?
+
+        JEMALLOC_PATHS.find { |path| File.file?(path) }
+      end
+
+      # --malloc's value in argv (its last), "auto" without one; an unknown value counts as
+      # "system" here (nothing is preloaded for it) and forkd-rack's option parser refuses it.
+      def malloc_option(argv)
+        value = "auto"
+        argv.each_with_index do |arg, i|
+          break if arg == "--"
+
+          if arg == "--malloc"
+            value = argv[i + 1].to_s
+          elsif arg.start_with?("--malloc=")
+            value = arg.delete_prefix("--malloc=")
+          end
+        end
+        value == "auto" ? "auto" : "system"
+      end
+
+      # After the exec that preloaded jemalloc: take LD_PRELOAD (and the mark) out of the
+      # environment the app's children inherit; the process keeps its allocator.
+      def unpreload(env = ENV)
+        lib = env[PRELOADED]
+        return if lib.nil?
+
+        env.delete(PRELOADED)
+        env.delete("LD_PRELOAD") if env["LD_PRELOAD"] == lib
+      end
+
+      # Whether jemalloc is mapped into this process (preloaded, or linked into Ruby).
+      def jemalloc_loaded?
+        File.foreach("/proc/self/maps").any? { |line| line.include?("libjemalloc") }
+      rescue SystemCallError
+        false
+      end
+
+      # The allocator a template runs on, for its log line; nil outside a template.
+      def describe_malloc(env = ENV)
+        return nil unless template?(env)
+
+        if jemalloc_loaded?
+          how = File.foreach("/proc/self/maps").find { |l| l.include?("libjemalloc") }.to_s.split.last
+          return "malloc: jemalloc (#{how}), so that the workers' collections copy less of the template " \
+                 "(docs/fork-safety.md, \"malloc\"; --malloc=system for the system's)"
+        end
+        "malloc: the system's (glibc); with jemalloc installed (libjemalloc2) forkd-rack preloads it " \
+          "unless --malloc=system or LD_PRELOAD is set (docs/fork-safety.md, \"malloc\")"
       end
 
       # What the collector runs with, for the template's log line: "RUBY_GC_...=v ..." of the

@@ -462,6 +462,11 @@ module Forkd
         rescue ArgumentError => e
           raise OptionParser::InvalidArgument, "#{v}: #{e.message}"
         end
+        o.on("--malloc WHICH", GCTuning::MALLOCS, "the allocator of fork-worker mode's template and its forks: auto",
+             "(jemalloc where installed, unless LD_PRELOAD is set) or system (default auto;",
+             "docs/fork-safety.md)") do |v|
+          cli[:malloc] = v
+        end
         o.on("-V", "--version", "print the version") do
           out.puts "forkd-rack #{Forkd::VERSION} (protocol #{Forkd::Protocol::VERSION})"
           return nil
@@ -543,6 +548,8 @@ module Forkd
       config.check_binds(socks)
       tuned = GCTuning.describe
       Worker.log(tuned) if tuned && !ENV["FORKD_CONTROL_FD"].to_s.empty?
+      malloc = GCTuning.describe_malloc
+      Worker.log(malloc) if malloc
       config.warnings.each { |w| warn "forkd-rack: #{w}" }
       unless config.refusals.empty?
         config.refusals.each { |r| warn "forkd-rack: #{r}" }

@@ -13,6 +13,10 @@ REQUESTS = ENV.fetch("REQUEST_LOG", File::NULL)
 # HOOKAPP_OBJECTS: objects the app keeps from its boot on, for tests of the heap's size.
 RETAINED = Array.new(Integer(ENV.fetch("HOOKAPP_OBJECTS", "0"), 10)) { |i| "o#{i}" }.freeze
 
+# HOOKAPP_ENV_FILE: the environment the app runs with (what its child processes would inherit),
+# one NAME=VALUE a line, written when it loads.
+File.write(ENV["HOOKAPP_ENV_FILE"], ENV.map { |k, v| "#{k}=#{v}\n" }.join) if ENV["HOOKAPP_ENV_FILE"]
+
 def record(event, **data)
   File.open(LOG, "a") { |f| f.syswrite("#{Process.pid} #{event} #{JSON.generate(data)}\n") }
 end
