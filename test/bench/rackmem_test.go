@@ -132,6 +132,8 @@ type rackMemVariant struct {
 	name, ready, forkWorker, extra string
 	ksm                            bool
 	env                            string
+	// args adds to forkd-rack's command line (e.g. --malloc=system).
+	args []string
 	// appEnv adds to the app's environment (e.g. RUBY_GC_* variables).
 	appEnv map[string]string
 }
@@ -155,9 +157,11 @@ var rackMemForkd = []rackMemVariant{
 
 // rackMemOptional are sides that only FORKD_BENCH_MEM_FORKD runs: forkd-nocarry's phased restart
 // execs its new template without the heap size the first one reported (fork_worker.carry_heap_size),
-// to compare with the default side's, which has it.
+// to compare with the default side's, which has it; forkd-glibc runs on glibc's malloc where the
+// default side runs on jemalloc, if installed (forkd-rack --malloc).
 var rackMemOptional = []rackMemVariant{
 	{name: "forkd-nocarry", forkWorker: "  carry_heap_size = false\n", env: "carry_heap_size = false (the phased restart's template boots without RUBY_GC_HEAP_INIT_SLOTS)"},
+	{name: "forkd-glibc", args: []string{"--malloc=system"}, env: "forkd-rack --malloc=system (glibc's malloc)"},
 }
 
 // rackKSMPagesToScan and rackKSMSleep are ksmd's pace while the benchmark holds the machine
@@ -404,6 +408,7 @@ func BenchmarkRackMemory(b *testing.B) {
 			if v.ready != "" {
 				app.forkdRackArgs = []string{"--ready-template", v.ready}
 			}
+			app.forkdRackArgs = append(slices.Clone(app.forkdRackArgs), v.args...)
 			app.env = maps.Clone(app.env)
 			maps.Copy(app.env, v.appEnv)
 			fm := startForkdRack(b, ruby, app)
