@@ -38,28 +38,8 @@ import (
 // rackReforkNiceSides are the forkd sides: template mode and mold mode, each with every nice
 // value of FORKD_BENCH_REFORK_NICE (a comma-separated list; default "10,19").
 func rackReforkNiceSides(b *testing.B) []rackMemVariant {
-	nices := []int{10, 19}
-	if s := os.Getenv("FORKD_BENCH_REFORK_NICE"); s != "" {
-		nices = nil
-		for _, f := range strings.Split(s, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 0 || n > 19 {
-				b.Fatalf("FORKD_BENCH_REFORK_NICE: %q: want nice values in 0..19", s)
-			}
-			nices = append(nices, n)
-		}
-	}
-	surges := []int{0} // 0: the default rollout block
-	if s := os.Getenv("FORKD_BENCH_REFORK_SURGE"); s != "" {
-		surges = nil
-		for _, f := range strings.Split(s, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 1 || n > 8 {
-				b.Fatalf("FORKD_BENCH_REFORK_SURGE: %q: want max_surge values in 1..8", s)
-			}
-			surges = append(surges, n)
-		}
-	}
+	nices := envInts(b, "FORKD_BENCH_REFORK_NICE", "nice values", 0, 19, []int{10, 19})
+	surges := envInts(b, "FORKD_BENCH_REFORK_SURGE", "max_surge values", 1, 8, []int{0}) // 0: the default rollout block
 	modes := "template,mold"
 	if s := os.Getenv("FORKD_BENCH_REFORK_MODES"); s != "" {
 		modes = s
@@ -86,6 +66,24 @@ func rackReforkNiceSides(b *testing.B) []rackMemVariant {
 		}
 	}
 	return sides
+}
+
+// envInts reads the environment variable name as a comma-separated list of what (each in
+// lo..hi), or gives def when it is unset.
+func envInts(b *testing.B, name, what string, lo, hi int, def []int) []int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	var ns []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < lo || n > hi {
+			b.Fatalf("%s: %q: want %s in %d..%d", name, s, what, lo, hi)
+		}
+		ns = append(ns, n)
+	}
+	return ns
 }
 
 // rackReforkNiceRun is one side's figures over the rounds.
