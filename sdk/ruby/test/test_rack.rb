@@ -200,6 +200,15 @@ class RackTest < ForkdTest::MasterTest
     users = master.boot_rack(env: { "LD_PRELOAD" => "libm.so.6" })
     refute jemalloc.call(users.pid), "the user's LD_PRELOAD wins"
 
+    # A library the loader refuses (not an ELF file here) is tried once: the template starts on
+    # the system's malloc, with no exec after the one that tried.
+    bogus = File.join(dir, "libjemalloc.so.2")
+    File.write(bogus, "not a library\n")
+    refused = master.boot_rack(env: { "LD_PRELOAD" => bogus, Forkd::GCTuning::PRELOADED => bogus,
+                                      **Forkd::GCTuning::DEFAULTS }) # as that exec sets them
+    refute jemalloc.call(refused.pid), "the refused preload"
+    assert_includes refused.read_log, "malloc: the system's (glibc)"
+
     m = master
     exec_mode = m.start_rack(control: false)
     m.notify.wait_for(exec_mode.pid, "READY=1")

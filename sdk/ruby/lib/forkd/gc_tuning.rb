@@ -52,9 +52,11 @@ module Forkd
       def reexec(env = ENV, argv = ARGV)
         return unless template?(env)
 
-        unpreload(env)
+        # After the exec that preloaded it, a library the loader refused (it says why) is not
+        # tried again: each start would exec the next.
+        preloaded = unpreload(env)
         add = tune?(env) ? DEFAULTS.dup : {}
-        if (lib = preload(env, argv))
+        if !preloaded && (lib = preload(env, argv))
           add["LD_PRELOAD"] = lib
           add[PRELOADED] = lib
         end
@@ -116,13 +118,15 @@ module Forkd
       end
 
       # After the exec that preloaded jemalloc: take LD_PRELOAD (and the mark) out of the
-      # environment the app's children inherit; the process keeps its allocator.
+      # environment the app's children inherit; the process keeps its allocator. Returns whether
+      # this start follows that exec.
       def unpreload(env = ENV)
         lib = env[PRELOADED]
-        return if lib.nil?
+        return false if lib.nil?
 
         env.delete(PRELOADED)
         env.delete("LD_PRELOAD") if env["LD_PRELOAD"] == lib
+        true
       end
 
       # Whether jemalloc is mapped into this process (preloaded, or linked into Ruby).
