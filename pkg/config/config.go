@@ -178,7 +178,7 @@ const DefaultCarryHeapSize = true
 
 // DefaultReforkNice is refork_nice when the block does not set it (docs/configuration.md says
 // why).
-const DefaultReforkNice = 19
+const DefaultReforkNice = 10
 
 // ReforkFrom is fork_worker.refork_from.
 type ReforkFrom string
