@@ -129,20 +129,24 @@ module Forkd
         true
       end
 
-      # Whether jemalloc is mapped into this process (preloaded, or linked into Ruby).
-      def jemalloc_loaded?
-        File.foreach("/proc/self/maps").any? { |line| line.include?("libjemalloc") }
+      # The jemalloc mapped into this process (preloaded, or linked into Ruby), or nil.
+      def jemalloc_mapped
+        line = File.foreach("/proc/self/maps").find { |l| l.include?("libjemalloc") }
+        line&.split&.last
       rescue SystemCallError
-        false
+        nil
+      end
+
+      def jemalloc_loaded?
+        !jemalloc_mapped.nil?
       end
 
       # The allocator a template runs on, for its log line; nil outside a template.
       def describe_malloc(env = ENV)
         return nil unless template?(env)
 
-        if jemalloc_loaded?
-          how = File.foreach("/proc/self/maps").find { |l| l.include?("libjemalloc") }.to_s.split.last
-          return "malloc: jemalloc (#{how}), so that the workers' collections copy less of the template " \
+        if (lib = jemalloc_mapped)
+          return "malloc: jemalloc (#{lib}), so that the workers' collections copy less of the template " \
                  "(docs/fork-safety.md, \"malloc\"; --malloc=system for the system's)"
         end
         "malloc: the system's (glibc); with jemalloc installed (libjemalloc2) forkd-rack preloads it " \
