@@ -413,6 +413,56 @@ class SharedListenerTest(unittest.TestCase):
         self.assertTrue(fcntl.fcntl(shared.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
 
 
+@unittest.skipUnless(HAVE_GUNICORN, "gunicorn is missing")
+class FinishRequestTest(unittest.TestCase):
+    """gunicorn's threaded worker, in this process: the step after a request answered
+    keep-alive, when a stop lands in the middle of it."""
+
+    def test_a_stop_during_finish_request_keeps_the_connection(self):
+        import selectors
+        from concurrent import futures
+        from gunicorn.config import Config
+        from gunicorn.glogging import Logger
+        from gunicorn.workers.gthread import TConn, ThreadWorker
+        from forkd.gunicorn import workers
+
+        cfg = Config()
+        cls = workers.worker_class_for(ThreadWorker, runner=None)
+        w = cls(0, os.getpid(), [], None, 30, cfg, Logger(cfg))
+        self.addCleanup(w.tmp.close)
+        legacy = workers._legacy_threaded(w)
+        w._lock = threading.RLock()
+        sel = selectors.DefaultSelector()
+        self.addCleanup(sel.close)
+        w.poller = workers._LoopPoller(sel) if legacy else sel
+        server, client = socket.socketpair()
+        self.addCleanup(client.close)
+        conn = TConn(cfg, server, ("127.0.0.1", 1), ("127.0.0.1", 2))
+        self.addCleanup(conn.close)
+
+        class StopLandsMeanwhile(futures.Future):
+            # forkd's finish_request has seen alive; gunicorn's reads it again after this.
+            def result(self, timeout=None):
+                w.alive = False
+                return super().result(timeout)
+
+        fs = StopLandsMeanwhile()
+        if legacy:
+            fs.set_result((True, conn))
+            w.finish_request(fs)
+            kept = w._keep
+        else:
+            fs.set_result(True)
+            w.finish_request(conn, fs)
+            kept = w.keepalived_conns
+        self.assertFalse(w.alive)
+        self.assertIn(conn, kept, "the connection answered keep-alive is not kept for the drain")
+        self.assertNotEqual(server.fileno(), -1)
+        client.setblocking(False)
+        with self.assertRaises(BlockingIOError, msg="the server closed the connection"):
+            client.recv(1)
+
+
 class PauseTest(GunicornTestCase):
     def test_pause_waits_for_in_flight_and_drains_idle_connections(self):
         m = self.master()

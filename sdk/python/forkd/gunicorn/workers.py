@@ -82,6 +82,10 @@ def _legacy_threaded(w):
         and not hasattr(w, "method_queue")
 
 
+#: The worker whose finish_request runs on this thread, and the alive it saw first.
+_FINISHING = threading.local()
+
+
 class ForkdWorker:
     """The part forkd adds to the configured worker class (see the module docstring)."""
 
@@ -122,19 +126,44 @@ class ForkdWorker:
             self._forkd_busy = 0
             core.set_busy(0)
 
+    # gunicorn's worker sets alive once (True) and its stop sets it to False, from a signal
+    # handler or, here, from forkd's threads (interrupt). alive is read through this property so
+    # that finish_request can see one value all through (_FINISHING).
+    @property
+    def alive(self):
+        if getattr(_FINISHING, "worker", None) is self:
+            return _FINISHING.alive
+        return self._forkd_alive
+
+    @alive.setter
+    def alive(self, value):
+        self._forkd_alive = value
+
     def finish_request(self, *args):
         # gunicorn's threaded worker closes a connection whose request ends while it drains, even
         # when the answer told the client to keep it open: the client's next request on it would
         # meet a closed connection. Kept instead, it gets its next request answered during the
         # drain (with Connection: close), or is closed at its keep-alive timeout.
+        #
+        # alive is read once. gunicorn reads it again to choose between keeping the connection
+        # and closing it: a stop landing between the two reads (another thread sets alive, or a
+        # signal handler runs between two bytecodes) made it close the connection that forkd had
+        # just let through as kept, under a client already sending its next request (a reset).
+        # With the value pinned for this thread, gunicorn keeps it as it does while serving: in
+        # _keep and its poller, where the drain finds it.
+        alive = self.alive
         try:
-            if not self.alive:
+            if not alive:
                 try:
                     if _keep_for_drain(self, args):
                         return
                 except Exception:
                     pass
-            super().finish_request(*args)
+            _FINISHING.worker, _FINISHING.alive = self, alive
+            try:
+                super().finish_request(*args)
+            finally:
+                _FINISHING.worker = None
         finally:
             if len(args) == 1:  # gunicorn < 24, in a pool thread: see _drain_legacy_keepalive
                 with self._lock:
@@ -212,6 +241,7 @@ class ForkdWorker:
             return
         self._forkd_drain = t
 
+    _forkd_alive = True  # what alive says (the property above); gunicorn's __init__ sets it too
     _forkd_busy = 0  # the sync worker: 1 while it serves a request
     _forkd_wake_r = _forkd_wake_w = -1
     _forkd_submitted = _forkd_finished = 0
