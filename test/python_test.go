@@ -275,6 +275,29 @@ func TestGunicornNoFailedRequestDuringRollouts(t *testing.T) {
 	t.Logf("node: %d ok, %d failed", r.OK, r.failed())
 }
 
+func TestGunicornStopDuringFinishRequestLosesNoRequest(t *testing.T) {
+	t.Parallel()
+	requirePython(t, "flask")
+	// A stop that lands between gunicorn's taking a keep-alive answer and its deciding to keep the
+	// connection, made frequent (flaskslowfinish.py): no connection answered keep-alive is closed
+	// under Node's client, which sends its next request on it at once.
+	f := startPython(t, options{config: gunicornConfig(t, 3, nil, forkWorkerBlock, "-k", "gthread", "--threads", "4", "flaskslowfinish:app")})
+	f.waitReady(3)
+	url := "http://" + f.addr() + "/"
+	node := startNode(t, url, 12)
+	for i, op := range []string{"refork", "refork", "reload", "refork", "refork", "reload"} {
+		out, code := f.forkctl(op, "--wait")
+		require.Equal(t, 0, code, "%s (%d): %s", op, i+1, out)
+		f.waitFor("the old workers gone", func(st control.Status) bool {
+			return len(st.WorkerList) == 3 && st.Ready == 3 && st.Phase == control.PhaseRunning
+		})
+	}
+	r := node.stop()
+	assert.Zero(t, r.failed(), "Node's http client during 4 reforks and 2 reloads: %+v", r)
+	assert.Greater(t, r.OK, 100)
+	t.Logf("node: %d ok, %d failed", r.OK, r.failed())
+}
+
 func TestGunicornMaxRequestsReplacesWorkersCleanly(t *testing.T) {
 	t.Parallel()
 	requirePython(t, "flask")
