@@ -142,7 +142,7 @@ func startRefork(f *forkd) <-chan int {
 }
 
 // TestReforkNiceLowersTheReplacedWorkers holds a refork in template mode: while it waits, every
-// thread of the workers it replaces runs 10 nice steps lower (the default), the template's do
+// thread of the workers it replaces runs config.DefaultReforkNice (19) nice steps lower, the template's do
 // not; the new workers run at 0. Then a refork held the same way fails (the template is killed):
 // the old workers, which go on serving, run every thread at 0 again.
 func TestReforkNiceLowersTheReplacedWorkers(t *testing.T) {

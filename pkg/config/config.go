@@ -176,9 +176,9 @@ type ForkWorker struct {
 // pages"), and an operator's own setting wins.
 const DefaultCarryHeapSize = true
 
-// DefaultReforkNice is refork_nice when the block does not set it (docs/configuration.md says
-// why).
-const DefaultReforkNice = 10
+// DefaultReforkNice is refork_nice when the block does not set it: the lowest priority, with
+// which a refork under load takes what an idle one does (docs/configuration.md says why).
+const DefaultReforkNice = 19
 
 // ReforkFrom is fork_worker.refork_from.
 type ReforkFrom string
