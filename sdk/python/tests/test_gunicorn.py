@@ -94,39 +94,61 @@ def answering(m, pids):
     return seen
 
 
-def _fds_linking(pid, target):
-    """How many of pid's descriptors are target (a /proc/PID/fd link, such as socket:[INODE])."""
-    n = 0
+def _epoll_sets(pid):
+    """For each of pid's epoll instances, the inodes of the files it watches (/proc/PID/fdinfo:
+    "tfd: ... ino:HEX"). A file stays watched while any descriptor of its open file description
+    is open, even once the registered descriptor is closed: a listener's duplicate closed while
+    forkd's fd 3 stays open is watched until it is unregistered or the epoll instance closed."""
+    sets = []
     for name in os.listdir("/proc/%d/fd" % pid):
         try:
-            n += os.readlink("/proc/%d/fd/%s" % (pid, name)) == target
+            if os.readlink("/proc/%d/fd/%s" % (pid, name)) != "anon_inode:[eventpoll]":
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, name)) as f:
+                info = f.read()
         except OSError:
-            pass
-    return n
+            continue
+        sets.append({int(line.split(" ino:")[1].split()[0], 16) for line in info.splitlines()
+                     if line.startswith("tfd:") and " ino:" in line})
+    return sets
 
 
-def _listener_fds(m, pid):
-    """How many descriptors pid holds of the fake master's listener. A serving gunicorn worker
-    holds forkd's and its serving period's duplicate (forkd/gunicorn/workers.py
-    period_listeners), which gunicorn's threaded worker closes as soon as its loop ends."""
-    want = "socket:[%d]" % os.fstat(m.listener.fileno()).st_ino
-    n = 0
-    for name in os.listdir("/proc/%d/fd" % pid):
-        try:
-            if os.readlink("/proc/%d/fd/%s" % (pid, name)) == want:
-                n += 1
-        except OSError:
-            pass
-    return n
+def waits_in_a_poller(pid, inode):
+    """Whether pid's socket inode waits for its next bytes in a poller with other connections
+    (gunicorn's, or forkd's drain's), not in a thread of its own (gunicorn 26 first gives a new
+    connection a thread that waits 5 s for its first request, on an epoll of that one socket)."""
+    return any(inode in s and len(s) > 1 for s in _epoll_sets(pid))
+
+
+def _server_side_inode(client):
+    """The inode of the server's socket of client's (a Client's) TCP connection over 127.0.0.1,
+    from /proc/net/tcp: the entry from the client's peer address to its own."""
+    want = ["0100007F:%04X" % addr[1]
+            for addr in (client.conn.sock.getpeername(), client.conn.sock.getsockname())]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1:3] == want:
+                return int(fields[9])
+    return None
+
+
+def polls_listener(m, pid):
+    """Whether pid's gunicorn threaded loop is accepting: its poller watches its duplicate of
+    the fake master's listener. Once the loop has ended (its drain answers what comes from then
+    on), no poller does: gunicorn up to 23 closes its poller, gunicorn 24 and later unregister
+    the listeners before their own drain."""
+    inode = os.fstat(m.listener.fileno()).st_ino
+    return any(inode in s for s in _epoll_sets(pid))
 
 
 def stop_and_wait_for_the_loop_to_end(m, pid, stop):
     """Call stop() (a signal, a pause), then wait until pid's gunicorn loop has ended: its drain
-    answers what comes from now on."""
-    serving = _listener_fds(m, pid)
-    assert serving >= 2, "pid %d holds %d descriptors of the listener" % (pid, serving)
+    answers what comes from now on. (Not the listener's duplicate being closed: gunicorn 24 and
+    later close it only once their drain is over.)"""
+    wait_until(lambda: polls_listener(m, pid), what="pid %d to poll the listener" % pid)
     stop()
-    wait_until(lambda: _listener_fds(m, pid) < serving, what="the gunicorn loop of pid %d to end" % pid)
+    wait_until(lambda: not polls_listener(m, pid), what="the gunicorn loop of pid %d to end" % pid)
 
 
 def events(hooks, pid):
@@ -610,11 +632,8 @@ class StopTest(GunicornTestCase):
         release = os.path.join(m.dir, "release")
         slow = Client(m.port).get_in_thread("/wait?file=" + release)
         wait_until(lambda: "waiting" in events(m.hooks(), t.pid), what="the request in flight")
-        os.kill(t.pid, signal.SIGTERM)
-        # The loop has ended once it has closed its duplicate of the listener: the request comes
-        # after that.
-        listener = "socket:[%d]" % os.fstat(m.listener.fileno()).st_ino
-        wait_until(lambda: _fds_linking(t.pid, listener) == 1, what="gunicorn's loop to end")
+        # The request comes once the loop has ended.
+        stop_and_wait_for_the_loop_to_end(m, t.pid, lambda: os.kill(t.pid, signal.SIGTERM))
         status, data = idle.get_in_thread("/next").join()
         self.assertEqual(status, 200, data)
         self.assertTrue(slow.thread.is_alive(), "the slow request ended first")
@@ -631,7 +650,7 @@ class StopTest(GunicornTestCase):
         # requests sent on the worker's idle keep-alive connections went unanswered for the
         # whole graceful timeout, and the worker stayed up until that connection was closed.
         m = self.master()
-        t = m.boot(GTHREAD[:-1] + ["--graceful-timeout", "60", "--keep-alive", "10",
+        t = m.boot(GTHREAD[:-1] + ["--graceful-timeout", "60", "--keep-alive", "30",
                                    GTHREAD[-1]])
         seq, ch = m.spawn(t, index=1)
         pid = t.expect("spawned")["pid"]
@@ -645,7 +664,16 @@ class StopTest(GunicornTestCase):
         silent = Client(m.port)
         silent.conn.connect()
         self.assertEqual(get(m.port)[0], 200)  # accepted after the silent one: the worker has it
+        inode = _server_side_inode(silent)
+        self.assertTrue(inode, "the worker has not accepted the silent connection")
         stop_and_wait_for_the_loop_to_end(m, pid, lambda: os.kill(pid, signal.SIGTERM))
+        # The drain keeps the silent connection waiting for its first request in a poller, with
+        # the idle one, holding no thread: forkd's drain's (gunicorn 21 to 23 forgot it in the
+        # poller it closed, which closed it unanswered), or gunicorn's own once a thread has
+        # waited 5 s for its first bytes (gunicorn 26, which closed it then while draining). Its
+        # request comes after that.
+        wait_until(lambda: waits_in_a_poller(pid, inode),
+                   what="the silent connection to wait in the worker's poller")
         resp, _ = idle.get("/next")
         self.assertEqual(resp.status, 200)
         self.assertEqual(resp.getheader("Connection"), "close")

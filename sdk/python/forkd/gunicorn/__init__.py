@@ -67,8 +67,9 @@ process playing the arbiter: the template, or the exec'd worker itself), ``LISTE
 ``proc_name``, ``timeout`` and ``worker_class``. forkd's own hooks (forkd.before_fork,
 after_fork_child, after_worker_boot, before_refork, after_refork) run too, at their usual points.
 
-gunicorn 20.1 (Debian 12's python3-gunicorn) through the current release. This module is the only
-part of the forkd package that needs gunicorn; the rest is the standard library.
+gunicorn 20.1 (Debian 12's python3-gunicorn) to 26.1: the tests run against 20.1, 23.0 and 26.1
+(sdk/python/README.md). This module is the only part of the forkd package that needs gunicorn;
+the rest is the standard library.
 """
 
 import os

@@ -22,7 +22,13 @@ UvicornWorker, any gunicorn worker) that changes only how the worker talks to it
   wait there in a blocking read: a client that opens a connection and sends nothing yet (HTTP
   clients dial ahead and park connections in their pool) kept a thread, and then the drain,
   waiting for the whole graceful timeout, while the requests sent on idle keep-alive connections
-  went unanswered; the process could not exit until that client closed the connection.
+  went unanswered; the process could not exit until that client closed the connection. The drain
+  treats such a connection as an idle one: its first request is answered, with Connection:
+  close, until the keep-alive timeout counted from the drain's start. gunicorn 21 to 23 forget
+  it in the poller they close as their loop ends, which closed it unanswered. gunicorn 26 gives
+  a new connection a thread that waits up to 5 s for its first bytes (then the poller, as
+  pending): that wait is gunicorn's, and the drain waits for it too; while draining, gunicorn
+  closes the connection once the 5 s are over, where forkd keeps it in the poller.
 
 The listening sockets are forkd's (LISTEN_FDS). Each serving period gets duplicates wrapped in
 gunicorn's socket classes, without gunicorn's set_options: listen() again would override the
@@ -46,9 +52,14 @@ from gunicorn.workers.base import Worker
 from gunicorn.workers.sync import SyncWorker
 
 try:  # gunicorn's threaded worker needs concurrent.futures, always there on Python 3
+    from gunicorn.workers import gthread as _gthread
     from gunicorn.workers.gthread import ThreadWorker
 except ImportError:  # pragma: no cover
-    ThreadWorker = None
+    _gthread = ThreadWorker = None
+
+#: gunicorn >= 26's threaded worker: what a request thread returns for a new connection that sent
+#: nothing in its first seconds, which then waits for its first request in the poller.
+_DEFER = getattr(_gthread, "_DEFER", None)
 
 from .. import worker as core
 
@@ -137,6 +148,8 @@ class ForkdWorker:
 
     @alive.setter
     def alive(self, value):
+        if self._forkd_alive and not value:
+            self._forkd_stopped_at = time.monotonic()
         self._forkd_alive = value
 
     def finish_request(self, *args):
@@ -180,9 +193,8 @@ class ForkdWorker:
     def enqueue_req(self, conn):
         # A new connection (no parser yet) of gunicorn < 21: into the poller until it is readable
         # (see the module docstring); the drain takes it with the idle keep-alive connections.
-        if self._forkd_fresh is not None and conn.parser is None:
+        if self._forkd_polls_fresh and conn.parser is None:
             with self._lock:
-                self._forkd_fresh.add(conn)
                 self.poller.register(conn.sock, selectors.EVENT_READ,
                                      functools.partial(self._forkd_readable, conn))
             return
@@ -191,7 +203,6 @@ class ForkdWorker:
     def _forkd_readable(self, conn, sock):
         with self._lock:
             self.poller.unregister(sock)
-            self._forkd_fresh.discard(conn)
         super().enqueue_req(conn)
 
     def _wrap_future(self, fs, conn):
@@ -208,8 +219,8 @@ class ForkdWorker:
     def run(self):
         legacy = _legacy_threaded(self)
         if legacy:
-            if not hasattr(self, "on_client_socket_readable"):
-                self._forkd_fresh = set()
+            self._forkd_polls_fresh = not hasattr(self, "on_client_socket_readable")
+            self._forkd_fresh = set()
             self.poller = _LoopPoller(self.poller, on_close=self._forkd_start_drain)
             self._forkd_wake_r, self._forkd_wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self.poller.register(self._forkd_wake_r, selectors.EVENT_READ, _drain_pipe)
@@ -228,11 +239,22 @@ class ForkdWorker:
             else:
                 drain.join()
 
-    def _forkd_start_drain(self):
+    def _forkd_start_drain(self, polled):
         # gunicorn < 24 closes its poller as its loop ends, then waits for the requests in
         # flight (up to the graceful timeout): the drain serves the idle keep-alive connections
         # meanwhile, so that their next requests do not wait for the slowest request in flight.
         # Without a thread (refused by the system), it runs after that wait.
+        #
+        # polled: what the poller watched as it closed. The new connections still waiting there
+        # for their first request (gunicorn 21 to 23 put them there, forkd.gunicorn on 20.1) are
+        # nowhere else: gunicorn forgot them, and the poller's end closed them (nothing else
+        # referred to them), under clients that may be sending their first request. The drain
+        # takes them.
+        with self._lock:
+            self._forkd_fresh.update(
+                key.data.args[0] for key in polled
+                if isinstance(key.data, functools.partial) and key.data.args
+                and _is_fresh(key.data.args[0]))
         t = threading.Thread(target=_drain_legacy_keepalive, args=(self,), name="forkd-drain",
                              daemon=True)
         try:
@@ -242,10 +264,12 @@ class ForkdWorker:
         self._forkd_drain = t
 
     _forkd_alive = True  # what alive says (the property above); gunicorn's __init__ sets it too
+    _forkd_stopped_at = None  # time.monotonic() when alive became False: the drain's start
     _forkd_busy = 0  # the sync worker: 1 while it serves a request
     _forkd_wake_r = _forkd_wake_w = -1
     _forkd_submitted = _forkd_finished = 0
-    _forkd_fresh = None  # gunicorn < 21: new connections waiting for their first request
+    _forkd_polls_fresh = False  # gunicorn < 21: forkd puts new connections in the poller
+    _forkd_fresh = None  # gunicorn < 24: new connections the drain takes from the closed poller
     _forkd_drain = None  # gunicorn < 24: the drain's thread, once the loop has ended
 
 
@@ -263,7 +287,7 @@ class _LoopPoller:
         self._sel = sel
         self._lock = threading.Lock()
         self._closed = False
-        self._on_close = on_close  # called once closed, on the loop's thread
+        self._on_close = on_close  # called once closed, on the loop's thread, with its keys
 
     def register(self, fileobj, events, data=None):
         with self._lock:
@@ -285,22 +309,35 @@ class _LoopPoller:
             if self._closed:
                 return
             self._closed = True
+            polled = list((self._sel.get_map() or {}).values())
             self._sel.close()
         if self._on_close is not None:
-            self._on_close()
+            self._on_close(polled)
 
     def __getattr__(self, name):
         return getattr(self._sel, name)
 
 
+def _is_fresh(conn):
+    """Whether conn is a connection of gunicorn's threaded worker that has not begun its first
+    request (its parser comes with it)."""
+    return _gthread is not None and isinstance(conn, _gthread.TConn) and conn.parser is None
+
+
 def _keep_for_drain(w, args):
-    """finish_request's case: a keep-alive answer went out while w drains. Puts the connection
-    where gunicorn keeps idle keep-alive connections; True when it did."""
+    """finish_request's case: a keep-alive answer went out while w drains, or (gunicorn >= 26) a
+    new connection sent nothing in its thread's first seconds. Puts the connection where gunicorn
+    keeps idle keep-alive connections (or connections waiting for their first request); True
+    when it did."""
     if len(args) == 2:
         # gunicorn >= 24: finish_request(conn, fs) on the main thread; its drain loop serves the
-        # connections in keepalived_conns until their timeout.
+        # connections in keepalived_conns (and pending_conns) until their timeout.
         conn, fs = args
-        if fs.cancelled() or fs.exception() is not None or fs.result() is not True:
+        if fs.cancelled() or fs.exception() is not None:
+            return False
+        if _DEFER is not None and fs.result() is _DEFER and hasattr(w, "pending_conns"):
+            return _pend_for_drain(w, conn)
+        if fs.result() is not True:
             return False
         conn.sock.setblocking(False)
         conn.set_timeout()
@@ -320,6 +357,24 @@ def _keep_for_drain(w, args):
     conn.set_timeout()
     with w._lock:
         w._keep.append(conn)
+    return True
+
+
+def _pend_for_drain(w, conn):
+    """gunicorn >= 26, draining: a new connection that sent nothing while a thread waited for it
+    (up to 5 s), which gunicorn closes then, waits for its first request in the poller, as it
+    would while serving, until the keep-alive timeout counted from the drain's start (which no
+    idle keep-alive connection outlives either). Its first request is answered with
+    Connection: close. False when that timeout is over already: gunicorn closes it."""
+    stopped_at = w._forkd_stopped_at if w._forkd_stopped_at is not None else time.monotonic()
+    deadline = stopped_at + w.cfg.keepalive
+    if deadline <= time.monotonic():
+        return False
+    conn.sock.setblocking(False)
+    conn.timeout = deadline  # gunicorn >= 24 counts in time.monotonic()
+    w.pending_conns.append(conn)
+    w.poller.register(conn.sock, selectors.EVENT_READ,
+                      functools.partial(w.on_pending_socket_readable, conn))
     return True
 
 
