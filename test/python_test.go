@@ -255,37 +255,29 @@ func TestTemplateSurvivesRepeatedForks(t *testing.T) {
 
 func TestGunicornNoFailedRequestDuringRollouts(t *testing.T) {
 	t.Parallel()
-	requirePython(t, "flask")
 	// Keep-alive clients that never retry, during reforks, phased restarts and a hot restart: each
 	// idle connection of a draining worker gets its next request answered (Connection: close).
-	f := startPython(t, options{config: gunicornConfig(t, 3, nil, forkWorkerBlock, "-k", "gthread", "--threads", "4", "flaskapp:app")})
-	f.waitReady(3)
-	url := "http://" + f.addr() + "/"
-	node := startNode(t, url, 12)
-	for i, op := range []string{"refork", "reload", "refork", "restart", "reload", "refork"} {
-		out, code := f.forkctl(op, "--wait")
-		require.Equal(t, 0, code, "%s (%d): %s", op, i+1, out)
-		f.waitFor("the old workers gone", func(st control.Status) bool {
-			return len(st.WorkerList) == 3 && st.Ready == 3 && st.Phase == control.PhaseRunning
-		})
-	}
-	r := node.stop()
-	assert.Zero(t, r.failed(), "Node's http client during 3 reforks, 2 reloads, 1 hot restart: %+v", r)
-	assert.Greater(t, r.OK, 100)
-	t.Logf("node: %d ok, %d failed", r.OK, r.failed())
+	gunicornRolloutsUnderNode(t, "flaskapp:app", "refork", "reload", "refork", "restart", "reload", "refork")
 }
 
 func TestGunicornStopDuringFinishRequestLosesNoRequest(t *testing.T) {
 	t.Parallel()
-	requirePython(t, "flask")
 	// A stop that lands between gunicorn's taking a keep-alive answer and its deciding to keep the
 	// connection, made frequent (flaskslowfinish.py): no connection answered keep-alive is closed
 	// under Node's client, which sends its next request on it at once.
-	f := startPython(t, options{config: gunicornConfig(t, 3, nil, forkWorkerBlock, "-k", "gthread", "--threads", "4", "flaskslowfinish:app")})
+	gunicornRolloutsUnderNode(t, "flaskslowfinish:app", "refork", "refork", "reload", "refork", "refork", "reload")
+}
+
+// gunicornRolloutsUnderNode runs app on 3 gthread workers in fork-worker mode and does each of ops
+// (forkctl refork, reload, restart) in turn, waiting for the old workers to be gone after each,
+// while Node's keep-alive client sends on 12 connections: not one of its requests may fail.
+func gunicornRolloutsUnderNode(t *testing.T, app string, ops ...string) {
+	t.Helper()
+	requirePython(t, "flask")
+	f := startPython(t, options{config: gunicornConfig(t, 3, nil, forkWorkerBlock, "-k", "gthread", "--threads", "4", app)})
 	f.waitReady(3)
-	url := "http://" + f.addr() + "/"
-	node := startNode(t, url, 12)
-	for i, op := range []string{"refork", "refork", "reload", "refork", "refork", "reload"} {
+	node := startNode(t, "http://"+f.addr()+"/", 12)
+	for i, op := range ops {
 		out, code := f.forkctl(op, "--wait")
 		require.Equal(t, 0, code, "%s (%d): %s", op, i+1, out)
 		f.waitFor("the old workers gone", func(st control.Status) bool {
@@ -293,7 +285,7 @@ func TestGunicornStopDuringFinishRequestLosesNoRequest(t *testing.T) {
 		})
 	}
 	r := node.stop()
-	assert.Zero(t, r.failed(), "Node's http client during 4 reforks and 2 reloads: %+v", r)
+	assert.Zero(t, r.failed(), "Node's http client during %v: %+v", ops, r)
 	assert.Greater(t, r.OK, 100)
 	t.Logf("node: %d ok, %d failed", r.OK, r.failed())
 }
