@@ -30,7 +30,7 @@ APPS = os.path.join(HERE, "apps")
 PY = sys.executable
 TIMEOUT = 10.0
 # FORKD_TEST_PYTHONPATH puts another gunicorn (a checkout of a release) before the installed one,
-# in the workers the tests start: FORKD_TEST_PYTHONPATH=/src/gunicorn-26.1 python3 -m unittest ...
+# in the workers the tests start and in this process: FORKD_TEST_PYTHONPATH=/src/gunicorn-26.1 ...
 EXTRA_PATH = [p for p in os.environ.get("FORKD_TEST_PYTHONPATH", "").split(os.pathsep) if p]
 
 
@@ -41,7 +41,9 @@ def have(module):
     return subprocess.run([PY, "-c", "import " + module], env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL).returncode == 0
 
-sys.path.insert(0, SDK_DIR)
+# The tests that run gunicorn's classes in this process (FinishRequestTest, SharedListenerTest) take
+# the same gunicorn as the workers.
+sys.path[:0] = EXTRA_PATH + [SDK_DIR]
 
 from forkd import protocol  # noqa: E402
 
