@@ -170,7 +170,9 @@ func (w *wrkTimeline) rate(from, to time.Time) (float64, int) {
 
 // rackRolloutResult is one side's rollout rounds.
 type rackRolloutResult struct {
-	reforkIdle, reforkLoaded  time.Duration
+	reforkIdle, reforkLoaded time.Duration
+	// reforkLoggedLoaded is the loaded refork in the server's own log (rackRollout's logged).
+	reforkLoggedLoaded        time.Duration
 	reforkSteady, reforkAfter float64 // requests/s
 	phased                    []rackPhasedResult
 	// reforkSeconds is how many whole seconds the 10 s after the refork counted.
@@ -221,7 +223,7 @@ func reforkUnderLoad(wrk string, s *rackMemSide) (rackRolloutResult, error) {
 	if rerr != nil {
 		return r, rerr
 	}
-	r.reforkLoaded = ro.took
+	r.reforkLoaded, r.reforkLoggedLoaded = ro.took, ro.logged
 	r.reforkSpan = [2]time.Time{ro.started, ro.done}
 	r.reforkSteady, _ = w.rate(steadyFrom, t0)
 	r.reforkAfter, r.reforkSeconds = w.rate(t0, t0.Add(rackReforkAfter))

@@ -21,9 +21,10 @@ import (
 // half), each round does, side by side in turns: an idle refork (forkctl refork --wait; Puma:
 // SIGURG), then a refork under wrk -t2 -c16 keep-alive (rackmem_rollout_test.go's
 // reforkUnderLoad: 5 s of steady load, the refork, the 10 s after it). The table gives each
-// side's median idle and loaded refork, loaded over idle, each against Puma's, and the
-// requests/s of the 10 s after the refork against the 5 s before; with the templates'
-// readying times logged during the loaded reforks.
+// side's median idle and loaded refork (as forkctl refork --wait takes it; Puma: from its SIGURG),
+// loaded over idle, each against Puma's, and the requests/s of the 10 s after the refork against
+// the 5 s before; then the same reforks as each server's own log times them, and the templates'
+// readying times logged during the reforks.
 //
 //	FORKD_BENCH_LOCK=/tmp/forkd-heavy.lock go test -run XXX -bench BenchmarkRackReforkNice -benchtime 1x ./test/bench/
 //
@@ -88,15 +89,19 @@ func envInts(b *testing.B, name, what string, lo, hi int, def []int) []int {
 
 // rackReforkNiceRun is one side's figures over the rounds.
 type rackReforkNiceRun struct {
-	name, env      string
-	idle, loaded   []time.Duration
-	steady, after  []float64
-	errors, non2xx int
-	readied        []string // during the loaded reforks
-	readiedIdle    []string
-	traces         [][]string
-	output         func() string
-	side           *rackMemSide
+	name, env    string
+	idle, loaded []time.Duration
+	// loggedIdle and loggedLoaded are the same reforks in the server's own log: forkd's start to
+	// done record (idle and loaded take forkctl's exec and connection too, which under load
+	// waits for the CPU like any new process), Puma's restart line to its last booted line.
+	loggedIdle, loggedLoaded []time.Duration
+	steady, after            []float64
+	errors, non2xx           int
+	readied                  []string // during the loaded reforks
+	readiedIdle              []string
+	traces                   [][]string
+	output                   func() string
+	side                     *rackMemSide
 }
 
 var (
@@ -157,6 +162,7 @@ func BenchmarkRackReforkNice(b *testing.B) {
 					fatal(r, "idle refork", err)
 				}
 				r.idle = append(r.idle, ro.took)
+				r.loggedIdle = append(r.loggedIdle, ro.logged)
 				r.readiedIdle = append(r.readiedIdle, readiedSince(r.output(), before)...)
 			}
 			for _, r := range turn(i + 1) {
@@ -166,6 +172,7 @@ func BenchmarkRackReforkNice(b *testing.B) {
 					fatal(r, "refork under load", err)
 				}
 				r.loaded = append(r.loaded, res.reforkLoaded)
+				r.loggedLoaded = append(r.loggedLoaded, res.reforkLoggedLoaded)
 				r.steady = append(r.steady, res.reforkSteady)
 				r.after = append(r.after, res.reforkAfter)
 				r.errors += res.reforkRun.socketErrors()
@@ -238,6 +245,9 @@ func printRackReforkNiceSummary(w io.Writer) {
 			fmt.Sprintf("%.0f/%.0f (%s)", medianRate(r.after), medianRate(r.steady), strings.Join(ratios, " ")),
 			r.errors, r.non2xx)
 		fmt.Fprintf(w, "%-18s   each: idle %s; loaded %s\n", "", fmtDurations(r.idle), fmtDurations(r.loaded))
+		li, ll := median(r.loggedIdle), median(r.loggedLoaded)
+		fmt.Fprintf(w, "%-18s   in its own log: idle %.0f ms, loaded %.0f ms (%.2fx; each: idle %s; loaded %s)\n", "",
+			ms(li), ms(ll), ratioOf(ms(ll), ms(li)), fmtDurations(r.loggedIdle), fmtDurations(r.loggedLoaded))
 		for _, line := range r.readiedIdle {
 			fmt.Fprintf(w, "%-18s   idle: %s\n", "", line)
 		}
