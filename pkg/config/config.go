@@ -177,7 +177,7 @@ type ForkWorker struct {
 const DefaultCarryHeapSize = true
 
 // DefaultReforkNice is refork_nice when the block does not set it: the lowest priority, with
-// which a refork under load takes what an idle one does (docs/configuration.md says why).
+// which a refork under load comes closest to an idle one (docs/configuration.md has the figures).
 const DefaultReforkNice = 19
 
 // ReforkFrom is fork_worker.refork_from.
