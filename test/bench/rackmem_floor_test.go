@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forkd/forkd/internal/proctest"
 )
 
 // The bare fork of BenchmarkRackMemory: the floor of its total PSS at the stages "after boot" and
@@ -43,30 +45,12 @@ type rackMemFloor struct {
 	forked  chan []int
 	done    chan struct{}
 	waitErr error
-	out     safeBuffer
+	out     proctest.Output
 	stopped sync.Once
 	// interpreter is the Ruby it runs; children the PIDs of its children now.
 	interpreter string
 	children    []int
 	stages      map[string]rackMem
-}
-
-// safeBuffer is output written by one goroutine and read by another.
-type safeBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 // scriptInterpreter is the interpreter of script's "#!" line (through /usr/bin/env: the one on
